@@ -1,0 +1,305 @@
+"""The sweep spec: a YAML file validated into typed, frozen config objects.
+
+Every key is documented in docs/spec.md. Validation errors are one line that names the file, the
+key (dotted path) and, where the YAML has it, the line: `configs/x.yaml:12: memorization.prompt_len:
+must be >= 1 (got 0)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message names the file, line and key."""
+
+
+def parse_id_list(value: Union[int, str, list]) -> list[int]:
+    """Checkpoint/chunk ids from a list of ints and ranges: `"0-359:10"`, `[1, 5, "10-12"]`.
+
+    Ranges `a-b` and `a-b:step` are inclusive of both ends (when `b` is on the stride).
+    Returns sorted unique ids; raises ValueError on an empty range, a negative id or junk.
+    """
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("is an empty list")
+    ids: set[int] = set()
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"{item!r} is not an id or a range")
+        if isinstance(item, int):
+            if item < 0:
+                raise ValueError(f"ids must be >= 0 (got {item})")
+            ids.add(item)
+            continue
+        if not isinstance(item, str):
+            raise ValueError(f"{item!r} is not an id or a range")
+        for part in item.split(","):
+            ids.update(_parse_range(part.strip()))
+    return sorted(ids)
+
+
+_RANGE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
+
+
+def _parse_range(text: str) -> range:
+    match = _RANGE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not an id, 'a-b' or 'a-b:step'")
+    start = int(match.group(1))
+    stop = int(match.group(2)) if match.group(2) is not None else start
+    step = int(match.group(3)) if match.group(3) is not None else 1
+    if step < 1:
+        raise ValueError(f"{text!r}: step must be >= 1")
+    if stop < start:
+        raise ValueError(f"{text!r} is an empty range ({stop} < {start})")
+    return range(start, stop + 1, step)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Section):
+    source: str = Field(min_length=1)
+    """A Hugging Face model repo id (`LLM360/Amber`) or a local directory."""
+    revision: str = "ckpt_{ckpt:03d}"
+    """Hub revision, or sub-directory of a local source; a template over the checkpoint id."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
+    """Weights and compute dtype."""
+    revision_overrides: dict[int, str] = {}
+    """Per-checkpoint revisions that break the template (Amber: the last checkpoint is `main`)."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """auto = flash_attention_2 on CUDA when flash-attn is installed, else sdpa."""
+
+    @field_validator("revision")
+    @classmethod
+    def _revision_formats(cls, value: str) -> str:
+        try:
+            value.format(ckpt=0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"template {value!r} must only use {{ckpt}} ({exc})") from None
+        return value
+
+    def revision_for(self, ckpt: int) -> str:
+        return self.revision_overrides.get(ckpt) or self.revision.format(ckpt=ckpt)
+
+
+class DataSpec(_Section):
+    source: str = Field(min_length=1)
+    """A Hugging Face dataset repo id (`LLM360/AmberDatasets`) or a local directory."""
+    file: str = "train/train_{chunk:03d}.jsonl"
+    """Chunk file inside the source; a template over the chunk id."""
+    samples_per_chunk: int = Field(default=1000, ge=1)
+    """Rows sampled per chunk (the probe set), as `shuffle(seed).select(range(n))` picks them."""
+    seed: int = Field(default=42, ge=0)
+    """Sampling seed (numpy default_rng)."""
+    cache_dir: str | None = None
+    """Where probe sets are cached; default `~/.cache/memsweep/probes`."""
+    vocab_size: int | None = Field(default=None, ge=1)
+    """If set, token ids outside [0, vocab_size) are an error."""
+
+    @field_validator("file")
+    @classmethod
+    def _file_formats(cls, value: str) -> str:
+        try:
+            value.format(chunk=0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"template {value!r} must only use {{chunk}} ({exc})") from None
+        return value
+
+    def file_for(self, chunk: int) -> str:
+        return self.file.format(chunk=chunk)
+
+
+class MemorizationSpec(_Section):
+    prompt_len: int = Field(default=32, ge=1)
+    """k: prompt tokens."""
+    continuation_len: int = Field(default=32, ge=1)
+    """l: greedy tokens compared with the true continuation."""
+    mode: Literal["greedy", "extractable"] = "greedy"
+    """greedy: decode l tokens (matches, score, prefix_match, full_match);
+    extractable: one teacher-forced pass (exact prefix_match and full_match only)."""
+    eos: Literal["ordinary", "reference"] = "ordinary"
+    """ordinary: EOS is a token like any other; reference: stop at EOS and pad, like the reference tool."""
+    nll: bool = False
+    """Also record mean NLL and teacher-forced accuracy of the true continuation."""
+
+
+PositiveOrAuto = Union[Literal["auto"], Annotated[int, Field(ge=1)]]
+
+
+class ResourcesSpec(_Section):
+    gpus_per_actor: Union[Literal["auto"], Annotated[float, Field(ge=0)]] = "auto"
+    """0 = CPU actors (a laptop); auto = 1 when the cluster has GPUs, else 0."""
+    actors: PositiveOrAuto = "auto"
+    """Checkpoint actors at once; auto = cluster GPUs / gpus_per_actor (1 on CPU)."""
+    batch_size: PositiveOrAuto = "auto"
+    """Sequences per forward; auto = the largest that fits on CUDA, a measured default on CPU."""
+    cpus_per_actor: Annotated[float, Field(gt=0)] = 1
+    """Ray CPUs reserved per actor."""
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    """Tries per cell before it is recorded as failed and the sweep goes on."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where actors run the model; auto = CUDA when present, else CPU."""
+
+
+class DemoSpec(_Section):
+    """Build a miniature Amber (corpus chunks + trained checkpoints) into model/data sources first."""
+
+    chunks: int = Field(default=8, ge=1)
+    rows_per_chunk: int = Field(default=256, ge=1)
+    row_len: int = Field(default=96, ge=2)
+    vocab_size: int = Field(default=512, ge=16)
+    hidden_size: int = Field(default=128, ge=8)
+    num_layers: int = Field(default=2, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+    seed: int = Field(default=0, ge=0)
+
+
+class SweepSpec(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    model: ModelSpec
+    data: DataSpec
+    checkpoints: list[int]
+    chunks: list[int]
+    cells: Literal["all", "seen", "unseen", "diagonal"] = "all"
+    """Which (checkpoint, chunk) pairs: all, seen (chunk <= ckpt), unseen, diagonal (chunk == ckpt)."""
+    memorization: MemorizationSpec = MemorizationSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    output: str = Field(min_length=1)
+    """Results directory; a relative path is relative to the directory memsweep runs in."""
+    demo: DemoSpec | None = None
+
+    @field_validator("checkpoints", "chunks", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> list[int]:
+        return parse_id_list(value)
+
+    @model_validator(mode="after")
+    def _has_cells(self) -> "SweepSpec":
+        if not self.cell_list():
+            raise ValueError(f"cells: {self.cells!r} selects no (checkpoint, chunk) pair")
+        return self
+
+    def cell_list(self) -> list[tuple[int, int]]:
+        """Every (ckpt, chunk) cell the spec asks for, checkpoint-major."""
+        keep = {
+            "all": lambda c, j: True,
+            "seen": lambda c, j: j <= c,
+            "unseen": lambda c, j: j > c,
+            "diagonal": lambda c, j: j == c,
+        }[self.cells]
+        return [(c, j) for c in self.checkpoints for j in self.chunks if keep(c, j)]
+
+    def identity(self) -> dict[str, Any]:
+        """What a number in the output means: changing any of these needs a new output directory.
+
+        Checkpoint/chunk lists, resources and output are not here: adding cells extends a sweep,
+        and batch size or hardware do not change greedy results (fp32; see docs/spec.md for bf16).
+        """
+        return {
+            "model.source": self.model.source,
+            "model.revision": self.model.revision,
+            "model.revision_overrides": {str(k): v for k, v in sorted(self.model.revision_overrides.items())},
+            "model.dtype": self.model.dtype,
+            "data.source": self.data.source,
+            "data.file": self.data.file,
+            "data.samples_per_chunk": self.data.samples_per_chunk,
+            "data.seed": self.data.seed,
+            "memorization.prompt_len": self.memorization.prompt_len,
+            "memorization.continuation_len": self.memorization.continuation_len,
+            "memorization.mode": self.memorization.mode,
+            "memorization.eos": self.memorization.eos,
+            "memorization.nll": self.memorization.nll,
+        }
+
+    def identity_hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Read and validate a spec file. `overrides` maps dotted keys to values (CLI `--set`)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{where}: invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec is a YAML mapping of keys (name, model, data, ...)")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_describe(path, root, exc)) from None
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"--set {dotted}: {key} is not a section")
+    node[leaf] = value
+
+
+def _describe(path: Path, root: yaml.Node | None, exc: ValidationError) -> str:
+    """One line for the first error: file:line: dotted.key: what is wrong."""
+    error = exc.errors()[0]
+    loc = [part for part in error["loc"] if not _is_union_tag(part)]
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key (see docs/spec.md for the keys)"
+    elif kind == "missing":
+        message = "required key is missing"
+    else:
+        message = error["msg"].removeprefix("Value error, ")
+        if "input" in error and kind not in ("model_type", "dict_type"):
+            message += f" (got {error['input']!r})"
+    line = _line_of(root, loc)
+    where = f"{path}:{line}" if line else str(path)
+    return f"{where}: {key}: {message}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic inserts the union member that failed (e.g. 'literal['auto']', 'int') into the loc.
+    return isinstance(part, str) and ("[" in part or part in ("int", "float", "str", "list[int]"))
+
+
+def _line_of(node: yaml.Node | None, loc: list) -> int | None:
+    """1-based line of the deepest YAML node along `loc` (the key itself, when it exists)."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == str(part):
+                    line = key_node.start_mark.line + 1
+                    node = value_node
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

@@ -1,0 +1,154 @@
+"""The sweep spec: every shipped config validates, and bad specs fail with the file, line and key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweep.spec import SpecError, load_spec, parse_id_list
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+GOOD = {
+    "name": "t",
+    "model": {"source": "org/model", "revision": "ckpt_{ckpt:03d}", "dtype": "bfloat16"},
+    "data": {"source": "org/data", "file": "train/train_{chunk:03d}.jsonl", "samples_per_chunk": 10, "seed": 42},
+    "checkpoints": "0-359:10",
+    "chunks": [143, 355],
+    "memorization": {"prompt_len": 32, "continuation_len": 32},
+    "resources": {"gpus_per_actor": "auto", "batch_size": "auto"},
+    "output": "results/t",
+}
+
+
+def write(tmp_path: Path, spec: dict) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def edited(**changes) -> dict:
+    """GOOD with dotted keys replaced (value None deletes the key)."""
+    spec = yaml.safe_load(yaml.safe_dump(GOOD))
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = spec
+        for key in parents:
+            node = node[key]
+        if value is None:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return spec
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_validates(path):
+    spec = load_spec(path)
+    assert spec.cell_list(), path
+    assert spec.name == path.stem
+
+
+def test_shipped_configs_cover_the_documented_sweeps():
+    names = {p.stem for p in CONFIGS}
+    assert {"demo", "amber-reference-cells", "amber-diagonal", "amber-full-matrix"} <= names
+    reference = load_spec(REPO / "configs/amber-reference-cells.yaml")
+    assert reference.cell_list() == [(355, 143), (355, 355)]
+    full = load_spec(REPO / "configs/amber-full-matrix.yaml")
+    assert len(full.cell_list()) == 360 * 360
+    assert full.model.revision_for(359) == "main" and full.model.revision_for(7) == "ckpt_007"
+
+
+def test_good_spec_parses_into_typed_objects(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    assert spec.checkpoints == list(range(0, 360, 10))
+    assert spec.chunks == [143, 355]
+    assert spec.model.revision_for(5) == "ckpt_005"
+    assert spec.data.file_for(143) == "train/train_143.jsonl"
+    assert spec.resources.batch_size == "auto"
+    assert spec.memorization.mode == "greedy" and spec.memorization.eos == "ordinary"
+
+
+def test_id_lists():
+    assert parse_id_list("0-10:5") == [0, 5, 10]
+    assert parse_id_list([3, "1-2", 3]) == [1, 2, 3]
+    assert parse_id_list("7") == [7]
+    assert parse_id_list("0-3,8") == [0, 1, 2, 3, 8]
+
+
+def test_cells_selection(tmp_path):
+    spec = load_spec(write(tmp_path, edited(checkpoints="0-2", chunks="0-2", cells="seen")))
+    assert spec.cell_list() == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]
+    spec = load_spec(write(tmp_path, edited(checkpoints="0-2", chunks="0-2", cells="diagonal")))
+    assert spec.cell_list() == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_identity_ignores_resources_but_not_meaning(tmp_path):
+    base = load_spec(write(tmp_path, GOOD))
+    more_cells = load_spec(write(tmp_path, edited(chunks=[1, 2, 3], resources__batch_size=7)))
+    assert base.identity_hash() == more_cells.identity_hash()
+    other_k = load_spec(write(tmp_path, edited(memorization__prompt_len=16)))
+    assert base.identity_hash() != other_k.identity_hash()
+
+
+BAD = [
+    # (what is wrong, edits, key the message must name, words it must contain)
+    ("unknown top-level key", {"bogus": 1}, "bogus", "unknown key"),
+    ("unknown nested key", {"memorization__promt_len": 3}, "memorization.promt_len", "unknown key"),
+    ("wrong type", {"data__samples_per_chunk": "many"}, "data.samples_per_chunk", "integer"),
+    ("empty range", {"checkpoints": "10-3"}, "checkpoints", "empty range"),
+    ("empty list", {"chunks": []}, "chunks", "empty"),
+    ("prompt_len < 1", {"memorization__prompt_len": 0}, "memorization.prompt_len", "greater than or equal to 1"),
+    ("continuation_len < 1", {"memorization__continuation_len": -4}, "memorization.continuation_len", "greater than or equal to 1"),
+    ("missing output", {"output": None}, "output", "missing"),
+    ("missing model source", {"model__source": None}, "model.source", "missing"),
+    ("bad dtype", {"model__dtype": "float8"}, "model.dtype", "float32"),
+    ("bad template", {"model__revision": "ckpt_{step}"}, "model.revision", "{ckpt}"),
+    ("bad data template", {"data__file": "train_{ckpt}.jsonl"}, "data.file", "{chunk}"),
+    ("negative gpus", {"resources__gpus_per_actor": -1}, "resources.gpus_per_actor", ""),
+    ("zero batch", {"resources__batch_size": 0}, "resources.batch_size", ""),
+    ("bad mode", {"memorization__mode": "beam"}, "memorization.mode", "greedy"),
+    ("junk range", {"checkpoints": "1..5"}, "checkpoints", "'1..5'"),
+    ("bad name", {"name": "my sweep!"}, "name", ""),
+    ("no cells selected", {"checkpoints": [0], "chunks": [5], "cells": "seen"}, "cells", "selects no"),
+]
+
+
+@pytest.mark.parametrize("what,edits,key,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_spec_names_file_line_and_key(tmp_path, what, edits, key, words):
+    path = write(tmp_path, edited(**edits))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(str(path)), message
+    assert f": {key}:" in message, message
+    assert words in message, message
+
+
+def test_error_gives_the_yaml_line(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(GOOD, sort_keys=False).replace("prompt_len: 32", "prompt_len: 0"))
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "prompt_len" in text)
+    with pytest.raises(SpecError, match=rf"spec.yaml:{line}: memorization.prompt_len:"):
+        load_spec(path)
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(SpecError, match="nope.yaml: cannot read spec"):
+        load_spec(tmp_path / "nope.yaml")
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nmodel: [unclosed\n")
+    with pytest.raises(SpecError, match=r"broken.yaml:\d+: invalid YAML"):
+        load_spec(path)
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(SpecError, match="broken.yaml: a spec is a YAML mapping"):
+        load_spec(path)
+
+
+def test_overrides_are_validated_too(tmp_path):
+    path = write(tmp_path, GOOD)
+    assert load_spec(path, {"output": "/abs/out"}).output == "/abs/out"
+    with pytest.raises(SpecError, match="memorization.prompt_len"):
+        load_spec(path, {"memorization.prompt_len": 0})
