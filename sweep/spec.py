@@ -29,7 +29,7 @@ def parse_id_list(value: Union[int, str, list]) -> list[int]:
     """
     items = value if isinstance(value, list) else [value]
     if not items:
-        raise ValueError("is an empty list")
+        raise ValueError("empty list: name at least one id")
     ids: set[int] = set()
     for item in items:
         if isinstance(item, bool):
@@ -262,27 +262,40 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
 
 
 def _describe(path: Path, root: yaml.Node | None, exc: ValidationError) -> str:
-    """One line for the first error: file:line: dotted.key: what is wrong."""
-    error = exc.errors()[0]
-    loc = [part for part in error["loc"] if not _is_union_tag(part)]
+    """One line for the first bad key: file:line: dotted.key: what is wrong."""
+    errors = exc.errors()
+    loc = _key_path(errors[0])
+    # A union (e.g. 'auto' or an int >= 1) reports one error per member: say them together.
+    alternatives = [e for e in errors if _key_path(e) == loc]
     key = ".".join(str(part) for part in loc) or "(top level)"
-    kind = error["type"]
+    kind = errors[0]["type"]
     if kind == "extra_forbidden":
         message = "unknown key (see docs/spec.md for the keys)"
     elif kind == "missing":
         message = "required key is missing"
     else:
-        message = error["msg"].removeprefix("Value error, ")
-        if "input" in error and kind not in ("model_type", "dict_type"):
-            message += f" (got {error['input']!r})"
+        message = " or ".join(
+            dict.fromkeys(e["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+                          for e in alternatives)
+        )
+        if len(alternatives) > 1 or errors[0]["msg"].startswith("Input should be "):
+            message = "should be " + message
+        if "input" in errors[0] and kind not in ("model_type", "dict_type"):
+            message += f" (got {errors[0]['input']!r})"
     line = _line_of(root, loc)
     where = f"{path}:{line}" if line else str(path)
     return f"{where}: {key}: {message}"
 
 
+def _key_path(error: dict) -> list:
+    return [part for part in error["loc"] if not _is_union_tag(part)]
+
+
 def _is_union_tag(part: Any) -> bool:
     # pydantic inserts the union member that failed (e.g. 'literal['auto']', 'int') into the loc.
-    return isinstance(part, str) and ("[" in part or part in ("int", "float", "str", "list[int]"))
+    return isinstance(part, str) and (
+        "[" in part or part.startswith("constrained-") or part in ("int", "float", "str", "bool")
+    )
 
 
 def _line_of(node: yaml.Node | None, loc: list) -> int | None:
