@@ -1,0 +1,162 @@
+"""The Ray actor around the scoring kernel: holds ONE checkpoint in memory and scores cells.
+
+A cell is (checkpoint, chunk): every probe sequence of the chunk scored against the checkpoint.
+`score_cell` names the checkpoint it wants, so the actor is stateless from the driver's point of
+view: after a restart (the process died, the node went away) the first call simply loads the
+checkpoint again. In a fault-free sweep the driver hands an actor all chunks of a checkpoint in a
+row, so each checkpoint is loaded once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+
+from actors.loading import load_checkpoint, resolve_device
+from actors.scoring import BatchScores, ScoringOptions, pick_batch_size, score_batch
+
+
+@dataclass
+class ProbeBatch:
+    """A probe set as the actors see it (numpy, so Ray shares it zero-copy from the object store)."""
+
+    chunk: int
+    rows: np.ndarray  # int64[n]: row numbers in the chunk file
+    tokens: np.ndarray  # int32/uint16[n, k+l]
+
+
+@dataclass
+class CellOutput:
+    """What an actor returns for one cell; the driver joins it with the probe set and lands it."""
+
+    ckpt: int
+    chunk: int
+    scores: BatchScores
+    seconds: float  # scoring time, checkpoint load excluded
+    load_seconds: float  # 0 unless this call loaded the checkpoint
+    loaded_now: bool
+    device: str
+    dtype: str
+    batch_size: int
+    host: str
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """Everything an actor needs that is the same for every cell of a sweep."""
+
+    model_source: str
+    dtype: str
+    options: ScoringOptions
+    batch_size: int | str  # int or "auto"
+    device: str  # "auto" | "cpu" | "cuda"
+    attn_implementation: str  # "auto" | "sdpa" | "eager" | "flash_attention_2"
+    torch_threads: int | None = None
+
+
+@ray.remote(concurrency_groups={"io": 1, "compute": 1})
+class CheckpointScorer:
+    def __init__(self, settings: ScorerSettings):
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        if self.device.type == "cpu" and settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self.ckpt: int | None = None
+        self.model = None
+        self.batch_size: int | None = None
+
+    @ray.method(concurrency_group="io")
+    def prefetch(self, location: str, revision: str | None) -> None:
+        """Download a checkpoint into the local Hub cache while the current one is scoring."""
+        from sweep.sources import prefetch_model
+
+        if revision is not None:  # local directories need no download
+            prefetch_model(location, revision)
+
+    @ray.method(concurrency_group="compute")
+    def score_cell(self, ckpt: int, location: str, revision: str | None, probes: ProbeBatch) -> CellOutput:
+        _maybe_inject_fault(ckpt, probes.chunk)
+        load_seconds, loaded_now = 0.0, False
+        if self.ckpt != ckpt:
+            start = time.perf_counter()
+            self._load(ckpt, location, revision)
+            load_seconds, loaded_now = time.perf_counter() - start, True
+        start = time.perf_counter()
+        scores = self._score(probes.tokens)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return CellOutput(
+            ckpt=ckpt,
+            chunk=probes.chunk,
+            scores=scores,
+            seconds=time.perf_counter() - start,
+            load_seconds=load_seconds,
+            loaded_now=loaded_now,
+            device=_device_name(self.device),
+            dtype=self.settings.dtype,
+            batch_size=self.batch_size,
+            host=socket.gethostname(),
+        )
+
+    def _load(self, ckpt: int, location: str, revision: str | None) -> None:
+        self.model = None  # free the previous checkpoint before loading the next
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        attn = None if self.settings.attn_implementation == "auto" else self.settings.attn_implementation
+        self.model = load_checkpoint(location, revision, self.settings.dtype, str(self.device), attn)
+        self.ckpt = ckpt
+        if self.settings.batch_size == "auto":
+            self.batch_size = pick_batch_size(self.model, self.settings.options, self.device)
+        else:
+            self.batch_size = int(self.settings.batch_size)
+
+    def _score(self, tokens: np.ndarray) -> BatchScores:
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        pad = getattr(self.model.generation_config, "pad_token_id", None)
+        parts = []
+        for start in range(0, len(tokens), self.batch_size):
+            batch = torch.from_numpy(tokens[start : start + self.batch_size].astype(np.int64))
+            parts.append(score_batch(self.model, batch, self.settings.options, eos_token_id=eos, pad_token_id=pad))
+        return concat_scores(parts)
+
+
+def concat_scores(parts: list[BatchScores]) -> BatchScores:
+    """Join per-batch results in order (fields that are None stay None)."""
+
+    def join(name: str):
+        values = [getattr(p, name) for p in parts]
+        return None if values[0] is None else np.concatenate(values)
+
+    return BatchScores(**{name: join(name) for name in BatchScores.__dataclass_fields__})
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def _maybe_inject_fault(ckpt: int, chunk: int) -> None:
+    """Test hook: SIGKILL this actor process once, at the cell MEMSWEEP_FAULT_KILL_AT="ckpt:chunk".
+
+    MEMSWEEP_FAULT_MARKER names a file that records the kill, so the restarted actor does not
+    kill itself again. Unset in normal runs.
+    """
+    target = os.environ.get("MEMSWEEP_FAULT_KILL_AT")
+    marker = os.environ.get("MEMSWEEP_FAULT_MARKER")
+    if not target or not marker or target != f"{ckpt}:{chunk}":
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)

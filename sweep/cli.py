@@ -1,0 +1,173 @@
+"""`memsweep` (also `python -m sweep`): a thin command line over spec -> plan -> driver -> store -> query/report.
+
+    memsweep run SPEC.yaml [--output DIR] [--set KEY=VALUE ...] [--address ADDR] [--report]
+    memsweep plan SPEC.yaml
+    memsweep query OUTPUT "SQL" [--format table|csv|json|parquet] [--out FILE]
+    memsweep report OUTPUT [--out DIR] [--chunks 0,3,7]
+    memsweep demo [--output DIR]
+
+Every flag is documented in docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("memsweep").setLevel(logging.INFO)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted: landed cells are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as error:  # spec, store, probe and query errors are one line
+        print(f"memsweep: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memsweep", description="Memorization sweeps over checkpoints x data chunks.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (Ray, probe sets, loads)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="score every cell of a spec not yet in its output (resumes)")
+    _spec_arguments(run)
+    _cluster_arguments(run)
+    run.add_argument("--report", action="store_true", help="write the report when the sweep ends")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    run.set_defaults(handler=_run)
+
+    plan = commands.add_parser("plan", help="print the plan (cells total/done/to do, work) and run nothing")
+    _spec_arguments(plan)
+    plan.set_defaults(handler=_plan)
+
+    query = commands.add_parser("query", help="Polars SQL over tables `sequences` and `cells`")
+    query.add_argument("output", type=Path, help="a sweep's output directory")
+    query.add_argument("sql", help='e.g. "SELECT ckpt, AVG(score) FROM cells GROUP BY ckpt ORDER BY ckpt"')
+    query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    query.add_argument("--out", type=Path, help="file to write (required for csv/json/parquet)")
+    query.add_argument("--max-rows", type=int, default=40, help="rows printed in table format")
+    query.set_defaults(handler=_query)
+
+    report = commands.add_parser("report", help="figures + index.html from a landed output")
+    report.add_argument("output", type=Path)
+    report.add_argument("--out", type=Path, help="report folder (default OUTPUT/report)")
+    report.add_argument("--chunks", help="chunks to plot over checkpoints, e.g. 0,3,7 (default: a spread)")
+    report.set_defaults(handler=_report)
+
+    demo = commands.add_parser("demo", help="run configs/demo.yaml (build the miniature Amber, sweep, report)")
+    demo.add_argument("--output", help="override the spec's output directory")
+    _cluster_arguments(demo)
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", type=Path, help="sweep spec (YAML); see docs/spec.md")
+    parser.add_argument("--output", help="override the spec's `output` (e.g. an absolute path under `ray job submit`)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override any spec key, e.g. --set resources.batch_size=64 (value parsed as YAML)",
+    )
+
+
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start Ray locally)")
+    parser.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to offer")
+    parser.add_argument("--num-gpus", type=int, help="local Ray only: GPUs to offer (logical; see README)")
+
+
+def _load(args: argparse.Namespace):
+    from sweep.spec import load_spec
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    if args.output:
+        overrides["output"] = args.output
+    return load_spec(args.spec, overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    return _sweep(spec, args, report=args.report)
+
+
+def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
+    from sweep.driver import connect, run_sweep
+
+    started = time.perf_counter()
+    connect(args.address, args.num_cpus, args.num_gpus)
+    summary = run_sweep(spec, progress=not args.no_progress)
+    print(summary.describe())
+    if report:
+        from sweep.report import write_report
+
+        path = write_report(summary.output)
+        print(f"report: {path}")
+    print(f"total time: {time.perf_counter() - started:.1f} s")
+    return 0 if summary.ok else 1
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from sweep.driver import resolved_spec
+    from sweep.plan import make_plan
+    from sweep.store import ResultStore
+
+    spec = resolved_spec(_load(args))
+    done = ResultStore(Path(spec.output)).done_cells() if Path(spec.output).exists() else set()
+    print(f"spec: {args.spec} ({spec.name}, identity {spec.identity_hash()})")
+    print(f"output: {spec.output}")
+    print(make_plan(spec, done).describe())
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from sweep.query import format_table, run_query, write_frame
+
+    frame = run_query(args.output, args.sql)
+    if args.format == "table":
+        print(format_table(frame, args.max_rows))
+        return 0
+    if args.out is None:
+        raise ValueError(f"--format {args.format} needs --out FILE")
+    write_frame(frame, args.out, args.format)
+    print(f"wrote {frame.height} rows to {args.out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sweep.report import write_report
+
+    chunks = [int(c) for c in args.chunks.split(",")] if args.chunks else None
+    print(f"report: {write_report(args.output, args.out, chunks)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sweep.spec import load_spec
+
+    path = REPO_CONFIGS / "demo.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the demo spec ships with the repository; run from a clone")
+    spec = load_spec(path, {"output": args.output} if args.output else None)
+    return _sweep(spec, args, report=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The plan: which (checkpoint, chunk) cells are still to do, grouped by checkpoint.
+
+Checkpoint loads are the expensive thing (an Amber checkpoint is 13.5 GB in bf16) and sequences are
+cheap, so work is handed out one checkpoint at a time: an actor loads it once and scores every
+pending chunk of it before it moves on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sweep.spec import SweepSpec
+
+
+@dataclass(frozen=True)
+class CheckpointWork:
+    """One checkpoint and the chunks still to score against it."""
+
+    ckpt: int
+    chunks: tuple[int, ...]
+
+
+@dataclass
+class Plan:
+    total_cells: int
+    done_cells: int
+    work: list[CheckpointWork] = field(default_factory=list)
+    samples_per_chunk: int = 0
+    tokens_per_sequence: int = 0
+
+    @property
+    def cells_to_do(self) -> int:
+        return sum(len(w.chunks) for w in self.work)
+
+    @property
+    def sequences_to_do(self) -> int:
+        return self.cells_to_do * self.samples_per_chunk
+
+    @property
+    def chunks_needed(self) -> list[int]:
+        return sorted({chunk for w in self.work for chunk in w.chunks})
+
+    def describe(self, reference_sequences_per_s: float = 1000 / 75) -> str:
+        """A few lines for `memsweep plan`; the reference rate is the reference tool's A100 rate."""
+        hours = self.sequences_to_do / reference_sequences_per_s / 3600
+        lines = [
+            f"cells: {self.total_cells} total, {self.done_cells} done, {self.cells_to_do} to do",
+            f"checkpoint loads: {len(self.work)}; chunks to sample: {len(self.chunks_needed)}",
+            f"sequences to score: {self.sequences_to_do:,} "
+            f"({self.sequences_to_do * self.tokens_per_sequence:,} tokens)",
+            f"at the reference tool's rate (13.3 sequences/s on one A100): {hours:,.1f} GPU-hours",
+        ]
+        return "\n".join(lines)
+
+
+def make_plan(spec: SweepSpec, done: set[tuple[int, int]]) -> Plan:
+    """Cells of `spec` not in `done`, checkpoint-major, in the spec's checkpoint order."""
+    cells = spec.cell_list()
+    by_ckpt: dict[int, list[int]] = {}
+    for ckpt, chunk in cells:
+        if (ckpt, chunk) not in done:
+            by_ckpt.setdefault(ckpt, []).append(chunk)
+    work = [CheckpointWork(ckpt, tuple(chunks)) for ckpt, chunks in by_ckpt.items()]
+    return Plan(
+        total_cells=len(cells),
+        done_cells=len(cells) - sum(len(w.chunks) for w in work),
+        work=work,
+        samples_per_chunk=spec.data.samples_per_chunk,
+        tokens_per_sequence=spec.memorization.prompt_len + spec.memorization.continuation_len,
+    )
