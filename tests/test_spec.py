@@ -152,3 +152,22 @@ def test_overrides_are_validated_too(tmp_path):
     assert load_spec(path, {"output": "/abs/out"}).output == "/abs/out"
     with pytest.raises(SpecError, match="memorization.prompt_len"):
         load_spec(path, {"memorization.prompt_len": 0})
+
+
+def _keys(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        yield prefix + name
+        annotation = field.annotation
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                yield from _keys(candidate, prefix + name + ".")
+
+
+def test_every_spec_key_is_documented():
+    from sweep.spec import SweepSpec
+
+    documented = (REPO / "docs/spec.md").read_text()
+    missing = [key for key in _keys(SweepSpec) if f"`{key}`" not in documented]
+    assert not missing, f"keys missing from docs/spec.md: {missing}"
