@@ -1,0 +1,357 @@
+"""ResultStore: round trip, compaction, crash safety at every filesystem step, manifest, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import sweep.store as store_module
+from sweep.store import ResultStore, StoreMismatchError
+
+# The landed-dataset contract (docs/architecture.md), spelled out independently of the store.
+SEQUENCE_COLUMNS = {
+    "ckpt": pl.Int32, "chunk": pl.Int32, "row": pl.Int64, "source": pl.String, "matches": pl.Int16,
+    "score": pl.Float32, "full_match": pl.Boolean, "prefix_match": pl.Int16, "match_mask": pl.Binary,
+    "nll": pl.Float32, "tf_accuracy": pl.Float32,
+}
+CELL_COLUMNS = {
+    "ckpt": pl.Int32, "chunk": pl.Int32, "n": pl.Int32, "score": pl.Float64, "full_match_rate": pl.Float64,
+    "mean_prefix_match": pl.Float64, "nll": pl.Float64, "tf_accuracy": pl.Float64, "seen": pl.Boolean,
+    "seconds": pl.Float64, "sequences_per_s": pl.Float64, "device": pl.String, "dtype": pl.String,
+    "batch_size": pl.Int32, "attempts": pl.Int32, "finished_at": pl.String,
+}
+LANDED_NAME = re.compile(r"^(cell-\d{5}|part-0)\.parquet$")
+IDENTITY = {"model": "LLM360/Amber", "memorization": {"prompt_len": 32, "gen_len": 32}, "probe": {"n": 7}}
+GEN_LEN = 32
+
+
+def fake_sequences(ckpt: int, chunk: int, n: int = 7) -> pl.DataFrame:
+    """What the driver hands the store for one cell: random but reproducible per (ckpt, chunk)."""
+    rng = np.random.default_rng(1000 * ckpt + chunk)
+    matches = rng.integers(0, GEN_LEN + 1, n)
+    matches[0] = GEN_LEN  # at least one full match per cell
+    return pl.DataFrame({
+        "chunk": np.full(n, chunk),
+        "row": np.sort(rng.choice(10_000, n, replace=False)),
+        "source": rng.choice(["c4", "arxiv", "refinedweb"], n),
+        "matches": matches,
+        "score": matches / GEN_LEN,
+        "full_match": matches == GEN_LEN,
+        "prefix_match": np.minimum(matches, rng.integers(0, GEN_LEN + 1, n)),
+        "match_mask": rng.integers(0, 256, (n, GEN_LEN // 8), dtype=np.uint8),
+        "nll": rng.random(n) * 3,
+    })
+
+
+def cell_info(ckpt: int, chunk: int) -> dict:
+    return {"seconds": 0.5 + chunk, "device": "cpu", "dtype": "float32", "batch_size": 4,
+            "attempts": 1, "finished_at": f"2026-01-01T00:00:{ckpt:02d}+00:00"}
+
+
+def write(store: ResultStore, ckpt: int, chunk: int) -> dict:
+    return store.write_cell(ckpt, chunk, fake_sequences(ckpt, chunk), cell_info(ckpt, chunk))
+
+
+def new_store(path: Path) -> ResultStore:
+    store = ResultStore(path)
+    store.open(IDENTITY, {"spec": "demo"}, {"device": "cpu", "batch_size": 4})
+    return store
+
+
+def read_sorted(store: ResultStore) -> tuple[pl.DataFrame, pl.DataFrame]:
+    sequences = store.sequences().collect().sort("ckpt", "chunk", "row")
+    cells = store.cells().collect().sort("ckpt", "chunk")
+    return sequences, cells
+
+
+def landed_files(output: Path) -> list[Path]:
+    return [p for table in ("sequences", "cells") if (output / table).exists()
+            for p in (output / table).rglob("*") if p.is_file()]
+
+
+def test_round_trip_schema_values_and_done_cells(tmp_path):
+    store = new_store(tmp_path / "out")
+    records = {(c, j): write(store, c, j) for c in (0, 2) for j in (0, 1, 2)}
+    assert store.done_cells() == set(records)
+
+    sequences, cells = read_sorted(store)
+    assert dict(sequences.schema) == SEQUENCE_COLUMNS
+    assert dict(cells.schema) == CELL_COLUMNS
+    for (ckpt, chunk), record in records.items():
+        written = fake_sequences(ckpt, chunk)
+        landed = sequences.filter((pl.col("ckpt") == ckpt) & (pl.col("chunk") == chunk))
+        assert landed["row"].to_list() == written["row"].to_list()
+        assert landed["source"].to_list() == written["source"].to_list()
+        assert landed["matches"].to_list() == written["matches"].to_list()
+        assert landed["full_match"].to_list() == written["full_match"].to_list()
+        np.testing.assert_allclose(landed["score"].to_numpy(), written["score"].to_numpy(), rtol=1e-6)
+        np.testing.assert_allclose(landed["nll"].to_numpy(), written["nll"].to_numpy(), rtol=1e-6)
+        assert landed["match_mask"].to_list() == [bytes(r) for r in written["match_mask"].to_numpy()]
+        assert landed["tf_accuracy"].null_count() == landed.height  # left out -> null
+
+        cell = cells.filter((pl.col("ckpt") == ckpt) & (pl.col("chunk") == chunk)).row(0, named=True)
+        assert cell == record
+        assert cell["n"] == written.height
+        assert cell["score"] == pytest.approx(written["score"].mean(), rel=1e-6)
+        assert cell["full_match_rate"] == pytest.approx(written["full_match"].mean())
+        assert cell["mean_prefix_match"] == pytest.approx(written["prefix_match"].mean())
+        assert cell["nll"] == pytest.approx(written["nll"].mean(), rel=1e-6)
+        assert cell["tf_accuracy"] is None
+        assert cell["seen"] == (chunk <= ckpt)
+        assert cell["sequences_per_s"] == pytest.approx(written.height / cell_info(ckpt, chunk)["seconds"])
+    assert not any(p.name.endswith(".json") for p in landed_files(tmp_path / "out"))
+
+
+def test_compaction_keeps_rows_one_file_per_ckpt_and_no_duplicates(tmp_path):
+    output = tmp_path / "out"
+    store = new_store(output)
+    for ckpt in (0, 1):
+        for chunk in (0, 1, 2):
+            write(store, ckpt, chunk)
+    before = read_sorted(store)
+    for ckpt in (0, 1):
+        store.compact_checkpoint(ckpt)
+    for table in ("sequences", "cells"):
+        for ckpt in (0, 1):
+            assert sorted(os.listdir(output / table / f"ckpt={ckpt}")) == ["part-0.parquet"]
+    for expected, got in zip(before, read_sorted(ResultStore(output))):
+        assert_frame_equal(got, expected)
+
+    # Re-writing landed cells (compacted or not) must not duplicate them.
+    write(store, 0, 1)
+    assert sorted(os.listdir(output / "sequences" / "ckpt=0")) == ["part-0.parquet"]
+    for expected, got in zip(before, read_sorted(ResultStore(output))):
+        assert_frame_equal(got, expected)
+    more = {(0, 3), (0, 4), (1, 5)}
+    for ckpt, chunk in more:
+        write(store, ckpt, chunk)
+    write(store, 0, 3)
+    store.compact_checkpoint(0)
+    store.compact_checkpoint(1)
+    store.compact_checkpoint(1)  # nothing new: a no-op
+    sequences, cells = read_sorted(ResultStore(output))
+    assert cells.select("ckpt", "chunk").rows() == sorted({(c, j) for c in (0, 1) for j in (0, 1, 2)} | more)
+    assert sequences.select("ckpt", "chunk", "row").is_duplicated().sum() == 0
+    assert sequences.height == 7 * len(cells)
+    assert ResultStore(output).done_cells() == set(cells.select("ckpt", "chunk").rows())
+
+
+def test_empty_store_reads_as_empty_tables(tmp_path):
+    store = ResultStore(tmp_path / "nothing")
+    assert store.done_cells() == set()
+    assert store.failures() == []
+    assert dict(store.sequences().collect().schema) == SEQUENCE_COLUMNS
+    store = new_store(tmp_path / "out")
+    assert store.sequences().collect().height == 0
+    assert store.cells().collect().height == 0
+
+
+# ---- crash safety --------------------------------------------------------------------------
+
+class SimulatedCrash(BaseException):
+    """BaseException, so no `except Exception` in the code under test can swallow it."""
+
+
+class CrashingOs:
+    """Stands in for `os` inside sweep.store: the crash_at-th filesystem mutation (or fsync)
+    raises instead of running, as if the process had been killed just before it."""
+
+    MUTATIONS = frozenset({"replace", "rename", "unlink", "rmdir", "makedirs", "fsync", "remove"})
+
+    def __init__(self, crash_at: int):
+        self.crash_at = crash_at
+        self.calls = 0
+
+    def __getattr__(self, name):
+        real = getattr(os, name)
+        if name not in self.MUTATIONS:
+            return real
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.crash_at:
+                raise SimulatedCrash(name)
+            return real(*args, **kwargs)
+        return counted
+
+
+def run_with_crash(monkeypatch, crash_at: int, operation) -> bool:
+    """Run `operation` with a crash at mutation `crash_at`; True if it crashed."""
+    crashing = CrashingOs(crash_at)
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "os", crashing)
+        try:
+            operation()
+        except SimulatedCrash:
+            return True
+    return False
+
+
+def assert_readers_see_only_landed_files(output: Path):
+    for path in landed_files(output):
+        assert LANDED_NAME.match(path.name), f"reader-visible stray file {path}"
+        pl.read_parquet(path)  # complete, readable
+
+
+def build_base(output: Path) -> ResultStore:
+    """ckpt 0 compacted, ckpt 1 with two loose cells and one earlier compacted, a failure for (1, 3)."""
+    store = new_store(output)
+    for chunk in (0, 1):
+        write(store, 0, chunk)
+    store.compact_checkpoint(0)
+    write(store, 1, 0)
+    store.compact_checkpoint(1)
+    write(store, 1, 1)
+    write(store, 1, 2)
+    store.record_failure(1, 3, "CUDA out of memory", attempts=3)
+    return store
+
+
+def redo_write(store: ResultStore):
+    """What the driver does on resume: write the cell unless it landed."""
+    if (1, 3) not in store.done_cells():
+        write(store, 1, 3)
+
+
+@pytest.mark.parametrize("operation", ["write_cell", "compact_checkpoint"])
+def test_crash_at_every_step_recovers_exactly(tmp_path, monkeypatch, operation):
+    def act(store: ResultStore):
+        if operation == "write_cell":
+            write(store, 1, 3)
+        else:
+            store.compact_checkpoint(1)
+
+    reference = build_base(tmp_path / "reference")
+    old_rows = read_sorted(reference)
+    act(reference)
+    expected = read_sorted(reference)
+    expected_failures = [(f["ckpt"], f["chunk"]) for f in reference.failures()]
+
+    crash_points = 0
+    for crash_at in range(1, 200):
+        output = tmp_path / f"crash-{crash_at}"
+        store = build_base(output)
+        if not run_with_crash(monkeypatch, crash_at, lambda: act(store)):
+            break
+        crash_points += 1
+
+        # Before any recovery, readers see whole files only, and either the old or the new rows
+        # of the checkpoint (mid-swap: none of it, which recover() then restores).
+        assert_readers_see_only_landed_files(output)
+        seen = read_sorted(ResultStore(output))
+        if operation == "compact_checkpoint":
+            ckpt1 = seen[0].filter(pl.col("ckpt") == 1)
+            assert ckpt1.height in (0, expected[0].filter(pl.col("ckpt") == 1).height)
+
+        fresh = ResultStore(output)
+        fresh.recover()
+        assert not (output / "_tmp").exists() or not any((output / "_tmp").iterdir())
+        assert_readers_see_only_landed_files(output)
+        sequences, cells = read_sorted(fresh)
+        # No orphans: every sequence row belongs to a landed cell.
+        assert set(sequences.select("ckpt", "chunk").unique().rows()) == set(cells.select("ckpt", "chunk").rows())
+        assert len(cells) in (len(old_rows[1]), len(expected[1]))
+
+        if operation == "write_cell":
+            redo_write(fresh)
+        else:
+            fresh.compact_checkpoint(1)
+        for want, got in zip(expected, read_sorted(ResultStore(output))):
+            assert_frame_equal(got, want)
+        assert [(f["ckpt"], f["chunk"]) for f in fresh.failures()] == expected_failures
+        if operation == "compact_checkpoint":
+            assert sorted(os.listdir(output / "sequences" / "ckpt=1")) == ["part-0.parquet"]
+    else:
+        pytest.fail("operation never completed")
+    assert crash_points >= 5  # the operation really has several steps to crash in
+
+
+def test_recover_drops_orphan_sequences_and_stale_failures(tmp_path):
+    output = tmp_path / "out"
+    store = new_store(output)
+    write(store, 3, 0)
+    # A sequences file whose cell record never landed, a stray temp file, a stale failure record.
+    orphan = store.cell_file("sequences", 3, 1)
+    fake_sequences(3, 1).with_columns(pl.col("chunk").cast(pl.Int32)).drop("match_mask").write_parquet(orphan)
+    (output / "_tmp").mkdir(exist_ok=True)
+    (output / "_tmp" / "cell-00002.abc.parquet").write_bytes(b"partial")
+    store.record_failure(3, 0, "boom", 2)
+    fresh = ResultStore(output)
+    fresh.recover()
+    assert not orphan.exists()
+    assert list((output / "_tmp").iterdir()) == []
+    assert fresh.failures() == []
+    assert fresh.sequences().collect()["chunk"].unique().to_list() == [0]
+
+
+# ---- manifest ------------------------------------------------------------------------------
+
+def test_manifest_reopen_appends_run_and_mismatch_names_key(tmp_path):
+    output = tmp_path / "out"
+    new_store(output)
+    ResultStore(output).open(IDENTITY, {"spec": "demo", "batch_size": 8}, {"device": "cuda", "batch_size": 8})
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["format"] == 1
+    assert manifest["identity"] == IDENTITY
+    assert [run["device"] for run in manifest["runs"]] == ["cpu", "cuda"]
+    assert all("started_at" in run for run in manifest["runs"])
+    assert manifest["identity_hash"] == store_module.identity_hash(IDENTITY)
+
+    changed = {**IDENTITY, "memorization": {**IDENTITY["memorization"], "prompt_len": 16}}
+    with pytest.raises(StoreMismatchError) as caught:
+        ResultStore(output).open(changed, {}, {"device": "cpu"})
+    message = str(caught.value)
+    assert "memorization.prompt_len: 32 -> 16" in message
+    assert "gen_len" not in message and "new output" in message and "\n" not in message
+    assert len(json.loads((output / "manifest.json").read_text())["runs"]) == 2  # refused: unchanged
+
+
+def test_open_refuses_foreign_directory_and_bad_manifest(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="no manifest.json"):
+        ResultStore(foreign).open(IDENTITY, {}, {})
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{\n  \"format\": 1,\n")
+    with pytest.raises(ValueError, match=r"manifest.json: not valid JSON \(line 3"):
+        ResultStore(broken).open(IDENTITY, {}, {})
+
+
+# ---- failures and bad input ----------------------------------------------------------------
+
+def test_failures_recorded_listed_and_cleared(tmp_path):
+    store = new_store(tmp_path / "out")
+    store.record_failure(2, 5, "RuntimeError: CUDA out of memory", attempts=3)
+    store.record_failure(1, 7, "actor died", attempts=2)
+    listed = store.failures()
+    assert [(f["ckpt"], f["chunk"], f["attempts"]) for f in listed] == [(1, 7, 2), (2, 5, 3)]
+    assert listed[1]["error"] == "RuntimeError: CUDA out of memory" and listed[1]["failed_at"]
+    assert (2, 5) not in store.done_cells()
+    write(store, 2, 5)
+    assert [(f["ckpt"], f["chunk"]) for f in ResultStore(tmp_path / "out").failures()] == [(1, 7)]
+
+
+def test_bad_sequences_and_info_raise_clear_errors(tmp_path):
+    store = new_store(tmp_path / "out")
+    good = fake_sequences(0, 0)
+    with pytest.raises(ValueError, match=r"ckpt 0 chunk 0: missing column\(s\) \['prefix_match'\]"):
+        store.write_cell(0, 0, good.drop("prefix_match"), cell_info(0, 0))
+    with pytest.raises(ValueError, match=r"unexpected column\(s\) \['tokens'\]"):
+        store.write_cell(0, 0, good.with_columns(tokens=pl.lit(1)), cell_info(0, 0))
+    with pytest.raises(ValueError, match="column 'chunk' holds values other than 4"):
+        store.write_cell(0, 4, good, cell_info(0, 4))
+    with pytest.raises(ValueError, match="column 'row'"):
+        store.write_cell(0, 0, good.with_columns(row=pl.lit("x")), cell_info(0, 0))
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['device'\]"):
+        store.write_cell(0, 0, good, {k: v for k, v in cell_info(0, 0).items() if k != "device"})
+    assert store.done_cells() == set()
+    assert landed_files(tmp_path / "out") == []
