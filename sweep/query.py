@@ -1,0 +1,88 @@
+"""Polars SQL over a landed dataset: tables `sequences`, `cells` and (when any) `failures`.
+
+Read-only: it never calls `recover()`, so it is safe to run while a sweep is writing. A
+checkpoint whose compaction is mid-swap at that moment reads as absent for that instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from sweep.store import ResultStore
+
+OutputFormat = Literal["csv", "json", "parquet"]
+OUTPUT_FORMATS: tuple[str, ...] = ("csv", "json", "parquet")
+
+
+class QueryError(ValueError):
+    """A query could not run: missing/empty output directory, or an SQL error (one line)."""
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def open_tables(output: Path) -> dict[str, pl.LazyFrame]:
+    """The landed tables of `output` by SQL name; raises QueryError if there is nothing to query."""
+    output = Path(output)
+    if not output.is_dir():
+        raise QueryError(f"output directory {output} does not exist")
+    store = ResultStore(output)
+    tables = {"sequences": store.sequences(), "cells": store.cells()}
+    failures = store.failures()
+    if failures:
+        tables["failures"] = pl.LazyFrame(failures)
+    has_cells = tables["cells"].select(pl.len()).collect().item() > 0
+    if not has_cells and not failures:
+        raise QueryError(f"output directory {output} holds no landed results "
+                         f"(no cells/ files: is it a memsweep output, and has a run finished a cell?)")
+    return tables
+
+
+def run_query(output: Path, sql: str) -> pl.DataFrame:
+    """Run one SQL statement over `output`'s tables and return the result, eagerly."""
+    tables = open_tables(output)
+    context = pl.SQLContext(frames=tables)
+    try:
+        return context.execute(sql, eager=True)
+    except (pl.exceptions.PolarsError, ValueError, TypeError) as error:
+        # Polars reports unknown tables, columns and syntax errors as several error types.
+        raise QueryError(f"SQL error: {_first_line(error)} (tables: {', '.join(sorted(tables))})") from None
+
+
+def _text_safe(frame: pl.DataFrame) -> pl.DataFrame:
+    """Binary columns (e.g. match_mask) as hex strings: CSV and JSON writers cannot hold bytes."""
+    binary = [name for name, dtype in frame.schema.items() if dtype == pl.Binary]
+    return frame.with_columns(pl.col(name).bin.encode("hex") for name in binary) if binary else frame
+
+
+def write_frame(frame: pl.DataFrame, path: Path, fmt: OutputFormat) -> None:
+    """Write `frame` to `path` as csv, json (an array of row objects) or parquet.
+
+    In csv and json, binary columns become lowercase hex strings; parquet keeps every type.
+    """
+    path = Path(path)
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; expected one of {', '.join(OUTPUT_FORMATS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        frame.write_parquet(path)
+    elif fmt == "csv":
+        frame = _text_safe(frame)
+        nested = [name for name, dtype in frame.schema.items() if dtype.is_nested()]
+        if nested:
+            raise ValueError(f"columns {nested} are nested and cannot be written to csv; use json or parquet")
+        frame.write_csv(path)
+    else:
+        _text_safe(frame).write_json(path)
+
+
+def format_table(frame: pl.DataFrame, max_rows: int = 50) -> str:
+    """`frame` as a printable table: every column shown, at most `max_rows` rows."""
+    with pl.Config(tbl_rows=max_rows, tbl_cols=-1, tbl_width_chars=1000, fmt_str_lengths=60,
+                   tbl_hide_dataframe_shape=False):
+        return str(frame)
