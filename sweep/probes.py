@@ -85,8 +85,11 @@ def index_lines(path: str | os.PathLike) -> LineIndex:
         raise ProbeSetError(f"{path}: chunk file not found")
     began = time.perf_counter()
     newline_offsets: list[np.ndarray] = []
+    # Both buffers are reused for every block, so the scan allocates nothing per block but
+    # the (small) array of that block's newline positions.
     buffer = bytearray(SCAN_BLOCK_BYTES)
     view = memoryview(buffer)
+    is_newline = np.empty(SCAN_BLOCK_BYTES, dtype=bool)
     size = 0
     with open(path, "rb", buffering=0) as handle:
         while True:
@@ -94,7 +97,8 @@ def index_lines(path: str | os.PathLike) -> LineIndex:
             if not n_read:
                 break
             block = np.frombuffer(buffer, dtype=np.uint8, count=n_read)
-            newline_offsets.append(np.flatnonzero(block == _NEWLINE) + size)
+            np.equal(block, _NEWLINE, out=is_newline[:n_read])
+            newline_offsets.append(np.flatnonzero(is_newline[:n_read]) + size)
             size += n_read
     if size == 0:
         raise ProbeSetError(f"{path}: file is empty")
