@@ -9,6 +9,7 @@ row, so each checkpoint is loaded once.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ import torch
 
 from actors.loading import load_checkpoint, resolve_device
 from actors.scoring import BatchScores, ScoringOptions, pick_batch_size, score_batch
+from sweep.sources import prefetch_model, resolve_model
 
 
 @dataclass
@@ -73,20 +75,26 @@ class CheckpointScorer:
         self.batch_size: int | None = None
 
     @ray.method(concurrency_group="io")
-    def prefetch(self, location: str, revision: str | None) -> None:
-        """Download a checkpoint into the local Hub cache while the current one is scoring."""
-        from sweep.sources import prefetch_model
+    def prefetch(self, revision: str) -> None:
+        """Download a checkpoint into the local Hub cache while the current one is scoring.
 
-        if revision is not None:  # local directories need no download
-            prefetch_model(location, revision)
+        Best effort: a failure here is only logged; `score_cell` will meet (and report) it again.
+        """
+        try:
+            prefetch_model(self.settings.model_source, revision)
+        except Exception as error:  # noqa: BLE001 - the real load reports it per cell
+            logging.getLogger("memsweep").warning("prefetch of %s failed: %s", revision, error)
 
     @ray.method(concurrency_group="compute")
-    def score_cell(self, ckpt: int, location: str, revision: str | None, probes: ProbeBatch) -> CellOutput:
+    def score_cell(self, ckpt: int, revision: str, probes: ProbeBatch) -> CellOutput:
+        """Score one chunk's probe set against checkpoint `ckpt` (loaded first if not in memory)."""
         _maybe_inject_fault(ckpt, probes.chunk)
         load_seconds, loaded_now = 0.0, False
         if self.ckpt != ckpt:
             start = time.perf_counter()
-            self._load(ckpt, location, revision)
+            # Resolved here, on the actor's node: that is where a local checkpoint must exist.
+            location, hub_revision = resolve_model(self.settings.model_source, revision)
+            self._load(ckpt, location, hub_revision)
             load_seconds, loaded_now = time.perf_counter() - start, True
         start = time.perf_counter()
         scores = self._score(probes.tokens)

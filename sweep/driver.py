@@ -32,7 +32,7 @@ from actors.scorer_actor import CellOutput, CheckpointScorer, ProbeBatch, Scorer
 from actors.scoring import ScoringOptions
 from sweep.plan import CheckpointWork, Plan, make_plan
 from sweep.probes import load_or_build_probe_set
-from sweep.sources import is_local, resolve_model
+from sweep.sources import is_local
 from sweep.spec import SweepSpec
 from sweep.store import ResultStore
 
@@ -191,13 +191,12 @@ class _Scheduler:
             if slot in busy or not self.queue:
                 continue
             work = self.queue.popleft()
-            location, revision = resolve_model(self.spec.model.source, self.spec.model.revision_for(work.ckpt))
+            revision = self.spec.model.revision_for(work.ckpt)
             for chunk in work.chunks:
-                ref = self.actors[slot].score_cell.remote(work.ckpt, location, revision, self.probes[chunk].batch_ref)
+                ref = self.actors[slot].score_cell.remote(work.ckpt, revision, self.probes[chunk].batch_ref)
                 self.in_flight[ref] = (slot, work.ckpt, chunk)
             if self.queue:  # overlap the next checkpoint's download with this one's scoring
-                nxt = self.queue[0].ckpt
-                self.actors[slot].prefetch.remote(*resolve_model(self.spec.model.source, self.spec.model.revision_for(nxt)))
+                self.actors[slot].prefetch.remote(self.spec.model.revision_for(self.queue[0].ckpt))
 
     def _requeue(self, ckpt: int, chunk: int) -> None:
         if self.queue and self.queue[0].ckpt == ckpt:
@@ -304,12 +303,16 @@ class _Scheduler:
         return max(1, min(int(wanted), len(plan.work)))
 
     def _new_actor(self):
-        return CheckpointScorer.options(
+        options = dict(
             num_gpus=self._gpus_per_actor(),
             num_cpus=self.spec.resources.cpus_per_actor,
             max_restarts=ACTOR_MAX_RESTARTS,
             max_task_retries=0,  # the scheduler re-queues, so it can count tries per cell
-        ).remote(self.settings)
+        )
+        forwarded = _forwarded_environment()
+        if forwarded:
+            options["runtime_env"] = {"env_vars": forwarded}
+        return CheckpointScorer.options(**options).remote(self.settings)
 
 
 def _score_columns(output: CellOutput, continuation_len: int) -> dict[str, pl.Series]:
@@ -336,6 +339,12 @@ def _finished_checkpoints(spec: SweepSpec, done: set[tuple[int, int]]) -> list[i
     for ckpt, chunk in spec.cell_list():
         wanted.setdefault(ckpt, set()).add(chunk)
     return [ckpt for ckpt, chunks in wanted.items() if all((ckpt, c) in done for c in chunks)]
+
+
+def _forwarded_environment() -> dict[str, str]:
+    """Hub settings (endpoint, token, cache) and memsweep's own variables reach actors on every node."""
+    prefixes = ("HF_", "HUGGING_FACE_", "MEMSWEEP_")
+    return {key: value for key, value in os.environ.items() if key.startswith(prefixes)}
 
 
 def _first_line(error: BaseException) -> str:
