@@ -1,0 +1,312 @@
+"""The scoring kernel: (model, token batch) -> per-sequence memorization results.
+
+A sequence is k prompt tokens followed by its l true continuation tokens. Greedy decoding from the
+prompt produces l tokens; its memorization score is the fraction of them equal to the truth,
+position by position. This module is a pure function of a model and a batch: no Ray, no files.
+
+Modes:
+- "greedy": a KV-cached argmax loop (one prefill of the k prompt tokens, then l-1 one-token steps).
+  Gives `matches`, `prefix_match`, `full_match` and the per-position `match_mask`.
+- "extractable": no decode loop at all. Greedy decoding reproduces the truth up to its first mismatch
+  exactly when the teacher-forced argmax does, so one forward over the true k+l tokens gives the same
+  `prefix_match` / `full_match` as greedy, for a fraction of the cost. `matches` and the mask are None.
+
+EOS policies (greedy mode):
+- "ordinary": EOS is a token like any other; always exactly l tokens (HF `generate` with
+  `eos_token_id=None`).
+- "reference": what HF `generate` does with the model's default `eos_token_id` (the reference tool):
+  after a row emits EOS, its later positions hold the pad token (generation config's pad, else the
+  first EOS id) and are compared as such; once every row of the batch has finished, `generate` stops
+  and the missing positions count as mismatches. That last rule makes a row's score depend on which
+  rows share its batch -- a property of the reference method, reproduced on purpose.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CPU_BATCH_SIZE = 128  # measured best on 2 CPU cores (BENCHMARKS.md): 512 was slower than 128
+MAX_CUDA_BATCH_SIZE = 2048  # beyond this a 7B forward is long compute-bound already (unmeasured cap)
+
+MODES = ("greedy", "extractable")
+EOS_POLICIES = ("ordinary", "reference")
+
+
+@dataclass
+class ScoringOptions:
+    prompt_len: int = 32
+    """k: prompt tokens given to the model."""
+    continuation_len: int = 32
+    """l: tokens generated and compared with the true continuation."""
+    mode: str = "greedy"
+    """"greedy" (decode l tokens) or "extractable" (one teacher-forced pass; prefix/full match only)."""
+    eos_policy: str = "ordinary"
+    """"ordinary" (EOS is a normal token) or "reference" (HF generate's stop-and-pad at EOS)."""
+    with_nll: bool = False
+    """Also return mean NLL and teacher-forced accuracy of the true continuation."""
+    compile_decode: bool = False
+    """CUDA only: static KV cache + torch.compile(mode="reduce-overhead") of the one-token step.
+    Off by default and unmeasured (no GPU was available when it was written)."""
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_len", "continuation_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ScoringOptions.{name} must be a positive int, got {value!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"ScoringOptions.mode must be one of {MODES}, got {self.mode!r}")
+        if self.eos_policy not in EOS_POLICIES:
+            raise ValueError(f"ScoringOptions.eos_policy must be one of {EOS_POLICIES}, got {self.eos_policy!r}")
+        if self.mode == "extractable" and self.eos_policy != "ordinary":
+            raise ValueError("ScoringOptions.eos_policy must be 'ordinary' in extractable mode "
+                             "(a teacher-forced pass cannot reproduce stop-and-pad at EOS)")
+        if self.mode == "extractable" and self.compile_decode:
+            raise ValueError("ScoringOptions.compile_decode applies to greedy mode only (extractable has no decode loop)")
+
+
+@dataclass
+class BatchScores:
+    """Per-sequence results; every array has length B (the batch)."""
+    matches: np.ndarray | None
+    """int16: greedy tokens equal to the truth, 0..l. None in extractable mode."""
+    prefix_match: np.ndarray
+    """int16: leading greedy tokens equal to the truth before the first mismatch (l if all)."""
+    full_match: np.ndarray
+    """bool: prefix_match == l."""
+    match_mask: np.ndarray | None
+    """uint8[B, ceil(l/8)]: np.packbits(bitorder="little") of the per-position hits. None in extractable mode."""
+    nll: np.ndarray | None
+    """float32: mean NLL (nats/token) of the true continuation given the prompt. None unless with_nll."""
+    tf_accuracy: np.ndarray | None
+    """float32: fraction of continuation positions where the teacher-forced argmax equals the truth."""
+
+
+@torch.inference_mode()
+def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_id: int | list[int] | None = None,
+                pad_token_id: int | None = None) -> BatchScores:
+    """Score a batch of sequences with one model.
+
+    model: a causal LM (HF `LlamaForCausalLM` or alike) in eval mode, on any device and dtype.
+    tokens: int[B, k+l] token ids on any device; the first k are the prompt, the last l the truth.
+    eos_token_id / pad_token_id: used by eos_policy "reference" only; when None they come from
+        `model.generation_config` as HF `generate` would take them (pad falls back to the first EOS).
+    """
+    k, l = options.prompt_len, options.continuation_len
+    if tokens.ndim != 2 or tokens.shape[1] != k + l:
+        raise ValueError(f"tokens must have shape [batch, prompt_len + continuation_len = {k + l}], "
+                         f"got {list(tokens.shape)}")
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise ValueError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
+    device = _model_device(model)
+    tokens = tokens.to(device=device, dtype=torch.long, non_blocking=True)
+    if tokens.shape[0] == 0:
+        hits = torch.zeros((0, l), dtype=torch.bool)
+        empty = torch.zeros(0) if options.with_nll else None
+        return _finish(hits, l, with_positions=options.mode == "greedy", nll=empty, tf_accuracy=empty)
+    truth = tokens[:, k:]
+
+    nll = tf_accuracy = None
+    if options.mode == "extractable":
+        logits, _ = _teacher_forced_logits(model, tokens, l, keep_cache=False)
+        tf_hits = logits.argmax(-1) == truth
+        if options.with_nll:
+            nll, tf_accuracy = _nll_and_accuracy(logits, truth, tf_hits)
+        return _finish(tf_hits, l, with_positions=False, nll=nll, tf_accuracy=tf_accuracy)
+
+    stop = _EosStop.from_model(model, eos_token_id, pad_token_id, device) if options.eos_policy == "reference" else None
+    if options.with_nll:
+        # One pass over the true k+l-1 tokens serves both: its logits give NLL / accuracy, its first
+        # continuation logit is greedy's first token, and its KV cache cropped back to the prompt
+        # seeds the decode loop. Cheaper than a separate prefill plus a separate teacher-forced pass.
+        logits, cache = _teacher_forced_logits(model, tokens, l, keep_cache=True)
+        nll, tf_accuracy = _nll_and_accuracy(logits, truth, logits.argmax(-1) == truth)
+        first_logits = logits[:, 0]
+        del logits
+        if l > 1:
+            cache.crop(-(l - 1))
+        generated, produced = _greedy_decode(model, first_logits, cache, l, stop)
+    elif options.compile_decode:
+        generated, produced = _greedy_decode_static_compiled(model, tokens[:, :k], l, stop)
+    else:
+        out = model(input_ids=tokens[:, :k], use_cache=True, logits_to_keep=1)
+        generated, produced = _greedy_decode(model, out.logits[:, -1], out.past_key_values, l, stop)
+    hits = generated == truth
+    if produced is not None:
+        hits &= produced[None, :]
+    return _finish(hits, l, with_positions=True, nll=nll, tf_accuracy=tf_accuracy)
+
+
+def pick_batch_size(model, options: ScoringOptions, device: torch.device | str | None = None) -> int:
+    """The batch size for `batch_size: auto`.
+
+    CPU: CPU_BATCH_SIZE (measured best). CUDA: the largest batch whose KV cache, peak activations and
+    logits fit in 85% of the memory free now (the weights are already resident), capped at
+    MAX_CUDA_BATCH_SIZE and rounded down to a multiple of 8. The CUDA estimate is unmeasured.
+    """
+    device = torch.device(device) if device is not None else _model_device(model)
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    config = model.config
+    k, l = options.prompt_len, options.continuation_len
+    element_bytes = next(model.parameters()).element_size()
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    tokens = k + l
+    uses_cache = options.mode == "greedy"
+    kv_bytes = 2 * config.num_hidden_layers * kv_heads * head_dim * tokens * element_bytes if uses_cache else 0
+    # a few MLP-width activations of one layer are alive at once during the longest pass
+    activation_bytes = 4 * tokens * max(hidden, config.intermediate_size) * element_bytes
+    logit_positions = l if (options.mode == "extractable" or options.with_nll) else 1
+    logit_bytes = logit_positions * config.vocab_size * (element_bytes + 4 + 4)  # logits, fp32 copy, log-softmax
+    per_row = kv_bytes + activation_bytes + logit_bytes
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    batch = int(0.85 * free_bytes // per_row)
+    batch = max(1, min(batch, MAX_CUDA_BATCH_SIZE))
+    return batch - batch % 8 if batch >= 8 else batch
+
+
+# --- internals -------------------------------------------------------------------------------------------
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@dataclass
+class _EosStop:
+    """HF generate's stop-and-pad at EOS: the ids that finish a row and the token written after."""
+    eos_ids: torch.Tensor  # int64[n_eos]
+    pad_id: torch.Tensor  # int64 scalar
+
+    @classmethod
+    def from_model(cls, model, eos_token_id, pad_token_id, device) -> _EosStop | None:
+        generation_config = getattr(model, "generation_config", None)
+        if eos_token_id is None and generation_config is not None:
+            eos_token_id = generation_config.eos_token_id
+        if eos_token_id is None:
+            return None  # generate would run all l steps, exactly like "ordinary"
+        eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        if pad_token_id is None and generation_config is not None:
+            pad_token_id = generation_config.pad_token_id
+        if pad_token_id is None:
+            pad_token_id = eos_ids[0]
+        return cls(torch.tensor(eos_ids, dtype=torch.long, device=device),
+                   torch.tensor(pad_token_id, dtype=torch.long, device=device))
+
+
+def _greedy_decode(model, first_logits: torch.Tensor, cache, l: int, stop: _EosStop | None):
+    """Argmax decode l tokens, the first from `first_logits` (float[B, V]), the rest from one-token steps.
+
+    Returns (generated int64[B, l], produced bool[l] or None): `produced[i]` is False where HF generate
+    would already have stopped (every row finished at EOS) -- only with `stop`.
+    """
+    batch = first_logits.shape[0]
+    generated = torch.empty((batch, l), dtype=torch.long, device=first_logits.device)
+    state = _StopState(stop, batch, l, first_logits.device) if stop is not None else None
+    next_token = first_logits.argmax(-1)
+    for position in range(l):
+        if position > 0:
+            logits = model(input_ids=next_token[:, None], past_key_values=cache, use_cache=True).logits
+            next_token = logits[:, -1].argmax(-1)
+        if state is not None:
+            next_token = state.apply(next_token, position)
+        generated[:, position] = next_token
+    return generated, (state.produced if state is not None else None)
+
+
+class _StopState:
+    """Device-side bookkeeping for eos_policy "reference", without host syncs in the loop."""
+
+    def __init__(self, stop: _EosStop, batch: int, l: int, device: torch.device):
+        self.stop = stop
+        self.unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+        self.produced = torch.ones(l, dtype=torch.bool, device=device)
+
+    def apply(self, next_token: torch.Tensor, position: int) -> torch.Tensor:
+        # generate's loop runs step `position` only while some row is unfinished
+        self.produced[position] = self.unfinished.any()
+        next_token = torch.where(self.unfinished, next_token, self.stop.pad_id)
+        self.unfinished &= ~torch.isin(next_token, self.stop.eos_ids)
+        return next_token
+
+
+def _teacher_forced_logits(model, tokens: torch.Tensor, l: int, keep_cache: bool):
+    """Logits at the l positions that predict the true continuation: float[B, l, V] (model dtype).
+
+    The last true token is not fed (nothing after it is scored). Returns (logits, cache or None).
+    """
+    out = model(input_ids=tokens[:, :-1], use_cache=keep_cache, logits_to_keep=l)
+    return out.logits, (out.past_key_values if keep_cache else None)
+
+
+def _nll_and_accuracy(logits: torch.Tensor, truth: torch.Tensor, tf_hits: torch.Tensor):
+    """Mean NLL in nats/token and teacher-forced accuracy, both float32[B] on the model's device."""
+    batch, l, vocab = logits.shape
+    token_nll = F.cross_entropy(logits.reshape(batch * l, vocab).float(), truth.reshape(batch * l), reduction="none")
+    return token_nll.view(batch, l).mean(1), tf_hits.float().mean(1)
+
+
+def _finish(hits: torch.Tensor, l: int, with_positions: bool, nll, tf_accuracy) -> BatchScores:
+    """Turn per-position hits bool[B, l] into BatchScores; the single device->host copy happens here."""
+    hits_host = hits.cpu().numpy()
+    prefix_match = np.cumprod(hits_host, axis=1, dtype=np.int16).sum(axis=1, dtype=np.int16)
+    return BatchScores(
+        matches=hits_host.sum(axis=1, dtype=np.int16) if with_positions else None,
+        prefix_match=prefix_match,
+        full_match=prefix_match == l,
+        match_mask=np.packbits(hits_host, axis=1, bitorder="little") if with_positions else None,
+        nll=nll.cpu().numpy().astype(np.float32) if nll is not None else None,
+        tf_accuracy=tf_accuracy.cpu().numpy().astype(np.float32) if tf_accuracy is not None else None,
+    )
+
+
+# --- CUDA only: static KV cache + compiled one-token step (off by default, unmeasured) --------------------
+
+_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> compiled forward
+_static_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(batch, length): cache}
+
+
+def _greedy_decode_static_compiled(model, prompt: torch.Tensor, l: int, stop: _EosStop | None):
+    """Like the plain path, but the KV cache is preallocated (StaticCache, reused across batches of the
+    same shape so CUDA graphs keep their addresses) and the one-token step is torch.compile'd with
+    mode="reduce-overhead". The prefill stays eager, as HF generate does."""
+    if prompt.device.type != "cuda":
+        raise ValueError("ScoringOptions.compile_decode needs a CUDA model; the CPU path never compiles")
+    from transformers import StaticCache
+
+    batch, k = prompt.shape
+    caches = _static_caches.setdefault(model, {})
+    cache = caches.get((batch, k + l))
+    if cache is None:
+        cache = caches[(batch, k + l)] = StaticCache(config=model.config, max_cache_len=k + l)
+    else:
+        cache.reset()
+    step = _compiled_steps.get(model)
+    if step is None:
+        step = _compiled_steps[model] = torch.compile(model.forward, mode="reduce-overhead", fullgraph=False)
+
+    out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    generated = torch.empty((batch, l), dtype=torch.long, device=prompt.device)
+    state = _StopState(stop, batch, l, prompt.device) if stop is not None else None
+    next_token = out.logits[:, -1].argmax(-1)
+    for position in range(l):
+        if position > 0:
+            torch.compiler.cudagraph_mark_step_begin()
+            logits = step(input_ids=next_token[:, None].clone(), past_key_values=cache, use_cache=True).logits
+            next_token = logits[:, -1].argmax(-1)
+        if state is not None:
+            next_token = state.apply(next_token, position)
+        generated[:, position] = next_token
+    return generated, (state.produced if state is not None else None)
+
+
+def packed_mask_width(l: int) -> int:
+    """Bytes per row of BatchScores.match_mask for continuation length l."""
+    return math.ceil(l / 8)

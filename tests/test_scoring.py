@@ -1,0 +1,208 @@
+"""The scoring kernel against HF `generate` on a tiny LLaMA that memorized part of its data."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from actors.scoring import BatchScores, ScoringOptions, pick_batch_size, score_batch
+from tests.tiny_lm import EOS_ID, make_sequences, train_memorizing_llama
+
+K, L = 12, 12  # L is not a multiple of 8, so the packed mask's padding bits are exercised
+VOCAB = 64
+N_TRAINED = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from threads and lose a lot when other tests share the two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sequences() -> torch.LongTensor:
+    return make_sequences(48, K + L, VOCAB, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model(sequences):
+    torch.manual_seed(0)
+    return train_memorizing_llama(sequences[:N_TRAINED], VOCAB, steps=20, seed=0)
+
+
+def hf_generate(model, tokens: torch.LongTensor, eos_token_id: int | None) -> torch.LongTensor:
+    """HF generate's l new tokens, int64[B, L]; positions it never produced (early stop) hold -1.
+
+    The model's own generation config is edited (and restored): generate fills a passed config's
+    None fields from the model's defaults, so eos_token_id=None only sticks there.
+    """
+    original = model.generation_config
+    model.generation_config = copy.deepcopy(original)
+    model.generation_config.eos_token_id = eos_token_id
+    try:
+        with torch.no_grad():
+            out = model.generate(tokens[:, :K], attention_mask=torch.ones_like(tokens[:, :K]), do_sample=False,
+                                 num_beams=1, max_new_tokens=L)
+    finally:
+        model.generation_config = original
+    generated = torch.full((tokens.shape[0], L), -1, dtype=torch.long)
+    generated[:, : out.shape[1] - K] = out[:, K:]
+    return generated
+
+
+def expected_from_generated(generated: torch.LongTensor, tokens: torch.LongTensor):
+    hits = (generated == tokens[:, K:]).numpy()
+    return hits.sum(1), np.cumprod(hits, axis=1).sum(1), hits
+
+
+def unpack(mask: np.ndarray) -> np.ndarray:
+    return np.unpackbits(mask, axis=1, bitorder="little", count=L).astype(bool)
+
+
+def greedy(**overrides) -> ScoringOptions:
+    return ScoringOptions(prompt_len=K, continuation_len=L, **overrides)
+
+
+def concat(parts: list[BatchScores]) -> BatchScores:
+    fields = BatchScores.__dataclass_fields__
+    return BatchScores(**{name: None if getattr(parts[0], name) is None
+                          else np.concatenate([getattr(p, name) for p in parts]) for name in fields})
+
+
+def test_scores_are_spread_between_0_and_1(model, sequences):
+    scores = score_batch(model, sequences, greedy())
+    assert scores.full_match.sum() >= 5, scores.matches
+    assert (scores.matches <= L // 4).sum() >= 10, scores.matches
+    assert ((scores.matches > L // 4) & (scores.matches < L)).sum() >= 1, scores.matches
+    assert scores.full_match[N_TRAINED:].sum() == 0  # unseen rows are not reproduced
+
+
+def test_greedy_equals_hf_generate_fp32(model, sequences):
+    scores = score_batch(model, sequences, greedy())
+    matches, prefix, hits = expected_from_generated(hf_generate(model, sequences, eos_token_id=None), sequences)
+    np.testing.assert_array_equal(scores.matches, matches)
+    np.testing.assert_array_equal(scores.prefix_match, prefix)
+    np.testing.assert_array_equal(scores.full_match, prefix == L)
+    np.testing.assert_array_equal(unpack(scores.match_mask), hits)
+    assert scores.matches.dtype == np.int16 and scores.prefix_match.dtype == np.int16
+    assert scores.match_mask.shape == (len(sequences), 2) and scores.match_mask.dtype == np.uint8
+    assert scores.nll is None and scores.tf_accuracy is None
+
+
+def test_results_do_not_depend_on_batch_size(model, sequences):
+    whole = score_batch(model, sequences, greedy(with_nll=True))
+    for batch in (1, 7):
+        parts = concat([score_batch(model, sequences[i:i + batch], greedy(with_nll=True))
+                        for i in range(0, len(sequences), batch)])
+        for name in ("matches", "prefix_match", "full_match", "match_mask"):
+            np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name), err_msg=f"{name} batch {batch}")
+        np.testing.assert_allclose(parts.nll, whole.nll, rtol=1e-5, atol=1e-6)
+
+
+def test_extractable_equals_greedy(model, sequences):
+    greedy_scores = score_batch(model, sequences, greedy())
+    extractable = score_batch(model, sequences, greedy(mode="extractable"))
+    np.testing.assert_array_equal(extractable.prefix_match, greedy_scores.prefix_match)
+    np.testing.assert_array_equal(extractable.full_match, greedy_scores.full_match)
+    assert extractable.matches is None and extractable.match_mask is None
+    assert 0 < extractable.full_match.sum() < len(sequences)
+
+
+def test_reference_eos_policy_equals_hf_generate(model, sequences):
+    ordinary = score_batch(model, sequences, greedy())
+    reference_generated = hf_generate(model, sequences, eos_token_id=EOS_ID)
+    # the test can fail: some rows emit EOS early and then differ from the ordinary policy
+    emits_eos_early = (reference_generated[:, : L - 1] == EOS_ID).any(1)
+    assert emits_eos_early.sum() >= 2
+    batches = [sequences]  # the whole batch, then single rows: a lone row that emits EOS stops generate early
+    batches += [sequences[i:i + 1] for i in torch.nonzero(emits_eos_early).flatten().tolist()[:3]]
+    stopped_early = 0
+    for batch in batches:
+        scores = score_batch(model, batch, greedy(eos_policy="reference"))
+        generated = hf_generate(model, batch, eos_token_id=EOS_ID)
+        stopped_early += int((generated[:, -1] == -1).all())
+        matches, prefix, hits = expected_from_generated(generated, batch)
+        np.testing.assert_array_equal(scores.matches, matches)
+        np.testing.assert_array_equal(scores.prefix_match, prefix)
+        np.testing.assert_array_equal(unpack(scores.match_mask), hits)
+    assert stopped_early >= 1  # the "missing positions are mismatches" rule was exercised
+    reference = score_batch(model, sequences, greedy(eos_policy="reference"))
+    assert (reference.matches != ordinary.matches).any()
+
+
+def test_reference_pads_with_explicit_pad_token(model, sequences):
+    """With a pad id that is not EOS, finished rows hold that pad, exactly as in generate."""
+    pad = 5
+    scores = score_batch(model, sequences, greedy(eos_policy="reference"), eos_token_id=EOS_ID, pad_token_id=pad)
+    original = model.generation_config
+    model.generation_config = copy.deepcopy(original)
+    model.generation_config.pad_token_id = pad
+    try:
+        generated = hf_generate(model, sequences, eos_token_id=EOS_ID)
+    finally:
+        model.generation_config = original
+    assert (generated == pad).any()
+    matches, _, _ = expected_from_generated(generated, sequences)
+    np.testing.assert_array_equal(scores.matches, matches)
+
+
+def test_nll_and_accuracy_equal_one_forward(model, sequences):
+    with torch.no_grad():
+        logits = model(sequences).logits[:, K - 1:-1].float()
+    log_probs = torch.log_softmax(logits, -1).gather(-1, sequences[:, K:, None]).squeeze(-1)
+    expected_nll = (-log_probs).mean(1).numpy()
+    expected_accuracy = (logits.argmax(-1) == sequences[:, K:]).float().mean(1).numpy()
+    for mode in ("greedy", "extractable"):
+        scores = score_batch(model, sequences, greedy(mode=mode, with_nll=True))
+        np.testing.assert_allclose(scores.nll, expected_nll, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(scores.tf_accuracy, expected_accuracy, atol=1e-6)
+        assert scores.nll.dtype == np.float32 and scores.tf_accuracy.dtype == np.float32
+    assert expected_nll[:N_TRAINED].mean() < expected_nll[N_TRAINED:].mean()
+
+
+def test_with_nll_leaves_greedy_results_unchanged(model, sequences):
+    plain = score_batch(model, sequences, greedy())
+    with_nll = score_batch(model, sequences, greedy(with_nll=True))
+    np.testing.assert_array_equal(with_nll.matches, plain.matches)
+    np.testing.assert_array_equal(with_nll.match_mask, plain.match_mask)
+    reference_nll = score_batch(model, sequences, greedy(with_nll=True, eos_policy="reference"))
+    reference = score_batch(model, sequences, greedy(eos_policy="reference"))
+    np.testing.assert_array_equal(reference_nll.matches, reference.matches)
+
+
+def test_bfloat16_model_runs_and_extractable_agrees(model, sequences):
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    greedy_scores = score_batch(half, sequences.to(torch.int32), greedy())
+    extractable = score_batch(half, sequences, greedy(mode="extractable"))
+    np.testing.assert_array_equal(extractable.prefix_match, greedy_scores.prefix_match)
+    assert greedy_scores.full_match.sum() > 0
+
+
+def test_empty_batch(model):
+    scores = score_batch(model, torch.zeros((0, K + L), dtype=torch.long), greedy(with_nll=True))
+    assert scores.matches.shape == (0,) and scores.match_mask.shape == (0, 2) and scores.nll.shape == (0,)
+
+
+def test_bad_input_is_rejected(model, sequences):
+    with pytest.raises(ValueError, match="prompt_len \\+ continuation_len = 24"):
+        score_batch(model, sequences[:, :20], greedy())
+    with pytest.raises(ValueError, match="integer token ids"):
+        score_batch(model, sequences.float(), greedy())
+    with pytest.raises(ValueError, match="ScoringOptions.mode"):
+        ScoringOptions(mode="beam")
+    with pytest.raises(ValueError, match="ScoringOptions.eos_policy"):
+        ScoringOptions(mode="extractable", eos_policy="reference")
+    with pytest.raises(ValueError, match="ScoringOptions.prompt_len"):
+        ScoringOptions(prompt_len=0)
+    with pytest.raises(ValueError, match="CUDA"):
+        score_batch(model, sequences, greedy(compile_decode=True))
+
+
+def test_pick_batch_size_on_cpu_is_the_measured_default(model):
+    assert pick_batch_size(model, greedy(), "cpu") == 128
