@@ -1,0 +1,444 @@
+"""A self-contained HTML report (PNG figures + index.html) from a landed memsweep dataset.
+
+    write_report(Path("runs/amber")) -> runs/amber/report/index.html
+
+The page shows the run (name, spec, identity hash), checkpoint x chunk heatmaps of the mean
+memorization score and of the full-match (k-extractable) rate, score trajectories of a few
+chunks, the per-sequence score distribution at the last checkpoint, a per-source breakdown,
+predictability of the final memorized set from earlier checkpoints, and when sequences were
+first memorized (and how many were forgotten). Numbers come from sweep/analyses.py.
+
+Figures are drawn on matplotlib `Figure` objects (Agg, no pyplot), so making a report neither
+needs a display nor touches global plotting state.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from sweep import analyses
+
+# Every file name this module may write, so a rewrite removes figures that no longer apply.
+FIGURE_NAMES = (
+    "heatmap_score.png",
+    "heatmap_mean_prefix_match.png",
+    "heatmap_full_match_rate.png",
+    "heatmap_nll.png",
+    "trajectories.png",
+    "score_distribution.png",
+    "per_source.png",
+    "predictability.png",
+    "first_memorized.png",
+)
+DEFAULT_TRAJECTORY_CHUNKS = 5
+MAX_TABLE_ROWS = 15
+DPI = 110
+
+METRIC_LABELS = {
+    "score": "mean memorization score (fraction of l tokens matched)",
+    "full_match_rate": "full-match (k-extractable) rate",
+    "mean_prefix_match": "mean exact prefix length (tokens)",
+    "nll": "mean NLL of the true continuation (nats/token)",
+}
+METRIC_TITLES = {
+    "score": "Mean memorization score",
+    "full_match_rate": "Full-match (k-extractable) rate",
+    "mean_prefix_match": "Mean exact prefix length",
+    "nll": "Mean NLL of the true continuation",
+}
+
+
+@dataclass
+class Section:
+    """One block of the page: a heading, optional figure, explanatory notes and HTML tables."""
+
+    title: str
+    image: str | None = None
+    notes: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+
+
+def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | None = None) -> Path:
+    """Write figures and index.html for the landed dataset in `output`; returns index.html's path.
+
+    out_dir defaults to `<output>/report`. `chunks` picks the chunks whose score trajectories are
+    drawn (default: a few spread over the chunk range); an unknown chunk raises ValueError.
+    """
+    output = Path(output)
+    out_dir = Path(out_dir) if out_dir is not None else output / "report"
+    manifest = _read_manifest(output / "manifest.json")
+    sequences, cells_lazy = analyses.load_tables(output)
+    cells = cells_lazy.collect()
+    if cells.height == 0:
+        raise ValueError(f"{output / 'cells'}: the cells table is empty")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in FIGURE_NAMES:
+        (out_dir / name).unlink(missing_ok=True)
+
+    extractable = analyses.is_extractable_mode(cells)
+    # Extractable mode stores no per-token matches, so the score is null: the prefix length is
+    # the closest graded measure left.
+    main_metric = "mean_prefix_match" if extractable else "score"
+    last_ckpt = int(cells["ckpt"].max())
+    all_chunks = sorted(cells["chunk"].unique().to_list())
+    if chunks is None:
+        chunks = _spread(all_chunks, DEFAULT_TRAJECTORY_CHUNKS)
+    trajectories = analyses.chunk_trajectories(cells, chunks, metric=main_metric)
+
+    sections = [_overview_section(output, manifest, cells, sequences, extractable)]
+    sections.append(_heatmap_section(cells, main_metric, out_dir))
+    sections.append(_heatmap_section(cells, "full_match_rate", out_dir))
+    if cells["nll"].is_not_null().any():
+        sections.append(_heatmap_section(cells, "nll", out_dir))
+    sections.append(_trajectory_section(trajectories, main_metric, out_dir))
+    sections.append(_distribution_section(sequences, last_ckpt, extractable, out_dir))
+    sections.append(_per_source_section(sequences, last_ckpt, extractable, out_dir))
+    sections.append(_predictability_section(sequences, last_ckpt, out_dir))
+    sections.append(_first_memorized_section(sequences, out_dir))
+
+    index = out_dir / "index.html"
+    index.write_text(_render_page(_run_name(manifest, output), sections))
+    return index
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _overview_section(
+    output: Path, manifest: dict | None, cells: pl.DataFrame, sequences: pl.LazyFrame, extractable: bool
+) -> Section:
+    ckpts = cells["ckpt"].unique().sort()
+    chunk_ids = cells["chunk"].unique().sort()
+    failures = output / "failures"
+    facts = [
+        ("run", _run_name(manifest, output)),
+        ("identity hash", (manifest or {}).get("identity_hash", "(no manifest)")),
+        ("checkpoints", f"{len(ckpts)} ({ckpts.min()} .. {ckpts.max()})"),
+        ("chunks", f"{len(chunk_ids)} ({chunk_ids.min()} .. {chunk_ids.max()})"),
+        ("cells", f"{cells.height}"),
+        ("sequences scored", f"{int(cells['n'].sum())}"),
+        ("mode", "extractable (full match only; no per-token score)" if extractable else "memorization score"),
+        ("compute time", f"{cells['seconds'].sum():.1f} s (sum over cells)"),
+        ("mean sequences/s per cell", _format(cells["sequences_per_s"].mean())),
+        ("devices", ", ".join(str(d) for d in cells["device"].unique().sort().to_list())),
+        ("dtypes", ", ".join(str(d) for d in cells["dtype"].unique().sort().to_list())),
+        ("failed cells", str(sum(1 for _ in failures.rglob("*") if _.is_file())) if failures.is_dir() else "0"),
+    ]
+    section = Section("Run", tables=[_html_table(pl.DataFrame(facts, schema=["fact", "value"], orient="row"))])
+    if manifest is None:
+        section.notes.append(f"{output / 'manifest.json'} is missing: spec and identity unknown.")
+    else:
+        spec = json.dumps(manifest.get("spec", {}), indent=2, sort_keys=True, default=str)
+        section.tables.append(f"<details><summary>spec</summary><pre>{html.escape(spec)}</pre></details>")
+    if extractable:
+        section.notes.append(
+            "This sweep ran in extractable mode: the memorization score is null, so the figures use "
+            "the full-match rate and the exact prefix length (prefix_match) instead."
+        )
+    return section
+
+
+def _heatmap_section(cells: pl.DataFrame, metric: str, out_dir: Path) -> Section:
+    matrix = analyses.score_matrix(cells, metric=metric)
+    ckpts = matrix["ckpt"].to_list()
+    chunk_ids = [int(name) for name in matrix.columns[1:]]
+    values = matrix.select(matrix.columns[1:]).cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    title = f"{METRIC_TITLES[metric]}, checkpoint x chunk"
+    name = f"heatmap_{metric}.png"
+
+    figure = Figure(figsize=(8, 6.5), layout="constrained")
+    axes = figure.add_subplot()
+    colours = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
+    image = axes.imshow(
+        np.ma.masked_invalid(values), origin="lower", aspect="auto", interpolation="nearest", cmap=colours
+    )
+    figure.colorbar(image, ax=axes, label=METRIC_LABELS[metric])
+    # Rows and columns are positions, not ids (a sweep may skip checkpoints): label with the ids.
+    _label_positions(axes.set_xticks, chunk_ids)
+    _label_positions(axes.set_yticks, ckpts)
+    axes.set_xlabel("data chunk")
+    axes.set_ylabel("checkpoint")
+    axes.set_title(title)
+    # Staircase between seen (chunk <= ckpt, left) and unseen (right) cells of each row.
+    seen_counts = [sum(1 for chunk in chunk_ids if chunk <= ckpt) for ckpt in ckpts]
+    xs = [count - 0.5 for count in seen_counts for _ in (0, 1)]
+    ys = [row + offset for row in range(len(ckpts)) for offset in (-0.5, 0.5)]
+    axes.plot(xs, ys, color="red", linewidth=1.2, linestyle="--", label="seen | unseen (chunk = ckpt)")
+    axes.set_xlim(-0.5, len(chunk_ids) - 0.5)
+    axes.set_ylim(-0.5, len(ckpts) - 0.5)
+    axes.legend(loc="upper left", fontsize="small", framealpha=0.8)
+    figure.savefig(out_dir / name, dpi=DPI)
+
+    section = Section(title, image=name)
+    section.notes.append(
+        f"{len(ckpts)} checkpoints x {len(chunk_ids)} chunks; grey = cell not in the dataset. Cells left "
+        "of the dashed line were trained on by that checkpoint (chunk <= ckpt)."
+    )
+    seen = cells.filter(pl.col("chunk") <= pl.col("ckpt"))
+    unseen = cells.filter(pl.col("chunk") > pl.col("ckpt"))
+    means = [
+        f"{label} cells: {_format(part[metric].mean())}"
+        for label, part in (("seen", seen), ("unseen", unseen))
+        if part.height
+    ]
+    section.notes.append(f"Mean over {'; over '.join(means)}.")
+    return section
+
+
+def _trajectory_section(trajectories: pl.DataFrame, metric: str, out_dir: Path) -> Section:
+    chunk_ids = trajectories["chunk"].unique().sort().to_list()
+    name = "trajectories.png"
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    axes = figure.add_subplot()
+    colours = matplotlib.colormaps["tab10"]
+    for index, chunk in enumerate(chunk_ids):
+        line = trajectories.filter(pl.col("chunk") == chunk)
+        colour = colours(index % 10)
+        marker = "o" if line.height <= 40 else None
+        axes.plot(line["ckpt"], line[metric], color=colour, marker=marker, markersize=3, label=f"chunk {chunk}")
+        axes.axvline(chunk, color=colour, linestyle=":", linewidth=1)
+    axes.set_xlabel("checkpoint (dotted: the checkpoint that first trained on the chunk)")
+    axes.set_ylabel(METRIC_LABELS[metric])
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_title(f"{METRIC_TITLES[metric]} over checkpoints")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3)
+    figure.savefig(out_dir / name, dpi=DPI)
+    section = Section(f"Over training: chunks {', '.join(str(c) for c in chunk_ids)}", image=name)
+    return section
+
+
+def _distribution_section(sequences: pl.LazyFrame, last_ckpt: int, extractable: bool, out_dir: Path) -> Section:
+    column = "prefix_match" if extractable else "score"
+    histogram = analyses.score_distribution(sequences, ckpt=last_ckpt, column=column)
+    title = f"Distribution of per-sequence {'exact prefix length' if extractable else 'score'}, checkpoint {last_ckpt}"
+    if histogram.height == 0:
+        return Section(title, notes=[f"No non-null {column} at checkpoint {last_ckpt}."])
+    name = "score_distribution.png"
+    values = histogram[column].cast(pl.Float64).to_numpy()
+    total = int(histogram["count"].sum())
+    top = histogram.filter(pl.col(column) == histogram[column].max())
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    if extractable:
+        axes.bar(values, histogram["count"].to_numpy(), width=0.8, color="tab:blue")
+        axes.set_xlim(-1, max(values.max(), 1) + 1)
+    else:
+        # One bar per possible score k / l; l is read off the data (matches / score).
+        generated = _generated_length(sequences)
+        axes.bar(values, histogram["count"].to_numpy(), width=0.8 / generated if generated else 0.02, color="tab:blue")
+        axes.set_xlim(-0.03, 1.03)
+    axes.set_yscale("log")
+    axes.set_ylim(bottom=0.7)
+    axes.set_xlabel("exact prefix length (tokens)" if extractable else "memorization score (matched / l)")
+    axes.set_ylabel("sequences (log scale)")
+    axes.set_title(f"{title} ({total} sequences)")
+    axes.grid(alpha=0.3, axis="y")
+    figure.savefig(out_dir / name, dpi=DPI)
+    note = (
+        f"{total} sequences; the highest value ({_format(top[column].item())}) holds "
+        f"{int(top['count'].item())} ({100 * top['fraction'].item():.2f}%)."
+    )
+    return Section(title, image=name, notes=[note])
+
+
+def _per_source_section(sequences: pl.LazyFrame, last_ckpt: int, extractable: bool, out_dir: Path) -> Section:
+    table = analyses.per_source(sequences).filter(pl.col("ckpt") == last_ckpt).drop("ckpt")
+    title = f"By data source, checkpoint {last_ckpt}"
+    name = "per_source.png"
+    first_metric = "mean_prefix_match" if extractable else "score"
+    ordered = table.sort("n")  # barh draws bottom-up: largest source on top
+    labels = [f"{source} (n={n})" for source, n in zip(ordered["source"], ordered["n"])]
+    figure = Figure(figsize=(9, 0.45 * len(labels) + 1.8), layout="constrained")
+    for position, (metric, colour) in enumerate([(first_metric, "tab:blue"), ("full_match_rate", "tab:orange")]):
+        axes = figure.add_subplot(1, 2, position + 1)
+        axes.barh(labels, ordered[metric].fill_null(0).to_numpy(), color=colour)
+        axes.set_xlabel(METRIC_LABELS[metric])
+        axes.set_title(METRIC_TITLES[metric])
+        axes.grid(alpha=0.3, axis="x")
+        if position == 1:
+            axes.set_yticklabels([])
+    figure.suptitle(title)
+    figure.savefig(out_dir / name, dpi=DPI)
+    return Section(title, image=name, tables=[_html_table(table)])
+
+
+def _predictability_section(sequences: pl.LazyFrame, last_ckpt: int, out_dir: Path) -> Section:
+    table = analyses.predictability(sequences, final_ckpt=last_ckpt)
+    title = f"Predictability of checkpoint {last_ckpt}'s memorized set"
+    if table.height == 0:
+        return Section(
+            title,
+            notes=[
+                "No earlier checkpoint shares seen sequences with the last one: predictability needs at "
+                "least two checkpoints (and an earlier checkpoint whose seen chunks were scored)."
+            ],
+        )
+    name = "predictability.png"
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    marker = "o" if table.height <= 40 else None
+    for metric, colour in (("precision", "tab:blue"), ("recall", "tab:green")):
+        values = table[metric].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        axes.plot(table["ckpt"], values, marker=marker, markersize=3, color=colour, label=metric)
+    axes.set_ylim(-0.02, 1.02)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("earlier checkpoint c (compared on sequences with chunk <= c)")
+    axes.set_ylabel("precision / recall")
+    axes.set_title(f"Memorized at c -> memorized at checkpoint {last_ckpt}")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.savefig(out_dir / name, dpi=DPI)
+    notes = [
+        "Precision = |M_c & M_final| / |M_c|, recall = |M_c & M_final| / |M_final|, where M is the set of "
+        "fully memorized sequences (Biderman et al. 2023). Gaps: an empty set makes the ratio undefined."
+    ]
+    return Section(title, image=name, notes=notes, tables=[_html_table(_spread_rows(table))])
+
+
+def _first_memorized_section(sequences: pl.LazyFrame, out_dir: Path) -> Section:
+    table = analyses.first_memorized(sequences)
+    memorized = table.filter(pl.col("first_memorized_ckpt").is_not_null())
+    forgotten = int(memorized["forgotten"].sum())
+    title = "When sequences were first memorized"
+    summary = pl.DataFrame(
+        [
+            ("sequences", table.height),
+            ("ever memorized", memorized.height),
+            ("forgotten later (memorized, then not at a later checkpoint)", forgotten),
+            ("memorized at their last checkpoint", int(table["memorized_at_last"].sum())),
+            ("first memorized before their chunk was trained on", int(table["memorized_before_seen"].sum())),
+        ],
+        schema=["sequences", "count"],
+        orient="row",
+    )
+    if memorized.height == 0:
+        note = "No sequence was fully memorized at any checkpoint."
+        return Section(title, notes=[note], tables=[_html_table(summary)])
+    name = "first_memorized.png"
+    counts = (
+        memorized.group_by("first_memorized_ckpt")
+        .agg(pl.len().alias("all"), pl.col("forgotten").sum().alias("forgotten"))
+        .sort("first_memorized_ckpt")
+    )
+    ckpts = counts["first_memorized_ckpt"].to_numpy()
+    width = 0.8 * (np.min(np.diff(ckpts)) if len(ckpts) > 1 else 1)
+    kept = (counts["all"] - counts["forgotten"]).to_numpy()
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.bar(ckpts, kept, width=width, color="tab:blue", label="never forgotten")
+    axes.bar(ckpts, counts["forgotten"].to_numpy(), width=width, bottom=kept, color="tab:red", label="forgotten later")
+    axes.set_xlabel("checkpoint of first full match")
+    axes.set_ylabel("sequences")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_title(f"First memorized: {memorized.height} sequences, {forgotten} forgotten later")
+    axes.legend()
+    axes.grid(alpha=0.3, axis="y")
+    figure.savefig(out_dir / name, dpi=DPI)
+    return Section(title, image=name, tables=[_html_table(summary)])
+
+
+# ---------------------------------------------------------------- page and helpers
+
+
+def _render_page(run_name: str, sections: list[Section]) -> str:
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>memsweep report: {html.escape(run_name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
+        "img{max-width:100%}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#f3f3f3}"
+        "td:first-child{text-align:left}pre{background:#f6f6f6;padding:.5em;overflow-x:auto}</style>",
+        "</head><body>",
+        f"<h1>memsweep report: {html.escape(run_name)}</h1>",
+    ]
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.image is not None:
+            parts.append(f'<img src="{section.image}" alt="{html.escape(section.title)}">')
+        parts.extend(f"<p>{html.escape(note)}</p>" for note in section.notes)
+        parts.extend(section.tables)
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _html_table(frame: pl.DataFrame) -> str:
+    header = "".join(f"<th>{html.escape(name)}</th>" for name in frame.columns)
+    rows = [
+        "<tr>" + "".join(f"<td>{html.escape(_format(value))}</td>" for value in row) + "</tr>"
+        for row in frame.iter_rows()
+    ]
+    return f"<table><tr>{header}</tr>{''.join(rows)}</table>"
+
+
+def _format(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if np.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _spread(values: list[int], count: int) -> list[int]:
+    """Up to `count` entries of sorted `values`, evenly spread and including both ends."""
+    positions = np.unique(np.linspace(0, len(values) - 1, min(count, len(values))).round().astype(int))
+    return [values[i] for i in positions]
+
+
+def _spread_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    if frame.height <= MAX_TABLE_ROWS:
+        return frame
+    return frame[_spread(list(range(frame.height)), MAX_TABLE_ROWS)]
+
+
+def _label_positions(set_ticks, ids: list[int], max_ticks: int = 10) -> None:
+    """Tick an axis whose positions 0..n-1 stand for `ids`: at round ids where those exist."""
+    if not ids:
+        return
+    wanted = MaxNLocator(nbins=max_ticks, integer=True).tick_values(min(ids), max(ids))
+    position_of = {value: position for position, value in enumerate(ids)}
+    positions = sorted({position_of[int(value)] for value in wanted if int(value) in position_of})
+    if len(positions) < min(3, len(ids)):  # irregular ids (a sparse sweep): spread positions instead
+        positions = _spread(list(range(len(ids))), max_ticks)
+    set_ticks(positions, [str(ids[p]) for p in positions])
+
+
+def _generated_length(sequences: pl.LazyFrame) -> int | None:
+    """l, the generated tokens per sequence, as matches / score of one scored row (None if none)."""
+    row = (
+        sequences.filter(pl.col("score") > 0)
+        .select((pl.col("matches").cast(pl.Float64) / pl.col("score").cast(pl.Float64)).round().cast(pl.Int64))
+        .drop_nulls()
+        .head(1)
+        .collect()
+    )
+    return int(row.item()) if row.height else None
+
+
+def _read_manifest(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object at the top level")
+    return manifest
+
+
+def _run_name(manifest: dict | None, output: Path) -> str:
+    spec = (manifest or {}).get("spec")
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return str(name) if name else output.name
