@@ -416,3 +416,28 @@ def test_sql_predictability_agrees_with_function(landed: Path) -> None:
             frame[column].cast(pl.Float64).fill_null(float("nan")).to_list() for frame in (from_sql, from_function)
         ]
         assert as_floats[0] == pytest.approx(as_floats[1], nan_ok=True), column
+
+
+# ---------------------------------------------------------------- with the real writer
+
+
+def test_reads_what_the_result_store_writes(tmp_path: Path) -> None:
+    # The landed layout as sweep/store.py really writes it: per-cell files, one checkpoint
+    # compacted, extractable-style null columns left out by the writer.
+    from sweep.store import ResultStore
+
+    store = ResultStore(tmp_path / "out")
+    store.open(identity={"model": "tiny"}, spec={"name": "store-written"}, run_info={})
+    frame = pl.DataFrame(synthetic_sequences(n_ckpts=3, n_chunks=3, n_rows=10)).with_columns(
+        (pl.col("matches") / L).alias("score")
+    )
+    for (ckpt, chunk), part in frame.group_by(["ckpt", "chunk"], maintain_order=True):
+        info = {"seconds": 0.5, "device": "cpu", "dtype": "float32", "batch_size": 8}
+        store.write_cell(ckpt, chunk, part.drop("ckpt", "nll"), info)
+    store.compact_checkpoint(1)
+    sequences, cells = analyses.load_tables(store.output)
+    order = ["ckpt", "chunk", "row"]
+    assert sequences.collect().sort(order).equals(store.sequences().collect().sort(order))
+    assert cells.collect().sort("ckpt", "chunk").equals(store.cells().collect().sort("ckpt", "chunk"))
+    page = write_report(store.output).read_text()
+    assert "store-written" in page and "heatmap_score.png" in page
