@@ -1,0 +1,85 @@
+"""Load one checkpoint for scoring: `from_pretrained` with a dtype, a revision and direct device placement."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from transformers import AutoModelForCausalLM
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda if available else cpu; anything else as torch.device (e.g. "cpu", "cuda:1")."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device: unknown device {device!r} ({error})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available on this machine")
+    return resolved
+
+
+def flash_attention_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def resolve_attn_implementation(attn_implementation: str | None, device: torch.device) -> str:
+    """None / "auto" -> flash_attention_2 on CUDA when flash-attn is installed, else sdpa."""
+    if attn_implementation in (None, "auto"):
+        return "flash_attention_2" if device.type == "cuda" and flash_attention_available() else "sdpa"
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
+    if attn_implementation == "flash_attention_2":
+        if device.type != "cuda":
+            raise ValueError("attn_implementation 'flash_attention_2' needs a CUDA device")
+        if not flash_attention_available():
+            raise ValueError("attn_implementation 'flash_attention_2' requested but flash-attn is not installed "
+                             "(pip install memsweep[gpu])")
+    return attn_implementation
+
+
+def load_checkpoint(path_or_repo: str, revision: str | None = None, dtype: str = "bfloat16", device: str = "auto",
+                    attn_implementation: str | None = None):
+    """Load a causal LM in eval mode on the target device.
+
+    On CPU, transformers builds the model on the meta device and fills it from the shards, so no second
+    copy is made. On CUDA the weights land directly on the GPU when `accelerate` is installed
+    (device_map); without it they pass through CPU memory once and are then moved.
+
+    path_or_repo: a local checkpoint directory (revision is then ignored) or a Hub repo id.
+    revision: Hub branch / tag / commit, e.g. "ckpt_355"; None = the repo's default branch.
+    dtype: "float32" | "float16" | "bfloat16" (the weights are cast while loading).
+    device: "auto" (cuda if available else cpu), "cpu", "cuda", "cuda:1", ...
+    attn_implementation: None / "auto" (flash_attention_2 on CUDA when installed, else sdpa) or an explicit name.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    target = resolve_device(device)
+    attention = resolve_attn_implementation(attn_implementation, target)
+    is_local = os.path.isdir(path_or_repo)
+    looks_like_path = path_or_repo.startswith(("/", ".", "~")) or path_or_repo.count("/") > 1
+    if not is_local and looks_like_path:  # a Hub id is "org/name"; anything else is a missing directory
+        raise ValueError(f"checkpoint directory {path_or_repo!r} does not exist")
+    placement = {}
+    if target.type != "cpu" and importlib.util.find_spec("accelerate") is not None:
+        # weights are materialised straight on the device, never staged in CPU memory first
+        placement = {"device_map": target}
+    model = AutoModelForCausalLM.from_pretrained(
+        path_or_repo,
+        revision=None if is_local else revision,
+        dtype=DTYPES[dtype],
+        attn_implementation=attention,
+        **placement,
+    )
+    if not placement and target.type != "cpu":
+        # transformers needs `accelerate` for device_map; without it the weights pass through CPU memory once
+        model = model.to(target)
+    return model.eval()
