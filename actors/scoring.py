@@ -29,10 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 CPU_BATCH_SIZE = 128  # measured best on 2 CPU cores (BENCHMARKS.md): 512 was slower than 128
 MAX_CUDA_BATCH_SIZE = 2048  # beyond this a 7B forward is long compute-bound already (unmeasured cap)
+
+# teacher-forced logits are produced this many elements at a time (fp32: 16 MB on CPU, 128 MB on CUDA)
+LOGIT_CHUNK_ELEMENTS_CPU = 2**22
+LOGIT_CHUNK_ELEMENTS_CUDA = 2**25
 
 MODES = ("greedy", "extractable")
 EOS_POLICIES = ("ordinary", "reference")
@@ -113,24 +116,21 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
 
     nll = tf_accuracy = None
     if options.mode == "extractable":
-        logits, _ = _teacher_forced_logits(model, tokens, l, keep_cache=False)
-        tf_hits = logits.argmax(-1) == truth
+        passed = _teacher_forced(model, tokens, l, with_nll=options.with_nll, keep_cache=False)
         if options.with_nll:
-            nll, tf_accuracy = _nll_and_accuracy(logits, truth, tf_hits)
-        return _finish(tf_hits, l, with_positions=False, nll=nll, tf_accuracy=tf_accuracy)
+            nll, tf_accuracy = passed.nll, passed.hits.float().mean(1)
+        return _finish(passed.hits, l, with_positions=False, nll=nll, tf_accuracy=tf_accuracy)
 
     stop = _EosStop.from_model(model, eos_token_id, pad_token_id, device) if options.eos_policy == "reference" else None
     if options.with_nll:
         # One pass over the true k+l-1 tokens serves both: its logits give NLL / accuracy, its first
         # continuation logit is greedy's first token, and its KV cache cropped back to the prompt
         # seeds the decode loop. Cheaper than a separate prefill plus a separate teacher-forced pass.
-        logits, cache = _teacher_forced_logits(model, tokens, l, keep_cache=True)
-        nll, tf_accuracy = _nll_and_accuracy(logits, truth, logits.argmax(-1) == truth)
-        first_logits = logits[:, 0]
-        del logits
+        passed = _teacher_forced(model, tokens, l, with_nll=True, keep_cache=True)
+        nll, tf_accuracy = passed.nll, passed.hits.float().mean(1)
         if l > 1:
-            cache.crop(-(l - 1))
-        generated, produced = _greedy_decode(model, first_logits, cache, l, stop)
+            passed.cache.crop(-(l - 1))
+        generated, produced = _greedy_decode(model, passed.first_logits, passed.cache, l, stop)
     elif options.compile_decode:
         generated, produced = _greedy_decode_static_compiled(model, tokens[:, :k], l, stop)
     else:
@@ -237,20 +237,44 @@ class _StopState:
         return next_token
 
 
-def _teacher_forced_logits(model, tokens: torch.Tensor, l: int, keep_cache: bool):
-    """Logits at the l positions that predict the true continuation: float[B, l, V] (model dtype).
+@dataclass
+class _TeacherForced:
+    hits: torch.Tensor  # bool[B, l]: teacher-forced argmax == truth
+    nll: torch.Tensor | None  # float32[B]: mean NLL of the truth, nats/token
+    first_logits: torch.Tensor  # [B, V]: logits predicting the first continuation token
+    cache: object | None  # the KV cache over the k+l-1 fed tokens, when asked for
 
-    The last true token is not fed (nothing after it is scored). Returns (logits, cache or None).
+
+def _teacher_forced(model, tokens: torch.Tensor, l: int, with_nll: bool, keep_cache: bool) -> _TeacherForced:
+    """One forward over the true tokens (the last is not fed: nothing after it is scored).
+
+    The vocabulary projection runs a few positions at a time on the decoder's hidden states, so the
+    full float[B, l, V] logits (0.5 GB at B=128, l=32, V=32,000 in fp32) never exist at once: on CPU,
+    allocating and scanning that tensor cost more than the projection itself.
     """
-    out = model(input_ids=tokens[:, :-1], use_cache=keep_cache, logits_to_keep=l)
-    return out.logits, (out.past_key_values if keep_cache else None)
-
-
-def _nll_and_accuracy(logits: torch.Tensor, truth: torch.Tensor, tf_hits: torch.Tensor):
-    """Mean NLL in nats/token and teacher-forced accuracy, both float32[B] on the model's device."""
-    batch, l, vocab = logits.shape
-    token_nll = F.cross_entropy(logits.reshape(batch * l, vocab).float(), truth.reshape(batch * l), reduction="none")
-    return token_nll.view(batch, l).mean(1), tf_hits.float().mean(1)
+    batch = tokens.shape[0]
+    truth = tokens[:, -l:]
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    out = decoder(input_ids=tokens[:, :-1], use_cache=keep_cache)
+    hidden = out.last_hidden_state[:, -l:]
+    vocab = head.weight.shape[0]
+    budget = LOGIT_CHUNK_ELEMENTS_CUDA if hidden.device.type == "cuda" else LOGIT_CHUNK_ELEMENTS_CPU
+    step = max(1, budget // max(1, batch * vocab))
+    hits = torch.empty((batch, l), dtype=torch.bool, device=hidden.device)
+    token_nll = torch.empty((batch, l), dtype=torch.float32, device=hidden.device) if with_nll else None
+    first_logits = None
+    for start in range(0, l, step):
+        logits = head(hidden[:, start:start + step])
+        if first_logits is None:
+            first_logits = logits[:, 0].clone()
+        chunk_truth = truth[:, start:start + step]
+        hits[:, start:start + step] = logits.argmax(-1) == chunk_truth
+        if with_nll:
+            logits = logits.float()
+            true_logit = logits.gather(-1, chunk_truth[..., None]).squeeze(-1)
+            token_nll[:, start:start + step] = torch.logsumexp(logits, -1) - true_logit
+    return _TeacherForced(hits=hits, nll=token_nll.mean(1) if with_nll else None, first_logits=first_logits,
+                          cache=out.past_key_values if keep_cache else None)
 
 
 def _finish(hits: torch.Tensor, l: int, with_positions: bool, nll, tf_accuracy) -> BatchScores:

@@ -166,6 +166,18 @@ def test_nll_and_accuracy_equal_one_forward(model, sequences):
     assert expected_nll[:N_TRAINED].mean() < expected_nll[N_TRAINED:].mean()
 
 
+def test_chunked_vocabulary_projection_gives_the_same_results(model, sequences, monkeypatch):
+    whole = score_batch(model, sequences, greedy(mode="extractable", with_nll=True))
+    whole_greedy = score_batch(model, sequences, greedy(with_nll=True))
+    monkeypatch.setattr("actors.scoring.LOGIT_CHUNK_ELEMENTS_CPU", len(sequences) * VOCAB * 5)  # 5 positions a chunk
+    chunked = score_batch(model, sequences, greedy(mode="extractable", with_nll=True))
+    chunked_greedy = score_batch(model, sequences, greedy(with_nll=True))
+    np.testing.assert_array_equal(chunked.prefix_match, whole.prefix_match)
+    np.testing.assert_allclose(chunked.nll, whole.nll, rtol=1e-6)
+    np.testing.assert_array_equal(chunked.tf_accuracy, whole.tf_accuracy)
+    np.testing.assert_array_equal(chunked_greedy.match_mask, whole_greedy.match_mask)
+
+
 def test_with_nll_leaves_greedy_results_unchanged(model, sequences):
     plain = score_batch(model, sequences, greedy())
     with_nll = score_batch(model, sequences, greedy(with_nll=True))

@@ -1,0 +1,201 @@
+"""Throughput of the scoring kernel against the reference method, on one model and one data set.
+
+    python benchmarks/score_throughput.py                       # small random LLaMA, CPU, < 1 minute
+    python benchmarks/score_throughput.py --arch amber-7b       # LLaMA-7B shape, bf16, CUDA
+
+Measures, in one process on the same model and data:
+  (a) reference: HF `generate`, batch 32, num_beams=1, do_sample=False, max_new_tokens=l, EOS disabled
+      (eos_token_id=None) so every row gets exactly l tokens and (a) and (b) can be compared row by row;
+      with the default EOS, generate would stop a batch only once all 32 rows emitted EOS, which is rare,
+      so its speed is essentially the same.
+  (b) our greedy kernel (KV-cache argmax loop) at --batch-size (default: pick_batch_size)
+  (c) our extractable mode (one teacher-forced forward; prefix/full match only)
+  (d) greedy + NLL in one combined pass vs (e) greedy followed by a separate teacher-forced NLL pass
+and checks that (a) and (b) give the same per-sequence matches. On CPU it also sweeps the greedy
+batch size to justify the default.
+
+TFLOP/s is nominal: 2 x parameters x (k + l) tokens per sequence / seconds, the same work count for
+every method, so it is proportional to sequences/s. Methods take turns and the best of --repeats
+rounds is reported, so load from other processes on the machine hurts all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from actors.loading import DTYPES, resolve_device  # noqa: E402
+from actors.scoring import ScoringOptions, pick_batch_size, score_batch  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "amber-samples" / "train_355.jsonl"
+REFERENCE_BATCH_SIZE = 32
+
+ARCHS = {
+    "small": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4),
+    "amber-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=32),
+}
+
+
+def build_model(arch: str, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:
+    """A randomly initialised LLaMA with Amber's vocabulary (32,000) and the chosen shape."""
+    config = LlamaConfig(vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=1,
+                         eos_token_id=2, tie_word_embeddings=False, **ARCHS[arch])
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def load_tokens(n: int, k: int, l: int) -> tuple[torch.LongTensor, str]:
+    """int64[n, k+l]: Amber sample rows (prompt + continuation) when present, cycled to n; else random."""
+    if SAMPLES.exists() and k == 32 and l == 32:
+        rows = [json.loads(line) for line in SAMPLES.read_text().splitlines() if line.strip()]
+        tokens = torch.tensor([row["prompt"] + row["continuation"] for row in rows], dtype=torch.long)
+        return tokens[torch.arange(n) % len(tokens)], f"{SAMPLES} (cycled to {n} rows)"
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(3, 32000, (n, k + l), generator=generator), "random tokens"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_reference(model, tokens, k, l, device) -> tuple[float, np.ndarray, torch.LongTensor]:
+    """(a): HF generate at batch 32, EOS disabled; returns (seconds, matches int[n], continuations int64[n, l])."""
+    model.generation_config.eos_token_id = None
+    matches, continuations = [], []
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(tokens), REFERENCE_BATCH_SIZE):
+            batch = tokens[i:i + REFERENCE_BATCH_SIZE].to(device)
+            out = model.generate(batch[:, :k], attention_mask=torch.ones_like(batch[:, :k]), do_sample=False,
+                                 num_beams=1, max_new_tokens=l)
+            matches.append((out[:, k:] == batch[:, k:]).sum(1).cpu())
+            continuations.append(out[:, k:].cpu())
+    synchronize(device)
+    return time.perf_counter() - start, torch.cat(matches).numpy(), torch.cat(continuations)
+
+
+def run_kernel(model, tokens, options, batch_size, device, passes=(None,)) -> tuple[float, np.ndarray | None]:
+    """Score all tokens in batches; `passes` lists extra ScoringOptions run on each batch after the first."""
+    matches = []
+    synchronize(device)
+    start = time.perf_counter()
+    for i in range(0, len(tokens), batch_size):
+        scores = score_batch(model, tokens[i:i + batch_size], options)
+        for extra in passes:
+            if extra is not None:
+                score_batch(model, tokens[i:i + batch_size], extra)
+        if scores.matches is not None:
+            matches.append(scores.matches)
+    synchronize(device)
+    return time.perf_counter() - start, (np.concatenate(matches) if matches else None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=tuple(ARCHS), default="small")
+    parser.add_argument("--n", type=int, default=None, help="sequences (default 256 small, 1024 amber-7b)")
+    parser.add_argument("--batch-size", type=int, default=None, help="kernel batch (default pick_batch_size)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None,
+                        help="default float32 for small, bfloat16 for amber-7b")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="CUDA only: static cache + torch.compile decode")
+    parser.add_argument("--sweep", default="32,64,128,256",
+                        help="greedy batch sizes to sweep on CPU ('' to skip); skipped on CUDA")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 is faster on a busy 2-core machine")
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds; the best of each is reported")
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--l", type=int, default=32)
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype_name = args.dtype or ("bfloat16" if args.arch == "amber-7b" else "float32")
+    n = args.n or (1024 if args.arch == "amber-7b" else 256)
+    model = build_model(args.arch, DTYPES[dtype_name], device)
+    tokens, data_source = load_tokens(n, args.k, args.l)
+    greedy = ScoringOptions(prompt_len=args.k, continuation_len=args.l, compile_decode=args.compile)
+    extractable = ScoringOptions(prompt_len=args.k, continuation_len=args.l, mode="extractable")
+    batch_size = args.batch_size or pick_batch_size(model, greedy, device)
+    params = sum(p.numel() for p in model.parameters())
+    flop_per_sequence = 2 * params * (args.k + args.l)
+
+    print(f"device {device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch threads {torch.get_num_threads()}), load average {os.getloadavg()[0]:.1f}")
+    print(f"model {args.arch}: {params / 1e6:.1f}M parameters, {dtype_name}; data {data_source}; "
+          f"n={n}, k={args.k}, l={args.l}")
+    print("reference (a): HF generate, batch 32, num_beams=1, do_sample=False, max_new_tokens=l, "
+          "eos_token_id=None (EOS disabled: exactly l tokens per row, comparable row by row with (b))")
+
+    # warm-up: first calls allocate, pick kernels, and (with --compile) compile
+    warm = tokens[:min(len(tokens), batch_size)]
+    run_kernel(model, warm, greedy, batch_size, device)
+    if args.compile:
+        run_kernel(model, warm, greedy, batch_size, device)
+    run_kernel(model, warm, extractable, batch_size, device)
+    run_reference(model, tokens[:REFERENCE_BATCH_SIZE], args.k, args.l, device)
+    if device.type == "cpu" and args.sweep and args.compile:
+        raise SystemExit("--compile is CUDA only")
+
+    greedy_nll = ScoringOptions(prompt_len=args.k, continuation_len=args.l, with_nll=True)
+    extractable_nll = ScoringOptions(prompt_len=args.k, continuation_len=args.l, mode="extractable", with_nll=True)
+    methods = {
+        "(a) reference generate, batch 32": lambda: run_reference(model, tokens, args.k, args.l, device)[0],
+        f"(b) kernel greedy, batch {batch_size}": lambda: run_kernel(model, tokens, greedy, batch_size, device)[0],
+        f"(c) kernel extractable, batch {batch_size}":
+            lambda: run_kernel(model, tokens, extractable, batch_size, device)[0],
+        f"(d) greedy + NLL, one combined pass, batch {batch_size}":
+            lambda: run_kernel(model, tokens, greedy_nll, batch_size, device)[0],
+        f"(e) greedy + separate NLL pass, batch {batch_size}":
+            lambda: run_kernel(model, tokens, greedy, batch_size, device, passes=(extractable_nll,))[0],
+    }
+    # methods take turns, best of --repeats: other load on the machine then hurts them all alike
+    results = {name: float("inf") for name in methods}
+    for _ in range(args.repeats):
+        for name, method in methods.items():
+            results[name] = min(results[name], method())
+    _, reference_matches, generated = run_reference(model, tokens, args.k, args.l, device)
+    _, greedy_matches = run_kernel(model, tokens, greedy, batch_size, device)
+
+    reference_seconds = next(iter(results.values()))
+    print(f"\n{'method':<52} {'seq/s':>9} {'vs (a)':>7} {'TFLOP/s':>8}")
+    for name, seconds in results.items():
+        print(f"{name:<52} {n / seconds:9.1f} {reference_seconds / seconds:6.2f}x "
+              f"{flop_per_sequence * n / seconds / 1e12:8.3f}")
+    differing = int((reference_matches != greedy_matches).sum())
+    print(f"\nper-sequence matches (a) vs (b): {'identical' if differing == 0 else f'{differing} rows differ'} "
+          f"over {n} rows (mean score {greedy_matches.mean() / args.l:.4f})")
+    # random weights rarely hit the truth, so also check token by token: scoring generate's own
+    # continuations as the truth must give a full match on every row
+    own = torch.cat([tokens[:, :args.k], generated], dim=1)
+    _, own_matches = run_kernel(model, own, greedy, batch_size, device)
+    print(f"kernel reproduces generate's tokens exactly on {int((own_matches == args.l).sum())}/{n} rows")
+
+    if device.type == "cpu" and args.sweep:
+        print("\ngreedy batch-size sweep (same data):")
+        for size in (int(s) for s in args.sweep.split(",")):
+            run_kernel(model, tokens[:size], greedy, size, device)  # warm this shape
+            seconds = min(run_kernel(model, tokens, greedy, size, device)[0] for _ in range(args.repeats))
+            print(f"  batch {size:>4}: {n / seconds:8.1f} seq/s")
+
+
+if __name__ == "__main__":
+    main()
