@@ -307,7 +307,9 @@ class _Scheduler:
             num_gpus=self._gpus_per_actor(),
             num_cpus=self.spec.resources.cpus_per_actor,
             max_restarts=ACTOR_MAX_RESTARTS,
-            max_task_retries=0,  # the scheduler re-queues, so it can count tries per cell
+            # Ray re-runs calls that were in flight (or queued) when the actor died, on the restarted
+            # actor; only when it gives up does the scheduler see the error and count a try.
+            max_task_retries=ACTOR_MAX_RESTARTS,
         )
         forwarded = _forwarded_environment()
         if forwarded:

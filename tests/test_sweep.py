@@ -1,0 +1,194 @@
+"""The Ray sweep end to end on a local Ray with two logical GPUs (actors fall back to the CPU).
+
+A small demo family (3 checkpoints trained through 3 chunks) is built once per session. The landed
+numbers are checked against the scoring kernel run directly, and every fault test must end with a
+dataset equal, row for row, to the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import ray
+import torch
+import yaml
+
+from actors.loading import load_checkpoint
+from actors.scoring import ScoringOptions, score_batch
+from sweep.driver import run_sweep
+from sweep.probes import load_or_build_probe_set
+from sweep.spec import load_spec
+from sweep.store import ResultStore
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[1]
+K = L = 32
+SAMPLES = 24
+TIMING = ["seconds", "sequences_per_s", "finished_at", "attempts", "device", "batch_size"]
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    from sweep.demo import DemoWorldConfig, ensure_demo_world
+
+    root = tmp_path_factory.mktemp("world")
+    config = DemoWorldConfig(chunks=3, rows_per_chunk=64, epochs_per_chunk=6)
+    ensure_demo_world(config, root / "model", root / "data", progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def write_spec(tmp_path: Path, world: Path, output: Path, **extra) -> Path:
+    spec = {
+        "name": "t",
+        "model": {"source": str(world / "model"), "dtype": "float32", **extra.pop("model", {})},
+        "data": {"source": str(world / "data"), "samples_per_chunk": SAMPLES, "seed": 42,
+                 "cache_dir": str(tmp_path / "probe-cache")},
+        "checkpoints": "0-2",
+        "chunks": "0-2",
+        "memorization": {"prompt_len": K, "continuation_len": L, "nll": True},
+        "resources": {"batch_size": 8, "max_attempts": 2, **extra.pop("resources", {})},
+        "output": str(output),
+        **extra,
+    }
+    path = tmp_path / f"{output.name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def landed(output: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    store = ResultStore(output)
+    sequences = store.sequences().collect().sort("ckpt", "chunk", "row")
+    cells = store.cells().collect().drop(TIMING).sort("ckpt", "chunk")
+    return sequences, cells
+
+
+@pytest.fixture(scope="session")
+def clean_run(world, local_ray, tmp_path_factory):
+    """One uninterrupted sweep: the reference every fault test must reproduce exactly."""
+    tmp = tmp_path_factory.mktemp("clean")
+    spec = load_spec(write_spec(tmp, world, tmp / "out"))
+    summary = run_sweep(spec, progress=False)
+    return spec, summary, tmp / "out"
+
+
+def test_sweep_lands_what_the_kernel_computes(clean_run, world):
+    torch.set_num_threads(1)  # tiny models: threads only add overhead, and the Ray actors share the cores
+    spec, summary, output = clean_run
+    assert summary.ok and summary.cells_scored == 9
+    sequences, cells = landed(output)
+    assert sequences.height == 9 * SAMPLES
+    assert sequences.select("ckpt", "chunk", "row").is_duplicated().sum() == 0
+    options = ScoringOptions(prompt_len=K, continuation_len=L, with_nll=True)
+    for ckpt in range(3):
+        model = load_checkpoint(str(world / "model" / f"ckpt_{ckpt:03d}"), None, "float32", "cpu")
+        for chunk in range(3):
+            probes = load_or_build_probe_set(spec.data.cache_dir, spec.data.source, spec.data.file_for(chunk),
+                                             chunk, 42, SAMPLES, K, L)
+            probes = probes.sort("row")  # the store lands rows sorted by (chunk, row)
+            tokens = torch.from_numpy(probes["tokens"].list.to_array(K + L).to_numpy().astype(np.int64))
+            direct = score_batch(model, tokens, options)
+            got = sequences.filter((pl.col("ckpt") == ckpt) & (pl.col("chunk") == chunk))
+            assert got["row"].to_list() == probes["row"].to_list()
+            assert got["source"].to_list() == probes["source"].to_list()
+            assert got["matches"].to_list() == direct.matches.tolist()
+            assert got["prefix_match"].to_list() == direct.prefix_match.tolist()
+            assert np.allclose(got["score"].to_numpy(), direct.matches / L)
+            assert np.allclose(got["nll"].to_numpy(), direct.nll, atol=1e-5)
+            cell = cells.filter((pl.col("ckpt") == ckpt) & (pl.col("chunk") == chunk)).row(0, named=True)
+            assert cell["n"] == SAMPLES and cell["seen"] == (chunk <= ckpt)
+            assert cell["score"] == pytest.approx(float(np.mean(direct.matches / L)), abs=1e-6)
+            assert cell["full_match_rate"] == pytest.approx(float(np.mean(direct.full_match)))
+    # the family memorizes: seen chunks score higher than unseen ones
+    seen = cells.filter(pl.col("seen"))["score"].mean()
+    unseen = cells.filter(~pl.col("seen"))["score"].mean()
+    assert seen > unseen
+
+
+def test_each_checkpoint_is_loaded_once(clean_run):
+    _, summary, _ = clean_run
+    assert dict(summary.loads) == {0: 1, 1: 1, 2: 1}
+
+
+def test_rerun_is_a_no_op_and_extending_adds_only_new_cells(clean_run, world, tmp_path):
+    spec, _, output = clean_run
+    before = landed(output)
+    again = run_sweep(spec, progress=False)
+    assert again.cells_scored == 0 and again.cells_done_before == 9
+    after = landed(output)
+    assert before[0].equals(after[0]) and before[1].equals(after[1])
+
+
+def test_changed_meaning_is_refused(clean_run, world, tmp_path):
+    from sweep.store import StoreMismatchError
+
+    spec, _, output = clean_run
+    changed = load_spec(write_spec(tmp_path, world, output, memorization={"prompt_len": 16, "continuation_len": L}))
+    with pytest.raises(StoreMismatchError, match="prompt_len"):
+        run_sweep(changed, progress=False)
+
+
+def test_actor_killed_mid_sweep_loses_and_duplicates_nothing(clean_run, world, tmp_path, monkeypatch):
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("MEMSWEEP_FAULT_KILL_AT", "1:1")  # SIGKILL the actor scoring ckpt 1 x chunk 1
+    monkeypatch.setenv("MEMSWEEP_FAULT_MARKER", str(marker))
+    spec = load_spec(write_spec(tmp_path, world, tmp_path / "out"))
+    summary = run_sweep(spec, progress=False)
+    assert marker.exists(), "the fault was not injected"
+    assert summary.ok and summary.cells_scored == 9
+    assert summary.loads[1] >= 1  # the restarted actor loaded ckpt 1 again (a killed call reports nothing)
+    expected, got = landed(clean_run[2]), landed(tmp_path / "out")
+    assert got[0].equals(expected[0])
+    assert got[1].equals(expected[1])
+
+
+def test_failing_cells_are_recorded_and_the_rest_lands(world, local_ray, tmp_path):
+    spec = load_spec(write_spec(tmp_path, world, tmp_path / "out", model={"revision_overrides": {1: "missing"}}))
+    summary = run_sweep(spec, progress=False)
+    assert not summary.ok
+    assert sorted((f["ckpt"], f["chunk"]) for f in summary.failed) == [(1, 0), (1, 1), (1, 2)]
+    assert all(f["attempts"] == 2 and "missing" in f["error"] for f in summary.failed)
+    assert "FAILED cell ckpt 1 x chunk 0" in summary.describe()
+    sequences, cells = landed(tmp_path / "out")
+    assert sorted(set(cells["ckpt"].to_list())) == [0, 2] and sequences.height == 6 * SAMPLES
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sweep", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_interrupted_driver_resumes_to_the_same_rows(clean_run, world, tmp_path):
+    output = tmp_path / "out"
+    spec_path = write_spec(tmp_path, world, output)
+    first = _cli("run", str(spec_path), "--num-cpus", "2", "--num-gpus", "1", "--no-progress")
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((output / "cells").glob("ckpt=*/*.parquet")):
+        assert first.poll() is None, first.communicate()[0]
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)  # Ctrl-C mid-sweep
+    log, _ = first.communicate(timeout=120)
+    partial = ResultStore(output).done_cells()
+    assert 0 < len(partial) < 9 or first.returncode == 0, log
+    second = _cli("run", str(spec_path), "--num-cpus", "2", "--no-progress")
+    log, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, log
+    expected, got = landed(clean_run[2]), landed(output)
+    assert got[0].equals(expected[0])
+    assert got[1].equals(expected[1])
