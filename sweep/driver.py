@@ -107,14 +107,17 @@ def run_sweep(spec: SweepSpec, progress: bool = True) -> SweepSummary:
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Join a cluster (`address`, RAY_ADDRESS, or the job's cluster) or start Ray locally."""
+    """Join a cluster (`address`, else RAY_ADDRESS, which `ray job submit` sets) or start a private local Ray.
+
+    `address="auto"` joins a cluster already started on this machine with `ray start`.
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True)
 
 
 # --- probe sets -------------------------------------------------------------------------------

@@ -152,15 +152,21 @@ class ResourcesSpec(_Section):
 
 
 class DemoSpec(_Section):
-    """Build a miniature Amber (corpus chunks + trained checkpoints) into model/data sources first."""
+    """Build a miniature Amber (corpus chunks + trained checkpoints) into model/data sources first.
 
-    chunks: int = Field(default=8, ge=1)
+    Mirrors `sweep.demo.DemoWorldConfig`; the whole section is the world's identity.
+    """
+
+    chunks: int = Field(default=8, ge=1, le=1000)
     rows_per_chunk: int = Field(default=256, ge=1)
     row_len: int = Field(default=96, ge=2)
-    vocab_size: int = Field(default=512, ge=16)
+    vocab_size: int = Field(default=512, ge=64, le=65536)
     hidden_size: int = Field(default=128, ge=8)
     num_layers: int = Field(default=2, ge=1)
     num_heads: int = Field(default=4, ge=1)
+    epochs_per_chunk: int = Field(default=8, ge=1)
+    learning_rate: float = Field(default=5e-3, gt=0)
+    duplicate_fraction: float = Field(default=0.1, ge=0, le=0.5)
     seed: int = Field(default=0, ge=0)
 
 
