@@ -18,37 +18,12 @@ from pathlib import Path
 
 import polars as pl
 
-# The landed column types (the store's contract). Files may hold wider or all-null columns; the
-# reader casts to these so every consumer sees one schema.
-SEQUENCES_SCHEMA: dict[str, pl.DataType] = {
-    "chunk": pl.Int32(),
-    "row": pl.Int64(),
-    "source": pl.String(),
-    "matches": pl.Int16(),
-    "score": pl.Float32(),
-    "full_match": pl.Boolean(),
-    "prefix_match": pl.Int16(),
-    "match_mask": pl.Binary(),
-    "nll": pl.Float32(),
-    "tf_accuracy": pl.Float32(),
-}
-CELLS_SCHEMA: dict[str, pl.DataType] = {
-    "chunk": pl.Int32(),
-    "n": pl.Int32(),
-    "score": pl.Float64(),
-    "full_match_rate": pl.Float64(),
-    "mean_prefix_match": pl.Float64(),
-    "nll": pl.Float64(),
-    "tf_accuracy": pl.Float64(),
-    "seen": pl.Boolean(),
-    "seconds": pl.Float64(),
-    "sequences_per_s": pl.Float64(),
-    "device": pl.String(),
-    "dtype": pl.String(),
-    "batch_size": pl.Int32(),
-    "attempts": pl.Int32(),
-    "finished_at": pl.String(),
-}
+from sweep.store import CELL_SCHEMA, SEQUENCE_SCHEMA
+
+# The landed column types are the store's contract; the reader casts to them so every consumer
+# sees one schema even where files hold wider or all-null columns.
+SEQUENCES_SCHEMA = SEQUENCE_SCHEMA
+CELLS_SCHEMA = CELL_SCHEMA
 # Columns without which a file is not a landed table at all (the rest may be absent or null).
 _REQUIRED_SEQUENCES = ("chunk", "row", "full_match")
 _REQUIRED_CELLS = ("chunk", "n")
