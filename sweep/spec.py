@@ -63,6 +63,15 @@ def _parse_range(text: str) -> range:
     return range(start, stop + 1, step)
 
 
+def _check_template(value: str, field: str) -> str:
+    """A str.format template may use only `{field}` (with a format spec such as `:03d`)."""
+    try:
+        value.format(**{field: 0})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"template {value!r} must only use {{{field}}} ({exc})") from None
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,11 +91,7 @@ class ModelSpec(_Section):
     @field_validator("revision")
     @classmethod
     def _revision_formats(cls, value: str) -> str:
-        try:
-            value.format(ckpt=0)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"template {value!r} must only use {{ckpt}} ({exc})") from None
-        return value
+        return _check_template(value, "ckpt")
 
     def revision_for(self, ckpt: int) -> str:
         return self.revision_overrides.get(ckpt) or self.revision.format(ckpt=ckpt)
@@ -109,11 +114,7 @@ class DataSpec(_Section):
     @field_validator("file")
     @classmethod
     def _file_formats(cls, value: str) -> str:
-        try:
-            value.format(chunk=0)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"template {value!r} must only use {{chunk}} ({exc})") from None
-        return value
+        return _check_template(value, "chunk")
 
     def file_for(self, chunk: int) -> str:
         return self.file.format(chunk=chunk)
