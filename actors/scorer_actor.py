@@ -30,7 +30,6 @@ class ProbeBatch:
     """A probe set as the actors see it (numpy, so Ray shares it zero-copy from the object store)."""
 
     chunk: int
-    rows: np.ndarray  # int64[n]: row numbers in the chunk file
     tokens: np.ndarray  # int32/uint16[n, k+l]
 
 

@@ -5,7 +5,8 @@ The landed dataset (see docs/architecture.md) has two hive-partitioned tables:
     <output>/sequences/ckpt=<c>/*.parquet   one row per (ckpt, chunk, row)
     <output>/cells/ckpt=<c>/*.parquet       one row per (ckpt, chunk) cell
 
-`load_tables` is the one reader everyone uses (report, query, notebooks). Every other function
+`load_tables` is the reader for the report and notebooks; it is more forgiving of schema drift
+than `ResultStore.sequences()/cells()`, which `memsweep query` uses. Every other function
 takes those tables (LazyFrame or DataFrame) and returns a small, collected DataFrame. A sequence
 is identified by (chunk, row); checkpoint c has seen chunk x when x <= c (Amber saved checkpoint
 i after training on chunk i). "Memorized" means full_match: all l generated tokens are right.

@@ -154,7 +154,7 @@ def _probe_sets(spec: SweepSpec, plan: Plan) -> dict[int, _ProbeSet]:
         frame = ray.get(refs[chunk])
         width = spec.memorization.prompt_len + spec.memorization.continuation_len
         tokens = frame["tokens"].list.to_array(width).to_numpy()  # [n, k+l], uint16 or int32
-        batch = ProbeBatch(chunk=chunk, rows=frame["row"].to_numpy(), tokens=tokens)
+        batch = ProbeBatch(chunk=chunk, tokens=tokens)
         probe_sets[chunk] = _ProbeSet(frame.drop("tokens"), ray.put(batch))
     return probe_sets
 
@@ -218,10 +218,10 @@ class _Scheduler:
             if isinstance(error, ActorDiedError) and self.deaths[slot] > ACTOR_MAX_RESTARTS:
                 self.actors[slot] = self._new_actor()
                 self.deaths[slot] = 0
-            self._retry_or_fail(ckpt, chunk, f"actor died: {_first_line(error)}")
+            self._retry_or_fail(ckpt, chunk, f"actor died: {_error_summary(error)}")
             return
         except RayTaskError as error:
-            self._retry_or_fail(ckpt, chunk, _first_line(error.cause if error.cause else error))
+            self._retry_or_fail(ckpt, chunk, _error_summary(error.cause if error.cause else error))
             return
         self._land(output, self.attempts[(ckpt, chunk)] + 1)
 
@@ -352,7 +352,8 @@ def _forwarded_environment() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key.startswith(prefixes)}
 
 
-def _first_line(error: BaseException) -> str:
+def _error_summary(error: BaseException) -> str:
+    """The last line of an error's text: Ray puts the remote traceback first and the message last."""
     text = str(error).strip().splitlines()
     return (text[-1] if text else type(error).__name__)[:500]
 
