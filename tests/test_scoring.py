@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from actors.scoring import BatchScores, ScoringOptions, pick_batch_size, score_batch
+from actors.scoring import BatchScores, ScoringOptions, first_argmax, pick_batch_size, score_batch
 from tests.tiny_lm import EOS_ID, make_sequences, train_memorizing_llama
 
 K, L = 12, 12  # L is not a multiple of 8, so the packed mask's padding bits are exercised
@@ -93,6 +93,62 @@ def test_greedy_equals_hf_generate_fp32(model, sequences):
     assert scores.matches.dtype == np.int16 and scores.prefix_match.dtype == np.int16
     assert scores.match_mask.shape == (len(sequences), 2) and scores.match_mask.dtype == np.uint8
     assert scores.nll is None and scores.tf_accuracy is None
+
+
+@pytest.mark.parametrize("block", [4, 5])  # 64 = 16 x 4; 64 = 12 x 5 + a short tail block of 4
+def test_greedy_equals_hf_generate_through_the_two_level_argmax(model, sequences, monkeypatch, block):
+    """The tiny vocabulary is below first_argmax's threshold; shrink the block so the kernel's CPU argmax is used."""
+    monkeypatch.setattr("actors.scoring.ARGMAX_BLOCK", block)
+    monkeypatch.setattr("actors.scoring.ARGMAX_MIN_VOCAB", VOCAB)
+    calls = []
+    real_unfold = torch.Tensor.unfold
+    monkeypatch.setattr(torch.Tensor, "unfold", lambda self, *a: calls.append(a) or real_unfold(self, *a))
+    scores = score_batch(model, sequences, greedy())
+    assert calls, "the two-level argmax was not used"
+    matches, prefix, hits = expected_from_generated(hf_generate(model, sequences, eos_token_id=None), sequences)
+    np.testing.assert_array_equal(scores.matches, matches)
+    np.testing.assert_array_equal(unpack(scores.match_mask), hits)
+    extractable = score_batch(model, sequences, greedy(mode="extractable"))
+    np.testing.assert_array_equal(extractable.prefix_match, prefix)
+
+
+def test_first_argmax_equals_torch_argmax_on_ties_tails_and_nan():
+    generator = torch.Generator().manual_seed(0)
+    for vocab in (4096, 32000, 32001, 50257):
+        logits = torch.randn((9, vocab), generator=generator)
+        top = logits.max() + 1
+        logits[0, [7, 300]] = top  # tie across blocks: the first wins
+        logits[1, [300, 301]] = top  # tie inside one block
+        logits[2, [vocab - 1]] = top  # maximum in the last (maybe short) block
+        logits[3, [vocab - 2, vocab - 1]] = top
+        logits[4] = float("-inf")  # all equal: index 0
+        logits[5, 0] = top  # first column
+        logits[6, 1000:] = top  # a run of ties ending at the last column
+        for variant in (logits, logits.half(), logits.bfloat16(), logits.reshape(3, 3, vocab)):
+            assert torch.equal(first_argmax(variant), variant.argmax(-1)), (vocab, variant.dtype, variant.shape)
+        with_nan = logits.clone()
+        with_nan[8, 123] = float("nan")  # argmax counts NaN as the maximum
+        assert torch.equal(first_argmax(with_nan), with_nan.argmax(-1))
+
+
+def test_models_without_a_plain_head_go_through_their_own_forward(model, sequences, monkeypatch):
+    """Unknown model types may scale or soft-cap logits inside forward: the kernel must not bypass it."""
+    split = {name: score_batch(model, sequences, greedy(**options))
+             for name, options in {"greedy": {}, "nll": {"with_nll": True}, "extractable": {"mode": "extractable"}}.items()}
+    monkeypatch.setattr("actors.scoring.PLAIN_HEAD_MODEL_TYPES", frozenset())
+    forwards = []
+    handle = model.register_forward_hook(lambda module, args, output: forwards.append(output.logits.shape))
+    try:
+        for name, options in {"greedy": {}, "nll": {"with_nll": True}, "extractable": {"mode": "extractable"}}.items():
+            whole = score_batch(model, sequences, greedy(**options))
+            np.testing.assert_array_equal(whole.prefix_match, split[name].prefix_match, err_msg=name)
+            if whole.matches is not None:
+                np.testing.assert_array_equal(whole.match_mask, split[name].match_mask, err_msg=name)
+            if whole.nll is not None:
+                np.testing.assert_allclose(whole.nll, split[name].nll, rtol=1e-6)
+    finally:
+        handle.remove()
+    assert len(forwards) == 2 * L + 1  # greedy: prefill + L-1 steps; nll: one pass + L-1 steps; extractable: one pass
 
 
 def test_results_do_not_depend_on_batch_size(model, sequences):
