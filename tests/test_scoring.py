@@ -234,6 +234,20 @@ def test_chunked_vocabulary_projection_gives_the_same_results(model, sequences, 
     np.testing.assert_array_equal(chunked_greedy.match_mask, whole_greedy.match_mask)
 
 
+def test_extractable_stops_projecting_rows_after_their_first_miss(model, sequences, monkeypatch):
+    greedy_scores = score_batch(model, sequences, greedy())
+    monkeypatch.setattr("actors.scoring.LOGIT_CHUNK_ELEMENTS_CPU", len(sequences) * VOCAB * 2)  # 2 positions a chunk at first
+    projected, head_weight = [], model.get_output_embeddings().weight
+    real_linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, weight, *rest: (
+        projected.append(x.shape[0] * x.shape[1]) if weight is head_weight else None) or real_linear(x, weight, *rest))
+    extractable = score_batch(model, sequences, greedy(mode="extractable"))
+    np.testing.assert_array_equal(extractable.prefix_match, greedy_scores.prefix_match)
+    np.testing.assert_array_equal(extractable.full_match, greedy_scores.full_match)
+    # rows leave after the chunk holding their first miss; chunks widen as rows leave (2, 3, 4, 8 positions here)
+    assert len(projected) > 1 and len(sequences) <= sum(projected) < 0.6 * len(sequences) * L, projected
+
+
 def test_with_nll_leaves_greedy_results_unchanged(model, sequences):
     plain = score_batch(model, sequences, greedy())
     with_nll = score_batch(model, sequences, greedy(with_nll=True))
@@ -273,4 +287,4 @@ def test_bad_input_is_rejected(model, sequences):
 
 
 def test_pick_batch_size_on_cpu_is_the_measured_default(model):
-    assert pick_batch_size(model, greedy(), "cpu") == 128
+    assert pick_batch_size(model, greedy(), "cpu") == 256
