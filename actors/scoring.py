@@ -132,7 +132,7 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
             passed.cache.crop(-(l - 1))
         generated, produced = _greedy_decode(model, passed.first_logits, passed.cache, l, stop)
     elif options.compile_decode:
-        generated, produced = _greedy_decode_static_compiled(model, tokens[:, :k], l, stop)
+        generated, produced = _greedy_decode_static(model, tokens[:, :k], l, stop, compiled=True)
     else:
         out = model(input_ids=tokens[:, :k], use_cache=True, logits_to_keep=1)
         generated, produced = _greedy_decode(model, out.logits[:, -1], out.past_key_values, l, stop)
@@ -393,17 +393,18 @@ def _finish(hits: torch.Tensor, l: int, with_positions: bool, nll, tf_accuracy) 
     )
 
 
-# --- CUDA only: static KV cache + compiled one-token step (off by default, unmeasured) --------------------
+# --- CUDA: static KV cache + compiled one-token step (off by default; compile unmeasured) ---------------
 
 _compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> compiled forward
 _static_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(batch, length): cache}
 
 
-def _greedy_decode_static_compiled(model, prompt: torch.Tensor, l: int, stop: _EosStop | None):
+def _greedy_decode_static(model, prompt: torch.Tensor, l: int, stop: _EosStop | None, compiled: bool):
     """Like the plain path, but the KV cache is preallocated (StaticCache, reused across batches of the
-    same shape so CUDA graphs keep their addresses) and the one-token step is torch.compile'd with
-    mode="reduce-overhead". The prefill stays eager, as HF generate does."""
-    if prompt.device.type != "cuda":
+    same shape so CUDA graphs keep their addresses) and, with `compiled`, the one-token step is
+    torch.compile'd with mode="reduce-overhead". The prefill stays eager, as HF generate does.
+    `compiled=False` runs the same static-cache loop eagerly: that is how the tests check it on CPU."""
+    if compiled and prompt.device.type != "cuda":
         raise ValueError("ScoringOptions.compile_decode needs a CUDA model; the CPU path never compiles")
     from transformers import StaticCache
 
@@ -414,7 +415,7 @@ def _greedy_decode_static_compiled(model, prompt: torch.Tensor, l: int, stop: _E
         cache = caches[(batch, k + l)] = StaticCache(config=model.config, max_cache_len=k + l)
     else:
         cache.reset()
-    step = _compiled_steps.get(model)
+    step = _compiled_steps.get(model) if compiled else model.forward
     if step is None:
         step = _compiled_steps[model] = torch.compile(model.forward, mode="reduce-overhead", fullgraph=False)
 
@@ -424,7 +425,8 @@ def _greedy_decode_static_compiled(model, prompt: torch.Tensor, l: int, stop: _E
     next_token = first_argmax(out.logits[:, -1])
     for position in range(l):
         if position > 0:
-            torch.compiler.cudagraph_mark_step_begin()
+            if compiled:
+                torch.compiler.cudagraph_mark_step_begin()
             logits = step(input_ids=next_token[:, None].clone(), past_key_values=cache, use_cache=True).logits
             next_token = first_argmax(logits[:, -1])
         if state is not None:

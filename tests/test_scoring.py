@@ -151,6 +151,24 @@ def test_models_without_a_plain_head_go_through_their_own_forward(model, sequenc
     assert len(forwards) == 2 * L + 1  # greedy: prefill + L-1 steps; nll: one pass + L-1 steps; extractable: one pass
 
 
+def test_static_cache_decode_loop_equals_hf_generate(model, sequences):
+    """The CUDA compile path's loop (StaticCache reused per batch shape, reset between batches), run
+    eagerly on CPU; torch.compile and CUDA graphs themselves need a GPU and are not covered here."""
+    from actors.scoring import _EosStop, _greedy_decode_static
+
+    _, _, hits = expected_from_generated(hf_generate(model, sequences, eos_token_id=None), sequences)
+    with torch.inference_mode():
+        for offset in (0, 24):  # same shape: the second batch reuses the first's cache
+            half = sequences[offset:offset + 24]
+            generated, produced = _greedy_decode_static(model, half[:, :K], L, None, compiled=False)
+            assert produced is None
+            np.testing.assert_array_equal((generated == half[:, K:]).numpy(), hits[offset:offset + 24])
+        stop = _EosStop.from_model(model, EOS_ID, None, torch.device("cpu"))
+        generated, produced = _greedy_decode_static(model, sequences[:, :K], L, stop, compiled=False)
+    reference = score_batch(model, sequences, greedy(eos_policy="reference"))
+    np.testing.assert_array_equal(unpack(reference.match_mask), ((generated == sequences[:, K:]) & produced).numpy())
+
+
 def test_results_do_not_depend_on_batch_size(model, sequences):
     whole = score_batch(model, sequences, greedy(with_nll=True))
     for batch in (1, 7):
