@@ -125,13 +125,41 @@ class CheckpointScorer:
             self.batch_size = int(self.settings.batch_size)
 
     def _score(self, tokens: np.ndarray) -> BatchScores:
-        eos = getattr(self.model.generation_config, "eos_token_id", None)
-        pad = getattr(self.model.generation_config, "pad_token_id", None)
-        parts = []
-        for start in range(0, len(tokens), self.batch_size):
-            batch = torch.from_numpy(tokens[start : start + self.batch_size].astype(np.int64))
-            parts.append(score_batch(self.model, batch, self.settings.options, eos_token_id=eos, pad_token_id=pad))
-        return concat_scores(parts)
+        scores, self.batch_size = score_in_batches(self.model, tokens, self.settings.options, self.batch_size,
+                                                   shrink_on_oom=self.settings.batch_size == "auto")
+        return scores
+
+
+def score_in_batches(model, tokens: np.ndarray, options: ScoringOptions, batch_size: int,
+                     shrink_on_oom: bool) -> tuple[BatchScores, int]:
+    """Score int[n, k+l] token rows in batches of `batch_size`; returns (scores in row order, batch size used).
+
+    With `shrink_on_oom` (batch_size: auto, whose CUDA size is an estimate) an out-of-memory error
+    halves the batch and rescores the whole cell from its first row, so every cell is scored at one
+    batch size (the one its record names). A fixed batch size that does not fit fails with a message
+    naming the spec key.
+    """
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    while True:
+        try:
+            parts = []
+            for start in range(0, len(tokens), batch_size):
+                batch = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
+                parts.append(score_batch(model, batch, options, eos_token_id=eos, pad_token_id=pad))
+            return concat_scores(parts), batch_size
+        except torch.OutOfMemoryError as error:
+            if not shrink_on_oom:
+                raise RuntimeError(f"resources.batch_size: {batch_size} sequences do not fit in device memory; "
+                                   f"lower it or use auto ({_last_line(error)})") from error
+            if batch_size == 1:
+                raise
+        # out here the error's traceback, and the tensors its frames held, are gone: free them for real
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logging.getLogger("memsweep").warning("out of memory at batch %d; rescoring the cell at %d",
+                                              batch_size, batch_size // 2)
+        batch_size //= 2
 
 
 def concat_scores(parts: list[BatchScores]) -> BatchScores:
@@ -142,6 +170,11 @@ def concat_scores(parts: list[BatchScores]) -> BatchScores:
         return None if values[0] is None else np.concatenate(values)
 
     return BatchScores(**{name: join(name) for name in BatchScores.__dataclass_fields__})
+
+
+def _last_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__
 
 
 def _device_name(device: torch.device) -> str:
