@@ -51,24 +51,35 @@ ARCHS = {
 }
 
 
-def build_model(arch: str, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:
+def build_model(arch: str, dtype: torch.dtype, device: torch.device, attn: str = "sdpa") -> LlamaForCausalLM:
     """A randomly initialised LLaMA with Amber's vocabulary (32,000) and the chosen shape."""
     config = LlamaConfig(vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=1,
                          eos_token_id=2, tie_word_embeddings=False, **ARCHS[arch])
     torch.manual_seed(0)
     with torch.device(device):
-        model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
+        model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation=attn)
     return model.eval()
 
 
-def load_tokens(n: int, k: int, l: int) -> tuple[torch.LongTensor, str]:
+def load_tokens(n: int, k: int, l: int, samples: Path = SAMPLES) -> tuple[torch.LongTensor, str]:
     """int64[n, k+l]: Amber sample rows (prompt + continuation) when present, cycled to n; else random."""
-    if SAMPLES.exists() and k == 32 and l == 32:
-        rows = [json.loads(line) for line in SAMPLES.read_text().splitlines() if line.strip()]
+    if samples.exists() and k == 32 and l == 32:
+        rows = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
         tokens = torch.tensor([row["prompt"] + row["continuation"] for row in rows], dtype=torch.long)
-        return tokens[torch.arange(n) % len(tokens)], f"{SAMPLES} (cycled to {n} rows)"
+        return tokens[torch.arange(n) % len(tokens)], f"{samples} (cycled to {n} rows)"
     generator = torch.Generator().manual_seed(0)
     return torch.randint(3, 32000, (n, k + l), generator=generator), "random tokens"
+
+
+# dense bf16/fp16 tensor-core peak, TFLOP/s, from the vendors' data sheets (SXM parts)
+PEAK_TFLOPS_16BIT = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+
+
+def known_peak_tflops(device: torch.device, dtype_name: str) -> float | None:
+    if device.type != "cuda" or dtype_name not in ("bfloat16", "float16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for model, peak in PEAK_TFLOPS_16BIT.items() if model in name), None)
 
 
 def synchronize(device: torch.device) -> None:
@@ -118,11 +129,19 @@ def main() -> None:
                         help="default float32 for small, bfloat16 for amber-7b")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="CUDA only: static cache + torch.compile decode")
-    parser.add_argument("--sweep", default="32,64,128,256",
-                        help="greedy batch sizes to sweep on CPU ('' to skip); skipped on CUDA")
+    parser.add_argument("--sweep", default=None,
+                        help="greedy batch sizes to sweep, e.g. 256,512,1024 ('' to skip; default 32,64,128,256 "
+                             "on CPU, none on CUDA)")
+    parser.add_argument("--attn", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"),
+                        help="attention implementation of the model (flash_attention_2 needs flash-attn)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's dense peak for --dtype, to print the fraction reached "
+                             "(default: known for H100/H200/A100 in bf16/fp16)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); 1 is faster on a busy 2-core machine")
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds; the best of each is reported")
+    parser.add_argument("--samples", type=Path, default=SAMPLES,
+                        help="Amber samples in the reference tool's cached format (random tokens when absent)")
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--l", type=int, default=32)
     args = parser.parse_args()
@@ -132,8 +151,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     dtype_name = args.dtype or ("bfloat16" if args.arch == "amber-7b" else "float32")
     n = args.n or (1024 if args.arch == "amber-7b" else 256)
-    model = build_model(args.arch, DTYPES[dtype_name], device)
-    tokens, data_source = load_tokens(n, args.k, args.l)
+    model = build_model(args.arch, DTYPES[dtype_name], device, args.attn)
+    sweep = args.sweep if args.sweep is not None else ("32,64,128,256" if device.type == "cpu" else "")
+    peak = args.peak_tflops or known_peak_tflops(device, dtype_name)
+    tokens, data_source = load_tokens(n, args.k, args.l, args.samples)
     greedy = ScoringOptions(prompt_len=args.k, continuation_len=args.l, compile_decode=args.compile)
     extractable = ScoringOptions(prompt_len=args.k, continuation_len=args.l, mode="extractable")
     batch_size = args.batch_size or pick_batch_size(model, greedy, device)
@@ -147,19 +168,18 @@ def main() -> None:
     print("reference (a): HF generate, batch 32, num_beams=1, do_sample=False, max_new_tokens=l, "
           "eos_token_id=None (EOS disabled: exactly l tokens per row, comparable row by row with (b))")
 
-    # warm-up: first calls allocate, pick kernels, and (with --compile) compile
-    warm = tokens[:min(len(tokens), batch_size)]
-    run_kernel(model, warm, greedy, batch_size, device)
-    if args.compile:
-        run_kernel(model, warm, greedy, batch_size, device)
-    run_kernel(model, warm, extractable, batch_size, device)
+    # warm-up: first calls allocate, pick kernels, and (with --compile) compile -- for the full batch
+    # shape and the last, shorter one, so no compilation lands inside a timed run
+    shapes = [tokens[:min(n, batch_size)]] + ([tokens[n - n % batch_size:]] if n % batch_size and n > batch_size else [])
+    for warm in shapes:
+        for _ in range(2 if args.compile else 1):
+            run_kernel(model, warm, greedy, batch_size, device)
+        run_kernel(model, warm, extractable, batch_size, device)
     run_reference(model, tokens[:REFERENCE_BATCH_SIZE], args.k, args.l, device)
-    if device.type == "cpu" and args.sweep and args.compile:
-        raise SystemExit("--compile is CUDA only")
 
     # generate's own continuations as the truth: every row fully extractable, the worst case for
     # extractable mode (it stops projecting a row after its first miss, and here there is none)
-    _, _, generated = run_reference(model, tokens, args.k, args.l, device)
+    _, reference_matches, generated = run_reference(model, tokens, args.k, args.l, device)
     own = torch.cat([tokens[:, :args.k], generated], dim=1)
 
     greedy_nll = ScoringOptions(prompt_len=args.k, continuation_len=args.l, with_nll=True)
@@ -181,14 +201,18 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, method in methods.items():
             results[name] = min(results[name], method())
-    _, reference_matches, _ = run_reference(model, tokens, args.k, args.l, device)
     _, greedy_matches = run_kernel(model, tokens, greedy, batch_size, device)
 
     reference_seconds = next(iter(results.values()))
-    print(f"\n{'method':<52} {'seq/s':>9} {'vs (a)':>7} {'TFLOP/s':>8}")
+    print(f"\n{'method':<56} {'seq/s':>9} {'vs (a)':>7} {'TFLOP/s':>8}" + (f" {'of peak':>8}" if peak else ""))
     for name, seconds in results.items():
-        print(f"{name:<52} {n / seconds:9.1f} {reference_seconds / seconds:6.2f}x "
-              f"{flop_per_sequence * n / seconds / 1e12:8.3f}")
+        tflops = flop_per_sequence * n / seconds / 1e12
+        print(f"{name:<56} {n / seconds:9.1f} {reference_seconds / seconds:6.2f}x {tflops:8.3f}"
+              + (f" {tflops / peak:8.1%}" if peak else ""))
+    if peak:
+        print(f"(peak: {peak:.0f} TFLOP/s dense 16-bit for {torch.cuda.get_device_name(device)})")
+    if device.type == "cuda":
+        print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
     differing = int((reference_matches != greedy_matches).sum())
     print(f"\nper-sequence matches (a) vs (b): {'identical' if differing == 0 else f'{differing} rows differ'} "
           f"over {n} rows (mean score {greedy_matches.mean() / args.l:.4f})")
@@ -199,9 +223,9 @@ def main() -> None:
     own_extractable = score_batch(model, own[:batch_size], extractable).full_match
     print(f"extractable mode finds {int(own_extractable.sum())}/{len(own_extractable)} of those rows fully extractable")
 
-    if device.type == "cpu" and args.sweep:
+    if sweep:
         print("\ngreedy batch-size sweep (same data):")
-        for size in (int(s) for s in args.sweep.split(",")):
+        for size in (int(s) for s in sweep.split(",")):
             run_kernel(model, tokens[:size], greedy, size, device)  # warm this shape
             seconds = min(run_kernel(model, tokens, greedy, size, device)[0] for _ in range(args.repeats))
             print(f"  batch {size:>4}: {n / seconds:8.1f} seq/s")
