@@ -32,9 +32,10 @@ def flash_attention_available() -> bool:
 
 
 def resolve_attn_implementation(attn_implementation: str | None, device: torch.device) -> str:
-    """None / "auto" -> flash_attention_2 on CUDA when flash-attn is installed, else sdpa."""
+    """None / "auto" -> sdpa, also where flash-attn is installed: flash_attention_2 is used only when
+    asked for by name, until a GPU benchmark shows it helps here (BENCHMARKS.md: not yet measured)."""
     if attn_implementation in (None, "auto"):
-        return "flash_attention_2" if device.type == "cuda" and flash_attention_available() else "sdpa"
+        return "sdpa"
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
     if attn_implementation == "flash_attention_2":
@@ -58,7 +59,7 @@ def load_checkpoint(path_or_repo: str, revision: str | None = None, dtype: str =
     revision: Hub branch / tag / commit, e.g. "ckpt_355"; None = the repo's default branch.
     dtype: "float32" | "float16" | "bfloat16" (the weights are cast while loading).
     device: "auto" (cuda if available else cpu), "cpu", "cuda", "cuda:1", ...
-    attn_implementation: None / "auto" (flash_attention_2 on CUDA when installed, else sdpa) or an explicit name.
+    attn_implementation: None / "auto" (sdpa) or an explicit name.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")

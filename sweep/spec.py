@@ -86,7 +86,7 @@ class ModelSpec(_Section):
     revision_overrides: dict[int, str] = {}
     """Per-checkpoint revisions that break the template (Amber: the last checkpoint is `main`)."""
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
-    """auto = flash_attention_2 on CUDA when flash-attn is installed, else sdpa."""
+    """auto = sdpa; flash_attention_2 only by name (needs flash-attn and CUDA; its benefit is unmeasured)."""
 
     @field_validator("revision")
     @classmethod

@@ -46,9 +46,13 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
-def test_attention_choice():
+def test_attention_choice(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_attn_implementation(None, cpu) == "sdpa"
+    monkeypatch.setattr("actors.loading.flash_attention_available", lambda: True)
+    assert resolve_attn_implementation("auto", torch.device("cuda")) == "sdpa"  # flash-attn only by name
+    assert resolve_attn_implementation("flash_attention_2", torch.device("cuda")) == "flash_attention_2"
+    monkeypatch.setattr("actors.loading.flash_attention_available", lambda: False)
     assert resolve_attn_implementation("eager", cpu) == "eager"
     with pytest.raises(ValueError, match="flash_attention_2"):
         resolve_attn_implementation("flash_attention_2", cpu)
