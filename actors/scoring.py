@@ -10,6 +10,7 @@ Modes:
 - "extractable": no decode loop at all. Greedy decoding reproduces the truth up to its first mismatch
   exactly when the teacher-forced argmax does, so one forward over the true k+l tokens gives the same
   `prefix_match` / `full_match` as greedy, for a fraction of the cost. `matches` and the mask are None.
+  A row leaves the vocabulary projection after its first miss (nothing later can change its result).
 
 EOS policies (greedy mode):
 - "ordinary": EOS is a token like any other; always exactly l tokens (HF `generate` with
@@ -242,8 +243,8 @@ def _greedy_decode(model, first_logits: torch.Tensor, cache, l: int, stop: _EosS
     """
     batch = first_logits.shape[0]
     split = _SplitModel.of(model)
-    # one logits buffer for all steps: a fresh 16 MB tensor per step (B=128, V=32,000, fp32) costs
-    # page faults on CPU that measurably slowed the loop (BENCHMARKS.md)
+    # one logits buffer for all steps instead of a fresh [B, V] tensor (32 MB at B=256 in fp32) each
+    # step; measured together with the CPU batch of 256 (BENCHMARKS.md), within noise on its own
     logits = split.logits_buffer(batch) if split is not None else None
     generated = torch.empty((batch, l), dtype=torch.long, device=first_logits.device)
     state = _StopState(stop, batch, l, first_logits.device) if stop is not None else None
