@@ -148,7 +148,11 @@ class _ProbeSet:
 def _probe_sets(spec: SweepSpec, plan: Plan) -> dict[int, _ProbeSet]:
     """Build (or read from cache) every needed probe set in parallel; put each in the object store once."""
     chunks = plan.chunks_needed
-    refs = {chunk: _probe_set_task.remote(spec, chunk) for chunk in chunks}
+    task = _probe_set_task
+    forwarded = _forwarded_environment()
+    if forwarded:  # a Hub chunk is downloaded by this task: it needs HF_ENDPOINT/HF_TOKEN/... as actors do
+        task = task.options(runtime_env={"env_vars": forwarded})
+    refs = {chunk: task.remote(spec, chunk) for chunk in chunks}
     probe_sets = {}
     for chunk in tqdm(chunks, desc="probe sets", unit="chunk", disable=len(chunks) < 2, leave=False):
         frame = ray.get(refs[chunk])
@@ -221,7 +225,7 @@ class _Scheduler:
             self._retry_or_fail(ckpt, chunk, f"actor died: {_error_summary(error)}")
             return
         except RayTaskError as error:
-            self._retry_or_fail(ckpt, chunk, _error_summary(error.cause if error.cause else error))
+            self._retry_or_fail(ckpt, chunk, _message_line(error.cause) if error.cause else _error_summary(error))
             return
         self._land(output, self.attempts[(ckpt, chunk)] + 1)
 
@@ -347,7 +351,8 @@ def _finished_checkpoints(spec: SweepSpec, done: set[tuple[int, int]]) -> list[i
 
 
 def _forwarded_environment() -> dict[str, str]:
-    """Hub settings (endpoint, token, cache) and memsweep's own variables reach actors on every node."""
+    """Hub settings (endpoint, token, cache) and memsweep's own variables reach actors and probe-set tasks
+    on every node."""
     prefixes = ("HF_", "HUGGING_FACE_", "MEMSWEEP_")
     return {key: value for key, value in os.environ.items() if key.startswith(prefixes)}
 
@@ -356,6 +361,12 @@ def _error_summary(error: BaseException) -> str:
     """The last line of an error's text: Ray puts the remote traceback first and the message last."""
     text = str(error).strip().splitlines()
     return (text[-1] if text else type(error).__name__)[:500]
+
+
+def _message_line(error: BaseException) -> str:
+    """A remote exception's whole message on one line: its first line is often the one that names what failed
+    (transformers: "<repo> is not a valid model identifier ...", then a hint about tokens)."""
+    return " ".join(str(error).split())[:500] or type(error).__name__
 
 
 def _build_demo_world(spec: SweepSpec) -> None:
