@@ -316,7 +316,10 @@ class _Scheduler:
             max_restarts=ACTOR_MAX_RESTARTS,
             # Ray re-runs calls that were in flight (or queued) when the actor died, on the restarted
             # actor; only when it gives up does the scheduler see the error and count a try.
-            max_task_retries=ACTOR_MAX_RESTARTS,
+            # -1: until the actor is dead for good (max_restarts spent), not a count. After a node loss
+            # each retry fails at once against the dead address until the GCS declares the node dead
+            # (15 s+ by default), so a count ran out in ~5 s and the cell was recorded failed.
+            max_task_retries=-1,
         )
         forwarded = _forwarded_environment()
         if forwarded:
