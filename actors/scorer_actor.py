@@ -151,7 +151,7 @@ def score_in_batches(model, tokens: np.ndarray, options: ScoringOptions, batch_s
         except torch.OutOfMemoryError as error:
             if not shrink_on_oom:
                 raise RuntimeError(f"resources.batch_size: {batch_size} sequences do not fit in device memory; "
-                                   f"lower it or use auto ({_last_line(error)})") from error
+                                   f"lower it or use auto ({error})") from error
             if batch_size == 1:
                 raise
         # out here the error's traceback, and the tensors its frames held, are gone: free them for real
@@ -170,11 +170,6 @@ def concat_scores(parts: list[BatchScores]) -> BatchScores:
         return None if values[0] is None else np.concatenate(values)
 
     return BatchScores(**{name: join(name) for name in BatchScores.__dataclass_fields__})
-
-
-def _last_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[-1] if lines else type(error).__name__
 
 
 def _device_name(device: torch.device) -> str:
