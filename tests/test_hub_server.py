@@ -27,7 +27,7 @@ import torch
 from sweep.driver import run_sweep
 from sweep.probes import write_raw_chunk
 from sweep.spec import load_spec
-from test_sweep import landed, write_spec
+from test_sweep import landed, start_local_ray, write_spec
 from tests.tiny_lm import make_sequences, train_memorizing_llama
 
 pytestmark = pytest.mark.ray
@@ -153,7 +153,7 @@ def module_ray():
     """A local Ray with two logical GPUs; reuses one another module already started."""
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+        start_local_ray()
     yield
     if started:
         ray.shutdown()

@@ -133,14 +133,14 @@ def test_first_argmax_equals_torch_argmax_on_ties_tails_and_nan():
 
 def test_models_without_a_plain_head_go_through_their_own_forward(model, sequences, monkeypatch):
     """Unknown model types may scale or soft-cap logits inside forward: the kernel must not bypass it."""
-    split = {name: score_batch(model, sequences, greedy(**options))
-             for name, options in {"greedy": {}, "nll": {"with_nll": True}, "extractable": {"mode": "extractable"}}.items()}
+    modes = {"greedy": greedy(), "nll": greedy(with_nll=True), "extractable": greedy(mode="extractable")}
+    split = {name: score_batch(model, sequences, options) for name, options in modes.items()}
     monkeypatch.setattr("actors.scoring.PLAIN_HEAD_MODEL_TYPES", frozenset())
     forwards = []
     handle = model.register_forward_hook(lambda module, args, output: forwards.append(output.logits.shape))
     try:
-        for name, options in {"greedy": {}, "nll": {"with_nll": True}, "extractable": {"mode": "extractable"}}.items():
-            whole = score_batch(model, sequences, greedy(**options))
+        for name, options in modes.items():
+            whole = score_batch(model, sequences, options)
             np.testing.assert_array_equal(whole.prefix_match, split[name].prefix_match, err_msg=name)
             if whole.matches is not None:
                 np.testing.assert_array_equal(whole.match_mask, split[name].match_mask, err_msg=name)

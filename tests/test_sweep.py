@@ -49,9 +49,14 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def local_ray():
-    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray()
     yield
     ray.shutdown()
+
+
+def start_local_ray() -> None:
+    """A private local Ray with two logical GPUs (two actors on this CPU machine), quiet."""
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
 
 
 def write_spec(tmp_path: Path, world: Path, output: Path, **extra) -> Path:
