@@ -1,43 +1,57 @@
-"""ResultStore: the landed dataset under `<output>/`, written crash-safely by one process.
+"""ResultStore: the landed dataset under `<output>/`, written crash-safely by one process, read through a ledger.
 
-Layout (see docs/architecture.md for the column contract):
+Layout (docs/architecture.md gives the column contract):
 
-    <output>/manifest.json                       identity, spec, one entry per run
-    <output>/sequences/ckpt=<c>/cell-<j:05d>.parquet   one file per landed cell ...
-    <output>/sequences/ckpt=<c>/part-0.parquet         ... merged by compact_checkpoint
-    <output>/cells/ckpt=<c>/cell-<j:05d>.parquet       one summary row per cell, same two forms
-    <output>/failures/ckpt=<c>-chunk=<j>.json          a cell that failed after all retries
-    <output>/_tmp/                                     temp files and compaction staging
+    <output>/manifest.json                          identity, spec, one entry per run
+    <output>/ledger/ckpt=<c>.json                   the commit record of checkpoint c: its landed files
+                                                    (bytes, sha256, rows, chunks) and its pin (model commit,
+                                                    weights fingerprint, stored dtype)
+    <output>/ledger/probes.json                     the landed probe sets and their source identity (pins)
+    <output>/sequences/ckpt=<c>/batch-NNNNNN.parquet    one row per (ckpt, chunk, row) of a landing ...
+    <output>/sequences/ckpt=<c>/part-NNNNNN.parquet     ... merged by compact_checkpoint
+    <output>/cells/ckpt=<c>/{batch,part}-NNNNNN.parquet one row per cell; same name, same chunks as its twin
+    <output>/probes/probe-<chunk:05d>.parquet       the sampled rows of a chunk (tokens included)
+    <output>/failures/ckpt=<c>-chunk=<j>.json       a cell that failed after all retries
+    <output>/_tmp/                                  temp files
 
-Guarantees, for a single writer that may be killed at any instruction:
-- Every file reaches its final name by `os.replace`/`os.rename` from `_tmp/` after an fsync, so a
-  reader of `sequences/` or `cells/` never sees a partial file.
-- The cell record (`cells/`) is the commit point of a cell: it lands after the cell's sequences.
-  `recover()` deletes sequence files whose cell record never landed, so after recovery a cell is
-  either fully there or absent. (A concurrent reader can see a cell's sequences for the few
-  milliseconds between the two renames.)
-- Writing a cell that is already done is a no-op: nothing is ever duplicated.
-- Compaction swaps whole partition directories; `recover()` rolls an interrupted swap forward or
-  back, so readers get either the old files or the merged one, never both, never neither.
+The ledger is the single source of truth. A data file counts only if a ledger lists it, with its size,
+sha256 and row count: readers read exactly the listed files (a stray copy in a partition is never data),
+`verify()` checks every listed file against its record, and `recover()` deletes files of ours that no
+ledger lists (a landing or compaction cut short).
 
-Readers: `pl.scan_parquet("<output>/sequences", hive_schema={"ckpt": pl.Int32})` yields `ckpt` as
-an Int32 column (checked with polars 2.1: without `hive_schema` it is inferred as Int64).
-`sequences()` / `cells()` return exactly that, with `ckpt` first.
+Files come in pairs: a `sequences/` file and the `cells/` file of the same name hold the same chunks, so
+the cells a damaged file carried can be removed from both tables and recomputed exactly.
+
+Guarantees, for a single writer (see sweep/writer_lock.py) that may be killed at any instruction:
+- Every file reaches its final name by `os.replace` from `_tmp/` after an fsync; a ledger update (also
+  temp + fsync + rename) is the commit point of a landing, a compaction or a repair.
+- Landing cells that are already done is a no-op: nothing is ever duplicated.
+- Compaction writes the merged pair under a new name, commits the ledger, then deletes the old files, so a
+  reader gets either the old files or the merged ones, never both.
+
+Cost at 360 x 360 x 1000: 360 ledgers of a few KB (the per-cell files of a checkpoint are merged once it is
+finished, and whenever more than COMPACT_AFTER_FILES pairs pile up, so a ledger lists at most ~65 pairs);
+hashing every landed file (about 1.4 GB) takes a few seconds, which `memsweep run` spends once per run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+LEDGER_FORMAT = 1
+# A checkpoint's loose landing files are merged once this many pairs have piled up (and when it finishes).
+COMPACT_AFTER_FILES = 64
 
 SEQUENCE_SCHEMA: dict[str, pl.DataType] = {
     "chunk": pl.Int32(),
@@ -50,9 +64,10 @@ SEQUENCE_SCHEMA: dict[str, pl.DataType] = {
     "match_mask": pl.Binary(),  # packed bits, bit i = generated position i, little bit order
     "nll": pl.Float32(),  # mean teacher-forced NLL of the true continuation, nats/token
     "tf_accuracy": pl.Float32(),  # teacher-forced next-token accuracy
+    "generated": pl.List(pl.UInt32()),  # the model's l greedy tokens (memorization.keep_generated)
 }
 # Columns a caller may leave out; they land as nulls.
-OPTIONAL_SEQUENCE_COLUMNS = frozenset({"matches", "score", "match_mask", "nll", "tf_accuracy"})
+OPTIONAL_SEQUENCE_COLUMNS = frozenset({"matches", "score", "match_mask", "nll", "tf_accuracy", "generated"})
 
 CELL_SCHEMA: dict[str, pl.DataType] = {
     "chunk": pl.Int32(),
@@ -66,23 +81,65 @@ CELL_SCHEMA: dict[str, pl.DataType] = {
     "seconds": pl.Float64(),  # wall time spent scoring the cell
     "sequences_per_s": pl.Float64(),
     "device": pl.String(),
-    "dtype": pl.String(),
+    "dtype": pl.String(),  # the compute dtype
     "batch_size": pl.Int32(),
     "attempts": pl.Int32(),
     "finished_at": pl.String(),  # UTC ISO 8601
+    "model_revision": pl.String(),  # the revision named by the spec (Hub branch, or local sub-folder)
+    "model_commit": pl.String(),  # the Hub commit it was pinned to (null for a local folder)
+    "weights_fingerprint": pl.String(),  # actors.loading.weights_fingerprint of the loaded weights
+    "stored_dtype": pl.String(),  # the dtype the checkpoint is stored in (Amber: float32 .bin, main bf16)
+    "data_file": pl.String(),  # the chunk file inside the data source
+    "data_sha256": pl.String(),  # content identity of the chunk file the probe set was sampled from
 }
 REQUIRED_CELL_INFO = ("seconds", "device", "dtype", "batch_size")
+OPTIONAL_CELL_INFO = ("model_revision", "model_commit", "weights_fingerprint", "stored_dtype", "data_file",
+                      "data_sha256")
+
+PROBE_SCHEMA: dict[str, pl.DataType] = {
+    "chunk": pl.Int32(),
+    "row": pl.Int64(),  # 0-based line number in the chunk file
+    "source": pl.String(),
+    "tokens": pl.List(pl.UInt32()),  # the first k + l token ids: prompt, then true continuation
+}
 
 TABLES = ("sequences", "cells")
-COMPACTED_NAME = "part-0.parquet"
 _PARTITION = re.compile(r"^ckpt=(-?\d+)$")
-_CELL_FILE = re.compile(r"^cell-(\d+)\.parquet$")
+_DATA_FILE = re.compile(r"^(batch|part)-(\d{6})\.parquet$")
+_PROBE_FILE = re.compile(r"^probe-(\d{5,})\.parquet$")
+_LEDGER_FILE = re.compile(r"^ckpt=(-?\d+)\.json$")
 _FAILURE_FILE = re.compile(r"^ckpt=(-?\d+)-chunk=(-?\d+)\.json$")
-_STAGING_PREFIX = "compact-"
 
 
 class StoreMismatchError(ValueError):
     """The output directory holds results of a different sweep identity."""
+
+
+class DamagedOutputError(ValueError):
+    """A landed file does not match its ledger record (missing, truncated, altered); the message names it."""
+
+
+class PinMismatchError(ValueError):
+    """A landing would mix two commits / fingerprints / data files under one checkpoint or chunk."""
+
+
+@dataclass(frozen=True)
+class LandedCell:
+    """One scored cell as the driver hands it to `write_cells`."""
+
+    chunk: int
+    sequences: pl.DataFrame  # SEQUENCE_SCHEMA columns (`ckpt` optional; nullable score columns optional)
+    info: dict  # see summarize_cell
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A landed file as its ledger records it; `path` is relative to the output."""
+
+    path: str
+    bytes: int
+    sha256: str
+    rows: int
 
 
 def identity_hash(identity: dict) -> str:
@@ -131,16 +188,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _remove_tree(path: Path) -> None:
-    """Delete a directory tree file by file (a crash midway leaves a smaller tree, never a mess)."""
-    if not path.exists():
-        return
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            _remove_tree(Path(entry.path))
-        else:
-            os.unlink(entry.path)
-    os.rmdir(path)
+def file_sha256(path: Path, block: int = 8 * 1024 * 1024) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _conform_sequences(sequences: pl.DataFrame, ckpt: int, chunk: int) -> pl.DataFrame:
@@ -163,7 +216,7 @@ def _conform_sequences(sequences: pl.DataFrame, ckpt: int, chunk: int) -> pl.Dat
             columns.append(pl.Series(name, [None] * sequences.height, dtype=dtype))
             continue
         series = sequences[name]
-        if isinstance(series.dtype, pl.Array):  # packed match_mask as uint8[B, w]
+        if isinstance(series.dtype, pl.Array):  # packed match_mask as uint8[B, w], generated as [B, l]
             series = series.cast(pl.List(series.dtype.inner))
         try:
             columns.append(series.cast(dtype, strict=True))
@@ -173,6 +226,8 @@ def _conform_sequences(sequences: pl.DataFrame, ckpt: int, chunk: int) -> pl.Dat
     conformed = pl.DataFrame(columns)
     if conformed.height and not (conformed["chunk"] == chunk).all():
         raise ValueError(f"{where}: column 'chunk' holds values other than {chunk}")
+    if conformed["row"].is_duplicated().any():
+        raise ValueError(f"{where}: column 'row' holds a row more than once")
     return conformed
 
 
@@ -180,7 +235,8 @@ def summarize_cell(ckpt: int, chunk: int, sequences: pl.DataFrame, info: dict) -
     """One cell record (CELL_SCHEMA keys, plus `ckpt` first) from conformed sequences + run info.
 
     info: `seconds` (float, wall time for the cell), `device`, `dtype`, `batch_size` (required);
-    `attempts` (default 1) and `finished_at` (default now, UTC ISO) optional.
+    `attempts` (default 1), `finished_at` (default now, UTC ISO) and the provenance keys OPTIONAL_CELL_INFO
+    (default null) optional.
     """
     missing = [key for key in REQUIRED_CELL_INFO if key not in info]
     if missing:
@@ -207,7 +263,12 @@ def summarize_cell(ckpt: int, chunk: int, sequences: pl.DataFrame, info: dict) -
         "batch_size": int(info["batch_size"]),
         "attempts": int(info.get("attempts", 1)),
         "finished_at": str(info.get("finished_at") or _utc_now()),
+        **{key: None if info.get(key) is None else str(info[key]) for key in OPTIONAL_CELL_INFO},
     }
+
+
+def _empty_ledger(ckpt: int) -> dict:
+    return {"format": LEDGER_FORMAT, "ckpt": ckpt, "next_file": 0, "pin": None, "files": []}
 
 
 class ResultStore:
@@ -217,31 +278,24 @@ class ResultStore:
         self.output = Path(output)
         self.manifest_path = self.output / "manifest.json"
         self.tmp_dir = self.output / "_tmp"
+        self.ledger_dir = self.output / "ledger"
         self.failures_dir = self.output / "failures"
-        self._done: set[tuple[int, int]] | None = None  # cache; valid because we are the only writer
+        self.probes_dir = self.output / "probes"
+        self._ledgers: dict[int, dict] | None = None  # cache; valid because we are the only writer
 
     # ---- paths -------------------------------------------------------------------------------
 
     def partition_dir(self, table: str, ckpt: int) -> Path:
         return self.output / table / f"ckpt={ckpt}"
 
-    def cell_file(self, table: str, ckpt: int, chunk: int) -> Path:
-        return self.partition_dir(table, ckpt) / f"cell-{chunk:05d}.parquet"
+    def ledger_path(self, ckpt: int) -> Path:
+        return self.ledger_dir / f"ckpt={ckpt}.json"
 
     def failure_file(self, ckpt: int, chunk: int) -> Path:
         return self.failures_dir / f"ckpt={ckpt}-chunk={chunk}.json"
 
-    def _partitions(self, table: str) -> dict[int, Path]:
-        """ckpt -> partition directory, for every `ckpt=<c>` directory of `table`."""
-        root = self.output / table
-        if not root.is_dir():
-            return {}
-        found = {}
-        for entry in root.iterdir():
-            match = _PARTITION.match(entry.name)
-            if match and entry.is_dir():
-                found[int(match.group(1))] = entry
-        return found
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.output).as_posix()
 
     # ---- atomic writes -----------------------------------------------------------------------
 
@@ -249,28 +303,27 @@ class ResultStore:
         os.makedirs(self.tmp_dir, exist_ok=True)
         return self.tmp_dir / f"{stem}.{uuid.uuid4().hex}{suffix}"
 
-    def _land(self, temp: Path, final: Path) -> None:
-        """fsync'd temp file -> final name, atomically and durably."""
+    def _land_bytes(self, payload: bytes, final: Path) -> None:
+        """Write `payload` to `final` atomically and durably: temp file, fsync, rename, fsync the folder."""
+        temp = self._temp_path(final.stem, final.suffix)
+        with open(temp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.makedirs(final.parent, exist_ok=True)
         os.replace(temp, final)
         _fsync_dir(final.parent)
 
-    def _write_parquet_atomic(self, frame: pl.DataFrame, final: Path) -> None:
-        temp = self._temp_path(final.stem, ".parquet")
-        with open(temp, "wb") as handle:
-            frame.write_parquet(handle, statistics=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._land(temp, final)
+    def _land_parquet(self, frame: pl.DataFrame, final: Path) -> FileRecord:
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, statistics=True)
+        payload = buffer.getvalue()
+        self._land_bytes(payload, final)
+        return FileRecord(self._relative(final), len(payload), hashlib.sha256(payload).hexdigest(), frame.height)
 
     def _write_json_atomic(self, payload: dict, final: Path) -> None:
-        temp = self._temp_path(final.stem, ".json")
-        with open(temp, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._land(temp, final)
+        text = json.dumps(payload, indent=1, sort_keys=False, default=str) + "\n"
+        self._land_bytes(text.encode(), final)
 
     # ---- manifest ----------------------------------------------------------------------------
 
@@ -279,36 +332,57 @@ class ResultStore:
             manifest = json.loads(self.manifest_path.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"{self.manifest_path}: not valid JSON (line {error.lineno}: {error.msg})") from None
+        except OSError as error:
+            raise ValueError(f"{self.manifest_path}: cannot read ({error.strerror})") from None
+        if not isinstance(manifest, dict):
+            raise ValueError(f"{self.manifest_path}: expected a JSON object")
         for key in ("format", "identity", "runs"):
             if key not in manifest:
                 raise ValueError(f"{self.manifest_path}: missing key '{key}'")
+        if manifest["format"] == 1:
+            raise ValueError(f"{self.manifest_path}: written by an older memsweep (format 1, landed files without "
+                             "checksums); sweep into a new output directory")
         if manifest["format"] != MANIFEST_FORMAT:
             raise ValueError(f"{self.manifest_path}: format {manifest['format']!r} is not supported "
                              f"(this memsweep writes format {MANIFEST_FORMAT})")
         return manifest
 
+    def check_identity(self, identity: dict) -> None:
+        """Raise StoreMismatchError if the output holds landed results of another identity (no writes)."""
+        if not self.manifest_path.exists():
+            return
+        manifest = self.read_manifest()
+        if identity_hash(manifest["identity"]) != identity_hash(identity) and self.has_landed_results():
+            changes = identity_differences(manifest["identity"], identity)
+            raise StoreMismatchError(
+                f"{self.output} holds results of a different sweep ({'; '.join(changes) or 'identity changed'}); "
+                f"use a new output directory for this spec")
+
     def open(self, identity: dict, spec: dict, run_info: dict) -> None:
         """Create the store, or check `identity` against the existing one; record this run.
 
-        Recovers from any interrupted operation first. Raises StoreMismatchError if the output
-        holds a different identity. The top-level `spec` becomes this run's spec (non-identity
-        settings such as batch size may change between runs); `run_info` is appended to `runs`
-        with `started_at` (UTC ISO) added if absent.
+        Recovers from any interrupted operation first. Raises StoreMismatchError if the output holds
+        landed results of a different identity; an output where nothing landed yet (a run that failed
+        early) takes the new identity, and its probe sets and failure records are dropped with the old one.
+        The top-level `spec` becomes this run's spec (non-identity settings such as batch size may change
+        between runs); `run_info` is appended to `runs` with `started_at` (UTC ISO) added if absent.
         """
         run = {"started_at": _utc_now(), **run_info}
         if self.manifest_path.exists():
+            self.check_identity(identity)
             manifest = self.read_manifest()
-            if identity_hash(manifest["identity"]) != identity_hash(identity):
-                changes = identity_differences(manifest["identity"], identity)
-                raise StoreMismatchError(
-                    f"{self.output} holds results of a different sweep ({'; '.join(changes) or 'identity changed'}); "
-                    f"use a new output directory for this spec")
             self.recover()
+            if identity_hash(manifest["identity"]) != identity_hash(identity):
+                self._forget_unlanded_identity()
+                manifest = {"format": MANIFEST_FORMAT, "identity": identity,
+                            "identity_hash": identity_hash(identity), "spec": spec, "runs": manifest["runs"]}
             manifest["spec"] = spec
             manifest["runs"].append(run)
         else:
-            leftovers = [p.name for p in self.output.iterdir() if p.name != self.tmp_dir.name] \
-                if self.output.is_dir() else []
+            if self.output.exists() and not self.output.is_dir():
+                raise ValueError(f"output {self.output} is a file, not a directory")
+            ours = {self.tmp_dir.name, ".memsweep.lock"}
+            leftovers = [p.name for p in self.output.iterdir() if p.name not in ours] if self.output.is_dir() else []
             if leftovers:
                 raise ValueError(f"{self.output} is not empty and has no manifest.json "
                                  f"(holds {sorted(leftovers)[:5]}); use an empty or new output directory")
@@ -319,76 +393,95 @@ class ResultStore:
         # The manifest lands before any result, so a directory with results always has one.
         self._write_json_atomic(manifest, self.manifest_path)
 
-    # ---- recovery ----------------------------------------------------------------------------
+    def has_landed_results(self) -> bool:
+        return any(ledger["files"] for ledger in self._load_ledgers().values())
 
-    def recover(self) -> None:
-        """Bring the directory back to a consistent state after a crash at any point.
+    def _forget_unlanded_identity(self) -> None:
+        """Drop what an earlier identity left without landing a cell: ledgers, probe sets, failures."""
+        for path in [*self._listed_dir(self.ledger_dir), *self._listed_dir(self.probes_dir),
+                     *self._listed_dir(self.failures_dir)]:
+            os.unlink(path)
+        self._ledgers = None
 
-        1. An interrupted compaction swap is rolled forward (live dir missing -> move the new
-           one in, or the old one back) or discarded (live dir present: it is complete).
-        2. Leftover temp files are deleted.
-        3. Sequence files whose cell record never landed are deleted (the cell is redone).
-        4. Failure records of cells that have since landed are deleted.
-        """
-        self._done = None
-        if not self.tmp_dir.is_dir():
-            staging_dirs = []
-        else:
-            staging_dirs = [p for p in self.tmp_dir.iterdir() if p.is_dir() and p.name.startswith(_STAGING_PREFIX)]
-        for staging in staging_dirs:
-            table, ckpt = self._parse_staging(staging)
-            live = self.partition_dir(table, ckpt)
-            if not live.exists():
-                for candidate in ("new", "old"):
-                    if (staging / candidate).is_dir():
-                        os.makedirs(live.parent, exist_ok=True)
-                        os.rename(staging / candidate, live)
-                        _fsync_dir(live.parent)
-                        break
-            _remove_tree(staging)
-        if self.tmp_dir.is_dir():
-            for entry in self.tmp_dir.iterdir():
-                if entry.is_dir():
-                    _remove_tree(entry)
-                else:
-                    os.unlink(entry)
-        done = self.done_cells()
-        for ckpt, partition in self._partitions("sequences").items():
-            for entry in partition.iterdir():
-                match = _CELL_FILE.match(entry.name)
-                if match and (ckpt, int(match.group(1))) not in done:
-                    os.unlink(entry)
-        for failure in self._failure_files():
-            if failure[0] in done:
-                os.unlink(failure[1])
+    @staticmethod
+    def _listed_dir(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
-    def _staging_dir(self, table: str, ckpt: int) -> Path:
-        return self.tmp_dir / f"{_STAGING_PREFIX}{table}-{ckpt}"
+    # ---- ledgers -----------------------------------------------------------------------------
 
-    def _parse_staging(self, staging: Path) -> tuple[str, int]:
-        body = staging.name[len(_STAGING_PREFIX):]
-        table, _, ckpt = body.rpartition("-")
-        if table not in TABLES or not ckpt.lstrip("-").isdigit():
-            raise ValueError(f"{staging}: unrecognised compaction staging directory")
-        return table, int(ckpt)
+    def _load_ledgers(self) -> dict[int, dict]:
+        if self._ledgers is None:
+            ledgers = {}
+            for path in self._listed_dir(self.ledger_dir):
+                match = _LEDGER_FILE.match(path.name)
+                if match:
+                    ledgers[int(match.group(1))] = self._read_json(path)
+            self._ledgers = ledgers
+        return self._ledgers
+
+    def ledger(self, ckpt: int) -> dict:
+        """Checkpoint `ckpt`'s ledger (a copy): `pin`, `files` [{name, chunks, sequences, cells}], `next_file`."""
+        return json.loads(json.dumps(self._load_ledgers().get(ckpt) or _empty_ledger(ckpt)))
+
+    def _commit_ledger(self, ckpt: int, ledger: dict) -> None:
+        self._write_json_atomic(ledger, self.ledger_path(ckpt))
+        self._load_ledgers()[ckpt] = ledger
+
+    def landed_files(self) -> list[FileRecord]:
+        """Every data file a ledger lists (sequences, cells, probes), as recorded."""
+        records = []
+        for ckpt, ledger in sorted(self._load_ledgers().items()):
+            for entry in ledger["files"]:
+                for table in TABLES:
+                    records.append(FileRecord(**entry[table]))
+        for entry in self.probe_entries().values():
+            if entry.get("file"):
+                records.append(FileRecord(**entry["file"]))
+        return records
+
+    @staticmethod
+    def _read_json(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise DamagedOutputError(f"{path}: not valid JSON (line {error.lineno}: {error.msg}); "
+                                     "run `memsweep verify --repair` on the output") from None
+
+    # ---- pins ---------------------------------------------------------------------------------
+
+    def checkpoint_pin(self, ckpt: int) -> dict | None:
+        """What checkpoint `ckpt` was pinned to when its first cell landed: model_revision, model_commit,
+        weights_fingerprint, stored_dtype (None before any landing)."""
+        return self.ledger(ckpt)["pin"]
+
+    def checkpoint_pins(self) -> dict[int, dict]:
+        return {ckpt: ledger["pin"] for ckpt, ledger in self._load_ledgers().items() if ledger.get("pin")}
+
+    @staticmethod
+    def _pin_of(info: dict) -> dict:
+        return {key: info.get(key) for key in ("model_revision", "model_commit", "weights_fingerprint",
+                                                "stored_dtype")}
+
+    def _check_pin(self, ckpt: int, pin: dict | None, info: dict, chunk: int) -> None:
+        if pin is None:
+            return
+        new = self._pin_of(info)
+        for key in ("model_commit", "weights_fingerprint"):
+            if pin.get(key) and new.get(key) and pin[key] != new[key]:
+                raise PinMismatchError(
+                    f"ckpt {ckpt} chunk {chunk}: {key} {new[key]} differs from the {pin[key]} its landed cells "
+                    f"were scored with (revision {pin.get('model_revision')!r}); refusing to mix them in {self.output}")
+        probe = self.probe_entries().get(chunk)
+        if probe and info.get("data_sha256") and probe["source"].get("sha256") not in (None, info["data_sha256"]):
+            raise PinMismatchError(f"ckpt {ckpt} chunk {chunk}: data sha256 {info['data_sha256']} differs from "
+                                   f"the pinned {probe['source']['sha256']}")
 
     # ---- cells -------------------------------------------------------------------------------
 
     def done_cells(self) -> set[tuple[int, int]]:
-        """(ckpt, chunk) of every cell whose record has landed (per-cell file or compacted)."""
-        if self._done is not None:
-            return set(self._done)
-        done = set()
-        for ckpt, partition in self._partitions("cells").items():
-            for entry in partition.iterdir():
-                match = _CELL_FILE.match(entry.name)
-                if match:
-                    done.add((ckpt, int(match.group(1))))
-                elif entry.name == COMPACTED_NAME:
-                    chunks = pl.read_parquet(entry, columns=["chunk"])["chunk"]
-                    done.update((ckpt, int(chunk)) for chunk in chunks)
-        self._done = done
-        return set(done)
+        """(ckpt, chunk) of every cell a ledger lists."""
+        return {(ckpt, chunk) for ckpt, ledger in self._load_ledgers().items()
+                for entry in ledger["files"] for chunk in entry["chunks"]}
 
     def read_cell(self, ckpt: int, chunk: int) -> dict | None:
         """The landed record of one cell (with `ckpt`), or None."""
@@ -396,24 +489,152 @@ class ResultStore:
         return frame.row(0, named=True) if frame.height else None
 
     def write_cell(self, ckpt: int, chunk: int, sequences: pl.DataFrame, info: dict) -> dict:
-        """Land one cell: its sequences file, then its cell record (the commit point).
+        """Land one cell; see write_cells. Returns its record (with `ckpt`)."""
+        return self.write_cells(ckpt, [LandedCell(chunk, sequences, info)])[0]
 
-        sequences: one row per scored sequence, columns of SEQUENCE_SCHEMA (`ckpt` optional, the
-        nullable score columns optional; `match_mask` may be bytes, List(UInt8) or Array(UInt8)).
-        info: see summarize_cell. Returns the cell record (with `ckpt`). A cell that has already
-        landed is left as it is and its existing record returned: never a duplicate.
+    def write_cells(self, ckpt: int, cells: list[LandedCell]) -> list[dict]:
+        """Land several cells of one checkpoint as ONE pair of files and one ledger commit.
+
+        sequences: one row per scored sequence, columns of SEQUENCE_SCHEMA (`ckpt` optional, the nullable
+        columns optional; `match_mask` may be bytes, List(UInt8) or Array(UInt8)). info: see
+        summarize_cell. Returns the cell records (with `ckpt`), in the order given. A cell that has
+        already landed is left as it is and its existing record returned: never a duplicate. A cell whose
+        model commit or weights fingerprint differs from the checkpoint's pin raises PinMismatchError
+        before anything is written.
         """
-        if (ckpt, chunk) in self.done_cells():
-            self._clear_failure(ckpt, chunk)
-            return self.read_cell(ckpt, chunk)
-        conformed = _conform_sequences(sequences, ckpt, chunk)
-        record = summarize_cell(ckpt, chunk, conformed, info)
-        cell_row = pl.DataFrame([{k: record[k] for k in CELL_SCHEMA}], schema=CELL_SCHEMA)
-        self._write_parquet_atomic(conformed, self.cell_file("sequences", ckpt, chunk))
-        self._write_parquet_atomic(cell_row, self.cell_file("cells", ckpt, chunk))
-        self._done.add((ckpt, chunk))
-        self._clear_failure(ckpt, chunk)
-        return record
+        done = self.done_cells()
+        ledger = self.ledger(ckpt)
+        records: dict[int, dict] = {}
+        fresh_rows, fresh_sequences = [], []
+        for cell in cells:
+            if (ckpt, cell.chunk) in done or cell.chunk in records:
+                continue
+            conformed = _conform_sequences(cell.sequences, ckpt, cell.chunk)
+            self._check_pin(ckpt, ledger["pin"], cell.info, cell.chunk)
+            if ledger["pin"] is None:
+                ledger["pin"] = self._pin_of(cell.info)
+            record = summarize_cell(ckpt, cell.chunk, conformed, cell.info)
+            records[cell.chunk] = record
+            fresh_rows.append({key: record[key] for key in CELL_SCHEMA})
+            fresh_sequences.append(conformed)
+        if records:
+            name = f"batch-{ledger['next_file']:06d}"
+            self._land_pair(ckpt, ledger, name, sorted(records), pl.concat(fresh_sequences),
+                            pl.DataFrame(fresh_rows, schema=CELL_SCHEMA))
+            for chunk in records:
+                self._clear_failure(ckpt, chunk)
+            if sum(entry["name"].startswith("batch-") for entry in ledger["files"]) > COMPACT_AFTER_FILES:
+                self.compact_checkpoint(ckpt)
+        return [records.get(cell.chunk) or self.read_cell(ckpt, cell.chunk) for cell in cells]
+
+    def write_partition(self, ckpt: int, sequences: pl.DataFrame, cells: pl.DataFrame, pin: dict | None = None) -> None:
+        """Land a whole checkpoint's precomputed tables at once (benchmarks, synthetic outputs, imports).
+
+        `sequences` holds SEQUENCE_SCHEMA columns for several chunks; `cells` one CELL_SCHEMA row per chunk,
+        the same chunks. Cells already landed are refused (ValueError); nothing is summarized or checked
+        beyond the schema, so the caller owns the numbers.
+        """
+        ledger = self.ledger(ckpt)
+        chunks = sorted(int(c) for c in cells["chunk"].to_list())
+        if sorted(int(c) for c in sequences["chunk"].unique().to_list()) != chunks or len(set(chunks)) != len(chunks):
+            raise ValueError(f"ckpt {ckpt}: sequences and cells must cover the same chunks, once each")
+        overlap = sorted({chunk for chunk in chunks if (ckpt, chunk) in self.done_cells()})
+        if overlap:
+            raise ValueError(f"ckpt {ckpt}: chunks {overlap[:5]} have landed already")
+        if ledger["pin"] is None and pin is not None:
+            ledger["pin"] = dict(pin)
+        sequences = sequences.drop("ckpt", strict=False)
+        sequences = sequences.with_columns(
+            [pl.lit(None, dtype).alias(name) for name, dtype in SEQUENCE_SCHEMA.items() if name not in sequences.columns]
+        ).select([pl.col(name).cast(dtype) for name, dtype in SEQUENCE_SCHEMA.items()])
+        cells = cells.drop("ckpt", strict=False)
+        cells = cells.with_columns(
+            [pl.lit(None, dtype).alias(name) for name, dtype in CELL_SCHEMA.items() if name not in cells.columns]
+        ).select([pl.col(name).cast(dtype) for name, dtype in CELL_SCHEMA.items()])
+        self._land_pair(ckpt, ledger, f"part-{ledger['next_file']:06d}", chunks,
+                        sequences.sort("chunk", "row"), cells.sort("chunk"))
+
+    def _land_pair(self, ckpt: int, ledger: dict, name: str, chunks: list[int], sequences: pl.DataFrame,
+                   cells: pl.DataFrame, replaces: list[dict] | None = None) -> None:
+        """Write a sequences/cells pair named `name`, then commit the ledger listing it (minus `replaces`)."""
+        entry = {"name": name, "chunks": chunks}
+        for table, frame in (("sequences", sequences), ("cells", cells)):
+            record = self._land_parquet(frame, self.partition_dir(table, ckpt) / f"{name}.parquet")
+            entry[table] = record.__dict__
+        replaced = {old["name"] for old in replaces or []}
+        ledger["files"] = [old for old in ledger["files"] if old["name"] not in replaced] + [entry]
+        ledger["next_file"] += 1
+        self._commit_ledger(ckpt, ledger)  # the commit point
+        for old in replaces or []:
+            for table in TABLES:
+                (self.output / old[table]["path"]).unlink(missing_ok=True)
+
+    def compact_checkpoint(self, ckpt: int) -> None:
+        """Merge every landed file of `ckpt` into one pair `part-NNNNNN` (rows sorted by chunk, row).
+
+        Writes the merged pair, commits the ledger listing only it, then deletes the old files; recover()
+        deletes any of them a crash left behind. A checkpoint held in a single pair is left as it is.
+        """
+        ledger = self.ledger(ckpt)
+        if len(ledger["files"]) <= 1 and all(e["name"].startswith("part-") for e in ledger["files"]):
+            return
+        frames = {table: [self._read_listed(ckpt, entry, table) for entry in ledger["files"]] for table in TABLES}
+        chunks = sorted(chunk for entry in ledger["files"] for chunk in entry["chunks"])
+        sequences = pl.concat(frames["sequences"], how="vertical").sort("chunk", "row")
+        cells = pl.concat(frames["cells"], how="vertical").sort("chunk")
+        self._land_pair(ckpt, ledger, f"part-{ledger['next_file']:06d}", chunks, sequences, cells,
+                        replaces=list(ledger["files"]))
+
+    def _read_listed(self, ckpt: int, entry: dict, table: str) -> pl.DataFrame:
+        record = FileRecord(**entry[table])
+        path = self.output / record.path
+        problem = self._quick_problem(record)
+        if problem:
+            raise DamagedOutputError(f"{path}: {problem}; run `memsweep verify {self.output} --repair`")
+        schema = SEQUENCE_SCHEMA if table == "sequences" else CELL_SCHEMA
+        return pl.read_parquet(path).select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+
+    # ---- probe sets --------------------------------------------------------------------------
+
+    def probe_entries(self) -> dict[int, dict]:
+        """chunk -> {"source": identity of the chunk file (pin), "file": FileRecord dict or None}."""
+        path = self.ledger_dir / "probes.json"
+        if not path.exists():
+            return {}
+        return {int(chunk): entry for chunk, entry in self._read_json(path)["chunks"].items()}
+
+    def write_probe_set(self, chunk: int, frame: pl.DataFrame, source: dict) -> None:
+        """Land chunk `chunk`'s probe set (PROBE_SCHEMA) and pin its source identity (`sha256`, ...).
+
+        A chunk whose pinned source identity differs raises PinMismatchError: an output never mixes rows
+        sampled from two versions of a chunk file.
+        """
+        entries = self.probe_entries()
+        pinned = entries.get(chunk, {}).get("source")
+        if pinned and pinned.get("sha256") != source.get("sha256"):
+            raise PinMismatchError(
+                f"chunk {chunk}: {source.get('file')} has sha256 {source.get('sha256')}, but this output's cells "
+                f"of that chunk were sampled from sha256 {pinned.get('sha256')}; use a new output directory")
+        frame = frame.select([pl.col(name).cast(dtype) for name, dtype in PROBE_SCHEMA.items()])
+        record = self._land_parquet(frame, self.probes_dir / f"probe-{chunk:05d}.parquet")
+        entries[chunk] = {"source": source, "file": record.__dict__}
+        self._write_probe_ledger(entries)
+
+    def _write_probe_ledger(self, entries: dict[int, dict]) -> None:
+        payload = {"format": LEDGER_FORMAT, "chunks": {str(chunk): entries[chunk] for chunk in sorted(entries)}}
+        self._write_json_atomic(payload, self.ledger_dir / "probes.json")
+
+    def read_probe_set(self, chunk: int) -> pl.DataFrame | None:
+        """The landed probe set of `chunk` (checked against its record), or None if none landed."""
+        entry = self.probe_entries().get(chunk)
+        if not entry or not entry.get("file"):
+            return None
+        record = FileRecord(**entry["file"])
+        problem = self._quick_problem(record) or self._deep_problem(record)
+        if problem:
+            raise DamagedOutputError(f"{self.output / record.path}: {problem}; "
+                                     f"run `memsweep verify {self.output} --repair`")
+        return pl.read_parquet(self.output / record.path)
 
     # ---- failures ----------------------------------------------------------------------------
 
@@ -424,10 +645,8 @@ class ResultStore:
         self._write_json_atomic(payload, self.failure_file(ckpt, chunk))
 
     def _failure_files(self) -> list[tuple[tuple[int, int], Path]]:
-        if not self.failures_dir.is_dir():
-            return []
         found = []
-        for entry in self.failures_dir.iterdir():
+        for entry in self._listed_dir(self.failures_dir):
             match = _FAILURE_FILE.match(entry.name)
             if match:
                 found.append(((int(match.group(1)), int(match.group(2))), entry))
@@ -449,71 +668,140 @@ class ResultStore:
             os.unlink(path)
             _fsync_dir(path.parent)
 
-    # ---- compaction --------------------------------------------------------------------------
+    # ---- recovery and integrity --------------------------------------------------------------
 
-    def compact_checkpoint(self, ckpt: int) -> None:
-        """Merge the per-cell files of `ckpt` (and any earlier part-0) into one part-0 per table.
+    def recover(self) -> None:
+        """Bring the directory back to a consistent state after a crash at any point.
 
-        Only cells whose record landed are merged; rows are sorted by (chunk, row). Each table's
-        partition directory is swapped whole: build `new` in _tmp, rename live -> `old`, rename
-        `new` -> live, delete `old`. recover() finishes or rolls back any step.
+        1. Leftover temp files are deleted.
+        2. Data files of ours (`batch-*`, `part-*`, `probe-*`) that no ledger lists are deleted: a landing
+           or compaction cut short before (or after) its ledger commit.
+        3. Failure records of cells that have since landed are deleted.
+        Files with other names are left alone (verify() reports them as foreign).
         """
-        done_chunks = {chunk for c, chunk in self.done_cells() if c == ckpt}
-        if not done_chunks:
-            return
-        for table, schema, order in (("sequences", SEQUENCE_SCHEMA, ["chunk", "row"]),
-                                     ("cells", CELL_SCHEMA, ["chunk"])):
-            live = self.partition_dir(table, ckpt)
-            cell_files = sorted(p for p in live.iterdir() if _CELL_FILE.match(p.name)) if live.is_dir() else []
-            if not cell_files:
-                continue  # already compacted (e.g. an earlier, interrupted call got this far)
-            merged = self._merge_partition(live, cell_files, done_chunks, schema).sort(order)
-            self._swap_partition(table, ckpt, merged)
+        self._ledgers = None
+        if self.tmp_dir.is_dir():
+            for entry in self.tmp_dir.iterdir():
+                if entry.is_dir():
+                    for inner in entry.rglob("*"):
+                        if inner.is_file():
+                            os.unlink(inner)
+                    for inner in sorted(entry.rglob("*"), reverse=True):
+                        os.rmdir(inner)
+                    os.rmdir(entry)
+                else:
+                    os.unlink(entry)
+        listed = {record.path for record in self.landed_files()}
+        for path in self._our_data_files():
+            if self._relative(path) not in listed:
+                os.unlink(path)
+        done = self.done_cells()
+        for cell, path in self._failure_files():
+            if cell in done:
+                os.unlink(path)
 
-    @staticmethod
-    def _merge_partition(live: Path, cell_files: list[Path], done_chunks: set[int],
-                         schema: dict[str, pl.DataType]) -> pl.DataFrame:
-        # Sequence files of cells whose record never landed are left out (they vanish with the
-        # old directory); recover() would delete them anyway.
-        fresh_chunks = sorted(int(_CELL_FILE.match(path.name).group(1)) for path in cell_files)
-        fresh_chunks = [chunk for chunk in fresh_chunks if chunk in done_chunks]
-        fresh = [pl.read_parquet(live / f"cell-{chunk:05d}.parquet") for chunk in fresh_chunks]
-        frames = fresh
-        compacted = live / COMPACTED_NAME
-        if compacted.exists():
-            # A chunk present in both forms would be a duplicate; the per-cell file wins.
-            earlier = pl.read_parquet(compacted).filter(~pl.col("chunk").is_in(fresh_chunks))
-            frames = [earlier, *fresh]
-        return pl.concat([frame.cast(schema) for frame in frames], how="vertical")
+    def _our_data_files(self) -> list[Path]:
+        found = []
+        for table in TABLES:
+            root = self.output / table
+            if not root.is_dir():
+                continue
+            for partition in root.iterdir():
+                if partition.is_dir() and _PARTITION.match(partition.name):
+                    found += [p for p in partition.iterdir() if _DATA_FILE.match(p.name)]
+        found += [p for p in self._listed_dir(self.probes_dir) if _PROBE_FILE.match(p.name)]
+        return found
 
-    def _swap_partition(self, table: str, ckpt: int, merged: pl.DataFrame) -> None:
-        live = self.partition_dir(table, ckpt)
-        staging = self._staging_dir(table, ckpt)
-        _remove_tree(staging)
-        building, new, old = staging / "building", staging / "new", staging / "old"
-        os.makedirs(building)
-        with open(building / COMPACTED_NAME, "wb") as handle:
-            merged.write_parquet(handle, statistics=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _fsync_dir(building)
-        # `new` exists only once complete, which is what lets recover() trust it.
-        os.rename(building, new)
-        _fsync_dir(staging)
-        os.rename(live, old)
-        os.rename(new, live)
-        _fsync_dir(live.parent)
-        _remove_tree(staging)
+    def foreign_files(self) -> list[Path]:
+        """Files under sequences/, cells/ or probes/ that no ledger lists (and recover() would not delete)."""
+        listed = {record.path for record in self.landed_files()}
+        foreign = []
+        for folder in (self.output / "sequences", self.output / "cells", self.probes_dir):
+            if folder.is_dir():
+                foreign += [p for p in folder.rglob("*") if p.is_file() and self._relative(p) not in listed]
+        return sorted(foreign)
+
+    def _quick_problem(self, record: FileRecord) -> str | None:
+        """Cheap check of a listed file (exists, size, Parquet footer row count); None if fine."""
+        path = self.output / record.path
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return "missing"
+        if size != record.bytes:
+            return f"size {size} bytes, recorded {record.bytes}"
+        try:
+            rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+        except Exception as error:  # noqa: BLE001 - polars/arrow raise several types for a bad file
+            return f"unreadable Parquet ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        if rows != record.rows:
+            return f"{rows} rows, recorded {record.rows}"
+        return None
+
+    def _deep_problem(self, record: FileRecord) -> str | None:
+        digest = file_sha256(self.output / record.path)
+        return None if digest == record.sha256 else f"sha256 {digest[:12]}.. differs from recorded {record.sha256[:12]}.."
+
+    def check_landed(self, deep: bool = True) -> list[tuple[FileRecord, str]]:
+        """(record, problem) for every listed file that fails the check; deep adds the sha256."""
+        problems = []
+        for record in self.landed_files():
+            problem = self._quick_problem(record) or (self._deep_problem(record) if deep else None)
+            if problem:
+                problems.append((record, problem))
+        return problems
+
+    def forget_files(self, paths: set[str]) -> list[tuple[int, int]]:
+        """Remove every ledger entry holding one of `paths` (relative) and delete its files: the cells it
+        carried become to-do again (a probe set is rebuilt, keeping its pinned source). Returns those cells."""
+        dropped: list[tuple[int, int]] = []
+        for ckpt, ledger in sorted(self._load_ledgers().items()):
+            doomed = [e for e in ledger["files"] if {e["sequences"]["path"], e["cells"]["path"]} & paths]
+            if not doomed:
+                continue
+            ledger = self.ledger(ckpt)
+            ledger["files"] = [e for e in ledger["files"] if e["name"] not in {d["name"] for d in doomed}]
+            if not ledger["files"]:
+                ledger["pin"] = None  # nothing landed under the pin any more
+            self._commit_ledger(ckpt, ledger)
+            for entry in doomed:
+                dropped += [(ckpt, chunk) for chunk in entry["chunks"]]
+                for table in TABLES:
+                    (self.output / entry[table]["path"]).unlink(missing_ok=True)
+        entries = self.probe_entries()
+        hit = [chunk for chunk, entry in entries.items() if entry.get("file") and entry["file"]["path"] in paths]
+        if hit:
+            for chunk in hit:
+                (self.output / entries[chunk]["file"]["path"]).unlink(missing_ok=True)
+                entries[chunk]["file"] = None
+            self._write_probe_ledger(entries)
+        return sorted(dropped)
 
     # ---- readers -----------------------------------------------------------------------------
 
     def _scan(self, table: str, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
-        root = self.output / table
-        if not root.is_dir():
+        """The listed files of `table`, size-checked (cheap), as one LazyFrame with `ckpt` Int32 first.
+
+        Columns a file lacks (written before they existed) read as typed nulls.
+        """
+        files = []
+        for ckpt, ledger in sorted(self._load_ledgers().items()):
+            for entry in ledger["files"]:
+                record = FileRecord(**entry[table])
+                path = self.output / record.path
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    raise DamagedOutputError(f"{path}: listed in the ledger but missing; "
+                                             f"run `memsweep verify {self.output} --repair`") from None
+                if size != record.bytes:
+                    raise DamagedOutputError(f"{path}: size {size} bytes, recorded {record.bytes}; "
+                                             f"run `memsweep verify {self.output} --repair`")
+                files.append(str(path))
+        if not files:
             return pl.LazyFrame(schema={"ckpt": pl.Int32(), **schema})
-        # Passing `schema` keeps a table with no files yet scannable (polars fails otherwise).
-        frame = pl.scan_parquet(root, schema=schema, hive_schema={"ckpt": pl.Int32},
-                                hive_partitioning=True)
+        frame = pl.scan_parquet(files, schema=schema, hive_schema={"ckpt": pl.Int32}, hive_partitioning=True,
+                                missing_columns="insert", extra_columns="ignore")
         return frame.select("ckpt", *schema)
 
     def sequences(self) -> pl.LazyFrame:
@@ -523,3 +811,17 @@ class ResultStore:
     def cells(self) -> pl.LazyFrame:
         """One row per landed cell: `ckpt` Int32 followed by CELL_SCHEMA."""
         return self._scan("cells", CELL_SCHEMA)
+
+    def probes(self) -> pl.LazyFrame:
+        """One row per sampled (chunk, row): PROBE_SCHEMA (tokens = prompt followed by the true continuation)."""
+        files = []
+        for chunk, entry in sorted(self.probe_entries().items()):
+            if entry.get("file"):
+                path = self.output / entry["file"]["path"]
+                if not path.exists() or path.stat().st_size != entry["file"]["bytes"]:
+                    raise DamagedOutputError(f"{path}: missing or not the recorded size; "
+                                             f"run `memsweep verify {self.output} --repair`")
+                files.append(str(path))
+        if not files:
+            return pl.LazyFrame(schema=PROBE_SCHEMA)
+        return pl.scan_parquet(files, schema=PROBE_SCHEMA)

@@ -1,10 +1,14 @@
-"""ResultStore: round trip, compaction, crash safety at every filesystem step, manifest, failures."""
+"""ResultStore: round trip, ledger, compaction, crash safety at every filesystem step, manifest, failures,
+pins, probe sets, integrity (verify / repair) and the one-writer lock."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +17,25 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import sweep.store as store_module
-from sweep.store import ResultStore, StoreMismatchError
+from sweep.store import DamagedOutputError, LandedCell, PinMismatchError, ResultStore, StoreMismatchError
+from sweep.verify import verify_output
+from sweep.writer_lock import OutputLockedError, writer_lock
 
 # The landed-dataset contract (docs/architecture.md), spelled out independently of the store.
 SEQUENCE_COLUMNS = {
     "ckpt": pl.Int32, "chunk": pl.Int32, "row": pl.Int64, "source": pl.String, "matches": pl.Int16,
     "score": pl.Float32, "full_match": pl.Boolean, "prefix_match": pl.Int16, "match_mask": pl.Binary,
-    "nll": pl.Float32, "tf_accuracy": pl.Float32,
+    "nll": pl.Float32, "tf_accuracy": pl.Float32, "generated": pl.List(pl.UInt32),
 }
 CELL_COLUMNS = {
     "ckpt": pl.Int32, "chunk": pl.Int32, "n": pl.Int32, "score": pl.Float64, "full_match_rate": pl.Float64,
     "mean_prefix_match": pl.Float64, "nll": pl.Float64, "tf_accuracy": pl.Float64, "seen": pl.Boolean,
     "seconds": pl.Float64, "sequences_per_s": pl.Float64, "device": pl.String, "dtype": pl.String,
-    "batch_size": pl.Int32, "attempts": pl.Int32, "finished_at": pl.String,
+    "batch_size": pl.Int32, "attempts": pl.Int32, "finished_at": pl.String, "model_revision": pl.String,
+    "model_commit": pl.String, "weights_fingerprint": pl.String, "stored_dtype": pl.String,
+    "data_file": pl.String, "data_sha256": pl.String,
 }
-LANDED_NAME = re.compile(r"^(cell-\d{5}|part-0)\.parquet$")
+LANDED_NAME = re.compile(r"^(batch|part)-\d{6}\.parquet$")
 IDENTITY = {"model": "LLM360/Amber", "memorization": {"prompt_len": 32, "gen_len": 32}, "probe": {"n": 7}}
 GEN_LEN = 32
 
@@ -50,9 +58,11 @@ def fake_sequences(ckpt: int, chunk: int, n: int = 7) -> pl.DataFrame:
     })
 
 
-def cell_info(ckpt: int, chunk: int) -> dict:
+def cell_info(ckpt: int, chunk: int, **pin) -> dict:
     return {"seconds": 0.5 + chunk, "device": "cpu", "dtype": "float32", "batch_size": 4,
-            "attempts": 1, "finished_at": f"2026-01-01T00:00:{ckpt:02d}+00:00"}
+            "attempts": 1, "finished_at": f"2026-01-01T00:00:{ckpt:02d}+00:00",
+            "model_revision": f"ckpt_{ckpt:03d}", "model_commit": f"{ckpt:040d}",
+            "weights_fingerprint": f"fp{ckpt:014d}", **pin}
 
 
 def write(store: ResultStore, ckpt: int, chunk: int) -> dict:
@@ -71,9 +81,9 @@ def read_sorted(store: ResultStore) -> tuple[pl.DataFrame, pl.DataFrame]:
     return sequences, cells
 
 
-def landed_files(output: Path) -> list[Path]:
-    return [p for table in ("sequences", "cells") if (output / table).exists()
-            for p in (output / table).rglob("*") if p.is_file()]
+def data_files(output: Path) -> list[Path]:
+    return sorted(p for table in ("sequences", "cells") if (output / table).exists()
+                  for p in (output / table).rglob("*") if p.is_file())
 
 
 def test_round_trip_schema_values_and_done_cells(tmp_path):
@@ -101,15 +111,29 @@ def test_round_trip_schema_values_and_done_cells(tmp_path):
         assert cell["n"] == written.height
         assert cell["score"] == pytest.approx(written["score"].mean(), rel=1e-6)
         assert cell["full_match_rate"] == pytest.approx(written["full_match"].mean())
-        assert cell["mean_prefix_match"] == pytest.approx(written["prefix_match"].mean())
-        assert cell["nll"] == pytest.approx(written["nll"].mean(), rel=1e-6)
         assert cell["tf_accuracy"] is None
         assert cell["seen"] == (chunk <= ckpt)
-        assert cell["sequences_per_s"] == pytest.approx(written.height / cell_info(ckpt, chunk)["seconds"])
-    assert not any(p.name.endswith(".json") for p in landed_files(tmp_path / "out"))
+        assert cell["model_commit"] == f"{ckpt:040d}" and cell["data_sha256"] is None
+    # every data file is listed in a ledger, with its true size and sha256
+    listed = {record.path: record for record in store.landed_files()}
+    assert {p.relative_to(tmp_path / "out").as_posix() for p in data_files(tmp_path / "out")} == set(listed)
+    for path, record in listed.items():
+        assert (tmp_path / "out" / path).stat().st_size == record.bytes
+        assert store_module.file_sha256(tmp_path / "out" / path) == record.sha256
 
 
-def test_compaction_keeps_rows_one_file_per_ckpt_and_no_duplicates(tmp_path):
+def test_several_cells_land_as_one_pair_and_generated_tokens_round_trip(tmp_path):
+    store = new_store(tmp_path / "out")
+    generated = np.arange(7 * GEN_LEN, dtype=np.uint32).reshape(7, GEN_LEN)
+    cells = [LandedCell(j, fake_sequences(4, j).with_columns(generated=pl.Series(generated).reshape((7, GEN_LEN))),
+                        cell_info(4, j)) for j in (1, 3)]
+    store.write_cells(4, cells)
+    assert len(store.ledger(4)["files"]) == 1 and store.ledger(4)["files"][0]["chunks"] == [1, 3]
+    landed = store.sequences().filter(pl.col("chunk") == 3).collect()
+    assert landed["generated"].to_list() == generated.tolist()
+
+
+def test_compaction_keeps_rows_one_pair_per_ckpt_and_no_duplicates(tmp_path):
     output = tmp_path / "out"
     store = new_store(output)
     for ckpt in (0, 1):
@@ -120,13 +144,14 @@ def test_compaction_keeps_rows_one_file_per_ckpt_and_no_duplicates(tmp_path):
         store.compact_checkpoint(ckpt)
     for table in ("sequences", "cells"):
         for ckpt in (0, 1):
-            assert sorted(os.listdir(output / table / f"ckpt={ckpt}")) == ["part-0.parquet"]
+            [name] = os.listdir(output / table / f"ckpt={ckpt}")
+            assert name.startswith("part-")
     for expected, got in zip(before, read_sorted(ResultStore(output))):
         assert_frame_equal(got, expected)
 
     # Re-writing landed cells (compacted or not) must not duplicate them.
     write(store, 0, 1)
-    assert sorted(os.listdir(output / "sequences" / "ckpt=0")) == ["part-0.parquet"]
+    assert len(os.listdir(output / "sequences" / "ckpt=0")) == 1
     for expected, got in zip(before, read_sorted(ResultStore(output))):
         assert_frame_equal(got, expected)
     more = {(0, 3), (0, 4), (1, 5)}
@@ -143,6 +168,16 @@ def test_compaction_keeps_rows_one_file_per_ckpt_and_no_duplicates(tmp_path):
     assert ResultStore(output).done_cells() == set(cells.select("ckpt", "chunk").rows())
 
 
+def test_many_loose_landings_are_merged_as_they_pile_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "COMPACT_AFTER_FILES", 3)
+    store = new_store(tmp_path / "out")
+    for chunk in range(8):
+        write(store, 0, chunk)
+    assert len(store.ledger(0)["files"]) <= 4
+    assert store.done_cells() == {(0, j) for j in range(8)}
+    assert store.sequences().collect().height == 8 * 7
+
+
 def test_empty_store_reads_as_empty_tables(tmp_path):
     store = ResultStore(tmp_path / "nothing")
     assert store.done_cells() == set()
@@ -151,6 +186,7 @@ def test_empty_store_reads_as_empty_tables(tmp_path):
     store = new_store(tmp_path / "out")
     assert store.sequences().collect().height == 0
     assert store.cells().collect().height == 0
+    assert store.probes().collect().height == 0
 
 
 # ---- crash safety --------------------------------------------------------------------------
@@ -185,8 +221,17 @@ class CrashingOs:
 def run_with_crash(monkeypatch, crash_at: int, operation) -> bool:
     """Run `operation` with a crash at mutation `crash_at`; True if it crashed."""
     crashing = CrashingOs(crash_at)
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        crashing.calls += 1
+        if crashing.calls == crashing.crash_at:
+            raise SimulatedCrash("unlink")
+        return real_unlink(self, missing_ok=missing_ok)
+
     with monkeypatch.context() as patch:
         patch.setattr(store_module, "os", crashing)
+        patch.setattr(Path, "unlink", unlink)
         try:
             operation()
         except SimulatedCrash:
@@ -194,10 +239,11 @@ def run_with_crash(monkeypatch, crash_at: int, operation) -> bool:
     return False
 
 
-def assert_readers_see_only_landed_files(output: Path):
-    for path in landed_files(output):
-        assert LANDED_NAME.match(path.name), f"reader-visible stray file {path}"
-        pl.read_parquet(path)  # complete, readable
+def assert_listed_files_whole(output: Path):
+    store = ResultStore(output)
+    assert store.check_landed(deep=True) == []
+    for path in data_files(output):
+        assert LANDED_NAME.match(path.name), f"stray file {path}"
 
 
 def build_base(output: Path) -> ResultStore:
@@ -242,20 +288,16 @@ def test_crash_at_every_step_recovers_exactly(tmp_path, monkeypatch, operation):
             break
         crash_points += 1
 
-        # Before any recovery, readers see whole files only, and either the old or the new rows
-        # of the checkpoint (mid-swap: none of it, which recover() then restores).
-        assert_readers_see_only_landed_files(output)
+        # Before any recovery, readers see the old rows or the new ones, never a mix, never nothing.
         seen = read_sorted(ResultStore(output))
-        if operation == "compact_checkpoint":
-            ckpt1 = seen[0].filter(pl.col("ckpt") == 1)
-            assert ckpt1.height in (0, expected[0].filter(pl.col("ckpt") == 1).height)
+        assert seen[0].height in (old_rows[0].height, expected[0].height)
+        assert ResultStore(output).check_landed(deep=True) == []
 
         fresh = ResultStore(output)
         fresh.recover()
         assert not (output / "_tmp").exists() or not any((output / "_tmp").iterdir())
-        assert_readers_see_only_landed_files(output)
+        assert_listed_files_whole(output)
         sequences, cells = read_sorted(fresh)
-        # No orphans: every sequence row belongs to a landed cell.
         assert set(sequences.select("ckpt", "chunk").unique().rows()) == set(cells.select("ckpt", "chunk").rows())
         assert len(cells) in (len(old_rows[1]), len(expected[1]))
 
@@ -267,19 +309,19 @@ def test_crash_at_every_step_recovers_exactly(tmp_path, monkeypatch, operation):
             assert_frame_equal(got, want)
         assert [(f["ckpt"], f["chunk"]) for f in fresh.failures()] == expected_failures
         if operation == "compact_checkpoint":
-            assert sorted(os.listdir(output / "sequences" / "ckpt=1")) == ["part-0.parquet"]
+            assert len(os.listdir(output / "sequences" / "ckpt=1")) == 1
     else:
         pytest.fail("operation never completed")
     assert crash_points >= 5  # the operation really has several steps to crash in
 
 
-def test_recover_drops_orphan_sequences_and_stale_failures(tmp_path):
+def test_recover_drops_unlisted_files_and_stale_failures(tmp_path):
     output = tmp_path / "out"
     store = new_store(output)
     write(store, 3, 0)
-    # A sequences file whose cell record never landed, a stray temp file, a stale failure record.
-    orphan = store.cell_file("sequences", 3, 1)
-    fake_sequences(3, 1).with_columns(pl.col("chunk").cast(pl.Int32)).drop("match_mask").write_parquet(orphan)
+    # A landing cut short before its ledger commit, a stray temp file, a stale failure record.
+    orphan = store.partition_dir("sequences", 3) / "batch-000007.parquet"
+    fake_sequences(3, 1).write_parquet(orphan)
     (output / "_tmp").mkdir(exist_ok=True)
     (output / "_tmp" / "cell-00002.abc.parquet").write_bytes(b"partial")
     store.record_failure(3, 0, "boom", 2)
@@ -291,17 +333,106 @@ def test_recover_drops_orphan_sequences_and_stale_failures(tmp_path):
     assert fresh.sequences().collect()["chunk"].unique().to_list() == [0]
 
 
-# ---- manifest ------------------------------------------------------------------------------
+# ---- integrity ------------------------------------------------------------------------------
+
+def _damage(output: Path, how: str, table: str = "sequences", ckpt: int = 0) -> Path:
+    [path] = [p for p in (output / table / f"ckpt={ckpt}").iterdir()]
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "zero-byte":
+        path.write_bytes(b"")
+    elif how == "flipped":  # same size, one byte changed in the middle: only the sha256 sees it
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "deleted":
+        path.unlink()
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "zero-byte", "flipped", "deleted"])
+@pytest.mark.parametrize("compacted", [True, False])
+def test_verify_finds_and_repair_heals_damaged_files(tmp_path, how, compacted):
+    output = tmp_path / "out"
+    store = new_store(output)
+    write(store, 0, 0)
+    write(store, 1, 0)
+    if compacted:
+        write(store, 0, 1)
+        store.compact_checkpoint(0)
+    healthy = read_sorted(ResultStore(output))
+    path = _damage(output, how) if compacted else _damage(output, how, ckpt=0)
+    relative = path.relative_to(output).as_posix()
+
+    report = verify_output(output)
+    assert not report.ok
+    assert relative in report.missing or relative in [p for p, _ in report.damaged]
+    if how != "flipped":  # readers check sizes (cheap); a same-size change is the sha256's job (verify, run)
+        with pytest.raises(DamagedOutputError, match=re.escape(str(path))):
+            ResultStore(output).sequences().collect()
+
+    repaired = verify_output(output, repair=True)
+    lost = {(0, 0), (0, 1)} if compacted else {(0, 0)}
+    assert set(repaired.repaired_cells) == lost
+    store = ResultStore(output)
+    assert verify_output(output).ok
+    landed_before = {(0, 0), (1, 0)} | ({(0, 1)} if compacted else set())
+    assert store.done_cells() == landed_before - lost
+    # the lost cells land again exactly as before (the rerun recomputes them)
+    for ckpt, chunk in sorted(lost):
+        write(store, ckpt, chunk)
+    for want, got in zip(healthy, read_sorted(ResultStore(output))):
+        assert_frame_equal(got.drop("finished_at", strict=False), want.drop("finished_at", strict=False))
+
+
+def test_a_stray_copy_is_never_data_and_repair_removes_it(tmp_path):
+    output = tmp_path / "out"
+    store = new_store(output)
+    write(store, 0, 0)
+    store.compact_checkpoint(0)
+    [part] = list((output / "sequences" / "ckpt=0").iterdir())
+    shutil.copy(part, part.with_name("part-0 (copy).parquet"))
+    assert store.sequences().collect().height == 7  # not 14
+    report = verify_output(output)
+    assert report.foreign == ["sequences/ckpt=0/part-0 (copy).parquet"] and not report.damaged
+    verify_output(output, repair=True)
+    assert not part.with_name("part-0 (copy).parquet").exists() and verify_output(output).ok
+
+
+# ---- pins ------------------------------------------------------------------------------------
+
+def test_a_cell_from_another_commit_or_weights_is_refused(tmp_path):
+    store = new_store(tmp_path / "out")
+    write(store, 2, 0)
+    assert store.checkpoint_pin(2)["model_commit"] == f"{2:040d}"
+    with pytest.raises(PinMismatchError, match="model_commit"):
+        store.write_cell(2, 1, fake_sequences(2, 1), cell_info(2, 1, model_commit="f" * 40))
+    with pytest.raises(PinMismatchError, match="weights_fingerprint"):
+        store.write_cell(2, 1, fake_sequences(2, 1), cell_info(2, 1, weights_fingerprint="other"))
+    assert store.done_cells() == {(2, 0)}
+
+
+def test_probe_sets_land_pinned_and_a_changed_source_is_refused(tmp_path):
+    store = new_store(tmp_path / "out")
+    frame = pl.DataFrame({"chunk": [5, 5], "row": [3, 9], "source": ["c4", "arxiv"],
+                          "tokens": [[1, 2, 3], [4, 5, 6]]})
+    store.write_probe_set(5, frame, {"file": "train_005.jsonl", "sha256": "a" * 64})
+    assert ResultStore(tmp_path / "out").read_probe_set(5)["tokens"].to_list() == [[1, 2, 3], [4, 5, 6]]
+    assert store.probes().collect().height == 2
+    with pytest.raises(PinMismatchError, match="sha256 " + "b" * 64):
+        store.write_probe_set(5, frame, {"file": "train_005.jsonl", "sha256": "b" * 64})
+
+
+# ---- manifest --------------------------------------------------------------------------------
 
 def test_manifest_reopen_appends_run_and_mismatch_names_key(tmp_path):
     output = tmp_path / "out"
-    new_store(output)
+    write(new_store(output), 0, 0)
     ResultStore(output).open(IDENTITY, {"spec": "demo", "batch_size": 8}, {"device": "cuda", "batch_size": 8})
     manifest = json.loads((output / "manifest.json").read_text())
-    assert manifest["format"] == 1
+    assert manifest["format"] == 2
     assert manifest["identity"] == IDENTITY
     assert [run["device"] for run in manifest["runs"]] == ["cpu", "cuda"]
-    assert all("started_at" in run for run in manifest["runs"])
     assert manifest["identity_hash"] == store_module.identity_hash(IDENTITY)
 
     changed = {**IDENTITY, "memorization": {**IDENTITY["memorization"], "prompt_len": 16}}
@@ -313,7 +444,18 @@ def test_manifest_reopen_appends_run_and_mismatch_names_key(tmp_path):
     assert len(json.loads((output / "manifest.json").read_text())["runs"]) == 2  # refused: unchanged
 
 
-def test_open_refuses_foreign_directory_and_bad_manifest(tmp_path):
+def test_an_output_with_nothing_landed_takes_a_corrected_spec(tmp_path):
+    output = tmp_path / "out"
+    store = new_store(output)
+    store.record_failure(0, 0, "bad revision", 3)
+    changed = {**IDENTITY, "model": "LLM360/Amber-fixed"}
+    ResultStore(output).open(changed, {}, {})
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["identity"] == changed and len(manifest["runs"]) == 2
+    assert ResultStore(output).failures() == []
+
+
+def test_open_refuses_foreign_directory_bad_and_old_manifests(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("hello")
@@ -321,9 +463,18 @@ def test_open_refuses_foreign_directory_and_bad_manifest(tmp_path):
         ResultStore(foreign).open(IDENTITY, {}, {})
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "manifest.json").write_text("{\n  \"format\": 1,\n")
+    (broken / "manifest.json").write_text("{\n  \"format\": 2,\n")
     with pytest.raises(ValueError, match=r"manifest.json: not valid JSON \(line 3"):
         ResultStore(broken).open(IDENTITY, {}, {})
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"format": 1, "identity": IDENTITY, "runs": []}))
+    with pytest.raises(ValueError, match="format 1"):
+        ResultStore(old).open(IDENTITY, {}, {})
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        ResultStore(a_file).open(IDENTITY, {}, {})
 
 
 # ---- failures and bad input ----------------------------------------------------------------
@@ -351,7 +502,33 @@ def test_bad_sequences_and_info_raise_clear_errors(tmp_path):
         store.write_cell(0, 4, good, cell_info(0, 4))
     with pytest.raises(ValueError, match="column 'row'"):
         store.write_cell(0, 0, good.with_columns(row=pl.lit("x")), cell_info(0, 0))
+    with pytest.raises(ValueError, match="holds a row more than once"):
+        store.write_cell(0, 0, pl.concat([good, good]), cell_info(0, 0))
     with pytest.raises(ValueError, match=r"missing key\(s\) \['device'\]"):
         store.write_cell(0, 0, good, {k: v for k, v in cell_info(0, 0).items() if k != "device"})
     assert store.done_cells() == set()
-    assert landed_files(tmp_path / "out") == []
+    assert data_files(tmp_path / "out") == []
+
+
+# ---- one writer ------------------------------------------------------------------------------
+
+def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    output = tmp_path / "out"
+    with writer_lock(output):
+        with pytest.raises(OutputLockedError, match=r"being written by a run on host .* \(pid " + str(os.getpid())):
+            with writer_lock(output):
+                pass
+    # A process that dies holding the lock releases it with its life (SIGKILL: no cleanup runs).
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, os; sys.path.insert(0, %r); from sweep.writer_lock import writer_lock\n"
+        "with writer_lock(%r):\n    print('held', flush=True); time.sleep(60)") % (str(Path(__file__).parents[1]),
+                                                                                  str(output))],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(OutputLockedError, match=f"pid {holder.pid}"):
+        with writer_lock(output):
+            pass
+    holder.kill()
+    holder.wait()
+    with writer_lock(output):  # taken over
+        pass
