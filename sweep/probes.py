@@ -1,67 +1,80 @@
-"""Probe sets: the rows of one data chunk we score, sampled exactly like the reference tool.
+"""Probe sets: the rows of one data chunk we score, sampled exactly like the reference tool, without ever
+keeping the chunk on disk.
 
-The reference tool loads a whole chunk (about 20.8 GB of JSON lines, 1,706,976 rows) through
-``datasets`` and takes ``shuffle(seed=42).select(range(1000))``, which picks rows
-``numpy.random.default_rng(42).permutation(n_rows)[:1000]`` in that order. We pick the same
-rows with memory flat in the chunk size, and keep their row numbers:
+The reference tool loads a whole chunk (about 20.8 GB of JSON lines, 1,706,976 rows) through ``datasets`` and
+takes ``shuffle(seed=42).select(range(1000))``, which picks rows
+``numpy.random.default_rng(42).permutation(n_rows)[:1000]`` in that order. We pick the same rows and keep their
+row numbers, in two passes over the file that never hold more than a few MB:
 
-1. one binary pass records where every line starts (``int64[n_rows + 1]``, 14 MB for Amber);
-2. the permutation picks the rows;
-3. only the chosen lines are read (by seeking) and parsed with ``json.loads``.
+1. one streaming pass records where every line starts (the *line index*) and the sha256 of the bytes, which is
+   the chunk's content identity (checked against the Hub's LFS sha256 when there is one);
+2. the permutation picks the rows; only the chosen lines are read back (local: seek + read; Hub: HTTP range
+   requests, neighbouring rows coalesced) and parsed with ``json.loads``.
 
-Two line formats are understood, detected per file from its first line:
+Cost for an Amber chunk: pass 1 streams 20.8 GB once (network- or disk-bound; nothing is written); pass 2
+reads the 1000 chosen lines (~12 MB). The line index is cached as row lengths (``ProbeCache``: about 2-3 MB
+compressed per chunk, so ~1 GB for all 360), keyed by the content sha256: another seed or sample count later
+costs only pass 2. Probe sets are cached too, keyed by (sha256, seed, n, k, l): a chunk file that changes gets
+a new key, so a stale probe set is never reused, and a chunk added to the dataset later invalidates nothing.
 
-- raw AmberDatasets rows ``{"token_ids": [>= k+l ints], "source": str}``: the first k+l ids
-  are kept;
-- the reference tool's cached samples ``{"source": str, "prompt": [k ints],
-  "continuation": [l ints]}``: exactly k and l ids.
+Two line formats are understood, detected from the first line:
 
-A probe set is a Polars DataFrame (cached as Parquet) with, in sample order:
-``chunk`` Int32, ``row`` Int64 (0-based line number in the file), ``source`` String,
-``tokens`` List(UInt16) if every id < 65536 else List(Int32) (the first k+l ids).
+- raw AmberDatasets rows ``{"token_ids": [>= k+l ints], "source": str}``: the first k+l ids are kept;
+- the reference tool's cached samples ``{"source": str, "prompt": [k ints], "continuation": [l ints]}``.
+
+A probe set is a Polars DataFrame with, in sample order: ``chunk`` Int32, ``row`` Int64 (0-based line number
+in the file), ``source`` String, ``tokens`` List(UInt32) (the first k+l ids: prompt, then true continuation).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from sweep.sources import ChunkSource
+
 logger = logging.getLogger(__name__)
 
 # Bumped whenever the probe-set layout changes, so old cache files are never reused.
-PROBE_SET_FORMAT_VERSION = 1
-# Scan buffer: big enough that numpy's per-call overhead vanishes, small enough that the
-# scan's memory stays a few tens of MB whatever the chunk size.
+PROBE_SET_FORMAT_VERSION = 2
+# Scan buffer: big enough that numpy's per-call overhead vanishes, small enough that the scan's memory stays a
+# few tens of MB whatever the chunk size.
 SCAN_BLOCK_BYTES = 4 * 1024 * 1024
+# Hub range reads: rows closer than this are fetched in one request; requests run this many at a time.
+RANGE_GAP_BYTES = 256 * 1024
+RANGE_MAX_BYTES = 16 * 1024 * 1024
+RANGE_WORKERS = 8
 _NEWLINE = ord("\n")
 _INT32_MAX = 2**31 - 1
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class ProbeSetError(ValueError):
-    """A chunk file that cannot give a probe set. The message is one line: ``path:line: why``."""
+    """A chunk file that cannot give a probe set. The message is one line: ``file:line: why``."""
 
 
 @dataclass(frozen=True)
 class LineIndex:
     """Where each line of a JSON-lines file lies.
 
-    Line ``i`` (0-based) is ``bytes[starts[i] : starts[i + 1] - 1]`` (the ``- 1`` drops its
-    newline; a last line without one is handled by ``starts[-1] = file size + 1``).
+    Line ``i`` (0-based) is ``bytes[starts[i] : starts[i + 1] - 1]`` (the ``- 1`` drops its newline; a last
+    line without one is handled by ``starts[-1] = file size + 1``).
     """
 
-    path: Path
     starts: np.ndarray  # int64[n_rows + 1], byte offsets
-    seconds: float  # time the scan took
+    seconds: float = 0.0  # time the scan took
 
     @property
     def n_rows(self) -> int:
@@ -72,36 +85,46 @@ class LineIndex:
         start = int(self.starts[row])
         return start, int(self.starts[row + 1]) - 1 - start
 
+    def lengths(self) -> np.ndarray:
+        """Line lengths including the newline, uint32[n_rows]: what the cache stores."""
+        return np.diff(self.starts).astype(np.uint32)
 
-def index_lines(path: str | os.PathLike) -> LineIndex:
-    """Scan ``path`` once, in binary, and record where every line starts. Parses nothing.
+    @classmethod
+    def from_lengths(cls, lengths: np.ndarray) -> "LineIndex":
+        starts = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        return cls(starts)
 
-    Trailing empty lines at the end of the file are dropped; an empty line anywhere else is
-    an error, since it would shift every later row number away from the reference tool's.
-    Memory: one ``SCAN_BLOCK_BYTES`` buffer plus 8 bytes per line.
+
+@dataclass(frozen=True)
+class ScannedChunk:
+    index: LineIndex
+    sha256: str
+    size: int
+
+
+def scan_lines(blocks: Iterable[bytes], label: str) -> ScannedChunk:
+    """One pass over a file's bytes (an iterable of blocks): line index, sha256 and size. Parses nothing.
+
+    Trailing empty lines are dropped; an empty line anywhere else is an error, since it would shift every
+    later row number away from the reference tool's. A gzip-compressed file is refused by name.
+    Memory: 8 bytes per line plus one block.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ProbeSetError(f"{path}: chunk file not found")
     began = time.perf_counter()
+    digest = hashlib.sha256()
     newline_offsets: list[np.ndarray] = []
-    # Both buffers are reused for every block, so the scan allocates nothing per block but
-    # the (small) array of that block's newline positions.
-    buffer = bytearray(SCAN_BLOCK_BYTES)
-    view = memoryview(buffer)
-    is_newline = np.empty(SCAN_BLOCK_BYTES, dtype=bool)
     size = 0
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            n_read = handle.readinto(view)
-            if not n_read:
-                break
-            block = np.frombuffer(buffer, dtype=np.uint8, count=n_read)
-            np.equal(block, _NEWLINE, out=is_newline[:n_read])
-            newline_offsets.append(np.flatnonzero(is_newline[:n_read]) + size)
-            size += n_read
+    for block in blocks:
+        if not block:
+            continue
+        if size == 0 and bytes(block[:2]) == _GZIP_MAGIC:
+            raise ProbeSetError(f"{label}: file is gzip-compressed; decompress it (JSON lines are expected)")
+        digest.update(block)
+        array = np.frombuffer(block, dtype=np.uint8)
+        newline_offsets.append(np.flatnonzero(array == _NEWLINE) + size)
+        size += len(block)
     if size == 0:
-        raise ProbeSetError(f"{path}: file is empty")
+        raise ProbeSetError(f"{label}: file is empty")
     newlines = np.concatenate(newline_offsets).astype(np.int64, copy=False)
     ends_with_newline = len(newlines) > 0 and newlines[-1] == size - 1
     # starts[i + 1] = one past line i's newline (a virtual newline after an unterminated last line).
@@ -115,81 +138,185 @@ def index_lines(path: str | os.PathLike) -> LineIndex:
     while n_rows > 0 and lengths[n_rows - 1] == 0:  # trailing blank lines are harmless
         n_rows -= 1
     if n_rows == 0:
-        raise ProbeSetError(f"{path}: file is empty (only blank lines)")
+        raise ProbeSetError(f"{label}: file is empty (only blank lines)")
     blank = np.flatnonzero(lengths[:n_rows] == 0)
     if len(blank):
-        raise ProbeSetError(f"{path}:{blank[0] + 1}: empty line (would shift every later row number)")
-    return LineIndex(path=path, starts=starts[: n_rows + 1].copy(), seconds=time.perf_counter() - began)
+        raise ProbeSetError(f"{label}:{blank[0] + 1}: empty line (would shift every later row number)")
+    index = LineIndex(starts=starts[: n_rows + 1].copy(), seconds=time.perf_counter() - began)
+    return ScannedChunk(index, digest.hexdigest(), size)
 
 
-def _fail(path: Path, row: int, why: str) -> ProbeSetError:
-    return ProbeSetError(f"{path}:{row + 1}: {why}")
+def _file_blocks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            block = handle.read(SCAN_BLOCK_BYTES)
+            if not block:
+                return
+            yield block
 
 
-def _parse_line(path: Path, row: int, line: bytes) -> dict:
+def index_lines(path: str | os.PathLike) -> LineIndex:
+    """Scan a local file once and return its line index (see scan_lines)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProbeSetError(f"{path}: chunk file not found")
+    return scan_lines(_file_blocks(path), str(path)).index
+
+
+# ---- reading chunk files: local or Hub ---------------------------------------------------------------
+
+
+class LocalChunkReader:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.label = str(self.path)
+        if not self.path.is_file():
+            raise ProbeSetError(f"{self.path}: chunk file not found")
+
+    def blocks(self) -> Iterator[bytes]:
+        return _file_blocks(self.path)
+
+    def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        out: list[bytes] = [b""] * len(ranges)
+        with open(self.path, "rb") as handle:
+            for i in sorted(range(len(ranges)), key=lambda i: ranges[i][0]):  # forward seeks only
+                handle.seek(ranges[i][0])
+                out[i] = handle.read(ranges[i][1])
+        return out
+
+
+class HubChunkReader:
+    """A chunk file in a Hub dataset repository at a pinned commit: streamed once, then read by ranges."""
+
+    def __init__(self, source: ChunkSource):
+        self.source = source
+        self.label = f"{source.repo}@{(source.commit or '')[:12]}:{source.file}"
+
+    def blocks(self) -> Iterator[bytes]:
+        from huggingface_hub import HfFileSystem
+
+        path = f"datasets/{self.source.repo}@{self.source.commit}/{self.source.file}"
+        with HfFileSystem().open(path, "rb", block_size=0) as stream:  # block_size=0: a plain stream, no cache
+            while True:
+                block = stream.read(SCAN_BLOCK_BYTES)
+                if not block:
+                    return
+                yield block
+
+    def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Bytes of each (start, length) through HTTP range requests; neighbours share a request."""
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, http_backoff
+
+        url = hf_hub_url(self.source.repo, self.source.file, repo_type="dataset", revision=self.source.commit)
+        order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
+        spans: list[tuple[int, int, list[int]]] = []  # (start, end, members)
+        for i in order:
+            start, length = ranges[i]
+            if spans and start - spans[-1][1] <= RANGE_GAP_BYTES and start + length - spans[-1][0] <= RANGE_MAX_BYTES:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], start + length), spans[-1][2] + [i])
+            else:
+                spans.append((start, start + length, [i]))
+        headers = build_hf_headers()
+
+        def fetch(span: tuple[int, int, list[int]]) -> bytes:
+            start, end, _ = span
+            response = http_backoff("GET", url, headers={**headers, "Range": f"bytes={start}-{end - 1}"})
+            content_range = response.headers.get("Content-Range", "")
+            if response.status_code != 206 or not content_range.startswith(f"bytes {start}-"):
+                raise ProbeSetError(f"{self.label}: the server answered a range request for bytes {start}-{end - 1} "
+                                    f"with HTTP {response.status_code} ({content_range or 'no Content-Range'}); "
+                                    "ranged reads are required to sample a chunk without downloading it")
+            if len(response.content) != end - start:
+                raise ProbeSetError(f"{self.label}: range {start}-{end - 1} returned {len(response.content)} bytes")
+            return response.content
+
+        with ThreadPoolExecutor(RANGE_WORKERS) as pool:
+            bodies = list(pool.map(fetch, spans))
+        out: list[bytes] = [b""] * len(ranges)
+        for (span_start, _, members), body in zip(spans, bodies):
+            for i in members:
+                start, length = ranges[i]
+                out[i] = body[start - span_start : start - span_start + length]
+        return out
+
+
+def open_chunk(source: ChunkSource):
+    """A reader for `source` (LocalChunkReader or HubChunkReader)."""
+    if source.kind == "local":
+        return LocalChunkReader(Path(source.path))
+    return HubChunkReader(source)
+
+
+# ---- parsing the chosen rows ----------------------------------------------------------------------------
+
+
+def _fail(label: str, row: int, why: str) -> ProbeSetError:
+    return ProbeSetError(f"{label}:{row + 1}: {why}")
+
+
+def _parse_line(label: str, row: int, line: bytes) -> dict:
     try:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         reason = error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8"
-        raise _fail(path, row, f"malformed JSON ({reason})") from None
+        raise _fail(label, row, f"malformed JSON ({reason})") from None
     if not isinstance(record, dict):
-        raise _fail(path, row, f"expected a JSON object, got {type(record).__name__}")
+        raise _fail(label, row, f"expected a JSON object, got {type(record).__name__}")
     return record
 
 
-def _detect_format(path: Path, first: dict) -> str:
-    if "token_ids" in first:
+def _detect_format(label: str, row: int, record: dict) -> str:
+    if "token_ids" in record:
         return "raw"
-    if "prompt" in first or "continuation" in first:
+    if "prompt" in record or "continuation" in record:
         return "cached"
-    raise _fail(
-        path, 0, f"unknown row format: keys {sorted(first)}; expected 'token_ids' and 'source' "
-        "(raw chunk) or 'prompt', 'continuation' and 'source' (cached sample)"
-    )
+    raise _fail(label, row, f"unknown row format: keys {sorted(record)}; expected 'token_ids' and 'source' "
+                "(raw chunk) or 'prompt', 'continuation' and 'source' (cached sample)")
 
 
-def _token_list(path: Path, row: int, record: dict, key: str) -> list:
+def _token_list(label: str, row: int, record: dict, key: str) -> list:
     if key not in record:
-        raise _fail(path, row, f"missing key {key!r} (keys: {sorted(record)})")
+        raise _fail(label, row, f"missing key {key!r} (keys: {sorted(record)})")
     ids = record[key]
     if not isinstance(ids, list):
-        raise _fail(path, row, f"{key!r} must be a list of token ids, got {type(ids).__name__}")
+        raise _fail(label, row, f"{key!r} must be a list of token ids, got {type(ids).__name__}")
     return ids
 
 
-def _check_ids(path: Path, row: int, ids: list, vocab_size: int | None) -> None:
+def _check_ids(label: str, row: int, ids: list, vocab_size: int | None) -> None:
     upper = _INT32_MAX if vocab_size is None else vocab_size - 1
     for position, token in enumerate(ids):
         # bool is a subclass of int, and 3.0 is a float: both are not token ids.
         if type(token) is not int:
-            raise _fail(path, row, f"token {position} is {token!r} ({type(token).__name__}), not an integer")
+            raise _fail(label, row, f"token {position} is {token!r} ({type(token).__name__}), not an integer")
         if token < 0 or token > upper:
             bound = f"vocab_size {vocab_size}" if vocab_size is not None else "Int32"
-            raise _fail(path, row, f"token {position} = {token} is outside [0, {upper}] ({bound})")
+            raise _fail(label, row, f"token {position} = {token} is outside [0, {upper}] ({bound})")
 
 
-def _row_tokens(path: Path, row: int, record: dict, row_format: str, prompt_len: int,
-                continuation_len: int, vocab_size: int | None) -> tuple[list[int], str]:
+def _row_tokens(label: str, row: int, record: dict, row_format: str, prompt_len: int, continuation_len: int,
+                vocab_size: int | None) -> tuple[list[int], str]:
     """(first k+l token ids, source) of one parsed row, validated."""
     if row_format == "raw":
-        ids = _token_list(path, row, record, "token_ids")
+        ids = _token_list(label, row, record, "token_ids")
         if len(ids) < prompt_len + continuation_len:
-            raise _fail(path, row, f"row has {len(ids)} token ids, fewer than k+l = "
+            raise _fail(label, row, f"row has {len(ids)} token ids, fewer than k+l = "
                         f"{prompt_len}+{continuation_len} = {prompt_len + continuation_len}")
         ids = ids[: prompt_len + continuation_len]
     else:
-        prompt = _token_list(path, row, record, "prompt")
-        continuation = _token_list(path, row, record, "continuation")
+        prompt = _token_list(label, row, record, "prompt")
+        continuation = _token_list(label, row, record, "continuation")
         if len(prompt) != prompt_len or len(continuation) != continuation_len:
-            raise _fail(path, row, f"cached row has prompt {len(prompt)} / continuation "
+            raise _fail(label, row, f"cached row has prompt {len(prompt)} / continuation "
                         f"{len(continuation)} ids, expected k = {prompt_len} / l = {continuation_len}")
         ids = prompt + continuation
-    _check_ids(path, row, ids, vocab_size)
+    _check_ids(label, row, ids, vocab_size)
     if "source" not in record:
-        raise _fail(path, row, f"missing key 'source' (keys: {sorted(record)})")
+        raise _fail(label, row, f"missing key 'source' (keys: {sorted(record)})")
     source = record["source"]
     if not isinstance(source, str):
-        raise _fail(path, row, f"'source' must be a string, got {type(source).__name__}")
+        raise _fail(label, row, f"'source' must be a string, got {type(source).__name__}")
     return ids, source
 
 
@@ -198,90 +325,112 @@ def sample_rows(n_rows: int, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n_rows)[:n].astype(np.int64)
 
 
-def build_probe_set(path: str | os.PathLike, chunk: int, n: int, seed: int, prompt_len: int,
-                    continuation_len: int, vocab_size: int | None = None) -> pl.DataFrame:
-    """Sample ``n`` rows of chunk file ``path`` as the reference tool does; see the module doc.
-
-    Returns one row per sampled line, in sample order (columns ``chunk``, ``row``, ``source``,
-    ``tokens``: ``tokens`` holds the first ``prompt_len + continuation_len`` ids). If the file
-    has fewer than ``n`` rows, all of them are returned, in permutation order, with a warning.
-
-    Validation covers the line structure of the whole file (no empty lines) but the content
-    of the chosen rows only: unchosen rows are never parsed, which is what keeps a 20 GB
-    chunk cheap. Of a chosen row, the kept ids are checked (integers, in ``[0, vocab_size)``
-    when given). Errors are ``ProbeSetError("path:line: why")`` with 1-based line numbers.
-    """
-    path = Path(path)
-    if n < 1 or prompt_len < 1 or continuation_len < 1:
-        raise ValueError(f"n, prompt_len and continuation_len must be >= 1, got {n}, {prompt_len}, {continuation_len}")
-    index = index_lines(path)
-    chosen = sample_rows(index.n_rows, n, seed)
-    if index.n_rows < n:
-        logger.warning("%s has only %d rows, fewer than the %d asked for: taking all of them, "
-                       "in permutation order", path, index.n_rows, n)
-
-    began = time.perf_counter()
-    tokens = np.empty((len(chosen), prompt_len + continuation_len), dtype=np.int64)
-    sources: list[str] = [""] * len(chosen)
-    with open(path, "rb") as handle:
-        first_start, first_length = index.line_bounds(0)
-        handle.seek(first_start)
-        row_format = _detect_format(path, _parse_line(path, 0, handle.read(first_length)))
-        # Read in file order (forward seeks only), place results in sample order.
-        for slot in np.argsort(chosen, kind="stable"):
-            row = int(chosen[slot])
-            start, length = index.line_bounds(row)
-            handle.seek(start)
-            record = _parse_line(path, row, handle.read(length))
-            ids, sources[slot] = _row_tokens(path, row, record, row_format, prompt_len,
-                                             continuation_len, vocab_size)
-            tokens[slot] = ids
-    parse_seconds = time.perf_counter() - began
-    logger.info("%s: scanned %d rows (%.1f MB) in %.2f s (%.0f rows/s, %.0f MB/s); parsed %d "
-                "chosen %s rows in %.2f s", path, index.n_rows, index.starts[-1] / 1e6,
-                index.seconds, index.n_rows / max(index.seconds, 1e-9),
-                index.starts[-1] / 1e6 / max(index.seconds, 1e-9), len(chosen), row_format, parse_seconds)
-
-    token_dtype = pl.UInt16 if tokens.size == 0 or tokens.max() < 65536 else pl.Int32
-    token_array = tokens.astype(np.uint16 if token_dtype == pl.UInt16 else np.int32)
-    token_series = (pl.Series("tokens", token_array.reshape(-1))
-                    .reshape((len(chosen), prompt_len + continuation_len))
-                    .cast(pl.List(token_dtype)))
+def probe_frame(chunk: int, rows: np.ndarray, sources: list[str], tokens: np.ndarray) -> pl.DataFrame:
+    """The probe-set DataFrame (module docstring) from row numbers, sources and int[n, k+l] tokens."""
+    width = tokens.shape[1] if tokens.ndim == 2 else 0
+    token_series = (pl.Series("tokens", tokens.astype(np.uint32).reshape(-1))
+                    .reshape((len(rows), width)).cast(pl.List(pl.UInt32)))
     return pl.DataFrame({
-        "chunk": pl.Series("chunk", [chunk] * len(chosen), dtype=pl.Int32),
-        "row": pl.Series("row", chosen, dtype=pl.Int64),
+        "chunk": pl.Series("chunk", [chunk] * len(rows), dtype=pl.Int32),
+        "row": pl.Series("row", rows, dtype=pl.Int64),
         "source": pl.Series("source", sources, dtype=pl.String),
         "tokens": token_series,
     })
 
 
-def probe_set_path(cache_dir: str | os.PathLike, data_source: str, file: str, chunk: int,
-                   seed: int, n: int, prompt_len: int, continuation_len: int) -> Path:
-    """Cache file of one probe set: ``<cache_dir>/chunk<chunk>-<hash>.parquet``.
+@dataclass(frozen=True)
+class ProbeBuild:
+    """What building one probe set gives: the frame, the source with its sha256, and the line index
+    (as lengths) when this build computed it (None when it was handed one)."""
 
-    The hash covers everything that decides the content: data source, file name within it
-    (not the local path it resolved to, so the key is the same on every machine), chunk,
-    seed, n, k, l, and the probe-set format version.
+    frame: pl.DataFrame
+    source: ChunkSource
+    line_lengths: np.ndarray | None
+    scan_seconds: float
+    read_seconds: float
+
+
+def build_probe_set_from(source: ChunkSource, chunk: int, n: int, seed: int, prompt_len: int,
+                         continuation_len: int, vocab_size: int | None = None,
+                         line_lengths: np.ndarray | None = None) -> ProbeBuild:
+    """Sample ``n`` rows of one chunk file (local or Hub) as the reference tool does; see the module doc.
+
+    With ``line_lengths`` (a cached line index of this very content) the streaming pass is skipped.
+    Raises ProbeSetError (one line, ``file:line: why``) for a file that cannot give a probe set, and when the
+    streamed bytes do not match the Hub's LFS sha256.
     """
-    identity = json.dumps({
-        "format": PROBE_SET_FORMAT_VERSION, "data_source": data_source, "file": file,
-        "chunk": chunk, "seed": seed, "n": n, "k": prompt_len, "l": continuation_len,
-    }, sort_keys=True)
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"chunk{chunk:03d}-{digest}.parquet"
+    if n < 1 or prompt_len < 1 or continuation_len < 1:
+        raise ValueError(f"n, prompt_len and continuation_len must be >= 1, got {n}, {prompt_len}, {continuation_len}")
+    reader = open_chunk(source)
+    label = reader.label
+    began = time.perf_counter()
+    if line_lengths is None:
+        scanned = scan_lines(reader.blocks(), label)
+        if source.sha256 and scanned.sha256 != source.sha256:
+            raise ProbeSetError(f"{label}: content sha256 {scanned.sha256} does not match the expected "
+                                f"{source.sha256} (corrupted transfer, or the file changed while it was read)")
+        if source.size is not None and scanned.size != source.size:
+            raise ProbeSetError(f"{label}: read {scanned.size} bytes, expected {source.size} (the file changed "
+                                "while it was read?)")
+        index, source = scanned.index, source.with_sha256(scanned.sha256)
+    else:
+        index = LineIndex.from_lengths(line_lengths)
+    scan_seconds = time.perf_counter() - began
+
+    chosen = sample_rows(index.n_rows, n, seed)
+    if index.n_rows < n:
+        logger.warning("%s has only %d rows, fewer than the %d asked for: taking all of them, in permutation "
+                       "order", label, index.n_rows, n)
+    began = time.perf_counter()
+    first = _parse_line(label, 0, reader.read_ranges([index.line_bounds(0)])[0])
+    row_format = _detect_format(label, 0, first)
+    lines = reader.read_ranges([index.line_bounds(int(row)) for row in chosen])
+    tokens = np.empty((len(chosen), prompt_len + continuation_len), dtype=np.int64)
+    sources: list[str] = [""] * len(chosen)
+    for slot, (row, line) in enumerate(zip(chosen, lines)):
+        record = _parse_line(label, int(row), line)
+        ids, sources[slot] = _row_tokens(label, int(row), record, row_format, prompt_len, continuation_len, vocab_size)
+        tokens[slot] = ids
+    read_seconds = time.perf_counter() - began
+    logger.info("%s: %d rows, %.1f MB scanned in %.2f s; %d chosen %s rows read in %.2f s", label, index.n_rows,
+                index.starts[-1] / 1e6, scan_seconds, len(chosen), row_format, read_seconds)
+    return ProbeBuild(probe_frame(chunk, chosen, sources, tokens), source,
+                      index.lengths() if line_lengths is None else None, scan_seconds, read_seconds)
 
 
-def write_probe_set(frame: pl.DataFrame, path: str | os.PathLike) -> None:
-    """Write ``frame`` to ``path`` atomically: a temp file in the same folder, then os.replace.
-
-    A crash leaves either no file or the whole file, never half of one.
-    """
+def build_probe_set(path: str | os.PathLike, chunk: int, n: int, seed: int, prompt_len: int,
+                    continuation_len: int, vocab_size: int | None = None) -> pl.DataFrame:
+    """Sample ``n`` rows of a local chunk file (see build_probe_set_from); returns the frame."""
     path = Path(path)
+    if not path.is_file():
+        raise ProbeSetError(f"{path}: chunk file not found")
+    stat = path.stat()
+    source = ChunkSource("local", str(path.parent), path.name, size=stat.st_size, path=str(path),
+                         mtime_ns=stat.st_mtime_ns)
+    return build_probe_set_from(source, chunk, n, seed, prompt_len, continuation_len, vocab_size).frame
+
+
+def check_vocab(frame: pl.DataFrame, vocab_size: int | None, label: str) -> None:
+    """Raise naming the chunk, row and id if a probe set holds an id outside [0, vocab_size)."""
+    if vocab_size is None or frame.height == 0:
+        return
+    exploded = frame.select("row", pl.col("tokens")).explode("tokens")
+    bad = exploded.filter(pl.col("tokens") >= vocab_size).head(1)
+    if bad.height:
+        row, token = bad.row(0)
+        raise ProbeSetError(f"{label}:{row + 1}: token {token} is outside [0, {vocab_size - 1}] (data.vocab_size)")
+
+
+# ---- the cache --------------------------------------------------------------------------------------------
+
+
+def write_atomic(payload: bytes, path: Path) -> None:
+    """Write `payload` to `path` atomically: a temp file in the same folder, fsync, then os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            frame.write_parquet(handle, compression="zstd")
+            handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
@@ -290,27 +439,63 @@ def write_probe_set(frame: pl.DataFrame, path: str | os.PathLike) -> None:
         raise
 
 
-def load_or_build_probe_set(cache_dir: str | os.PathLike, data_source: str, file: str, chunk: int,
-                            seed: int, n: int, prompt_len: int, continuation_len: int,
-                            vocab_size: int | None = None) -> pl.DataFrame:
-    """The probe set of ``file`` in ``data_source``, from the cache if there, else built and cached.
+class ProbeCache:
+    """Line indexes and probe sets on the driver's disk, keyed by the chunk's content sha256.
 
-    On a cache hit the data file is not even resolved, so a Hub chunk is never downloaded
-    again once its probe set exists.
+    ``<cache_dir>/lines/<sha256>.npz``: row lengths (uint32, compressed; ~2-3 MB per Amber chunk);
+    ``<cache_dir>/probes/<sha256[:16]>-<seed>-<n>-<k>-<l>-v2.parquet``: a probe set. A damaged entry is
+    reported by name and ignored (rebuilt), never trusted.
     """
-    from sweep.sources import resolve_data_file  # only needed on a cache miss
 
-    path = probe_set_path(cache_dir, data_source, file, chunk, seed, n, prompt_len, continuation_len)
-    if path.exists():
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.root = Path(cache_dir).expanduser()
+
+    def check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise ValueError(f"data.cache_dir {self.root}: not writable ({error.strerror})") from None
+
+    def _lines_path(self, sha256: str) -> Path:
+        return self.root / "lines" / f"{sha256}.npz"
+
+    def _probe_path(self, sha256: str, seed: int, n: int, k: int, l: int) -> Path:
+        return self.root / "probes" / f"{sha256[:16]}-{seed}-{n}-{k}-{l}-v{PROBE_SET_FORMAT_VERSION}.parquet"
+
+    def line_lengths(self, sha256: str | None) -> np.ndarray | None:
+        if not sha256 or not self._lines_path(sha256).exists():
+            return None
+        try:
+            with np.load(self._lines_path(sha256)) as stored:
+                return stored["lengths"]
+        except (OSError, ValueError, KeyError) as error:
+            logger.warning("%s: unreadable cached line index (%s); rebuilding", self._lines_path(sha256), error)
+            return None
+
+    def put_line_lengths(self, sha256: str, lengths: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, lengths=lengths.astype(np.uint32))
+        write_atomic(buffer.getvalue(), self._lines_path(sha256))
+
+    def probe_set(self, sha256: str | None, seed: int, n: int, k: int, l: int) -> pl.DataFrame | None:
+        if not sha256:
+            return None
+        path = self._probe_path(sha256, seed, n, k, l)
+        if not path.exists():
+            return None
         try:
             return pl.read_parquet(path)
-        except Exception as error:  # a foreign or damaged file: say which, don't guess
-            raise ProbeSetError(f"{path}: unreadable cached probe set ({type(error).__name__}); "
-                                "delete it to rebuild") from None
-    frame = build_probe_set(resolve_data_file(data_source, file), chunk, n, seed, prompt_len,
-                            continuation_len, vocab_size)
-    write_probe_set(frame, path)
-    return frame
+        except Exception as error:  # noqa: BLE001 - a foreign or damaged file: say which, rebuild
+            logger.warning("%s: unreadable cached probe set (%s); rebuilding", path, type(error).__name__)
+            return None
+
+    def put_probe_set(self, sha256: str, seed: int, n: int, k: int, l: int, frame: pl.DataFrame) -> None:
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, compression="zstd")
+        write_atomic(buffer.getvalue(), self._probe_path(sha256, seed, n, k, l))
 
 
 def write_raw_chunk(path: str | os.PathLike, rows: Iterable[tuple[list[int], str]]) -> None:
@@ -319,3 +504,12 @@ def write_raw_chunk(path: str | os.PathLike, rows: Iterable[tuple[list[int], str
         for token_ids, source in rows:
             handle.write(json.dumps({"token_ids": list(token_ids), "source": source}))
             handle.write("\n")
+
+
+def tokens_array(frame: pl.DataFrame, width: int) -> np.ndarray:
+    """A probe set's tokens as a contiguous int[n, width] numpy array (what the actors score)."""
+    if frame.height == 0:
+        return np.zeros((0, width), dtype=np.int64)
+    array = frame["tokens"].list.to_array(width).to_numpy()
+    return np.ascontiguousarray(array)
+

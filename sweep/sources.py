@@ -1,25 +1,43 @@
-"""Where model checkpoints and data chunks come from: a local directory or the Hugging Face Hub.
+"""Where model checkpoints and data chunks come from, what exactly they are, and how they reach a node's disk.
 
 A *source* is one string from the spec:
 
-- a local directory (``/data/amber``, ``./demo``, ``~/amber``): data files live at
-  ``<source>/<file>`` and checkpoints at ``<source>/<revision>/`` (one folder per revision);
-- a Hub repository id (``LLM360/Amber``, ``LLM360/AmberDatasets``): data files are
-  downloaded from the dataset repository, checkpoints are Hub revisions (``ckpt_143``).
+- a local directory (``/data/amber``, ``./demo``, ``~/amber``): data files live at ``<source>/<file>`` and
+  checkpoints at ``<source>/<revision>/`` (one folder per revision);
+- a Hub repository id (``LLM360/Amber``, ``LLM360/AmberDatasets``): checkpoints are Hub revisions
+  (``ckpt_143``), data files live in the dataset repository.
 
-Everything that touches the network goes through ``huggingface_hub`` (looked up at call
-time, so tests can monkeypatch it), and the Hub's cache makes repeated calls free.
+Everything that touches the network goes through ``huggingface_hub`` (looked up at call time, so tests can
+point ``HF_ENDPOINT`` at a local server).
+
+What things ARE (pins). Hub branches move (Amber's ``ckpt_*`` branches got a config commit in 2024), so a
+checkpoint is pinned to the commit its revision resolved to on first use (``resolve_commit``), and a chunk file
+to its content identity: the sha256 of its bytes, which the Hub reports for LFS files without a download
+(``describe_chunks``); a local file's sha256 is computed while it is scanned and remembered by
+(path, size, mtime) in ``IdentityMemo``.
+
+What reaches the disk (budget). A Hub checkpoint (27 GB of fp32 ``.bin`` for Amber) is downloaded into
+``<download_dir>/<org>--<name>/<commit>/`` by the actor that will load it (``fetch_checkpoint``), and deleted
+as soon as its weights are loaded into memory (``evict_checkpoint``) unless the user keeps downloads; a
+checkpoint already complete in the Hugging Face cache is used from there and never deleted. Chunk files are
+never downloaded whole (sweep/probes.py streams them).
 """
 
 from __future__ import annotations
 
+import errno
+import fnmatch
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import huggingface_hub
 
-# Files `from_pretrained` needs for a causal LM and its tokenizer. Weights are chosen
-# separately (safetensors if the revision has them, else pickled .bin) so that a repository
-# holding both never downloads both: an Amber checkpoint is about 27 GB.
+# Files `from_pretrained` needs for a causal LM and its tokenizer. Weights are chosen separately
+# (safetensors if the revision has them, else pickled .bin) so that a repository holding both never
+# downloads both: an Amber checkpoint is about 27 GB.
 CONFIG_AND_TOKENIZER_PATTERNS = (
     "config.json",
     "generation_config.json",
@@ -28,50 +46,167 @@ CONFIG_AND_TOKENIZER_PATTERNS = (
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
+TOKENIZER_PATTERNS = CONFIG_AND_TOKENIZER_PATTERNS
 SAFETENSORS_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
 PICKLE_WEIGHT_PATTERNS = ("pytorch_model*.bin", "pytorch_model*.bin.index.json")
+DOWNLOAD_MARKER = ".memsweep-download.json"
+DEFAULT_DOWNLOAD_DIR = Path("~/.cache/memsweep/checkpoints")
+# Keep this much free beyond a download, for the page cache's dirty pages, logs and the probe cache.
+DISK_MARGIN_BYTES = 2 * 1024**3
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
+
+
+class InsufficientDiskError(OSError):
+    """Not enough free disk for a download; the message names the folder and both sizes."""
 
 
 def is_local(source: str) -> bool:
     """True if ``source`` names a local directory rather than a Hub repository id.
 
-    Local means: an existing directory, or a path-like string (starting with ``/``, ``./``,
-    ``../`` or ``~``) even if it does not exist yet, so that a mistyped local path gives a
-    "not found" error instead of a confusing Hub lookup. Hub ids look like ``org/name``.
+    Local means: an existing directory, or a path-like string (starting with ``/``, ``./``, ``../`` or
+    ``~``) even if it does not exist yet, so that a mistyped local path gives a "not found" error instead
+    of a confusing Hub lookup. Hub ids look like ``org/name``.
     """
     return source.startswith(_LOCAL_PREFIXES) or Path(source).expanduser().is_dir()
 
 
-def resolve_data_file(source: str, file: str) -> Path:
-    """Local path of data file ``file`` (e.g. ``train/train_143.jsonl``) of ``source``.
+def local_checkpoint(source: str, revision: str) -> Path:
+    """``<source>/<revision>``, which must be a folder."""
+    path = Path(source).expanduser() / revision
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {path} (source {source!r}, revision {revision!r})")
+    return path
 
-    Local source: ``<source>/<file>``, which must exist. Hub source: downloaded (or found in
-    the Hub cache) from the dataset repository ``source``.
+
+def local_data_file(source: str, file: str) -> Path:
+    """``<source>/<file>``, which must be a file."""
+    path = Path(source).expanduser() / file
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path} (source {source!r}, file {file!r})")
+    return path
+
+
+# ---- pins -----------------------------------------------------------------------------------------
+
+
+def resolve_commit(source: str, revision: str, repo_type: str = "model") -> str:
+    """The commit sha a Hub revision (branch, tag or sha) points to now: one API call."""
+    info = huggingface_hub.HfApi().repo_info(source, revision=revision, repo_type=repo_type)
+    return info.sha
+
+
+@dataclass(frozen=True)
+class ChunkSource:
+    """One chunk file and what it is: enough to read it on any node and to know if it changed.
+
+    kind "local": `path` is the absolute file; `size`, `mtime_ns` from stat; `sha256` known once scanned.
+    kind "hub": `repo` (dataset repo id), `commit` it is read at, `size`, and `sha256` from the Hub's LFS
+    metadata (None for a small non-LFS file: computed while streaming).
     """
-    if is_local(source):
-        path = Path(source).expanduser() / file
-        if not path.is_file():
-            raise FileNotFoundError(f"data file not found: {path} (source {source!r}, file {file!r})")
-        return path
-    return Path(huggingface_hub.hf_hub_download(repo_id=source, filename=file, repo_type="dataset"))
+
+    kind: str
+    data_source: str
+    file: str
+    size: int | None = None
+    sha256: str | None = None
+    path: str | None = None
+    mtime_ns: int | None = None
+    repo: str | None = None
+    commit: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def label(self) -> str:
+        return self.path if self.kind == "local" else f"{self.repo}@{(self.commit or '')[:12]}:{self.file}"
+
+    def with_sha256(self, sha256: str) -> "ChunkSource":
+        return ChunkSource(**{**asdict(self), "sha256": sha256})
+
+    def stat_matches(self, other: "ChunkSource") -> bool:
+        """Cheap 'unchanged' test against a pinned description (local: size and mtime; Hub: sha256)."""
+        if self.kind != other.kind:
+            return False
+        if self.kind == "local":
+            return (self.size, self.mtime_ns) == (other.size, other.mtime_ns)
+        return self.sha256 is not None and self.sha256 == other.sha256
 
 
-def resolve_model(source: str, revision: str) -> tuple[str, str | None]:
-    """What to pass to ``from_pretrained``: ``(name_or_path, revision)``.
+def describe_chunks(data_source: str, files: dict[int, str], revision: str = "main"
+                    ) -> dict[int, ChunkSource | Exception]:
+    """What each chunk file is, without reading it: one stat per local file; for a Hub dataset two API
+    calls in all (the revision's commit, then paths-info for every file in batches). A file that is missing
+    maps to its FileNotFoundError, so the caller fails that chunk's cells only."""
+    found: dict[int, ChunkSource | Exception] = {}
+    if is_local(data_source):
+        for chunk, file in files.items():
+            try:
+                path = local_data_file(data_source, file)
+                stat = path.stat()
+            except FileNotFoundError as error:
+                found[chunk] = error
+                continue
+            found[chunk] = ChunkSource("local", data_source, file, size=stat.st_size, path=str(path.resolve()),
+                                       mtime_ns=stat.st_mtime_ns)
+        return found
+    api = huggingface_hub.HfApi()
+    commit = api.repo_info(data_source, revision=revision, repo_type="dataset").sha
+    infos = {}
+    names = sorted(set(files.values()))
+    for start in range(0, len(names), 100):
+        for info in api.get_paths_info(data_source, names[start:start + 100], revision=commit, repo_type="dataset"):
+            infos[info.path] = info
+    for chunk, file in files.items():
+        info = infos.get(file)
+        if info is None or not hasattr(info, "size"):
+            found[chunk] = FileNotFoundError(f"data file not found: {file} in dataset {data_source} at "
+                                             f"{revision} ({commit[:12]})")
+            continue
+        lfs = getattr(info, "lfs", None)
+        found[chunk] = ChunkSource("hub", data_source, file, size=int(lfs.size if lfs else info.size),
+                                   sha256=lfs.sha256 if lfs else None, repo=data_source, commit=commit)
+    return found
 
-    Local source: ``(<source>/<revision>, None)``, the revision's folder, which must exist.
-    Hub source: ``(source, revision)`` unchanged.
+
+class IdentityMemo:
+    """sha256 of local files by (path, size, mtime_ns, inode): a file is hashed again only once it changed.
+
+    Kept in ``<cache_dir>/identities.json``; written whole and atomically, last writer wins.
     """
-    if is_local(source):
-        path = Path(source).expanduser() / revision
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"checkpoint folder not found: {path} (source {source!r}, revision {revision!r})"
-            )
-        return str(path), None
-    return source, revision
+
+    def __init__(self, cache_dir: Path):
+        self.path = Path(cache_dir) / "identities.json"
+
+    @staticmethod
+    def _key(source: ChunkSource) -> str:
+        inode = os.stat(source.path).st_ino if source.path and os.path.exists(source.path) else 0
+        return f"{source.path}|{source.size}|{source.mtime_ns}|{inode}"
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def lookup(self, source: ChunkSource) -> str | None:
+        if source.kind != "local":
+            return source.sha256
+        return self._read().get(self._key(source))
+
+    def remember(self, source: ChunkSource) -> None:
+        if source.kind != "local" or not source.sha256:
+            return
+        memo = self._read()
+        memo[self._key(source)] = source.sha256
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temp.write_text(json.dumps(memo))
+        os.replace(temp, self.path)
+
+
+# ---- checkpoints on a node's disk -----------------------------------------------------------------
 
 
 def model_file_patterns(source: str, revision: str) -> list[str]:
@@ -82,16 +217,90 @@ def model_file_patterns(source: str, revision: str) -> list[str]:
     return [*CONFIG_AND_TOKENIZER_PATTERNS, *weights]
 
 
-def prefetch_model(source: str, revision: str) -> None:
-    """Download one checkpoint into the Hub cache so a later ``from_pretrained`` is a cache hit.
+@dataclass(frozen=True)
+class CheckpointFolder:
+    """A checkpoint on this node's disk. `downloaded`: memsweep put it there, so it may delete it."""
 
-    Meant to run in the background while the previous checkpoint is being scored, so the
-    download overlaps compute. A local source needs nothing: this is a no-op.
+    path: Path
+    downloaded: bool
+    bytes: int = 0
+
+
+def checkpoint_download_size(source: str, commit: str) -> int:
+    """Bytes a checkpoint download would take (config, tokenizer and one kind of weights)."""
+    patterns = model_file_patterns(source, commit)
+    total = 0
+    for entry in huggingface_hub.HfApi().list_repo_tree(source, revision=commit, recursive=True):
+        if hasattr(entry, "size") and any(fnmatch.fnmatch(entry.path, p) for p in patterns):
+            total += int(entry.lfs.size if getattr(entry, "lfs", None) else entry.size)
+    return total
+
+
+def fetch_checkpoint(source: str, revision: str, commit: str | None, download_dir: str | Path | None = None
+                     ) -> CheckpointFolder:
+    """Put checkpoint (`source`, `revision` pinned to `commit`) on this node's disk and return its folder.
+
+    Local source: the folder itself. Hub source: the Hugging Face cache if it already holds the whole
+    snapshot (never deleted by memsweep), else a download into ``<download_dir>/<org>--<name>/<commit>``
+    after checking the free space (InsufficientDiskError names the folder, the bytes needed and free). A
+    disk that fills during the download raises the same error.
     """
     if is_local(source):
-        return
-    huggingface_hub.snapshot_download(
-        repo_id=source,
-        revision=revision,
-        allow_patterns=model_file_patterns(source, revision),
-    )
+        return CheckpointFolder(local_checkpoint(source, revision), downloaded=False)
+    commit = commit or resolve_commit(source, revision)
+    patterns = model_file_patterns(source, commit)
+    try:
+        cached = huggingface_hub.snapshot_download(source, revision=commit, allow_patterns=patterns,
+                                                   local_files_only=True)
+        if _has_weights(Path(cached)):
+            return CheckpointFolder(Path(cached), downloaded=False)
+    except (huggingface_hub.errors.LocalEntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    target = Path(download_dir or DEFAULT_DOWNLOAD_DIR).expanduser() / source.replace("/", "--") / commit
+    target.mkdir(parents=True, exist_ok=True)
+    marker = target / DOWNLOAD_MARKER
+    marker.write_text(json.dumps({"source": source, "revision": revision, "commit": commit}))
+    plan = huggingface_hub.snapshot_download(source, revision=commit, allow_patterns=patterns, local_dir=target,
+                                             dry_run=True)
+    needed = sum(item.file_size or 0 for item in plan if item.will_download)
+    free = shutil.disk_usage(target).free
+    if needed + DISK_MARGIN_BYTES > free:
+        raise InsufficientDiskError(errno.ENOSPC, f"not enough disk space in {target} for {source}@{revision} "
+                                    f"({commit[:12]}): needs {needed / 1e9:.1f} GB (+{DISK_MARGIN_BYTES / 1e9:.0f} GB "
+                                    f"margin), {free / 1e9:.1f} GB free")
+    try:
+        huggingface_hub.snapshot_download(source, revision=commit, allow_patterns=patterns, local_dir=target)
+    except OSError as error:
+        if error.errno == errno.ENOSPC or "No space left" in str(error):
+            raise InsufficientDiskError(errno.ENOSPC, f"disk full in {target} while downloading {source}@{revision} "
+                                        f"({commit[:12]}, {needed / 1e9:.1f} GB); "
+                                        f"{shutil.disk_usage(target).free / 1e9:.1f} GB free now") from None
+        raise
+    return CheckpointFolder(target, downloaded=True, bytes=needed)
+
+
+def _has_weights(folder: Path) -> bool:
+    """True if `folder` holds a complete set of weights (every shard its index names, or a single file)."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.exists():
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+            return bool(shards) and all((folder / shard).exists() for shard in shards)
+    return (folder / "model.safetensors").exists() or (folder / "pytorch_model.bin").exists()
+
+
+def evict_checkpoint(folder: CheckpointFolder) -> int:
+    """Delete a checkpoint memsweep downloaded (never a local source or the user's HF cache); returns bytes freed."""
+    if not folder.downloaded or not (folder.path / DOWNLOAD_MARKER).exists():
+        return 0
+    freed = sum(p.stat().st_size for p in folder.path.rglob("*") if p.is_file())
+    shutil.rmtree(folder.path, ignore_errors=True)
+    return freed
+
+
+def fetch_tokenizer(source: str, revision: str, commit: str | None = None) -> Path:
+    """A folder holding the checkpoint's tokenizer files (local folder, or the Hub cache: a few MB, kept)."""
+    if is_local(source):
+        return local_checkpoint(source, revision)
+    return Path(huggingface_hub.snapshot_download(source, revision=commit or revision,
+                                                  allow_patterns=list(TOKENIZER_PATTERNS)))

@@ -16,13 +16,14 @@ import polars as pl
 import pytest
 
 from sweep.probes import (
+    ProbeCache,
     ProbeSetError,
     build_probe_set,
-    load_or_build_probe_set,
-    probe_set_path,
-    write_probe_set,
+    build_probe_set_from,
+    write_atomic,
     write_raw_chunk,
 )
+from sweep.sources import ChunkSource, IdentityMemo, describe_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = REPO.parent / "shared" / "amber-samples"
@@ -61,17 +62,17 @@ def test_picks_the_rows_datasets_shuffle_select_picks(tmp_path, caplog, n_rows, 
     assert probes["tokens"].to_list() == [ids[: K + L] for ids in reference["token_ids"]]
     assert probes["chunk"].unique().to_list() == [5]
     assert probes.schema == pl.Schema({"chunk": pl.Int32, "row": pl.Int64, "source": pl.String,
-                                       "tokens": pl.List(pl.UInt16)})
+                                       "tokens": pl.List(pl.UInt32)})
     warned = any("fewer than" in record.getMessage() for record in caplog.records)
     assert warned == (n_rows < n)
 
 
-def test_large_ids_use_int32(tmp_path):
-    rows = random_raw_rows(20, seed=1, vocab=100_000)
+def test_large_ids_keep_their_value(tmp_path):
+    rows = random_raw_rows(20, seed=1, vocab=100_000)  # beyond uint16 (Llama 3 has 128k ids)
     path = tmp_path / "big_vocab.jsonl"
     write_raw_chunk(path, rows)
     probes = build_probe_set(path, chunk=0, n=20, seed=0, prompt_len=K, continuation_len=L)
-    assert probes.schema["tokens"] == pl.List(pl.Int32)
+    assert probes.schema["tokens"] == pl.List(pl.UInt32)
     by_row = dict(zip(probes["row"].to_list(), probes["tokens"].to_list()))
     assert all(by_row[i] == ids[: K + L] for i, (ids, _) in enumerate(rows))
 
@@ -212,21 +213,22 @@ def test_bad_rows_name_file_and_line(tmp_path, case):
     data = tmp_path / "data"
     data.mkdir()
     (data / "chunk.jsonl").write_text("\n".join(lines) + "\n")
-    cache = tmp_path / "cache"
     with pytest.raises(ProbeSetError) as raised:
-        load_or_build_probe_set(cache, str(data), "chunk.jsonl", chunk=0, seed=42, n=100,
-                                prompt_len=K, continuation_len=L, vocab_size=32000)
+        build_probe_set(data / "chunk.jsonl", chunk=0, seed=42, n=100, prompt_len=K, continuation_len=L,
+                        vocab_size=32000)
     message = str(raised.value)
     assert f"{data / 'chunk.jsonl'}:{line_number}: " in message
     assert why in message
     assert "\n" not in message
-    assert not cache.exists() or list(cache.iterdir()) == []
 
 
-@pytest.mark.parametrize("content,why", [(None, "not found"), ("", "empty"), ("\n\n", "empty")])
-def test_missing_or_empty_file_is_named(tmp_path, content, why):
+@pytest.mark.parametrize("content,why", [(None, "not found"), ("", "empty"), ("\n\n", "empty"),
+                                         (b"\x1f\x8b\x08\x00gzipped", "gzip-compressed")])
+def test_missing_empty_or_compressed_file_is_named(tmp_path, content, why):
     path = tmp_path / "train_001.jsonl"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     with pytest.raises(ProbeSetError, match=why) as raised:
         build_probe_set(path, chunk=1, n=10, seed=42, prompt_len=K, continuation_len=L)
@@ -250,57 +252,88 @@ def test_unchosen_rows_are_not_parsed(tmp_path):
 
 # ---------------------------------------------------------------- cache
 
-def test_cache_is_reused_and_keyed_by_every_setting(tmp_path):
-    data = tmp_path / "data"
-    (data / "train").mkdir(parents=True)
-    write_raw_chunk(data / "train" / "train_002.jsonl", random_raw_rows(120, seed=5))
-    cache = tmp_path / "cache"
-    settings = dict(chunk=2, seed=42, n=30, prompt_len=K, continuation_len=L)
+def local_source(path: Path) -> ChunkSource:
+    [source] = describe_chunks(str(path.parent), {0: path.name}).values()
+    return source
 
-    built = load_or_build_probe_set(cache, str(data), "train/train_002.jsonl", **settings)
-    cached_file = probe_set_path(cache, str(data), "train/train_002.jsonl", 2, 42, 30, K, L)
-    assert [p.name for p in cache.iterdir()] == [cached_file.name]
-    assert pl.read_parquet(cached_file).equals(built)
 
-    (data / "train" / "train_002.jsonl").unlink()  # a cache hit must not need the data file
-    again = load_or_build_probe_set(cache, str(data), "train/train_002.jsonl", **settings)
-    assert again.equals(built)
-    assert again.schema == built.schema
+def test_the_scan_gives_the_files_sha256_and_a_line_index_that_replaces_it(tmp_path):
+    import hashlib
 
-    base = ("src", "train/train_002.jsonl", 2, 42, 30, K, L)
-    keys = {probe_set_path(cache, *base)}
-    for position, changed in enumerate(["other", "train/train_003.jsonl", 3, 43, 31, 16, 16]):
-        variant = list(base)
-        variant[position] = changed
-        keys.add(probe_set_path(cache, *variant))
-    assert len(keys) == 8
-    assert probe_set_path(cache, *base) == probe_set_path(cache, *base)
+    path = tmp_path / "train_002.jsonl"
+    write_raw_chunk(path, random_raw_rows(120, seed=5))
+    first = build_probe_set_from(local_source(path), 2, 30, 42, K, L)
+    assert first.source.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert first.line_lengths is not None and int(first.line_lengths.sum()) == path.stat().st_size
+    # With the cached line index the file is not scanned again (a scan would have to read all of it), and the
+    # rows for another seed are exactly those a full build picks.
+    again = build_probe_set_from(local_source(path), 2, 30, 7, K, L, line_lengths=first.line_lengths)
+    assert again.line_lengths is None
+    assert again.frame.equals(build_probe_set(path, 2, 30, 7, K, L))
+
+
+def test_a_changed_file_gets_a_new_identity_and_the_memo_notices(tmp_path):
+    path = tmp_path / "train_003.jsonl"
+    write_raw_chunk(path, random_raw_rows(40, seed=6))
+    memo = IdentityMemo(tmp_path / "cache")
+    built = build_probe_set_from(local_source(path), 3, 10, 42, K, L)
+    memo.remember(built.source)
+    assert memo.lookup(local_source(path)) == built.source.sha256
+    time.sleep(0.01)
+    write_raw_chunk(path, random_raw_rows(40, seed=7))  # same name, new content
+    assert memo.lookup(local_source(path)) is None  # size/mtime moved: must be hashed again
+    rebuilt = build_probe_set_from(local_source(path), 3, 10, 42, K, L)
+    assert rebuilt.source.sha256 != built.source.sha256
+
+
+def test_a_source_that_does_not_match_its_expected_sha256_is_refused(tmp_path):
+    path = tmp_path / "train_004.jsonl"
+    write_raw_chunk(path, random_raw_rows(40, seed=8))
+    wrong = local_source(path).with_sha256("0" * 64)
+    with pytest.raises(ProbeSetError, match="does not match the expected " + "0" * 64):
+        build_probe_set_from(wrong, 4, 10, 42, K, L)
+
+
+def test_cache_round_trips_and_a_damaged_entry_is_rebuilt_not_trusted(tmp_path, caplog):
+    cache = ProbeCache(tmp_path / "cache")
+    frame = build_probe_set_from(local_source(_chunk(tmp_path)), 0, 10, 42, K, L)
+    sha = frame.source.sha256
+    cache.put_probe_set(sha, 42, 10, K, L, frame.frame)
+    cache.put_line_lengths(sha, frame.line_lengths)
+    assert cache.probe_set(sha, 42, 10, K, L).equals(frame.frame)
+    assert cache.probe_set(sha, 43, 10, K, L) is None  # keyed by every setting
+    assert (cache.line_lengths(sha) == frame.line_lengths).all()
+    [stored] = (tmp_path / "cache" / "probes").iterdir()
+    stored.write_bytes(b"not parquet")
+    with caplog.at_level(logging.WARNING):
+        assert cache.probe_set(sha, 42, 10, K, L) is None
+    assert str(stored) in caplog.text
+
+
+def _chunk(tmp_path: Path) -> Path:
+    path = tmp_path / "train_000.jsonl"
+    write_raw_chunk(path, random_raw_rows(60, seed=9))
+    return path
+
+
+def test_an_unwritable_cache_is_named(tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    with pytest.raises(ValueError, match=f"data.cache_dir {blocked}"):
+        ProbeCache(blocked / "cache").check_writable()
 
 
 def test_atomic_write_leaves_nothing_on_crash(tmp_path, monkeypatch):
-    frame = pl.DataFrame({"chunk": pl.Series([1], dtype=pl.Int32)})
     target = tmp_path / "cache" / "probe.parquet"
 
-    def crash(self, file, **kwargs):
-        file.write(b"PAR1 half a file")
+    def crash(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pl.DataFrame, "write_parquet", crash)
+    monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
-        write_probe_set(frame, target)
+        write_atomic(b"PAR1 a whole file", target)
     assert list(target.parent.iterdir()) == []
     monkeypatch.undo()
-    write_probe_set(frame, target)
-    assert pl.read_parquet(target).equals(frame)
+    write_atomic(b"PAR1 a whole file", target)
+    assert target.read_bytes() == b"PAR1 a whole file"
     assert list(target.parent.iterdir()) == [target]
-
-
-def test_damaged_cache_file_is_named(tmp_path):
-    cache = tmp_path / "cache"
-    path = probe_set_path(cache, "src", "f.jsonl", 0, 42, 10, K, L)
-    cache.mkdir()
-    path.write_bytes(b"not parquet")
-    with pytest.raises(ProbeSetError, match="delete it to rebuild") as raised:
-        load_or_build_probe_set(cache, "src", "f.jsonl", chunk=0, seed=42, n=10, prompt_len=K,
-                                continuation_len=L)
-    assert str(path) in str(raised.value)
