@@ -84,3 +84,42 @@ def load_checkpoint(path_or_repo: str, revision: str | None = None, dtype: str =
         # transformers needs `accelerate` for device_map; without it the weights pass through CPU memory once
         model = model.to(target)
     return model.eval()
+
+
+# Provisional (replaced by the load-memory work): what the actor records per checkpoint.
+def stored_dtype(checkpoint_dir) -> str:
+    """The dtype the weights are stored in on disk ("float32", "bfloat16", ...; "mixed" if they disagree)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(checkpoint_dir)
+    dtypes: set[str] = set()
+    shards = sorted(folder.glob("*.safetensors"))
+    if shards:
+        names = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+        for shard in shards:
+            with open(shard, "rb") as handle:
+                length = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(length))
+            dtypes |= {names.get(v["dtype"], v["dtype"].lower()) for k, v in header.items() if k != "__metadata__"}
+    else:
+        bins = sorted(folder.glob("pytorch_model*.bin"))
+        if not bins:
+            raise ValueError(f"{folder}: no weights (*.safetensors or pytorch_model*.bin)")
+        state = torch.load(bins[0], map_location="cpu", mmap=True, weights_only=True)
+        dtypes |= {str(t.dtype).removeprefix("torch.") for t in state.values() if torch.is_tensor(t)}
+    return dtypes.pop() if len(dtypes) == 1 else "mixed"
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over every parameter's name, shape, dtype and a strided sample of its values: 16 hex chars."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 1024)
+        sample = flat[::step][:1024].to("cpu").contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        digest.update(sample.view(torch.uint8).numpy().tobytes() if sample.numel() else b"")
+    return digest.hexdigest()[:16]

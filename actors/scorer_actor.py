@@ -1,10 +1,15 @@
 """The Ray actor around the scoring kernel: holds ONE checkpoint in memory and scores cells.
 
 A cell is (checkpoint, chunk): every probe sequence of the chunk scored against the checkpoint.
-`score_cell` names the checkpoint it wants, so the actor is stateless from the driver's point of
-view: after a restart (the process died, the node went away) the first call simply loads the
-checkpoint again. In a fault-free sweep the driver hands an actor all chunks of a checkpoint in a
-row, so each checkpoint is loaded once.
+`score_cell` names the checkpoint it wants (a `CheckpointTarget`: id, revision, pinned commit), so the actor is
+stateless from the driver's point of view: after a restart (the process died, the node went away) the first
+call simply fetches and loads the checkpoint again. The driver hands an actor all chunks of a checkpoint in a
+row and tells the SAME actor to `prefetch` the checkpoint it will load next, so downloads land on the node that
+uses them.
+
+Disk: a Hub checkpoint is downloaded by `prefetch` (or by the load itself) and deleted as soon as its weights
+are in memory (unless `keep_downloads`): on a node, at most one checkpoint per actor waits on disk (the
+prefetched next one) plus the one being loaded.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -20,9 +26,20 @@ import numpy as np
 import ray
 import torch
 
-from actors.loading import load_checkpoint, resolve_device
+from actors.loading import load_checkpoint, resolve_device, stored_dtype, weights_fingerprint
 from actors.scoring import BatchScores, ScoringOptions, pick_batch_size, score_batch
-from sweep.sources import prefetch_model, resolve_model
+from sweep.sources import CheckpointFolder, evict_checkpoint, fetch_checkpoint
+
+log = logging.getLogger("memsweep")
+
+
+@dataclass(frozen=True)
+class CheckpointTarget:
+    """Which checkpoint to load: its id, the spec's revision, and the Hub commit it is pinned to (None: local)."""
+
+    ckpt: int
+    revision: str
+    commit: str | None = None
 
 
 @dataclass
@@ -30,7 +47,21 @@ class ProbeBatch:
     """A probe set as the actors see it (numpy, so Ray shares it zero-copy from the object store)."""
 
     chunk: int
-    tokens: np.ndarray  # int32/uint16[n, k+l]
+    rows: np.ndarray  # int64[n]: row numbers in the chunk file (named in errors)
+    tokens: np.ndarray  # uint32/int[n, k+l]
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """What the actor learned about a checkpoint while loading it (recorded in every cell it scores)."""
+
+    target: CheckpointTarget
+    weights_fingerprint: str
+    stored_dtype: str
+    vocab_size: int  # rows of the input embedding: a token id must be below this
+    load_seconds: float
+    downloaded_bytes: int
+    host: str
 
 
 @dataclass
@@ -41,7 +72,7 @@ class CellOutput:
     chunk: int
     scores: BatchScores
     seconds: float  # scoring time, checkpoint load excluded
-    load_seconds: float  # 0 unless this call loaded the checkpoint
+    loaded: LoadedCheckpoint
     loaded_now: bool
     device: str
     dtype: str
@@ -60,6 +91,13 @@ class ScorerSettings:
     device: str  # "auto" | "cpu" | "cuda"
     attn_implementation: str  # "auto" | "sdpa" | "eager" | "flash_attention_2"
     torch_threads: int | None = None
+    download_dir: str | None = None
+    keep_downloads: bool = False
+    keep_generated: bool = False
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be fetched or loaded; the message names the source, revision and commit."""
 
 
 @ray.remote(concurrency_groups={"io": 1, "compute": 1})
@@ -69,42 +107,50 @@ class CheckpointScorer:
         self.device = resolve_device(settings.device)
         if self.device.type == "cpu" and settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        self.ckpt: int | None = None
+        self.loaded: LoadedCheckpoint | None = None
         self.model = None
         self.batch_size: int | None = None
+        self.fetched: dict[CheckpointTarget, CheckpointFolder] = {}  # on this node's disk, not yet loaded
+        self.fetching: dict[CheckpointTarget, threading.Event] = {}  # prefetches under way (io thread)
 
     @ray.method(concurrency_group="io")
-    def prefetch(self, revision: str) -> None:
-        """Download a checkpoint into the local Hub cache while the current one is scoring.
+    def prefetch(self, target: CheckpointTarget) -> None:
+        """Download a checkpoint onto this node while the current one is scoring.
 
         Best effort: a failure here is only logged; `score_cell` will meet (and report) it again.
         """
+        if target in self.fetched or target in self.fetching:
+            return
+        done = self.fetching[target] = threading.Event()
         try:
-            prefetch_model(self.settings.model_source, revision)
+            self.fetched[target] = self._fetch(target)
         except Exception as error:  # noqa: BLE001 - the real load reports it per cell
-            logging.getLogger("memsweep").warning("prefetch of %s failed: %s", revision, error)
+            log.warning("prefetch of %s failed: %s", target.revision, " ".join(str(error).split())[:300])
+        finally:
+            del self.fetching[target]
+            done.set()
 
     @ray.method(concurrency_group="compute")
-    def score_cell(self, ckpt: int, revision: str, probes: ProbeBatch) -> CellOutput:
-        """Score one chunk's probe set against checkpoint `ckpt` (loaded first if not in memory)."""
-        _maybe_inject_fault(ckpt, probes.chunk)
-        load_seconds, loaded_now = 0.0, False
-        if self.ckpt != ckpt:
-            start = time.perf_counter()
-            # Resolved here, on the actor's node: that is where a local checkpoint must exist.
-            location, hub_revision = resolve_model(self.settings.model_source, revision)
-            self._load(ckpt, location, hub_revision)
-            load_seconds, loaded_now = time.perf_counter() - start, True
+    def score_cell(self, target: CheckpointTarget, probes: ProbeBatch) -> CellOutput:
+        """Score one chunk's probe set against `target` (fetched and loaded first if not in memory)."""
+        _maybe_inject_fault(target.ckpt, probes.chunk)
+        loaded_now = False
+        if self.loaded is None or self.loaded.target != target:
+            self._load(target)
+            loaded_now = True
+        self._check_token_ids(probes)
         start = time.perf_counter()
         scores = self._score(probes.tokens)
+        if not self.settings.keep_generated:
+            scores.generated = None
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return CellOutput(
-            ckpt=ckpt,
+            ckpt=target.ckpt,
             chunk=probes.chunk,
             scores=scores,
             seconds=time.perf_counter() - start,
-            load_seconds=load_seconds,
+            loaded=self.loaded,
             loaded_now=loaded_now,
             device=_device_name(self.device),
             dtype=self.settings.dtype,
@@ -112,22 +158,76 @@ class CheckpointScorer:
             host=socket.gethostname(),
         )
 
-    def _load(self, ckpt: int, location: str, revision: str | None) -> None:
-        self.model = None  # free the previous checkpoint before loading the next
+    @ray.method(concurrency_group="compute")
+    def release(self) -> None:
+        """Free the model and delete every download this actor still holds (the sweep is over for it)."""
+        self.model, self.loaded = None, None
+        for folder in list(self.fetched.values()):
+            evict_checkpoint(folder)
+        self.fetched.clear()
+
+    def _fetch(self, target: CheckpointTarget) -> CheckpointFolder:
+        try:
+            return fetch_checkpoint(self.settings.model_source, target.revision, target.commit,
+                                    self.settings.download_dir)
+        except Exception as error:
+            raise CheckpointError(f"checkpoint {target.ckpt} ({self.settings.model_source} revision "
+                                  f"{target.revision!r}{_commit_note(target)}) could not be fetched: "
+                                  f"{' '.join(str(error).split())[:400]}") from None
+
+    def _load(self, target: CheckpointTarget) -> None:
+        start = time.perf_counter()
+        self.model, self.loaded = None, None  # free the previous checkpoint before loading the next
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        in_progress = self.fetching.get(target)
+        if in_progress is not None:
+            in_progress.wait()  # the io thread is downloading exactly this: do not download it twice
+        folder = self.fetched.pop(target, None) or self._fetch(target)
         attn = None if self.settings.attn_implementation == "auto" else self.settings.attn_implementation
-        self.model = load_checkpoint(location, revision, self.settings.dtype, str(self.device), attn)
-        self.ckpt = ckpt
+        try:
+            stored = stored_dtype(folder.path)
+            self.model = load_checkpoint(str(folder.path), None, self.settings.dtype, str(self.device), attn)
+        except Exception as error:
+            if not self.settings.keep_downloads:
+                evict_checkpoint(folder)
+            raise CheckpointError(f"checkpoint {target.ckpt} ({folder.path}, revision {target.revision!r}"
+                                  f"{_commit_note(target)}) could not be loaded: "
+                                  f"{' '.join(str(error).split())[:400]}") from None
+        if not self.settings.keep_downloads:
+            evict_checkpoint(folder)  # the weights are in memory now; the files are not needed again
+        self.loaded = LoadedCheckpoint(
+            target=target,
+            weights_fingerprint=weights_fingerprint(self.model),
+            stored_dtype=stored,
+            vocab_size=int(self.model.get_input_embeddings().num_embeddings),
+            load_seconds=time.perf_counter() - start,
+            downloaded_bytes=folder.bytes,
+            host=socket.gethostname(),
+        )
         if self.settings.batch_size == "auto":
             self.batch_size = pick_batch_size(self.model, self.settings.options, self.device)
         else:
             self.batch_size = int(self.settings.batch_size)
 
+    def _check_token_ids(self, probes: ProbeBatch) -> None:
+        """An id beyond the embedding would raise a bare 'index out of range' (or read garbage on CUDA)."""
+        vocab = self.loaded.vocab_size
+        if probes.tokens.size == 0 or int(probes.tokens.max()) < vocab:
+            return
+        slot, position = np.argwhere(probes.tokens >= vocab)[0]
+        raise ValueError(f"chunk {probes.chunk} row {int(probes.rows[slot])}: token {position} = "
+                         f"{int(probes.tokens[slot, position])} is outside the vocabulary of checkpoint "
+                         f"{self.loaded.target.ckpt} ({vocab} ids, revision {self.loaded.target.revision!r})")
+
     def _score(self, tokens: np.ndarray) -> BatchScores:
         scores, self.batch_size = score_in_batches(self.model, tokens, self.settings.options, self.batch_size,
                                                    shrink_on_oom=self.settings.batch_size == "auto")
         return scores
+
+
+def _commit_note(target: CheckpointTarget) -> str:
+    return f" at commit {target.commit[:12]}" if target.commit else ""
 
 
 def score_in_batches(model, tokens: np.ndarray, options: ScoringOptions, batch_size: int,
@@ -157,8 +257,7 @@ def score_in_batches(model, tokens: np.ndarray, options: ScoringOptions, batch_s
         # out here the error's traceback, and the tensors its frames held, are gone: free them for real
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        logging.getLogger("memsweep").warning("out of memory at batch %d; rescoring the cell at %d",
-                                              batch_size, batch_size // 2)
+        log.warning("out of memory at batch %d; rescoring the cell at %d", batch_size, batch_size // 2)
         batch_size //= 2
 
 

@@ -89,6 +89,8 @@ class BatchScores:
     """float32: mean NLL (nats/token) of the true continuation given the prompt. None unless with_nll."""
     tf_accuracy: np.ndarray | None
     """float32: fraction of continuation positions where the teacher-forced argmax equals the truth."""
+    generated: np.ndarray | None = None
+    """int64[B, l]: the greedy tokens (eos "reference": pad after a row stopped). None in extractable mode."""
 
 
 @torch.inference_mode()
@@ -112,7 +114,9 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
     if tokens.shape[0] == 0:
         hits = torch.zeros((0, l), dtype=torch.bool)
         empty = torch.zeros(0) if options.with_nll else None
-        return _finish(hits, l, with_positions=options.mode == "greedy", nll=empty, tf_accuracy=empty)
+        greedy = options.mode == "greedy"
+        return _finish(hits, l, with_positions=greedy, nll=empty, tf_accuracy=empty,
+                       generated=torch.zeros((0, l), dtype=torch.long) if greedy else None)
     truth = tokens[:, k:]
 
     nll = tf_accuracy = None
@@ -140,7 +144,7 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
     hits = generated == truth
     if produced is not None:
         hits &= produced[None, :]
-    return _finish(hits, l, with_positions=True, nll=nll, tf_accuracy=tf_accuracy)
+    return _finish(hits, l, with_positions=True, nll=nll, tf_accuracy=tf_accuracy, generated=generated)
 
 
 def pick_batch_size(model, options: ScoringOptions, device: torch.device | str | None = None) -> int:
@@ -380,7 +384,7 @@ def _teacher_forced(model, tokens: torch.Tensor, l: int, with_nll: bool, keep_ca
                           cache=out.past_key_values if keep_cache else None)
 
 
-def _finish(hits: torch.Tensor, l: int, with_positions: bool, nll, tf_accuracy) -> BatchScores:
+def _finish(hits: torch.Tensor, l: int, with_positions: bool, nll, tf_accuracy, generated=None) -> BatchScores:
     """Turn per-position hits bool[B, l] into BatchScores; the single device->host copy happens here."""
     hits_host = hits.cpu().numpy()
     prefix_match = np.cumprod(hits_host, axis=1, dtype=np.int16).sum(axis=1, dtype=np.int16)
@@ -391,6 +395,7 @@ def _finish(hits: torch.Tensor, l: int, with_positions: bool, nll, tf_accuracy) 
         match_mask=np.packbits(hits_host, axis=1, bitorder="little") if with_positions else None,
         nll=nll.cpu().numpy().astype(np.float32) if nll is not None else None,
         tf_accuracy=tf_accuracy.cpu().numpy().astype(np.float32) if tf_accuracy is not None else None,
+        generated=generated.cpu().numpy() if generated is not None else None,
     )
 
 

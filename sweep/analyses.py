@@ -5,8 +5,8 @@ The landed dataset (see docs/architecture.md) has two hive-partitioned tables:
     <output>/sequences/ckpt=<c>/*.parquet   one row per (ckpt, chunk, row)
     <output>/cells/ckpt=<c>/*.parquet       one row per (ckpt, chunk) cell
 
-`load_tables` is the reader for the report and notebooks; it is more forgiving of schema drift
-than `ResultStore.sequences()/cells()`, which `memsweep query` uses. Every other function
+`load_tables` opens them through the store (the one reader of the layout, shared with `memsweep query`).
+Every other function
 takes those tables (LazyFrame or DataFrame) and returns a small, collected DataFrame. A sequence
 is identified by (chunk, row); checkpoint c has seen chunk x when x <= c (Amber saved checkpoint
 i after training on chunk i). "Memorized" means full_match: all l generated tokens are right.
@@ -25,64 +25,30 @@ from sweep.store import CELL_SCHEMA, SEQUENCE_SCHEMA
 # sees one schema even where files hold wider or all-null columns.
 SEQUENCES_SCHEMA = SEQUENCE_SCHEMA
 CELLS_SCHEMA = CELL_SCHEMA
-# Columns without which a file is not a landed table at all (the rest may be absent or null).
-_REQUIRED_SEQUENCES = ("chunk", "row", "full_match")
-_REQUIRED_CELLS = ("chunk", "n")
 CELL_METRICS = ("score", "full_match_rate", "mean_prefix_match", "nll", "tf_accuracy")
 
 Frame = pl.LazyFrame | pl.DataFrame
 
 
-def _scan_partitioned(folder: Path, contract: dict[str, pl.DataType], required: tuple[str, ...]) -> pl.LazyFrame:
-    """Scan `folder/ckpt=<c>/*.parquet` into one LazyFrame: `ckpt` Int32 first, then `contract`.
-
-    Columns the files lack are inserted as nulls (e.g. nll when it was not computed), all-null
-    (Null-typed) columns get the contract type, and extra columns found in the first file are kept.
-    """
-    # Hidden / underscore names are the store's in-flight temporary files, not results.
-    files = sorted(p for p in folder.glob("ckpt=*/*.parquet") if not p.name.startswith((".", "_")))
-    if not files:
-        raise FileNotFoundError(f"{folder}: no ckpt=<c>/*.parquet files (not a landed memsweep table?)")
-    first = pl.read_parquet_schema(files[0])
-    for name in required:
-        if name not in first:
-            raise ValueError(f"{files[0]}: missing column {name!r} (have {', '.join(first)})")
-    # Read each column with the first file's own type (so a store that wrote e.g. Int64 still
-    # scans), falling back to the contract type where the file has none or Null; cast afterwards.
-    file_schema = {
-        name: first[name] if first.get(name, pl.Null()) != pl.Null() else dtype for name, dtype in contract.items()
-    }
-    extras = {
-        name: dtype for name, dtype in first.items() if name not in contract and name != "ckpt" and dtype != pl.Null()
-    }
-    scan = pl.scan_parquet(
-        [str(p) for p in files],
-        hive_partitioning=True,
-        hive_schema={"ckpt": pl.Int32()},
-        schema=file_schema | extras,
-        missing_columns="insert",
-        extra_columns="ignore",
-        cast_options=pl.ScanCastOptions(integer_cast="upcast", float_cast=["upcast", "downcast"]),
-    )
-    return scan.select(
-        pl.col("ckpt"),
-        *[pl.col(name).cast(dtype) for name, dtype in contract.items()],
-        *[pl.col(name) for name in extras],
-    )
-
-
 def load_tables(output: Path | str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Open a landed dataset as (sequences, cells) LazyFrames, each with `ckpt` Int32 first.
 
-    sequences: one row per (ckpt, chunk, row), columns as SEQUENCES_SCHEMA; cells: one row per
-    (ckpt, chunk), columns as CELLS_SCHEMA. Nothing is read until a query collects.
+    The store is the one reader of its layout: only the files its ledgers list are read (a stray copy in a
+    partition is never data), each checked against its recorded size first (DamagedOutputError names a file
+    that is not). sequences: one row per (ckpt, chunk, row), columns as SEQUENCES_SCHEMA; cells: one row per
+    (ckpt, chunk), columns as CELLS_SCHEMA; columns a file lacks read as typed nulls. Nothing is read until a
+    query collects.
     """
+    from sweep.store import ResultStore
+
     output = Path(output)
     if not output.is_dir():
         raise FileNotFoundError(f"{output}: no such output folder")
-    sequences = _scan_partitioned(output / "sequences", SEQUENCES_SCHEMA, _REQUIRED_SEQUENCES)
-    cells = _scan_partitioned(output / "cells", CELLS_SCHEMA, _REQUIRED_CELLS)
-    return sequences, cells
+    store = ResultStore(output)
+    if not store.manifest_path.exists():
+        raise FileNotFoundError(f"{output}: no manifest.json (not a memsweep output)")
+    store.read_manifest()
+    return store.sequences(), store.cells()
 
 
 def _check_metric(metric: str) -> None:

@@ -1,8 +1,9 @@
 """`memsweep` (also `python -m sweep`): a thin command line over spec -> plan -> driver -> store -> query/report.
 
     memsweep run SPEC.yaml [--output DIR] [--set KEY=VALUE ...] [--address ADDR] [--report]
-    memsweep plan SPEC.yaml
+    memsweep plan SPEC.yaml [--offline]
     memsweep query OUTPUT "SQL" [--format table|csv|json|parquet] [--out FILE]
+    memsweep verify OUTPUT [--repair]
     memsweep report OUTPUT [--out DIR] [--chunks 0,3,7]
     memsweep demo [--output DIR]
 
@@ -48,9 +49,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     run.set_defaults(handler=_run)
 
-    plan = commands.add_parser("plan", help="print the plan (cells total/done/to do, work) and run nothing")
+    plan = commands.add_parser("plan", help="print the plan and what it costs (downloads, disk, GPU-hours); runs nothing")
     _spec_arguments(plan)
+    plan.add_argument("--offline", action="store_true", help="do not ask the Hub for file sizes (use Amber's)")
     plan.set_defaults(handler=_plan)
+
+    verify = commands.add_parser("verify", help="check every landed file against its ledger record")
+    verify.add_argument("output", type=Path, help="a sweep's output directory")
+    verify.add_argument("--repair", action="store_true",
+                        help="remove damaged, missing and foreign files so the next run recomputes their cells")
+    verify.set_defaults(handler=_verify)
 
     query = commands.add_parser("query", help="Polars SQL over tables `sequences` and `cells`")
     query.add_argument("output", type=Path, help="a sweep's output directory")
@@ -95,9 +103,13 @@ def _load(args: argparse.Namespace):
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or type(error).__name__
+            raise ValueError(f"--set {item}: the value is not YAML ({problem}); quote it, e.g. --set {key}='\"...\"'") from None
     if args.output:
         overrides["output"] = args.output
     return load_spec(args.spec, overrides)
@@ -109,9 +121,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
-    from sweep.driver import connect, run_sweep
+    from sweep.driver import check_before_ray, connect, resolved_spec, run_sweep
+    from sweep.store import ResultStore
+    from sweep.writer_lock import writer_lock
 
     started = time.perf_counter()
+    # Everything that can be known wrong without Ray is checked before Ray starts (seconds, not a minute).
+    resolved = resolved_spec(spec)
+    check_before_ray(resolved)
+    ResultStore(Path(resolved.output)).check_identity(resolved.identity())
+    with writer_lock(Path(resolved.output)):
+        pass  # another live run holds it: say so now (run_sweep takes it for real)
     connect(args.address, args.num_cpus, args.num_gpus)
     summary = run_sweep(spec, progress=not args.no_progress)
     print(summary.describe())
@@ -125,16 +145,29 @@ def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from sweep.cost import estimate_cost
     from sweep.driver import resolved_spec
     from sweep.plan import make_plan
     from sweep.store import ResultStore
 
     spec = resolved_spec(_load(args))
-    done = ResultStore(Path(spec.output)).done_cells() if Path(spec.output).exists() else set()
+    store = ResultStore(Path(spec.output))
+    store.check_identity(spec.identity())  # `run` would refuse this output: say so here too
+    done = store.done_cells() if store.manifest_path.exists() else set()
+    plan = make_plan(spec, done)
     print(f"spec: {args.spec} ({spec.name}, identity {spec.identity_hash()})")
     print(f"output: {spec.output}")
-    print(make_plan(spec, done).describe())
+    print(plan.describe())
+    print(estimate_cost(spec, plan, store, offline=args.offline).describe())
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from sweep.verify import verify_output
+
+    report = verify_output(args.output, repair=args.repair)
+    print(report.describe())
+    return 0 if report.ok or report.repaired else 1
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -160,12 +193,15 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """Build the miniature Amber (first run only) where configs/demo.yaml points, then sweep it and report."""
+    from sweep.demo import DemoWorldConfig, ensure_demo_world
     from sweep.spec import load_spec
 
     path = REPO_CONFIGS / "demo.yaml"
     if not path.exists():
         raise FileNotFoundError(f"{path}: the demo spec ships with the repository; run from a clone")
     spec = load_spec(path, {"output": args.output} if args.output else None)
+    ensure_demo_world(DemoWorldConfig(), Path(spec.model.source), Path(spec.data.source))
     return _sweep(spec, args, report=True)
 
 

@@ -1,4 +1,4 @@
-"""Polars SQL over a landed dataset: tables `sequences`, `cells` and (when any) `failures`.
+"""Polars SQL over a landed dataset: tables `sequences`, `cells`, `probes` and (when any) `failures`.
 
 Read-only: it never calls `recover()`, so it is safe to run while a sweep is writing. A
 checkpoint whose compaction is mid-swap at that moment reads as absent for that instant.
@@ -32,7 +32,10 @@ def open_tables(output: Path) -> dict[str, pl.LazyFrame]:
     if not output.is_dir():
         raise QueryError(f"output directory {output} does not exist")
     store = ResultStore(output)
-    tables = {"sequences": store.sequences(), "cells": store.cells()}
+    if not store.manifest_path.exists():
+        raise QueryError(f"output directory {output} has no manifest.json (not a memsweep output)")
+    store.read_manifest()
+    tables = {"sequences": store.sequences(), "cells": store.cells(), "probes": store.probes()}
     failures = store.failures()
     if failures:
         tables["failures"] = pl.LazyFrame(failures)
@@ -49,6 +52,13 @@ def run_query(output: Path, sql: str) -> pl.DataFrame:
     context = pl.SQLContext(frames=tables)
     try:
         return context.execute(sql, eager=True)
+    except FileNotFoundError as error:  # a listed file deleted under us: name it
+        raise QueryError(f"a landed file is missing ({_first_line(error)}); run `memsweep verify {output}`") from None
+    except pl.exceptions.ComputeError as error:
+        text = _first_line(error)
+        if "parquet" in text.lower() or "file" in text.lower():
+            raise QueryError(f"a landed file is unreadable ({text}); run `memsweep verify {output} --repair`") from None
+        raise QueryError(f"SQL error: {text} (tables: {', '.join(sorted(tables))})") from None
     except (pl.exceptions.PolarsError, ValueError, TypeError) as error:
         # Polars reports unknown tables, columns and syntax errors as several error types.
         raise QueryError(f"SQL error: {_first_line(error)} (tables: {', '.join(sorted(tables))})") from None

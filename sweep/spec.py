@@ -63,6 +63,17 @@ def _parse_range(text: str) -> range:
     return range(start, stop + 1, step)
 
 
+def _check_one_to_one(ids: list[int], name_of, key: str, ids_key: str, field: str, overrides_key: str | None) -> None:
+    seen: dict[str, int] = {}
+    for value in ids:
+        name = name_of(value)
+        if name in seen:
+            hint = f"; name each one in {overrides_key}" if overrides_key else ""
+            raise ValueError(f"{key}: {field} {seen[name]} and {value} both map to {name!r}, so one would be scored "
+                             f"as the other (use {{{field}}} in the template{hint})")
+        seen[name] = value
+
+
 def _check_template(value: str, field: str) -> str:
     """A str.format template may use only `{field}` (with a format spec such as `:03d`)."""
     try:
@@ -87,6 +98,10 @@ class ModelSpec(_Section):
     """Per-checkpoint revisions that break the template (Amber: the last checkpoint is `main`)."""
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     """auto = sdpa; flash_attention_2 only by name (needs flash-attn and CUDA; its benefit is unmeasured)."""
+    download_dir: str | None = None
+    """Where Hub checkpoints are downloaded on each node; default `~/.cache/memsweep/checkpoints`."""
+    keep_downloads: bool = False
+    """Keep downloaded Hub checkpoints after loading (default: delete each once its weights are in memory)."""
 
     @field_validator("revision")
     @classmethod
@@ -102,12 +117,16 @@ class DataSpec(_Section):
     """A Hugging Face dataset repo id (`LLM360/AmberDatasets`) or a local directory."""
     file: str = "train/train_{chunk:03d}.jsonl"
     """Chunk file inside the source; a template over the chunk id."""
+    revision: str = "main"
+    """Hub dataset revision the chunk files are read at (pinned to its commit on first use); ignored locally."""
     samples_per_chunk: int = Field(default=1000, ge=1)
     """Rows sampled per chunk (the probe set), as `shuffle(seed).select(range(n))` picks them."""
     seed: int = Field(default=42, ge=0)
     """Sampling seed (numpy default_rng)."""
     cache_dir: str | None = None
-    """Where probe sets are cached; default `~/.cache/memsweep/probes`."""
+    """Where line indexes and probe sets are cached (on the driver); default `~/.cache/memsweep/probes`."""
+    concurrent_builds: int = Field(default=4, ge=1)
+    """Probe sets built at once (each streams one chunk file: 20.8 GB for Amber)."""
     vocab_size: int | None = Field(default=None, ge=1)
     """If set, token ids outside [0, vocab_size) are an error."""
 
@@ -132,6 +151,8 @@ class MemorizationSpec(_Section):
     """ordinary: EOS is a token like any other; reference: stop at EOS and pad, like the reference tool."""
     nll: bool = False
     """Also record mean NLL and teacher-forced accuracy of the true continuation."""
+    keep_generated: Union[Literal["auto"], bool] = "auto"
+    """Land the model's l greedy tokens per sequence (`generated`); auto = in greedy mode."""
 
 
 PositiveOrAuto = Union[Literal["auto"], Annotated[int, Field(ge=1)]]
@@ -152,25 +173,6 @@ class ResourcesSpec(_Section):
     """Where actors run the model; auto = CUDA when present, else CPU."""
 
 
-class DemoSpec(_Section):
-    """Build a miniature Amber (corpus chunks + trained checkpoints) into model/data sources first.
-
-    Mirrors `sweep.demo.DemoWorldConfig`; the whole section is the world's identity.
-    """
-
-    chunks: int = Field(default=8, ge=1, le=1000)
-    rows_per_chunk: int = Field(default=256, ge=1)
-    row_len: int = Field(default=96, ge=2)
-    vocab_size: int = Field(default=512, ge=64, le=65536)
-    hidden_size: int = Field(default=128, ge=8)
-    num_layers: int = Field(default=2, ge=1)
-    num_heads: int = Field(default=4, ge=1)
-    epochs_per_chunk: int = Field(default=8, ge=1)
-    learning_rate: float = Field(default=5e-3, gt=0)
-    duplicate_fraction: float = Field(default=0.1, ge=0, le=0.5)
-    seed: int = Field(default=0, ge=0)
-
-
 class SweepSpec(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     model: ModelSpec
@@ -183,7 +185,6 @@ class SweepSpec(_Section):
     resources: ResourcesSpec = ResourcesSpec()
     output: str = Field(min_length=1)
     """Results directory; a relative path is relative to the directory memsweep runs in."""
-    demo: DemoSpec | None = None
 
     @field_validator("checkpoints", "chunks", mode="before")
     @classmethod
@@ -194,6 +195,15 @@ class SweepSpec(_Section):
     def _has_cells(self) -> "SweepSpec":
         if not self.cell_list():
             raise ValueError(f"cells: {self.cells!r} selects no (checkpoint, chunk) pair")
+        return self
+
+    @model_validator(mode="after")
+    def _one_revision_and_file_per_id(self) -> "SweepSpec":
+        """Two checkpoints loading one revision (or two chunks reading one file) would land one model's numbers
+        under another's id: the most silent wrong number there is."""
+        _check_one_to_one(self.checkpoints, self.model.revision_for, "model.revision", "checkpoints", "ckpt",
+                          "model.revision_overrides")
+        _check_one_to_one(self.chunks, self.data.file_for, "data.file", "chunks", "chunk", None)
         return self
 
     def cell_list(self) -> list[tuple[int, int]]:
@@ -219,6 +229,7 @@ class SweepSpec(_Section):
             "model.dtype": self.model.dtype,
             "data.source": self.data.source,
             "data.file": self.data.file,
+            "data.revision": self.data.revision,
             "data.samples_per_chunk": self.data.samples_per_chunk,
             "data.seed": self.data.seed,
             "memorization.prompt_len": self.memorization.prompt_len,
@@ -228,18 +239,28 @@ class SweepSpec(_Section):
             "memorization.nll": self.memorization.nll,
         }
 
+    def keeps_generated(self) -> bool:
+        keep = self.memorization.keep_generated
+        return self.memorization.mode == "greedy" if keep == "auto" else bool(keep) and self.memorization.mode == "greedy"
+
     def identity_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
-    """Read and validate a spec file. `overrides` maps dotted keys to values (CLI `--set`)."""
+    """Read and validate a spec file. `overrides` maps dotted keys to values (CLI `--set`).
+
+    Errors (SpecError) are one line: `FILE:LINE: key: why`, or `--set KEY=VALUE: key: why` when the bad value
+    came from an override.
+    """
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read spec ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file (a spec is YAML)") from None
     try:
         raw = yaml.safe_load(text)
         root = yaml.compose(text)
@@ -250,16 +271,38 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Swee
         raise SpecError(f"{where}: invalid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a spec is a YAML mapping of keys (name, model, data, ...)")
+    _refuse_duplicate_keys(path, root)
+    overridden: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
+        overridden[dotted] = value
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(_describe(path, root, exc)) from None
+        raise SpecError(_describe(path, root, exc, overridden)) from None
+
+
+def _refuse_duplicate_keys(path: Path, node: yaml.Node | None, prefix: str = "") -> None:
+    """YAML lets a later key silently replace an earlier one (two `output:` lines): refuse it, naming both lines."""
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            dotted = f"{prefix}{key}"
+            if key in first_line:
+                raise SpecError(f"{path}:{key_node.start_mark.line + 1}: {dotted}: duplicated key (also on line "
+                                f"{first_line[key]}); YAML would silently keep the last one")
+            first_line[key] = key_node.start_mark.line + 1
+            _refuse_duplicate_keys(path, value_node, dotted + ".")
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(path, item, prefix)
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
+    if not leaf or not all(parents):
+        raise SpecError(f"--set {dotted}: not a dotted key such as resources.batch_size")
     node = raw
     for key in parents:
         node = node.setdefault(key, {})
@@ -268,13 +311,15 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _describe(path: Path, root: yaml.Node | None, exc: ValidationError) -> str:
+_DOTTED_MESSAGE = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$")
+
+
+def _describe(path: Path, root: yaml.Node | None, exc: ValidationError, overridden: dict[str, Any] | None = None) -> str:
     """One line for the first bad key: file:line: dotted.key: what is wrong."""
     errors = exc.errors()
     loc = _key_path(errors[0])
     # A union (e.g. 'auto' or an int >= 1) reports one error per member: say them together.
     alternatives = [e for e in errors if _key_path(e) == loc]
-    key = ".".join(str(part) for part in loc) or "(top level)"
     kind = errors[0]["type"]
     if kind == "extra_forbidden":
         message = "unknown key (see docs/spec.md for the keys)"
@@ -287,8 +332,16 @@ def _describe(path: Path, root: yaml.Node | None, exc: ValidationError) -> str:
         )
         if len(alternatives) > 1 or errors[0]["msg"].startswith("Input should be "):
             message = "should be " + message
-        if "input" in errors[0] and kind not in ("model_type", "dict_type"):
+        if "input" in errors[0] and kind not in ("model_type", "dict_type") and loc:
             message += f" (got {errors[0]['input']!r})"
+    if not loc:  # a whole-spec check names its key in its message: "model.revision: ..."
+        named = _DOTTED_MESSAGE.match(message)
+        if named:
+            loc, message = named.group(1).split("."), named.group(2)
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    for dotted, value in (overridden or {}).items():
+        if key == dotted or key.startswith(dotted + "."):
+            return f"--set {dotted}={value!r}: {key}: {message}"
     line = _line_of(root, loc)
     where = f"{path}:{line}" if line else str(path)
     return f"{where}: {key}: {message}"

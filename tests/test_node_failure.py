@@ -69,20 +69,20 @@ def test_node_lost_mid_sweep_loses_and_duplicates_nothing(small_world, cluster, 
 
     (worker,) = cluster.worker_nodes
     lost_at = []
-    write_cell = ResultStore.write_cell
+    write_cells = ResultStore.write_cells
 
-    def lose_the_worker_node_at_first_landing(store, ckpt, chunk, *args, **kwargs):
+    def lose_the_worker_node_at_first_landing(store, ckpt, cells, *args, **kwargs):
         if not lost_at:  # runs in the driver's collect loop: cell (0, 1) is executing on the actor right now
-            lost_at.append((ckpt, chunk))
+            lost_at.append([(ckpt, cell.chunk) for cell in cells])
             cluster.remove_node(worker, allow_graceful=False)
             cluster.add_node(num_cpus=1, num_gpus=1)
-        return write_cell(store, ckpt, chunk, *args, **kwargs)
+        return write_cells(store, ckpt, cells, *args, **kwargs)
 
-    monkeypatch.setattr(ResultStore, "write_cell", lose_the_worker_node_at_first_landing)
+    monkeypatch.setattr(ResultStore, "write_cells", lose_the_worker_node_at_first_landing)
     output = tmp_path / "out"
     summary = run_sweep(load_spec(write_spec(tmp_path, small_world, output, **CELLS)), progress=False)
 
-    assert lost_at == [(0, 0)], "the node was not lost mid-sweep"
+    assert lost_at == [[(0, 0)]], "the node was not lost mid-sweep"
     assert summary.ok and summary.cells_scored == 4, summary.describe()
     # A call the lost actor had not finished was run again, by the restarted actor: it loaded ckpt 0 anew.
     assert dict(summary.loads) == {0: 2, 1: 1}

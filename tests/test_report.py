@@ -18,6 +18,7 @@ import pytest
 
 from sweep import analyses
 from sweep.report import write_report
+from sweep.store import DamagedOutputError, ResultStore
 
 L = 32  # generated tokens per sequence
 REPO = Path(__file__).resolve().parents[1]
@@ -78,11 +79,11 @@ def write_landed(
         )
     if not with_nll:
         frame = frame.with_columns(pl.lit(None, dtype=pl.Float32).alias("nll"))
-    columns = list(analyses.SEQUENCES_SCHEMA)
+    columns = [name for name in analyses.SEQUENCES_SCHEMA if name in frame.columns]
+    store = ResultStore(output)
+    store.open(identity={"synthetic": spec_name}, spec={"name": spec_name, "prompt_len": 32, "generate_len": L},
+               run_info={})
     for (ckpt,), part in frame.group_by(["ckpt"], maintain_order=True):
-        seq_dir = output / "sequences" / f"ckpt={ckpt}"
-        seq_dir.mkdir(parents=True)
-        part.select(columns).write_parquet(seq_dir / "part-0.parquet")
         cells = (
             part.group_by("chunk", maintain_order=True)
             .agg(
@@ -104,11 +105,7 @@ def write_landed(
                 pl.lit("2026-11-01T12:00:00+00:00").alias("finished_at"),
             )
         )
-        cell_dir = output / "cells" / f"ckpt={ckpt}"
-        cell_dir.mkdir(parents=True)
-        cells.write_parquet(cell_dir / "part-0.parquet")
-    manifest = {"spec": {"name": spec_name, "prompt_len": 32, "generate_len": L}, "identity_hash": "abc123def456"}
-    (output / "manifest.json").write_text(json.dumps(manifest))
+        store.write_partition(ckpt, part.select(columns), cells)
     return output
 
 
@@ -135,25 +132,15 @@ def test_load_tables_types_and_counts(landed: Path, records: list[dict]) -> None
     assert sorted(cells.collect()["ckpt"].unique().to_list()) == [0, 1, 2, 3, 4]
 
 
-def test_load_tables_tolerates_missing_and_null_columns(tmp_path: Path) -> None:
-    # One file without nll at all, another where score is entirely null (typed Null in Parquet).
-    base = tmp_path / "out"
-    (base / "sequences" / "ckpt=0").mkdir(parents=True)
-    (base / "sequences" / "ckpt=12").mkdir(parents=True)
-    pl.DataFrame({"chunk": [0], "row": [1], "full_match": [True], "score": [None]}).write_parquet(
-        base / "sequences" / "ckpt=0" / "a.parquet"
-    )
-    pl.DataFrame({"chunk": [0], "row": [1], "full_match": [False], "score": [0.5], "nll": [2.0]}).write_parquet(
-        base / "sequences" / "ckpt=12" / "a.parquet"
-    )
-    (base / "sequences" / "ckpt=12" / ".tmp-in-flight.parquet").write_bytes(b"not parquet")
-    (base / "cells" / "ckpt=0").mkdir(parents=True)
-    pl.DataFrame({"chunk": [0], "n": [1]}).write_parquet(base / "cells" / "ckpt=0" / "a.parquet")
-    sequences, _ = analyses.load_tables(base)
-    seq = sequences.sort("ckpt").collect()
-    assert seq["ckpt"].to_list() == [0, 12]
-    assert seq["score"].to_list() == [None, 0.5] and seq["nll"].to_list() == [None, 2.0]
-    assert seq.schema["nll"] == pl.Float32
+def test_load_tables_reads_only_listed_files_and_names_a_damaged_one(landed: Path) -> None:
+    # a stray copy in a partition is not data; a truncated listed file is named, not half-read
+    [part] = (landed / "sequences" / "ckpt=2").iterdir()
+    (landed / "sequences" / "ckpt=2" / "stray copy.parquet").write_bytes(part.read_bytes())
+    sequences, _ = analyses.load_tables(landed)
+    assert sequences.filter(pl.col("ckpt") == 2).collect().height == 200
+    part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(DamagedOutputError, match=re.escape(str(part))):
+        analyses.load_tables(landed)[0].collect()
 
 
 def test_load_tables_clear_errors(tmp_path: Path) -> None:
@@ -161,14 +148,8 @@ def test_load_tables_clear_errors(tmp_path: Path) -> None:
         analyses.load_tables(tmp_path / "nope")
     (tmp_path / "sequences" / "ckpt=0").mkdir(parents=True)
     pl.DataFrame({"chunk": [0], "score": [0.5]}).write_parquet(tmp_path / "sequences" / "ckpt=0" / "a.parquet")
-    with pytest.raises(ValueError, match=r"a\.parquet: missing column 'row'"):
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
         analyses.load_tables(tmp_path)
-    with pytest.raises(FileNotFoundError, match="cells: no ckpt="):
-        _scan_cells_only(tmp_path)
-
-
-def _scan_cells_only(output: Path) -> None:
-    analyses._scan_partitioned(output / "cells", analyses.CELLS_SCHEMA, ("chunk",))
 
 
 # ---------------------------------------------------------------- analyses
@@ -341,7 +322,8 @@ def test_write_report_full(landed: Path) -> None:
         assert_readable_png(index.parent / name)
     assert set(p.name for p in index.parent.glob("*.png")) == set(images)  # every figure on the page
     page = index.read_text()
-    assert "synthetic" in page and "abc123def456" in page and "forgotten" in page.lower()
+    manifest = json.loads((landed / "manifest.json").read_text())
+    assert "synthetic" in page and manifest["identity_hash"] in page and "forgotten" in page.lower()
 
 
 def test_write_report_custom_dir_and_chunks(landed: Path, tmp_path: Path) -> None:
@@ -370,7 +352,6 @@ def test_write_report_single_cell(tmp_path: Path) -> None:
 
 def test_write_report_extractable_mode_without_nll(tmp_path: Path, records: list[dict]) -> None:
     output = write_landed(tmp_path / "x", records, extractable=True, with_nll=False)
-    (output / "manifest.json").unlink()  # an output folder without its manifest still reports
     index = write_report(output)
     page = index.read_text()
     assert "extractable mode" in page

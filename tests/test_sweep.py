@@ -25,7 +25,6 @@ import yaml
 from actors.loading import load_checkpoint
 from actors.scoring import ScoringOptions, score_batch
 from sweep.driver import run_sweep
-from sweep.probes import load_or_build_probe_set
 from sweep.spec import load_spec
 from sweep.store import ResultStore
 
@@ -104,8 +103,7 @@ def test_sweep_lands_what_the_kernel_computes(clean_run, world):
     for ckpt in range(3):
         model = load_checkpoint(str(world / "model" / f"ckpt_{ckpt:03d}"), None, "float32", "cpu")
         for chunk in range(3):
-            probes = load_or_build_probe_set(spec.data.cache_dir, spec.data.source, spec.data.file_for(chunk),
-                                             chunk, 42, SAMPLES, K, L)
+            probes = ResultStore(output).read_probe_set(chunk)  # the rows the output sampled, tokens included
             probes = probes.sort("row")  # the store lands rows sorted by (chunk, row)
             tokens = torch.from_numpy(probes["tokens"].list.to_array(K + L).to_numpy().astype(np.int64))
             direct = score_batch(model, tokens, options)
@@ -116,6 +114,7 @@ def test_sweep_lands_what_the_kernel_computes(clean_run, world):
             assert got["prefix_match"].to_list() == direct.prefix_match.tolist()
             assert np.allclose(got["score"].to_numpy(), direct.matches / L)
             assert np.allclose(got["nll"].to_numpy(), direct.nll, atol=1e-5)
+            assert got["generated"].to_list() == direct.generated.tolist()  # what the model said, kept
             cell = cells.filter((pl.col("ckpt") == ckpt) & (pl.col("chunk") == chunk)).row(0, named=True)
             assert cell["n"] == SAMPLES and cell["seen"] == (chunk <= ckpt)
             assert cell["score"] == pytest.approx(float(np.mean(direct.matches / L)), abs=1e-6)

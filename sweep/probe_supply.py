@@ -1,0 +1,185 @@
+"""The probe sets a sweep needs, delivered as a stream while the GPUs work.
+
+For every chunk the plan needs, in the order the plan needs them, the first of these that applies:
+
+1. the output already holds its probe set (`probes/`, pinned to the chunk file's content identity): use it.
+   If the file has changed since (Hub: another LFS sha256; local: another size or mtime), say so once:
+   this output keeps the rows it sampled then, so its cells never mix two versions of a chunk;
+2. the driver's cache holds a probe set for this content (sha256, seed, n, k, l): land it;
+3. else a Ray task builds it (sweep/probes.py: one streaming pass unless the cache has the line index, then
+   range reads of the chosen rows), at most `data.concurrent_builds` at a time; the driver caches the line
+   index and the probe set and lands it in the output.
+
+A chunk that cannot be described, fetched or parsed is `failed` with a one-line reason; the scheduler fails
+its cells and goes on. Cost at full scale: 360 builds of ~20.8 GB streams each (network-bound), 12 MB read
+back per chunk, ~1 GB of line indexes and ~50 MB of probe sets cached on the driver.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import ray
+from ray.exceptions import RayError, RayTaskError
+
+from actors.scorer_actor import ProbeBatch
+from sweep.plan import Plan
+from sweep.probes import ProbeBuild, ProbeCache, ProbeSetError, build_probe_set_from, check_vocab, tokens_array
+from sweep.sources import ChunkSource, IdentityMemo, describe_chunks
+from sweep.spec import SweepSpec
+from sweep.store import ResultStore
+
+DEFAULT_PROBE_CACHE = Path("~/.cache/memsweep/probes")
+
+
+@dataclass(frozen=True)
+class ReadyProbeSet:
+    frame: pl.DataFrame  # chunk, row, source (tokens dropped on the driver)
+    batch_ref: ray.ObjectRef  # ProbeBatch in the object store, shared by every actor
+    data_file: str
+    sha256: str | None
+
+
+@ray.remote(num_cpus=0)  # network/disk-bound; concurrency is capped by data.concurrent_builds, not by CPUs
+def _build_probe_set_task(source: ChunkSource, chunk: int, n: int, seed: int, k: int, l: int,
+                          vocab_size: int | None, line_lengths: np.ndarray | None) -> ProbeBuild:
+    return build_probe_set_from(source, chunk, n, seed, k, l, vocab_size, line_lengths)
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:500] or type(error).__name__
+
+
+class ProbeSupply:
+    def __init__(self, spec: SweepSpec, store: ResultStore, plan: Plan, summary, started: float,
+                 environment: dict[str, str]):
+        self.spec, self.store, self.summary, self.started = spec, store, summary, started
+        self.width = spec.memorization.prompt_len + spec.memorization.continuation_len
+        self.cache = ProbeCache(spec.data.cache_dir or DEFAULT_PROBE_CACHE)
+        self.memo = IdentityMemo(self.cache.root)
+        self.task = _build_probe_set_task.options(runtime_env={"env_vars": environment}) if environment \
+            else _build_probe_set_task
+        self.ready: dict[int, ReadyProbeSet] = {}
+        self.failed: dict[int, str] = {}
+        self.waiting: deque[tuple[int, ChunkSource, np.ndarray | None]] = deque()
+        self.in_flight: dict[ray.ObjectRef, tuple[int, ChunkSource]] = {}
+        order = list(dict.fromkeys(chunk for work in plan.work for chunk in work.chunks))
+        self.total = len(order)
+        files = {chunk: spec.data.file_for(chunk) for chunk in order}
+        try:
+            sources = describe_chunks(spec.data.source, files, spec.data.revision)
+        except Exception as error:  # noqa: BLE001 - the dataset itself is unreachable: every chunk fails
+            sources = {chunk: RuntimeError(f"data source {spec.data.source!r} (revision {spec.data.revision!r}): "
+                                           f"{one_line(error)}") for chunk in order}
+        for chunk in order:
+            self._start(chunk, sources[chunk])
+
+    # ---- state the scheduler reads ------------------------------------------------------------
+
+    def is_settled(self, chunk: int) -> bool:
+        return chunk in self.ready or chunk in self.failed
+
+    def refs(self) -> list[ray.ObjectRef]:
+        return list(self.in_flight)
+
+    def owns(self, ref: ray.ObjectRef) -> bool:
+        return ref in self.in_flight
+
+    def pending(self) -> int:
+        return len(self.waiting) + len(self.in_flight)
+
+    # ---- work ---------------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Start builds while fewer than data.concurrent_builds run."""
+        data, memorization = self.spec.data, self.spec.memorization
+        while self.waiting and len(self.in_flight) < data.concurrent_builds:
+            chunk, source, lengths = self.waiting.popleft()
+            ref = self.task.remote(source, chunk, data.samples_per_chunk, data.seed, memorization.prompt_len,
+                                   memorization.continuation_len, data.vocab_size, lengths)
+            self.in_flight[ref] = (chunk, source)
+
+    def collect(self, ref: ray.ObjectRef) -> None:
+        chunk, source = self.in_flight.pop(ref)
+        try:
+            build: ProbeBuild = ray.get(ref)
+        except RayTaskError as error:
+            self._fail(chunk, one_line(error.cause) if error.cause is not None else one_line(error))
+            return
+        except RayError as error:
+            self._fail(chunk, f"{source.label}: probe-set task lost ({one_line(error)})")
+            return
+        built = build.source
+        if build.line_lengths is not None:
+            self.cache.put_line_lengths(built.sha256, build.line_lengths)
+        self.memo.remember(built)
+        data, memorization = self.spec.data, self.spec.memorization
+        self.cache.put_probe_set(built.sha256, data.seed, data.samples_per_chunk, memorization.prompt_len,
+                                 memorization.continuation_len, build.frame)
+        self._land(chunk, build.frame, built)
+        self.summary.probe_sets_built += 1
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _start(self, chunk: int, source: ChunkSource | Exception) -> None:
+        if isinstance(source, Exception):
+            self._fail(chunk, one_line(source))
+            return
+        entry = self.store.probe_entries().get(chunk)
+        pinned = ChunkSource(**entry["source"]) if entry else None
+        if entry and entry.get("file"):
+            if not source.stat_matches(pinned) and (source.kind == "local" or source.sha256):
+                self.summary.warn(f"chunk {chunk}: {source.label} changed since this output sampled it "
+                                  f"({_describe_change(pinned, source)}); the output keeps the rows it sampled "
+                                  "then; sweep into a new output to sample the new file")
+            self._ready(chunk, self.store.read_probe_set(chunk), pinned)
+            self.summary.probe_sets_reused += 1
+            return
+        sha256 = self.memo.lookup(source)
+        if sha256:
+            source = source.with_sha256(sha256)
+        if pinned and pinned.sha256 and sha256 and sha256 != pinned.sha256:
+            self._fail(chunk, f"{source.label}: sha256 {sha256} differs from the {pinned.sha256} this output pinned "
+                              f"for chunk {chunk}; sweep into a new output")
+            return
+        data, memorization = self.spec.data, self.spec.memorization
+        cached = self.cache.probe_set(sha256, data.seed, data.samples_per_chunk, memorization.prompt_len,
+                                      memorization.continuation_len)
+        if cached is not None:
+            try:
+                check_vocab(cached, data.vocab_size, source.label)
+            except ProbeSetError as error:
+                self._fail(chunk, one_line(error))
+                return
+            self._land(chunk, cached, source)
+            self.summary.probe_sets_reused += 1
+            return
+        self.waiting.append((chunk, source, self.cache.line_lengths(sha256)))
+
+    def _land(self, chunk: int, frame: pl.DataFrame, source: ChunkSource) -> None:
+        try:
+            self.store.write_probe_set(chunk, frame, source.to_dict())
+        except ValueError as error:  # PinMismatchError: the file changed since this output pinned it
+            self._fail(chunk, one_line(error))
+            return
+        self._ready(chunk, frame, source)
+
+    def _ready(self, chunk: int, frame: pl.DataFrame, source: ChunkSource) -> None:
+        batch = ProbeBatch(chunk=chunk, rows=frame["row"].to_numpy(), tokens=tokens_array(frame, self.width))
+        self.ready[chunk] = ReadyProbeSet(frame.drop("tokens"), ray.put(batch), source.file, source.sha256)
+        self.summary.last_probe_set_at = time.perf_counter() - self.started
+
+    def _fail(self, chunk: int, reason: str) -> None:
+        self.failed[chunk] = reason
+        self.summary.last_probe_set_at = time.perf_counter() - self.started
+
+
+def _describe_change(pinned: ChunkSource, now: ChunkSource) -> str:
+    if now.kind == "local":
+        return f"size {pinned.size} -> {now.size} bytes, mtime changed" if pinned.size != now.size else "mtime changed"
+    return f"sha256 {(pinned.sha256 or '?')[:12]}.. -> {(now.sha256 or '?')[:12]}.."

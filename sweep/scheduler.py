@@ -1,0 +1,447 @@
+"""Scheduling cells onto checkpoint actors: busy actors, prefetch where it is used, a short tail.
+
+Each actor slot holds a `current` checkpoint (the one loaded, or loading) and a `next` one reserved for it,
+which only that actor prefetches: a download lands on the node that loads it. At most WINDOW cells of the
+current checkpoint are in flight per actor (one scoring, one queued behind it), and a cell is submitted only
+once its chunk's probe set is ready, so scoring starts with the first probe set and never waits for the rest.
+
+When the queue runs dry, an idle actor first takes a reservation from an actor that is still busy for longer
+than a load takes (that reservation's prefetch is wasted, its wait is not), then splits the largest remaining
+checkpoint in two if half of it takes longer than a load: at 360 checkpoints on 64 GPUs that turns the last
+partial round (40 of 64 actors busy for a whole checkpoint) into a few minutes.
+
+Failures: see sweep/driver.py. Landing: every result that is ready when the driver wakes up is landed at once,
+one pair of files per checkpoint (sweep/store.py write_cells), which keeps the driver's cost per cell small
+when many GPUs finish together.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import ray
+from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+from tqdm import tqdm
+
+from actors.scorer_actor import CellOutput, CheckpointError, CheckpointTarget, ScorerSettings
+from actors.scoring import ScoringOptions
+from sweep.plan import CheckpointWork, Plan
+from sweep.probe_supply import ProbeSupply, one_line
+from sweep.sources import is_local, resolve_commit
+from sweep.spec import SweepSpec
+from sweep.store import LandedCell, PinMismatchError, ResultStore
+
+log = logging.getLogger("memsweep")
+
+ACTOR_MAX_RESTARTS = 3
+WINDOW = 2  # cells in flight per actor: the GPU never waits for the driver between two cells
+STEAL_MIN_CELLS = 8  # never split a checkpoint with fewer cells left (each half would not amortise a load)
+
+
+@dataclass
+class _Assignment:
+    target: CheckpointTarget
+    todo: list[int]  # chunks not yet submitted, in plan order
+    in_flight: dict = field(default_factory=dict)  # ref -> chunk
+    reserved_by: int | None = None  # the slot that prefetched it (for the prefetch-locality count)
+
+
+@dataclass
+class _Slot:
+    index: int
+    actor: object
+    current: _Assignment | None = None
+    next: _Assignment | None = None  # reserved for this actor; its prefetch is under way
+    deaths: int = 0
+
+
+class Scheduler:
+    def __init__(self, spec: SweepSpec, plan: Plan, store: ResultStore, supply: ProbeSupply, summary,
+                 started: float, progress: bool, scorer_cls, gpus_per_actor: float, environment: dict[str, str]):
+        self.spec, self.store, self.supply, self.summary = spec, store, supply, summary
+        self.started, self.scorer_cls, self.gpus, self.environment = started, scorer_cls, gpus_per_actor, environment
+        self.queue: deque[CheckpointWork] = deque(plan.work)
+        self.remaining = Counter({w.ckpt: len(w.chunks) for w in plan.work})  # cells not yet settled
+        self.attempts: Counter = Counter()  # (ckpt, chunk) -> failed tries
+        self.load_failures: Counter = Counter()  # ckpt -> failed fetches/loads
+        self.dead_checkpoints: dict[int, tuple[str, int]] = {}  # ckpt -> (error, tries): its cells all fail
+        self.targets: dict[int, CheckpointTarget | str] = {}
+        self.fingerprints = {pin["weights_fingerprint"]: ckpt for ckpt, pin in store.checkpoint_pins().items()
+                             if pin.get("weights_fingerprint")}
+        self.owner: dict[ray.ObjectRef, tuple[_Slot, _Assignment]] = {}
+        self.results: list[tuple[CellOutput, int]] = []
+        self.cell_seconds: list[float] = []
+        self.load_seconds: list[float] = []
+        self.settings = self._settings()
+        self.slots = [_Slot(i, self._new_actor()) for i in range(self._actor_count(plan))]
+        self.bar = tqdm(total=plan.cells_to_do, desc=spec.name, unit="cell", disable=not progress)
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while self._has_work():
+                self.supply.pump()
+                self._assign()
+                refs = list(self.owner) + self.supply.refs()
+                if not refs:
+                    if self._has_work():  # nothing in flight and nothing can start: a bug, not a wait
+                        raise RuntimeError(f"scheduler stalled with {sum(self.remaining.values())} cells left")
+                    break
+                ray.wait(refs, num_returns=1)
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                for ref in ready:
+                    if self.supply.owns(ref):
+                        self.supply.collect(ref)
+                    else:
+                        self._collect(ref)
+                self._land_results()
+        finally:
+            self.bar.close()
+            self._release_actors()
+
+    def _has_work(self) -> bool:
+        return bool(self.queue or self.owner or any(s.current or s.next for s in self.slots))
+
+    # ---- handing out work ---------------------------------------------------------------------
+
+    def _assign(self) -> None:
+        for slot in self.slots:
+            for assignment in (slot.current, slot.next):
+                if assignment is not None:
+                    self._drop_failed_chunks(assignment)
+            if slot.current is not None and not slot.current.todo and not slot.current.in_flight:
+                slot.current = None
+            if slot.current is None:
+                slot.current, slot.next = slot.next or self._take_work(slot), None
+                if slot.current is None:
+                    continue
+                if slot.current.reserved_by not in (None, slot.index):
+                    self.summary.prefetched_elsewhere += 1
+            if slot.next is None and self.queue:
+                slot.next = self._pop_assignment()
+                if slot.next is not None:
+                    slot.next.reserved_by = slot.index
+                    slot.actor.prefetch.remote(slot.next.target)
+            self._fill(slot)
+
+    def _pop_assignment(self) -> _Assignment | None:
+        while self.queue:
+            work = self.queue.popleft()
+            target = self._target(work.ckpt)
+            if isinstance(target, str):
+                for chunk in work.chunks:
+                    self._fail_cell(work.ckpt, chunk, target, self.spec.resources.max_attempts)
+                continue
+            return _Assignment(target, list(work.chunks))
+        return None
+
+    def _take_work(self, idle: _Slot) -> _Assignment | None:
+        popped = self._pop_assignment()
+        if popped is not None:
+            return popped
+        cell_s, load_s = self._cell_estimate(), self._load_estimate()
+        # 1. a reservation whose holder stays busy longer than a load takes
+        holders = [s for s in self.slots if s is not idle and s.next is not None and s.current is not None]
+        if holders:
+            holder = max(holders, key=lambda s: len(s.current.todo) + len(s.current.in_flight))
+            if (len(holder.current.todo) + len(holder.current.in_flight)) * cell_s > load_s:
+                taken, holder.next = holder.next, None
+                return taken
+        # 2. half of the largest remaining checkpoint, if half of it takes longer than a load
+        donors = [s for s in self.slots if s is not idle and s.current is not None]
+        if not donors:
+            return None
+        donor = max(donors, key=lambda s: len(s.current.todo))
+        todo = donor.current.todo
+        if len(todo) >= STEAL_MIN_CELLS and len(todo) / 2 * cell_s > load_s:
+            half = len(todo) // 2
+            stolen, donor.current.todo = todo[half:], todo[:half]
+            log.info("splitting ckpt %d: %d cells to another actor", donor.current.target.ckpt, len(stolen))
+            return _Assignment(donor.current.target, stolen)
+        return None
+
+    def _fill(self, slot: _Slot) -> None:
+        assignment = slot.current
+        while len(assignment.in_flight) < WINDOW:
+            chunk = next((c for c in assignment.todo if c in self.supply.ready), None)
+            if chunk is None:
+                return
+            assignment.todo.remove(chunk)
+            ref = slot.actor.score_cell.remote(assignment.target, self.supply.ready[chunk].batch_ref)
+            assignment.in_flight[ref] = chunk
+            self.owner[ref] = (slot, assignment)
+
+    def _drop_failed_chunks(self, assignment: _Assignment) -> None:
+        for chunk in [c for c in assignment.todo if c in self.supply.failed]:
+            assignment.todo.remove(chunk)
+            self._fail_cell(assignment.target.ckpt, chunk, self.supply.failed[chunk], 1)
+
+    def _target(self, ckpt: int) -> CheckpointTarget | str:
+        """The checkpoint to load, pinned: a Hub revision resolves to a commit once; a landed checkpoint keeps
+        the commit its cells were scored at (the branch may have moved since: said once, not followed)."""
+        if ckpt in self.targets:
+            return self.targets[ckpt]
+        model = self.spec.model
+        revision = model.revision_for(ckpt)
+        pin = self.store.checkpoint_pin(ckpt) or {}
+        if is_local(model.source):
+            target = CheckpointTarget(ckpt, revision, None)
+        else:
+            pinned = pin.get("model_commit")
+            try:
+                current = resolve_commit(model.source, revision)
+            except Exception as error:  # noqa: BLE001 - a missing revision fails this checkpoint's cells only
+                current = None
+                if not pinned:
+                    self.targets[ckpt] = (f"checkpoint {ckpt}: revision {revision!r} of {model.source} cannot be "
+                                          f"resolved: {one_line(error)}")
+                    return self.targets[ckpt]
+            if pinned and current and current != pinned:
+                self.summary.warn(f"checkpoint {ckpt}: revision {revision!r} of {model.source} moved from {pinned} "
+                                  f"to {current}; this output's cells of it were scored at {pinned[:12]}, which "
+                                  "is used again (sweep into a new output to score the new commit)")
+            target = CheckpointTarget(ckpt, revision, pinned or current)
+        self.targets[ckpt] = target
+        return target
+
+    # ---- collecting results -------------------------------------------------------------------
+
+    def _collect(self, ref: ray.ObjectRef) -> None:
+        slot, assignment = self.owner.pop(ref)
+        chunk = assignment.in_flight.pop(ref)
+        ckpt = assignment.target.ckpt
+        try:
+            output: CellOutput = ray.get(ref)
+        except RayActorError as error:  # the actor process or its node died, and Ray gave up on the call
+            if "creation task" in str(error):  # the actor cannot even start here: retrying would loop forever
+                raise RuntimeError(f"the checkpoint actor cannot start: {one_line(error)}") from None
+            slot.deaths += 1
+            if isinstance(error, ActorDiedError) and slot.deaths > ACTOR_MAX_RESTARTS:
+                slot.actor, slot.deaths = self._new_actor(), 0
+            self._retry_or_fail(assignment, chunk, f"actor died: {_last_line(error)}")
+            return
+        except RayTaskError as error:
+            cause = error.cause
+            message = one_line(cause) if cause is not None else _last_line(error)
+            if isinstance(cause, CheckpointError):
+                self._checkpoint_failed(assignment, chunk, message)
+            else:
+                self._retry_or_fail(assignment, chunk, message)
+            return
+        self.results.append((output, self.attempts[(ckpt, chunk)] + 1))
+        self.cell_seconds.append(output.seconds)
+        if output.loaded_now:
+            self.summary.loads[ckpt] += 1
+            self.load_seconds.append(output.loaded.load_seconds)
+            log.info("ckpt %d loaded on %s (%s) in %.1f s", ckpt, output.host, output.device,
+                     output.loaded.load_seconds)
+
+    def _retry_or_fail(self, assignment: _Assignment, chunk: int, error: str) -> None:
+        ckpt = assignment.target.ckpt
+        self.attempts[(ckpt, chunk)] += 1
+        tries = self.attempts[(ckpt, chunk)]
+        if tries < self.spec.resources.max_attempts:
+            log.warning("cell ckpt %d x chunk %d failed (try %d), retrying: %s", ckpt, chunk, tries, error)
+            assignment.todo.insert(0, chunk)
+            return
+        log.error("cell ckpt %d x chunk %d failed %d times, giving up: %s", ckpt, chunk, tries, error)
+        self._fail_cell(ckpt, chunk, error, tries)
+
+    def _checkpoint_failed(self, assignment: _Assignment, chunk: int, error: str) -> None:
+        """A fetch or load failed: every cell of the checkpoint would meet it, so tries count per checkpoint."""
+        ckpt = assignment.target.ckpt
+        if ckpt in self.dead_checkpoints:  # a cell that was in flight when its checkpoint was given up
+            self._fail_cell(ckpt, chunk, *self.dead_checkpoints[ckpt])
+            return
+        self.load_failures[ckpt] += 1
+        self.attempts[(ckpt, chunk)] += 1
+        if self.load_failures[ckpt] < self.spec.resources.max_attempts:
+            log.warning("checkpoint %d failed to load (try %d), retrying: %s", ckpt, self.load_failures[ckpt], error)
+            assignment.todo.insert(0, chunk)
+            return
+        tries = self.load_failures[ckpt]
+        self.dead_checkpoints[ckpt] = (error, tries)
+        log.error("checkpoint %d failed to load %d times, failing its cells: %s", ckpt, tries, error)
+        self._fail_cell(ckpt, chunk, error, tries)
+        for other in self._assignments_of(ckpt):
+            for todo_chunk in other.todo:
+                self._fail_cell(ckpt, todo_chunk, error, tries)
+            other.todo.clear()
+
+    def _assignments_of(self, ckpt: int) -> list[_Assignment]:
+        found = [a for s in self.slots for a in (s.current, s.next) if a is not None and a.target.ckpt == ckpt]
+        queued = [w for w in self.queue if w.ckpt == ckpt]
+        for work in queued:
+            self.queue.remove(work)
+            found.append(_Assignment(CheckpointTarget(ckpt, "", None), list(work.chunks)))
+        return found
+
+    def _fail_cell(self, ckpt: int, chunk: int, error: str, attempts: int) -> None:
+        self.store.record_failure(ckpt, chunk, error, attempts)
+        self._settle(ckpt)
+
+    # ---- landing ------------------------------------------------------------------------------
+
+    def _land_results(self) -> None:
+        if not self.results:
+            return
+        by_ckpt: dict[int, list[tuple[CellOutput, int]]] = defaultdict(list)
+        for output, attempts in self.results:
+            by_ckpt[output.ckpt].append((output, attempts))
+        self.results = []
+        for ckpt, outputs in by_ckpt.items():
+            cells = [LandedCell(output.chunk, self._sequences(output), self._info(output, attempts))
+                     for output, attempts in outputs]
+            try:
+                self.store.write_cells(ckpt, cells)
+                landed = [output for output, _ in outputs]
+            except PinMismatchError:  # one cell disagrees with the checkpoint's pin: land the others alone
+                landed = []
+                for cell, (output, attempts) in zip(cells, outputs):
+                    try:
+                        self.store.write_cells(ckpt, [cell])
+                        landed.append(output)
+                    except PinMismatchError as error:
+                        self._fail_cell(ckpt, cell.chunk, one_line(error), attempts)
+            for output in landed:
+                self._landed(output)
+
+    def _landed(self, output: CellOutput) -> None:
+        summary = self.summary
+        summary.cells_scored += 1
+        summary.sequences_scored += self.supply.ready[output.chunk].frame.height
+        if summary.first_cell_landed_at is None:
+            summary.first_cell_landed_at = time.perf_counter() - self.started
+        fingerprint = output.loaded.weights_fingerprint
+        twin = self.fingerprints.setdefault(fingerprint, output.ckpt)
+        if twin != output.ckpt:
+            summary.warn(f"checkpoints {twin} and {output.ckpt} carry identical weights (fingerprint {fingerprint}): "
+                         f"revisions {self.spec.model.revision_for(twin)!r} and "
+                         f"{self.spec.model.revision_for(output.ckpt)!r} may be one checkpoint published twice")
+        self.bar.update(1)
+        elapsed = self.bar.format_dict["elapsed"] or 1e-9
+        self.bar.set_postfix(seq_s=f"{summary.sequences_scored / elapsed:,.0f}",
+                             probes=f"{len(self.supply.ready)}/{self.supply.total}")
+        self._settle(output.ckpt)
+
+    def _sequences(self, output: CellOutput) -> pl.DataFrame:
+        probe = self.supply.ready[output.chunk].frame
+        return probe.with_columns(**score_columns(output, self.spec.memorization.continuation_len))
+
+    def _info(self, output: CellOutput, attempts: int) -> dict:
+        loaded, probe = output.loaded, self.supply.ready[output.chunk]
+        return {
+            "seconds": output.seconds, "device": output.device, "dtype": output.dtype,
+            "batch_size": output.batch_size, "attempts": attempts,
+            "model_revision": loaded.target.revision, "model_commit": loaded.target.commit,
+            "weights_fingerprint": loaded.weights_fingerprint, "stored_dtype": loaded.stored_dtype,
+            "data_file": probe.data_file, "data_sha256": probe.sha256,
+        }
+
+    def _settle(self, ckpt: int) -> None:
+        self.remaining[ckpt] -= 1
+        if self.remaining[ckpt] == 0:
+            self.store.compact_checkpoint(ckpt)
+            cells = self.store.cells().filter(pl.col("ckpt") == ckpt).collect()
+            if cells.height:
+                score = cells["score"].mean()
+                self.bar.write(f"ckpt {ckpt}: {cells.height} cells landed, mean score "
+                               f"{score if score is None else f'{score:.4f}'}, full-match rate "
+                               f"{cells['full_match_rate'].mean():.4f}")
+
+    # ---- statistics for the tail --------------------------------------------------------------
+
+    def _cell_estimate(self) -> float:
+        return float(np.median(self.cell_seconds)) if self.cell_seconds else 1.0
+
+    def _load_estimate(self) -> float:
+        # Before any load was measured, assume a load is worth STEAL_MIN_CELLS cells: splits stay rare.
+        return float(np.median(self.load_seconds)) if self.load_seconds else STEAL_MIN_CELLS * self._cell_estimate()
+
+    # ---- actors -------------------------------------------------------------------------------
+
+    def _settings(self) -> ScorerSettings:
+        memorization = self.spec.memorization
+        options = ScoringOptions(
+            prompt_len=memorization.prompt_len,
+            continuation_len=memorization.continuation_len,
+            mode=memorization.mode,
+            eos_policy=memorization.eos,
+            with_nll=memorization.nll,
+        )
+        return ScorerSettings(
+            model_source=self.spec.model.source,
+            dtype=self.spec.model.dtype,
+            options=options,
+            batch_size=self.spec.resources.batch_size,
+            device=self.spec.resources.device,
+            attn_implementation=self.spec.model.attn_implementation,
+            torch_threads=max(1, int(self.spec.resources.cpus_per_actor)),
+            download_dir=self.spec.model.download_dir,
+            keep_downloads=self.spec.model.keep_downloads,
+            keep_generated=self.spec.keeps_generated(),
+        )
+
+    def _actor_count(self, plan: Plan) -> int:
+        wanted = self.spec.resources.actors
+        if wanted == "auto":
+            cluster_gpus = ray.cluster_resources().get("GPU", 0)
+            wanted = max(1, int(cluster_gpus // self.gpus)) if self.gpus else 1
+        return max(1, min(int(wanted), plan.cells_to_do))
+
+    def _new_actor(self):
+        options = dict(
+            num_gpus=self.gpus,
+            num_cpus=self.spec.resources.cpus_per_actor,
+            max_restarts=ACTOR_MAX_RESTARTS,
+            # Ray re-runs calls that were in flight (or queued) when the actor died, on the restarted
+            # actor; only when it gives up does the scheduler see the error and count a try.
+            # -1: until the actor is dead for good (max_restarts spent), not a count. After a node loss
+            # each retry fails at once against the dead address until the GCS declares the node dead
+            # (15 s+ by default), so a count ran out in ~5 s and the cell was recorded failed.
+            max_task_retries=-1,
+        )
+        if self.environment:
+            options["runtime_env"] = {"env_vars": self.environment}
+        return self.scorer_cls.options(**options).remote(self.settings)
+
+    def _release_actors(self) -> None:
+        """Let every actor free its model and delete the downloads it still holds (prefetched, unused)."""
+        refs = [slot.actor.release.remote() for slot in self.slots]
+        try:
+            ray.wait(refs, num_returns=len(refs), timeout=120)
+        except Exception:  # noqa: BLE001 - best effort: a dead actor holds nothing
+            pass
+
+
+def score_columns(output: CellOutput, continuation_len: int) -> dict[str, pl.Series]:
+    scores = output.scores
+    matches = scores.matches
+    columns = {
+        "matches": pl.Series(matches, dtype=pl.Int16) if matches is not None else pl.lit(None, pl.Int16),
+        "score": pl.Series((matches / continuation_len).astype(np.float32)) if matches is not None else pl.lit(None, pl.Float32),
+        "full_match": pl.Series(scores.full_match, dtype=pl.Boolean),
+        "prefix_match": pl.Series(scores.prefix_match, dtype=pl.Int16),
+        "match_mask": pl.Series([bytes(row) for row in scores.match_mask], dtype=pl.Binary)
+        if scores.match_mask is not None
+        else pl.lit(None, pl.Binary),
+        "nll": pl.Series(scores.nll, dtype=pl.Float32) if scores.nll is not None else pl.lit(None, pl.Float32),
+        "tf_accuracy": pl.Series(scores.tf_accuracy, dtype=pl.Float32)
+        if scores.tf_accuracy is not None
+        else pl.lit(None, pl.Float32),
+        "generated": pl.Series(scores.generated.astype(np.uint32)).reshape(scores.generated.shape).cast(
+            pl.List(pl.UInt32)) if scores.generated is not None else pl.lit(None, pl.List(pl.UInt32)),
+    }
+    return columns
+
+
+def _last_line(error: BaseException) -> str:
+    """The last line of an error's text: Ray puts the remote traceback first and the message last."""
+    text = str(error).strip().splitlines()
+    return (text[-1] if text else type(error).__name__)[:500]
