@@ -6,9 +6,10 @@ Test helper (no tests here). Two parts:
    (`<mirrors>/models/<org>/<name>`, `<mirrors>/datasets/<org>/<name>`), a model repository and a dataset
    repository shaped like LLM360/Amber and LLM360/AmberDatasets (../shared/FACTS.md):
    - one branch `ckpt_000` .. `ckpt_{N-2}` per checkpoint folder but the last, each holding `config.json`
-     (`"torch_dtype": "float32"`), the folder's other small files (generation config, tokenizer files when the
-     folder has them) and fp32 weights pickled with `torch.save` in 3 shards `pytorch_model-0000{1,2,3}-of-00003.bin`
-     + `pytorch_model.bin.index.json` (weight_map, metadata.total_size). Every pickled tensor carries Python
+     (`"torch_dtype": "float32"`: assumed, FACTS.md records only main's dtype), the folder's other small files
+     (generation config, tokenizer files when the folder has them) and fp32 weights pickled with `torch.save` in
+     3 shards `pytorch_model-0000{1,2,3}-of-00003.bin` + `pytorch_model.bin.index.json` (weight_map,
+     metadata.total_size). Every pickled tensor carries Python
      state, so the pickles import `torch._tensor._rebuild_from_type_v2` and `torch.Tensor` as Amber's do
      (plus `torch._utils._rebuild_tensor_v2`, `torch.FloatStorage`, `collections.OrderedDict`); transformers'
      `torch.load(weights_only=True, mmap=True)` accepts them (tests/test_hub_world.py loads them).
@@ -35,30 +36,37 @@ Test helper (no tests here). Two parts:
 
 What differs, checked by hand with curl against olah 0.5.4 and by tests/test_hub_world.py against the wrapper:
 
-| request                                   | huggingface.co                        | olah 0.5.4 offline mirror            | served here                      |
-|-------------------------------------------|---------------------------------------|--------------------------------------|----------------------------------|
-| resolve, file missing at an existing rev  | 404 `EntryNotFound` + `X-Repo-Commit` | HEAD 401 `RepoNotFound`; GET 500     | as the Hub                       |
-| anything at an unknown revision           | 404 `RevisionNotFound`                | 401 `RepoNotFound`                   | as the Hub                       |
-| GET resolve with `Range: bytes=a-b`       | 206 + `Content-Range` (from its CDN)  | 200 with the whole file              | 206 (416 past the end)           |
-| GET resolve headers                       | `ETag`, `X-Repo-Commit`, length       | none (chunked body only)             | as HEAD, + `Content-Length`      |
-| HEAD resolve of an LFS file               | 302 to its CDN / Xet bridge, with     | 200, `ETag` = sha256 of the object   | 200 with the Hub's headers, the  |
-|                                           | `X-Linked-Etag` = "sha256",           | (read whole), no `X-Linked-*`        | sha256 from the pointer; no      |
-|                                           | `X-Linked-Size`, `X-Repo-Commit`      |                                      | redirect, no `X-Xet-Hash`        |
-| HEAD resolve of a plain file              | 200, `ETag` = "git blob sha1"         | same, `ETag` unquoted                | quoted                           |
-| `/api/<type>/<id>` (repo_info, no rev)    | the default branch                    | 401 (looks only in its own cache)    | the default branch               |
-| `/api/<type>/<id>/tree/<rev>` (root)      | 200                                   | 307 to `.../tree/<rev>/`             | 200                              |
-| `tree/<rev>/<a file or missing path>`     | 404 `EntryNotFound`                   | 401 `RepoNotFound`                   | as the Hub                       |
-| tree `expand=true`: `lastCommit`          | last commit touching the path at rev  | taken on HEAD: wrong on other        | at the requested revision        |
-|                                           |                                       | branches, 500 if HEAD never had it   |                                  |
-| paths-info `expand`: `lastCommit`         | given                                 | dropped                              | given                            |
+| request                       | huggingface.co                | olah 0.5.4 offline mirror     | served here        |
+|-------------------------------|-------------------------------|-------------------------------|--------------------|
+| resolve: file missing at an   | 404 `EntryNotFound`, with     | HEAD 401 `RepoNotFound`,      | as the Hub         |
+| existing revision             | `X-Repo-Commit`               | GET 500 (KeyError)            |                    |
+| anything, unknown revision    | 404 `RevisionNotFound`        | 401 `RepoNotFound`            | as the Hub         |
+| GET resolve + `Range: bytes=` | 206, `Content-Range` (CDN)    | 200, the whole file           | 206; 416 past end  |
+| GET resolve: headers          | `ETag`, `X-Repo-Commit`, size | none (a chunked body only)    | HEAD's + length    |
+| HEAD resolve, LFS file        | 302 to its CDN / Xet bridge,  | 200, `ETag` = sha256 of the   | 200, the Hub's     |
+|                               | `X-Linked-Etag` "sha256",     | object (read whole), no       | headers (sha256    |
+|                               | `X-Linked-Size`,              | `X-Linked-*`                  | from the pointer)  |
+|                               | `X-Repo-Commit`               |                               |                    |
+| HEAD resolve, plain file      | 200, `ETag` "git blob sha1"   | the same, `ETag` unquoted     | quoted             |
+| `/api/<type>/<id>` (no rev)   | the default branch            | 401 (reads only its cache)    | the default branch |
+| `/api/<type>/<id>/tree/<rev>` | 200                           | 307 to `.../tree/<rev>/`      | 200                |
+| `tree/<rev>/<file             | missing>`                     | 404 `EntryNotFound`           | 401 `RepoNotFound` |
+| tree `expand`: `lastCommit`   | last commit touching the path | taken on HEAD: wrong on other | at the requested   |
+|                               | at the revision               | branches; 500 if HEAD never   | revision           |
+|                               |                               | had the path                  |                    |
+| paths-info `expand`           | `lastCommit` given            | dropped                       | given              |
+| `commits/<rev>`               | `title` = first line,         | whole message in `title`,     | as the Hub         |
+| (list_repo_commits)           | `message`, `authors[].user`   | `authors[].name`: the client  |                    |
+|                               |                               | raises KeyError('user')       |                    |
 
-Unchanged (olah's answer is the Hub's in what clients read): `repo_info(revision).sha` / `siblings`, refs,
-commits, tree and paths-info `type` / `oid` / `size` / `lfs {oid, size, pointerSize}` / `path`, every file byte,
-401 `RepoNotFound` for a repository that does not exist. Not served (no client here reads them): the Hub's page
-size and `Link` pagination of tree listings (olah returns one page), `securityFileStatus` (pickle scan),
-`xetHash` / Xet downloads (the real Amber repository may be Xet-backed: huggingface_hub with hf_xet then downloads
-through Xet instead of the HTTP path served here), sizes in `repo_info(files_metadata=True)`, the CDN redirect
-itself (a same-origin redirect would be followed by the client's HEAD and lose the `X-Linked-*` headers).
+Unchanged (olah's answer is the Hub's in what clients read): `repo_info(revision).sha` / `siblings`, refs, commit
+ids and dates, tree and paths-info `type` / `oid` / `size` / `lfs {oid, size, pointerSize}` / `path`, every file
+byte, 401 `RepoNotFound` for a repository that does not exist. Not served (no client here reads them): the Hub's
+page size and `Link` pagination of tree listings (olah returns one page) and of `list_repo_commits` (olah stops at
+50 commits), `securityFileStatus` (the pickle scan), sizes in `repo_info(files_metadata=True)`, `xetHash` / Xet
+downloads (if the real Amber repositories are Xet-backed, huggingface_hub with hf_xet, installed here, downloads
+them through Xet rather than the HTTP path served here), and the CDN redirect itself (huggingface_hub's HEAD follows
+a same-origin redirect, so a local "CDN" would need a second origin to keep the `X-Linked-*` headers it reads).
 Cost: olah reads a whole file into memory for every GET, ranged or not, and the wrapper cuts the range out of that
 stream; fine for the KB-MB files of tests, not a server for Amber's 10 GB shards.
 """
@@ -130,9 +138,10 @@ class HubWorld:
         return content if oid is None else _lfs_object(repo, oid).read_bytes()
 
     def commit_files(self, revision: str, files: Mapping[str, bytes | Path | None], message: str,
-                     repo_type: str = "model") -> str:
-        """Commit `files` (path in repo -> content; None deletes) on branch `revision`; returns the new sha."""
-        return commit_files(self._repo(repo_type), revision, files, message)
+                     repo_type: str = "model", start_from: str = "main") -> str:
+        """Commit `files` (path in repo -> content; None deletes) on branch `revision` (a new one grows from
+        `start_from`); returns the new sha."""
+        return commit_files(self._repo(repo_type), revision, files, message, start_from=start_from)
 
     def add_ckpt_id_to_configs(self) -> dict[str, str]:
         """Amber's June 2024 commit on every ckpt branch: `config.json` gains `"ckpt_id": i`. Branch -> new sha.

@@ -18,10 +18,12 @@ repository present in olah's mirrors it
 - answers `GET /api/<type>/<org>/<name>` (no revision) with the default branch, which olah offline can only
   serve from its own cache (empty for a local mirror), and lists the repository root without olah's 307;
 - fills `lastCommit` (last commit touching the path, on the requested revision) into `tree?expand=true` and
-  `paths-info` with `expand`, which olah computes on HEAD (500 for a path HEAD's history never had) or drops.
+  `paths-info` with `expand`, which olah computes on HEAD (500 for a path HEAD's history never had) or drops;
+- reshapes olah's `commits` entries as the Hub's (`title` = first line, `message` = the rest, `authors[].user`):
+  huggingface_hub's `list_repo_commits` raises KeyError on olah's `authors[].name`.
 
-Everything else (every JSON body but `lastCommit`, and every byte of every file) is olah's answer. Each request is
-appended to `--request-log` as one JSON line (method, path as requested, query, range, status, the response's
+Everything else (every JSON body but those two changes, and every byte of every file) is olah's answer. Each request
+is appended to `--request-log` as one JSON line (method, path as requested, query, range, status, the response's
 Content-Length, X-Error-Code), written before the response starts, so a client that got an answer finds its line.
 """
 
@@ -36,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode
 
-# Git (GitPython) is olah's own dependency; imported in `main` and by the middleware methods only after olah.
+from git import BadName, BadObject, Repo  # GitPython: olah's own dependency, the library it reads mirrors with
+
 LFS_POINTER = re.compile(
     rb"version https://git-lfs\.github\.com/spec/v[0-9]\noid sha256:([0-9a-z]{64})\nsize ([0-9]+?)\n")
 # olah treats a blob of 121..149 bytes matching LFS_POINTER as a pointer and serves .git/lfs/objects/<oid>
@@ -45,7 +48,8 @@ LFS_POINTER_SIZES = range(121, 150)
 FULL_SHA = re.compile(r"[0-9a-f]{40}")
 API = re.compile(r"/api/(?P<type>models|datasets|spaces)/(?P<org>[^/]+)/(?P<name>[^/]+)"
                  r"(?:/(?P<op>revision|tree|paths-info|commits)/(?P<rev>[^/]+)(?P<rest>/.*)?)?")
-RESOLVE = re.compile(r"/(?:(?P<type>datasets|spaces)/)?(?P<org>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)")
+RESOLVE = re.compile(r"/(?:(?P<type>datasets|spaces)/)?(?P<org>[^/]+)/(?P<name>[^/]+)"
+                     r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)")
 TRUE_VALUES = {"1", "true", "True"}
 
 
@@ -79,7 +83,9 @@ class HubConformance:
         if scope["type"] != "http":  # lifespan: olah's own startup
             return await self.app(scope, receive, send)
         send = self._logged(scope, send)
-        path = scope["path"] if self.conform else ""
+        if not self.conform:
+            return await self.app(scope, receive, send)
+        path = scope["path"]
         if path.startswith("/api/"):
             match = API.fullmatch(path)
             repo = match and self._repo(match["type"], match["org"], match["name"])
@@ -96,7 +102,6 @@ class HubConformance:
 
     # --- /api/<type>/<org>/<name>[/revision|tree|paths-info|commits/<rev>[/<path>]] ---------------------------
     async def _api(self, match, repo: Path, scope, receive, send):
-        from git import Repo
         op, prefix = match["op"], f"/api/{match['type']}/{match['org']}/{match['name']}"
         with Repo(repo) as git:
             commit = git.head.commit if op is None else _commit(git, match["rev"])
@@ -117,15 +122,16 @@ class HubConformance:
             inner = _with_path(scope, inner_path, urlencode(query) if op == "tree" else None)
             if op == "paths-info":
                 receive = _replay(body)
-            if not expand:
+            if not expand and op != "commits":
                 return await self.app(inner, receive, send)
             status, headers, content = await _collect(self.app, inner, receive)
             if status == 200:
                 entries = json.loads(content)
                 for entry in entries:
-                    last = next(git.iter_commits(commit.hexsha, paths=entry["path"], max_count=1))
-                    entry["lastCommit"] = {"id": last.hexsha, "title": last.summary,
-                                           "date": last.committed_datetime.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+                    if op == "commits":
+                        _as_hub_commit(entry)
+                    else:
+                        _add_last_commit(entry, git, commit.hexsha)
                 content = json.dumps(entries).encode()
                 headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
                 headers.append((b"content-length", str(len(content)).encode()))
@@ -134,12 +140,11 @@ class HubConformance:
 
     # --- /[datasets/]<org>/<name>/resolve/<rev>/<path> -------------------------------------------------------
     async def _resolve(self, match, repo: Path, scope, receive, send):
-        from git import Repo
         with Repo(repo) as git:
             commit = _commit(git, match["rev"])
             if commit is None:
                 return await _error(send, 404, "RevisionNotFound", f"Invalid rev id: {match['rev']}")
-            meta = _file_meta(git, commit, match["path"])
+            meta = _file_meta(commit, match["path"])
         if meta is None:
             return await _error(send, 404, "EntryNotFound", "Entry not found", commit.hexsha)
         if scope["method"] == "HEAD":  # the Hub: 302 to its CDN for LFS files, same headers; see hub_world.py
@@ -179,7 +184,6 @@ class HubConformance:
 
 def _commit(git, revision: str):
     """The commit a Hub revision names (branch, tag, or full 40-hex sha), or None: the Hub resolves nothing else."""
-    from git import BadName, BadObject
     candidates = [revision] if FULL_SHA.fullmatch(revision) else [f"refs/heads/{revision}", f"refs/tags/{revision}"]
     for candidate in candidates:
         try:
@@ -189,6 +193,21 @@ def _commit(git, revision: str):
     return None
 
 
+def _as_hub_commit(entry: dict) -> None:
+    """olah puts the whole message in `title` and authors as {"name"}; the Hub (and huggingface_hub) use
+    `title` = first line, `message` = the rest, authors as {"user"}."""
+    title, _, message = entry["title"].partition("\n")
+    entry.update(title=title, message=message.strip(),
+                 authors=[{"user": author["name"], "avatar": author.get("avatar")} for author in entry["authors"]])
+
+
+def _add_last_commit(entry: dict, git, commit: str) -> None:
+    """The Hub's `lastCommit` of a tree / paths-info entry: the last commit touching its path, as of `commit`."""
+    last = next(git.iter_commits(commit, paths=entry["path"], max_count=1))
+    entry["lastCommit"] = {"id": last.hexsha, "title": last.summary,
+                           "date": last.committed_datetime.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+
+
 def _is_directory(tree, path: str) -> bool:
     try:
         return (tree / path).type == "tree"
@@ -196,14 +215,14 @@ def _is_directory(tree, path: str) -> bool:
         return False
 
 
-def _file_meta(git, commit, path: str) -> FileMeta | None:
+def _file_meta(commit, path: str) -> FileMeta | None:
     try:
         blob = commit.tree / path
     except KeyError:
         return None
     if blob.type != "blob":
         return None
-    if blob.size in LFS_POINTER_SIZES and (pointer := LFS_POINTER.fullmatch(blob.data_stream.read())):
+    if blob.size in LFS_POINTER_SIZES and (pointer := LFS_POINTER.match(blob.data_stream.read())):
         return FileMeta(commit.hexsha, int(pointer[2]), blob.hexsha, pointer[1].decode())
     return FileMeta(commit.hexsha, blob.size, blob.hexsha, None)
 

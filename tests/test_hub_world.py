@@ -154,6 +154,11 @@ def _pickle_imports(shard: bytes) -> set[str]:
                 if op.name in ("GLOBAL", "STACK_GLOBAL") and arg}  # torch.save writes GLOBAL "module name"
 
 
+def _root_commit(world: HubWorld) -> str:
+    return subprocess.run(["git", "-C", str(world.model_repo), "rev-list", "--max-parents=0", "main"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 # --- loading checkpoints ----------------------------------------------------------------------------------------
 
 def test_a_bin_revision_loads_its_three_fp32_pickled_shards_exactly(hub, world, local, conversions,
@@ -185,6 +190,12 @@ def test_main_loads_the_bf16_safetensors_and_keeps_their_dtype(hub, local, conve
     assert {f"model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)} <= fetched
     assert not any(name.endswith(".bin") for name in fetched)
     assert not conversions
+    # main moved, as Amber's did: its first upload (6 fp32 .bin shards) still loads by commit sha
+    commits = HfApi().list_repo_commits(MODEL_ID)  # newest first
+    assert [c.title for c in commits] == ["Upload bf16 safetensors weights", "Upload LlamaForCausalLM",
+                                                  "initial commit"]
+    first_upload = AutoModelForCausalLM.from_pretrained(MODEL_ID, revision=commits[1].commit_id, dtype="auto")
+    _assert_same_weights(first_upload, _local_weights(local / "ckpt_002", torch.float32))
 
 
 def test_the_tokenizer_of_a_revision_loads_through_the_hub_listing(hub, local):
@@ -247,11 +258,6 @@ def test_repo_info_tree_and_paths_info_report_the_commit_sizes_and_lfs_sha256(hu
     file = by_path["train/train_000.jsonl"]
     assert (file.size, file.lfs.size, file.lfs.sha256) == (len(chunk), len(chunk), _sha256(chunk))
     assert file.last_commit.oid == world.sha("main", "dataset")
-
-
-def _root_commit(world: HubWorld) -> str:
-    return subprocess.run(["git", "-C", str(world.model_repo), "rev-list", "--max-parents=0", "main"],
-                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def test_hf_filesystem_streams_once_then_reads_ranges_with_206(hub, local):
