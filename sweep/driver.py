@@ -57,6 +57,7 @@ class SweepSummary:
     probe_sets_reused: int = 0  # from the output or the cache
     prefetched_elsewhere: int = 0  # checkpoints prefetched by one actor and then loaded by another
     first_cell_landed_at: float | None = None  # seconds after the sweep started
+    probe_sets_ready_at_first_cell: int | None = None  # how many existed when the first cell was handed out
     last_probe_set_at: float | None = None
 
     @property

@@ -173,6 +173,8 @@ class Scheduler:
             if chunk is None:
                 return
             assignment.todo.remove(chunk)
+            if self.summary.probe_sets_ready_at_first_cell is None:
+                self.summary.probe_sets_ready_at_first_cell = len(self.supply.ready)
             ref = slot.actor.score_cell.remote(assignment.target, self.supply.ready[chunk].batch_ref)
             assignment.in_flight[ref] = chunk
             self.owner[ref] = (slot, assignment)
