@@ -20,84 +20,18 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import ray
 import torch
 
 from actors.loading import load_checkpoint, resolve_device, stored_dtype, weights_fingerprint
-from actors.scoring import BatchScores, ScoringOptions, pick_batch_size, score_batch
+from actors.protocol import (BatchScores, CellOutput, CheckpointError, CheckpointTarget, LoadedCheckpoint,  # noqa: F401
+                             ProbeBatch, ScorerSettings, ScoringOptions)
+from actors.scoring import pick_batch_size, score_batch
 from sweep.sources import CheckpointFolder, evict_checkpoint, fetch_checkpoint
 
 log = logging.getLogger("memsweep")
-
-
-@dataclass(frozen=True)
-class CheckpointTarget:
-    """Which checkpoint to load: its id, the spec's revision, and the Hub commit it is pinned to (None: local)."""
-
-    ckpt: int
-    revision: str
-    commit: str | None = None
-
-
-@dataclass
-class ProbeBatch:
-    """A probe set as the actors see it (numpy, so Ray shares it zero-copy from the object store)."""
-
-    chunk: int
-    rows: np.ndarray  # int64[n]: row numbers in the chunk file (named in errors)
-    tokens: np.ndarray  # uint32/int[n, k+l]
-
-
-@dataclass(frozen=True)
-class LoadedCheckpoint:
-    """What the actor learned about a checkpoint while loading it (recorded in every cell it scores)."""
-
-    target: CheckpointTarget
-    weights_fingerprint: str
-    stored_dtype: str
-    vocab_size: int  # rows of the input embedding: a token id must be below this
-    load_seconds: float
-    downloaded_bytes: int
-    host: str
-
-
-@dataclass
-class CellOutput:
-    """What an actor returns for one cell; the driver joins it with the probe set and lands it."""
-
-    ckpt: int
-    chunk: int
-    scores: BatchScores
-    seconds: float  # scoring time, checkpoint load excluded
-    loaded: LoadedCheckpoint
-    loaded_now: bool
-    device: str
-    dtype: str
-    batch_size: int
-    host: str
-
-
-@dataclass(frozen=True)
-class ScorerSettings:
-    """Everything an actor needs that is the same for every cell of a sweep."""
-
-    model_source: str
-    dtype: str
-    options: ScoringOptions
-    batch_size: int | str  # int or "auto"
-    device: str  # "auto" | "cpu" | "cuda"
-    attn_implementation: str  # "auto" | "sdpa" | "eager" | "flash_attention_2"
-    torch_threads: int | None = None
-    download_dir: str | None = None
-    keep_downloads: bool = False
-    keep_generated: bool = False
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be fetched or loaded; the message names the source, revision and commit."""
 
 
 @ray.remote(concurrency_groups={"io": 1, "compute": 1})

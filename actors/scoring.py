@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from actors.protocol import EOS_POLICIES, MODES, BatchScores, ScoringOptions  # noqa: F401 - re-exported
+
 CPU_BATCH_SIZE = 256  # measured best on 2 CPU cores (BENCHMARKS.md): 357 seq/s vs 304 at 128, 352 at 384
 MAX_CUDA_BATCH_SIZE = 2048  # beyond this a 7B forward is long compute-bound already (unmeasured cap)
 
@@ -38,59 +40,6 @@ MAX_CUDA_BATCH_SIZE = 2048  # beyond this a 7B forward is long compute-bound alr
 LOGIT_CHUNK_ELEMENTS_CPU = 2**22
 LOGIT_CHUNK_ELEMENTS_CUDA = 2**25
 
-MODES = ("greedy", "extractable")
-EOS_POLICIES = ("ordinary", "reference")
-
-
-@dataclass
-class ScoringOptions:
-    prompt_len: int = 32
-    """k: prompt tokens given to the model."""
-    continuation_len: int = 32
-    """l: tokens generated and compared with the true continuation."""
-    mode: str = "greedy"
-    """"greedy" (decode l tokens) or "extractable" (one teacher-forced pass; prefix/full match only)."""
-    eos_policy: str = "ordinary"
-    """"ordinary" (EOS is a normal token) or "reference" (HF generate's stop-and-pad at EOS)."""
-    with_nll: bool = False
-    """Also return mean NLL and teacher-forced accuracy of the true continuation."""
-    compile_decode: bool = False
-    """CUDA only: static KV cache + torch.compile(mode="reduce-overhead") of the one-token step.
-    Off by default and unmeasured (no GPU was available when it was written)."""
-
-    def __post_init__(self) -> None:
-        for name in ("prompt_len", "continuation_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ScoringOptions.{name} must be a positive int, got {value!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"ScoringOptions.mode must be one of {MODES}, got {self.mode!r}")
-        if self.eos_policy not in EOS_POLICIES:
-            raise ValueError(f"ScoringOptions.eos_policy must be one of {EOS_POLICIES}, got {self.eos_policy!r}")
-        if self.mode == "extractable" and self.eos_policy != "ordinary":
-            raise ValueError("ScoringOptions.eos_policy must be 'ordinary' in extractable mode "
-                             "(a teacher-forced pass cannot reproduce stop-and-pad at EOS)")
-        if self.mode == "extractable" and self.compile_decode:
-            raise ValueError("ScoringOptions.compile_decode applies to greedy mode only (extractable has no decode loop)")
-
-
-@dataclass
-class BatchScores:
-    """Per-sequence results; every array has length B (the batch)."""
-    matches: np.ndarray | None
-    """int16: greedy tokens equal to the truth, 0..l. None in extractable mode."""
-    prefix_match: np.ndarray
-    """int16: leading greedy tokens equal to the truth before the first mismatch (l if all)."""
-    full_match: np.ndarray
-    """bool: prefix_match == l."""
-    match_mask: np.ndarray | None
-    """uint8[B, ceil(l/8)]: np.packbits(bitorder="little") of the per-position hits. None in extractable mode."""
-    nll: np.ndarray | None
-    """float32: mean NLL (nats/token) of the true continuation given the prompt. None unless with_nll."""
-    tf_accuracy: np.ndarray | None
-    """float32: fraction of continuation positions where the teacher-forced argmax equals the truth."""
-    generated: np.ndarray | None = None
-    """int64[B, l]: the greedy tokens (eos "reference": pad after a row stopped). None in extractable mode."""
 
 
 @torch.inference_mode()

@@ -27,7 +27,7 @@ import polars as pl
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from actors.scorer_actor import ProbeBatch
+from actors.protocol import ProbeBatch
 from sweep.plan import Plan
 from sweep.probes import ProbeBuild, ProbeCache, ProbeSetError, build_probe_set_from, check_vocab, tokens_array
 from sweep.sources import ChunkSource, IdentityMemo, describe_chunks

@@ -28,8 +28,7 @@ import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from tqdm import tqdm
 
-from actors.scorer_actor import CellOutput, CheckpointError, CheckpointTarget, ScorerSettings
-from actors.scoring import ScoringOptions
+from actors.protocol import CellOutput, CheckpointError, CheckpointTarget, ScorerSettings, ScoringOptions
 from sweep.plan import CheckpointWork, Plan
 from sweep.probe_supply import ProbeSupply, one_line
 from sweep.sources import is_local, resolve_commit
