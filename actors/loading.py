@@ -73,17 +73,32 @@ def load_checkpoint(path_or_repo: str, revision: str | None = None, dtype: str =
     if target.type != "cpu" and importlib.util.find_spec("accelerate") is not None:
         # weights are materialised straight on the device, never staged in CPU memory first
         placement = {"device_map": target}
-    model = AutoModelForCausalLM.from_pretrained(
+    model, loading_info = AutoModelForCausalLM.from_pretrained(
         path_or_repo,
         revision=None if is_local else revision,
         dtype=DTYPES[dtype],
         attn_implementation=attention,
+        output_loading_info=True,
         **placement,
     )
+    check_loading_info(loading_info)
     if not placement and target.type != "cpu":
         # transformers needs `accelerate` for device_map; without it the weights pass through CPU memory once
         model = model.to(target)
     return model.eval()
+
+
+def check_loading_info(info: dict) -> None:
+    """transformers fills weights missing from a checkpoint with random values and only logs it (a config that
+    names more layers than the shards hold): a checkpoint whose weights do not match its config must not score."""
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(key) for key in info.get(kind) or [])
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            problems.append(f"{kind.split('_')[0]} {', '.join(keys[:3])}{more}")
+    if problems:
+        raise ValueError(f"the weights do not match config.json: {'; '.join(problems)}")
 
 
 # Provisional (replaced by the load-memory work): what the actor records per checkpoint.

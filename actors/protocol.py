@@ -130,3 +130,8 @@ class ScorerSettings:
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be fetched or loaded; the message names the source, revision and commit."""
+
+
+class CellInputError(ValueError):
+    """The cell's own input is wrong (a token id the checkpoint cannot embed): retrying cannot help."""
+

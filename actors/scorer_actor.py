@@ -26,8 +26,8 @@ import ray
 import torch
 
 from actors.loading import load_checkpoint, resolve_device, stored_dtype, weights_fingerprint
-from actors.protocol import (BatchScores, CellOutput, CheckpointError, CheckpointTarget, LoadedCheckpoint,  # noqa: F401
-                             ProbeBatch, ScorerSettings, ScoringOptions)
+from actors.protocol import (BatchScores, CellInputError, CellOutput, CheckpointError,  # noqa: F401
+                             CheckpointTarget, LoadedCheckpoint, ProbeBatch, ScorerSettings, ScoringOptions)
 from actors.scoring import pick_batch_size, score_batch
 from sweep.sources import CheckpointFolder, evict_checkpoint, fetch_checkpoint
 
@@ -150,7 +150,7 @@ class CheckpointScorer:
         if probes.tokens.size == 0 or int(probes.tokens.max()) < vocab:
             return
         slot, position = np.argwhere(probes.tokens >= vocab)[0]
-        raise ValueError(f"chunk {probes.chunk} row {int(probes.rows[slot])}: token {position} = "
+        raise CellInputError(f"chunk {probes.chunk} row {int(probes.rows[slot])}: token {position} = "
                          f"{int(probes.tokens[slot, position])} is outside the vocabulary of checkpoint "
                          f"{self.loaded.target.ckpt} ({vocab} ids, revision {self.loaded.target.revision!r})")
 

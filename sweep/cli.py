@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -121,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
-    from sweep.driver import check_before_ray, connect, resolved_spec, run_sweep
+    from sweep.preflight import check_before_ray, check_local_cuda, refuse_damaged_output, resolved_spec
     from sweep.store import ResultStore
     from sweep.writer_lock import writer_lock
 
@@ -129,9 +130,16 @@ def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
     # Everything that can be known wrong without Ray is checked before Ray starts (seconds, not a minute).
     resolved = resolved_spec(spec)
     check_before_ray(resolved)
-    ResultStore(Path(resolved.output)).check_identity(resolved.identity())
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        check_local_cuda(resolved)
+    store = ResultStore(Path(resolved.output))
+    store.check_identity(resolved.identity())
+    if store.manifest_path.exists():
+        refuse_damaged_output(store, deep=False)  # sizes and footers now; run_sweep checks every sha256 too
     with writer_lock(Path(resolved.output)):
         pass  # another live run holds it: say so now (run_sweep takes it for real)
+    from sweep.driver import connect, run_sweep  # imports Ray and torch: only once the spec passed
+
     connect(args.address, args.num_cpus, args.num_gpus)
     summary = run_sweep(spec, progress=not args.no_progress)
     print(summary.describe())
@@ -146,7 +154,7 @@ def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from sweep.cost import estimate_cost
-    from sweep.driver import resolved_spec
+    from sweep.preflight import resolved_spec
     from sweep.plan import make_plan
     from sweep.store import ResultStore
 

@@ -32,11 +32,11 @@ import ray
 
 from actors.scorer_actor import CheckpointScorer
 from sweep.plan import make_plan
-from sweep.probe_supply import DEFAULT_PROBE_CACHE, ProbeSupply
+from sweep.preflight import check_before_ray, check_local_cuda, refuse_damaged_output, resolved_spec  # noqa: F401
+from sweep.probe_supply import ProbeSupply
 from sweep.scheduler import Scheduler
-from sweep.sources import is_local
 from sweep.spec import SweepSpec
-from sweep.store import DamagedOutputError, ResultStore
+from sweep.store import ResultStore
 from sweep.writer_lock import writer_lock
 
 log = logging.getLogger("memsweep")
@@ -86,36 +86,6 @@ class SweepSummary:
         return "\n".join(lines)
 
 
-def resolved_spec(spec: SweepSpec) -> SweepSpec:
-    """Local sources, the output and the cache as absolute paths, so Ray workers (other cwd) find them."""
-
-    def absolute(source: str) -> str:
-        return str(Path(source).expanduser().resolve()) if is_local(source) else source
-
-    model = spec.model.model_copy(update={"source": absolute(spec.model.source)})
-    cache = str(Path(spec.data.cache_dir or DEFAULT_PROBE_CACHE).expanduser().resolve())
-    data = spec.data.model_copy(update={"source": absolute(spec.data.source), "cache_dir": cache})
-    output = str(Path(spec.output).expanduser().resolve())
-    return spec.model_copy(update={"model": model, "data": data, "output": output})
-
-
-def check_before_ray(spec: SweepSpec) -> None:
-    """What can be known wrong before Ray starts: the output path, the cache, a CUDA request on a machine that
-    will run the actors itself. Raises ValueError with one line naming the key."""
-    output = Path(spec.output).expanduser()
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"output {output} is a file, not a directory")
-    parent = next((p for p in [output, *output.parents] if p.exists()), None)
-    if parent is not None and not os.access(parent, os.W_OK):
-        raise ValueError(f"output {output}: {parent} is not writable")
-    from sweep.probes import ProbeCache
-
-    ProbeCache(spec.data.cache_dir or DEFAULT_PROBE_CACHE).check_writable()
-    resources = spec.resources
-    if resources.device == "cuda" and resources.gpus_per_actor == 0:
-        raise ValueError("resources.device: cuda needs GPUs, but resources.gpus_per_actor is 0")
-
-
 def check_cluster(spec: SweepSpec) -> None:
     """Fail within seconds, naming the key, if the cluster can never place an actor (Ray would wait forever)."""
     resources = spec.resources
@@ -153,7 +123,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=CheckpointScorer) -
     store = ResultStore(Path(spec.output))
     with writer_lock(Path(spec.output)):
         store.open(spec.identity(), spec.model_dump(mode="json"), _run_info())
-        _refuse_damaged(store)
+        refuse_damaged_output(store)
         plan = make_plan(spec, store.done_cells())
         summary = SweepSummary(Path(spec.output), plan.total_cells, plan.done_cells)
         log.info("plan: %d cells, %d landed, %d to do", plan.total_cells, plan.done_cells, plan.cells_to_do)
@@ -166,18 +136,6 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=CheckpointScorer) -
         summary.failed = store.failures()
         summary.seconds = time.perf_counter() - started
         return summary
-
-
-def _refuse_damaged(store: ResultStore) -> None:
-    """`run` skips landed cells, so it first checks that what it relies on is intact (sha256 of every file)."""
-    began = time.perf_counter()
-    problems = store.check_landed(deep=True)
-    log.info("verified %d landed files in %.1f s", len(store.landed_files()), time.perf_counter() - began)
-    if problems:
-        named = "; ".join(f"{record.path}: {problem}" for record, problem in problems[:3])
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise DamagedOutputError(f"{store.output}: {len(problems)} landed files are damaged: {named}{more}; run "
-                                 f"`memsweep verify {store.output} --repair` to remove them and recompute their cells")
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:

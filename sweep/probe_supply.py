@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -29,12 +28,12 @@ from ray.exceptions import RayError, RayTaskError
 
 from actors.protocol import ProbeBatch
 from sweep.plan import Plan
+from sweep.preflight import DEFAULT_PROBE_CACHE
 from sweep.probes import ProbeBuild, ProbeCache, ProbeSetError, build_probe_set_from, check_vocab, tokens_array
 from sweep.sources import ChunkSource, IdentityMemo, describe_chunks
 from sweep.spec import SweepSpec
 from sweep.store import ResultStore
 
-DEFAULT_PROBE_CACHE = Path("~/.cache/memsweep/probes")
 
 
 @dataclass(frozen=True)

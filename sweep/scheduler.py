@@ -28,7 +28,8 @@ import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from tqdm import tqdm
 
-from actors.protocol import CellOutput, CheckpointError, CheckpointTarget, ScorerSettings, ScoringOptions
+from actors.protocol import (CellInputError, CellOutput, CheckpointError, CheckpointTarget, ScorerSettings,
+                             ScoringOptions)
 from sweep.plan import CheckpointWork, Plan
 from sweep.probe_supply import ProbeSupply, one_line
 from sweep.sources import is_local, resolve_commit
@@ -232,6 +233,8 @@ class Scheduler:
             message = one_line(cause) if cause is not None else _last_line(error)
             if isinstance(cause, CheckpointError):
                 self._checkpoint_failed(assignment, chunk, message)
+            elif isinstance(cause, CellInputError):  # deterministic: another try would fail the same way
+                self._fail_cell(ckpt, chunk, message, self.attempts[(ckpt, chunk)] + 1)
             else:
                 self._retry_or_fail(assignment, chunk, message)
             return

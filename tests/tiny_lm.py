@@ -83,3 +83,27 @@ def _train(sequences, vocab_size, steps, seed, hidden_size, num_layers, learning
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def write_tiny_world(root, checkpoints: int = 2, chunks: int = 2, rows: int = 40, length: int = 32,
+                     vocab_size: int = 64, steps: int = 15):
+    """A miniature training run on disk: `root/data/train/train_00c.jsonl` (raw Amber rows) and
+    `root/model/ckpt_00i/` (save_pretrained), checkpoint i trained on chunks 0..i. Returns `root`.
+
+    A few seconds on two cores: for tests that need real checkpoints and chunk files, not memorization studies.
+    """
+    import json
+    from pathlib import Path
+
+    root = Path(root)
+    (root / "data" / "train").mkdir(parents=True, exist_ok=True)
+    data = [make_sequences(rows, length, vocab_size, seed=100 + chunk) for chunk in range(chunks)]
+    for chunk, sequences in enumerate(data):
+        (root / "data" / "train" / f"train_{chunk:03d}.jsonl").write_text("".join(
+            json.dumps({"token_ids": row.tolist(), "source": f"source{i % 3}"}) + "\n"
+            for i, row in enumerate(sequences)))
+    for ckpt in range(checkpoints):
+        seen = torch.cat(data[: min(ckpt + 1, chunks)])
+        train_memorizing_llama(seen, vocab_size, steps=steps, seed=ckpt).save_pretrained(
+            root / "model" / f"ckpt_{ckpt:03d}")
+    return root
