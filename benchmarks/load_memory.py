@@ -172,6 +172,25 @@ def run_case(loader: str, folder: Path, remap_bytes: int, device: str, limit_kib
     return result
 
 
+def fingerprint_ms_at_7b() -> float:
+    """weights_fingerprint's cost for LLaMA-7B in bf16 on this CPU, estimated without 13.5 GB of memory: one
+    tensor of each of the 7B model's shapes is fingerprinted (best of 5) and weighted by how many it has."""
+    from actors.loading import weights_fingerprint
+
+    counts = {(32000, 4096): 2, (11008, 4096): 64, (4096, 11008): 32, (4096, 4096): 128, (4096,): 65}
+    total = 0.0
+    for shape, count in counts.items():
+        module = torch.nn.Module()
+        module.weight = torch.nn.Parameter(torch.randn(shape, dtype=torch.bfloat16), requires_grad=False)
+        best = float("inf")
+        for _ in range(5):
+            began = time.perf_counter()
+            weights_fingerprint(module)
+            best = min(best, time.perf_counter() - began)
+        total += count * best
+    return 1000 * total
+
+
 def folder_bytes(folder: Path) -> tuple[int, int]:
     """(all weight files, the largest one) in bytes."""
     sizes = [path.stat().st_size for path in find_weight_files(folder).files]
@@ -232,6 +251,7 @@ def main() -> None:
                           f"{gigabytes['file_growth_kib']:8.3f} {gigabytes['after_load_growth_kib']:9.3f} "
                           f"{gigabytes['in_use_growth_kib']:10.3f} {result['fingerprint']:>16} "
                           f"{result['fingerprint_ms']:5.1f}  {','.join(result['dtypes'])}", flush=True)
+        print(f"weights_fingerprint at LLaMA-7B shapes (291 tensors, bf16, CPU), estimated: {fingerprint_ms_at_7b():.0f} ms")
         print(f"fingerprints: {len(fingerprints)} distinct over all loads (1 = every load gave the same bf16 weights)")
         print(f"extrapolated to Amber (ratios to the files of the same layout, times Amber's), {args.device}, bf16:")
         for (layout, loader), (peak, in_use) in peaks.items():
