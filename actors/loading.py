@@ -185,8 +185,8 @@ class OneShardAtATime:
     `from_pretrained` keeps all shards mapped to the end. Here, asking for a tensor of another shard, or
     of the same shard once `remap_bytes` were read through the current mapping, drops the open mapping and
     maps the file again; a dropped mapping is unmapped as soon as the tensors already handed out are cast
-    and freed. So the mapped pages in RSS stay near `remap_bytes` plus the tensors in flight (transformers
-    casts with up to 4 threads), whatever the shard size. A re-map costs one `torch.load` of the shard's
+    and freed. So the mapped pages in RSS stay near `remap_bytes` (twice that while the last tensors of
+    the previous mapping are cast, transformers casting with up to 4 threads), whatever the shard size. A re-map costs one `torch.load` of the shard's
     pickle (milliseconds) or one safetensors header; Amber (27 GB at 1 GiB) takes about 30.
     A returned tensor views the mapped file: for a load in the stored dtype on CPU the model keeps those
     views, exactly as `from_pretrained` does, and their pages stay (as the model itself).
@@ -241,7 +241,7 @@ class OneShardAtATime:
 
 
 class _DeferredTensor:
-    __slots__ = ("reader", "name")
+    __slots__ = ("name", "reader")
 
     def __init__(self, reader: OneShardAtATime, name: str):
         self.reader, self.name = reader, name

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-import actors.loading as loading
+from actors import loading
 from actors.loading import (OneShardAtATime, find_weight_files, load_checkpoint, resolve_attn_implementation,
                             resolve_device, shard_by_shard_weights, stored_dtype, weights_fingerprint)
 from tests.amber_layout import write_bin_shards, write_safetensors_shards
@@ -155,7 +155,7 @@ def test_peak_memory_is_about_the_bf16_model_not_the_mapped_shards(amber_layouts
     files = sum(path.stat().st_size for path in shards)  # about 58 MB
     assert max(path.stat().st_size for path in shards) > 0.33 * files
     script = textwrap.dedent(f"""
-        import actors.loading as loading
+        from actors import loading
         def kib(field):
             return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
         loading.load_checkpoint({str(amber_layouts[0] / "bin-fp32")!r}, None, "bfloat16", "cpu")  # imports
@@ -165,7 +165,7 @@ def test_peak_memory_is_about_the_bf16_model_not_the_mapped_shards(amber_layouts
         model = loading.load_checkpoint({str(tmp_path / "ckpt")!r}, None, "bfloat16", "cpu")
         print((kib("VmHWM") - before) * 1024)
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert done.returncode == 0, done.stderr[-2000:]
     peak = int(done.stdout.split()[-1])
