@@ -22,7 +22,6 @@ at full size".
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -289,41 +288,26 @@ def first_memorized(sequences: Frame, min_misses: int = FORGET_MIN_MISSES) -> pl
         memorized_before_seen   first memorized at a checkpoint that had not trained on its chunk
 
     Why a run and not any later miss: a memorized sequence that misses one token at a single
-    checkpoint (the greedy continuation flickers) is not forgotten, and with 360 checkpoints
-    almost every memorized sequence misses somewhere. "Consecutive" counts the checkpoints that
-    scored the sequence, whatever their spacing: with every 10th checkpoint, 3 misses span 30.
+    checkpoint (the greedy continuation flickers) is not counted as forgotten, because with 360
+    checkpoints almost every memorized sequence misses somewhere (min_misses=1 gives that "any
+    later miss" count). "Consecutive" counts the checkpoints that scored the sequence, whatever
+    their spacing: with every 10th checkpoint scored, 3 misses span 30 checkpoints.
 
-    Cost at full Amber scale (360 x 360 x 1000 = 129.6M rows): one checkpoint's (chunk, row,
-    full_match) in memory at a time plus a few arrays per sequence (360k): well under 1 GB, about
-    10 s on two cores (BENCHMARKS.md). Checkpoints are read in order, one partition each when
-    `sequences` is load_tables' scan (a filter on `ckpt` prunes to that partition's files).
+    Cost at full Amber scale (360 x 360 x 1000 = 129.6M rows): about 4 s and 0.3 GB of RSS on two
+    cores (BENCHMARKS.md). Checkpoints are read in order, one partition each when `sequences` is
+    load_tables' scan (a filter on `ckpt` prunes to that partition's files): one checkpoint's
+    (key, full_match) in memory at a time, plus a few arrays of one entry per sequence (360k).
     """
     if min_misses < 1:
         raise ValueError(f"min_misses must be at least 1 (got {min_misses})")
     history = _SequenceHistory()
-    parts = [(ckpt, part.drop_nulls("full_match")) for ckpt, part in _by_checkpoint(sequences)]
-    for (ckpt, part), scored in zip(parts, _prefetched(part.select(_SEQUENCE_KEY, "full_match") for _, part in parts)):
+    for ckpt, part in _by_checkpoint(sequences):
+        part = part.drop_nulls("full_match")
+        scored = part.select(_SEQUENCE_KEY, "full_match").collect()
         if scored.height:
             # Sources are read only for checkpoints that bring sequences not seen before.
             history.add(ckpt, scored, lambda: part.select(_SEQUENCE_KEY, "source").collect())
     return history.frame(min_misses)
-
-
-def _prefetched(queries):
-    """Collect each LazyFrame of `queries` in order, the next one in a thread while the caller works.
-
-    Polars releases the GIL while it reads, so reading checkpoint c+1 overlaps the numpy work on c;
-    at most two collected frames are alive at a time.
-    """
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for query in queries:
-            upcoming = pool.submit(query.collect)
-            if pending is not None:
-                yield pending.result()
-            pending = upcoming
-        if pending is not None:
-            yield pending.result()
 
 
 class _SequenceHistory:
@@ -452,6 +436,7 @@ def _by_checkpoint(sequences: Frame):
 
     On load_tables' scan the `ckpt == c` filter prunes the scan to partition c's files, so a
     consumer that collects one at a time holds one checkpoint's rows (360k at full Amber scale).
+    Any other LazyFrame is filtered once per checkpoint (fine for small, in-memory ones).
     """
     if isinstance(sequences, pl.DataFrame):
         parts = sequences.partition_by("ckpt", as_dict=True)
