@@ -332,7 +332,7 @@ class _SequenceHistory:
         self._previous: tuple[np.ndarray, np.ndarray | slice] | None = None  # (partition keys, positions)
 
     def add(self, ckpt: int, scored: pl.DataFrame, read_sources) -> None:
-        """Fold in one checkpoint: `scored` has chunk, row and a non-null full_match per row."""
+        """Fold in checkpoint `ckpt` (called in ascending order): `scored` has `key` and a non-null full_match."""
         at = self._positions(_key_array(scored), read_sources)
         memorized = scored["full_match"].to_numpy()
         self.n_ckpts[at] += 1
