@@ -134,7 +134,7 @@ def _child_report(task: dict) -> list[dict]:
 
 def doc_blocks(queries: Path, language: str) -> list[str]:
     """The ```<language> code blocks of a markdown file, in order."""
-    return re.findall(rf"```{language}\n(.*?)```", queries.read_text(), flags=re.S)
+    return re.findall(rf"```{language}\n(.*?)```", queries.read_text(), flags=re.DOTALL)
 
 
 def first_line(code: str) -> str:
@@ -174,14 +174,16 @@ def run_child(task: dict, max_rss_bytes: int, timeout_s: float) -> list[Measurem
     except subprocess.TimeoutExpired:
         process.kill()
         process.communicate()
-        return [Measurement(task["name"], time.perf_counter() - started, peak_seen or None, f"timeout ({timeout_s:.0f} s)")]
+        elapsed = time.perf_counter() - started
+        return [Measurement(task["name"], elapsed, peak_seen or None, f"timeout ({timeout_s:.0f} s)")]
     thread.join()
     elapsed = time.perf_counter() - started
     if killed:
         return [Measurement(task["name"], elapsed, killed[0], f"killed above {max_rss_bytes / 1e9:.1f} GB")]
     if process.returncode != 0:
         lines = [line for line in stderr.strip().splitlines() if line.strip()]
-        return [Measurement(task["name"], elapsed, peak_seen or None, f"error: {lines[-1] if lines else process.returncode}")]
+        error = lines[-1] if lines else f"exit status {process.returncode}"
+        return [Measurement(task["name"], elapsed, peak_seen or None, f"error: {error}")]
     rows = json.loads(stdout.strip().splitlines()[-1])
     return [Measurement(row["name"], row["seconds"], row["peak_rss_bytes"], "ok") for row in rows]
 

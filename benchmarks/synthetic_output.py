@@ -26,8 +26,8 @@ The values are meant to stress the analyses the way a real run would, not to mod
   packed bits (little bit order); --no-nll: `nll`/`tf_accuracy` null; --extractable: `matches`,
   `score`, `match_mask` null (configs/amber-full-matrix.yaml), as the store lands such runs.
 
-Cost at the default size: about 360 x 360k rows, one checkpoint partition in memory at a time
-(under 1 GB of RSS); see the size it prints at the end.
+Cost at the default size: one checkpoint partition (360k rows) in memory at a time; on a 2-core
+VM 56 s and a 0.24 GB peak for 1.74 GB of Parquet (13.4 bytes/row; --extractable: 1.22 GB).
 """
 
 from __future__ import annotations

@@ -306,7 +306,7 @@ def first_memorized(sequences: Frame, min_misses: int = FORGET_MIN_MISSES) -> pl
         scored = part.select(_SEQUENCE_KEY, "full_match").collect()
         if scored.height:
             # Sources are read only for checkpoints that bring sequences not seen before.
-            history.add(ckpt, scored, lambda: part.select(_SEQUENCE_KEY, "source").collect())
+            history.add(ckpt, scored, lambda part=part: part.select(_SEQUENCE_KEY, "source").collect())
     return history.frame(min_misses)
 
 

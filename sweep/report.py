@@ -182,7 +182,7 @@ class HeatmapLayout:
     right: int = 110  # colorbar tick labels and label
 
     @classmethod
-    def for_matrix(cls, n_rows: int, n_cols: int) -> "HeatmapLayout":
+    def for_matrix(cls, n_rows: int, n_cols: int) -> HeatmapLayout:
         # Square cells; a large matrix gets a larger canvas so that cells stay >= 2 px.
         larger = max(n_rows, n_cols, 1)
         target = HEATMAP_LARGE_PX if larger > 120 else HEATMAP_SMALL_PX

@@ -357,7 +357,8 @@ def test_forgetting_needs_consecutive_misses() -> None:
         got = {row["row"]: row for row in table.iter_rows(named=True)}
         assert [got[row]["longest_miss_run"] for row in range(8)] == [1, 2, 3, 1, 1, 0, 3, 0]
         assert [got[row]["forgotten"] for row in range(8)] == [False, False, True, False, False, False, True, False]
-        assert [got[row]["memorized_at_last"] for row in range(8)] == [True, True, True, False, True, False, False, True]
+        at_last = [True, True, True, False, True, False, False, True]
+        assert [got[row]["memorized_at_last"] for row in range(8)] == at_last
         assert got[5]["first_memorized_ckpt"] is None and got[6]["first_memorized_ckpt"] == 5
         assert got[7]["n_ckpts"] == n_ckpts - 300 and got[7]["source"] == "arxiv"
         assert got[6]["n_ckpts"] == 4 and got[6]["last_memorized_ckpt"] == 5
