@@ -138,9 +138,12 @@ def doc_blocks(queries: Path, language: str) -> list[str]:
 
 
 def first_line(code: str) -> str:
-    for line in code.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("--", "#", "import ", "from ")):
+    """A short name for a code block: its leading comment if it has one, else its first statement."""
+    lines = [line.strip() for line in code.splitlines() if line.strip()]
+    if lines and lines[0].startswith(("--", "#")):
+        return lines[0].lstrip("-# ")[:60]
+    for line in lines:
+        if not line.startswith(("import ", "from ")):
             return line[:60]
     return ""
 
@@ -179,7 +182,7 @@ def run_child(task: dict, max_rss_bytes: int, timeout_s: float) -> list[Measurem
     thread.join()
     elapsed = time.perf_counter() - started
     if killed:
-        return [Measurement(task["name"], elapsed, killed[0], f"killed above {max_rss_bytes / 1e9:.1f} GB")]
+        return [Measurement(task["name"], elapsed, killed[0], f"killed above {max_rss_bytes / 1e9:g} GB")]
     if process.returncode != 0:
         lines = [line for line in stderr.strip().splitlines() if line.strip()]
         error = lines[-1] if lines else f"exit status {process.returncode}"
