@@ -426,15 +426,7 @@ def _first_memorized_section(sequences: pl.LazyFrame, out_dir: Path) -> Section:
         note = "No sequence was fully memorized at any checkpoint."
         return Section(title, notes=[note], tables=[_html_table(summary)])
     name = "first_memorized.png"
-    # One bar per checkpoint up to MAX_BARS of them; beyond, bars of `step` checkpoints, so 360
-    # checkpoints give 60 readable bars instead of 360 hairlines.
-    first_ckpts = memorized["first_memorized_ckpt"]
-    step = max(1, -(-(int(first_ckpts.max()) - int(first_ckpts.min()) + 1) // MAX_BARS))
-    counts = (
-        memorized.group_by((pl.col("first_memorized_ckpt") // step * step).alias("bin"))
-        .agg(pl.len().alias("all"), pl.col("forgotten").sum().alias("forgotten"))
-        .sort("bin")
-    )
+    counts, step = first_memorized_counts(memorized)
     ckpts = counts["bin"].to_numpy() + (step - 1) / 2  # bar centre: the middle of its checkpoints
     gaps = np.diff(counts["bin"].to_numpy())
     width = 0.8 * (min(step, int(gaps.min())) if len(gaps) else step)
@@ -455,6 +447,24 @@ def _first_memorized_section(sequences: pl.LazyFrame, out_dir: Path) -> Section:
     axes.grid(alpha=0.3, axis="y")
     figure.savefig(out_dir / name, dpi=DPI)
     return Section(title, image=name, notes=[definition], tables=[_html_table(summary)])
+
+
+def first_memorized_counts(memorized: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Sequences first memorized per checkpoint bin, and the bin width in checkpoints.
+
+    `memorized`: first_memorized rows with a first_memorized_ckpt. One bin per checkpoint while
+    the first checkpoints span at most MAX_BARS; beyond, bins of `step` checkpoints (360
+    checkpoints: 60 bars of 6 instead of 360 hairlines). Returns (`bin`: first checkpoint of the
+    bin, `all`, `forgotten`) sorted by bin, and step.
+    """
+    first_ckpts = memorized["first_memorized_ckpt"]
+    step = max(1, -(-(int(first_ckpts.max()) - int(first_ckpts.min()) + 1) // MAX_BARS))
+    counts = (
+        memorized.group_by((pl.col("first_memorized_ckpt") // step * step).alias("bin"))
+        .agg(pl.len().alias("all"), pl.col("forgotten").sum().alias("forgotten"))
+        .sort("bin")
+    )
+    return counts, step
 
 
 # ---------------------------------------------------------------- page and helpers

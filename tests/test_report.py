@@ -499,6 +499,22 @@ def test_heatmap_shows_every_cell(ckpts: list[int], chunks: list[int]) -> None:
     assert line_px <= max(1.0, min(layout.cell_width, layout.cell_height) / 4) + 1e-9 and line_px <= 2 + 1e-9
 
 
+@pytest.mark.parametrize("n_ckpts, step", [(8, 1), (60, 1), (61, 2), (360, 6)])
+def test_first_memorized_bars_stay_readable(n_ckpts: int, step: int) -> None:
+    from sweep.report import MAX_BARS, first_memorized_counts
+
+    rng = np.random.default_rng(n_ckpts)
+    first = np.concatenate([np.arange(n_ckpts), rng.integers(0, n_ckpts, 500)])  # every checkpoint, then more
+    forgotten = rng.random(first.size) < 0.3
+    memorized = pl.DataFrame({"first_memorized_ckpt": first.astype(np.int32), "forgotten": forgotten})
+    counts, got_step = first_memorized_counts(memorized)
+    assert got_step == step and counts.height <= MAX_BARS + 1
+    assert counts["all"].sum() == first.size and counts["forgotten"].sum() == memorized["forgotten"].sum()
+    bins = counts["bin"].to_list()
+    for start, total in zip(bins, counts["all"]):
+        assert total == int(((first >= start) & (first < start + step)).sum())
+
+
 # ---------------------------------------------------------------- docs/queries.md
 
 
