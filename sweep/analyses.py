@@ -11,12 +11,20 @@ takes those tables (LazyFrame or DataFrame) and returns a small, collected DataF
 is identified by (chunk, row); checkpoint c has seen chunk x when x <= c (Amber saved checkpoint
 i after training on chunk i). "Memorized" means full_match: all l generated tokens are right.
 The same analyses as Polars SQL are in docs/queries.md.
+
+Scale: at full Amber size (360 x 360 cells x 1000 rows = 129.6M sequence rows, 1-2 GB of
+Parquet) nothing here holds the sequences table in memory. Whole-table analyses run on Polars'
+streaming engine and only the columns they need; first_memorized, which needs each sequence's
+history in checkpoint order, reads one checkpoint partition at a time (a filter on `ckpt` prunes
+load_tables' scan to that partition's files). Measured costs: BENCHMARKS.md, "Report and queries
+at full size".
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from sweep.store import CELL_SCHEMA, SEQUENCE_SCHEMA
@@ -102,7 +110,8 @@ def score_distribution(sequences: Frame, ckpt: int | None = None, column: str = 
 
     The values are discrete (score = matches / l, prefix_match in tokens), so each distinct value
     is its own bin. Returns (`<column>`, `count`, `fraction`) sorted by value; nulls are left out
-    (in extractable mode the score is null: use column="prefix_match").
+    (in extractable mode the score is null: use column="prefix_match"). On load_tables' scan it
+    reads one checkpoint's partition (under a second at full Amber scale).
     """
     if column not in ("score", "matches", "prefix_match"):
         raise ValueError(f"unknown sequence column {column!r}; choose score, matches or prefix_match")
@@ -116,7 +125,7 @@ def score_distribution(sequences: Frame, ckpt: int | None = None, column: str = 
         .agg(pl.len().alias("count"))
         .sort(column)
         .with_columns((pl.col("count") / pl.col("count").sum()).alias("fraction"))
-        .collect()
+        .collect(engine="streaming")
     )
 
 
@@ -125,6 +134,10 @@ def per_source(sequences: Frame) -> pl.DataFrame:
 
     Returns (`ckpt`, `source`, `n`, `score` mean (null in extractable mode), `full_match_rate`,
     `mean_prefix_match` in tokens) sorted by checkpoint, then by n descending.
+
+    Streams every row it is given: about 3 s and 0.2 GB for all of 360 x 360 x 1000 rows. For one
+    checkpoint, filter first (`per_source(sequences.filter(pl.col("ckpt") == c))`): on
+    load_tables' scan that reads only that checkpoint's partition.
     """
     return (
         sequences.lazy()
@@ -136,7 +149,7 @@ def per_source(sequences: Frame) -> pl.DataFrame:
             pl.col("prefix_match").cast(pl.Float64).mean().alias("mean_prefix_match"),
         )
         .sort(["ckpt", "n", "source"], descending=[False, True, False])
-        .collect()
+        .collect(engine="streaming")
     )
 
 
@@ -167,6 +180,8 @@ def predictability(sequences: Frame, final_ckpt: int | None = None) -> pl.DataFr
         recall             n_both / n_memorized_final  (null when n_memorized_final is 0)
 
     One row per earlier checkpoint, ascending; empty (same columns) with a single checkpoint.
+    Streams the seen rows of every checkpoint against the final set (a streaming join): about
+    5 s and 0.3 GB at full Amber scale (360 x 360 x 1000 rows, half of them seen).
     """
     sequences = sequences.lazy()
     if final_ckpt is None:
@@ -201,44 +216,202 @@ def predictability(sequences: Frame, final_ckpt: int | None = None) -> pl.DataFr
         )
         .select([pl.col(name).cast(dtype) for name, dtype in PREDICTABILITY_SCHEMA.items()])
         .sort("ckpt")
-        .collect()
+        .collect(engine="streaming")
     )
 
 
-def first_memorized(sequences: Frame) -> pl.DataFrame:
+FORGET_MIN_MISSES = 3  # consecutive scored misses after a first full match that count as forgetting
+
+FIRST_MEMORIZED_SCHEMA = {
+    "chunk": pl.Int32(),
+    "row": pl.Int64(),
+    "source": pl.String(),
+    "n_ckpts": pl.UInt32(),
+    "n_memorized_ckpts": pl.UInt32(),
+    "first_memorized_ckpt": pl.Int32(),
+    "last_memorized_ckpt": pl.Int32(),
+    "longest_miss_run": pl.UInt32(),
+    "forgotten": pl.Boolean(),
+    "memorized_at_last": pl.Boolean(),
+    "memorized_before_seen": pl.Boolean(),
+}
+
+
+def first_memorized(sequences: Frame, min_misses: int = FORGET_MIN_MISSES) -> pl.DataFrame:
     """When each sequence was first memorized, and whether it was forgotten afterwards.
 
-    One row per (chunk, row), sorted by chunk then row:
-        source                  the row's data source
+    One row per (chunk, row) with at least one non-null full_match, sorted by chunk then row:
+        source                  the row's data source (as at the first checkpoint that scored it)
         n_ckpts                 checkpoints that scored it (non-null full_match)
         n_memorized_ckpts       of those, how many had it fully memorized
         first_memorized_ckpt    first checkpoint with full_match (null if never)
         last_memorized_ckpt     last checkpoint with full_match (null if never)
-        forgotten               memorized, then not at some later checkpoint
+        longest_miss_run        the longest run of consecutive scoring checkpoints without a full
+                                match after the first one with it (0 if never memorized)
+        forgotten               longest_miss_run >= min_misses: after its first full match, it
+                                was not reproduced at `min_misses` (default 3) checkpoints in a row
         memorized_at_last       full_match at the last checkpoint that scored it
         memorized_before_seen   first memorized at a checkpoint that had not trained on its chunk
+
+    Why a run and not any later miss: a memorized sequence that misses one token at a single
+    checkpoint (the greedy continuation flickers) is not counted as forgotten, because with 360
+    checkpoints almost every memorized sequence misses somewhere (min_misses=1 gives that "any
+    later miss" count). "Consecutive" counts the checkpoints that scored the sequence, whatever
+    their spacing: with every 10th checkpoint scored, 3 misses span 30 checkpoints.
+
+    Cost at full Amber scale (360 x 360 x 1000 = 129.6M rows): about 4 s and 0.3 GB of RSS on two
+    cores (BENCHMARKS.md). Checkpoints are read in order, one partition each when `sequences` is
+    load_tables' scan (a filter on `ckpt` prunes to that partition's files): one checkpoint's
+    (key, full_match) in memory at a time, plus a few arrays of one entry per sequence (360k).
     """
-    scored = sequences.lazy().drop_nulls("full_match")
-    memorized = pl.col("full_match")
-    first_ckpt = pl.col("ckpt").filter(memorized).min()
-    return (
-        scored.group_by("chunk", "row")
-        .agg(
-            pl.col("source").first(),
-            pl.len().alias("n_ckpts"),
-            memorized.sum().cast(pl.UInt32).alias("n_memorized_ckpts"),
-            first_ckpt.alias("first_memorized_ckpt"),
-            pl.col("ckpt").filter(memorized).max().alias("last_memorized_ckpt"),
-            # Forgotten: some checkpoint after the first memorized one no longer reproduces it.
-            (pl.col("ckpt").filter(~memorized).max() > first_ckpt).fill_null(False).alias("forgotten"),
-            memorized.sort_by("ckpt").last().alias("memorized_at_last"),
+    if min_misses < 1:
+        raise ValueError(f"min_misses must be at least 1 (got {min_misses})")
+    history = _SequenceHistory()
+    for ckpt, part in _by_checkpoint(sequences):
+        part = part.drop_nulls("full_match")
+        scored = part.select(_SEQUENCE_KEY, "full_match").collect()
+        if scored.height:
+            # Sources are read only for checkpoints that bring sequences not seen before.
+            history.add(ckpt, scored, lambda part=part: part.select(_SEQUENCE_KEY, "source").collect())
+    return history.frame(min_misses)
+
+
+class _SequenceHistory:
+    """Per-sequence counters for first_memorized, updated one checkpoint at a time, in order.
+
+    Sequences are keyed by _SEQUENCE_KEY (int64, sorted = sorted by (chunk, row)); every state
+    array is indexed like `keys`.
+    """
+
+    NONE = np.iinfo(np.int64).min  # "no checkpoint yet" in first/last
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, dtype=np.int64)
+        self.n_ckpts = np.empty(0, dtype=np.uint32)
+        self.n_memorized = np.empty(0, dtype=np.uint32)
+        self.first = np.empty(0, dtype=np.int64)
+        self.last = np.empty(0, dtype=np.int64)
+        self.at_last = np.empty(0, dtype=bool)
+        self.miss_run = np.empty(0, dtype=np.uint32)  # consecutive misses since the first full match
+        self.longest_miss_run = np.empty(0, dtype=np.uint32)
+        self.sources: list[pl.DataFrame] = []
+        self._previous: tuple[np.ndarray, np.ndarray | slice] | None = None  # (partition keys, positions)
+
+    def add(self, ckpt: int, scored: pl.DataFrame, read_sources) -> None:
+        """Fold in checkpoint `ckpt` (called in ascending order): `scored` has `key` and a non-null full_match."""
+        at = self._positions(_key_array(scored), read_sources)
+        memorized = scored["full_match"].to_numpy()
+        self.n_ckpts[at] += 1
+        self.n_memorized[at] += memorized
+        first = self.first[at]
+        first[memorized & (first == self.NONE)] = ckpt
+        self.first[at] = first
+        last = self.last[at]
+        last[memorized] = ckpt
+        self.last[at] = last
+        self.at_last[at] = memorized
+        # Misses in a row since the first full match (0 before it and after every hit).
+        run = self.miss_run[at] + 1
+        run[memorized | (first == self.NONE)] = 0
+        self.miss_run[at] = run
+        self.longest_miss_run[at] = np.maximum(self.longest_miss_run[at], run)
+
+    def _positions(self, keys: np.ndarray, read_sources) -> np.ndarray | slice:
+        """Where each of `keys` sits in the state arrays (a slice when they are all of them, in order)."""
+        # Most checkpoints score the same sequences in the same order: reuse the last lookup.
+        if self._previous is not None and np.array_equal(self._previous[0], keys):
+            return self._previous[1]
+        positions = np.searchsorted(self.keys, keys)
+        known = positions < self.keys.size
+        known[known] = self.keys[positions[known]] == keys[known]
+        if not known.all():
+            fresh = keys[~known]
+            # A compacted partition is sorted by (chunk, row): skip the sort np.unique would do.
+            if fresh.size > 1 and not (np.diff(fresh) > 0).all():
+                fresh = np.unique(fresh)
+            self._grow(fresh)
+            sources = read_sources()
+            if not known.any():
+                self.sources.append(sources)
+            else:
+                self.sources.append(sources.filter(pl.Series(np.isin(_key_array(sources), fresh))))
+            positions = np.searchsorted(self.keys, keys)
+        if positions.size == self.keys.size and np.array_equal(positions, np.arange(positions.size)):
+            positions = slice(None)
+        self._previous = (keys, positions)
+        return positions
+
+    def _grow(self, new_keys: np.ndarray) -> None:
+        """Add sorted, unique keys not held yet; existing state moves to the keys' new positions."""
+        merged = np.union1d(self.keys, new_keys) if self.keys.size else new_keys
+        old_at = np.searchsorted(merged, self.keys)
+        for name, fill in (("n_ckpts", 0), ("n_memorized", 0), ("first", self.NONE), ("last", self.NONE),
+                           ("at_last", False), ("miss_run", 0), ("longest_miss_run", 0)):
+            old = getattr(self, name)
+            grown = np.full(merged.size, fill, dtype=old.dtype)
+            grown[old_at] = old
+            setattr(self, name, grown)
+        self.keys = merged
+
+    def frame(self, min_misses: int) -> pl.DataFrame:
+        """The first_memorized table (FIRST_MEMORIZED_SCHEMA), sorted by chunk then row."""
+        if self.keys.size == 0:
+            return pl.DataFrame(schema=FIRST_MEMORIZED_SCHEMA)
+        sources = pl.concat(self.sources).unique("key", keep="first").sort("key")
+        table = pl.DataFrame(
+            {
+                "chunk": self.keys >> 32,
+                "row": self.keys & 0xFFFFFFFF,
+                "source": sources["source"],
+                "n_ckpts": self.n_ckpts,
+                "n_memorized_ckpts": self.n_memorized,
+                "first_memorized_ckpt": self.first,
+                "last_memorized_ckpt": self.last,
+                "longest_miss_run": self.longest_miss_run,
+                "memorized_at_last": self.at_last,
+            }
         )
-        .with_columns(
-            (pl.col("first_memorized_ckpt") < pl.col("chunk")).fill_null(False).alias("memorized_before_seen")
+        never = pl.col("first_memorized_ckpt") == self.NONE
+        table = table.with_columns(
+            pl.when(~never).then(pl.col(name)).alias(name) for name in ("first_memorized_ckpt", "last_memorized_ckpt")
         )
-        .sort("chunk", "row")
-        .collect()
-    )
+        return table.with_columns(
+            (pl.col("longest_miss_run") >= min_misses).alias("forgotten"),
+            (pl.col("first_memorized_ckpt") < pl.col("chunk")).fill_null(False).alias("memorized_before_seen"),
+        ).select([pl.col(name).cast(dtype) for name, dtype in FIRST_MEMORIZED_SCHEMA.items()])
+
+
+# A sequence's key: chunk * 2**32 + row as one Int64, ordered like (chunk, row); null where the
+# row number does not fit in 32 bits (row numbers are line numbers in a chunk file).
+_SEQUENCE_KEY = (
+    pl.when(pl.col("row").is_between(0, (1 << 32) - 1))
+    .then(pl.col("chunk").cast(pl.Int64) * (1 << 32) + pl.col("row").cast(pl.Int64))
+    .alias("key")
+)
+
+
+def _key_array(frame: pl.DataFrame) -> np.ndarray:
+    """The `key` column (see _SEQUENCE_KEY) as int64; raises if a row number did not fit."""
+    if frame["key"].null_count():
+        raise ValueError("sequences table: row numbers must lie in 0..2**32-1 to tell sequences apart")
+    return frame["key"].to_numpy()
+
+
+def _by_checkpoint(sequences: Frame):
+    """(ckpt, that checkpoint's rows as a LazyFrame) for every checkpoint, ascending.
+
+    On load_tables' scan the `ckpt == c` filter prunes the scan to partition c's files, so a
+    consumer that collects one at a time holds one checkpoint's rows (360k at full Amber scale).
+    Any other LazyFrame is filtered once per checkpoint (fine for small, in-memory ones).
+    """
+    if isinstance(sequences, pl.DataFrame):
+        parts = sequences.partition_by("ckpt", as_dict=True)
+        for (ckpt,) in sorted(parts):
+            yield int(ckpt), parts[(ckpt,)].lazy()
+        return
+    ckpts = sequences.select(pl.col("ckpt").unique().sort()).collect(engine="streaming")["ckpt"]
+    for ckpt in ckpts.drop_nulls().to_list():
+        yield int(ckpt), sequences.filter(pl.col("ckpt") == ckpt)
 
 
 def is_extractable_mode(table: Frame) -> bool:

@@ -6,16 +6,23 @@ The page shows the run (name, spec, identity hash), checkpoint x chunk heatmaps 
 memorization score and of the full-match (k-extractable) rate, score trajectories of a few
 chunks, the per-sequence score distribution at the last checkpoint, a per-source breakdown,
 predictability of the final memorized set from earlier checkpoints, and when sequences were
-first memorized (and how many were forgotten). Numbers come from sweep/analyses.py.
+first memorized (and how many were forgotten: not reproduced at analyses.FORGET_MIN_MISSES
+consecutive checkpoints after the first full match). Numbers come from sweep/analyses.py.
 
 Figures are drawn on matplotlib `Figure` objects (Agg, no pyplot), so making a report neither
-needs a display nor touches global plotting state.
+needs a display nor touches global plotting state. Heatmaps give every cell whole pixels (3 x 3
+at 360 x 360, a 1310 x 1215 px PNG; the page scales it, the image links to itself).
+
+Cost at full Amber scale (360 x 360 x 1000 = 129.6M sequence rows): 8.5-15.5 s and 0.3 GB of RSS on
+a busy two-core machine, most of it first_memorized and predictability (BENCHMARKS.md, "Report
+and queries at full size"); the cells table (129.6k rows) is the only table held whole.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +30,7 @@ import matplotlib
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from sweep import analyses
@@ -41,6 +49,11 @@ FIGURE_NAMES = (
 )
 DEFAULT_TRAJECTORY_CHUNKS = 5
 MAX_TABLE_ROWS = 15
+MAX_BARS = 60  # first-memorized histogram: more checkpoints than this are binned
+HEATMAP_LARGE_PX = 1080  # the longer side of a heatmap's cells with more than 120 rows or columns
+HEATMAP_SMALL_PX = 720  # ... and with fewer
+MIN_CELL_PX = 2
+MIN_AXES_PX = 300  # the colorbar label (wrapped) fits beside an axes this tall
 DPI = 110
 
 METRIC_LABELS = {
@@ -147,41 +160,73 @@ def _overview_section(
     return section
 
 
+@dataclass(frozen=True)
+class HeatmapLayout:
+    """Pixel geometry of a checkpoint x chunk heatmap: whole pixels per cell, margins around it.
+
+    The axes are exactly n_chunks x cell_width by n_ckpts x cell_height pixels, so every cell is
+    drawn as a block of whole pixels (no resampling drops a row or column): at 360 x 360 that is
+    3 px per cell and a 1080 px square, at 8 x 8 90 px per cell. The legend and the colorbar sit
+    in margins of their own, outside the axes, so no cell is hidden.
+    """
+
+    cell_width: int
+    cell_height: int
+    n_cols: int
+    n_rows: int
+    left: int = 80  # y tick labels and label
+    bottom: int = 95  # x tick labels and label, then the legend band
+    top: int = 40  # title
+    gap: int = 20  # axes to colorbar
+    colorbar: int = 20
+    right: int = 110  # colorbar tick labels and label
+
+    @classmethod
+    def for_matrix(cls, n_rows: int, n_cols: int) -> HeatmapLayout:
+        # Square cells; a large matrix gets a larger canvas so that cells stay >= 2 px.
+        larger = max(n_rows, n_cols, 1)
+        target = HEATMAP_LARGE_PX if larger > 120 else HEATMAP_SMALL_PX
+        cell = max(MIN_CELL_PX, target // larger)
+        # A very flat or very narrow matrix still gets an axes the colorbar label fits beside.
+        return cls(
+            cell_width=max(cell, -(-MIN_AXES_PX // max(n_cols, 1))),
+            cell_height=max(cell, -(-MIN_AXES_PX // max(n_rows, 1))),
+            n_cols=n_cols,
+            n_rows=n_rows,
+        )
+
+    @property
+    def axes_width(self) -> int:
+        return self.cell_width * self.n_cols
+
+    @property
+    def axes_height(self) -> int:
+        return self.cell_height * self.n_rows
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the whole figure in pixels."""
+        width = self.left + self.axes_width + self.gap + self.colorbar + self.right
+        return width, self.bottom + self.axes_height + self.top
+
+    def rect(self, x: int, width: int) -> list[float]:
+        """A figure-fraction rectangle spanning the axes' height, `width` px wide from `x` px."""
+        figure_width, figure_height = self.size
+        return [x / figure_width, self.bottom / figure_height, width / figure_width, self.axes_height / figure_height]
+
+
 def _heatmap_section(cells: pl.DataFrame, metric: str, out_dir: Path) -> Section:
     matrix = analyses.score_matrix(cells, metric=metric)
-    ckpts = matrix["ckpt"].to_list()
-    chunk_ids = [int(name) for name in matrix.columns[1:]]
-    values = matrix.select(matrix.columns[1:]).cast(pl.Float64).fill_null(float("nan")).to_numpy()
     title = f"{METRIC_TITLES[metric]}, checkpoint x chunk"
     name = f"heatmap_{metric}.png"
-
-    figure = Figure(figsize=(8, 6.5), layout="constrained")
-    axes = figure.add_subplot()
-    colours = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
-    image = axes.imshow(
-        np.ma.masked_invalid(values), origin="lower", aspect="auto", interpolation="nearest", cmap=colours
-    )
-    figure.colorbar(image, ax=axes, label=METRIC_LABELS[metric])
-    # Rows and columns are positions, not ids (a sweep may skip checkpoints): label with the ids.
-    _label_positions(axes.set_xticks, chunk_ids)
-    _label_positions(axes.set_yticks, ckpts)
-    axes.set_xlabel("data chunk")
-    axes.set_ylabel("checkpoint")
-    axes.set_title(title)
-    # Staircase between seen (chunk <= ckpt, left) and unseen (right) cells of each row.
-    seen_counts = [sum(1 for chunk in chunk_ids if chunk <= ckpt) for ckpt in ckpts]
-    xs = [count - 0.5 for count in seen_counts for _ in (0, 1)]
-    ys = [row + offset for row in range(len(ckpts)) for offset in (-0.5, 0.5)]
-    axes.plot(xs, ys, color="red", linewidth=1.2, linestyle="--", label="seen | unseen (chunk = ckpt)")
-    axes.set_xlim(-0.5, len(chunk_ids) - 0.5)
-    axes.set_ylim(-0.5, len(ckpts) - 0.5)
-    axes.legend(loc="upper left", fontsize="small", framealpha=0.8)
+    figure, layout = heatmap_figure(matrix, title, METRIC_LABELS[metric])
     figure.savefig(out_dir / name, dpi=DPI)
 
     section = Section(title, image=name)
     section.notes.append(
-        f"{len(ckpts)} checkpoints x {len(chunk_ids)} chunks; grey = cell not in the dataset. Cells left "
-        "of the dashed line were trained on by that checkpoint (chunk <= ckpt)."
+        f"{matrix.height} checkpoints x {matrix.width - 1} chunks, {layout.cell_width} x {layout.cell_height} px "
+        "per cell (click the image for full size); grey = cell not in the dataset. Cells left of the red line "
+        "were trained on by that checkpoint (chunk <= ckpt)."
     )
     seen = cells.filter(pl.col("chunk") <= pl.col("ckpt"))
     unseen = cells.filter(pl.col("chunk") > pl.col("ckpt"))
@@ -192,6 +237,51 @@ def _heatmap_section(cells: pl.DataFrame, metric: str, out_dir: Path) -> Section
     ]
     section.notes.append(f"Mean over {'; over '.join(means)}.")
     return section
+
+
+def heatmap_figure(matrix: pl.DataFrame, title: str, colour_label: str) -> tuple[Figure, HeatmapLayout]:
+    """Draw a score_matrix (`ckpt` + one column per chunk) as a heatmap with the seen/unseen staircase.
+
+    The figure is layout.size pixels at DPI; the axes hold exactly the cells (HeatmapLayout), the
+    legend sits below the x axis label and the colorbar right of the axes, so no cell is covered.
+    """
+    ckpts = matrix["ckpt"].to_list()
+    chunk_ids = [int(name) for name in matrix.columns[1:]]
+    values = matrix.select(matrix.columns[1:]).cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    layout = HeatmapLayout.for_matrix(len(ckpts), len(chunk_ids))
+    width, height = layout.size
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    axes = figure.add_axes(layout.rect(layout.left, layout.axes_width))
+    colour_axes = figure.add_axes(layout.rect(layout.left + layout.axes_width + layout.gap, layout.colorbar))
+    missing_colour = "0.85"
+    colours = matplotlib.colormaps["viridis"].with_extremes(bad=missing_colour)
+    image = axes.imshow(
+        np.ma.masked_invalid(values), origin="lower", aspect="auto", interpolation="nearest", cmap=colours
+    )
+    # The colorbar label runs along the axes' height; a short heatmap gets it on two or more lines.
+    figure.colorbar(image, cax=colour_axes, label=textwrap.fill(colour_label, max(20, layout.axes_height // 8)))
+    # Rows and columns are positions, not ids (a sweep may skip checkpoints): label with the ids.
+    _label_positions(axes.set_xticks, chunk_ids)
+    _label_positions(axes.set_yticks, ckpts)
+    axes.set_xlabel("data chunk")
+    axes.set_ylabel("checkpoint")
+    axes.set_title(title)
+    # Staircase between seen (chunk <= ckpt, left) and unseen (right) cells of each row, on the
+    # cell edges and thinner than a cell, so it marks the boundary without covering cells.
+    seen_counts = [sum(1 for chunk in chunk_ids if chunk <= ckpt) for ckpt in ckpts]
+    xs = [count - 0.5 for count in seen_counts for _ in (0, 1)]
+    ys = [row + offset for row in range(len(ckpts)) for offset in (-0.5, 0.5)]
+    line_px = min(2.0, max(1.0, min(layout.cell_width, layout.cell_height) / 4))
+    (boundary,) = axes.plot(xs, ys, color="red", linewidth=line_px * 72 / DPI, solid_joinstyle="miter")
+    axes.set_xlim(-0.5, len(chunk_ids) - 0.5)
+    axes.set_ylim(-0.5, len(ckpts) - 0.5)
+    handles = [boundary, Patch(facecolor=missing_colour, edgecolor="0.5", linewidth=0.5)]
+    labels = ["seen | unseen (left of the line: chunk <= ckpt)", "cell not in the dataset"]
+    figure.legend(
+        handles, labels, loc="lower left", bbox_to_anchor=(layout.left / width, 4 / height),
+        ncols=2, frameon=False, fontsize="small",
+    )
+    return figure, layout
 
 
 def _trajectory_section(trajectories: pl.DataFrame, metric: str, out_dir: Path) -> Section:
@@ -252,7 +342,8 @@ def _distribution_section(sequences: pl.LazyFrame, last_ckpt: int, extractable: 
 
 
 def _per_source_section(sequences: pl.LazyFrame, last_ckpt: int, extractable: bool, out_dir: Path) -> Section:
-    table = analyses.per_source(sequences).filter(pl.col("ckpt") == last_ckpt).drop("ckpt")
+    # Filtering before per_source reads one checkpoint's partition, not all of them.
+    table = analyses.per_source(sequences.filter(pl.col("ckpt") == last_ckpt)).drop("ckpt")
     title = f"By data source, checkpoint {last_ckpt}"
     name = "per_source.png"
     first_metric = "mean_prefix_match" if extractable else "score"
@@ -307,6 +398,7 @@ def _predictability_section(sequences: pl.LazyFrame, last_ckpt: int, out_dir: Pa
 
 def _first_memorized_section(sequences: pl.LazyFrame, out_dir: Path) -> Section:
     table = analyses.first_memorized(sequences)
+    runs = analyses.FORGET_MIN_MISSES
     memorized = table.filter(pl.col("first_memorized_ckpt").is_not_null())
     forgotten = int(memorized["forgotten"].sum())
     title = "When sequences were first memorized"
@@ -314,30 +406,39 @@ def _first_memorized_section(sequences: pl.LazyFrame, out_dir: Path) -> Section:
         [
             ("sequences", table.height),
             ("ever memorized", memorized.height),
-            ("forgotten later (memorized, then not at a later checkpoint)", forgotten),
+            (f"forgotten: after the first full match, missed at >= {runs} checkpoints in a row", forgotten),
+            ("memorized at some checkpoint, not at the last that scored it",
+             int((~memorized["memorized_at_last"]).sum())),
+            ("missed at some checkpoint after the first full match (single misses included)",
+             int((memorized["longest_miss_run"] > 0).sum())),
             ("memorized at their last checkpoint", int(table["memorized_at_last"].sum())),
             ("first memorized before their chunk was trained on", int(table["memorized_before_seen"].sum())),
         ],
         schema=["sequences", "count"],
         orient="row",
     )
+    definition = (
+        f"Forgotten means not reproduced at {runs} or more consecutive checkpoints (of those that scored the "
+        "sequence) after its first full match. A single miss is more likely the greedy continuation flickering "
+        "than forgetting, and with hundreds of checkpoints nearly every memorized sequence has one."
+    )
     if memorized.height == 0:
         note = "No sequence was fully memorized at any checkpoint."
         return Section(title, notes=[note], tables=[_html_table(summary)])
     name = "first_memorized.png"
-    counts = (
-        memorized.group_by("first_memorized_ckpt")
-        .agg(pl.len().alias("all"), pl.col("forgotten").sum().alias("forgotten"))
-        .sort("first_memorized_ckpt")
-    )
-    ckpts = counts["first_memorized_ckpt"].to_numpy()
-    width = 0.8 * (np.min(np.diff(ckpts)) if len(ckpts) > 1 else 1)
+    counts, step = first_memorized_counts(memorized)
+    ckpts = counts["bin"].to_numpy() + (step - 1) / 2  # bar centre: the middle of its checkpoints
+    gaps = np.diff(counts["bin"].to_numpy())
+    width = 0.8 * (min(step, int(gaps.min())) if len(gaps) else step)
     kept = (counts["all"] - counts["forgotten"]).to_numpy()
     figure = Figure(figsize=(8, 4.5), layout="constrained")
     axes = figure.add_subplot()
-    axes.bar(ckpts, kept, width=width, color="tab:blue", label="never forgotten")
-    axes.bar(ckpts, counts["forgotten"].to_numpy(), width=width, bottom=kept, color="tab:red", label="forgotten later")
-    axes.set_xlabel("checkpoint of first full match")
+    axes.bar(ckpts, kept, width=width, color="tab:blue", label="not forgotten")
+    axes.bar(
+        ckpts, counts["forgotten"].to_numpy(), width=width, bottom=kept, color="tab:red",
+        label=f"forgotten later (>= {runs} misses in a row)",
+    )
+    axes.set_xlabel("checkpoint of first full match" + (f" (bars of {step} checkpoints)" if step > 1 else ""))
     axes.set_ylabel("sequences")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -345,7 +446,25 @@ def _first_memorized_section(sequences: pl.LazyFrame, out_dir: Path) -> Section:
     axes.legend()
     axes.grid(alpha=0.3, axis="y")
     figure.savefig(out_dir / name, dpi=DPI)
-    return Section(title, image=name, tables=[_html_table(summary)])
+    return Section(title, image=name, notes=[definition], tables=[_html_table(summary)])
+
+
+def first_memorized_counts(memorized: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Sequences first memorized per checkpoint bin, and the bin width in checkpoints.
+
+    `memorized`: first_memorized rows with a first_memorized_ckpt. One bin per checkpoint while
+    the first checkpoints span at most MAX_BARS; beyond, bins of `step` checkpoints (360
+    checkpoints: 60 bars of 6 instead of 360 hairlines). Returns (`bin`: first checkpoint of the
+    bin, `all`, `forgotten`) sorted by bin, and step.
+    """
+    first_ckpts = memorized["first_memorized_ckpt"]
+    step = max(1, -(-(int(first_ckpts.max()) - int(first_ckpts.min()) + 1) // MAX_BARS))
+    counts = (
+        memorized.group_by((pl.col("first_memorized_ckpt") // step * step).alias("bin"))
+        .agg(pl.len().alias("all"), pl.col("forgotten").sum().alias("forgotten"))
+        .sort("bin")
+    )
+    return counts, step
 
 
 # ---------------------------------------------------------------- page and helpers
@@ -366,7 +485,10 @@ def _render_page(run_name: str, sections: list[Section]) -> str:
     for section in sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         if section.image is not None:
-            parts.append(f'<img src="{section.image}" alt="{html.escape(section.title)}">')
+            # Linked to itself: the page scales figures to its width, a click shows every pixel.
+            parts.append(
+                f'<a href="{section.image}"><img src="{section.image}" alt="{html.escape(section.title)}"></a>'
+            )
         parts.extend(f"<p>{html.escape(note)}</p>" for note in section.notes)
         parts.extend(section.tables)
     parts.append("</body></html>")
@@ -403,7 +525,7 @@ def _spread_rows(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _label_positions(set_ticks, ids: list[int], max_ticks: int = 10) -> None:
-    """Tick an axis whose positions 0..n-1 stand for `ids`: at round ids where those exist."""
+    """Tick an axis whose positions 0..n-1 stand for `ids`: the first and last id, and round ids between."""
     if not ids:
         return
     wanted = MaxNLocator(nbins=max_ticks, integer=True).tick_values(min(ids), max(ids))
@@ -411,6 +533,12 @@ def _label_positions(set_ticks, ids: list[int], max_ticks: int = 10) -> None:
     positions = sorted({position_of[int(value)] for value in wanted if int(value) in position_of})
     if len(positions) < min(3, len(ids)):  # irregular ids (a sparse sweep): spread positions instead
         positions = _spread(list(range(len(ids))), max_ticks)
+    # The ends are always labelled; a round tick crowding an end label gives way to it.
+    last = len(ids) - 1
+    crowded = max(1, round(len(ids) / (2 * max_ticks)))
+    positions = sorted(
+        {0, last} | {p for p in positions if min(p, last - p) >= crowded}
+    )
     set_ticks(positions, [str(ids[p]) for p in positions])
 
 

@@ -258,26 +258,99 @@ def test_predictability_single_checkpoint_is_empty() -> None:
     assert table.height == 0 and "precision" in table.columns
 
 
+def longest_miss_runs(records: list[dict]) -> dict[tuple[int, int], int]:
+    """(chunk, row) -> longest run of consecutive scored misses after the first full match, in plain Python."""
+    histories: dict[tuple[int, int], list[tuple[int, bool]]] = {}
+    for r in records:
+        if r["full_match"] is not None:
+            histories.setdefault((r["chunk"], r["row"]), []).append((r["ckpt"], r["full_match"]))
+    longest = {}
+    for key, history in histories.items():
+        run = best = 0
+        seen_hit = False
+        for _, hit in sorted(history):
+            seen_hit = seen_hit or hit
+            run = 0 if hit or not seen_hit else run + 1
+            best = max(best, run)
+        longest[key] = best
+    return longest
+
+
 def test_first_memorized(landed: Path, records: list[dict]) -> None:
     sequences, _ = analyses.load_tables(landed)
     table = analyses.first_memorized(sequences)
+    assert table.schema == pl.Schema(analyses.FIRST_MEMORIZED_SCHEMA)
     by_key: dict[tuple[int, int], list[tuple[int, bool]]] = {}
     for r in records:
         by_key.setdefault((r["chunk"], r["row"]), []).append((r["ckpt"], r["full_match"]))
+    runs = longest_miss_runs(records)
     assert table.height == len(by_key)
-    n_forgotten = 0
+    assert table.select("chunk", "row").rows() == sorted(by_key)
     for got in table.iter_rows(named=True):
-        history = sorted(by_key[(got["chunk"], got["row"])])
+        key = (got["chunk"], got["row"])
+        history = sorted(by_key[key])
         hits = [c for c, fm in history if fm]
         first = hits[0] if hits else None
-        forgotten = first is not None and any(not fm and c > first for c, fm in history)
-        n_forgotten += forgotten
         assert got["first_memorized_ckpt"] == first
         assert got["last_memorized_ckpt"] == (hits[-1] if hits else None)
-        assert got["forgotten"] == forgotten
+        assert got["n_ckpts"] == len(history) and got["n_memorized_ckpts"] == len(hits)
+        assert got["longest_miss_run"] == runs[key]
+        assert got["forgotten"] == (runs[key] >= analyses.FORGET_MIN_MISSES)
         assert got["memorized_at_last"] == history[-1][1]
         assert got["memorized_before_seen"] == (first is not None and first < got["chunk"])
-    assert 0 < n_forgotten < table.height  # the fixture really has forgetting
+        assert got["source"] == next(r["source"] for r in records if (r["chunk"], r["row"]) == key)
+    # The fixture forgets after 1-2 checkpoints and has 5: min_misses decides what counts.
+    counts = [analyses.first_memorized(sequences, min_misses=m)["forgotten"].sum() for m in (1, 2, 3)]
+    assert counts == [sum(run >= m for run in runs.values()) for m in (1, 2, 3)]
+    assert counts[0] > counts[1] > 0
+
+
+def test_forgetting_needs_consecutive_misses() -> None:
+    # 360 checkpoints; each sequence memorized from checkpoint 10 on except where `misses` says.
+    n_ckpts = 360
+    misses = {
+        0: {200},  # one miss: a flicker, not forgetting
+        1: {200, 201},  # two in a row: still not
+        2: {200, 201, 202},  # three in a row: forgotten (then relearned)
+        3: {n_ckpts - 1},  # missed only at the last checkpoint: not forgotten, not memorized at last
+        4: set(range(11, n_ckpts - 1, 2)),  # every other checkpoint: never two misses in a row
+        5: set(range(10, n_ckpts)),  # never memorized at all
+    }
+    rows = [
+        {"ckpt": ckpt, "chunk": 3, "row": row, "source": "c4", "full_match": ckpt >= 10 and ckpt not in missed}
+        for row, missed in misses.items()
+        for ckpt in range(n_ckpts)
+    ]
+    # Row 6 is scored only from checkpoint 5 on and with gaps: hit at 5, unscored until 349, then
+    # three scored misses: consecutive among the checkpoints that scored it, so forgotten. Row 7's
+    # null full_match (not scored) rows are no misses.
+    rows += [{"ckpt": c, "chunk": 3, "row": 6, "source": "book", "full_match": c == 5} for c in (5, 350, 351, 352)]
+    rows += [
+        {"ckpt": c, "chunk": 1, "row": 7, "source": "arxiv", "full_match": None if 1 <= c <= 300 else True}
+        for c in range(n_ckpts)
+    ]
+    frame = pl.DataFrame(rows, schema={"ckpt": pl.Int32, "chunk": pl.Int32, "row": pl.Int64, "source": pl.String,
+                                       "full_match": pl.Boolean})
+    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=1)  # no order is promised by a reader
+    for sequences in (shuffled, shuffled.lazy()):
+        table = analyses.first_memorized(sequences)
+        assert table.select("chunk", "row").rows() == [(1, 7), *[(3, row) for row in range(7)]]
+        got = {row["row"]: row for row in table.iter_rows(named=True)}
+        assert [got[row]["longest_miss_run"] for row in range(8)] == [1, 2, 3, 1, 1, 0, 3, 0]
+        assert [got[row]["forgotten"] for row in range(8)] == [False, False, True, False, False, False, True, False]
+        at_last = [True, True, True, False, True, False, False, True]
+        assert [got[row]["memorized_at_last"] for row in range(8)] == at_last
+        assert got[5]["first_memorized_ckpt"] is None and got[6]["first_memorized_ckpt"] == 5
+        assert got[7]["n_ckpts"] == n_ckpts - 300 and got[7]["source"] == "arxiv"
+        assert got[6]["n_ckpts"] == 4 and got[6]["last_memorized_ckpt"] == 5
+    with pytest.raises(ValueError, match="min_misses must be at least 1"):
+        analyses.first_memorized(frame, min_misses=0)
+
+
+def test_first_memorized_rejects_rows_it_cannot_key() -> None:
+    frame = pl.DataFrame({"ckpt": [0], "chunk": [0], "row": [1 << 40], "source": ["c4"], "full_match": [True]})
+    with pytest.raises(ValueError, match=r"row numbers must lie in 0\.\.2\*\*32-1"):
+        analyses.first_memorized(frame)
 
 
 def test_extractable_mode_detection(tmp_path: Path, records: list[dict]) -> None:
@@ -360,6 +433,69 @@ def test_write_report_extractable_mode_without_nll(tmp_path: Path, records: list
         assert_readable_png(index.parent / name)
 
 
+def heatmap_matrix(ckpts: list[int], chunks: list[int], seed: int = 0) -> pl.DataFrame:
+    """A score_matrix-shaped frame: `ckpt` then one Float64 column per chunk, some cells missing."""
+    rng = np.random.default_rng(seed)
+    values = rng.random((len(ckpts), len(chunks)))
+    values[rng.random(values.shape) < 0.01] = np.nan
+    columns = {str(chunk): values[:, j] for j, chunk in enumerate(chunks)}
+    return pl.DataFrame({"ckpt": ckpts, **columns}).with_columns(pl.col(str(c)).fill_nan(None) for c in chunks)
+
+
+@pytest.mark.parametrize(
+    "ckpts, chunks",
+    [
+        (list(range(360)), list(range(360))),  # the whole Amber matrix
+        (list(range(8)), list(range(8))),
+        ([*range(0, 360, 10), 359], list(range(0, 360, 10))),  # every 10th, plus the last checkpoint
+        ([359], list(range(360))),  # one checkpoint
+    ],
+)
+def test_heatmap_shows_every_cell(ckpts: list[int], chunks: list[int]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from sweep.report import DPI, heatmap_figure
+
+    figure, layout = heatmap_figure(heatmap_matrix(ckpts, chunks), "title", "colour")
+    FigureCanvasAgg(figure).draw()
+    width, height = layout.size
+    assert (figure.get_figwidth() * DPI, figure.get_figheight() * DPI) == pytest.approx((width, height))
+    axes = figure.axes[0]
+    box = axes.get_window_extent()
+    # Whole pixels per cell, at least 2 each way, so each of 360 x 360 cells is drawn.
+    assert min(layout.cell_width, layout.cell_height) >= 2
+    assert box.width == pytest.approx(layout.cell_width * len(chunks))
+    assert box.height == pytest.approx(layout.cell_height * len(ckpts))
+    # Nothing is drawn over the cells: the legend and the colorbar lie outside the axes.
+    for other in (figure.legends[0], figure.axes[1]):
+        outside = other.get_window_extent()
+        assert not box.overlaps(outside), (box, outside)
+        assert 0 <= outside.x0 and outside.x1 <= width and 0 <= outside.y0 and outside.y1 <= height
+    # The first and last ids are always labelled.
+    for ticks, ids in ((axes.get_xticklabels(), chunks), (axes.get_yticklabels(), ckpts)):
+        labels = [label.get_text() for label in ticks]
+        assert labels[0] == str(ids[0]) and labels[-1] == str(ids[-1]), labels
+    # The seen/unseen line is thin: a quarter of a cell, 1 px at the least, never more than 2 px.
+    line_px = axes.get_lines()[0].get_linewidth() * DPI / 72
+    assert line_px <= max(1.0, min(layout.cell_width, layout.cell_height) / 4) + 1e-9 and line_px <= 2 + 1e-9
+
+
+@pytest.mark.parametrize("n_ckpts, step", [(8, 1), (60, 1), (61, 2), (360, 6)])
+def test_first_memorized_bars_stay_readable(n_ckpts: int, step: int) -> None:
+    from sweep.report import MAX_BARS, first_memorized_counts
+
+    rng = np.random.default_rng(n_ckpts)
+    first = np.concatenate([np.arange(n_ckpts), rng.integers(0, n_ckpts, 500)])  # every checkpoint, then more
+    forgotten = rng.random(first.size) < 0.3
+    memorized = pl.DataFrame({"first_memorized_ckpt": first.astype(np.int32), "forgotten": forgotten})
+    counts, got_step = first_memorized_counts(memorized)
+    assert got_step == step and counts.height <= MAX_BARS + 1
+    assert counts["all"].sum() == first.size and counts["forgotten"].sum() == memorized["forgotten"].sum()
+    bins = counts["bin"].to_list()
+    for start, total in zip(bins, counts["all"]):
+        assert total == int(((first >= start) & (first < start + step)).sum())
+
+
 # ---------------------------------------------------------------- docs/queries.md
 
 
@@ -368,8 +504,15 @@ def doc_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 
-def test_every_sql_example_runs(landed: Path) -> None:
-    sequences, cells = analyses.load_tables(landed)
+@pytest.fixture
+def docs_landed(tmp_path: Path, records: list[dict]) -> Path:
+    """The fixture's dataset with its last checkpoint numbered 359, as Amber's, which the SQL examples name."""
+    renumbered = [{**r, "ckpt": 359 if r["ckpt"] == 4 else r["ckpt"]} for r in records]
+    return write_landed(tmp_path / "docs", renumbered)
+
+
+def test_every_sql_example_runs(docs_landed: Path) -> None:
+    sequences, cells = analyses.load_tables(docs_landed)
     context = pl.SQLContext(sequences=sequences, cells=cells)
     blocks = doc_blocks("sql")
     assert len(blocks) >= 6
@@ -378,15 +521,15 @@ def test_every_sql_example_runs(landed: Path) -> None:
         assert result.height > 0, sql
 
 
-def test_every_python_example_runs(landed: Path) -> None:
+def test_every_python_example_runs(docs_landed: Path) -> None:
     blocks = doc_blocks("python")
     assert len(blocks) >= 6
     for code in blocks:
-        exec(compile(code, "docs/queries.md", "exec"), {"output": str(landed)})
+        exec(compile(code, "docs/queries.md", "exec"), {"output": str(docs_landed)})
 
 
-def test_sql_predictability_agrees_with_function(landed: Path) -> None:
-    sequences, cells = analyses.load_tables(landed)
+def test_sql_predictability_agrees_with_function(docs_landed: Path) -> None:
+    sequences, cells = analyses.load_tables(docs_landed)
     context = pl.SQLContext(sequences=sequences, cells=cells)
     (sql,) = [block for block in doc_blocks("sql") if "-- predictability" in block]
     from_sql = context.execute(sql).collect().sort("ckpt")
@@ -397,6 +540,38 @@ def test_sql_predictability_agrees_with_function(landed: Path) -> None:
             frame[column].cast(pl.Float64).fill_null(float("nan")).to_list() for frame in (from_sql, from_function)
         ]
         assert as_floats[0] == pytest.approx(as_floats[1], nan_ok=True), column
+
+
+def test_sql_forgetting_agrees_with_function(tmp_path: Path) -> None:
+    # More checkpoints than the shared fixture, so that runs of 3 and more misses occur.
+    records = synthetic_sequences(n_ckpts=9, n_chunks=4, n_rows=60, seed=3)
+    sequences, cells = analyses.load_tables(write_landed(tmp_path / "nine", records))
+    context = pl.SQLContext(sequences=sequences, cells=cells)
+    (sql,) = [block for block in doc_blocks("sql") if "longest_miss_run" in block]
+    from_sql = context.execute(sql).collect()
+    columns = ["chunk", "row", "first_memorized_ckpt", "last_memorized_ckpt", "n_memorized_ckpts",
+               "longest_miss_run", "forgotten", "memorized_before_seen"]
+    from_function = (
+        analyses.first_memorized(sequences).filter(pl.col("first_memorized_ckpt").is_not_null()).select(columns)
+    )
+    assert from_sql.select(columns).cast(from_function.schema).equals(from_function)
+    assert from_function["forgotten"].any() and not from_function["forgotten"].all()
+
+
+def test_partition_examples_read_one_partition(docs_landed: Path) -> None:
+    # The single-checkpoint examples must let Polars prune to one partition's files.
+    sequences, cells = analyses.load_tables(docs_landed)
+    context = pl.SQLContext(sequences=sequences, cells=cells)
+    (sql,) = [block for block in doc_blocks("sql") if "-- score distribution" in block]
+    plans = [context.execute(sql).explain()]
+    (code,) = [block for block in doc_blocks("python") if "match_mask" in block]
+    query = code.split("last = ")[1].split(".collect()")[0]  # the LazyFrame the example collects
+    namespace = {"pl": pl, "sequences": sequences, "last_ckpt": 359}
+    plans.append(eval(query, namespace).explain())
+    for plan in plans:
+        scanned = re.findall(r"ckpt=(\d+)/", plan)
+        assert scanned == ["359"], plan
+        assert "other sources" not in plan, plan
 
 
 # ---------------------------------------------------------------- with the real writer

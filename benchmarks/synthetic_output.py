@@ -1,0 +1,268 @@
+"""A synthetic landed memsweep output, in the store's compacted layout, at the real job's size.
+
+    python benchmarks/synthetic_output.py /tmp/synthetic-full                          # 360 x 360 x 1000
+    python benchmarks/synthetic_output.py /tmp/synthetic-small --ckpts 36 --chunks 36 --rows 100
+
+Lands, through the store (`ResultStore.write_partition`), one compacted pair per checkpoint:
+`<out>/sequences/ckpt=<c>/part-*.parquet` (one row per (chunk, row), sorted by chunk then row,
+columns and types of store.SEQUENCE_SCHEMA) and `<out>/cells/ckpt=<c>/part-*.parquet` (one row per
+chunk, CELL_SCHEMA, the means the store's summarize_cell would give), each listed with its size,
+sha256 and rows in `<out>/ledger/ckpt=<c>.json`, and the manifest: exactly what a finished sweep
+leaves, written as the store writes it (polars' `write_parquet(..., statistics=True)`, zstd).
+Checkpoint ids are 0 .. ckpts-1 and chunk ids 0 .. chunks-1; checkpoint c has seen chunks <= c.
+
+The values are meant to stress the analyses the way a real run would, not to model Amber exactly:
+- each sequence has a per-token hit probability (Beta-distributed, mean about 0.085) that grows
+  with training and is a little higher once its chunk has been seen, so mean scores sit near
+  Amber's published 0.10 and scores are multiples of 1/l with a heavy tail;
+- about 2% of sequences become memorized (all l tokens right) a few checkpoints after their
+  chunk is trained on; a third of those are later forgotten for good (after a geometric delay),
+  so the oldest chunks at the last checkpoints lose memorized sequences;
+- about 0.4% are duplicated text (boilerplate): memorized early, often before their chunk is
+  seen, and kept;
+- a memorized sequence misses one token at any single checkpoint with probability 4% (flicker),
+  which is what makes "any later miss" a useless definition of forgetting at 360 checkpoints;
+- `source` follows the Amber sample's mix (refinedweb 54%, starcoderdata 22%, c4 16%, ...);
+- greedy mode with NLL (default, as configs/amber-diagonal.yaml): every column filled, `match_mask`
+  packed bits (little bit order); --no-nll: `nll`/`tf_accuracy` null; --extractable: `matches`,
+  `score`, `match_mask` null (configs/amber-full-matrix.yaml), as the store lands such runs.
+
+Cost at the default size: one checkpoint partition (360k rows) in memory at a time; on a 2-core
+VM 56 s and a 0.24 GB peak for 1.74 GB of Parquet (13.4 bytes/row; --extractable: 1.22 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from sweep.store import CELL_SCHEMA, SEQUENCE_SCHEMA, ResultStore
+
+ROWS_PER_AMBER_CHUNK = 1_706_976  # row numbers are positions in a chunk file of this many rows
+SOURCE_MIX = {  # the sources of the 1000-row Amber sample (FACTS.md), as fractions
+    "refinedweb": 536,
+    "starcoderdata": 221,
+    "c4": 163,
+    "arxiv": 31,
+    "book": 18,
+    "wikipedia": 18,
+    "stackexchange": 13,
+}
+FLICKER = 0.04  # chance that a memorized sequence misses one token at a given checkpoint
+MEMORABLE = 0.02  # sequences memorized some checkpoints after their chunk is trained on
+DUPLICATED = 0.004  # boilerplate: memorized early, whatever the chunk
+FORGETTING = 0.35  # of the memorable ones, forgotten for good later
+
+
+@dataclass(frozen=True)
+class SyntheticShape:
+    """What to write: checkpoints 0..ckpts-1, chunks 0..chunks-1, `rows` sequences per cell."""
+
+    ckpts: int = 360
+    chunks: int = 360
+    rows: int = 1000
+    continuation_len: int = 32  # l
+    extractable: bool = False
+    nll: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SequenceTraits:
+    """Per-sequence latent values, fixed over checkpoints; arrays of length chunks * rows."""
+
+    chunk: np.ndarray  # int32
+    row: np.ndarray  # int64, sorted within each chunk
+    source: pl.Series  # String
+    skill: np.ndarray  # float32, base per-token hit probability
+    onset: np.ndarray  # int64, first checkpoint memorized (a huge value: never)
+    forget: np.ndarray  # int64, first checkpoint no longer memorized (a huge value: never)
+
+
+NEVER = np.iinfo(np.int64).max // 2
+
+
+def sequence_traits(shape: SyntheticShape) -> SequenceTraits:
+    """Draw every sequence's latent values (a few MB at full size)."""
+    rng = np.random.default_rng([shape.seed, 1 << 20])
+    n = shape.chunks * shape.rows
+    chunk = np.repeat(np.arange(shape.chunks, dtype=np.int32), shape.rows)
+    row = np.concatenate(
+        [np.sort(rng.choice(ROWS_PER_AMBER_CHUNK, size=shape.rows, replace=False)) for _ in range(shape.chunks)]
+    ).astype(np.int64)
+    names = list(SOURCE_MIX)
+    weights = np.array([SOURCE_MIX[name] for name in names], dtype=np.float64)
+    source = pl.Series("source", names, dtype=pl.String).gather(
+        rng.choice(len(names), size=n, p=weights / weights.sum())
+    )
+    skill = rng.beta(0.6, 6.5, size=n).astype(np.float32)
+    # The training run's length in checkpoints; delays are scaled so a 36-checkpoint sweep looks
+    # like every 10th checkpoint of a 360-checkpoint one.
+    span = max(shape.ckpts, shape.chunks)
+    scale = span / 360
+    kind = rng.random(n)
+    memorable = kind < MEMORABLE
+    duplicated = (kind >= MEMORABLE) & (kind < MEMORABLE + DUPLICATED)
+    onset = np.full(n, NEVER, dtype=np.int64)
+    delay = rng.geometric(1 / max(15 * scale, 1), size=n).astype(np.int64) - 1
+    onset[memorable] = chunk[memorable] + delay[memorable]
+    onset[duplicated] = rng.integers(0, max(int(0.3 * span), 1), size=int(duplicated.sum()))
+    forget = np.full(n, NEVER, dtype=np.int64)
+    forgets = memorable & (rng.random(n) < FORGETTING)
+    lasting = rng.geometric(1 / max(60 * scale, 1), size=n).astype(np.int64)
+    forget[forgets] = onset[forgets] + lasting[forgets]
+    return SequenceTraits(chunk=chunk, row=row, source=source, skill=skill, onset=onset, forget=forget)
+
+
+def checkpoint_frame(shape: SyntheticShape, traits: SequenceTraits, ckpt: int) -> pl.DataFrame:
+    """The sequences of one checkpoint: one row per (chunk, row), SEQUENCE_SCHEMA, sorted."""
+    rng = np.random.default_rng([shape.seed, ckpt])
+    n, l = traits.chunk.size, shape.continuation_len
+    progress = ckpt / max(max(shape.ckpts, shape.chunks) - 1, 1)
+    seen = traits.chunk <= ckpt
+    hit_probability = np.clip(traits.skill * (0.55 + 0.45 * progress) + 0.04 * seen, 0.0, 0.95)
+    hits = rng.random((n, l), dtype=np.float32) < hit_probability[:, None]
+    memorized = (traits.onset <= ckpt) & (ckpt < traits.forget)
+    flicker = memorized & (rng.random(n) < FLICKER)
+    hits[memorized] = True
+    # A flickering sequence misses one token, most often late in the continuation.
+    flicker_rows = np.flatnonzero(flicker)
+    hits[flicker_rows, l - 1 - np.minimum(rng.geometric(0.3, size=flicker_rows.size) - 1, l - 1)] = False
+    matches = hits.sum(axis=1, dtype=np.int16)
+    full_match = matches == l
+    prefix_match = np.where(full_match, l, np.argmin(hits, axis=1)).astype(np.int16)
+    columns: dict[str, pl.Series] = {
+        "chunk": pl.Series("chunk", traits.chunk, dtype=pl.Int32),
+        "row": pl.Series("row", traits.row, dtype=pl.Int64),
+        "source": traits.source,
+        "matches": pl.Series("matches", matches, dtype=pl.Int16),
+        "score": pl.Series("score", matches.astype(np.float32) / np.float32(l), dtype=pl.Float32),
+        "full_match": pl.Series("full_match", full_match, dtype=pl.Boolean),
+        "prefix_match": pl.Series("prefix_match", prefix_match, dtype=pl.Int16),
+        "match_mask": pl.Series("match_mask", np.packbits(hits, axis=1, bitorder="little"))
+        .cast(pl.List(pl.UInt8))
+        .cast(pl.Binary),
+    }
+    if shape.nll:
+        accuracy = np.clip(hit_probability + rng.normal(0, 0.05, n), 0.0, 1.0).astype(np.float32)
+        accuracy[memorized] = 1.0
+        nll = np.clip(-1.3 * np.log(np.maximum(accuracy, 0.02)) + rng.normal(0, 0.2, n), 0.01, None)
+        columns["nll"] = pl.Series("nll", nll.astype(np.float32), dtype=pl.Float32)
+        columns["tf_accuracy"] = pl.Series("tf_accuracy", accuracy, dtype=pl.Float32)
+    if shape.extractable:
+        for name in ("matches", "score", "match_mask"):
+            del columns[name]
+    frame = pl.DataFrame(list(columns.values()))
+    return frame.select(
+        pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in SEQUENCE_SCHEMA.items()
+    )
+
+
+def cells_frame(sequences: pl.DataFrame, ckpt: int, rng: np.random.Generator) -> pl.DataFrame:
+    """One CELL_SCHEMA row per chunk of one checkpoint's sequences (store.summarize_cell's means)."""
+    seconds = rng.uniform(60.0, 90.0, size=sequences["chunk"].n_unique())
+    summary = (
+        sequences.group_by("chunk", maintain_order=True)
+        .agg(
+            pl.len().cast(pl.Int32).alias("n"),
+            pl.col("score").cast(pl.Float64).mean(),
+            pl.col("full_match").cast(pl.Float64).mean().alias("full_match_rate"),
+            pl.col("prefix_match").cast(pl.Float64).mean().alias("mean_prefix_match"),
+            pl.col("nll").cast(pl.Float64).mean(),
+            pl.col("tf_accuracy").cast(pl.Float64).mean(),
+        )
+        .with_columns(
+            (pl.col("chunk") <= ckpt).alias("seen"),
+            pl.Series("seconds", seconds),
+        )
+        .with_columns(
+            (pl.col("n") / pl.col("seconds")).alias("sequences_per_s"),
+            pl.lit("cuda:0").alias("device"),
+            pl.lit("bfloat16").alias("dtype"),
+            pl.lit(256).alias("batch_size"),
+            pl.lit(1).alias("attempts"),
+            pl.lit(dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).isoformat(timespec="seconds")).alias(
+                "finished_at"
+            ),
+        )
+    )
+    return summary.select(pl.col(name).cast(dtype) for name, dtype in CELL_SCHEMA.items() if name in summary.columns)
+
+
+def identity(shape: SyntheticShape) -> dict:
+    """What the numbers of this synthetic output mean (the manifest's identity)."""
+    return {
+        "model": {"source": "synthetic/amber", "revision": "ckpt_{ckpt:03d}", "dtype": "bfloat16"},
+        "data": {"source": "synthetic/amber-data", "samples_per_chunk": shape.rows, "seed": shape.seed},
+        "memorization": {
+            "prompt_len": 32,
+            "continuation_len": shape.continuation_len,
+            "mode": "extractable" if shape.extractable else "greedy",
+            "nll": shape.nll,
+        },
+    }
+
+
+def write_synthetic_output(output: Path, shape: SyntheticShape, progress: bool = True) -> int:
+    """Write the whole output (replacing `output`) through the store, one compacted checkpoint at a time, with
+    its ledger (sizes, sha256, rows) as a real sweep leaves it; returns its size on disk in bytes."""
+    output = Path(output)
+    if output.exists():
+        if not (output / "manifest.json").is_file():
+            raise ValueError(f"{output} exists and is not a memsweep output (no manifest.json); not replacing it")
+        shutil.rmtree(output)
+    store = ResultStore(output)
+    spec = {"name": f"synthetic-{shape.ckpts}x{shape.chunks}x{shape.rows}", "checkpoints": f"0-{shape.ckpts - 1}",
+            "chunks": f"0-{shape.chunks - 1}", **identity(shape)}
+    store.open(identity(shape), spec, {"synthetic": True, "writer": "benchmarks/synthetic_output.py"})
+    traits = sequence_traits(shape)
+    cell_rng = np.random.default_rng([shape.seed, 1 << 21])
+    started = time.perf_counter()
+    for ckpt in range(shape.ckpts):
+        sequences = checkpoint_frame(shape, traits, ckpt)
+        store.write_partition(ckpt, sequences, cells_frame(sequences, ckpt, cell_rng))
+        if progress and (ckpt % 20 == 19 or ckpt == shape.ckpts - 1):
+            elapsed = time.perf_counter() - started
+            print(f"  {ckpt + 1}/{shape.ckpts} checkpoints, {elapsed:.0f} s", flush=True)
+    return disk_usage(output)
+
+
+def disk_usage(folder: Path) -> int:
+    """Bytes of all files under `folder`."""
+    return sum(entry.stat().st_size for entry in Path(folder).rglob("*") if entry.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", type=Path, help="output folder (replaced if it holds a memsweep output)")
+    parser.add_argument("--ckpts", type=int, default=360)
+    parser.add_argument("--chunks", type=int, default=360)
+    parser.add_argument("--rows", type=int, default=1000, help="sequences per cell")
+    parser.add_argument("--extractable", action="store_true", help="land it as an extractable-mode run")
+    parser.add_argument(
+        "--nll", action=argparse.BooleanOptionalAction, default=True, help="fill nll and tf_accuracy (--no-nll: null)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    shape = SyntheticShape(
+        ckpts=args.ckpts, chunks=args.chunks, rows=args.rows, extractable=args.extractable, nll=args.nll, seed=args.seed
+    )
+    started = time.perf_counter()
+    size = write_synthetic_output(args.output, shape)
+    rows = shape.ckpts * shape.chunks * shape.rows
+    print(
+        f"{args.output}: {shape.ckpts} ckpts x {shape.chunks} chunks x {shape.rows} rows = {rows:,} sequence rows, "
+        f"{size / 1e9:.2f} GB on disk ({size / rows:.1f} bytes/row), {time.perf_counter() - started:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
