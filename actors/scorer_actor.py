@@ -128,6 +128,13 @@ class CheckpointScorer:
             raise CheckpointError(f"checkpoint {target.ckpt} ({folder.path}, revision {target.revision!r}"
                                   f"{_commit_note(target)}) could not be loaded: "
                                   f"{' '.join(str(error).split())[:400]}") from None
+        mismatch = config_names_another_checkpoint(self.model.config, target)
+        if mismatch:
+            self.model = None
+            if not self.settings.keep_downloads:
+                evict_checkpoint(folder)
+            raise CheckpointError(f"checkpoint {target.ckpt} ({folder.path}, revision {target.revision!r}"
+                                  f"{_commit_note(target)}): {mismatch}; the revision holds another checkpoint's weights")
         if not self.settings.keep_downloads:
             evict_checkpoint(folder)  # the weights are in memory now; the files are not needed again
         self.loaded = LoadedCheckpoint(
@@ -158,6 +165,32 @@ class CheckpointScorer:
         scores, self.batch_size = score_in_batches(self.model, tokens, self.settings.options, self.batch_size,
                                                    shrink_on_oom=self.settings.batch_size == "auto")
         return scores
+
+
+# Keys a training release may write into config.json to say which checkpoint the weights are. LLM360 added a
+# checkpoint id to every Amber `ckpt_*` config in June 2024 ("add ckpt id into config"); its exact key could not be
+# checked offline, so every spelling seen in training releases is accepted.
+CONFIG_CHECKPOINT_KEYS = ("ckpt_id", "checkpoint_id", "ckpt", "checkpoint", "ckpt_step")
+
+
+def config_names_another_checkpoint(config, target: CheckpointTarget) -> str | None:
+    """A one-line reason if the config names a checkpoint that is neither `target.ckpt` nor the number in its
+    revision (`ckpt_355` -> 355); None if it names the right one or none at all."""
+    import re
+
+    expected = {target.ckpt}
+    number = re.search(r"(\d+)$", target.revision)
+    if number:
+        expected.add(int(number.group(1)))
+    for key in CONFIG_CHECKPOINT_KEYS:
+        value = getattr(config, key, None)
+        if value is None or isinstance(value, bool):
+            continue
+        found = re.search(r"(\d+)$", str(value)) if not isinstance(value, int) else None
+        named = value if isinstance(value, int) else (int(found.group(1)) if found else None)
+        if named is not None and named not in expected:
+            return f"its config.json names checkpoint {value!r} ({key})"
+    return None
 
 
 def _commit_note(target: CheckpointTarget) -> str:

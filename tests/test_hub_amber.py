@@ -211,3 +211,19 @@ def test_a_missing_revision_fails_its_cells_naming_it(module_ray, hub, tmp_path)
     assert not summary.ok and summary.cells_scored == 0
     [failure] = summary.failed
     assert "ckpt_999" in failure["error"] and "LLM360/Amber" in failure["error"]
+
+
+def test_a_config_naming_another_checkpoint_is_refused(module_ray, hub, tmp_path):
+    """Amber's configs carry their checkpoint id (June 2024): weights under the wrong revision are caught."""
+    _, worlds, _ = hub
+    world = worlds["IFM"]
+    config = json.loads(world.read("ckpt_001", "config.json"))
+    world.commit_files("ckpt_004", {"config.json": json.dumps({**config, "ckpt_id": 1}).encode()},
+                       "Upload checkpoint 4", start_from="ckpt_001")  # checkpoint 1's weights and config under 4
+    summary = run_sweep(_spec(tmp_path, "wrongid", "IFM/Amber", "IFM/AmberDatasets", checkpoints=[4], chunks=[0]),
+                        progress=False)
+    assert not summary.ok and summary.cells_scored == 0
+    [failure] = summary.failed
+    assert "revision 'ckpt_004'" in failure["error"]
+    assert "its config.json names checkpoint 1 (ckpt_id); the revision holds another checkpoint's weights" in failure["error"]
+
