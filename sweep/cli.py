@@ -4,6 +4,7 @@
     memsweep plan SPEC.yaml [--offline]
     memsweep query OUTPUT "SQL" [--format table|csv|json|parquet] [--out FILE]
     memsweep verify OUTPUT [--repair]
+    memsweep show OUTPUT [--ckpt C] [--chunk J] [--top N] [--source S] [--full-match] [--min-prefix K]
     memsweep report OUTPUT [--out DIR] [--chunks 0,3,7]
     memsweep demo [--output DIR]
 
@@ -69,10 +70,29 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--max-rows", type=int, default=40, help="rows printed in table format")
     query.set_defaults(handler=_query)
 
+    show = commands.add_parser("show", help="the most memorized sequences as text: prompt, truth, model")
+    show.add_argument("output", type=Path, help="a sweep's output directory")
+    show.add_argument("--ckpt", type=int, help="checkpoint (default: the last one landed)")
+    show.add_argument("--chunk", type=int, help="only this chunk")
+    show.add_argument("--top", type=int, default=10, help="how many sequences (default 10)")
+    show.add_argument("--per-source", type=int, help="this many per data source instead of --top in all")
+    show.add_argument("--source", help="only this data source (e.g. starcoderdata)")
+    which = show.add_mutually_exclusive_group()
+    which.add_argument("--full-match", action="store_true", help="only k-extractable sequences (all l tokens right)")
+    which.add_argument("--not-full-match", action="store_true", help="only sequences the model did not reproduce")
+    show.add_argument("--min-prefix", type=int, help="only sequences whose exact prefix is at least this long")
+    show.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                      help="mark misses in red (auto: when printing to a terminal); plain text marks them ⟦ ⟧")
+    show.add_argument("--format", choices=["text", "csv", "json"], default="text")
+    show.add_argument("--out", type=Path, help="file for csv/json")
+    show.set_defaults(handler=_show)
+
     report = commands.add_parser("report", help="figures + index.html from a landed output")
     report.add_argument("output", type=Path)
     report.add_argument("--out", type=Path, help="report folder (default OUTPUT/report)")
     report.add_argument("--chunks", help="chunks to plot over checkpoints, e.g. 0,3,7 (default: a spread)")
+    report.add_argument("--examples", help="cells whose most memorized sequences are shown as text, CKPT:CHUNK,... "
+                                           "(default: the oldest and newest chunk at the last checkpoint)")
     report.set_defaults(handler=_report)
 
     demo = commands.add_parser("demo", help="run configs/demo.yaml (build the miniature Amber, sweep, report)")
@@ -192,11 +212,48 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show(args: argparse.Namespace) -> int:
+    from sweep.examples import TokenDecoder, examples_as_frame, find_examples, last_checkpoint, render_text
+    from sweep.query import write_frame
+    from sweep.store import ResultStore
+
+    store = ResultStore(args.output)
+    if not store.manifest_path.exists():
+        raise ValueError(f"{args.output}: no manifest.json (not a memsweep output)")
+    ckpt = args.ckpt if args.ckpt is not None else last_checkpoint(store)
+    full_match = True if args.full_match else (False if args.not_full_match else None)
+    examples = find_examples(store, ckpt, args.chunk, args.top, args.source, full_match, args.min_prefix,
+                             args.per_source)
+    if not examples:
+        print(f"no landed sequence of checkpoint {ckpt} matches these filters")
+        return 0
+    decoder = TokenDecoder.for_checkpoint(store, ckpt)
+    if args.format != "text":
+        if args.out is None:
+            raise ValueError(f"--format {args.format} needs --out FILE")
+        write_frame(examples_as_frame(examples, decoder), args.out, args.format)
+        print(f"wrote {len(examples)} examples to {args.out}")
+        return 0
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    if decoder.tokenizer is None:
+        print(f"(no tokenizer: {decoder.why_not}; showing token ids)")
+    print("\n\n".join(render_text(example, decoder, color) for example in examples))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from sweep.report import write_report
 
     chunks = [int(c) for c in args.chunks.split(",")] if args.chunks else None
-    print(f"report: {write_report(args.output, args.out, chunks)}")
+    cells = None
+    if args.examples:
+        try:
+            cells = [tuple(int(part) for part in item.split(":")) for item in args.examples.split(",")]
+        except ValueError:
+            raise ValueError(f"--examples {args.examples!r}: expected CKPT:CHUNK pairs such as 359:0,359:355") from None
+        if any(len(cell) != 2 for cell in cells):
+            raise ValueError(f"--examples {args.examples!r}: expected CKPT:CHUNK pairs such as 359:0,359:355")
+    print(f"report: {write_report(args.output, args.out, chunks, cells)}")
     return 0
 
 

@@ -80,11 +80,14 @@ class Section:
     tables: list[str] = field(default_factory=list)
 
 
-def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | None = None) -> Path:
+def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | None = None,
+                 example_cells: list[tuple[int, int]] | None = None) -> Path:
     """Write figures and index.html for the landed dataset in `output`; returns index.html's path.
 
     out_dir defaults to `<output>/report`. `chunks` picks the chunks whose score trajectories are
     drawn (default: a few spread over the chunk range); an unknown chunk raises ValueError.
+    `example_cells` picks (ckpt, chunk) cells whose most memorized sequences are shown as text (default:
+    the oldest and the newest chunk at the last checkpoint).
     """
     output = Path(output)
     out_dir = Path(out_dir) if out_dir is not None else output / "report"
@@ -116,7 +119,11 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
     sections.append(_distribution_section(sequences, last_ckpt, extractable, out_dir))
     sections.append(_per_source_section(sequences, last_ckpt, extractable, out_dir))
     sections.append(_predictability_section(sequences, last_ckpt, out_dir))
-    sections.append(_first_memorized_section(sequences, out_dir))
+    first_memorized = analyses.first_memorized(sequences)
+    sections.append(_first_memorized_section(first_memorized, out_dir))
+    if example_cells is None:
+        example_cells = sorted({(last_ckpt, all_chunks[0]), (last_ckpt, all_chunks[-1])})
+    sections.extend(_example_sections(output, last_ckpt, first_memorized, example_cells))
 
     index = out_dir / "index.html"
     index.write_text(_render_page(_run_name(manifest, output), sections))
@@ -396,8 +403,7 @@ def _predictability_section(sequences: pl.LazyFrame, last_ckpt: int, out_dir: Pa
     return Section(title, image=name, notes=notes, tables=[_html_table(_spread_rows(table))])
 
 
-def _first_memorized_section(sequences: pl.LazyFrame, out_dir: Path) -> Section:
-    table = analyses.first_memorized(sequences)
+def _first_memorized_section(table: pl.DataFrame, out_dir: Path) -> Section:
     runs = analyses.FORGET_MIN_MISSES
     memorized = table.filter(pl.col("first_memorized_ckpt").is_not_null())
     forgotten = int(memorized["forgotten"].sum())
@@ -449,6 +455,68 @@ def _first_memorized_section(sequences: pl.LazyFrame, out_dir: Path) -> Section:
     return Section(title, image=name, notes=[definition], tables=[_html_table(summary)])
 
 
+EXAMPLES_PER_SOURCE = 2
+EXAMPLES_PER_CELL = 3
+EXAMPLES_OVER_TIME = 5
+
+
+def _example_sections(output: Path, last_ckpt: int, first_memorized: pl.DataFrame,
+                      example_cells: list[tuple[int, int]]) -> list[Section]:
+    """What was memorized, as text (sweep/examples.py): the most memorized sequences per source at the last
+    checkpoint and in the chosen cells, the sequences memorized earliest that are still memorized at the end, and
+    the earliest memorized ones that were forgotten (what the model says now). Every text is HTML-escaped."""
+    from sweep.examples import TokenDecoder, find_examples, render_html
+    from sweep.store import ResultStore
+
+    store = ResultStore(output)
+    title = "What was memorized, in words"
+    if not store.probe_entries():
+        return [Section(title, notes=["This output holds no probe sets (prompts and true continuations), so no "
+                                      "example can be shown."])]
+    decoders: dict[int, TokenDecoder] = {}
+
+    def block(examples) -> str:
+        if not examples:
+            return "<p><em>none</em></p>"
+        rendered = []
+        for example in examples:
+            decoder = decoders.setdefault(example.ckpt, TokenDecoder.for_checkpoint(store, example.ckpt))
+            rendered.append(render_html(example, decoder))
+        return "".join(rendered)
+
+    def earliest(frame: pl.DataFrame) -> list[tuple[int, int]]:
+        ordered = frame.sort("first_memorized_ckpt", "chunk", "row").head(EXAMPLES_OVER_TIME)
+        return list(ordered.select("chunk", "row").iter_rows())
+
+    memorized = first_memorized.filter(pl.col("first_memorized_ckpt").is_not_null())
+    kept = earliest(memorized.filter(pl.col("memorized_at_last")))
+    lost = earliest(memorized.filter(pl.col("forgotten")))
+    sections = [Section(f"Examples: most memorized per source, checkpoint {last_ckpt}",
+                        notes=[_EXAMPLE_LEGEND],
+                        tables=[block(find_examples(store, last_ckpt, per_source=EXAMPLES_PER_SOURCE))])]
+    for ckpt, chunk in example_cells:
+        sections.append(Section(f"Examples: checkpoint {ckpt} x chunk {chunk}",
+                                tables=[block(find_examples(store, ckpt, chunk=chunk, top=EXAMPLES_PER_CELL))]))
+    sections.append(Section("Examples: memorized earliest, still memorized at the end",
+                            notes=[f"As checkpoint {last_ckpt} reproduces them; ordered by the checkpoint of their "
+                                   "first full match."],
+                            tables=[block(find_examples(store, last_ckpt, rows=kept, top=len(kept)) if kept else [])]))
+    sections.append(Section("Examples: memorized, then forgotten",
+                            notes=[f"Memorized early, then missed at >= {analyses.FORGET_MIN_MISSES} checkpoints in a "
+                                   f"row; shown as checkpoint {last_ckpt} continues them now."],
+                            tables=[block(find_examples(store, last_ckpt, rows=lost, top=len(lost)) if lost else [])]))
+    missing = {ckpt: d.why_not for ckpt, d in decoders.items() if d.tokenizer is None}
+    if missing:
+        sections[0].notes.append("No tokenizer could be loaded for checkpoints "
+                                 f"{sorted(missing)} ({next(iter(missing.values()))}): their examples show token ids.")
+    return sections
+
+
+_EXAMPLE_LEGEND = ("Prompt (the k tokens given), the true continuation and the model's greedy continuation, decoded "
+                   "with the checkpoint's own tokenizer. Green: the model's token equals the truth at that position; "
+                   "red, underlined: it does not.")
+
+
 def first_memorized_counts(memorized: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """Sequences first memorized per checkpoint bin, and the bin width in checkpoints.
 
@@ -478,7 +546,11 @@ def _render_page(run_name: str, sections: list[Section]) -> str:
         "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
         "img{max-width:100%}table{border-collapse:collapse;margin:.5em 0}"
         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#f3f3f3}"
-        "td:first-child{text-align:left}pre{background:#f6f6f6;padding:.5em;overflow-x:auto}</style>",
+        "td:first-child{text-align:left}pre{background:#f6f6f6;padding:.5em;overflow-x:auto}"
+        ".example{font-family:monospace;white-space:pre-wrap;border-left:3px solid #ccc;margin:.6em 0;padding:.2em .6em}"
+        ".example .headline{font-family:sans-serif;font-weight:bold}.example .label{display:inline-block;width:4em;"
+        "color:#777}.example .prompt{color:#555}.hit{background:#dff5df}.miss{background:#fadcdc;"
+        "text-decoration:underline}</style>",
         "</head><body>",
         f"<h1>memsweep report: {html.escape(run_name)}</h1>",
     ]

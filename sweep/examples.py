@@ -1,0 +1,225 @@
+"""What was memorized, in words: landed sequences joined with their probe rows and decoded.
+
+A landed sequence row holds the scores and (with `memorization.keep_generated`) the model's l greedy tokens; the
+output's `probes` table holds the prompt and the true continuation of every sampled (chunk, row). `find_examples`
+joins the two for a checkpoint, `TokenDecoder` turns ids into text with the checkpoint's OWN tokenizer, loaded the
+way the weights are (the local checkpoint folder, or the Hub revision at the commit the output pinned: a few MB,
+kept in the Hugging Face cache), and `render_text` / `render_html` mark which positions the model got right.
+
+Used by `memsweep show` and the report's examples section. Cost at 360 x 360 x 1000: one checkpoint partition
+(360k rows) is filtered and sorted, then only the chosen rows of the probe sets are read.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass
+
+import polars as pl
+
+from sweep.store import ResultStore
+
+log = logging.getLogger("memsweep")
+
+ORDER = ("full_match", "prefix_match", "matches")  # most memorized first: all tokens, then the longest prefix
+
+
+@dataclass(frozen=True)
+class Example:
+    ckpt: int
+    chunk: int
+    row: int
+    source: str
+    prompt: list[int]
+    truth: list[int]
+    generated: list[int] | None  # None in extractable mode or without keep_generated
+    matches: int | None
+    prefix_match: int
+    full_match: bool
+
+    @property
+    def hits(self) -> list[bool]:
+        """Per continuation position: did the model produce the true token? (Extractable mode: the exact prefix.)"""
+        if self.generated is not None:
+            return [a == b for a, b in zip(self.generated, self.truth)]
+        return [position < self.prefix_match for position in range(len(self.truth))]
+
+    def headline(self) -> str:
+        l = len(self.truth)
+        if self.matches is not None:
+            measure = f"{self.matches}/{l} tokens"
+        else:
+            measure = f"exact prefix {self.prefix_match}/{l}"
+        verdict = "full match, k-extractable" if self.full_match else f"first miss at {self.prefix_match}"
+        return (f"ckpt {self.ckpt} · chunk {self.chunk} · row {self.row} · {self.source} · {measure} "
+                f"({verdict})")
+
+
+def last_checkpoint(store: ResultStore) -> int:
+    last = store.cells().select(pl.col("ckpt").max()).collect().item()
+    if last is None:
+        raise ValueError(f"{store.output}: no landed cells")
+    return int(last)
+
+
+def find_examples(store: ResultStore, ckpt: int | None = None, chunk: int | None = None, top: int = 10,
+                  source: str | None = None, full_match: bool | None = None, min_prefix: int | None = None,
+                  per_source: int | None = None, rows: list[tuple[int, int]] | None = None) -> list[Example]:
+    """The most memorized sequences of checkpoint `ckpt` (default: the last), with their tokens.
+
+    Filters: `chunk`, `source`, `full_match` (True: only k-extractable ones, False: only the others),
+    `min_prefix` (exact prefix of at least that many tokens), `rows` (these (chunk, row) only). Order: full
+    matches first, then by exact prefix, then by matched tokens; `top` rows in all, or `per_source` per source.
+    """
+    ckpt = last_checkpoint(store) if ckpt is None else ckpt
+    sequences = store.sequences().filter(pl.col("ckpt") == ckpt)
+    if chunk is not None:
+        sequences = sequences.filter(pl.col("chunk") == chunk)
+    if source is not None:
+        sequences = sequences.filter(pl.col("source") == source)
+    if full_match is not None:
+        sequences = sequences.filter(pl.col("full_match") == full_match)
+    if min_prefix is not None:
+        sequences = sequences.filter(pl.col("prefix_match") >= min_prefix)
+    if rows is not None:
+        wanted = pl.DataFrame(rows, schema={"chunk": pl.Int32, "row": pl.Int64}, orient="row")
+        sequences = sequences.join(wanted.lazy(), on=["chunk", "row"], how="semi")
+    ranked = (sequences.select("ckpt", "chunk", "row", "source", "matches", "prefix_match", "full_match", "generated")
+              .sort([*ORDER, "chunk", "row"], descending=[True, True, True, False, False], nulls_last=True))
+    if per_source is not None:
+        chosen = ranked.group_by("source", maintain_order=True).head(per_source).collect()
+    else:
+        chosen = ranked.head(top).collect()
+    if chosen.height == 0:
+        return []
+    keys = chosen.select("chunk", "row").unique()
+    probes = store.probes().join(keys.lazy(), on=["chunk", "row"], how="semi").collect()
+    if probes.height < keys.height:
+        raise ValueError(f"{store.output}: {keys.height - probes.height} of the chosen rows have no landed probe set "
+                         "(an output written before probe sets were kept?)")
+    tokens = {(c, r): t for c, r, t in probes.select("chunk", "row", "tokens").iter_rows()}
+    l = int(chosen["generated"].list.len().max() or 0) if chosen["generated"].null_count() < chosen.height else None
+    examples = []
+    for row in chosen.iter_rows(named=True):
+        ids = tokens[(row["chunk"], row["row"])]
+        width = l or _continuation_len(store)
+        examples.append(Example(
+            ckpt=row["ckpt"], chunk=row["chunk"], row=row["row"], source=row["source"],
+            prompt=list(ids[:-width]), truth=list(ids[-width:]), generated=row["generated"],
+            matches=row["matches"], prefix_match=row["prefix_match"], full_match=bool(row["full_match"])))
+    return examples
+
+
+def _continuation_len(store: ResultStore) -> int:
+    identity = store.read_manifest()["identity"]
+    return int(identity.get("memorization.continuation_len") or 32)
+
+
+# ---- decoding ---------------------------------------------------------------------------------------------
+
+
+class TokenDecoder:
+    """Token ids -> text with one checkpoint's tokenizer; ids in brackets when no tokenizer can be loaded."""
+
+    def __init__(self, tokenizer=None, why_not: str | None = None):
+        self.tokenizer = tokenizer
+        self.why_not = why_not
+
+    @classmethod
+    def for_checkpoint(cls, store: ResultStore, ckpt: int) -> "TokenDecoder":
+        """The tokenizer of checkpoint `ckpt` as the output scored it: its model source and revision (from the
+        manifest's spec), at the commit its cells were pinned to."""
+        from transformers import AutoTokenizer
+
+        from sweep.sources import fetch_tokenizer
+        from sweep.spec import SweepSpec
+
+        try:
+            spec = SweepSpec.model_validate(store.read_manifest()["spec"])
+            pin = store.checkpoint_pin(ckpt) or {}
+            folder = fetch_tokenizer(spec.model.source, spec.model.revision_for(ckpt), pin.get("model_commit"))
+            return cls(AutoTokenizer.from_pretrained(str(folder)))
+        except Exception as error:  # noqa: BLE001 - examples still show, as ids, with the reason
+            why = " ".join(str(error).split())[:300] or type(error).__name__
+            log.warning("no tokenizer for checkpoint %d (%s): showing token ids", ckpt, why)
+            return cls(None, why)
+
+    def text(self, ids: list[int]) -> str:
+        if not ids:
+            return ""
+        if self.tokenizer is None:
+            return "[" + " ".join(str(i) for i in ids) + "]"
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def spans(self, ids: list[int], hits: list[bool]) -> list[tuple[str, bool]]:
+        """`ids` as text in runs of equal `hits`: [(text, hit), ...]. Each run is decoded with the tokens before
+        it as context, so word boundaries and spaces come out as in the whole string."""
+        runs: list[tuple[str, bool]] = []
+        start = 0
+        decoded_before = ""
+        for end in range(1, len(ids) + 1):
+            if end == len(ids) or hits[end] != hits[start]:
+                upto = self.text(ids[:end])
+                piece = upto[len(decoded_before):] if upto.startswith(decoded_before) else self.text(ids[start:end])
+                runs.append((piece, hits[start]))
+                decoded_before, start = upto, end
+        return runs
+
+
+# ---- rendering --------------------------------------------------------------------------------------------
+
+_VISIBLE = str.maketrans({"\n": "↵", "\t": "⇥", "\r": "␍"})
+GREEN, RED, DIM, RESET = "\033[32m", "\033[31;4m", "\033[2m", "\033[0m"
+
+
+def render_text(example: Example, decoder: TokenDecoder, color: bool = False) -> str:
+    """A terminal block: headline, then prompt, truth and the model's continuation, newlines shown as ↵.
+    Positions the model got wrong are red and underlined (color) or between ⟦ ⟧ (plain), in truth and model."""
+    def marked(spans: list[tuple[str, bool]]) -> str:
+        parts = []
+        for text, hit in spans:
+            text = text.translate(_VISIBLE)
+            if hit:
+                parts.append(f"{GREEN}{text}{RESET}" if color else text)
+            else:
+                parts.append(f"{RED}{text}{RESET}" if color else f"⟦{text}⟧")
+        return "".join(parts)
+
+    hits = example.hits
+    lines = [example.headline(),
+             f"  prompt │ {(DIM if color else '')}{decoder.text(example.prompt).translate(_VISIBLE)}"
+             f"{(RESET if color else '')}",
+             f"  truth  │ {marked(decoder.spans(example.truth, hits))}"]
+    if example.generated is not None:
+        lines.append(f"  model  │ {marked(decoder.spans(example.generated, hits))}")
+    else:
+        lines.append("  model  │ (no generated tokens landed: extractable mode or keep_generated off; the truth is "
+                     "marked from the first miss)")
+    return "\n".join(lines)
+
+
+def render_html(example: Example, decoder: TokenDecoder) -> str:
+    """The same as render_text for the report; every text is HTML-escaped (training data holds markup)."""
+    def marked(spans: list[tuple[str, bool]]) -> str:
+        return "".join(f'<span class="{"hit" if hit else "miss"}">{html.escape(text)}</span>' for text, hit in spans)
+
+    hits = example.hits
+    model = (marked(decoder.spans(example.generated, hits)) if example.generated is not None
+             else "<em>no generated tokens landed</em>")
+    return ('<div class="example">'
+            f'<div class="headline">{html.escape(example.headline())}</div>'
+            f'<div><span class="label">prompt</span><span class="prompt">{html.escape(decoder.text(example.prompt))}'
+            '</span></div>'
+            f'<div><span class="label">truth</span>{marked(decoder.spans(example.truth, hits))}</div>'
+            f'<div><span class="label">model</span>{model}</div></div>')
+
+
+def examples_as_frame(examples: list[Example], decoder: TokenDecoder) -> pl.DataFrame:
+    """One row per example with decoded prompt / truth / model text (for `--format csv|json`)."""
+    return pl.DataFrame([{
+        "ckpt": e.ckpt, "chunk": e.chunk, "row": e.row, "source": e.source, "matches": e.matches,
+        "prefix_match": e.prefix_match, "full_match": e.full_match, "prompt": decoder.text(e.prompt),
+        "truth": decoder.text(e.truth), "model": decoder.text(e.generated) if e.generated is not None else None,
+    } for e in examples])
+
