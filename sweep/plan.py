@@ -40,15 +40,13 @@ class Plan:
     def chunks_needed(self) -> list[int]:
         return sorted({chunk for w in self.work for chunk in w.chunks})
 
-    def describe(self, reference_sequences_per_s: float = 1000 / 75) -> str:
-        """A few lines for `memsweep plan`; the reference rate is the reference tool's A100 rate."""
-        hours = self.sequences_to_do / reference_sequences_per_s / 3600
+    def describe(self) -> str:
+        """A few lines for `memsweep plan` (what it costs: sweep/cost.py)."""
         lines = [
             f"cells: {self.total_cells} total, {self.done_cells} done, {self.cells_to_do} to do",
             f"checkpoint loads: {len(self.work)}; chunks to sample: {len(self.chunks_needed)}",
             f"sequences to score: {self.sequences_to_do:,} "
             f"({self.sequences_to_do * self.tokens_per_sequence:,} tokens)",
-            f"at the reference tool's rate (13.3 sequences/s on one A100): {hours:,.1f} GPU-hours",
         ]
         return "\n".join(lines)
 

@@ -1,0 +1,40 @@
+"""`memsweep plan` tells the cost of the full Amber matrix before anything runs (offline: Amber's published sizes)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+from sweep.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def plan(*args: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["plan", *args]) == 0
+    return out.getvalue()
+
+
+def test_plan_prices_the_full_amber_matrix(tmp_path):
+    text = plan(str(REPO / "configs" / "amber-full-matrix.yaml"), "--offline", "--output", str(tmp_path / "out"))
+    assert "cells: 129600 total, 0 done, 129600 to do" in text
+    assert "checkpoint loads: 360; chunks to sample: 360" in text
+    # 359 fp32 .bin revisions of 27 GB and main's 13.5 GB of bf16; 360 chunk files of 20.8 GB, streamed once
+    assert f"downloads: {359 * 27 + 13.5:,.1f} GB of checkpoints" in text
+    assert f"+ {360 * 20.8:,.1f} GB of chunk files streamed once" in text
+    assert "peak disk per actor: 54.0 GB" in text and "8 GPUs: 432 GB" in text
+    hours = dict((label, float(value.replace(",", ""))) for value, label in
+                 re.findall(r"([\d,.]+) at the (reference|compute bound)", text))
+    assert hours["reference"] == 129_600_000 / (1000 / 75) / 3600  # 2,700: the brief's number
+    assert hours["compute bound"] == round(129_600_000 / 900 / 3600, 1)
+
+
+def test_plan_of_a_partial_sweep_counts_only_what_is_left(tmp_path):
+    text = plan(str(REPO / "configs" / "amber-diagonal.yaml"), "--offline", "--output", str(tmp_path / "out"),
+                "--set", "checkpoints=[0, 10]", "--set", "chunks=[0, 10, 20]")
+    assert "cells: 6 total, 0 done, 6 to do" in text and "checkpoint loads: 2; chunks to sample: 3" in text
+    assert "downloads: 54.0 GB of checkpoints" in text and f"+ {3 * 20.8:,.1f} GB of chunk files" in text
