@@ -62,7 +62,7 @@ def write_landed(
     with_nll: bool = True,
     spec_name: str = "synthetic",
 ) -> Path:
-    """Write `records` in the landed layout: sequences/ and cells/ hive-partitioned, manifest.json."""
+    """Land `records` through the store, one compacted checkpoint at a time, with probe sets of random tokens."""
     frame = pl.DataFrame(records).with_columns(
         pl.col("chunk").cast(pl.Int32),
         pl.col("row").cast(pl.Int64),
@@ -106,6 +106,12 @@ def write_landed(
             )
         )
         store.write_partition(ckpt, part.select(columns), cells)
+    # the probe sets: each sampled (chunk, row) with k + l token ids, as a sweep lands them
+    for (chunk,), rows in frame.select("chunk", "row", "source").unique(["chunk", "row"]).group_by(["chunk"]):
+        rng = np.random.default_rng(int(chunk))
+        tokens = rng.integers(3, 32000, (rows.height, 32 + L)).tolist()
+        store.write_probe_set(int(chunk), rows.with_columns(tokens=pl.Series(tokens, dtype=pl.List(pl.UInt32))),
+                              {"file": f"train/train_{int(chunk):03d}.jsonl", "sha256": f"{int(chunk):064d}"})
     return output
 
 
@@ -512,8 +518,9 @@ def docs_landed(tmp_path: Path, records: list[dict]) -> Path:
 
 
 def test_every_sql_example_runs(docs_landed: Path) -> None:
-    sequences, cells = analyses.load_tables(docs_landed)
-    context = pl.SQLContext(sequences=sequences, cells=cells)
+    from sweep.query import open_tables
+
+    context = pl.SQLContext(frames=open_tables(docs_landed))  # the tables `memsweep query` gives
     blocks = doc_blocks("sql")
     assert len(blocks) >= 6
     for sql in blocks:
