@@ -28,7 +28,7 @@ AMBER_CHUNK_BYTES = 20.8e9
 AMBER_ROW_BYTES = 20.8e9 / 1_706_976  # one JSON line of 2049 ids
 LINE_INDEX_BYTES_PER_ROW = 1.6  # compressed row lengths (measured on Amber-like rows: see BENCHMARKS.md)
 LANDED_BYTES_PER_ROW = 11.0  # sequences + cells Parquet per scored row without `generated` (1.4 GB / 129.6M)
-GENERATED_BYTES_PER_ROW = 70.0  # the greedy tokens, l = 32 (BENCHMARKS.md; compresses poorly)
+GENERATED_BYTES_PER_ROW = 58.0  # the greedy tokens, l = 32: measured on real Amber continuations (BENCHMARKS.md)
 REFERENCE_RATE = 1000 / 75  # the reference tool on one A100, sequences/s (FACTS.md)
 COMPUTE_BOUND_RATE = 900.0  # a 7B forward at ~790 TFLOP/s bf16 on an H200, sequences/s (FACTS.md)
 ASSUMED_DOWNLOAD_BYTES_PER_S = 500e6  # a Hub download per node, for the load-time estimate only
