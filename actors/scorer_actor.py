@@ -64,6 +64,15 @@ class CheckpointScorer:
             del self.fetching[target]
             done.set()
 
+    @ray.method(concurrency_group="io")
+    def discard(self, target: CheckpointTarget) -> int:
+        """Another actor took over `target`: delete this actor's prefetched copy now, not at the sweep's end."""
+        in_progress = self.fetching.get(target)
+        if in_progress is not None:
+            in_progress.wait()
+        folder = self.fetched.pop(target, None)
+        return evict_checkpoint(folder) if folder is not None and not self.settings.keep_downloads else 0
+
     @ray.method(concurrency_group="compute")
     def score_cell(self, target: CheckpointTarget, probes: ProbeBatch) -> CellOutput:
         """Score one chunk's probe set against `target` (fetched and loaded first if not in memory)."""

@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:  # spec, store, probe and query errors are one line
         print(f"memsweep: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # the sweep could not go on (an actor that cannot start anywhere)
+        print(f"memsweep: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -126,18 +126,20 @@ class ProbeSupply:
     # ---- internals ----------------------------------------------------------------------------
 
     def _start(self, chunk: int, source: ChunkSource | Exception) -> None:
-        if isinstance(source, Exception):
-            self._fail(chunk, one_line(source))
-            return
         entry = self.store.probe_entries().get(chunk)
         pinned = ChunkSource(**entry["source"]) if entry else None
-        if entry and entry.get("file"):
-            if not source.stat_matches(pinned) and (source.kind == "local" or source.sha256):
+        if entry and entry.get("file"):  # landed: the output needs nothing from the file any more
+            if isinstance(source, Exception):
+                self.summary.warn(f"chunk {chunk}: {one_line(source)}; this output keeps the rows it sampled before")
+            elif not source.stat_matches(pinned) and (source.kind == "local" or source.sha256):
                 self.summary.warn(f"chunk {chunk}: {source.label} changed since this output sampled it "
                                   f"({_describe_change(pinned, source)}); the output keeps the rows it sampled "
                                   "then; sweep into a new output to sample the new file")
             self._ready(chunk, self.store.read_probe_set(chunk), pinned)
             self.summary.probe_sets_reused += 1
+            return
+        if isinstance(source, Exception):
+            self._fail(chunk, one_line(source))
             return
         sha256 = self.memo.lookup(source)
         if sha256:

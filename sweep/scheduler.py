@@ -1,7 +1,8 @@
 """Scheduling cells onto checkpoint actors: busy actors, prefetch where it is used, a short tail.
 
 Each actor slot holds a `current` checkpoint (the one loaded, or loading) and a `next` one reserved for it,
-which only that actor prefetches: a download lands on the node that loads it. At most WINDOW cells of the
+which only that actor prefetches, once its current checkpoint is loaded: a download lands on the node that loads
+it, and never competes with the download the actor is waiting for. At most WINDOW cells of the
 current checkpoint are in flight per actor (one scoring, one queued behind it), and a cell is submitted only
 once its chunk's probe set is ready, so scoring starts with the first probe set and never waits for the rest.
 
@@ -49,6 +50,7 @@ class _Assignment:
     todo: list[int]  # chunks not yet submitted, in plan order
     in_flight: dict = field(default_factory=dict)  # ref -> chunk
     reserved_by: int | None = None  # the slot that prefetched it (for the prefetch-locality count)
+    prefetch_sent: bool = False
 
 
 @dataclass
@@ -124,10 +126,9 @@ class Scheduler:
                 if slot.current.reserved_by not in (None, slot.index):
                     self.summary.prefetched_elsewhere += 1
             if slot.next is None and self.queue:
-                slot.next = self._pop_assignment()
+                slot.next = self._pop_assignment()  # its prefetch starts once the current one is loaded
                 if slot.next is not None:
                     slot.next.reserved_by = slot.index
-                    slot.actor.prefetch.remote(slot.next.target)
             self._fill(slot)
 
     def _pop_assignment(self) -> _Assignment | None:
@@ -152,6 +153,7 @@ class Scheduler:
             holder = max(holders, key=lambda s: len(s.current.todo) + len(s.current.in_flight))
             if (len(holder.current.todo) + len(holder.current.in_flight)) * cell_s > load_s:
                 taken, holder.next = holder.next, None
+                holder.actor.discard.remote(taken.target)  # its prefetched copy would sit on disk until the end
                 return taken
         # 2. half of the largest remaining checkpoint, if half of it takes longer than a load
         donors = [s for s in self.slots if s is not idle and s.current is not None]
@@ -240,6 +242,12 @@ class Scheduler:
             return
         self.results.append((output, self.attempts[(ckpt, chunk)] + 1))
         self.cell_seconds.append(output.seconds)
+        upcoming = slot.next
+        if upcoming is not None and not upcoming.prefetch_sent and slot.current is assignment:
+            # The current checkpoint is loaded: download the next one now, on this actor's node. (Not earlier:
+            # at the start every actor fetches its first checkpoint, and a second download would halve that.)
+            slot.actor.prefetch.remote(upcoming.target)
+            upcoming.prefetch_sent = True
         if output.loaded_now:
             self.summary.loads[ckpt] += 1
             self.load_seconds.append(output.loaded.load_seconds)

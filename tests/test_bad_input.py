@@ -398,3 +398,47 @@ def test_broken_chunks_and_checkpoints_fail_only_their_cells_with_one_named_line
         assert f"FAILED cell ckpt {cell[0]} x chunk {cell[1]} after" in result.stdout
     assert failures[(4, 0)]["attempts"] == 1  # a bad id cannot get better: not retried
     assert not list((output / "_tmp").glob("*")) if (output / "_tmp").exists() else True
+
+
+# ---- silent wrong numbers that must not be silent --------------------------------------------------------
+
+def test_a_cached_probe_set_is_still_checked_against_data_vocab_size(world, module_ray, tmp_path):
+    """The cache hit used to skip the vocab check: an id the spec says cannot exist must fail its cells."""
+    first = write_yaml(tmp_path / "first.yaml", spec_dict(world, tmp_path / "first"))
+    assert in_process("run", str(first), "--no-progress").returncode == 0  # builds and caches the probe set
+    strict = spec_dict(world, tmp_path / "strict", **{"data.vocab_size": 8})
+    strict["data"]["cache_dir"] = spec_dict(world, tmp_path / "first")["data"]["cache_dir"]  # the same cache
+    result = in_process("run", str(write_yaml(tmp_path / "strict.yaml", strict)), "--no-progress")
+    assert result.returncode == 1
+    [failure] = ResultStore(tmp_path / "strict").failures()
+    chunk_file = world / "data" / "train" / "train_000.jsonl"
+    assert failure["error"].startswith(f"{chunk_file}:") and failure["error"].endswith(
+        "is outside [0, 7] (data.vocab_size)"), failure["error"]
+
+
+def test_a_chunk_file_changed_after_sampling_is_resampled_for_a_new_output_and_pinned_in_the_old(world, module_ray,
+                                                                                                tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(world / "data", data)
+    spec = spec_dict(world, tmp_path / "old")
+    spec["data"]["source"] = str(data)
+    old = write_yaml(tmp_path / "old.yaml", spec)
+    assert in_process("run", str(old), "--no-progress").returncode == 0
+    old_rows = ResultStore(tmp_path / "old").read_probe_set(0)
+    # the file changes in place: same name, other rows (reversed)
+    path = data / "train" / "train_000.jsonl"
+    path.write_text("".join(reversed(path.read_text().splitlines(keepends=True))))
+    new = dict(spec, output=str(tmp_path / "new"))
+    assert in_process("run", str(write_yaml(tmp_path / "new.yaml", new)), "--no-progress").returncode == 0
+    new_rows = ResultStore(tmp_path / "new").read_probe_set(0)
+    assert new_rows["row"].to_list() == old_rows["row"].to_list()  # the same row numbers are sampled ...
+    assert new_rows["tokens"].to_list() != old_rows["tokens"].to_list()  # ... from the new content, not the cache
+    cells = ResultStore(tmp_path / "new").cells().collect()
+    assert cells["data_sha256"].item() == hashlib.sha256(path.read_bytes()).hexdigest()
+    # the old output keeps what it sampled, and says the file changed
+    extended = dict(spec, checkpoints=[0, 1])
+    result = in_process("run", str(write_yaml(tmp_path / "old2.yaml", extended)), "--no-progress")
+    assert result.returncode == 0
+    assert f"WARNING chunk 0: {path} changed since this output sampled it" in result.stdout
+    assert ResultStore(tmp_path / "old").read_probe_set(0).equals(old_rows)
+    assert ResultStore(tmp_path / "old").cells().collect()["data_sha256"].n_unique() == 1
