@@ -133,6 +133,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=CheckpointScorer) -
                       gpus_per_actor(spec), _forwarded_environment()).run()
         for ckpt in _finished_checkpoints(spec, store.done_cells()):
             store.compact_checkpoint(ckpt)
+        store.record_pins_in_manifest()
         summary.failed = store.failures()
         summary.seconds = time.perf_counter() - started
         return summary

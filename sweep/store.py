@@ -393,6 +393,17 @@ class ResultStore:
         # The manifest lands before any result, so a directory with results always has one.
         self._write_json_atomic(manifest, self.manifest_path)
 
+    def record_pins_in_manifest(self) -> None:
+        """Copy the pins (checkpoint -> commit, fingerprint, stored dtype; chunk -> file, sha256) into
+        manifest.json, for a reader who opens only that file. The ledgers stay the authority."""
+        manifest = self.read_manifest()
+        manifest["pins"] = {
+            "checkpoints": {str(c): pin for c, pin in sorted(self.checkpoint_pins().items())},
+            "chunks": {str(c): {key: entry["source"].get(key) for key in ("file", "sha256", "size", "commit")}
+                       for c, entry in sorted(self.probe_entries().items())},
+        }
+        self._write_json_atomic(manifest, self.manifest_path)
+
     def has_landed_results(self) -> bool:
         return any(ledger["files"] for ledger in self._load_ledgers().values())
 

@@ -131,12 +131,15 @@ def test_a_hub_sweep_lands_the_local_rows_and_leaves_no_checkpoint_or_chunk_on_d
     commits = {c: world.sha(rev) for c, rev in enumerate(["ckpt_000", "ckpt_001", "main"])}
     assert dict(zip(cells["ckpt"], cells["model_commit"])) == commits  # pinned commits, recorded per cell
     assert dict(zip(cells["ckpt"], cells["stored_dtype"])) == {0: "float32", 1: "float32", 2: "bfloat16"}
-    manifest_pins = ResultStore(tmp_path / "hub").checkpoint_pins()
-    assert {c: pin["model_commit"] for c, pin in manifest_pins.items()} == commits
+    ledger_pins = ResultStore(tmp_path / "hub").checkpoint_pins()
+    assert {c: pin["model_commit"] for c, pin in ledger_pins.items()} == commits
+    manifest = json.loads((tmp_path / "hub" / "manifest.json").read_text())
+    assert {int(c): pin["model_commit"] for c, pin in manifest["pins"]["checkpoints"].items()} == commits
     import hashlib
     chunk_sha = {c: hashlib.sha256((local / "data" / "train" / f"train_{c:03d}.jsonl").read_bytes()).hexdigest()
                  for c in range(CHECKPOINTS)}
     assert dict(zip(cells["chunk"], cells["data_sha256"])) == chunk_sha  # the Hub's LFS sha256, verified
+    assert {int(c): pin["sha256"] for c, pin in manifest["pins"]["chunks"].items()} == chunk_sha
 
     # Nothing heavy is left: downloads deleted after loading, chunk files never stored anywhere.
     for folder in (tmp_path / "hub-downloads", root / "hf-home"):
