@@ -11,9 +11,15 @@ memsweep sweeps from the Hub ids (`run_sweep`, local Ray with 2 logical GPUs, bf
   actors-1       one actor, downloads deleted once loaded (the default)
   actors-2       two actors on the one node, sharing one download dir
   keep-1         one actor with `model.keep_downloads: true`, for contrast
+  fp32-1         (not by default) one actor scoring in float32: on CPU the model then keeps views of the mapped
+                 fp32 shards, so a deleted checkpoint's files hold their disk until the model is freed
   small-disk     `model.download_dir` on a filesystem that holds a bf16 `main` download but not an fp32 one
                  (free space between 2 GiB + the bf16 size and 2 GiB + the fp32 size: fetch_checkpoint keeps a
                  2 GiB margin, sweep/sources.py DISK_MARGIN_BYTES); the failed cells' one-line errors are printed
+  disk-fills     `model.download_dir` on a loop-mounted ext4 with room for the margin and a few checkpoints,
+                 which another writer (AnotherWriter) fills once a download has a complete shard and others in
+                 flight, and frees once every cell of the checkpoint it interrupted has failed; shows the errors,
+                 that later checkpoints are scored, and what the failed download left on the disk
 
 A sampler thread in this process measures, every --interval-ms, the bytes allocated (st_blocks) under each
 folder of the run: `model.download_dir`, HF_HOME (the Hub client's cache), `data.cache_dir` (the probe cache)
@@ -25,8 +31,11 @@ was downloaded.
 
 Everything lives under one work folder (--workdir, default a new /tmp folder) and is removed at the end, mounts
 unmounted, the server stopped and Ray shut down, also on Ctrl-C or when the watchdog stops a run whose process
-tree passes --limit-gb of RSS. Cost here: about 1-2 minutes of building plus 1-2 minutes per scenario on a
-shared 2-core VM, ~0.5 GB of /tmp, tmpfs pages only for what is written (< 0.3 GB).
+tree passes --limit-gb of RSS. Cost here (defaults): about 30 s of building, then 30 s to 5 minutes per scenario
+on a shared 2-core VM depending on its load (load average 30-80: 3.5-5 minutes, mostly Ray start-up of the
+actors and the probe-set builds), ~0.7 GB of /tmp, tmpfs pages only for what is written (< 0.3 GB), a peak of
+~5 GB RSS over the process tree (Ray workers). Root is needed for the mounts; without it (or with --no-mount)
+the folder sizes are measured and the two small-disk scenarios are skipped.
 """
 
 from __future__ import annotations
@@ -133,18 +142,25 @@ class DiskSampler:
                 found[self.revisions.get(commit.name, commit.name[:12])] = allocated_bytes(commit)
         return found
 
+    def _disk_used(self) -> int:
+        foreign = 0
+        for path in self.foreign:
+            try:
+                foreign += os.stat(path).st_blocks * 512
+            except FileNotFoundError:
+                pass
+        return filesystem_used(self.disk) - self.baseline - foreign
+
     def sample(self) -> dict[str, int]:
+        before = self._disk_used() if self.disk is not None else 0
         sizes = {name: allocated_bytes(path) for name, path in self.folders.items()}
         sizes["total"] = sum(sizes.values())
         if self.disk is not None:
-            foreign = 0
-            for path in self.foreign:
-                try:
-                    foreign += os.stat(path).st_blocks * 512
-                except FileNotFoundError:
-                    pass
-            sizes["downloads_fs"] = filesystem_used(self.disk) - self.baseline - foreign
-            sizes["downloads_held"] = max(0, sizes["downloads_fs"] - sizes["downloads"])
+            after = self._disk_used()
+            sizes["downloads_fs"] = max(before, after)
+            # a file written or deleted during the walk moves statvfs before/after to either side of the walk's
+            # count; a file deleted but still held keeps both above it
+            sizes["downloads_held"] = max(0, min(before, after) - sizes["downloads"])
         return sizes
 
     def _run(self) -> None:
@@ -256,6 +272,7 @@ class Scenario:
     keep_downloads: bool = False
     download_disk_bytes: int = ROOMY_DISK_BYTES  # size of the filesystem holding model.download_dir
     another_writer: bool = False  # an ext4 disk that another writer fills while a checkpoint downloads
+    dtype: str = "bfloat16"  # float32: on CPU the model keeps views of the mapped fp32 shards it loaded
 
 
 class AnotherWriter:
@@ -348,7 +365,7 @@ def write_spec(run_dir: Path, scenario: Scenario, folders: dict[str, Path], chec
     spec = {
         "name": scenario.label,
         "model": {"source": MODEL_ID, "revision": "ckpt_{ckpt:03d}", "revision_overrides": {checkpoints - 1: "main"},
-                  "dtype": "bfloat16", "download_dir": str(folders["downloads"]),
+                  "dtype": scenario.dtype, "download_dir": str(folders["downloads"]),
                   "keep_downloads": scenario.keep_downloads},
         "data": {"source": DATA_ID, "file": "train/train_{chunk:03d}.jsonl", "samples_per_chunk": samples, "seed": 42,
                  "cache_dir": str(folders["probe_cache"]), "vocab_size": 32000},
@@ -516,6 +533,10 @@ def report(results: list[RunResult], sizes: WorldSizes, args) -> str:
             f"{ {rev[:8]: e['gets'] for rev, e in r.weight_gets.items()} } "
             f"({mb(sum(e['bytes'] for e in r.weight_gets.values()))}) for loads {r.loads}; sampler: {r.samples} "
             f"samples, interval median {1000 * r.interval_median_s:.0f} ms, max {1000 * r.interval_max_s:.0f} ms")
+        most = max(r.download_timeline, key=lambda entry: len(entry[3]), default=None)
+        if most is not None:
+            lines.append(f"  most checkpoint folders in the download dir at once: {len(most[3])} ({' + '.join(most[3])}"
+                         f", {mb(most[1])}, first at {most[0]:.1f} s)")
         for event in r.events:
             lines.append(f"  another writer: {event}")
         for entry in r.errors:
@@ -632,8 +653,10 @@ def main() -> None:
                                                   Scenario("keep-1", 1, keep_downloads=True),
                                                   Scenario("small-disk", 1, download_disk_bytes=small),
                                                   Scenario("disk-fills", 1, download_disk_bytes=filling,
-                                                           another_writer=True))}
-                ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+                                                           another_writer=True),
+                                                  Scenario("fp32-1", 1, dtype="float32"))}
+                # log_to_driver: the actors' warnings (a failed prefetch is only logged there) reach this output
+                ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=True)
                 try:
                     for label in args.scenarios.split(","):
                         scenario = scenarios[label]
