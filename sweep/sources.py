@@ -243,7 +243,8 @@ def fetch_checkpoint(source: str, revision: str, commit: str | None, download_di
     Local source: the folder itself. Hub source: the Hugging Face cache if it already holds the whole
     snapshot (never deleted by memsweep), else a download into ``<download_dir>/<org>--<name>/<commit>``
     after checking the free space (InsufficientDiskError names the folder, the bytes needed and free). A
-    disk that fills during the download raises the same error.
+    disk that fills during the download raises the same error. Either way the folder is deleted, shards already
+    complete included: a checkpoint that does not fit is not resumed, and its shards would otherwise stay.
     """
     if is_local(source):
         return CheckpointFolder(local_checkpoint(source, revision), downloaded=False)
@@ -265,6 +266,7 @@ def fetch_checkpoint(source: str, revision: str, commit: str | None, download_di
     needed = sum(item.file_size or 0 for item in plan if item.will_download)
     free = shutil.disk_usage(target).free
     if needed + DISK_MARGIN_BYTES > free:
+        shutil.rmtree(target, ignore_errors=True)  # shards of an earlier, interrupted try would stay for good
         raise InsufficientDiskError(errno.ENOSPC, f"not enough disk space in {target} for {source}@{revision} "
                                     f"({commit[:12]}): needs {needed / 1e9:.1f} GB (+{DISK_MARGIN_BYTES / 1e9:.0f} GB "
                                     f"margin), {free / 1e9:.1f} GB free")
@@ -272,9 +274,11 @@ def fetch_checkpoint(source: str, revision: str, commit: str | None, download_di
         huggingface_hub.snapshot_download(source, revision=commit, allow_patterns=patterns, local_dir=target)
     except OSError as error:
         if error.errno == errno.ENOSPC or "No space left" in str(error):
+            free = shutil.disk_usage(target).free
+            shutil.rmtree(target, ignore_errors=True)  # the shards already complete: nobody would delete them
             raise InsufficientDiskError(errno.ENOSPC, f"disk full in {target} while downloading {source}@{revision} "
                                         f"({commit[:12]}, {needed / 1e9:.1f} GB); "
-                                        f"{shutil.disk_usage(target).free / 1e9:.1f} GB free now") from None
+                                        f"{free / 1e9:.1f} GB free now") from None
         raise
     return CheckpointFolder(target, downloaded=True, bytes=needed)
 

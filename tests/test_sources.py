@@ -133,6 +133,36 @@ def test_a_download_that_does_not_fit_is_refused_naming_folder_and_sizes(tmp_pat
     assert "needs 27.0 GB" in message and "4.0 GB free" in message and "ckpt_001" in message
 
 
+def test_a_download_the_disk_cannot_hold_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A disk that fills mid-download: the shards already complete are deleted with the folder (nobody else
+    would: the actor never got a folder to evict), and a later try refused up front deletes an earlier try's."""
+    import errno
+
+    target = tmp_path / "LLM360--Amber" / ("a" * 40)
+
+    def fake_snapshot(repo_id, revision=None, allow_patterns=None, local_dir=None, local_files_only=False,
+                      dry_run=False):
+        if local_files_only:
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        if dry_run:
+            return [SimpleNamespace(file_size=3000, will_download=True)]
+        Path(local_dir, "pytorch_model-00001-of-00003.bin").write_bytes(b"complete shard")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id, revision=None: ["pytorch_model.bin"])
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    with pytest.raises(InsufficientDiskError, match="disk full in .* while downloading LLM360/Amber@ckpt_002"):
+        fetch_checkpoint("LLM360/Amber", "ckpt_002", "a" * 40, tmp_path)
+    assert not target.exists()
+
+    (target / "pytorch_model-00001-of-00003.bin").parent.mkdir(parents=True)
+    (target / "pytorch_model-00001-of-00003.bin").write_bytes(b"a shard from an earlier try")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    with pytest.raises(InsufficientDiskError, match="not enough disk space"):
+        fetch_checkpoint("LLM360/Amber", "ckpt_002", "a" * 40, tmp_path)
+    assert not target.exists()
+
+
 def test_a_checkpoint_complete_in_the_hf_cache_is_used_there_and_never_deleted(tmp_path, monkeypatch):
     cached = tmp_path / "hf-cache" / "snapshot"
     cached.mkdir(parents=True)
