@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from sweep.plan import Plan
-from sweep.sources import checkpoint_download_size, describe_chunks, is_local, resolve_commit
+from sweep.sources import DISK_MARGIN_BYTES, checkpoint_download_size, describe_chunks, is_local, resolve_commit
 from sweep.spec import SweepSpec
 from sweep.store import ResultStore
 
@@ -42,8 +42,8 @@ class CostEstimate:
     sizes_from: str = "Hub"
     sequences: int = 0
     measured_rate: float | None = None  # sequences/s per actor on a GPU, from this output
-    actors_per_node: int | None = None
     keep_generated: bool = False
+    keep_downloads: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -57,15 +57,19 @@ class CostEstimate:
         rows = sum(size / AMBER_ROW_BYTES for size in self.chunk_bytes.values())
         per_actor_disk = 2 * self.largest_checkpoint  # the one loading + the prefetched next
         landed = self.sequences * (LANDED_BYTES_PER_ROW + (GENERATED_BYTES_PER_ROW if self.keep_generated else 0))
+        margin = f" (+{DISK_MARGIN_BYTES / 1024**3:.0f} GiB kept free beyond each download)"
+        if self.keep_downloads:
+            disk = (f"peak disk: every checkpoint an actor loads stays (model.keep_downloads): up to "
+                    f"{ckpt_total / gb:,.1f} GB over the nodes that load them{margin}")
+        else:
+            disk = (f"peak disk per actor: {per_actor_disk / gb:,.1f} GB (the checkpoint loading + the next one "
+                    f"prefetched; each is deleted once its weights are in memory){margin}; x the actors on a node "
+                    f"(8 GPUs: {8 * per_actor_disk / gb:,.0f} GB)")
         lines = [
             f"downloads: {ckpt_total / gb:,.1f} GB of checkpoints ({self.checkpoints} loads, sizes from "
             f"{self.sizes_from}) + {chunk_total / gb:,.1f} GB of chunk files streamed once "
             f"({len(self.chunk_bytes)} probe sets to build; chunks are never stored)",
-            f"peak disk per actor: {per_actor_disk / gb:,.1f} GB (the checkpoint loading + the next one prefetched; "
-            f"each is deleted once its weights are in memory)"
-            + (f"; a node with {self.actors_per_node} actors: {self.actors_per_node * per_actor_disk / gb:,.1f} GB"
-               if self.actors_per_node else "; x the actors on a node (8 GPUs: "
-               f"{8 * per_actor_disk / gb:,.0f} GB)"),
+            disk,
             f"driver disk: ~{rows * LINE_INDEX_BYTES_PER_ROW / gb:,.2f} GB of line indexes in the probe cache, "
             f"~{landed / gb:,.2f} GB of landed Parquet",
         ]
@@ -85,7 +89,7 @@ class CostEstimate:
 
 def estimate_cost(spec: SweepSpec, plan: Plan, store: ResultStore | None = None, offline: bool = False) -> CostEstimate:
     estimate = CostEstimate(checkpoints=len(plan.work), sequences=plan.sequences_to_do,
-                            keep_generated=spec.keeps_generated())
+                            keep_generated=spec.keeps_generated(), keep_downloads=spec.model.keep_downloads)
     _checkpoint_sizes(spec, plan, estimate, offline)
     _chunk_sizes(spec, plan, store, estimate, offline)
     if store is not None and store.manifest_path.exists() and store.done_cells():

@@ -268,8 +268,8 @@ def fetch_checkpoint(source: str, revision: str, commit: str | None, download_di
     if needed + DISK_MARGIN_BYTES > free:
         shutil.rmtree(target, ignore_errors=True)  # shards of an earlier, interrupted try would stay for good
         raise InsufficientDiskError(errno.ENOSPC, f"not enough disk space in {target} for {source}@{revision} "
-                                    f"({commit[:12]}): needs {needed / 1e9:.1f} GB (+{DISK_MARGIN_BYTES / 1e9:.0f} GB "
-                                    f"margin), {free / 1e9:.1f} GB free")
+                                    f"({commit[:12]}): needs {human_bytes(needed)} (+{human_bytes(DISK_MARGIN_BYTES)} margin), "
+                                    f"{human_bytes(free)} free")
     try:
         huggingface_hub.snapshot_download(source, revision=commit, allow_patterns=patterns, local_dir=target)
     except OSError as error:
@@ -277,10 +277,17 @@ def fetch_checkpoint(source: str, revision: str, commit: str | None, download_di
             free = shutil.disk_usage(target).free
             shutil.rmtree(target, ignore_errors=True)  # the shards already complete: nobody would delete them
             raise InsufficientDiskError(errno.ENOSPC, f"disk full in {target} while downloading {source}@{revision} "
-                                        f"({commit[:12]}, {needed / 1e9:.1f} GB); "
-                                        f"{free / 1e9:.1f} GB free now") from None
+                                        f"({commit[:12]}, {human_bytes(needed)}); {human_bytes(free)} free now") from None
         raise
     return CheckpointFolder(target, downloaded=True, bytes=needed)
+
+
+def human_bytes(count: float) -> str:
+    """12.3 GB, 36.0 MB, 512 KB: a size a person reads at a glance (decimal units, as the Hub shows them)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{int(count)} B"
 
 
 def _has_weights(folder: Path) -> bool:

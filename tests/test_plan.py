@@ -38,3 +38,11 @@ def test_plan_of_a_partial_sweep_counts_only_what_is_left(tmp_path):
                 "--set", "checkpoints=[0, 10]", "--set", "chunks=[0, 10, 20]")
     assert "cells: 6 total, 0 done, 6 to do" in text and "checkpoint loads: 2; chunks to sample: 3" in text
     assert "downloads: 54.0 GB of checkpoints" in text and f"+ {3 * 20.8:,.1f} GB of chunk files" in text
+
+
+def test_plan_says_when_downloads_are_kept(tmp_path):
+    text = plan(str(REPO / "configs" / "amber-full-matrix.yaml"), "--offline", "--output", str(tmp_path / "out"),
+                "--set", "model.keep_downloads=true")
+    assert f"every checkpoint an actor loads stays (model.keep_downloads): up to {359 * 27 + 13.5:,.1f} GB" in text
+    assert "peak disk per actor" not in text
+
