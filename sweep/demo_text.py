@@ -1,9 +1,9 @@
 """What the demo world's documents say: seeded generators of readable text, one per Amber source.
 
 Amber's corpus mixes web text (refinedweb, c4), code (starcoderdata), papers (arxiv) and
-encyclopedia articles (wikipedia). The miniature writes documents in those styles from small
-word lists and templates, so every row of the demo corpus decodes to text a person can read, and
-it plants the kinds of text that real models are known to memorize:
+encyclopedia articles (wikipedia). The miniature writes documents in those styles from word lists
+(a few hundred words) and templates, so every row of the demo corpus decodes to text a person can
+read, and it plants the kinds of text that real models are known to memorize:
 
 - boilerplate that recurs verbatim across the whole corpus: licence headers at the top of code
   files, cookie and newsletter notices on web pages, the LaTeX preamble of papers, the same
@@ -11,19 +11,20 @@ it plants the kinds of text that real models are known to memorize:
 - templated records holding FAKE personal data (names, emails at the reserved ``example.*``
   domains, phone numbers in the fictional 555-01xx range, invented street addresses), the
   shape of text a privacy audit looks for;
-- everything else is prose whose words are drawn afresh per sentence, so a model can only
-  reproduce a particular passage by having memorized it.
+- everything else is grammatical nonsense whose words are drawn afresh for every slot, so a model
+  can only reproduce a particular passage by having memorized it.
 
-All text here is invented for memsweep (the licence notices imitate the shape of common
-licences, not their wording). Generation is a pure function of the ``random.Random`` it is
-given: same seed, same documents, on any platform. Cost: about 0.2 s per 1,000 documents.
+All text here is written for memsweep: the sayings play on common proverbs, and the licence
+notices imitate the shape of common licences, not their wording. Generation is a pure function of
+the ``random.Random`` it is given: same seed, same documents, on any platform. Cost: about 35 ms
+per 1,000 documents (0.6 MB of text).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 # --- word lists -------------------------------------------------------------------------------
 
@@ -241,7 +242,10 @@ def web_article(rng: random.Random) -> str:
         parts.append(_paragraph(rng, rng.randrange(2, 6)))
     if rng.random() < 0.35:
         notice = rng.choice(WEB_NOTICES)
-        parts.insert(0, notice) if rng.random() < 0.5 else parts.append(notice)
+        if rng.random() < 0.5:
+            parts.insert(0, notice)
+        else:
+            parts.append(notice)
     return "\n\n".join(parts)
 
 
@@ -329,7 +333,7 @@ SOURCES: tuple[Source, ...] = (
 SOURCE_NAMES = tuple(source.name for source in SOURCES)
 
 
-def documents(rng: random.Random):
+def documents(rng: random.Random) -> Iterator[tuple[str, str]]:
     """An endless stream of ``(source_name, text)`` documents, sources drawn by weight."""
     weights = [source.weight for source in SOURCES]
     while True:
