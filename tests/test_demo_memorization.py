@@ -8,6 +8,12 @@ are in sweep/demo.py's docstring):
 - memories persist: chunks seen before the newest score clearly above chunks not seen yet;
 - most sequences fully memorized at some checkpoint are still fully memorized at the last one;
 - rows duplicated in the corpus are memorized more than unique rows.
+
+Measured on MEMO's sweep: older seen / unseen chunks 0.20 / 0.13 at checkpoint 1 and 0.36 / 0.16
+at checkpoint 2 (3.9x over all cells), 78% of fully memorized rows kept, duplicated rows 0.84 vs
+unique 0.42. The first demo world's training (8 epochs per chunk, no rehearsal, constant learning
+rate) on the same corpus, scored on the same rows with the same kernel, fails: 1.24x and 1.07x at
+checkpoints 1 and 2, 47% kept, duplicated 0.41 vs unique 0.32.
 """
 
 from __future__ import annotations
@@ -71,11 +77,12 @@ def test_chunks_seen_earlier_stay_above_unseen_ones(landed):
     unseen = _mean(cells, pl.col("chunk") > pl.col("ckpt"))
     assert earlier >= 1.5 * unseen, (earlier, unseen)
     # Not a bright diagonal over a flat floor: at every checkpoint with both, the older seen chunks
-    # are above the unseen ones.
+    # are clearly above the unseen ones. (The average above alone is not enough on 4 chunks: the
+    # first checkpoints, which barely know the language, score every unseen chunk low.)
     for ckpt in range(1, MEMO.chunks - 1):
         at = pl.col("ckpt") == ckpt
         older, later = _mean(cells, at & (pl.col("chunk") < ckpt)), _mean(cells, at & (pl.col("chunk") > ckpt))
-        assert older > later, (ckpt, older, later)
+        assert older >= 1.25 * later, (ckpt, older, later)
 
 
 def test_most_memorized_sequences_stay_memorized(landed):
