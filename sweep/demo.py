@@ -492,7 +492,7 @@ def ensure_demo_world(config: DemoWorldConfig, model_dir: Path, data_dir: Path,
 
     A no-op when both directories already hold this config's world (their ``world.json`` markers,
     written last, say so); raises ValueError naming the directory when one holds another config.
-    Default config: about a minute on a 2-core CPU.
+    Default config: about 90 s of one CPU core (training; the corpus and tokenizer take ~1 s).
     """
     config.validate()
     model_dir, data_dir = Path(model_dir).expanduser(), Path(data_dir).expanduser()
