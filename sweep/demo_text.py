@@ -77,7 +77,7 @@ explain detect reduce improve test compare carry paint build hide guard sell buy
 count sort wash fold lift pull push watch hear remember forget name describe praise question
 answer greet chase catch
 """.split())
-""" Base forms; :func:`_third_person` makes "waters", "washes", "carries". """
+""" Base forms; :func:`_add_s` makes "waters", "washes", "carries". """
 ADJECTIVES = tuple("""
 green dry wild small early tall quiet sunny old busy narrow famous distant cheap late crowded
 fresh sweet hot thick golden simple spicy soft new public local costly modern empty central
@@ -161,16 +161,21 @@ def _name(rng: random.Random) -> str:
     return f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
 
 
-def _third_person(verb: str) -> str:
-    if verb.endswith(("s", "sh", "ch", "x")):
-        return verb + "es"
-    if verb.endswith("y") and verb[-2] not in "aeiou":
-        return verb[:-1] + "ies"
-    return verb + "s"
+def _add_s(word: str) -> str:
+    """English -s: "waters", "washes", "carries"; also plural nouns: "foxes", "ferries"."""
+    if word.endswith(("s", "sh", "ch", "x")):
+        return word + "es"
+    if word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def _plural(noun: str) -> str:
+    return {"leaf": "leaves", "wolf": "wolves"}.get(noun) or _add_s(noun)
 
 
 def _verb(rng: random.Random) -> str:
-    return _third_person(rng.choice(VERBS))
+    return _add_s(rng.choice(VERBS))
 
 
 def _noun_phrase(rng: random.Random) -> str:
@@ -271,15 +276,15 @@ def code_file(rng: random.Random) -> str:
     parts.append(rng.choice(PYTHON_IMPORTS))
     for _ in range(rng.randrange(1, 4)):
         noun, other, helper = rng.choice(NOUNS), rng.choice(NOUNS), _identifier(rng)
-        verb = rng.choice(VERBS)
+        nouns, verb = _plural(noun), rng.choice(VERBS)
         parts.append(
-            f"def {verb}_{noun}({noun}s, {other}=None):\n"
-            f'    """{verb.title()} every {noun} and return the {rng.choice(ADJECTIVES)} {other}s.\n\n'
-            f"    Args:\n        {noun}s: the {noun}s to {verb}.\n"
+            f"def {verb}_{noun}({nouns}, {other}=None):\n"
+            f'    """{verb.title()} every {noun} and return the {rng.choice(ADJECTIVES)} {_plural(other)}.\n\n'
+            f"    Args:\n        {nouns}: the {nouns} to {verb}.\n"
             f"        {other}: an optional {other}.\n"
             f'    """\n'
             f"    result = []\n"
-            f"    for {noun} in {noun}s:\n"
+            f"    for {noun} in {nouns}:\n"
             f"        if {noun} is None:\n            continue\n"
             f"        result.append({helper}({noun}, {other}, {rng.randrange(2, 100)}))\n"
             f"    return result\n")
@@ -288,7 +293,7 @@ def code_file(rng: random.Random) -> str:
 
 def paper(rng: random.Random) -> str:
     """arxiv: a LaTeX paper opening with the usual preamble."""
-    title = (f"{rng.choice(ADJECTIVES).title()} {rng.choice(NOUNS).title()}s for "
+    title = (f"{rng.choice(ADJECTIVES).title()} {_plural(rng.choice(NOUNS)).title()} for "
              f"{rng.choice(NOUNS).title()} {rng.choice(('Estimation', 'Control', 'Search', 'Design'))}")
     return (f"{LATEX_PREAMBLE}\\title{{{title}}}\n\\author{{{_name(rng)} \\and {_name(rng)}}}\n"
             f"\\maketitle\n\\begin{{abstract}}\n{_paragraph(rng, rng.randrange(2, 5))}\n"
