@@ -120,7 +120,7 @@ class DemoWorldConfig:
     """AdamW peak learning rate (reached after a short linear warmup)."""
     final_learning_rate: float = 1e-3
     """Learning rate at the last step; cosine decay from the peak over the whole run."""
-    replay_fraction: float = 1.0
+    replay_fraction: float = 1.25
     """Rehearsal: each epoch of chunk i also trains on ``replay_fraction * rows_per_chunk`` rows drawn
     at random from chunks 0..i (never later ones). Amber sees each row once; this stands in for the
     slow forgetting of a large model (see the module docstring). 0 turns it off."""

@@ -185,6 +185,8 @@ def _noun_phrase(rng: random.Random) -> str:
     words.append(rng.choice(NOUNS))
     if rng.random() < 0.15:
         words += ["of", "the", rng.choice(NOUNS)]
+    if words[0] == "a" and words[1][0] in "aeiou":
+        words[0] = "an"
     return " ".join(words)
 
 
