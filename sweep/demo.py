@@ -41,18 +41,20 @@ Measured on the default world (a full 8 x 8 x 128 sweep, ``memsweep run``; see
 tests/test_demo_memorization.py for the same properties asserted on a smaller world):
 
     mean memorization score     checkpoint  0     1     2     3     4     5     6     7
-    chunks seen before the newest           -   0.20  0.27  0.34  0.35  0.37  0.38  0.39
-    the newest chunk (diagonal)           0.17  0.38  0.50  0.51  0.59  0.61  0.57  0.57
-    chunks not seen yet                   0.08  0.15  0.18  0.21  0.25  0.23  0.26    -
+    chunks seen before the newest           -   0.27  0.31  0.36  0.40  0.41  0.43  0.43
+    the newest chunk (diagonal)           0.21  0.40  0.55  0.55  0.60  0.70  0.63  0.57
+    chunks not seen yet                   0.09  0.15  0.18  0.20  0.24  0.24  0.25    -
 
-  chunks seen before the newest score 0.36 on average, unseen ones 0.17 (2.1x); of the 343 sampled
-  rows fully memorized at some checkpoint, 203 (59%) still are at the last one (63-73% of those
-  memorized at each checkpoint 1-6); at the last checkpoint rows duplicated in the corpus score
-  0.78 (66% fully memorized), unique rows 0.34 (11%). With ``seed=1``: 1.9x, 59%, alike.
+  chunks seen before the newest score 0.40 on average, unseen ones 0.17 (2.4x); of the 419 sampled
+  rows fully memorized at some checkpoint, 255 (61%) still are at the last one (67-76% of those
+  memorized at each checkpoint 0-6, Biderman et al.'s precision); at the last checkpoint rows
+  duplicated in the corpus score 0.85 (75% fully memorized), unique rows 0.36 (15%). With
+  ``seed=1``: 2.35x, 61%, 0.90 vs 0.35.
 
-Cost (default config): the corpus takes about a second, training 1,024 steps of 16 rows x 72 tokens
-through a 0.8M-parameter LLaMA about 85 s of one CPU core (one thread, for bit-reproducible
-weights); 0.7 MB of data and 8 checkpoints of 3.2 MB.
+Cost (default config): the corpus and tokenizer take about a second; training, 1,152 steps of 16
+rows x 72 tokens through a 0.79M-parameter LLaMA, about 97 s of one CPU core (one thread, for
+bit-reproducible weights; the first demo world took 105 s, measured right after); 0.7 MB of data
+and 8 checkpoints of 3.2 MB (weights, configs and tokenizer).
 
 Building is idempotent and crash-safe: each directory is built under a temporary sibling and
 renamed into place, and a ``world.json`` marker holding the config is written last. A complete world
@@ -492,7 +494,7 @@ def ensure_demo_world(config: DemoWorldConfig, model_dir: Path, data_dir: Path,
 
     A no-op when both directories already hold this config's world (their ``world.json`` markers,
     written last, say so); raises ValueError naming the directory when one holds another config.
-    Default config: about 90 s of one CPU core (training; the corpus and tokenizer take ~1 s).
+    Default config: about 100 s of one CPU core (training; the corpus and tokenizer take ~1 s).
     """
     config.validate()
     model_dir, data_dir = Path(model_dir).expanduser(), Path(data_dir).expanduser()

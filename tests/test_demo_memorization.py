@@ -9,11 +9,11 @@ are in sweep/demo.py's docstring):
 - most sequences fully memorized at some checkpoint are still fully memorized at the last one;
 - rows duplicated in the corpus are memorized more than unique rows.
 
-Measured on MEMO's sweep: older seen / unseen chunks 0.20 / 0.13 at checkpoint 1 and 0.36 / 0.16
-at checkpoint 2 (3.9x over all cells), 78% of fully memorized rows kept, duplicated rows 0.84 vs
-unique 0.42. The first demo world's training (8 epochs per chunk, no rehearsal, constant learning
-rate) on the same corpus, scored on the same rows with the same kernel, fails: 1.24x and 1.07x at
-checkpoints 1 and 2, 47% kept, duplicated 0.41 vs unique 0.32.
+Measured on MEMO's sweep: older seen / unseen chunks 0.30 / 0.13 at checkpoint 1 and 0.45 / 0.20
+at checkpoint 2 (4.4x over all cells), 80% of fully memorized rows kept, duplicated rows 0.94 vs
+unique 0.53. The first demo world's training (8 epochs per chunk, no rehearsal, constant learning
+rate) on the same corpus, scored on the same rows with the same kernel, fails every check: 1.03x
+and 0.83x at checkpoints 1 and 2 (1.41x over all cells), 48% kept, duplicated 0.41 vs unique 0.31.
 """
 
 from __future__ import annotations
