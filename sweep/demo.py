@@ -1,20 +1,60 @@
 """The embedded demo world: a miniature Amber that memsweep can sweep on a laptop, offline.
 
 Amber itself is out of reach for a newcomer (27 GB per checkpoint, 20.8 GB per data chunk), so this
-file builds a faithful miniature of it:
+file builds a miniature of it that reads and behaves like a real training run:
 
 - a corpus in AmberDatasets' raw row format, ``data_dir/train/train_000.jsonl`` .. one JSON object
-  per line, ``{"token_ids": [row_len ints], "source": "refinedweb"}``. Rows are consecutive slices
-  of a packed stream of documents (``BOS body EOS``), so a row may start mid-document and may hold
-  several documents; its ``source`` is the source of the document it starts in. Five sources with
-  different statistics (Markov "natural" text, templated code, boilerplate-headed papers and
-  articles), and a share of rows copied verbatim within and across chunks, as web corpora have.
+  per line, ``{"token_ids": [row_len ints], "source": "refinedweb"}``. The documents are readable
+  text written by :mod:`sweep.demo_text` in five Amber sources' styles (web articles with cookie and
+  newsletter notices, directory pages of FAKE personal records, Python files under licence headers,
+  LaTeX papers, biographies), tokenized with a byte-level BPE tokenizer trained on them, and packed
+  LLaMA-style (``BOS body EOS``, BOS 1, EOS 2) into one stream sliced into rows: a row may start
+  mid-document and hold several documents; its ``source`` is that of the document it starts in.
+  A share of rows is copied verbatim within and across chunks, as in web corpora.
+- the tokenizer, as a Hugging Face tokenizer directory (``tokenizer.json``,
+  ``tokenizer_config.json``) in ``data_dir/tokenizer/`` and beside every checkpoint, so
+  ``AutoTokenizer.from_pretrained(model_dir / "ckpt_003").decode(row["token_ids"])`` gives the text.
 - a checkpoint family, ``model_dir/ckpt_000/`` .. (``LlamaForCausalLM.save_pretrained``,
   safetensors), from one small LLaMA trained through the chunks in order: checkpoint i is saved
-  after chunk i, so it has seen chunks 0..i (Amber's convention).
+  after chunk i and has trained on chunks 0..i only (Amber's convention).
 
-Amber sees each row once; a miniature model only memorizes measurably if it sees each chunk a few
-times, so every chunk is trained for ``epochs_per_chunk`` passes before its checkpoint is saved.
+Why it retains. A model this small forgets: trained only on chunk i for a few epochs, it recalls
+chunk i almost perfectly and, a chunk later, scores it barely above text it never saw. The first
+demo world was that picture, a bright diagonal over a flat floor, and without rehearsal it stayed
+so here too: with 8 epochs per chunk (newest chunk 0.9-1.0) the chunks seen before the newest
+averaged only 1.1-1.25x the unseen ones, with constant or cosine learning rates and AdamW beta2
+0.95 or 0.999; with 2-3 epochs hardly anything was memorized at all (newest chunk 0.2-0.3); a
+model 4x larger forgot a little slower at 3x the cost. A 7B model keeps most of what it
+memorized. Three things make the miniature behave like the large model:
+
+- rehearsal (``replay_fraction``): each epoch of chunk i also trains on as many rows drawn at
+  random from chunks 0..i, so what was memorized is refreshed, more rarely the older it is. This
+  is the one knowing departure from Amber, which saw each row once; no row of a later chunk is
+  ever used (tests/test_demo_world.py checks that checkpoint i does not depend on chunk i+1);
+- a cosine learning-rate decay over the whole run, as in LLaMA-style runs, so late chunks disturb
+  less;
+- text whose words are drawn from long lists, so a passage's contexts rarely recur elsewhere and
+  memories of different rows do not overwrite each other; boilerplate (licence headers, notices,
+  LaTeX preambles, quoted sayings) and duplicated rows recur, are memorized early and stay.
+
+Measured on the default world (a full 8 x 8 x 128 sweep, ``memsweep run``; see
+tests/test_demo_memorization.py for the same properties asserted on a smaller world):
+
+    mean memorization score     checkpoint  0     1     2     3     4     5     6     7
+    chunks seen before the newest           -   0.27  0.31  0.36  0.40  0.41  0.43  0.43
+    the newest chunk (diagonal)           0.21  0.40  0.55  0.55  0.60  0.70  0.63  0.57
+    chunks not seen yet                   0.09  0.15  0.18  0.20  0.24  0.24  0.25    -
+
+  chunks seen before the newest score 0.40 on average, unseen ones 0.17 (2.4x); of the 419 sampled
+  rows fully memorized at some checkpoint, 255 (61%) still are at the last one (67-76% of those
+  memorized at each checkpoint 0-6, Biderman et al.'s precision); at the last checkpoint rows
+  duplicated in the corpus score 0.85 (75% fully memorized), unique rows 0.36 (15%). With
+  ``seed=1``: 2.35x, 61%, 0.90 vs 0.35.
+
+Cost (default config): the corpus and tokenizer take about a second; training, 1,152 steps of 16
+rows x 72 tokens through a 0.79M-parameter LLaMA, about 97 s of one CPU core (one thread, for
+bit-reproducible weights; the first demo world took 105 s, measured right after); 0.7 MB of data
+and 8 checkpoints of 3.2 MB (weights, configs and tokenizer).
 
 Building is idempotent and crash-safe: each directory is built under a temporary sibling and
 renamed into place, and a ``world.json`` marker holding the config is written last. A complete world
@@ -26,19 +66,33 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from sweep import demo_text
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2, as in LLaMA
 BOS_ID = 1
 EOS_ID = 2
-FIRST_CONTENT_ID = 3  # 0 is LLaMA's <unk>; 1 and 2 are BOS / EOS
+SOURCE_NAMES = demo_text.SOURCE_NAMES
+# Text drafted before the tokenizer is trained: 4.5 characters per corpus token (byte-level BPE
+# measured 3.2 at 1,024 ids, 4.0 at 2,048), and at least 500 kB so that small test worlds get a
+# tokenizer like the default one's.
+CHARACTERS_PER_TOKEN = 4.5
+TOKENIZER_MIN_CHARACTERS = 500_000
+TOKENIZER_DIR = "tokenizer"  # in the data directory: the tokenizer the chunks were encoded with
 MARKER_NAME = "world.json"
 MARKER_KIND = "memsweep-demo-world"
-MARKER_VERSION = 1  # bump when the generator or the training changes what a config produces
+MARKER_VERSION = 2  # bump when the generator or the training changes what a config produces
 
 
 @dataclass(frozen=True)
@@ -49,17 +103,29 @@ class DemoWorldConfig:
     """Number of data chunks == number of checkpoints."""
     rows_per_chunk: int = 256
     """Rows (JSON lines) per chunk file."""
-    row_len: int = 96
+    row_len: int = 72
     """Tokens per row; memorization probes read the first k+l (64 by default)."""
-    vocab_size: int = 512
-    """Token ids are in [0, vocab_size); 1 = BOS, 2 = EOS as in LLaMA."""
+    vocab_size: int = 1024
+    """BPE vocabulary, special tokens included (0 <unk>, 1 BOS, 2 EOS as in LLaMA)."""
     hidden_size: int = 128
+    intermediate_size: int = 512
     num_layers: int = 2
     num_heads: int = 4
-    epochs_per_chunk: int = 8
-    """Passes over each chunk before its checkpoint is saved (Amber: 1; a tiny model needs more)."""
+    epochs_per_chunk: int = 4
+    """Passes over each chunk before its checkpoint is saved (Amber: 1; a tiny model needs more).
+    With replay, a row is trained on about ``epochs_per_chunk * (1 + replay_fraction / (i + 1))``
+    times while chunk i is the newest, and about ``epochs_per_chunk * replay_fraction / (j + 1)``
+    times more during each later chunk j."""
+    batch_size: int = 16
+    """Rows per optimizer step."""
     learning_rate: float = 5e-3
-    """AdamW peak learning rate (linear warmup, then constant)."""
+    """AdamW peak learning rate (reached after a short linear warmup)."""
+    final_learning_rate: float = 1e-3
+    """Learning rate at the last step; cosine decay from the peak over the whole run."""
+    replay_fraction: float = 1.25
+    """Rehearsal: each epoch of chunk i also trains on ``replay_fraction * rows_per_chunk`` rows drawn
+    at random from chunks 0..i (never later ones). Amber sees each row once; this stands in for the
+    slow forgetting of a large model (see the module docstring). 0 turns it off."""
     duplicate_fraction: float = 0.1
     """Share of rows that are verbatim copies of another row (half in its chunk, half elsewhere)."""
     seed: int = 0
@@ -71,13 +137,19 @@ class DemoWorldConfig:
             ("chunks", self.chunks <= 1000, "must be <= 1000 (three-digit file names)"),
             ("rows_per_chunk", self.rows_per_chunk >= 1, "must be >= 1"),
             ("row_len", self.row_len >= 2, "must be >= 2"),
-            ("vocab_size", 64 <= self.vocab_size <= 65536, "must be in [64, 65536]"),
+            ("vocab_size", 300 <= self.vocab_size <= 65536,
+             "must be in [300, 65536] (259 ids are bytes and special tokens)"),
             ("hidden_size", self.hidden_size >= 8, "must be >= 8"),
+            ("intermediate_size", self.intermediate_size >= 1, "must be >= 1"),
             ("num_layers", self.num_layers >= 1, "must be >= 1"),
             ("num_heads", self.num_heads >= 1 and self.hidden_size % self.num_heads == 0,
              "must be >= 1 and divide hidden_size"),
             ("epochs_per_chunk", self.epochs_per_chunk >= 1, "must be >= 1"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("learning_rate", self.learning_rate > 0, "must be > 0"),
+            ("final_learning_rate", 0 < self.final_learning_rate <= self.learning_rate,
+             "must be > 0 and <= learning_rate"),
+            ("replay_fraction", 0 <= self.replay_fraction <= 4, "must be in [0, 4]"),
             ("duplicate_fraction", 0 <= self.duplicate_fraction <= 0.5, "must be in [0, 0.5]"),
             ("seed", self.seed >= 0, "must be >= 0"),
         ]
@@ -91,58 +163,6 @@ class DemoWorldConfig:
 # ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class SourceStyle:
-    """How one source writes: its share of documents and what its documents look like."""
-
-    name: str
-    weight: float
-    """Share of documents."""
-    kind: str
-    """"markov": order-1 chain over a Zipf vocabulary; "code": templated lines over few identifiers."""
-    mean_doc_len: int
-    """Mean body length in tokens (lengths are geometric-ish, at least 8)."""
-    header_len: int
-    """Length of the source's fixed boilerplate header (0: none)."""
-    header_share: float
-    """Share of the source's documents that open with the header."""
-    zipf_exponent: float
-    """Steepness of the unigram distribution (kept flat enough that no token exceeds ~6%, as in text)."""
-
-
-# Shares roughly follow the Amber samples in ../shared (refinedweb > starcoderdata > c4 > arxiv...).
-SOURCES: tuple[SourceStyle, ...] = (
-    SourceStyle("refinedweb", 0.50, "markov", 160, 0, 0.0, 0.8),
-    SourceStyle("starcoderdata", 0.20, "code", 200, 40, 0.4, 0.9),
-    SourceStyle("c4", 0.17, "markov", 120, 0, 0.0, 0.75),
-    SourceStyle("arxiv", 0.07, "markov", 240, 24, 0.6, 0.9),
-    SourceStyle("wikipedia", 0.06, "markov", 180, 16, 0.5, 0.85),
-)
-SOURCE_NAMES = tuple(style.name for style in SOURCES)
-
-# Tuned so that a greedy continuation of unseen text derails within a token or two (unseen rows
-# score ~0.08) while a row seen 8 times is mostly recalled: steeper chains make every text
-# guessable, flatter ones make memorization too slow for a CPU-minute of training.
-MARKOV_BRANCHING = 8  # successors per token in a source's chain
-MARKOV_BRANCH_EXPONENT = 1.0  # Zipf steepness over those successors
-MARKOV_FOLLOW = 0.6  # chance the next token follows the chain rather than a fresh unigram draw
-CODE_SYNTAX_SIZE = 24  # ids at the top of the vocabulary are code keywords / punctuation
-CODE_IDENTIFIERS_PER_DOC = 6
-# Code lines as patterns over syntax-token positions (0..CODE_SYNTAX_SIZE-1); -1 is an identifier.
-CODE_LINE_PATTERNS: tuple[tuple[int, ...], ...] = (
-    (0, -1, 1, -1, 2, -1, 3, 4, 5),          # def f(a, b):
-    (6, 7, -1, 8, -1, 5),                     #     return a + b
-    (7, -1, 9, -1, 10, -1, 11, 5),            #     x = y.z()
-    (7, 12, -1, 13, -1, 4, 5),                # if a == b:
-    (7, 7, -1, 9, -1, 14, -1, 15, 5),         #         x = y[i]
-    (16, -1, 17, -1, 4, 5),                   # for a in b:
-    (18, -1, 10, -1, 5),                      # import a.b
-    (19, -1, 1, -1, 3, 4, 5),                 # class A(B):
-    (7, 20, -1, 1, 21, -1, 22, 3, 5),         #     print(f"..{x}")
-    (23, 5),                                  # blank line / comment
-)
-
-
-@dataclass(frozen=True)
 class CorpusChunk:
     """One data chunk in memory."""
 
@@ -152,99 +172,75 @@ class CorpusChunk:
     """Per row: the source of the document the row starts in."""
 
 
-class _DocumentWriter:
-    """Writes whole documents (``BOS body EOS``) for every source from one seeded generator."""
+@dataclass(frozen=True)
+class Corpus:
+    """The whole miniature corpus and the tokenizer its ids belong to."""
 
-    def __init__(self, config: DemoWorldConfig, rng: np.random.Generator):
-        self.rng = rng
-        content = np.arange(FIRST_CONTENT_ID, config.vocab_size - CODE_SYNTAX_SIZE)
-        self.syntax = np.arange(config.vocab_size - CODE_SYNTAX_SIZE, config.vocab_size)
-        self.unigram: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.successors: dict[str, np.ndarray] = {}
-        self.headers: dict[str, list[int]] = {}
-        for style in SOURCES:
-            # Each source ranks the shared vocabulary differently: its own "dialect".
-            ranked = rng.permutation(content)
-            weights = 1.0 / np.arange(1, len(ranked) + 1) ** style.zipf_exponent
-            self.unigram[style.name] = (ranked, weights / weights.sum())
-            self.successors[style.name] = rng.choice(
-                ranked, size=(config.vocab_size, MARKOV_BRANCHING), p=weights / weights.sum())
-            self.headers[style.name] = [int(t) for t in rng.choice(ranked[:64], size=style.header_len)]
-        branch = 1.0 / np.arange(1, MARKOV_BRANCHING + 1) ** MARKOV_BRANCH_EXPONENT
-        self.branch_weights = branch / branch.sum()
-
-    def document(self, style: SourceStyle) -> list[int]:
-        rng = self.rng
-        length = max(8, int(rng.exponential(style.mean_doc_len)))
-        body: list[int] = []
-        if style.header_len and rng.random() < style.header_share:
-            body.extend(self.headers[style.name])
-        if style.kind == "code":
-            body.extend(self._code(length))
-        else:
-            body.extend(self._markov(style.name, length))
-        return [BOS_ID, *body, EOS_ID]
-
-    def _markov(self, source: str, length: int) -> list[int]:
-        ranked, probs = self.unigram[source]
-        fresh = rng_choice(self.rng, ranked, probs, length)
-        branch = self.rng.choice(MARKOV_BRANCHING, size=length, p=self.branch_weights)
-        follow = self.rng.random(length) < MARKOV_FOLLOW
-        table = self.successors[source]
-        out = [int(fresh[0])]
-        for i in range(1, length):
-            out.append(int(table[out[-1], branch[i]]) if follow[i] else int(fresh[i]))
-        return out
-
-    def _code(self, length: int) -> list[int]:
-        ranked, probs = self.unigram["starcoderdata"]
-        identifiers = rng_choice(self.rng, ranked, probs, CODE_IDENTIFIERS_PER_DOC)
-        out: list[int] = []
-        while len(out) < length:
-            pattern = CODE_LINE_PATTERNS[int(self.rng.integers(len(CODE_LINE_PATTERNS)))]
-            for slot in pattern:
-                out.append(int(identifiers[self.rng.integers(len(identifiers))]) if slot < 0
-                           else int(self.syntax[slot]))
-        return out[:length]
+    chunks: list[CorpusChunk]
+    tokenizer: Tokenizer
+    """Byte-level BPE over ``config.vocab_size`` ids (see :func:`train_tokenizer`)."""
 
 
-def rng_choice(rng: np.random.Generator, values: np.ndarray, probs: np.ndarray, n: int) -> np.ndarray:
-    """``n`` draws from ``values`` with probabilities ``probs`` (inverse CDF: faster than choice)."""
-    index = np.searchsorted(np.cumsum(probs), rng.random(n) * probs.sum(), side="right")
-    return values[np.minimum(index, len(values) - 1)]
+def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE tokenizer (GPT-2 style: every string encodes, decoding is exact) trained
+    on ``texts``, with LLaMA's special ids: 0 ``<unk>``, 1 ``<s>`` (BOS), 2 ``</s>`` (EOS).
+    Encoding a text prepends BOS, as LLaMA's tokenizer does. About 1 s per MB of text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    bos = SPECIAL_TOKENS[BOS_ID]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, BOS_ID)])
+    return tokenizer
 
 
-def generate_corpus(config: DemoWorldConfig, progress: bool = False) -> list[CorpusChunk]:
-    """All chunks of the miniature corpus, deterministic in ``config`` (numpy, seeded)."""
-    from tqdm import tqdm
+def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
+    """Save ``tokenizer`` as a Hugging Face tokenizer directory (``tokenizer.json`` +
+    ``tokenizer_config.json``) that ``transformers.AutoTokenizer.from_pretrained`` loads."""
+    from transformers import PreTrainedTokenizerFast
 
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=SPECIAL_TOKENS[BOS_ID], eos_token=SPECIAL_TOKENS[EOS_ID],
+        unk_token=SPECIAL_TOKENS[0], model_max_length=2048)
+    wrapped.save_pretrained(directory)
+
+
+def generate_corpus(config: DemoWorldConfig) -> Corpus:
+    """The whole miniature corpus, deterministic in ``config``: readable documents from
+    :mod:`sweep.demo_text`, a BPE tokenizer trained on them, packed into rows, then duplicated."""
     config.validate()
-    rng = np.random.default_rng([config.seed, 0xA3BE])
-    writer = _DocumentWriter(config, rng)
-    weights = np.array([style.weight for style in SOURCES])
-    weights = weights / weights.sum()
+    rng = random.Random(config.seed)
+    stream_of_documents = demo_text.documents(rng)
+    needed = config.chunks * config.rows_per_chunk * config.row_len
+    drafted: list[tuple[str, str]] = []  # (source, text)
+    characters = 0
+    while characters < max(CHARACTERS_PER_TOKEN * needed, TOKENIZER_MIN_CHARACTERS):
+        drafted.append(next(stream_of_documents))
+        characters += len(drafted[-1][1])
+    tokenizer = train_tokenizer([text for _, text in drafted], config.vocab_size)
 
-    tokens = np.empty((config.chunks, config.rows_per_chunk, config.row_len), dtype=np.int32)
-    sources = np.empty((config.chunks, config.rows_per_chunk), dtype=object)
-    # One packed stream across the whole corpus, sliced into rows: a document can straddle rows.
     stream: list[int] = []
-    stream_sources: list[int] = []  # source index of the document each stream position belongs to
-    rows = tqdm(total=config.chunks * config.rows_per_chunk, desc="demo corpus", unit="row",
-                disable=not progress, leave=False)
-    for chunk in range(config.chunks):
-        for row in range(config.rows_per_chunk):
-            while len(stream) < config.row_len:
-                source = int(rng.choice(len(SOURCES), p=weights))
-                document = writer.document(SOURCES[source])
-                stream.extend(document)
-                stream_sources.extend([source] * len(document))
-            tokens[chunk, row] = stream[: config.row_len]
-            sources[chunk, row] = SOURCE_NAMES[stream_sources[0]]
-            del stream[: config.row_len], stream_sources[: config.row_len]
-            rows.update()
-    rows.close()
-    _copy_duplicates(config, rng, tokens, sources)
-    return [CorpusChunk(tokens[c], tuple(sources[c])) for c in range(config.chunks)]
+    stream_sources: list[int] = []  # index into SOURCE_NAMES of the document each position is in
+    source_index = {name: i for i, name in enumerate(demo_text.SOURCE_NAMES)}
+    pending = iter(drafted)
+    while len(stream) < needed:
+        source, text = next(pending, None) or next(stream_of_documents)
+        document = tokenizer.encode(text).ids + [EOS_ID]  # BOS body EOS
+        stream.extend(document)
+        stream_sources.extend([source_index[source]] * len(document))
+    shape = (config.chunks, config.rows_per_chunk, config.row_len)
+    tokens = np.asarray(stream[:needed], dtype=np.int32).reshape(shape)
+    row_starts = np.asarray(stream_sources[:needed: config.row_len]).reshape(shape[:2])
+    sources = np.asarray(demo_text.SOURCE_NAMES, dtype=object)[row_starts]
+    _copy_duplicates(config, np.random.default_rng([config.seed, 0xA3BE]), tokens, sources)
+    chunks = [CorpusChunk(tokens[c], tuple(sources[c])) for c in range(config.chunks)]
+    return Corpus(chunks, tokenizer)
 
 
 def _copy_duplicates(config: DemoWorldConfig, rng: np.random.Generator, tokens: np.ndarray,
@@ -332,7 +328,6 @@ def read_chunk(path: Path, row_len: int, vocab_size: int) -> CorpusChunk:
 # The checkpoint family
 # ---------------------------------------------------------------------------------------------
 
-BATCH_SIZE = 16  # rows per step: small batches = more updates per epoch = faster memorization
 WARMUP_STEPS = 20
 
 
@@ -342,7 +337,7 @@ def _model_config(config: DemoWorldConfig):
     return LlamaConfig(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
-        intermediate_size=4 * config.hidden_size,
+        intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_layers,
         num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_heads,  # no GQA, like LLaMA-7B
@@ -354,12 +349,22 @@ def _model_config(config: DemoWorldConfig):
     )
 
 
-def train_checkpoints(config: DemoWorldConfig, data_dir: Path, model_dir: Path,
-                      progress: bool = False) -> None:
-    """Train one small LLaMA through the chunk files in order, saving ``ckpt_i`` after chunk i."""
+def learning_rate_at(config: DemoWorldConfig, step: int, total_steps: int) -> float:
+    """Linear warmup to ``learning_rate``, then cosine decay to ``final_learning_rate`` at the last step."""
+    if step < WARMUP_STEPS:
+        return config.learning_rate * (step + 1) / WARMUP_STEPS
+    done = (step - WARMUP_STEPS) / max(1, total_steps - 1 - WARMUP_STEPS)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    return config.final_learning_rate + (config.learning_rate - config.final_learning_rate) * cosine
+
+
+def train_family(config: DemoWorldConfig, chunks: list[np.ndarray], on_checkpoint: Callable[[int, object], None],
+                 progress: bool = False) -> None:
+    """Train one small LLaMA through ``chunks`` (int[rows, row_len] each) in order; after chunk i,
+    call ``on_checkpoint(i, model)``. The model has seen chunks 0..i only when it is called."""
     import torch
     from tqdm import tqdm
-    from transformers import GenerationConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     threads = torch.get_num_threads()
     # One thread: bit-for-bit reproducible on any machine, and tiny matmuls gain little from more
@@ -368,22 +373,26 @@ def train_checkpoints(config: DemoWorldConfig, data_dir: Path, model_dir: Path,
     try:
         torch.manual_seed(config.seed)
         model = LlamaForCausalLM(_model_config(config)).float().train()
-        generation = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, do_sample=False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                       betas=(0.9, 0.95), weight_decay=0.0)
         shuffle = torch.Generator().manual_seed(config.seed)
+        replayed_per_epoch = round(config.replay_fraction * config.rows_per_chunk)
+        steps_per_epoch = math.ceil((config.rows_per_chunk + replayed_per_epoch) / config.batch_size)
+        total_steps = config.chunks * config.epochs_per_chunk * steps_per_epoch
+        bar = tqdm(total=total_steps, desc="demo training", unit="step", disable=not progress, leave=False)
         step = 0
-        steps_per_epoch = math.ceil(config.rows_per_chunk / BATCH_SIZE)
-        bar = tqdm(total=config.chunks * config.epochs_per_chunk * steps_per_epoch,
-                   desc="demo training", unit="step", disable=not progress, leave=False)
-        for chunk in range(config.chunks):
-            rows = torch.from_numpy(read_chunk(chunk_path(data_dir, chunk), config.row_len,
-                                               config.vocab_size).tokens).long()
+        seen: list[torch.Tensor] = []  # chunks 0..i: the only rows checkpoint i may have trained on
+        for chunk, tokens in enumerate(chunks):
+            rows = torch.as_tensor(tokens, dtype=torch.long)
+            seen.append(rows)
+            pool = torch.cat(seen)
             for _ in range(config.epochs_per_chunk):
-                for batch in torch.randperm(len(rows), generator=shuffle).split(BATCH_SIZE):
+                replay = pool[torch.randint(len(pool), (replayed_per_epoch,), generator=shuffle)]
+                epoch = torch.cat([rows, replay])
+                for batch in torch.randperm(len(epoch), generator=shuffle).split(config.batch_size):
                     for group in optimizer.param_groups:
-                        group["lr"] = config.learning_rate * min(1.0, (step + 1) / WARMUP_STEPS)
-                    loss = model(input_ids=rows[batch], labels=rows[batch]).loss
+                        group["lr"] = learning_rate_at(config, step, total_steps)
+                    loss = model(input_ids=epoch[batch], labels=epoch[batch]).loss
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                     optimizer.step()
@@ -391,12 +400,37 @@ def train_checkpoints(config: DemoWorldConfig, data_dir: Path, model_dir: Path,
                     step += 1
                     bar.update()
                     bar.set_postfix(chunk=chunk, loss=f"{loss.item():.2f}")
-            target = checkpoint_path(model_dir, chunk)
-            model.save_pretrained(target, safe_serialization=True)
-            generation.save_pretrained(target)
+            on_checkpoint(chunk, model)
         bar.close()
     finally:
         torch.set_num_threads(threads)
+
+
+def train_checkpoints(config: DemoWorldConfig, data_dir: Path, model_dir: Path,
+                      progress: bool = False) -> None:
+    """Train through the chunk files in ``data_dir`` in order, saving ``ckpt_i`` after chunk i: the
+    weights (safetensors), the generation config and the corpus's tokenizer, as a Hub checkpoint has."""
+    from transformers import AutoTokenizer, GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(data_dir) / TOKENIZER_DIR)
+    generation = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, do_sample=False)
+    chunks = [read_chunk(chunk_path(data_dir, c), config.row_len, config.vocab_size).tokens
+              for c in range(config.chunks)]
+
+    def save(chunk: int, model) -> None:
+        target = checkpoint_path(model_dir, chunk)
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a "Writing model shards" bar per checkpoint is noise
+        try:
+            model.save_pretrained(target, safe_serialization=True)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        generation.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+
+    train_family(config, chunks, save, progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,7 +464,7 @@ def _is_complete(directory: Path, config: DemoWorldConfig, role: str) -> bool:
 
 def _ours(entry: Path) -> bool:
     """Could ``entry`` have been left by an interrupted build (so it is safe to delete)?"""
-    return entry.name in {"train", MARKER_NAME} or entry.name.startswith("ckpt_")
+    return entry.name in {"train", TOKENIZER_DIR, MARKER_NAME} or entry.name.startswith("ckpt_")
 
 
 def _install(built: Path, directory: Path) -> None:
@@ -460,7 +494,7 @@ def ensure_demo_world(config: DemoWorldConfig, model_dir: Path, data_dir: Path,
 
     A no-op when both directories already hold this config's world (their ``world.json`` markers,
     written last, say so); raises ValueError naming the directory when one holds another config.
-    Default config: about a minute on a 2-core CPU.
+    Default config: about 100 s of one CPU core (training; the corpus and tokenizer take ~1 s).
     """
     config.validate()
     model_dir, data_dir = Path(model_dir).expanduser(), Path(data_dir).expanduser()
@@ -474,8 +508,10 @@ def ensure_demo_world(config: DemoWorldConfig, model_dir: Path, data_dir: Path,
     started = time.perf_counter()
     if not data_ready:
         scratch = _scratch(data_dir)
-        for chunk_id, chunk in enumerate(generate_corpus(config, progress)):
+        corpus = generate_corpus(config)
+        for chunk_id, chunk in enumerate(corpus.chunks):
             write_chunk(chunk_path(scratch, chunk_id), chunk)
+        save_tokenizer(corpus.tokenizer, scratch / TOKENIZER_DIR)
         (scratch / MARKER_NAME).write_text(json.dumps(_marker(config, "data"), indent=2))
         _install(scratch, data_dir)
     if not model_ready:

@@ -1,33 +1,35 @@
-"""The demo world: raw Amber-format chunks, an Amber-style checkpoint family that memorizes for real."""
+"""The demo world's files: raw Amber-format chunks that decode to readable text with the tokenizer
+saved beside every checkpoint, an Amber-style checkpoint family, a deterministic, crash-safe build.
+
+How the family memorizes (from a real sweep's Parquet) is tests/test_demo_memorization.py.
+"""
 
 from __future__ import annotations
 
 import collections
+import itertools
 import json
+import random
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from sweep import demo
+from sweep import demo, demo_text
 from sweep.demo import DemoWorldConfig, ensure_demo_world
 
-PROMPT_LEN = 32
-CONTINUATION_LEN = 32
-SAMPLE_ROWS = 48  # per chunk; enough for stable means, cheap to generate on a CPU
-
-# Small enough to build in ~15-20 s, large enough to show memorization; built once per session.
-WORLD = DemoWorldConfig(chunks=4, rows_per_chunk=128)
+# Small enough to build in a few seconds, with every source, licence header and record represented.
+WORLD = DemoWorldConfig(chunks=3, rows_per_chunk=96, epochs_per_chunk=1)
 # Trivial worlds for the file-handling tests (a second or two each).
-TINY = DemoWorldConfig(chunks=2, rows_per_chunk=8, row_len=24, vocab_size=128, hidden_size=16,
-                       num_layers=1, num_heads=2, epochs_per_chunk=1)
+TINY = DemoWorldConfig(chunks=2, rows_per_chunk=8, row_len=24, vocab_size=320, hidden_size=16,
+                       intermediate_size=32, num_layers=1, num_heads=2, epochs_per_chunk=1)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("demo_world")
     ensure_demo_world(WORLD, root / "model", root / "data", progress=False)
     return root / "model", root / "data"
@@ -41,32 +43,26 @@ def corpus(world) -> list[demo.CorpusChunk]:
 
 
 @pytest.fixture(scope="module")
-def scores(world, corpus) -> dict[tuple[int, int], np.ndarray]:
-    """Memorization scores, float[SAMPLE_ROWS], per (checkpoint, chunk) for a middle and the last checkpoint."""
-    from transformers import LlamaForCausalLM
+def tokenizer(world):
+    from transformers import AutoTokenizer
 
     model_dir, _ = world
-    torch.set_num_threads(1)
-    result = {}
-    for checkpoint in (WORLD.chunks // 2, WORLD.chunks - 1):
-        model = LlamaForCausalLM.from_pretrained(demo.checkpoint_path(model_dir, checkpoint)).eval()
-        model.generation_config.eos_token_id = None  # exactly 32 argmax tokens, EOS included
-        for chunk, rows in enumerate(corpus):
-            tokens = torch.from_numpy(rows.tokens[:SAMPLE_ROWS, : PROMPT_LEN + CONTINUATION_LEN]).long()
-            prompt = tokens[:, :PROMPT_LEN]
-            with torch.no_grad():
-                out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                                     do_sample=False, max_new_tokens=CONTINUATION_LEN, pad_token_id=0)
-            assert out.shape[1] == PROMPT_LEN + CONTINUATION_LEN
-            truth = tokens[:, PROMPT_LEN:]
-            result[checkpoint, chunk] = (out[:, PROMPT_LEN:] == truth).float().mean(dim=1).numpy()
-    return result
+    return AutoTokenizer.from_pretrained(demo.checkpoint_path(model_dir, WORLD.chunks - 1))
 
 
-def _seen_unseen(scores, checkpoint: int) -> tuple[float, float]:
-    seen = np.concatenate([scores[checkpoint, c] for c in range(WORLD.chunks) if c <= checkpoint])
-    unseen = [scores[checkpoint, c] for c in range(WORLD.chunks) if c > checkpoint]
-    return float(seen.mean()), float(np.concatenate(unseen).mean()) if unseen else float("nan")
+@pytest.fixture(scope="module")
+def decoded(corpus, tokenizer) -> list[str]:
+    """Every row of every chunk as text (special tokens dropped), chunk-major."""
+    return [tokenizer.decode(row, skip_special_tokens=True) for rows in corpus for row in rows.tokens.tolist()]
+
+
+def _lexicon() -> set[str]:
+    """Every word the text generators can write, collected from a large sample of their output."""
+    rng = random.Random(1234)
+    words = set()
+    for _, text in itertools.islice(demo_text.documents(rng), 5000):
+        words.update(re.findall(r"[A-Za-z]+", text))
+    return words
 
 
 # --- the corpus --------------------------------------------------------------------------------
@@ -109,8 +105,10 @@ def test_corpus_has_duplicates_within_and_across_chunks(corpus):
 def test_corpus_is_deterministic_in_the_seed():
     first, again = demo.generate_corpus(TINY), demo.generate_corpus(TINY)
     other = demo.generate_corpus(replace(TINY, seed=1))
-    assert all(np.array_equal(a.tokens, b.tokens) and a.sources == b.sources for a, b in zip(first, again))
-    assert not all(np.array_equal(a.tokens, b.tokens) for a, b in zip(first, other))
+    assert all(np.array_equal(a.tokens, b.tokens) and a.sources == b.sources
+               for a, b in zip(first.chunks, again.chunks))
+    assert first.tokenizer.to_str() == again.tokenizer.to_str()
+    assert not all(np.array_equal(a.tokens, b.tokens) for a, b in zip(first.chunks, other.chunks))
 
 
 def test_bad_row_names_file_and_line(tmp_path):
@@ -118,6 +116,78 @@ def test_bad_row_names_file_and_line(tmp_path):
     path.write_text('{"token_ids": [3, 4], "source": "c4"}\n{"token_ids": [3, 999], "source": "c4"}\n')
     with pytest.raises(ValueError, match=r"train_000\.jsonl:2:"):
         demo.read_chunk(path, row_len=2, vocab_size=512)
+
+
+# --- the tokenizer: rows read as text ----------------------------------------------------------
+
+def test_the_tokenizer_is_a_llama_style_hf_tokenizer_beside_every_checkpoint(world, tokenizer):
+    from transformers import AutoTokenizer
+
+    model_dir, data_dir = world
+    expected = (data_dir / demo.TOKENIZER_DIR / "tokenizer.json").read_bytes()
+    for checkpoint in range(WORLD.chunks):
+        path = demo.checkpoint_path(model_dir, checkpoint)
+        assert (path / "tokenizer.json").read_bytes() == expected  # the corpus's own tokenizer
+        assert (path / "tokenizer_config.json").is_file()
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (demo.BOS_ID, demo.EOS_ID)
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2]) == list(demo.SPECIAL_TOKENS)
+    assert len(tokenizer) <= WORLD.vocab_size
+    ids = tokenizer("Name: Alice Crane").input_ids
+    assert ids[0] == demo.BOS_ID  # BOS first, as LLaMA's tokenizer does
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "Name: Alice Crane"
+    assert AutoTokenizer.from_pretrained(data_dir / demo.TOKENIZER_DIR).decode(ids) == tokenizer.decode(ids)
+
+
+def test_every_row_decodes_to_words_of_the_generators(decoded):
+    lexicon = _lexicon()
+    known = unknown = 0
+    for text in decoded:
+        assert text.isascii() and all(c.isprintable() or c == "\n" for c in text), text[:200]
+        words = re.findall(r"[A-Za-z]+", text)[1:-1]  # a row may start and end mid-word
+        hits = sum(word in lexicon for word in words)
+        known, unknown = known + hits, unknown + len(words) - hits
+    assert known > 20 * WORLD.chunks * WORLD.rows_per_chunk  # rows are mostly words ...
+    assert unknown < 0.01 * known  # ... and nearly all of them real ones
+
+
+def test_row_ids_are_the_tokenizers_encoding_of_the_text(corpus, tokenizer):
+    """Every document that starts in a row re-encodes to the row's ids: exactly when it also ends
+    there (EOS), up to its last, possibly cut, word when the row cuts it off."""
+    whole = cut = 0
+    for row in (row for rows in corpus for row in rows.tokens.tolist()):
+        for start in (i for i, token in enumerate(row) if token == demo.BOS_ID):
+            end = row.index(demo.EOS_ID, start) if demo.EOS_ID in row[start:] else None
+            ids = row[start:end]
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            if end is not None:  # a whole document in one row (rare at the default row length)
+                assert tokenizer(text).input_ids == ids, text
+                whole += 1
+            elif " " in text:
+                encoded = tokenizer(text[: text.rstrip().rfind(" ")]).input_ids
+                assert ids[: len(encoded)] == encoded, text
+                cut += 1
+    assert cut >= 10, (whole, cut)
+
+
+def test_a_licence_header_row_decodes_to_the_licence(decoded):
+    licence_lines = {line for licence in demo_text.LICENCES for line in licence.split("\n")
+                     if line and "{" not in line}
+    best = max(sum(f"# {line}" in text for line in licence_lines) for text in decoded)
+    assert best >= 2  # whole lines of a licence header, comment markers and all
+
+
+def test_a_personal_record_row_decodes_with_its_fake_fields(decoded):
+    person = re.compile(
+        r"Name: (?P<first>[A-Z][a-z]+) (?P<last>[A-Z][a-z]+)\n"
+        r"Email: (?P<email>[a-z]+\.[a-z]+\d\d@(?:mail\.)?example\.(?:com|org|net))\n"
+        r"Phone: \+1 \(\d{3}\) 555-01\d\d\n")  # reserved domains, fictional numbers
+    address = re.compile(r"Address: \d+ [A-Z][a-z]+ (?:Street|Avenue|Lane|Road|Court|Way), "
+                         r"[A-Z][A-Za-z ]+, [A-Z][A-Za-z ]+ \d{5}\n")
+    people = [match for text in decoded for match in person.finditer(text)]
+    assert len(people) >= 5
+    for match in people:  # the email belongs to the name
+        assert match["email"].startswith(f"{match['first'].lower()}.{match['last'].lower()}"), match[0]
+    assert sum(len(address.findall(text)) for text in decoded) >= 5
 
 
 # --- the checkpoint family ---------------------------------------------------------------------
@@ -134,34 +204,30 @@ def test_checkpoints_are_hf_model_directories(world):
     assert not (model_dir / f"ckpt_{WORLD.chunks:03d}").exists()
 
 
-@pytest.mark.parametrize("which", ["middle", "last"])
-def test_seen_chunks_score_clearly_above_unseen(scores, which):
-    checkpoint = WORLD.chunks // 2 if which == "middle" else WORLD.chunks - 1
-    if which == "last":
-        # Every chunk is seen by the last checkpoint: compare against the middle one's unseen chunks.
-        seen, _ = _seen_unseen(scores, checkpoint)
-        _, unseen = _seen_unseen(scores, WORLD.chunks // 2)
-    else:
-        seen, unseen = _seen_unseen(scores, checkpoint)
-    assert seen > unseen + 0.05 and seen > 1.5 * unseen, (seen, unseen)
+def test_checkpoint_i_depends_on_chunks_0_to_i_only():
+    """Replay draws from chunks 0..i: changing chunk 1 leaves checkpoint 0 bit-identical, not 1."""
+    corpus = demo.generate_corpus(TINY)
+    chunks = [rows.tokens for rows in corpus.chunks]
+    changed = [chunks[0], np.roll(chunks[1], 1, axis=1)]
+    saved: dict[tuple[str, int], dict] = {}
+
+    def keep(run):
+        return lambda i, model: saved.__setitem__((run, i), {k: v.clone() for k, v in model.state_dict().items()})
+
+    demo.train_family(TINY, chunks, keep("a"))
+    demo.train_family(TINY, changed, keep("b"))
+    same = [all(saved["a", i][k].equal(saved["b", i][k]) for k in saved["a", i]) for i in range(TINY.chunks)]
+    assert same == [True, False]
 
 
-def test_the_newest_chunk_is_memorized_most(scores):
-    checkpoint = WORLD.chunks - 1
-    newest = scores[checkpoint, checkpoint].mean()
-    later_unseen = scores[WORLD.chunks // 2, WORLD.chunks - 1].mean()
-    assert newest > later_unseen + 0.2, (newest, later_unseen)
-
-
-def test_duplicated_rows_are_memorized_more(scores, corpus):
-    counts = collections.Counter(tuple(row) for rows in corpus for row in rows.tokens.tolist())
-    checkpoint = WORLD.chunks - 1
-    duplicated, unique = [], []
-    for chunk, rows in enumerate(corpus):
-        for score, row in zip(scores[checkpoint, chunk], rows.tokens[:SAMPLE_ROWS].tolist()):
-            (duplicated if counts[tuple(row)] > 1 else unique).append(score)
-    assert len(duplicated) >= 10
-    assert np.mean(duplicated) > np.mean(unique) + 0.1, (np.mean(duplicated), np.mean(unique))
+def test_learning_rate_warms_up_then_decays_to_the_final_rate():
+    config = DemoWorldConfig(learning_rate=1e-2, final_learning_rate=1e-3)
+    total = 1000
+    rates = [demo.learning_rate_at(config, step, total) for step in range(total)]
+    warmup, decay = rates[: demo.WARMUP_STEPS], rates[demo.WARMUP_STEPS - 1:]
+    assert all(a < b for a, b in zip(warmup, warmup[1:])) and warmup[-1] == pytest.approx(1e-2)
+    assert all(a >= b - 1e-15 for a, b in zip(decay, decay[1:]))
+    assert max(rates) == pytest.approx(1e-2) and rates[-1] == pytest.approx(1e-3)
 
 
 # --- building once, safely ---------------------------------------------------------------------
@@ -185,14 +251,16 @@ def test_a_different_config_is_refused_naming_the_directory(world, tmp_path):
         ensure_demo_world(replace(WORLD, seed=7), model_dir, data_dir, progress=False)
     with pytest.raises(ValueError, match=str(model_dir)):
         # Same data, other training: the model directory is the one that disagrees.
-        ensure_demo_world(replace(WORLD, learning_rate=1e-4), model_dir, tmp_path / "data", progress=False)
+        ensure_demo_world(replace(WORLD, learning_rate=1e-4, final_learning_rate=1e-4), model_dir,
+                          tmp_path / "data", progress=False)
 
 
 def test_builds_are_reproducible(tmp_path):
     ensure_demo_world(TINY, tmp_path / "a" / "model", tmp_path / "a" / "data", progress=False)
     ensure_demo_world(TINY, tmp_path / "b" / "model", tmp_path / "b" / "data", progress=False)
-    for relative in ["data/train/train_001.jsonl", "model/ckpt_001/model.safetensors"]:
-        assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes()
+    for relative in ["data/train/train_001.jsonl", "data/tokenizer/tokenizer.json",
+                     "model/ckpt_001/model.safetensors", "model/ckpt_001/tokenizer.json"]:
+        assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
 
 
 def test_an_interrupted_build_is_rebuilt(tmp_path, monkeypatch):
