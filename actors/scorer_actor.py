@@ -38,6 +38,9 @@ log = logging.getLogger("memsweep")
 class CheckpointScorer:
     def __init__(self, settings: ScorerSettings):
         self.settings = settings
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # a "Loading weights" bar per load would flood the driver's log
         self.device = resolve_device(settings.device)
         if self.device.type == "cpu" and settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
