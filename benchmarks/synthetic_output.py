@@ -224,6 +224,7 @@ def write_synthetic_output(output: Path, shape: SyntheticShape, progress: bool =
             "chunks": f"0-{shape.chunks - 1}", **identity(shape)}
     store.open(identity(shape), spec, {"synthetic": True, "writer": "benchmarks/synthetic_output.py"})
     traits = sequence_traits(shape)
+    write_probe_sets(store, shape, traits)
     cell_rng = np.random.default_rng([shape.seed, 1 << 21])
     started = time.perf_counter()
     for ckpt in range(shape.ckpts):
@@ -233,6 +234,24 @@ def write_synthetic_output(output: Path, shape: SyntheticShape, progress: bool =
             elapsed = time.perf_counter() - started
             print(f"  {ckpt + 1}/{shape.ckpts} checkpoints, {elapsed:.0f} s", flush=True)
     return disk_usage(output)
+
+
+def write_probe_sets(store: ResultStore, shape: SyntheticShape, traits: SequenceTraits) -> None:
+    """The probe sets a sweep lands: every sampled (chunk, row) with k + l random token ids (Amber's vocabulary).
+    About 0.26 MB per chunk: 90 MB at full size."""
+    rng = np.random.default_rng([shape.seed, 1 << 22])
+    width = 32 + shape.continuation_len
+    for chunk in range(shape.chunks):
+        mine = traits.chunk == chunk
+        rows = traits.row[mine]
+        tokens = rng.integers(3, 32000, (len(rows), width), dtype=np.uint32)
+        frame = pl.DataFrame({
+            "chunk": pl.Series(np.full(len(rows), chunk, dtype=np.int32)),
+            "row": pl.Series(rows),
+            "source": traits.source.filter(pl.Series(mine)),
+            "tokens": pl.Series(tokens).reshape((len(rows), width)).cast(pl.List(pl.UInt32)),
+        })
+        store.write_probe_set(chunk, frame, {"file": f"train/train_{chunk:03d}.jsonl", "sha256": f"{chunk:064x}"})
 
 
 def disk_usage(folder: Path) -> int:
