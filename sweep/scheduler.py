@@ -114,22 +114,29 @@ class Scheduler:
 
     def _assign(self) -> None:
         for slot in self.slots:
-            for assignment in (slot.current, slot.next):
-                if assignment is not None:
-                    self._drop_failed_chunks(assignment)
-            if slot.current is not None and not slot.current.todo and not slot.current.in_flight:
-                slot.current = None
+            while self._assign_slot(slot):
+                pass  # the work just taken was all failed chunks: settled, take more
+
+    def _assign_slot(self, slot: _Slot) -> bool:
+        """Give the slot work and fill its window; True if what it holds settled without running anything."""
+        for assignment in (slot.current, slot.next):
+            if assignment is not None:
+                self._drop_failed_chunks(assignment)
+        if slot.current is not None and not slot.current.todo and not slot.current.in_flight:
+            slot.current = None
+        if slot.current is None:
+            slot.current, slot.next = slot.next or self._take_work(slot), None
             if slot.current is None:
-                slot.current, slot.next = slot.next or self._take_work(slot), None
-                if slot.current is None:
-                    continue
-                if slot.current.reserved_by not in (None, slot.index):
-                    self.summary.prefetched_elsewhere += 1
-            if slot.next is None and self.queue:
-                slot.next = self._pop_assignment()  # its prefetch starts once the current one is loaded
-                if slot.next is not None:
-                    slot.next.reserved_by = slot.index
-            self._fill(slot)
+                return False
+            if slot.current.reserved_by not in (None, slot.index):
+                self.summary.prefetched_elsewhere += 1
+        if slot.next is None and self.queue:
+            slot.next = self._pop_assignment()  # its prefetch starts once the current one is loaded
+            if slot.next is not None:
+                slot.next.reserved_by = slot.index
+        self._drop_failed_chunks(slot.current)
+        self._fill(slot)
+        return not slot.current.todo and not slot.current.in_flight
 
     def _pop_assignment(self) -> _Assignment | None:
         while self.queue:

@@ -409,7 +409,7 @@ def test_a_cached_probe_set_is_still_checked_against_data_vocab_size(world, modu
     strict = spec_dict(world, tmp_path / "strict", **{"data.vocab_size": 8})
     strict["data"]["cache_dir"] = spec_dict(world, tmp_path / "first")["data"]["cache_dir"]  # the same cache
     result = in_process("run", str(write_yaml(tmp_path / "strict.yaml", strict)), "--no-progress")
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     [failure] = ResultStore(tmp_path / "strict").failures()
     chunk_file = world / "data" / "train" / "train_000.jsonl"
     assert failure["error"].startswith(f"{chunk_file}:") and failure["error"].endswith(
