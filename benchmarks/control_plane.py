@@ -231,6 +231,9 @@ class CostModelScorer:
 
 def cost_model_scorer(cost: CostModel):
     """A Ray actor class for `run_sweep(..., scorer=...)` with `cost` bound (same groups as CheckpointScorer)."""
+    module = sys.modules[CostModelScorer.__module__]
+    if module.__name__ != "__main__":  # imported (a test): ship the class by value, workers cannot import it
+        ray.cloudpickle.register_pickle_by_value(module)
     bound = type("CostModelScorer", (CostModelScorer,), {"cost": cost})
     return ray.remote(concurrency_groups={"io": 1, "compute": 1})(bound)
 
@@ -343,6 +346,7 @@ class Measurement:
     probes_parquet_bytes: int = 0
     actor_busy_s: float = 0.0  # load + cell sleeps, summed over actors
     actor_download_stall_s: float = 0.0  # downloads inside a load (not prefetched) + waits for a prefetch
+    actor_time: dict = field(default_factory=dict)  # actor_time_budget
     loads: int = 0
     cells_landed: int = 0
     failed: int = 0
@@ -386,6 +390,8 @@ class Measurement:
             f"{self.actor_download_stall_s / self.actors:.1f} s per actor; first actor work at "
             f"{self.first_actor_work_at_s:.1f} s, every actor working by {self.last_actor_started_at_s:.1f} s, last "
             f"work ends at {self.last_actor_work_at_s:.1f} s",
+            "actor time: " + ", ".join(f"{name} {100 * seconds / (self.makespan_s * self.actors):.1f}%"
+                                       for name, seconds in self.actor_time.items()),
             f"first cell landed at {self.first_cell_landed_at_s:.1f} s; last probe set ready at "
             f"{self.last_probe_set_at_s:.1f} s",
             f"driver CPU: {self.driver_cpu_s:.1f} s = {self.driver_ms_per_cell:.2f} ms per cell "
@@ -519,23 +525,47 @@ def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bo
     deadline = time.time() + 60  # the actors write their timelines on release; the last may lag a moment
     while len(list(stats.glob("*.json"))) < result.actors and time.time() < deadline:
         time.sleep(0.5)
-    starts, ends, firsts = [], [], []
-    for path in stats.glob("*.json"):
-        timeline = json.loads(path.read_text())
-        firsts += [min(start for _, start, _ in timeline)] if timeline else []
-        for kind, start, end in timeline:
-            if kind in ("load", "cell"):
-                result.actor_busy_s += end - start
-            elif kind in ("wait", "stall-download"):
-                result.actor_download_stall_s += end - start
-            starts.append(start)
-            ends.append(end)
-    if starts:
-        result.first_actor_work_at_s = min(starts) - wall_start
-        result.last_actor_work_at_s = max(ends) - wall_start
-        result.last_actor_started_at_s = max(firsts) - wall_start
+    timelines = [json.loads(path.read_text()) for path in stats.glob("*.json")]
+    result.actor_time = actor_time_budget(timelines, wall_start, wall_start + result.makespan_s)
+    result.actor_busy_s = result.actor_time["busy"]
+    result.actor_download_stall_s = result.actor_time["download stalls"]
+    compute = [(start, end) for timeline in timelines for kind, start, end in timeline if kind in COMPUTE_KINDS]
+    if compute:
+        result.first_actor_work_at_s = min(start for start, _ in compute) - wall_start
+        result.last_actor_work_at_s = max(end for _, end in compute) - wall_start
+        result.last_actor_started_at_s = max(min(start for kind, start, _ in timeline if kind in COMPUTE_KINDS)
+                                             for timeline in timelines if timeline) - wall_start
     shutil.rmtree(stats, ignore_errors=True)
     return result
+
+
+COMPUTE_KINDS = ("stall-download", "wait", "load", "cell")  # what the compute group (the GPU) does, in order
+
+
+def actor_time_budget(timelines: list[list], began: float, ended: float) -> dict[str, float]:
+    """Where the actors' time went, summed over actors (seconds; the parts add up to actors x makespan).
+
+    before first call: sweep start to the actor's first work (driver start, actor process start-up);
+    download stalls: downloads the load had to do itself + waits for an unfinished prefetch;
+    busy: load + scoring (the simulated GPU work);
+    gaps between calls: the actor had nothing to run (the driver had not yet handed it work, no probe set
+    was ready, or it waited for a tail hand-off);
+    after last call: its last work ended to the sweep's end (the tail, final compaction, release).
+    """
+    budget = dict.fromkeys(("before first call", "download stalls", "busy", "gaps between calls",
+                            "after last call"), 0.0)
+    for timeline in timelines:
+        work = sorted((start, end, kind) for kind, start, end in timeline if kind in COMPUTE_KINDS)
+        if not work:
+            budget["after last call"] += ended - began
+            continue
+        budget["before first call"] += work[0][0] - began
+        budget["after last call"] += ended - work[-1][1]
+        for index, (start, end, kind) in enumerate(work):
+            budget["busy" if kind in ("load", "cell") else "download stalls"] += end - start
+            if index:
+                budget["gaps between calls"] += max(0.0, start - work[index - 1][1])
+    return budget
 
 
 def _check_landed(store, spec, result: Measurement) -> None:
