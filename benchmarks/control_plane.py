@@ -336,6 +336,7 @@ class Measurement:
     time_scale: float
     cost: dict
     probe_builds: str  # "pre-built" or "simulated"
+    worker_niceness: int = 15
     makespan_s: float = 0.0
     ideal_s: float = 0.0
     driver_cpu_s: float = 0.0
@@ -347,6 +348,7 @@ class Measurement:
     actor_busy_s: float = 0.0  # load + cell sleeps, summed over actors
     actor_download_stall_s: float = 0.0  # downloads inside a load (not prefetched) + waits for a prefetch
     actor_time: dict = field(default_factory=dict)  # actor_time_budget
+    steady_driver_ms_per_cell: float | None = None  # driver CPU per cell while the middle 80% of cells landed
     loads: int = 0
     cells_landed: int = 0
     failed: int = 0
@@ -376,7 +378,8 @@ class Measurement:
         c = self.cost
         lines = [
             f"cells: {self.cells:,} ({self.checkpoints} checkpoints x {self.chunks} chunks x "
-            f"{c['samples']} rows), {self.actors} actors, time scale {scale:g} (sleeps are real seconds / {scale:g})",
+            f"{c['samples']} rows), {self.actors} actors (nice {self.worker_niceness}), time scale {scale:g} "
+            f"(sleeps are real seconds / {scale:g})",
             f"cost model (real seconds): cell {c['cell_seconds']:.3f} ({c['mode']}, {c['sequences_per_s']:.0f} seq/s), "
             f"load {c['load_seconds']:g}, download {c['download_seconds']:.1f} (prefetched), probe build "
             f"{c['probe_build_seconds']:.1f} x {c['concurrent_builds']} at once ({self.probe_builds})",
@@ -395,7 +398,8 @@ class Measurement:
             f"first cell landed at {self.first_cell_landed_at_s:.1f} s; last probe set ready at "
             f"{self.last_probe_set_at_s:.1f} s",
             f"driver CPU: {self.driver_cpu_s:.1f} s = {self.driver_ms_per_cell:.2f} ms per cell "
-            f"({100 * self.driver_cpu_s / self.makespan_s:.0f}% of one core over the makespan)",
+            f"({100 * self.driver_cpu_s / self.makespan_s:.0f}% of one core over the makespan); "
+            f"{self.steady_driver_ms_per_cell or float('nan'):.2f} ms per cell while the middle 80% landed",
             f"Ray processes (raylet, GCS, 64 actor workers) CPU: {self.ray_processes_cpu_s:.1f} s "
             f"({1000 * self.ray_processes_cpu_s / max(1, self.cells_landed):.2f} ms per cell)",
             f"peak driver RSS: {self.driver_peak_rss_mb:.0f} MB",
@@ -410,19 +414,24 @@ class Measurement:
 
 
 class _Watch:
-    """Samples load average and available memory every few seconds; interrupts the run below a memory floor."""
+    """Samples load average, available memory and the driver's CPU time every few seconds; interrupts the run
+    below a memory floor."""
 
     def __init__(self, min_available_gb: float, every_s: float = 5.0):
         import psutil
 
         self.psutil, self.floor, self.every = psutil, min_available_gb, every_s
         self.loadavg: list[float] = []
+        self.cpu: list[tuple[float, float]] = []  # (wall clock, driver process CPU seconds)
         self.lowest = math.inf
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
+        process = self.psutil.Process()
         while not self.stop.wait(self.every):
+            times = process.cpu_times()
+            self.cpu.append((time.time(), times.user + times.system))
             self.loadavg.append(os.getloadavg()[0])
             available = self.psutil.virtual_memory().available / 1e9
             self.lowest = min(self.lowest, available)
@@ -521,6 +530,7 @@ def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bo
         else:
             result.probes_parquet_bytes += record.bytes
     _check_landed(store, spec, result)
+    result.steady_driver_ms_per_cell = steady_cpu_per_cell(store, watch.cpu)
 
     deadline = time.time() + 60  # the actors write their timelines on release; the last may lag a moment
     while len(list(stats.glob("*.json"))) < result.actors and time.time() < deadline:
@@ -537,6 +547,23 @@ def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bo
                                              for timeline in timelines if timeline) - wall_start
     shutil.rmtree(stats, ignore_errors=True)
     return result
+
+
+def steady_cpu_per_cell(store, cpu_samples: list[tuple[float, float]]) -> float | None:
+    """Driver CPU ms per cell between the moments 10% and 90% of the cells had landed (each cell's `finished_at`
+    is its landing time, to the second): start-up, the first loads and the tail left out."""
+    import polars as pl
+
+    landed = store.cells().select(pl.col("finished_at").str.to_datetime(time_zone="UTC")).collect()
+    times = np.sort(landed["finished_at"].dt.epoch("ms").to_numpy() / 1000.0)
+    if len(times) < 100 or len(cpu_samples) < 4:
+        return None
+    first, last = times[len(times) // 10], times[len(times) * 9 // 10]
+    clock, cpu = (np.array(values) for values in zip(*cpu_samples))
+    if last - first < 3 * (clock[1] - clock[0]):
+        return None
+    cells = np.searchsorted(times, last, side="right") - np.searchsorted(times, first, side="left")
+    return 1000 * float(np.interp(last, clock, cpu) - np.interp(first, clock, cpu)) / cells
 
 
 COMPUTE_KINDS = ("stall-download", "wait", "load", "cell")  # what the compute group (the GPU) does, in order
@@ -612,6 +639,9 @@ def main() -> None:
                         help="build the probe sets during the sweep (cold cache), each after its stream time")
     parser.add_argument("--time-scale", type=float, default=4.0,
                         help="divide every simulated duration by this (default 4: the full run takes ~15 min)")
+    parser.add_argument("--worker-niceness", type=int, default=0,
+                        help="nice value of the Ray workers (Ray's default 15 lets other users' processes on a shared "
+                             "machine starve the simulated GPUs; default 0, like the driver)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (`memsweep run` shows one)")
     parser.add_argument("--min-available-gb", type=float, default=4.0, help="memory guard (default 4 GB)")
     parser.add_argument("--json", type=Path, help="also write the measurement here")
@@ -632,6 +662,7 @@ def main() -> None:
     spec = make_spec(world, output, cache, args.checkpoints, args.chunks, args.samples, args.mode, args.actors,
                      args.concurrent_builds)
 
+    os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # read by the raylet ray.init starts
     ray.init(address="local", num_cpus=2, num_gpus=args.actors, include_dashboard=False, log_to_driver=False,
              object_store_memory=2 * 1024**3)
     try:
@@ -643,6 +674,7 @@ def main() -> None:
                   flush=True)
             probe_builds = "pre-built"
         result = measure(spec, cost, args.samples, probe_builds, not args.no_progress, args.min_available_gb)
+        result.worker_niceness = args.worker_niceness
     finally:
         ray.shutdown()
         if args.simulate_probe_builds:

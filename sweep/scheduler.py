@@ -258,7 +258,8 @@ class Scheduler:
         self.cell_seconds.append(output.seconds)
         if output.loaded_now:
             self.summary.loads[ckpt] += 1
-            self.load_seconds.append(output.loaded.load_seconds)
+            if assignment.reserved_by != slot.index:  # not prefetched here: the load downloaded it too
+                self.load_seconds.append(output.loaded.load_seconds)
             log.info("ckpt %d loaded on %s (%s) in %.1f s", ckpt, output.host, output.device,
                      output.loaded.load_seconds)
 
@@ -385,6 +386,9 @@ class Scheduler:
         return float(np.median(self.cell_seconds)) if self.cell_seconds else 1.0
 
     def _load_estimate(self) -> float:
+        """What starting a checkpoint costs an actor that did not prefetch it (download + load): the price of
+        every tail hand-off, so only such loads are counted. A prefetched load skips the download (27 GB for
+        Amber); splitting on its price made idle actors download for longer than the half they took saved."""
         # Before any load was measured, assume a load is worth STEAL_MIN_CELLS cells: splits stay rare.
         return float(np.median(self.load_seconds)) if self.load_seconds else STEAL_MIN_CELLS * self._cell_estimate()
 
