@@ -11,16 +11,20 @@ than a load takes (that reservation's prefetch is wasted, its wait is not), then
 checkpoint in two if half of it takes longer than a load: at 360 checkpoints on 64 GPUs that turns the last
 partial round (40 of 64 actors busy for a whole checkpoint) into a few minutes.
 
-Failures: see sweep/driver.py. Landing: every result that is ready when the driver wakes up is landed at once,
-one pair of files per checkpoint (sweep/store.py write_cells), which keeps the driver's cost per cell small
-when many GPUs finish together.
+Failures: see sweep/driver.py. Landing: a checkpoint's results wait in the driver's memory until LAND_BATCH_CELLS
+of them are there, the oldest has waited LAND_MAX_WAIT_S, or they finish the checkpoint; then they land as one
+pair of files (sweep/store.py write_cells). A landing costs ~10 ms of driver time whatever its size (two Parquet
+files, a ledger, six fsyncs), and 64 GPUs finish ~44 cells a second (360 x 360 extractable on H200s), one
+checkpoint each: landing every cell alone kept the driver busy ~15 ms a cell (benchmarks/control_plane.py).
+What waits is lost if the driver dies (at most LAND_MAX_WAIT_S of GPU time per actor, recomputed on resume);
+on Ctrl-C or an error it is landed before the driver exits.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +46,10 @@ log = logging.getLogger("memsweep")
 ACTOR_MAX_RESTARTS = 3
 WINDOW = 2  # cells in flight per actor: the GPU never waits for the driver between two cells
 STEAL_MIN_CELLS = 8  # never split a checkpoint with fewer cells left (each half would not amortise a load)
+ESTIMATE_WINDOW = 256  # the tail estimates use the medians of the latest cells and loads (a full history's
+# median is recomputed for every idle actor at every wake-up in the tail: ~2 ms each at 129,600 cells)
+LAND_BATCH_CELLS = 32  # a checkpoint's waiting results land once this many are there ...
+LAND_MAX_WAIT_S = 10.0  # ... or the oldest has waited this long (or they finish the checkpoint)
 
 
 @dataclass
@@ -76,9 +84,10 @@ class Scheduler:
         self.fingerprints = {pin["weights_fingerprint"]: ckpt for ckpt, pin in store.checkpoint_pins().items()
                              if pin.get("weights_fingerprint")}
         self.owner: dict[ray.ObjectRef, tuple[_Slot, _Assignment]] = {}
-        self.results: list[tuple[CellOutput, int]] = []
-        self.cell_seconds: list[float] = []
-        self.load_seconds: list[float] = []
+        self.results: dict[int, list[tuple[CellOutput, int]]] = {}  # ckpt -> (output, attempts) not landed yet
+        self.waiting_since: dict[int, float] = {}  # ckpt -> when its oldest unlanded result arrived
+        self.cell_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
+        self.load_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
         self.settings = self._settings()
         self.slots = [_Slot(i, self._new_actor()) for i in range(self._actor_count(plan))]
         self.bar = tqdm(total=plan.cells_to_do, desc=spec.name, unit="cell", disable=not progress)
@@ -95,7 +104,7 @@ class Scheduler:
                     if self._has_work():  # nothing in flight and nothing can start: a bug, not a wait
                         raise RuntimeError(f"scheduler stalled with {sum(self.remaining.values())} cells left")
                     break
-                ray.wait(refs, num_returns=1)
+                ray.wait(refs, num_returns=1, timeout=LAND_MAX_WAIT_S if self.results else None)
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 for ref in ready:
                     if self.supply.owns(ref):
@@ -103,7 +112,14 @@ class Scheduler:
                     else:
                         self._collect(ref)
                 self._land_results()
+            self._land_results(everything=True)
         finally:
+            if self.results:  # Ctrl-C or an error: keep what the GPUs already computed
+                try:
+                    self._land_results(everything=True)
+                except Exception as error:  # noqa: BLE001 - the original exception matters more
+                    log.error("could not land %d waiting results: %s",
+                              sum(map(len, self.results.values())), one_line(error))
             self.bar.close()
             self._release_actors()
 
@@ -160,7 +176,10 @@ class Scheduler:
             holder = max(holders, key=lambda s: len(s.current.todo) + len(s.current.in_flight))
             if (len(holder.current.todo) + len(holder.current.in_flight)) * cell_s > load_s:
                 taken, holder.next = holder.next, None
-                holder.actor.discard.remote(taken.target)  # its prefetched copy would sit on disk until the end
+                if taken.prefetch_sent:
+                    holder.actor.discard.remote(taken.target)  # its prefetched copy would sit on disk until the end
+                taken.reserved_by, taken.prefetch_sent = None, False
+                self.summary.reservations_taken += 1
                 return taken
         # 2. half of the largest remaining checkpoint, if half of it takes longer than a load
         donors = [s for s in self.slots if s is not idle and s.current is not None]
@@ -189,6 +208,8 @@ class Scheduler:
             self.owner[ref] = (slot, assignment)
 
     def _drop_failed_chunks(self, assignment: _Assignment) -> None:
+        if not self.supply.failed:  # the common case; this runs for every slot at every wake-up
+            return
         for chunk in [c for c in assignment.todo if c in self.supply.failed]:
             assignment.todo.remove(chunk)
             self._fail_cell(assignment.target.ckpt, chunk, self.supply.failed[chunk], 1)
@@ -247,7 +268,8 @@ class Scheduler:
             else:
                 self._retry_or_fail(assignment, chunk, message)
             return
-        self.results.append((output, self.attempts[(ckpt, chunk)] + 1))
+        self.results.setdefault(ckpt, []).append((output, self.attempts[(ckpt, chunk)] + 1))
+        self.waiting_since.setdefault(ckpt, time.perf_counter())
         self.cell_seconds.append(output.seconds)
         upcoming = slot.next
         if upcoming is not None and not upcoming.prefetch_sent and slot.current is assignment:
@@ -257,7 +279,8 @@ class Scheduler:
             upcoming.prefetch_sent = True
         if output.loaded_now:
             self.summary.loads[ckpt] += 1
-            self.load_seconds.append(output.loaded.load_seconds)
+            if assignment.reserved_by != slot.index:  # not prefetched here: the load downloaded it too
+                self.load_seconds.append(output.loaded.load_seconds)
             log.info("ckpt %d loaded on %s (%s) in %.1f s", ckpt, output.host, output.device,
                      output.loaded.load_seconds)
 
@@ -307,14 +330,16 @@ class Scheduler:
 
     # ---- landing ------------------------------------------------------------------------------
 
-    def _land_results(self) -> None:
-        if not self.results:
-            return
-        by_ckpt: dict[int, list[tuple[CellOutput, int]]] = defaultdict(list)
-        for output, attempts in self.results:
-            by_ckpt[output.ckpt].append((output, attempts))
-        self.results = []
-        for ckpt, outputs in by_ckpt.items():
+    def _land_results(self, everything: bool = False) -> None:
+        """Land the waiting results of every checkpoint that is due (see the module docstring)."""
+        now = time.perf_counter()
+        due = [ckpt for ckpt, outputs in self.results.items()
+               if everything or len(outputs) >= min(LAND_BATCH_CELLS, self.remaining[ckpt])
+               or now - self.waiting_since[ckpt] >= LAND_MAX_WAIT_S]
+        landed_now = 0
+        for ckpt in due:
+            outputs = self.results.pop(ckpt)
+            del self.waiting_since[ckpt]
             cells = [LandedCell(output.chunk, self._sequences(output), self._info(output, attempts))
                      for output, attempts in outputs]
             try:
@@ -330,6 +355,12 @@ class Scheduler:
                         self._fail_cell(ckpt, cell.chunk, one_line(error), attempts)
             for output in landed:
                 self._landed(output)
+            landed_now += len(landed)
+        if landed_now:
+            self.bar.update(landed_now)
+            elapsed = self.bar.format_dict["elapsed"] or 1e-9
+            self.bar.set_postfix(seq_s=f"{self.summary.sequences_scored / elapsed:,.0f}",
+                                 probes=f"{len(self.supply.ready)}/{self.supply.total}")
 
     def _landed(self, output: CellOutput) -> None:
         summary = self.summary
@@ -343,10 +374,6 @@ class Scheduler:
             summary.warn(f"checkpoints {twin} and {output.ckpt} carry identical weights (fingerprint {fingerprint}): "
                          f"revisions {self.spec.model.revision_for(twin)!r} and "
                          f"{self.spec.model.revision_for(output.ckpt)!r} may be one checkpoint published twice")
-        self.bar.update(1)
-        elapsed = self.bar.format_dict["elapsed"] or 1e-9
-        self.bar.set_postfix(seq_s=f"{summary.sequences_scored / elapsed:,.0f}",
-                             probes=f"{len(self.supply.ready)}/{self.supply.total}")
         self._settle(output.ckpt)
 
     def _sequences(self, output: CellOutput) -> pl.DataFrame:
@@ -367,7 +394,7 @@ class Scheduler:
         self.remaining[ckpt] -= 1
         if self.remaining[ckpt] == 0:
             self.store.compact_checkpoint(ckpt)
-            cells = self.store.cells().filter(pl.col("ckpt") == ckpt).collect()
+            cells = self.store.cells(ckpt).collect()
             if cells.height:
                 score = cells["score"].mean()
                 self.bar.write(f"ckpt {ckpt}: {cells.height} cells landed, mean score "
@@ -380,6 +407,9 @@ class Scheduler:
         return float(np.median(self.cell_seconds)) if self.cell_seconds else 1.0
 
     def _load_estimate(self) -> float:
+        """What starting a checkpoint costs an actor that did not prefetch it (download + load): the price of
+        every tail hand-off, so only such loads are counted. A prefetched load skips the download (27 GB for
+        Amber); splitting on its price made idle actors download for longer than the half they took saved."""
         # Before any load was measured, assume a load is worth STEAL_MIN_CELLS cells: splits stay rare.
         return float(np.median(self.load_seconds)) if self.load_seconds else STEAL_MIN_CELLS * self._cell_estimate()
 

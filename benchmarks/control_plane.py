@@ -1,0 +1,703 @@
+"""The control plane at full Amber scale: the real driver and store over 360 x 360 cells, the GPUs simulated.
+
+    python benchmarks/control_plane.py                                # 360 x 360 x 1000 rows, 64 GPUs, ~15 min
+    python benchmarks/control_plane.py --checkpoints 36 --chunks 36  # a quick check (~1 min)
+    python benchmarks/control_plane.py --simulate-probe-builds       # the probe-set ramp, builds simulated too
+
+`run_sweep` (sweep/driver.py) runs unchanged: plan, probe supply, scheduler, ResultStore landing and
+compaction, on a local Ray with 64 logical GPUs. Only the checkpoint actor is replaced, by
+`CostModelScorer`: CheckpointScorer's interface (`prefetch`, `score_cell`, `release`; concurrency groups io
+and compute) without torch, which sleeps what a GPU would spend and returns synthetic scores (deterministic
+per cell) so that the landed Parquet has the real schema and a plausible size.
+
+The cost model (`CostModel`, real seconds, all divided by --time-scale so the run fits here):
+
+- cell: 1000 sequences at a fraction of the compute bound. A 7B forward is ~2 x 6.7e9 FLOP per token, 64
+  tokens a sequence (k = l = 32), so at 790 TFLOP/s (bf16, practical H200 matmul rate, ../shared/FACTS.md)
+  ~921 sequences/s. Assumed: extractable (+ NLL; one teacher-forced pass of 64 tokens at batch ~1024, large
+  GEMMs) reaches 75% of that, greedy (32 sequential decode steps) 50%;
+- load: 40 s (27 GB of fp32 .bin shards read from local disk, cast to bf16, 13.5 GB copied to the GPU);
+- download: 27 GB at 250 MB/s per actor (2 GB/s per 8-GPU node). The scheduler prefetches the next
+  checkpoint while the current one scores, so only each actor's first download is not hidden;
+- probe-set build: a 20.8 GB chunk streamed at 250 MB/s (one stream), data.concurrent_builds at once. By
+  default the probe sets are pre-built into the cache (the main measurement isolates the control plane);
+  --simulate-probe-builds builds them during the sweep, each after a sleep of the stream time.
+
+Ideal makespan = total simulated GPU work / actors, where the work is cells x cell time + checkpoints x
+load time (one load per checkpoint; downloads and probe builds excluded: they overlap with it when the
+scheduler works as designed). Overhead = makespan / ideal - 1; it includes each actor's first download,
+actor start-up, the tail, extra loads of split checkpoints, and any time the driver kept a GPU waiting.
+
+Measured on the driver process: CPU seconds (user + system, Ray's threads in it included) per cell, peak
+RSS (VmHWM, reset when the sweep starts); on the output: landed Parquet bytes (ledger records); on the
+actors: seconds busy (load + scoring sleeps) / (makespan x actors), and what they waited for.
+
+Memory: 64 Ray worker processes of ~60-80 MB each (numpy + ray, no torch) plus the driver; a watchdog stops
+the run if the machine's available memory drops below --min-available-gb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import ray
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from actors.protocol import (BatchScores, CellOutput, CheckpointTarget, LoadedCheckpoint,  # noqa: E402
+                             ProbeBatch, ScorerSettings, ScoringOptions)
+
+# ---- the cost model ---------------------------------------------------------------------------
+
+PARAMETERS = 6.7e9  # Amber (LLaMA-7B): FLOP per token ~ 2 x parameters
+BF16_FLOPS = 790e12  # practical dense bf16 matmul rate of an H200 (FACTS.md)
+CHECKPOINT_GB = 27.0  # an Amber ckpt_* revision: 3 fp32 .bin shards
+CHUNK_GB = 20.8  # an AmberDatasets chunk file
+ROWS_PER_CHUNK = 1_706_976  # rows of a real chunk (the landed `row` ids are drawn from this range)
+AMBER_SOURCES = {"refinedweb": 536, "starcoderdata": 221, "c4": 163, "arxiv": 31, "book": 18,
+                 "wikipedia": 18, "stackexchange": 13}  # per 1000 sampled rows (FACTS.md)
+
+
+def compute_bound_sequences_per_s(tokens_per_sequence: int) -> float:
+    """Sequences/s of a 7B model at BF16_FLOPS: 790e12 / (2 x 6.7e9 x 64) = 921 for k = l = 32."""
+    return BF16_FLOPS / (2 * PARAMETERS * tokens_per_sequence)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """What one simulated GPU spends, in real seconds; every sleep is divided by `time_scale`."""
+
+    cell_seconds: float  # scoring one cell (1000 sequences)
+    load_seconds: float  # a checkpoint from local disk into GPU memory
+    download_seconds: float  # a checkpoint from the Hub onto the node's disk
+    probe_build_seconds: float  # one chunk streamed to build its probe set (used with --simulate-probe-builds)
+    time_scale: float = 1.0
+    stats_dir: str | None = None  # where each actor writes its timeline when released
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds / self.time_scale)
+
+
+def default_cost_model(mode: str, samples: int, tokens_per_sequence: int, efficiency: float | None,
+                       load_s: float, download_mb_s: float, build_mb_s: float, time_scale: float) -> CostModel:
+    """The assumptions of the module docstring as numbers (efficiency: fraction of the compute bound)."""
+    if efficiency is None:
+        efficiency = 0.75 if mode == "extractable" else 0.5
+    rate = compute_bound_sequences_per_s(tokens_per_sequence) * efficiency
+    return CostModel(cell_seconds=samples / rate, load_seconds=load_s,
+                     download_seconds=CHECKPOINT_GB * 1000 / download_mb_s,
+                     probe_build_seconds=CHUNK_GB * 1000 / build_mb_s, time_scale=time_scale)
+
+
+# ---- synthetic scores ---------------------------------------------------------------------------
+
+
+def synthetic_scores(ckpt: int, chunk: int, n: int, options: ScoringOptions, keep_generated: bool,
+                     checkpoints: int = 360) -> BatchScores:
+    """Plausible per-sequence results for one cell, the same every time for (ckpt, chunk).
+
+    A row's teacher-forced accuracy rises with training progress (and a little for seen chunks); its
+    prefix match is geometric in that accuracy; a small share of rows is memorized outright (more of the
+    seen ones), giving full-match rates of ~0.3-2% and mean scores of ~0.1-0.3 like the reference numbers.
+    Cost: ~0.2 ms for 1000 rows.
+    """
+    rng = np.random.default_rng([ckpt, chunk, 20261127])
+    length = options.continuation_len
+    progress = min(1.0, (ckpt + 1) / checkpoints)
+    seen = chunk <= ckpt
+    mean_accuracy = 0.30 + 0.15 * progress + (0.03 if seen else 0.0)
+    accuracy = rng.beta(8 * mean_accuracy, 8 * (1 - mean_accuracy), n)
+    prefix = np.minimum(rng.geometric(1 - accuracy) - 1, length)
+    memorized = rng.random(n) < (0.003 + (0.015 * progress if seen else 0.0))
+    prefix[memorized] = length
+    full_match = prefix == length
+    tail_hits = rng.random((n, length)) < accuracy[:, None]
+    positions = np.arange(length)
+    teacher_forced_hits = np.where(positions < prefix[:, None], True, np.where(positions == prefix[:, None], False,
+                                                                                 tail_hits))
+    scores = BatchScores(matches=None, prefix_match=prefix.astype(np.int16), full_match=full_match,
+                         match_mask=None, nll=None, tf_accuracy=None)
+    if options.with_nll:
+        scores.tf_accuracy = teacher_forced_hits.mean(axis=1).astype(np.float32)
+        nll = rng.gamma(4.0, (2.8 - 1.0 * progress) / 4.0, n)
+        scores.nll = np.where(memorized, nll * 0.05, nll).astype(np.float32)
+    if options.mode == "greedy":
+        # greedy decoding drifts after its first miss: fewer later hits than teacher forcing
+        greedy_hits = np.where(positions < prefix[:, None], True,
+                               np.where(positions == prefix[:, None], False, tail_hits & (rng.random((n, length)) < 0.5)))
+        scores.matches = greedy_hits.sum(axis=1).astype(np.int16)
+        scores.match_mask = np.packbits(greedy_hits, axis=1, bitorder="little")
+        if keep_generated:
+            scores.generated = rng.integers(3, 32000, (n, length), dtype=np.int64)
+    return scores
+
+
+# ---- the cost-model actor -----------------------------------------------------------------------
+
+
+class CostModelScorer:
+    """CheckpointScorer's interface and concurrency, with sleeps for the GPU work (see `cost_model_scorer`).
+
+    Like the real actor: `prefetch` (io group) downloads a checkpoint onto the node; a load (compute group)
+    waits for an in-flight prefetch of the same target, else downloads it itself, then loads; a checkpoint
+    stays loaded until another is asked for. Every sleep is recorded (kind, start, end; wall clock) and the
+    timeline is written to `cost.stats_dir` on `release` (kinds: download, stall-download, wait, load, cell).
+    """
+
+    cost: CostModel  # bound by cost_model_scorer
+
+    def __init__(self, settings: ScorerSettings):
+        self.settings = settings
+        self.loaded: LoadedCheckpoint | None = None
+        self.fetched: set[CheckpointTarget] = set()
+        self.fetching: dict[CheckpointTarget, threading.Event] = {}
+        self.timeline: list[tuple[str, float, float]] = []  # (kind, start, end): download/load/cell/wait
+        self.host = socket.gethostname()
+
+    @ray.method(concurrency_group="io")
+    def prefetch(self, target: CheckpointTarget) -> None:
+        if target in self.fetched or target in self.fetching:
+            return
+        done = self.fetching[target] = threading.Event()
+        try:
+            self._timed("download", self.cost.download_seconds)
+            self.fetched.add(target)
+        finally:
+            del self.fetching[target]
+            done.set()
+
+    @ray.method(concurrency_group="io")
+    def discard(self, target: CheckpointTarget) -> int:
+        """Another actor took over `target`: forget this actor's prefetched copy (the real one deletes it)."""
+        in_progress = self.fetching.get(target)
+        if in_progress is not None:
+            in_progress.wait()
+        if target in self.fetched:
+            self.fetched.discard(target)
+            return int(CHECKPOINT_GB * 1e9)
+        return 0
+
+    @ray.method(concurrency_group="compute")
+    def score_cell(self, target: CheckpointTarget, probes: ProbeBatch) -> CellOutput:
+        loaded_now = False
+        if self.loaded is None or self.loaded.target != target:
+            self._load(target)
+            loaded_now = True
+        start = time.time()
+        self.cost.sleep(self.cost.cell_seconds)
+        scores = synthetic_scores(target.ckpt, probes.chunk, len(probes.rows), self.settings.options,
+                                  self.settings.keep_generated)
+        end = time.time()
+        self.timeline.append(("cell", start, end))
+        return CellOutput(ckpt=target.ckpt, chunk=probes.chunk, scores=scores, seconds=end - start,
+                          loaded=self.loaded, loaded_now=loaded_now, device="cost-model",
+                          dtype=self.settings.dtype, batch_size=1024, host=self.host)
+
+    @ray.method(concurrency_group="compute")
+    def release(self) -> None:
+        self.loaded = None
+        self.fetched.clear()
+        if self.cost.stats_dir:
+            path = Path(self.cost.stats_dir) / f"actor-{os.getpid()}-{id(self)}.json"
+            path.write_text(json.dumps(self.timeline))
+
+    def _load(self, target: CheckpointTarget) -> None:
+        start = time.time()
+        self.loaded = None
+        in_progress = self.fetching.get(target)
+        if in_progress is not None:
+            waited = time.time()
+            in_progress.wait()  # the io thread is downloading exactly this: do not download it twice
+            self.timeline.append(("wait", waited, time.time()))
+        if target in self.fetched:
+            self.fetched.discard(target)
+        else:  # not prefetched (each actor's first checkpoint, or a reservation taken over): the GPU waits
+            self._timed("stall-download", self.cost.download_seconds)
+        self._timed("load", self.cost.load_seconds)
+        fingerprint = hashlib.sha256(f"cost-model {target.ckpt} {target.revision}".encode()).hexdigest()[:16]
+        self.loaded = LoadedCheckpoint(target=target, weights_fingerprint=fingerprint, stored_dtype="float32",
+                                       vocab_size=32000, load_seconds=time.time() - start,
+                                       downloaded_bytes=int(CHECKPOINT_GB * 1e9), host=self.host)
+
+    def _timed(self, kind: str, seconds: float) -> None:
+        start = time.time()
+        self.cost.sleep(seconds)
+        self.timeline.append((kind, start, time.time()))
+
+
+def cost_model_scorer(cost: CostModel):
+    """A Ray actor class for `run_sweep(..., scorer=...)` with `cost` bound (same groups as CheckpointScorer)."""
+    module = sys.modules[CostModelScorer.__module__]
+    if module.__name__ != "__main__":  # imported (a test): ship the class by value, workers cannot import it
+        ray.cloudpickle.register_pickle_by_value(module)
+    bound = type("CostModelScorer", (CostModelScorer,), {"cost": cost})
+    return ray.remote(concurrency_groups={"io": 1, "compute": 1})(bound)
+
+
+def slow_probe_build_task(cost: CostModel):
+    """sweep.probe_supply's build task, preceded by a sleep of one chunk's stream time (same signature)."""
+
+    def build(source, chunk, n, seed, k, l, vocab_size, line_lengths):
+        from sweep.probes import build_probe_set_from
+
+        cost.sleep(cost.probe_build_seconds)
+        return build_probe_set_from(source, chunk, n, seed, k, l, vocab_size, line_lengths)
+
+    return ray.remote(num_cpus=0)(build)
+
+
+@contextmanager
+def simulated_probe_builds(cost: CostModel):
+    from sweep import probe_supply
+
+    real = probe_supply._build_probe_set_task
+    probe_supply._build_probe_set_task = slow_probe_build_task(cost)
+    try:
+        yield
+    finally:
+        probe_supply._build_probe_set_task = real
+
+
+# ---- the world ------------------------------------------------------------------------------------
+
+
+def build_world(root: Path, checkpoints: int, chunks: int, rows: int, row_tokens: int = 64) -> None:
+    """`root/model/ckpt_NNN/` (empty: the cost model never reads them) and `root/data/train/train_NNN.jsonl`
+    (raw Amber format, `rows` rows of `row_tokens` ids; ~350 bytes a row). Existing files are kept."""
+    for ckpt in range(checkpoints):
+        (root / "model" / f"ckpt_{ckpt:03d}").mkdir(parents=True, exist_ok=True)
+    folder = root / "data" / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(AMBER_SOURCES)
+    weights = np.array(list(AMBER_SOURCES.values()), dtype=float)
+    for chunk in range(chunks):
+        path = folder / f"train_{chunk:03d}.jsonl"
+        if path.exists():
+            continue
+        rng = np.random.default_rng(chunk)
+        ids = rng.integers(3, 32000, (rows, row_tokens))
+        sources = rng.choice(len(names), rows, p=weights / weights.sum())
+        lines = [f'{{"token_ids": [{",".join(map(str, row))}], "source": "{names[s]}"}}\n'
+                 for row, s in zip(ids.tolist(), sources)]
+        temp = path.with_suffix(".tmp")
+        temp.write_text("".join(lines))
+        os.replace(temp, path)
+
+
+def make_spec(world: Path, output: Path, cache: Path, checkpoints: int, chunks: int, samples: int, mode: str,
+              actors: int, concurrent_builds: int):
+    from sweep.spec import SweepSpec
+
+    return SweepSpec.model_validate({
+        "name": "control-plane",
+        "model": {"source": str(world / "model"), "revision": "ckpt_{ckpt:03d}", "dtype": "bfloat16"},
+        "data": {"source": str(world / "data"), "file": "train/train_{chunk:03d}.jsonl",
+                 "samples_per_chunk": samples, "seed": 42, "vocab_size": 32000, "cache_dir": str(cache),
+                 "concurrent_builds": concurrent_builds},
+        "checkpoints": f"0-{checkpoints - 1}",
+        "chunks": f"0-{chunks - 1}",
+        "memorization": {"prompt_len": 32, "continuation_len": 32, "mode": mode, "nll": True},
+        "resources": {"gpus_per_actor": 1, "actors": actors, "cpus_per_actor": 0.01, "batch_size": "auto",
+                      "max_attempts": 3},
+        "output": str(output),
+    })
+
+
+def prebuild_probe_sets(spec, cost: CostModel) -> float:
+    """Fill the probe cache through the real path: a throw-away sweep of checkpoint 0 on one free actor."""
+    from sweep.driver import run_sweep
+
+    began = time.perf_counter()
+    output = Path(spec.output).with_name("prebuild")
+    shutil.rmtree(output, ignore_errors=True)
+    warm = spec.model_copy(update={"checkpoints": [0], "output": str(output),
+                                   "resources": spec.resources.model_copy(update={"actors": 1})})
+    free = replace(cost, cell_seconds=0, load_seconds=0, download_seconds=0, stats_dir=None)
+    summary = run_sweep(warm, progress=False, scorer=cost_model_scorer(free))
+    shutil.rmtree(output, ignore_errors=True)
+    if not summary.ok:
+        raise RuntimeError(f"pre-building probe sets failed: {summary.describe()}")
+    return time.perf_counter() - began
+
+
+# ---- measuring ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    cells: int
+    checkpoints: int
+    chunks: int
+    actors: int
+    time_scale: float
+    cost: dict
+    probe_builds: str  # "pre-built" or "simulated"
+    worker_niceness: int = 15
+    makespan_s: float = 0.0
+    ideal_s: float = 0.0
+    driver_cpu_s: float = 0.0
+    driver_peak_rss_mb: float = 0.0
+    ray_processes_cpu_s: float = 0.0  # raylet, GCS, workers (the actors' own CPU competes with the driver here)
+    sequences_parquet_bytes: int = 0
+    cells_parquet_bytes: int = 0
+    probes_parquet_bytes: int = 0
+    actor_busy_s: float = 0.0  # load + cell sleeps, summed over actors
+    actor_download_stall_s: float = 0.0  # downloads inside a load (not prefetched) + waits for a prefetch
+    actor_time: dict = field(default_factory=dict)  # actor_time_budget
+    steady_driver_ms_per_cell: float | None = None  # driver CPU per cell while the middle 80% of cells landed
+    loads: int = 0
+    cells_landed: int = 0
+    failed: int = 0
+    first_cell_landed_at_s: float | None = None
+    last_probe_set_at_s: float | None = None
+    first_actor_work_at_s: float | None = None  # when the first actor started its first sleep (start-up before)
+    last_actor_started_at_s: float | None = None  # when the last actor started its first sleep
+    last_actor_work_at_s: float | None = None
+    loadavg_before: tuple = ()
+    loadavg_during: list = field(default_factory=list)
+    min_available_gb: float | None = None
+
+    @property
+    def overhead(self) -> float:
+        return self.makespan_s / self.ideal_s - 1
+
+    @property
+    def busy_fraction(self) -> float:
+        return self.actor_busy_s / (self.makespan_s * self.actors)
+
+    @property
+    def driver_ms_per_cell(self) -> float:
+        return 1000 * self.driver_cpu_s / max(1, self.cells_landed)
+
+    def describe(self) -> str:
+        scale = self.time_scale
+        c = self.cost
+        lines = [
+            f"cells: {self.cells:,} ({self.checkpoints} checkpoints x {self.chunks} chunks x "
+            f"{c['samples']} rows), {self.actors} actors (nice {self.worker_niceness}), time scale {scale:g} "
+            f"(sleeps are real seconds / {scale:g})",
+            f"cost model (real seconds): cell {c['cell_seconds']:.3f} ({c['mode']}, {c['sequences_per_s']:.0f} seq/s), "
+            f"load {c['load_seconds']:g}, download {c['download_seconds']:.1f} (prefetched), probe build "
+            f"{c['probe_build_seconds']:.1f} x {c['concurrent_builds']} at once ({self.probe_builds})",
+            f"landed: {self.cells_landed:,} cells, {self.failed} failed, {self.loads} checkpoint loads",
+            f"makespan: {self.makespan_s:.1f} s (x{scale:g} = {self.makespan_s * scale / 60:.1f} min real)",
+            f"ideal (cells x cell + checkpoints x load) / actors: {self.ideal_s:.1f} s "
+            f"(x{scale:g} = {self.ideal_s * scale / 60:.1f} min real)",
+            f"overhead: {100 * self.overhead:.1f}% (one unhidden download per actor alone is "
+            f"{100 * c['download_seconds'] / scale / self.ideal_s:.1f}%)",
+            f"actors busy: {100 * self.busy_fraction:.1f}% of makespan x actors; download stalls "
+            f"{self.actor_download_stall_s / self.actors:.1f} s per actor; first actor work at "
+            f"{self.first_actor_work_at_s:.1f} s, every actor working by {self.last_actor_started_at_s:.1f} s, last "
+            f"work ends at {self.last_actor_work_at_s:.1f} s",
+            "actor time: " + ", ".join(f"{name} {100 * seconds / (self.makespan_s * self.actors):.1f}%"
+                                       for name, seconds in self.actor_time.items()),
+            f"first cell landed at {self.first_cell_landed_at_s:.1f} s; last probe set ready at "
+            f"{self.last_probe_set_at_s:.1f} s",
+            f"driver CPU: {self.driver_cpu_s:.1f} s = {self.driver_ms_per_cell:.2f} ms per cell "
+            f"({100 * self.driver_cpu_s / self.makespan_s:.0f}% of one core over the makespan); "
+            f"{self.steady_driver_ms_per_cell or float('nan'):.2f} ms per cell while the middle 80% landed",
+            f"Ray processes (raylet, GCS, 64 actor workers) CPU: {self.ray_processes_cpu_s:.1f} s "
+            f"({1000 * self.ray_processes_cpu_s / max(1, self.cells_landed):.2f} ms per cell)",
+            f"peak driver RSS: {self.driver_peak_rss_mb:.0f} MB",
+            f"landed Parquet: sequences {self.sequences_parquet_bytes / 1e6:,.1f} MB "
+            f"({self.sequences_parquet_bytes / max(1, self.cells_landed * c['samples']):.2f} bytes/row), "
+            f"cells {self.cells_parquet_bytes / 1e6:,.2f} MB, probes {self.probes_parquet_bytes / 1e6:,.1f} MB",
+            f"load average before: {' '.join(f'{x:.2f}' for x in self.loadavg_before)}; during (1-min, sampled): "
+            f"min {min(self.loadavg_during, default=0):.1f}, max {max(self.loadavg_during, default=0):.1f}; "
+            f"lowest available memory {self.min_available_gb:.1f} GB",
+        ]
+        return "\n".join(lines)
+
+
+class _Watch:
+    """Samples load average, available memory and the driver's CPU time every few seconds; interrupts the run
+    below a memory floor."""
+
+    def __init__(self, min_available_gb: float, every_s: float = 5.0):
+        import psutil
+
+        self.psutil, self.floor, self.every = psutil, min_available_gb, every_s
+        self.loadavg: list[float] = []
+        self.cpu: list[tuple[float, float]] = []  # (wall clock, driver process CPU seconds)
+        self.lowest = math.inf
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        process = self.psutil.Process()
+        while not self.stop.wait(self.every):
+            times = process.cpu_times()
+            self.cpu.append((time.time(), times.user + times.system))
+            self.loadavg.append(os.getloadavg()[0])
+            available = self.psutil.virtual_memory().available / 1e9
+            self.lowest = min(self.lowest, available)
+            if available < self.floor:
+                print(f"\nmemory guard: {available:.1f} GB available < {self.floor} GB; interrupting",
+                      file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+
+def _descendants_cpu_s() -> float:
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bool,
+            min_available_gb: float) -> Measurement:
+    """One sweep of `spec` into an empty output, measured (see the module docstring)."""
+    import psutil
+
+    from sweep.driver import run_sweep
+    from sweep.store import ResultStore
+
+    stats = Path(spec.output).with_name(Path(spec.output).name + "-actors")
+    shutil.rmtree(stats, ignore_errors=True)
+    stats.mkdir(parents=True)
+    cost = replace(cost, stats_dir=str(stats))
+    cells = len(spec.cell_list())
+    options = spec.memorization
+    sequences_per_s = samples / cost.cell_seconds
+    result = Measurement(
+        cells=cells, checkpoints=len(spec.checkpoints), chunks=len(spec.chunks), actors=int(spec.resources.actors),
+        time_scale=cost.time_scale, probe_builds=probe_builds,
+        cost={**{k: v for k, v in asdict(cost).items() if k != "stats_dir"}, "samples": samples,
+              "mode": options.mode, "sequences_per_s": sequences_per_s,
+              "concurrent_builds": spec.data.concurrent_builds})
+    result.ideal_s = (cells * cost.cell_seconds + len(spec.checkpoints) * cost.load_seconds) \
+        / cost.time_scale / result.actors
+    result.loadavg_before = os.getloadavg()
+    process = psutil.Process()
+    ray_cpu_before = _descendants_cpu_s()
+    cpu_before = process.cpu_times()
+    _reset_peak_rss()
+    with _Watch(min_available_gb) as watch:
+        scorer = cost_model_scorer(cost)
+        wall_start = time.time()
+        began = time.perf_counter()
+        if probe_builds == "simulated":
+            with simulated_probe_builds(cost):
+                summary = run_sweep(spec, progress=progress, scorer=scorer)
+        else:
+            summary = run_sweep(spec, progress=progress, scorer=scorer)
+        result.makespan_s = time.perf_counter() - began
+    cpu_after = process.cpu_times()
+    result.driver_peak_rss_mb = _peak_rss_bytes() / 1e6
+    result.driver_cpu_s = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+    result.ray_processes_cpu_s = _descendants_cpu_s() - ray_cpu_before  # actors still alive: counted
+    result.loadavg_during, result.min_available_gb = watch.loadavg, watch.lowest
+    result.cells_landed, result.failed = summary.cells_scored, len(summary.failed)
+    result.loads = sum(summary.loads.values())
+    result.first_cell_landed_at_s = summary.first_cell_landed_at
+    result.last_probe_set_at_s = summary.last_probe_set_at
+
+    store = ResultStore(Path(spec.output))
+    for record in store.landed_files():
+        if record.path.startswith("sequences/"):
+            result.sequences_parquet_bytes += record.bytes
+        elif record.path.startswith("cells/"):
+            result.cells_parquet_bytes += record.bytes
+        else:
+            result.probes_parquet_bytes += record.bytes
+    _check_landed(store, spec, result)
+    result.steady_driver_ms_per_cell = steady_cpu_per_cell(store, watch.cpu)
+
+    deadline = time.time() + 60  # the actors write their timelines on release; the last may lag a moment
+    while len(list(stats.glob("*.json"))) < result.actors and time.time() < deadline:
+        time.sleep(0.5)
+    timelines = [json.loads(path.read_text()) for path in stats.glob("*.json")]
+    result.actor_time = actor_time_budget(timelines, wall_start, wall_start + result.makespan_s)
+    result.actor_busy_s = result.actor_time["busy"]
+    result.actor_download_stall_s = result.actor_time["download stalls"]
+    compute = [(start, end) for timeline in timelines for kind, start, end in timeline if kind in COMPUTE_KINDS]
+    if compute:
+        result.first_actor_work_at_s = min(start for start, _ in compute) - wall_start
+        result.last_actor_work_at_s = max(end for _, end in compute) - wall_start
+        result.last_actor_started_at_s = max(min(start for kind, start, _ in timeline if kind in COMPUTE_KINDS)
+                                             for timeline in timelines if timeline) - wall_start
+    shutil.rmtree(stats, ignore_errors=True)
+    return result
+
+
+def steady_cpu_per_cell(store, cpu_samples: list[tuple[float, float]]) -> float | None:
+    """Driver CPU ms per cell between the moments 10% and 90% of the cells had landed (each cell's `finished_at`
+    is its landing time, to the second): start-up, the first loads and the tail left out."""
+    import polars as pl
+
+    landed = store.cells().select(pl.col("finished_at").str.to_datetime(time_zone="UTC")).collect()
+    times = np.sort(landed["finished_at"].dt.epoch("ms").to_numpy() / 1000.0)
+    if len(times) < 100 or len(cpu_samples) < 4:
+        return None
+    first, last = times[len(times) // 10], times[len(times) * 9 // 10]
+    clock, cpu = (np.array(values) for values in zip(*cpu_samples))
+    if last - first < 3 * (clock[1] - clock[0]):
+        return None
+    cells = np.searchsorted(times, last, side="right") - np.searchsorted(times, first, side="left")
+    return 1000 * float(np.interp(last, clock, cpu) - np.interp(first, clock, cpu)) / cells
+
+
+COMPUTE_KINDS = ("stall-download", "wait", "load", "cell")  # what the compute group (the GPU) does, in order
+
+
+def actor_time_budget(timelines: list[list], began: float, ended: float) -> dict[str, float]:
+    """Where the actors' time went, summed over actors (seconds; the parts add up to actors x makespan).
+
+    before first call: sweep start to the actor's first work (driver start, actor process start-up);
+    download stalls: downloads the load had to do itself + waits for an unfinished prefetch;
+    busy: load + scoring (the simulated GPU work);
+    gaps between calls: the actor had nothing to run (the driver had not yet handed it work, no probe set
+    was ready, or it waited for a tail hand-off);
+    after last call: its last work ended to the sweep's end (the tail, final compaction, release).
+    """
+    budget = dict.fromkeys(("before first call", "download stalls", "busy", "gaps between calls",
+                            "after last call"), 0.0)
+    for timeline in timelines:
+        work = sorted((start, end, kind) for kind, start, end in timeline if kind in COMPUTE_KINDS)
+        if not work:
+            budget["after last call"] += ended - began
+            continue
+        budget["before first call"] += work[0][0] - began
+        budget["after last call"] += ended - work[-1][1]
+        for index, (start, end, kind) in enumerate(work):
+            budget["busy" if kind in ("load", "cell") else "download stalls"] += end - start
+            if index:
+                budget["gaps between calls"] += max(0.0, start - work[index - 1][1])
+    return budget
+
+
+def _check_landed(store, spec, result: Measurement) -> None:
+    """Every cell landed once, and a sample cell holds exactly the cost model's synthetic scores."""
+    import polars as pl
+
+    cells = store.cells().select("ckpt", "chunk").collect()
+    if cells.height != result.cells or cells.unique().height != result.cells:
+        raise RuntimeError(f"{spec.output}: {cells.height} cell rows ({cells.unique().height} distinct), "
+                           f"expected {result.cells}")
+    ckpt, chunk = spec.checkpoints[-1], spec.chunks[len(spec.chunks) // 2]
+    landed = store.sequences().filter((pl.col("ckpt") == ckpt) & (pl.col("chunk") == chunk)).collect()
+    probes = store.probes().filter(pl.col("chunk") == chunk).collect()
+    order = {row: i for i, row in enumerate(probes["row"].to_list())}  # the actor scored rows in sample order
+    options = ScoringOptions(prompt_len=32, continuation_len=32, mode=spec.memorization.mode, with_nll=True)
+    expected = synthetic_scores(ckpt, chunk, probes.height, options, False)
+    positions = [order[row] for row in landed["row"].to_list()]
+    if landed["prefix_match"].to_list() != expected.prefix_match[positions].tolist():
+        raise RuntimeError(f"ckpt {ckpt} x chunk {chunk}: landed prefix_match differs from the cost model's")
+
+
+# ---- the command line ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", type=Path, default=Path("/tmp/memsweep-control-plane"),
+                        help="where the chunk files, model folders, probe cache and output live")
+    parser.add_argument("--checkpoints", type=int, default=360)
+    parser.add_argument("--chunks", type=int, default=360)
+    parser.add_argument("--samples", type=int, default=1000, help="rows per chunk file and per probe set")
+    parser.add_argument("--actors", type=int, default=64, help="logical GPUs = checkpoint actors")
+    parser.add_argument("--mode", choices=("extractable", "greedy"), default="extractable",
+                        help="memorization.mode (the full-matrix config uses extractable)")
+    parser.add_argument("--efficiency", type=float, default=None,
+                        help="fraction of the 921 seq/s compute bound (default 0.75 extractable, 0.5 greedy)")
+    parser.add_argument("--load-s", type=float, default=40.0, help="checkpoint load, disk to GPU (default 40 s)")
+    parser.add_argument("--download-mb-s", type=float, default=250.0,
+                        help="per-actor Hub download rate for a 27 GB checkpoint (default 250 MB/s: 108 s)")
+    parser.add_argument("--build-mb-s", type=float, default=250.0,
+                        help="stream rate of one probe-set build of a 20.8 GB chunk (default 250 MB/s: 83 s)")
+    parser.add_argument("--concurrent-builds", type=int, default=4, help="data.concurrent_builds (default 4)")
+    parser.add_argument("--simulate-probe-builds", action="store_true",
+                        help="build the probe sets during the sweep (cold cache), each after its stream time")
+    parser.add_argument("--time-scale", type=float, default=4.0,
+                        help="divide every simulated duration by this (default 4: the full run takes ~15 min)")
+    parser.add_argument("--worker-niceness", type=int, default=0,
+                        help="nice value of the Ray workers (Ray's default 15 lets other users' processes on a shared "
+                             "machine starve the simulated GPUs; default 0, like the driver)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (`memsweep run` shows one)")
+    parser.add_argument("--min-available-gb", type=float, default=4.0, help="memory guard (default 4 GB)")
+    parser.add_argument("--json", type=Path, help="also write the measurement here")
+    parser.add_argument("--keep-output", action="store_true", help="keep the landed output (GBs at full size)")
+    args = parser.parse_args()
+
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    world = args.world.expanduser().resolve()
+    began = time.perf_counter()
+    build_world(world, args.checkpoints, args.chunks, args.samples)
+    print(f"world ready in {time.perf_counter() - began:.1f} s: {world}", flush=True)
+    cost = default_cost_model(args.mode, args.samples, 64, args.efficiency, args.load_s, args.download_mb_s,
+                              args.build_mb_s, args.time_scale)
+    label = f"{args.checkpoints}x{args.chunks}-{args.mode}-s{args.time_scale:g}"
+    cache = world / ("probe-cache" if not args.simulate_probe_builds else f"probe-cache-cold-{os.getpid()}")
+    output = world / "runs" / label
+    shutil.rmtree(output, ignore_errors=True)
+    spec = make_spec(world, output, cache, args.checkpoints, args.chunks, args.samples, args.mode, args.actors,
+                     args.concurrent_builds)
+
+    os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # read by the raylet ray.init starts
+    ray.init(address="local", num_cpus=2, num_gpus=args.actors, include_dashboard=False, log_to_driver=False,
+             object_store_memory=2 * 1024**3)
+    try:
+        if args.simulate_probe_builds:
+            shutil.rmtree(cache, ignore_errors=True)
+            probe_builds = "simulated"
+        else:
+            print(f"probe sets pre-built (or found) in the cache in {prebuild_probe_sets(spec, cost):.1f} s",
+                  flush=True)
+            probe_builds = "pre-built"
+        result = measure(spec, cost, args.samples, probe_builds, not args.no_progress, args.min_available_gb)
+        result.worker_niceness = args.worker_niceness
+    finally:
+        ray.shutdown()
+        if args.simulate_probe_builds:
+            shutil.rmtree(cache, ignore_errors=True)
+        if not args.keep_output:
+            shutil.rmtree(output, ignore_errors=True)
+    print(result.describe(), flush=True)
+    if args.json:
+        payload = {**asdict(result), "overhead": result.overhead, "busy_fraction": result.busy_fraction,
+                   "driver_ms_per_cell": result.driver_ms_per_cell, "host_cpus": os.cpu_count()}
+        args.json.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
