@@ -8,8 +8,9 @@ once its chunk's probe set is ready, so scoring starts with the first probe set 
 
 When the queue runs dry, an idle actor first takes a reservation from an actor that is still busy for longer
 than a load takes (that reservation's prefetch is wasted, its wait is not), then splits the largest remaining
-checkpoint in two if half of it takes longer than a load: at 360 checkpoints on 64 GPUs that turns the last
-partial round (40 of 64 actors busy for a whole checkpoint) into a few minutes.
+checkpoint so that both actors finish together (the taker's share is the donor's remaining time less one
+load, halved: `cells_to_hand_over`): at 360 checkpoints on 64 GPUs that turns the last partial round (40 of
+64 actors busy for a whole checkpoint) into about one load.
 
 Failures: see sweep/driver.py. Landing: a checkpoint's results wait in the driver's memory until LAND_BATCH_CELLS
 of them are there, the oldest has waited LAND_MAX_WAIT_S, or they finish the checkpoint; then they land as one
@@ -181,16 +182,17 @@ class Scheduler:
                 taken.reserved_by, taken.prefetch_sent = None, False
                 self.summary.reservations_taken += 1
                 return taken
-        # 2. half of the largest remaining checkpoint, if half of it takes longer than a load
+        # 2. a share of the largest remaining checkpoint, sized so that both actors finish together
         donors = [s for s in self.slots if s is not idle and s.current is not None]
         if not donors:
             return None
         donor = max(donors, key=lambda s: len(s.current.todo))
         todo = donor.current.todo
-        if len(todo) >= STEAL_MIN_CELLS and len(todo) / 2 * cell_s > load_s:
-            half = len(todo) // 2
-            stolen, donor.current.todo = todo[half:], todo[:half]
-            log.info("splitting ckpt %d: %d cells to another actor", donor.current.target.ckpt, len(stolen))
+        handed = cells_to_hand_over(len(todo), len(donor.current.in_flight), cell_s, load_s)
+        if handed:
+            stolen, donor.current.todo = todo[len(todo) - handed:], todo[:len(todo) - handed]
+            log.info("splitting ckpt %d: %d of its %d cells to another actor", donor.current.target.ckpt, handed,
+                     len(todo) + len(donor.current.in_flight))
             return _Assignment(donor.current.target, stolen)
         return None
 
@@ -494,3 +496,15 @@ def _last_line(error: BaseException) -> str:
     """The last line of an error's text: Ray puts the remote traceback first and the message last."""
     text = str(error).strip().splitlines()
     return (text[-1] if text else type(error).__name__)[:500]
+
+
+def cells_to_hand_over(todo: int, in_flight: int, cell_s: float, load_s: float) -> int:
+    """How many of a busy actor's `todo` cells an idle actor should take so that both finish together.
+
+    The donor needs (todo + in_flight - n) cells' time; the taker a load and then n cells. Equal at
+    n = (todo + in_flight - load_s / cell_s) / 2. (Half of `todo` made the taker finish a whole load after
+    the donor: at Amber's scale a download + load of ~150 s per split, on the makespan.) 0 when the taker's
+    share would be under STEAL_MIN_CELLS: such a split would cost a load to save less than it.
+    """
+    share = int((todo + in_flight - load_s / max(cell_s, 1e-9)) / 2)
+    return min(share, todo) if share >= STEAL_MIN_CELLS else 0

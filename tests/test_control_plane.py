@@ -50,6 +50,25 @@ def test_stand_in_does_not_import_torch():
     assert result.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize("todo,in_flight,cell_s,load_s", [(300, 2, 1.45, 148.0), (359, 1, 0.7, 40.0),
+                                                          (40, 2, 1.0, 0.0), (1000, 0, 0.05, 3.0)])
+def test_a_tail_split_makes_both_actors_finish_together(todo, in_flight, cell_s, load_s):
+    from sweep.scheduler import STEAL_MIN_CELLS, cells_to_hand_over
+
+    handed = cells_to_hand_over(todo, in_flight, cell_s, load_s)
+    assert STEAL_MIN_CELLS <= handed <= todo
+    donor_finishes = (todo + in_flight - handed) * cell_s
+    taker_finishes = load_s + handed * cell_s
+    assert abs(donor_finishes - taker_finishes) <= 2 * cell_s  # integer cells: within a cell of even, rounded down
+
+
+def test_a_tail_split_that_would_not_pay_for_its_load_is_not_made():
+    from sweep.scheduler import cells_to_hand_over
+
+    assert cells_to_hand_over(100, 2, 1.45, 148.0) == 0  # the donor is done before the taker has loaded
+    assert cells_to_hand_over(20, 2, 1.0, 10.0) == 0  # the taker's share (6 cells) would be under STEAL_MIN_CELLS
+
+
 def test_synthetic_scores_are_deterministic_and_consistent():
     from actors.protocol import ScoringOptions
 
