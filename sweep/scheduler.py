@@ -398,9 +398,9 @@ class Scheduler:
             self.store.compact_checkpoint(ckpt)
             cells = self.store.cells(ckpt).collect()
             if cells.height:
-                score = cells["score"].mean()
-                self.bar.write(f"ckpt {ckpt}: {cells.height} cells landed, mean score "
-                               f"{score if score is None else f'{score:.4f}'}, full-match rate "
+                score = cells["score"].mean()  # null in extractable mode (matches are not counted there)
+                scored = f"mean score {score:.4f}, " if score is not None else ""
+                self.bar.write(f"ckpt {ckpt}: {cells.height} cells landed, {scored}full-match rate "
                                f"{cells['full_match_rate'].mean():.4f}")
 
     # ---- statistics for the tail --------------------------------------------------------------
