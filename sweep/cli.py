@@ -269,7 +269,7 @@ def _demo(args: argparse.Namespace) -> int:
     if not path.exists():
         raise FileNotFoundError(f"{path}: the demo spec ships with the repository; run from a clone")
     spec = load_spec(path, {"output": args.output} if args.output else None)
-    ensure_demo_world(DemoWorldConfig(), Path(spec.model.source), Path(spec.data.source))
+    ensure_demo_world(DemoWorldConfig(), Path(spec.model.source), Path(spec.data.source), progress=not args.no_progress)
     return _sweep(spec, args, report=True)
 
 
