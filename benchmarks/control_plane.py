@@ -58,6 +58,8 @@ import ray
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # also when a test imports this file by path
+from peak_memory import peak_rss_bytes, reset_peak_rss  # noqa: E402
 from actors.protocol import (BatchScores, CellOutput, CheckpointTarget, LoadedCheckpoint,  # noqa: E402
                              ProbeBatch, ScorerSettings, ScoringOptions)
 
@@ -461,16 +463,6 @@ class _Watch:
         self.thread.join()
 
 
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-
-
-def _peak_rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-
-
 def _descendants_cpu_s() -> float:
     import psutil
 
@@ -511,7 +503,7 @@ def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bo
     process = psutil.Process()
     ray_cpu_before = _descendants_cpu_s()
     cpu_before = process.cpu_times()
-    _reset_peak_rss()
+    reset_peak_rss()
     with _Watch(min_available_gb) as watch:
         scorer = cost_model_scorer(cost)
         wall_start = time.time()
@@ -523,7 +515,7 @@ def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bo
             summary = run_sweep(spec, progress=progress, scorer=scorer)
         result.makespan_s = time.perf_counter() - began
     cpu_after = process.cpu_times()
-    result.driver_peak_rss_mb = _peak_rss_bytes() / 1e6
+    result.driver_peak_rss_mb = peak_rss_bytes() / 1e6
     result.driver_cpu_s = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
     result.ray_processes_cpu_s = _descendants_cpu_s() - ray_cpu_before  # actors still alive: counted
     result.loadavg_during, result.min_available_gb = watch.loadavg, watch.lowest

@@ -19,21 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from peak_memory import peak_rss_bytes, reset_peak_rss  # benchmarks/ (this script's folder)
 
 from sweep.probes import build_probe_set
 
 ROW_LEN = 2049  # Amber rows hold 2049 token ids
-
-
-def reset_peak_rss() -> None:
-    """Forget the peak so far (writing the synthetic chunk has one of its own)."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-
-
-def peak_rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 
 
 def write_synthetic_chunk(path: Path, megabytes: int, seed: int = 0) -> int:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from peak_memory import peak_rss_bytes, reset_peak_rss  # benchmarks/ (this script's folder)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,16 +59,6 @@ class Measurement:
 # ---------------------------------------------------------------- child side
 
 
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-
-
-def _peak_rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-
-
 def _child(task: dict) -> list[dict]:
     """Run one task in this process; returns result rows (name, seconds, peak_rss_bytes)."""
     output = task["output"]
@@ -77,12 +68,12 @@ def _child(task: dict) -> list[dict]:
         started = time.perf_counter()
         result = run_query(Path(output), task["code"])
         return [{"name": task["name"], "seconds": time.perf_counter() - started,
-                 "peak_rss_bytes": _peak_rss_bytes(), "rows": result.height}]
+                 "peak_rss_bytes": peak_rss_bytes(), "rows": result.height}]
     if task["kind"] == "python":
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             exec(compile(task["code"], "queries.md", "exec"), {"output": output})
-        return [{"name": task["name"], "seconds": time.perf_counter() - started, "peak_rss_bytes": _peak_rss_bytes()}]
+        return [{"name": task["name"], "seconds": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes()}]
     if task["kind"] == "report":
         return _child_report(task)
     raise ValueError(f"unknown task kind {task['kind']!r}")
@@ -101,14 +92,14 @@ def _child_report(task: dict) -> list[dict]:
             if not first_section_at:
                 first_section_at.append(time.perf_counter())
                 rows.append({"name": "report/setup", "seconds": first_section_at[0] - started,
-                             "peak_rss_bytes": _peak_rss_bytes()})
+                             "peak_rss_bytes": peak_rss_bytes()})
             calls[name] = calls.get(name, 0) + 1
             label = name if calls[name] == 1 else f"{name}#{calls[name]}"
-            _reset_peak_rss()
+            reset_peak_rss()
             section_started = time.perf_counter()
             result = function(*args, **kwargs)
             rows.append({"name": f"report/{label}", "seconds": time.perf_counter() - section_started,
-                         "peak_rss_bytes": _peak_rss_bytes()})
+                         "peak_rss_bytes": peak_rss_bytes()})
             return result
 
         return wrapper
@@ -125,7 +116,7 @@ def _child_report(task: dict) -> list[dict]:
         # VmHWM was reset per section, so the whole run's peak is the largest of them.
         whole["peak_rss_bytes"] = max(row["peak_rss_bytes"] for row in rows)
     else:
-        whole["peak_rss_bytes"] = _peak_rss_bytes()
+        whole["peak_rss_bytes"] = peak_rss_bytes()
     return [whole, *rows]
 
 
