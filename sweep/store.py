@@ -492,8 +492,7 @@ class ResultStore:
 
     def done_cells(self) -> set[tuple[int, int]]:
         """(ckpt, chunk) of every cell a ledger lists."""
-        return {(ckpt, chunk) for ckpt, ledger in self._load_ledgers().items()
-                for entry in ledger["files"] for chunk in entry["chunks"]}
+        return {(ckpt, chunk) for ckpt, ledger in self._load_ledgers().items() for chunk in _listed_chunks(ledger)}
 
     def read_cell(self, ckpt: int, chunk: int) -> dict | None:
         """The landed record of one cell (with `ckpt`), or None."""
@@ -517,7 +516,7 @@ class ResultStore:
         # Only this checkpoint's cells can collide, and its ledger lists them (done_cells() would walk all
         # 129,600 cells per landing at full scale); the probe pins are read once per landing, not per cell.
         ledger = self.ledger(ckpt)
-        done = {chunk for entry in ledger["files"] for chunk in entry["chunks"]}
+        done = _listed_chunks(ledger)
         probes = self.probe_entries()
         records: dict[int, dict] = {}
         fresh_rows, fresh_sequences = [], []
@@ -553,7 +552,8 @@ class ResultStore:
         chunks = sorted(int(c) for c in cells["chunk"].to_list())
         if sorted(int(c) for c in sequences["chunk"].unique().to_list()) != chunks or len(set(chunks)) != len(chunks):
             raise ValueError(f"ckpt {ckpt}: sequences and cells must cover the same chunks, once each")
-        overlap = sorted({chunk for chunk in chunks if (ckpt, chunk) in self.done_cells()})
+        landed = _listed_chunks(ledger)  # this checkpoint's own ledger: done_cells() reads all 360 per call
+        overlap = sorted(chunk for chunk in chunks if chunk in landed)
         if overlap:
             raise ValueError(f"ckpt {ckpt}: chunks {overlap[:5]} have landed already")
         if ledger["pin"] is None and pin is not None:
@@ -846,3 +846,8 @@ class ResultStore:
         if not files:
             return pl.LazyFrame(schema=PROBE_SCHEMA)
         return pl.scan_parquet(files, schema=PROBE_SCHEMA)
+
+
+def _listed_chunks(ledger: dict) -> set[int]:
+    """The chunks of the cells one checkpoint's ledger lists."""
+    return {chunk for entry in ledger["files"] for chunk in entry["chunks"]}
