@@ -133,6 +133,22 @@ def test_several_cells_land_as_one_pair_and_generated_tokens_round_trip(tmp_path
     assert landed["generated"].to_list() == generated.tolist()
 
 
+def test_a_bulk_partition_lands_whole_and_refuses_cells_already_landed(tmp_path):
+    store = new_store(tmp_path / "out")
+    write(store, 2, 5)  # landed cell by cell
+    write(store, 3, 1)  # another checkpoint's cell 1 must not block checkpoint 2's
+    sequences = pl.concat([fake_sequences(2, chunk).drop("match_mask") for chunk in (0, 1)])
+    cells = pl.DataFrame({"chunk": [0, 1], "score": [0.5, 0.25]})
+    store.write_partition(2, sequences, cells)
+    assert sorted(store.done_cells()) == [(2, 0), (2, 1), (2, 5), (3, 1)]
+    assert store.sequences().filter(pl.col("ckpt") == 2).collect().height == 3 * 7
+    before = data_files(tmp_path / "out")
+    again = pl.concat([fake_sequences(2, chunk).drop("match_mask") for chunk in (4, 5)])
+    with pytest.raises(ValueError, match=r"ckpt 2: chunks \[5\] have landed already"):
+        store.write_partition(2, again, pl.DataFrame({"chunk": [4, 5], "score": [0.0, 0.0]}))
+    assert data_files(tmp_path / "out") == before and (2, 4) not in store.done_cells()
+
+
 def test_compaction_keeps_rows_one_pair_per_ckpt_and_no_duplicates(tmp_path):
     output = tmp_path / "out"
     store = new_store(output)
