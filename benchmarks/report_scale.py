@@ -15,8 +15,8 @@ Measurements:
   docs/queries.md), SQL through `sweep.query.run_query` as `memsweep query` runs it, Python
   blocks exec'd with `output` set (their printing goes to /dev/null);
 - `report`: `sweep.report.write_report(output, out_dir=<temp>)`, whole;
-- `report/<section>`: the same run, with every `_<name>_section` function of sweep/report.py
-  timed, and its own peak (VmHWM reset through /proc/self/clear_refs before each): a section's
+- `report/<section>`: the same run, with every `_<name>_section(s)` function of sweep/report.py and
+  `analyses.first_memorized` timed, and its own peak (VmHWM reset through /proc/self/clear_refs before each): a section's
   peak includes what the report holds at the time. `report/setup` is everything before the
   first section (opening the tables, reading the cells).
 
@@ -106,9 +106,11 @@ def _child_report(task: dict) -> list[dict]:
 
     if task.get("sections"):
         for attribute in dir(report):
-            match = re.fullmatch(r"_(\w+)_section", attribute)
+            match = re.fullmatch(r"_(\w+)_sections?", attribute)
             if match and callable(getattr(report, attribute)):
                 setattr(report, attribute, timed(match.group(1), getattr(report, attribute)))
+        # the per-sequence fold behind the first-memorized figure and the examples runs outside any section
+        report.analyses.first_memorized = timed("first_memorized (analysis)", report.analyses.first_memorized)
     with tempfile.TemporaryDirectory(prefix="report-scale-") as out_dir:
         report.write_report(Path(task["output"]), out_dir=Path(out_dir))
     whole = {"name": "report", "seconds": time.perf_counter() - started}
