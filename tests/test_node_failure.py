@@ -2,7 +2,7 @@
 
 `ray.cluster_utils.Cluster` runs a two-node cluster on this machine: a head node (the driver's,
 no GPU) and a worker node with one logical GPU, so the checkpoint actor must live on the worker. When the
-first cell lands, the worker node is killed outright (SIGKILL of its raylet and every process on it) and a
+driver receives the first cell's result, the worker node is killed outright (SIGKILL of its raylet and every process on it) and a
 fresh GPU node joins; the actor (`max_restarts`) restarts there. The driver hands an actor every chunk of a
 checkpoint at once, so at that moment the next cell is executing on the doomed actor: the loss hits a call in
 flight. The sweep must end with the clean run's rows, each (ckpt, chunk, row) once, and nothing failed.
@@ -24,6 +24,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from sweep.driver import connect, run_sweep
+from sweep.scheduler import Scheduler
 from sweep.spec import load_spec
 from sweep.store import ResultStore
 from test_sweep import SAMPLES, landed, write_spec
@@ -69,16 +70,17 @@ def test_node_lost_mid_sweep_loses_and_duplicates_nothing(small_world, cluster, 
 
     (worker,) = cluster.worker_nodes
     lost_at = []
-    write_cells = ResultStore.write_cells
+    collect = Scheduler._collect
 
-    def lose_the_worker_node_at_first_landing(store, ckpt, cells, *args, **kwargs):
-        if not lost_at:  # runs in the driver's collect loop: cell (0, 1) is executing on the actor right now
-            lost_at.append([(ckpt, cell.chunk) for cell in cells])
+    def lose_the_worker_node_at_first_result(scheduler, ref):
+        ckpt, chunk = scheduler.owner[ref][1].target.ckpt, scheduler.owner[ref][1].in_flight[ref]
+        collect(scheduler, ref)
+        if not lost_at:  # the driver holds cell (0, 0); cell (0, 1) is executing on the actor right now
+            lost_at.append([(ckpt, chunk)])
             cluster.remove_node(worker, allow_graceful=False)
             cluster.add_node(num_cpus=1, num_gpus=1)
-        return write_cells(store, ckpt, cells, *args, **kwargs)
 
-    monkeypatch.setattr(ResultStore, "write_cells", lose_the_worker_node_at_first_landing)
+    monkeypatch.setattr(Scheduler, "_collect", lose_the_worker_node_at_first_result)
     output = tmp_path / "out"
     summary = run_sweep(load_spec(write_spec(tmp_path, small_world, output, **CELLS)), progress=False)
 
