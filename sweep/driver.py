@@ -57,7 +57,6 @@ class SweepSummary:
     probe_sets_reused: int = 0  # from the output or the cache
     prefetched_elsewhere: int = 0  # reservations loaded by another actor by accident (a bug if ever > 0)
     reservations_taken: int = 0  # reservations an idle actor took on purpose at the tail (holder's copy discarded)
-    tail_shares: int = 0  # shares of a checkpoint reserved (and prefetched) by a busy actor once the queue ran dry
     first_cell_landed_at: float | None = None  # seconds after the sweep started
     probe_sets_ready_at_first_cell: int | None = None  # how many existed when the first cell was handed out
     last_probe_set_at: float | None = None

@@ -6,14 +6,11 @@ it, and never competes with the download the actor is waiting for. At most WINDO
 current checkpoint are in flight per actor (one scoring, one queued behind it), and a cell is submitted only
 once its chunk's probe set is ready, so scoring starts with the first probe set and never waits for the rest.
 
-When the queue runs dry, a busy actor without a reservation reserves a share of the actor that will finish
-last, sized so that both finish together (`_reserve_tail_share`), and prefetches it like any reservation: the
-tail is planned while every GPU still works, and a share costs its taker a load but no wait for a download.
-What the estimates got wrong is corrected at the very end: an idle actor first takes a reservation from an
-actor that is still busy for longer than a load takes (that reservation's prefetch is wasted, its wait is not),
-then splits the largest remaining checkpoint so that both actors finish together (the taker's share is the
-donor's remaining time less one load, halved: `cells_to_hand_over`). At 360 checkpoints on 64 GPUs the last
-partial round (40 checkpoints for 64 actors) is what these rules spread out.
+When the queue runs dry, an idle actor first takes a reservation from an actor that is still busy for longer
+than a load takes (that reservation's prefetch is wasted, its wait is not), then splits the largest remaining
+checkpoint so that both actors finish together (the taker's share is the donor's remaining time less one
+load, halved: `cells_to_hand_over`): at 360 checkpoints on 64 GPUs that turns the last partial round (40 of
+64 actors busy for a whole checkpoint) into about one load.
 
 Failures: see sweep/driver.py. Landing: a checkpoint's results wait in the driver's memory until LAND_BATCH_CELLS
 of them are there, the oldest has waited LAND_MAX_WAIT_S, or they finish the checkpoint; then they land as one
@@ -91,8 +88,7 @@ class Scheduler:
         self.results: dict[int, list[tuple[CellOutput, int]]] = {}  # ckpt -> (output, attempts) not landed yet
         self.waiting_since: dict[int, float] = {}  # ckpt -> when its oldest unlanded result arrived
         self.cell_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
-        self.load_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)  # loads that downloaded too
-        self.prefetched_load_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
+        self.load_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
         self.settings = self._settings()
         self.slots = [_Slot(i, self._new_actor()) for i in range(self._actor_count(plan))]
         self.bar = tqdm(total=plan.cells_to_do, desc=spec.name, unit="cell", disable=not progress)
@@ -153,10 +149,8 @@ class Scheduler:
                 self.summary.prefetched_elsewhere += 1
         if slot.next is None and self.queue:
             slot.next = self._pop_assignment()  # its prefetch starts once the current one is loaded
-        elif slot.next is None and self.cell_seconds:
-            slot.next = self._reserve_tail_share(slot)  # the queue is dry: plan the tail while still busy
-        if slot.next is not None:
-            slot.next.reserved_by = slot.index
+            if slot.next is not None:
+                slot.next.reserved_by = slot.index
         self._drop_failed_chunks(slot.current)
         self._fill(slot)
         return not slot.current.todo and not slot.current.in_flight
@@ -171,40 +165,6 @@ class Scheduler:
                 continue
             return _Assignment(target, list(work.chunks))
         return None
-
-    def _reserve_tail_share(self, taker: _Slot) -> _Assignment | None:
-        """With the queue dry, reserve for a busy actor a share of the actor that will finish last, sized so that
-        both finish together; the taker prefetches it like any reservation, so the share costs a load, not a
-        download (an idle actor's split in `_take_work` pays both: ~150 s for Amber). Estimates that prove
-        wrong are corrected at the very end by `_take_work`'s splits."""
-        cell_s, load_s = self._cell_estimate(), self._prefetched_load_estimate()
-        taker_free = self._remaining_seconds(taker.current, cell_s)
-        donors = [s for s in self.slots if s is not taker and s.current is not None]
-        if not donors:
-            return None
-        donor = max(donors, key=lambda s: self._finish_seconds(s, cell_s, load_s))
-        share = int((self._finish_seconds(donor, cell_s, load_s) - taker_free - load_s) / (2 * cell_s))
-        # From the donor's reservation (its cells come last) if it keeps enough to be worth its load (emptying
-        # it would strand the donor's prefetched copy), else from its current checkpoint.
-        if donor.next is not None and len(donor.next.todo) - share >= STEAL_MIN_CELLS:
-            source = donor.next
-        else:
-            source = donor.current
-            share = min(share, len(source.todo))
-        if share < STEAL_MIN_CELLS:
-            return None
-        stolen, source.todo = source.todo[len(source.todo) - share:], source.todo[:len(source.todo) - share]
-        self.summary.tail_shares += 1
-        log.info("tail: %d cells of ckpt %d reserved for another actor", share, source.target.ckpt)
-        return _Assignment(source.target, stolen)
-
-    def _remaining_seconds(self, assignment: _Assignment | None, cell_s: float) -> float:
-        return (len(assignment.todo) + len(assignment.in_flight)) * cell_s if assignment is not None else 0.0
-
-    def _finish_seconds(self, slot: _Slot, cell_s: float, load_s: float) -> float:
-        """When the slot will be done with its current checkpoint and its reservation, from now."""
-        later = load_s + self._remaining_seconds(slot.next, cell_s) if slot.next is not None else 0.0
-        return self._remaining_seconds(slot.current, cell_s) + later
 
     def _take_work(self, idle: _Slot) -> _Assignment | None:
         popped = self._pop_assignment()
@@ -323,8 +283,6 @@ class Scheduler:
             self.summary.loads[ckpt] += 1
             if assignment.reserved_by != slot.index:  # not prefetched here: the load downloaded it too
                 self.load_seconds.append(output.loaded.load_seconds)
-            else:
-                self.prefetched_load_seconds.append(output.loaded.load_seconds)
             log.info("ckpt %d loaded on %s (%s) in %.1f s", ckpt, output.host, output.device,
                      output.loaded.load_seconds)
 
@@ -456,12 +414,6 @@ class Scheduler:
         Amber); splitting on its price made idle actors download for longer than the half they took saved."""
         # Before any load was measured, assume a load is worth STEAL_MIN_CELLS cells: splits stay rare.
         return float(np.median(self.load_seconds)) if self.load_seconds else STEAL_MIN_CELLS * self._cell_estimate()
-
-    def _prefetched_load_estimate(self) -> float:
-        """What starting a checkpoint this actor prefetched costs (the load alone); the full price until one
-        was measured."""
-        return float(np.median(self.prefetched_load_seconds)) if self.prefetched_load_seconds \
-            else self._load_estimate()
 
     # ---- actors -------------------------------------------------------------------------------
 

@@ -69,50 +69,6 @@ def test_a_tail_split_that_would_not_pay_for_its_load_is_not_made():
     assert cells_to_hand_over(20, 2, 1.0, 10.0) == 0  # the taker's share (6 cells) would be under STEAL_MIN_CELLS
 
 
-def _tail(slots_todo: list[tuple[int, int | None]]):
-    """A scheduler reduced to its tail planning: slots holding (current cells, reserved cells or None), 1 s a
-    cell, prefetched loads of 40 s."""
-    from collections import Counter, deque
-
-    from actors.protocol import CheckpointTarget
-    from sweep.driver import SweepSummary
-    from sweep.scheduler import Scheduler, _Assignment, _Slot
-
-    scheduler = Scheduler.__new__(Scheduler)
-    scheduler.cell_seconds, scheduler.load_seconds = deque([1.0]), deque([150.0])
-    scheduler.prefetched_load_seconds = deque([40.0])
-    scheduler.summary = SweepSummary(output=None, cells_total=0, cells_done_before=0, loads=Counter())
-    scheduler.slots = []
-    for index, (current, reserved) in enumerate(slots_todo):
-        slot = _Slot(index, actor=None)
-        slot.current = _Assignment(CheckpointTarget(2 * index, f"ckpt_{2 * index}", None), list(range(current)))
-        if reserved is not None:
-            slot.next = _Assignment(CheckpointTarget(2 * index + 1, f"ckpt_{2 * index + 1}", None),
-                                    list(range(reserved)))
-        scheduler.slots.append(slot)
-    return scheduler
-
-
-@pytest.mark.parametrize("donor,source", [((300, 300), "current"), ((100, 300), "next")])
-def test_a_tail_share_is_reserved_so_that_taker_and_donor_finish_together(donor, source):
-    scheduler = _tail([(10, None), donor, (50, None)])
-    taker, busiest = scheduler.slots[0], scheduler.slots[1]
-    share = scheduler._reserve_tail_share(taker)
-    assert share is not None and scheduler.summary.tail_shares == 1
-    taken_from = getattr(busiest, source)
-    assert share.target == taken_from.target
-    assert share.todo == list(range(len(taken_from.todo), len(taken_from.todo) + len(share.todo)))  # its last cells
-    taker_done = 10 + 40 + len(share.todo)
-    donor_done = len(busiest.current.todo) + 40 + len(busiest.next.todo)
-    assert abs(taker_done - donor_done) <= 2
-
-
-def test_no_tail_share_when_everyone_finishes_about_together():
-    scheduler = _tail([(100, None), (100, None), (110, None)])
-    assert scheduler._reserve_tail_share(scheduler.slots[0]) is None
-    assert [len(slot.current.todo) for slot in scheduler.slots] == [100, 100, 110]
-
-
 def test_synthetic_scores_are_deterministic_and_consistent():
     from actors.protocol import ScoringOptions
 
