@@ -56,16 +56,9 @@ def in_process(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def module_ray():
-    import ray
+    from test_sweep import local_ray_unless_running
 
-    from test_sweep import start_local_ray
-
-    started = not ray.is_initialized()
-    if started:
-        start_local_ray()
-    yield
-    if started:
-        ray.shutdown()
+    yield from local_ray_unless_running()
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import ray
 import torch
 
 from sweep.driver import run_sweep
 from sweep.spec import load_spec
 from sweep.store import ResultStore
-from test_sweep import TIMING, start_local_ray, write_spec
+from test_sweep import TIMING, local_ray_unless_running, write_spec
 from tests.hub_world import apply_hub_client_env, build_amber_world, hub_client_env, serve_hub
 from tests.tiny_lm import make_sequences, train_memorizing_llama
 
@@ -78,12 +77,7 @@ def hub(local, tmp_path_factory):
 @pytest.fixture(scope="module")
 def module_ray(hub):
     """A local Ray with two logical GPUs, started after the Hub environment is set (workers inherit it)."""
-    started = not ray.is_initialized()
-    if started:
-        start_local_ray()
-    yield
-    if started:
-        ray.shutdown()
+    yield from local_ray_unless_running()
 
 
 def _spec(tmp_path: Path, name: str, model_source: str, data_source: str, **extra):

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 
 from sweep.cli import main
@@ -19,7 +18,7 @@ from sweep.driver import run_sweep
 from sweep.report import write_report
 from sweep.spec import load_spec
 from sweep.store import ResultStore
-from test_sweep import start_local_ray, write_spec
+from test_sweep import local_ray_unless_running, write_spec
 from tests.tiny_lm import train_memorizing_llama
 
 pytestmark = pytest.mark.ray
@@ -73,12 +72,7 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def module_ray():
-    started = not ray.is_initialized()
-    if started:
-        start_local_ray()
-    yield
-    if started:
-        ray.shutdown()
+    yield from local_ray_unless_running()
 
 
 def sweep(tmp_path: Path, name: str, model_source: str, data_source: str, **model) -> Path:

@@ -58,6 +58,17 @@ def start_local_ray() -> None:
     ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
 
 
+def local_ray_unless_running():
+    """Body of a module-scoped fixture: start_local_ray() unless this process is connected already (another
+    module's session Ray), and shut down only what it started."""
+    started = not ray.is_initialized()
+    if started:
+        start_local_ray()
+    yield
+    if started:
+        ray.shutdown()
+
+
 def write_spec(tmp_path: Path, world: Path, output: Path, **extra) -> Path:
     spec = {
         "name": "t",
