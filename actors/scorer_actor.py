@@ -135,20 +135,17 @@ class CheckpointScorer:
             stored = stored_dtype(folder.path)
             self.model = load_checkpoint(str(folder.path), None, self.settings.dtype, str(self.device), attn)
         except Exception as error:
-            if not self.settings.keep_downloads:
-                evict_checkpoint(folder)
             raise CheckpointError(f"checkpoint {target.ckpt} ({folder.path}, revision {target.revision!r}"
                                   f"{_commit_note(target)}) could not be loaded: "
                                   f"{' '.join(str(error).split())[:400]}") from None
+        finally:
+            if not self.settings.keep_downloads:
+                evict_checkpoint(folder)  # loaded or refused, the files are not needed again
         mismatch = config_names_another_checkpoint(self.model.config, target)
         if mismatch:
             self.model = None
-            if not self.settings.keep_downloads:
-                evict_checkpoint(folder)
             raise CheckpointError(f"checkpoint {target.ckpt} ({folder.path}, revision {target.revision!r}"
                                   f"{_commit_note(target)}): {mismatch}; the revision holds another checkpoint's weights")
-        if not self.settings.keep_downloads:
-            evict_checkpoint(folder)  # the weights are in memory now; the files are not needed again
         self.loaded = LoadedCheckpoint(
             target=target,
             weights_fingerprint=weights_fingerprint(self.model),

@@ -252,10 +252,10 @@ def _report(args: argparse.Namespace) -> int:
     if args.examples:
         try:
             cells = [tuple(int(part) for part in item.split(":")) for item in args.examples.split(",")]
+            if any(len(cell) != 2 for cell in cells):
+                raise ValueError
         except ValueError:
             raise ValueError(f"--examples {args.examples!r}: expected CKPT:CHUNK pairs such as 359:0,359:355") from None
-        if any(len(cell) != 2 for cell in cells):
-            raise ValueError(f"--examples {args.examples!r}: expected CKPT:CHUNK pairs such as 359:0,359:355")
     print(f"report: {write_report(args.output, args.out, chunks, cells)}")
     return 0
 

@@ -32,7 +32,7 @@ import ray
 
 from actors.scorer_actor import CheckpointScorer
 from sweep.plan import make_plan
-from sweep.preflight import check_before_ray, check_local_cuda, refuse_damaged_output, resolved_spec  # noqa: F401
+from sweep.preflight import check_before_ray, refuse_damaged_output, resolved_spec
 from sweep.probe_supply import ProbeSupply
 from sweep.scheduler import Scheduler
 from sweep.spec import SweepSpec
