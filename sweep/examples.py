@@ -73,7 +73,7 @@ def find_examples(store: ResultStore, ckpt: int | None = None, chunk: int | None
     matches first, then by exact prefix, then by matched tokens; `top` rows in all, or `per_source` per source.
     """
     ckpt = last_checkpoint(store) if ckpt is None else ckpt
-    sequences = store.sequences().filter(pl.col("ckpt") == ckpt)
+    sequences = store.sequences(ckpt)
     if chunk is not None:
         sequences = sequences.filter(pl.col("chunk") == chunk)
     if source is not None:
@@ -99,11 +99,11 @@ def find_examples(store: ResultStore, ckpt: int | None = None, chunk: int | None
         raise ValueError(f"{store.output}: {keys.height - probes.height} of the chosen rows have no landed probe set "
                          "(an output written before probe sets were kept?)")
     tokens = {(c, r): t for c, r, t in probes.select("chunk", "row", "tokens").iter_rows()}
-    l = int(chosen["generated"].list.len().max() or 0) if chosen["generated"].null_count() < chosen.height else None
+    kept = chosen["generated"].null_count() < chosen.height
+    width = (int(chosen["generated"].list.len().max() or 0) if kept else 0) or _continuation_len(store)
     examples = []
     for row in chosen.iter_rows(named=True):
         ids = tokens[(row["chunk"], row["row"])]
-        width = l or _continuation_len(store)
         examples.append(Example(
             ckpt=row["ckpt"], chunk=row["chunk"], row=row["row"], source=row["source"],
             prompt=list(ids[:-width]), truth=list(ids[-width:]), generated=row["generated"],

@@ -13,9 +13,9 @@ Figures are drawn on matplotlib `Figure` objects (Agg, no pyplot), so making a r
 needs a display nor touches global plotting state. Heatmaps give every cell whole pixels (3 x 3
 at 360 x 360, a 1310 x 1215 px PNG; the page scales it, the image links to itself).
 
-Cost at full Amber scale (360 x 360 x 1000 = 129.6M sequence rows): 8.5-15.5 s and 0.3 GB of RSS on
-a busy two-core machine, most of it first_memorized and predictability (BENCHMARKS.md, "Report
-and queries at full size"); the cells table (129.6k rows) is the only table held whole.
+Cost at full Amber scale (360 x 360 x 1000 = 129.6M sequence rows): about 10 s and 0.46 GB of RSS on
+a quiet two-core machine, most of it the examples, first_memorized and predictability (BENCHMARKS.md,
+"Report and queries at full size"); the cells table (129.6k rows) is the only table held whole.
 """
 
 from __future__ import annotations

@@ -822,9 +822,10 @@ class ResultStore:
                                 missing_columns="insert", extra_columns="ignore")
         return frame.select("ckpt", *schema)
 
-    def sequences(self) -> pl.LazyFrame:
-        """One row per (ckpt, chunk, row): `ckpt` Int32 followed by SEQUENCE_SCHEMA."""
-        return self._scan("sequences", SEQUENCE_SCHEMA)
+    def sequences(self, ckpt: int | None = None) -> pl.LazyFrame:
+        """One row per (ckpt, chunk, row) (of checkpoint `ckpt` alone if given): `ckpt` Int32 followed by
+        SEQUENCE_SCHEMA. As for cells(ckpt), filtering here saves a stat and a footer read per other checkpoint."""
+        return self._scan("sequences", SEQUENCE_SCHEMA, ckpt)
 
     def cells(self, ckpt: int | None = None) -> pl.LazyFrame:
         """One row per landed cell (of checkpoint `ckpt` alone if given): `ckpt` Int32 followed by CELL_SCHEMA.
