@@ -7,43 +7,51 @@ without importing torch; the data plane (actors/scoring.py, actors/scorer_actor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+ONE_LINE_LIMIT = 500  # characters of an error kept in a one-line message (a cell failure, a CLI error)
+
 MODES = ("greedy", "extractable")
 EOS_POLICIES = ("ordinary", "reference")
+DECODES = ("growing", "static", "static-compiled")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScoringOptions:
+    """What the kernel computes per sequence; the fields are the spec's `memorization` keys (and
+    `resources.decode`), with the same names and values."""
+
     prompt_len: int = 32
     """k: prompt tokens given to the model."""
     continuation_len: int = 32
     """l: tokens generated and compared with the true continuation."""
     mode: str = "greedy"
     """"greedy" (decode l tokens) or "extractable" (one teacher-forced pass; prefix/full match only)."""
-    eos_policy: str = "ordinary"
+    eos: str = "ordinary"
     """"ordinary" (EOS is a normal token) or "reference" (HF generate's stop-and-pad at EOS)."""
-    with_nll: bool = False
+    nll: bool = False
     """Also return mean NLL and teacher-forced accuracy of the true continuation."""
-    compile_decode: bool = False
-    """CUDA only: static KV cache + torch.compile(mode="reduce-overhead") of the one-token step.
-    Off by default and unmeasured (no GPU was available when it was written)."""
+    decode: str = "growing"
+    """The greedy loop's KV cache: "growing" (appended each step), "static" (preallocated, reused across batches
+    of one shape) or "static-compiled" (static + torch.compile of the one-token step; CUDA only). The static
+    forms are unmeasured on a GPU so far (BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         for name in ("prompt_len", "continuation_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ScoringOptions.{name} must be a positive int, got {value!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"ScoringOptions.mode must be one of {MODES}, got {self.mode!r}")
-        if self.eos_policy not in EOS_POLICIES:
-            raise ValueError(f"ScoringOptions.eos_policy must be one of {EOS_POLICIES}, got {self.eos_policy!r}")
-        if self.mode == "extractable" and self.eos_policy != "ordinary":
-            raise ValueError("ScoringOptions.eos_policy must be 'ordinary' in extractable mode "
+        for name, allowed in (("mode", MODES), ("eos", EOS_POLICIES), ("decode", DECODES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ScoringOptions.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.mode == "extractable" and self.eos != "ordinary":
+            raise ValueError("ScoringOptions.eos must be 'ordinary' in extractable mode "
                              "(a teacher-forced pass cannot reproduce stop-and-pad at EOS)")
-        if self.mode == "extractable" and self.compile_decode:
-            raise ValueError("ScoringOptions.compile_decode applies to greedy mode only (extractable has no decode loop)")
+        if self.decode != "growing" and (self.mode != "greedy" or self.nll):
+            raise ValueError(f"ScoringOptions.decode {self.decode!r} applies to greedy mode without nll only "
+                             "(extractable mode has no decode loop; the NLL pass seeds a growing cache)")
 
 
 @dataclass
@@ -114,18 +122,31 @@ class CellOutput:
 
 @dataclass(frozen=True)
 class ScorerSettings:
-    """Everything an actor needs that is the same for every cell of a sweep."""
+    """Everything an actor needs that is the same for every cell of a sweep (built from the spec: `from_spec`)."""
 
     model_source: str
     dtype: str
+    attn_implementation: str  # "auto" | "sdpa" | "eager" | "flash_attention_2"
     options: ScoringOptions
     batch_size: int | str  # int or "auto"
     device: str  # "auto" | "cpu" | "cuda"
-    attn_implementation: str  # "auto" | "sdpa" | "eager" | "flash_attention_2"
     torch_threads: int | None = None
     download_dir: str | None = None
     keep_downloads: bool = False
     keep_generated: bool = False
+
+    @classmethod
+    def from_spec(cls, spec) -> ScorerSettings:
+        """The settings a sweep spec (sweep/spec.py `SweepSpec`) gives its actors. The spec is read by attribute,
+        so the data plane imports nothing of the control plane."""
+        model, memorization, resources = spec.model, spec.memorization, spec.resources
+        options = ScoringOptions(prompt_len=memorization.prompt_len, continuation_len=memorization.continuation_len,
+                                 mode=memorization.mode, eos=memorization.eos, nll=memorization.nll,
+                                 decode=resources.decode)
+        return cls(model_source=model.source, dtype=model.dtype, attn_implementation=model.attn_implementation,
+                   options=options, batch_size=resources.batch_size, device=resources.device,
+                   torch_threads=max(1, int(resources.cpus_per_actor)), download_dir=model.download_dir,
+                   keep_downloads=model.keep_downloads, keep_generated=spec.keeps_generated())
 
 
 class CheckpointError(RuntimeError):
@@ -135,3 +156,20 @@ class CheckpointError(RuntimeError):
 class CellInputError(ValueError):
     """The cell's own input is wrong (a token id the checkpoint cannot embed): retrying cannot help."""
 
+
+def one_line(error: BaseException | str, line: Literal["all", "first", "last"] = "all",
+             limit: int | None = ONE_LINE_LIMIT) -> str:
+    """An error as one line of at most `limit` characters (None: all of it), the form every memsweep message takes.
+
+    line "all" joins every line (whitespace collapsed); "first" keeps the first line (a library's message
+    followed by its details); "last" keeps the last (Ray puts the remote traceback first, the message last).
+    An error with no text is named by its type.
+    """
+    text = str(error).strip()
+    if line != "all" and text:
+        lines = text.splitlines()
+        text = lines[0] if line == "first" else lines[-1]
+    text = " ".join(text.split())
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

@@ -16,27 +16,29 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
-import threading
 import time
 
 import numpy as np
 import ray
 import torch
 
+from actors.checkpoint_files import CheckpointFolder, evict_checkpoint, fetch_checkpoint
 from actors.loading import load_checkpoint, resolve_device, stored_dtype, weights_fingerprint
-from actors.protocol import (BatchScores, CellInputError, CellOutput, CheckpointError,  # noqa: F401
-                             CheckpointTarget, LoadedCheckpoint, ProbeBatch, ScorerSettings, ScoringOptions)
+from actors.prefetch import PrefetchingActor
+from actors.protocol import (BatchScores, CellInputError, CellOutput, CheckpointError, CheckpointTarget,
+                             LoadedCheckpoint, ProbeBatch, ScorerSettings, ScoringOptions, one_line)
 from actors.scoring import pick_batch_size, score_batch
-from sweep.sources import CheckpointFolder, evict_checkpoint, fetch_checkpoint
 
 log = logging.getLogger("memsweep")
 
 
 @ray.remote(concurrency_groups={"io": 1, "compute": 1})
-class CheckpointScorer:
+class CheckpointScorer(PrefetchingActor):
     def __init__(self, settings: ScorerSettings):
+        super().__init__()
         self.settings = settings
         from transformers.utils import logging as transformers_logging
 
@@ -47,34 +49,6 @@ class CheckpointScorer:
         self.loaded: LoadedCheckpoint | None = None
         self.model = None
         self.batch_size: int | None = None
-        self.fetched: dict[CheckpointTarget, CheckpointFolder] = {}  # on this node's disk, not yet loaded
-        self.fetching: dict[CheckpointTarget, threading.Event] = {}  # prefetches under way (io thread)
-
-    @ray.method(concurrency_group="io")
-    def prefetch(self, target: CheckpointTarget) -> None:
-        """Download a checkpoint onto this node while the current one is scoring.
-
-        Best effort: a failure here is only logged; `score_cell` will meet (and report) it again.
-        """
-        if target in self.fetched or target in self.fetching:
-            return
-        done = self.fetching[target] = threading.Event()
-        try:
-            self.fetched[target] = self._fetch(target)
-        except Exception as error:  # noqa: BLE001 - the real load reports it per cell
-            log.warning("prefetch of %s failed: %s", target.revision, " ".join(str(error).split())[:300])
-        finally:
-            del self.fetching[target]
-            done.set()
-
-    @ray.method(concurrency_group="io")
-    def discard(self, target: CheckpointTarget) -> int:
-        """Another actor took over `target`: delete this actor's prefetched copy now, not at the sweep's end."""
-        in_progress = self.fetching.get(target)
-        if in_progress is not None:
-            in_progress.wait()
-        folder = self.fetched.pop(target, None)
-        return evict_checkpoint(folder) if folder is not None and not self.settings.keep_downloads else 0
 
     @ray.method(concurrency_group="compute")
     def score_cell(self, target: CheckpointTarget, probes: ProbeBatch) -> CellOutput:
@@ -108,39 +82,35 @@ class CheckpointScorer:
     def release(self) -> None:
         """Free the model and delete every download this actor still holds (the sweep is over for it)."""
         self.model, self.loaded = None, None
-        for folder in list(self.fetched.values()):
-            evict_checkpoint(folder)
-        self.fetched.clear()
+        self._evict_all()
 
-    def _fetch(self, target: CheckpointTarget) -> CheckpointFolder:
+    def _fetch(self, target: CheckpointTarget, prefetch: bool) -> CheckpointFolder:
         try:
             return fetch_checkpoint(self.settings.model_source, target.revision, target.commit,
                                     self.settings.download_dir)
         except Exception as error:
             raise CheckpointError(f"checkpoint {target.ckpt} ({self.settings.model_source} revision "
                                   f"{target.revision!r}{_commit_note(target)}) could not be fetched: "
-                                  f"{' '.join(str(error).split())[:400]}") from None
+                                  f"{one_line(error)}") from None
+
+    def _evict(self, fetched: CheckpointFolder) -> int:
+        return 0 if self.settings.keep_downloads else evict_checkpoint(fetched)
 
     def _load(self, target: CheckpointTarget) -> None:
         start = time.perf_counter()
         self.model, self.loaded = None, None  # free the previous checkpoint before loading the next
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        in_progress = self.fetching.get(target)
-        if in_progress is not None:
-            in_progress.wait()  # the io thread is downloading exactly this: do not download it twice
-        folder = self.fetched.pop(target, None) or self._fetch(target)
+        folder = self._checkout(target)
         attn = None if self.settings.attn_implementation == "auto" else self.settings.attn_implementation
         try:
             stored = stored_dtype(folder.path)
             self.model = load_checkpoint(str(folder.path), None, self.settings.dtype, str(self.device), attn)
         except Exception as error:
             raise CheckpointError(f"checkpoint {target.ckpt} ({folder.path}, revision {target.revision!r}"
-                                  f"{_commit_note(target)}) could not be loaded: "
-                                  f"{' '.join(str(error).split())[:400]}") from None
+                                  f"{_commit_note(target)}) could not be loaded: {one_line(error)}") from None
         finally:
-            if not self.settings.keep_downloads:
-                evict_checkpoint(folder)  # loaded or refused, the files are not needed again
+            self._evict(folder)  # loaded or refused, the files are not needed again
         mismatch = config_names_another_checkpoint(self.model.config, target)
         if mismatch:
             self.model = None
@@ -167,8 +137,8 @@ class CheckpointScorer:
             return
         slot, position = np.argwhere(probes.tokens >= vocab)[0]
         raise CellInputError(f"chunk {probes.chunk} row {int(probes.rows[slot])}: token {position} = "
-                         f"{int(probes.tokens[slot, position])} is outside the vocabulary of checkpoint "
-                         f"{self.loaded.target.ckpt} ({vocab} ids, revision {self.loaded.target.revision!r})")
+                             f"{int(probes.tokens[slot, position])} is outside the vocabulary of checkpoint "
+                             f"{self.loaded.target.ckpt} ({vocab} ids, revision {self.loaded.target.revision!r})")
 
     def _score(self, tokens: np.ndarray) -> BatchScores:
         scores, self.batch_size = score_in_batches(self.model, tokens, self.settings.options, self.batch_size,
@@ -185,8 +155,6 @@ CONFIG_CHECKPOINT_KEYS = ("ckpt_id", "checkpoint_id", "ckpt", "checkpoint", "ckp
 def config_names_another_checkpoint(config, target: CheckpointTarget) -> str | None:
     """A one-line reason if the config names a checkpoint that is neither `target.ckpt` nor the number in its
     revision (`ckpt_355` -> 355); None if it names the right one or none at all."""
-    import re
-
     expected = {target.ckpt}
     number = re.search(r"(\d+)$", target.revision)
     if number:

@@ -24,14 +24,13 @@ EOS policies (greedy mode):
 
 from __future__ import annotations
 
-import math
 import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from actors.protocol import EOS_POLICIES, MODES, BatchScores, ScoringOptions  # noqa: F401 - re-exported
+from actors.protocol import BatchScores, ScoringOptions
 
 CPU_BATCH_SIZE = 256  # measured best on 2 CPU cores (BENCHMARKS.md): 357 seq/s vs 304 at 128, 352 at 384
 MAX_CUDA_BATCH_SIZE = 2048  # beyond this a 7B forward is long compute-bound already (unmeasured cap)
@@ -49,7 +48,7 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
 
     model: a causal LM (HF `LlamaForCausalLM` or alike) in eval mode, on any device and dtype.
     tokens: int[B, k+l] token ids on any device; the first k are the prompt, the last l the truth.
-    eos_token_id / pad_token_id: used by eos_policy "reference" only; when None they come from
+    eos_token_id / pad_token_id: used by eos "reference" only; when None they come from
         `model.generation_config` as HF `generate` would take them (pad falls back to the first EOS).
     """
     k, l = options.prompt_len, options.continuation_len
@@ -62,7 +61,7 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
     tokens = tokens.to(device=device, dtype=torch.long, non_blocking=True)
     if tokens.shape[0] == 0:
         hits = torch.zeros((0, l), dtype=torch.bool)
-        empty = torch.zeros(0) if options.with_nll else None
+        empty = torch.zeros(0) if options.nll else None
         greedy = options.mode == "greedy"
         return _finish(hits, l, with_positions=greedy, nll=empty, tf_accuracy=empty,
                        generated=torch.zeros((0, l), dtype=torch.long) if greedy else None)
@@ -70,13 +69,13 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
 
     nll = tf_accuracy = None
     if options.mode == "extractable":
-        passed = _teacher_forced(model, tokens, l, with_nll=options.with_nll, keep_cache=False)
-        if options.with_nll:
+        passed = _teacher_forced(model, tokens, l, with_nll=options.nll, keep_cache=False)
+        if options.nll:
             nll, tf_accuracy = passed.nll, passed.hits.float().mean(1)
         return _finish(passed.hits, l, with_positions=False, nll=nll, tf_accuracy=tf_accuracy)
 
-    stop = _EosStop.from_model(model, eos_token_id, pad_token_id, device) if options.eos_policy == "reference" else None
-    if options.with_nll:
+    stop = _EosStop.from_model(model, eos_token_id, pad_token_id, device) if options.eos == "reference" else None
+    if options.nll:
         # One pass over the true k+l-1 tokens serves both: its logits give NLL / accuracy, its first
         # continuation logit is greedy's first token, and its KV cache cropped back to the prompt
         # seeds the decode loop. Cheaper than a separate prefill plus a separate teacher-forced pass.
@@ -85,8 +84,9 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
         if l > 1:
             passed.cache.crop(-(l - 1))
         generated, produced = _greedy_decode(model, passed.first_logits, passed.cache, l, stop)
-    elif options.compile_decode:
-        generated, produced = _greedy_decode_static(model, tokens[:, :k], l, stop, compiled=True)
+    elif options.decode != "growing":
+        generated, produced = _greedy_decode_static(model, tokens[:, :k], l, stop,
+                                                    compiled=options.decode == "static-compiled")
     else:
         out = model(input_ids=tokens[:, :k], use_cache=True, logits_to_keep=1)
         generated, produced = _greedy_decode(model, out.logits[:, -1], out.past_key_values, l, stop)
@@ -117,7 +117,7 @@ def pick_batch_size(model, options: ScoringOptions, device: torch.device | str |
     kv_bytes = 2 * config.num_hidden_layers * kv_heads * head_dim * tokens * element_bytes if uses_cache else 0
     # a few MLP-width activations of one layer are alive at once during the longest pass
     activation_bytes = 4 * tokens * max(hidden, config.intermediate_size) * element_bytes
-    logit_positions = l if (options.mode == "extractable" or options.with_nll) else 1
+    logit_positions = l if (options.mode == "extractable" or options.nll) else 1
     logit_bytes = logit_positions * config.vocab_size * (element_bytes + 4 + 4)  # logits, fp32 copy, log-softmax
     per_row = kv_bytes + activation_bytes + logit_bytes
     free_bytes, _ = torch.cuda.mem_get_info(device)
@@ -249,7 +249,7 @@ class _SplitModel:
 
 
 class _StopState:
-    """Device-side bookkeeping for eos_policy "reference", without host syncs in the loop."""
+    """Device-side bookkeeping for eos "reference", without host syncs in the loop."""
 
     def __init__(self, stop: _EosStop, batch: int, l: int, device: torch.device):
         self.stop = stop
@@ -348,7 +348,7 @@ def _finish(hits: torch.Tensor, l: int, with_positions: bool, nll, tf_accuracy, 
     )
 
 
-# --- CUDA: static KV cache + compiled one-token step (off by default; compile unmeasured) ---------------
+# --- decode "static" / "static-compiled": a preallocated KV cache (compile: CUDA only; unmeasured) ---
 
 _compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> compiled forward
 _static_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(batch, length): cache}
@@ -360,7 +360,7 @@ def _greedy_decode_static(model, prompt: torch.Tensor, l: int, stop: _EosStop | 
     torch.compile'd with mode="reduce-overhead". The prefill stays eager, as HF generate does.
     `compiled=False` runs the same static-cache loop eagerly: that is how the tests check it on CPU."""
     if compiled and prompt.device.type != "cuda":
-        raise ValueError("ScoringOptions.compile_decode needs a CUDA model; the CPU path never compiles")
+        raise ValueError("ScoringOptions.decode 'static-compiled' needs a CUDA model; the CPU path never compiles")
     from transformers import StaticCache
 
     batch, k = prompt.shape
@@ -388,8 +388,3 @@ def _greedy_decode_static(model, prompt: torch.Tensor, l: int, stop: _EosStop | 
             next_token = state.apply(next_token, position)
         generated[:, position] = next_token
     return generated, (state.produced if state is not None else None)
-
-
-def packed_mask_width(l: int) -> int:
-    """Bytes per row of BatchScores.match_mask for continuation length l."""
-    return math.ceil(l / 8)

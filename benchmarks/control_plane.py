@@ -60,6 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # also when a test imports this file by path
 from peak_memory import peak_rss_bytes, reset_peak_rss  # noqa: E402
+from actors.prefetch import PrefetchingActor  # noqa: E402
 from actors.protocol import (BatchScores, CellOutput, CheckpointTarget, LoadedCheckpoint,  # noqa: E402
                              ProbeBatch, ScorerSettings, ScoringOptions)
 
@@ -134,7 +135,7 @@ def synthetic_scores(ckpt: int, chunk: int, n: int, options: ScoringOptions, kee
                                                                                  tail_hits))
     scores = BatchScores(matches=None, prefix_match=prefix.astype(np.int16), full_match=full_match,
                          match_mask=None, nll=None, tf_accuracy=None)
-    if options.with_nll:
+    if options.nll:
         scores.tf_accuracy = teacher_forced_hits.mean(axis=1).astype(np.float32)
         nll = rng.gamma(4.0, (2.8 - 1.0 * progress) / 4.0, n)
         scores.nll = np.where(memorized, nll * 0.05, nll).astype(np.float32)
@@ -152,11 +153,11 @@ def synthetic_scores(ckpt: int, chunk: int, n: int, options: ScoringOptions, kee
 # ---- the cost-model actor -----------------------------------------------------------------------
 
 
-class CostModelScorer:
-    """CheckpointScorer's interface and concurrency, with sleeps for the GPU work (see `cost_model_scorer`).
+class CostModelScorer(PrefetchingActor):
+    """CheckpointScorer's interface, concurrency and prefetch protocol (actors/prefetch.py, the same code), with
+    sleeps for the GPU work (see `cost_model_scorer`).
 
-    Like the real actor: `prefetch` (io group) downloads a checkpoint onto the node; a load (compute group)
-    waits for an in-flight prefetch of the same target, else downloads it itself, then loads; a checkpoint
+    A load waits for an in-flight prefetch of the same target, else fetches it itself, then loads; a checkpoint
     stays loaded until another is asked for. Every sleep is recorded (kind, start, end; wall clock) and the
     timeline is written to `cost.stats_dir` on `release` (kinds: download, stall-download, wait, load, cell).
     """
@@ -164,35 +165,25 @@ class CostModelScorer:
     cost: CostModel  # bound by cost_model_scorer
 
     def __init__(self, settings: ScorerSettings):
+        super().__init__()
         self.settings = settings
         self.loaded: LoadedCheckpoint | None = None
-        self.fetched: set[CheckpointTarget] = set()
-        self.fetching: dict[CheckpointTarget, threading.Event] = {}
         self.timeline: list[tuple[str, float, float]] = []  # (kind, start, end): download/load/cell/wait
         self.host = socket.gethostname()
 
-    @ray.method(concurrency_group="io")
-    def prefetch(self, target: CheckpointTarget) -> None:
-        if target in self.fetched or target in self.fetching:
-            return
-        done = self.fetching[target] = threading.Event()
-        try:
-            self._timed("download", self.cost.download_seconds)
-            self.fetched.add(target)
-        finally:
-            del self.fetching[target]
-            done.set()
+    def _fetch(self, target: CheckpointTarget, prefetch: bool) -> CheckpointTarget:
+        # not prefetched (each actor's first checkpoint, or a reservation taken over): the GPU waits for it
+        self._timed("download" if prefetch else "stall-download", self.cost.download_seconds)
+        return target
 
-    @ray.method(concurrency_group="io")
-    def discard(self, target: CheckpointTarget) -> int:
-        """Another actor took over `target`: forget this actor's prefetched copy (the real one deletes it)."""
-        in_progress = self.fetching.get(target)
-        if in_progress is not None:
-            in_progress.wait()
-        if target in self.fetched:
-            self.fetched.discard(target)
-            return int(CHECKPOINT_GB * 1e9)
-        return 0
+    def _evict(self, fetched: CheckpointTarget) -> int:
+        return int(CHECKPOINT_GB * 1e9)
+
+    def _wait_for_prefetch(self, target: CheckpointTarget) -> None:
+        if target in self.fetching:
+            waited = time.time()
+            super()._wait_for_prefetch(target)
+            self.timeline.append(("wait", waited, time.time()))
 
     @ray.method(concurrency_group="compute")
     def score_cell(self, target: CheckpointTarget, probes: ProbeBatch) -> CellOutput:
@@ -213,7 +204,7 @@ class CostModelScorer:
     @ray.method(concurrency_group="compute")
     def release(self) -> None:
         self.loaded = None
-        self.fetched.clear()
+        self._evict_all()
         if self.cost.stats_dir:
             path = Path(self.cost.stats_dir) / f"actor-{os.getpid()}-{id(self)}.json"
             path.write_text(json.dumps(self.timeline))
@@ -221,15 +212,7 @@ class CostModelScorer:
     def _load(self, target: CheckpointTarget) -> None:
         start = time.time()
         self.loaded = None
-        in_progress = self.fetching.get(target)
-        if in_progress is not None:
-            waited = time.time()
-            in_progress.wait()  # the io thread is downloading exactly this: do not download it twice
-            self.timeline.append(("wait", waited, time.time()))
-        if target in self.fetched:
-            self.fetched.discard(target)
-        else:  # not prefetched (each actor's first checkpoint, or a reservation taken over): the GPU waits
-            self._timed("stall-download", self.cost.download_seconds)
+        self._checkout(target)
         self._timed("load", self.cost.load_seconds)
         fingerprint = hashlib.sha256(f"cost-model {target.ckpt} {target.revision}".encode()).hexdigest()[:16]
         self.loaded = LoadedCheckpoint(target=target, weights_fingerprint=fingerprint, stored_dtype="float32",
@@ -482,7 +465,7 @@ def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bo
     import psutil
 
     from sweep.driver import run_sweep
-    from sweep.store import ResultStore
+    from sweep.output import open_output
 
     stats = Path(spec.output).with_name(Path(spec.output).name + "-actors")
     shutil.rmtree(stats, ignore_errors=True)
@@ -519,13 +502,13 @@ def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bo
     result.driver_cpu_s = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
     result.ray_processes_cpu_s = _descendants_cpu_s() - ray_cpu_before  # actors still alive: counted
     result.loadavg_during, result.min_available_gb = watch.loadavg, watch.lowest
-    result.cells_landed, result.failed = summary.cells_scored, len(summary.failed)
-    result.loads = sum(summary.loads.values())
-    result.first_cell_landed_at_s = summary.first_cell_landed_at
-    result.last_probe_set_at_s = summary.last_probe_set_at
+    result.cells_landed, result.failed = summary.schedule.cells_scored, len(summary.failed)
+    result.loads = sum(summary.schedule.loads.values())
+    result.first_cell_landed_at_s = summary.schedule.first_cell_landed_at
+    result.last_probe_set_at_s = summary.supply.last_ready_at
 
-    store = ResultStore(Path(spec.output))
-    for record in store.landed_files():
+    store = open_output(Path(spec.output))
+    for record in store.ledgers.landed_files():
         if record.path.startswith("sequences/"):
             result.sequences_parquet_bytes += record.bytes
         elif record.path.startswith("cells/"):
@@ -610,7 +593,7 @@ def _check_landed(store, spec, result: Measurement) -> None:
     landed = store.sequences().filter((pl.col("ckpt") == ckpt) & (pl.col("chunk") == chunk)).collect()
     probes = store.probes().filter(pl.col("chunk") == chunk).collect()
     order = {row: i for i, row in enumerate(probes["row"].to_list())}  # the actor scored rows in sample order
-    options = ScoringOptions(prompt_len=32, continuation_len=32, mode=spec.memorization.mode, with_nll=True)
+    options = ScoringOptions(prompt_len=32, continuation_len=32, mode=spec.memorization.mode, nll=True)
     expected = synthetic_scores(ckpt, chunk, probes.height, options, False)
     positions = [order[row] for row in landed["row"].to_list()]
     if landed["prefix_match"].to_list() != expected.prefix_match[positions].tolist():

@@ -15,7 +15,7 @@ memsweep sweeps from the Hub ids (`run_sweep`, local Ray with 2 logical GPUs, bf
                  fp32 shards, so a deleted checkpoint's files hold their disk until the model is freed
   small-disk     `model.download_dir` on a filesystem that holds a bf16 `main` download but not an fp32 one
                  (free space between 2 GiB + the bf16 size and 2 GiB + the fp32 size: fetch_checkpoint keeps a
-                 2 GiB margin, sweep/sources.py DISK_MARGIN_BYTES); the failed cells' one-line errors are printed
+                 2 GiB margin, actors/checkpoint_files.py DISK_MARGIN_BYTES); the failed cells' one-line errors are printed
   disk-fills     `model.download_dir` on a loop-mounted ext4 with room for the margin and a few checkpoints,
                  which another writer (AnotherWriter) fills once a download has a complete shard and others in
                  flight, and frees once every cell of the checkpoint it interrupted has failed; shows the errors,
@@ -66,7 +66,7 @@ from sweep.cost import (
     AMBER_MAIN_BYTES,
     AMBER_ROW_BYTES,
 )
-from sweep.sources import DISK_MARGIN_BYTES
+from actors.checkpoint_files import DISK_MARGIN_BYTES
 
 MODEL_ID, DATA_ID = "LLM360/Amber", "LLM360/AmberDatasets"
 AMBER_CHECKPOINTS = AMBER_CHUNKS = 360
@@ -476,8 +476,8 @@ def run_scenario(scenario: Scenario, root: Path, server, revisions: dict[str, st
     gaps = sorted(sampler.gaps) or [0.0]
     return RunResult(
         label=scenario.label, actors=scenario.actors, keep_downloads=scenario.keep_downloads,
-        download_disk_bytes=scenario.download_disk_bytes, seconds=seconds, cells_scored=summary.cells_scored,
-        cells_failed=len(summary.failed), loads=dict(summary.loads), load_average=(load_before, os.getloadavg()[0]),
+        download_disk_bytes=scenario.download_disk_bytes, seconds=seconds, cells_scored=summary.schedule.cells_scored,
+        cells_failed=len(summary.failed), loads=dict(summary.schedule.loads), load_average=(load_before, os.getloadavg()[0]),
         peaks={name: asdict(peak) for name, peak in sampler.peaks.items()}, left_after=left,
         left_files={"downloads": left_files} if left_files else {}, samples=sampler.samples,
         interval_max_s=gaps[-1], interval_median_s=gaps[len(gaps) // 2], chunk_reads=chunk_reads,
@@ -620,7 +620,7 @@ def main() -> None:
 
     import ray
 
-    from sweep.sources import checkpoint_download_size
+    from actors.checkpoint_files import checkpoint_download_size
     from tests.hub_world import serve_hub
 
     root = Path(tempfile.mkdtemp(prefix="disk-budget-", dir=args.workdir))
@@ -665,7 +665,7 @@ def main() -> None:
                             continue
                         result = run_scenario(scenario, root, server, revisions, args, use_mounts)
                         results.append(result)
-                        print(f"{label}: {result.seconds:.0f} s, {result.cells_scored} cells scored, "
+                        print(f"{label}: {result.seconds:.0f} s, {result.schedule.cells_scored} cells scored, "
                               f"{result.cells_failed} failed, peak downloads {mb(result.peaks['downloads']['bytes'])}",
                               flush=True)
                 finally:

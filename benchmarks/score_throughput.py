@@ -155,7 +155,7 @@ def main() -> None:
     sweep = args.sweep if args.sweep is not None else ("32,64,128,256" if device.type == "cpu" else "")
     peak = args.peak_tflops or known_peak_tflops(device, dtype_name)
     tokens, data_source = load_tokens(n, args.k, args.l, args.samples)
-    greedy = ScoringOptions(prompt_len=args.k, continuation_len=args.l, compile_decode=args.compile)
+    greedy = ScoringOptions(prompt_len=args.k, continuation_len=args.l, decode="static-compiled" if args.compile else "growing")
     extractable = ScoringOptions(prompt_len=args.k, continuation_len=args.l, mode="extractable")
     batch_size = args.batch_size or pick_batch_size(model, greedy, device)
     params = sum(p.numel() for p in model.parameters())
@@ -182,8 +182,8 @@ def main() -> None:
     _, reference_matches, generated = run_reference(model, tokens, args.k, args.l, device)
     own = torch.cat([tokens[:, :args.k], generated], dim=1)
 
-    greedy_nll = ScoringOptions(prompt_len=args.k, continuation_len=args.l, with_nll=True)
-    extractable_nll = ScoringOptions(prompt_len=args.k, continuation_len=args.l, mode="extractable", with_nll=True)
+    greedy_nll = ScoringOptions(prompt_len=args.k, continuation_len=args.l, nll=True)
+    extractable_nll = ScoringOptions(prompt_len=args.k, continuation_len=args.l, mode="extractable", nll=True)
     methods = {
         "(a) reference generate, batch 32": lambda: run_reference(model, tokens, args.k, args.l, device)[0],
         f"(b) kernel greedy, batch {batch_size}": lambda: run_kernel(model, tokens, greedy, batch_size, device)[0],

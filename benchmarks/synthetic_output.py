@@ -3,9 +3,9 @@
     python benchmarks/synthetic_output.py /tmp/synthetic-full                          # 360 x 360 x 1000
     python benchmarks/synthetic_output.py /tmp/synthetic-small --ckpts 36 --chunks 36 --rows 100
 
-Lands, through the store (`ResultStore.write_partition`), one compacted pair per checkpoint:
+Lands, through the store (`ResultStore.import_checkpoint`), one compacted pair per checkpoint:
 `<out>/sequences/ckpt=<c>/part-*.parquet` (one row per (chunk, row), sorted by chunk then row,
-columns and types of store.SEQUENCE_SCHEMA) and `<out>/cells/ckpt=<c>/part-*.parquet` (one row per
+columns and types of schema.SEQUENCE_SCHEMA) and `<out>/cells/ckpt=<c>/part-*.parquet` (one row per
 chunk, CELL_SCHEMA, the means the store's summarize_cell would give), each listed with its size,
 sha256 and rows in `<out>/ledger/ckpt=<c>.json`, and the manifest: exactly what a finished sweep
 leaves, written as the store writes it (polars' `write_parquet(..., statistics=True)`, zstd).
@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sweep.store import CELL_SCHEMA, SEQUENCE_SCHEMA, ResultStore
+from sweep.schema import CELL_SCHEMA, SEQUENCE_SCHEMA
+from sweep.store import ResultStore
 
 ROWS_PER_AMBER_CHUNK = 1_706_976  # row numbers are positions in a chunk file of this many rows
 SOURCE_MIX = {  # the sources of the 1000-row Amber sample (FACTS.md), as fractions
@@ -167,7 +168,7 @@ def checkpoint_frame(shape: SyntheticShape, traits: SequenceTraits, ckpt: int) -
 
 
 def cells_frame(sequences: pl.DataFrame, ckpt: int, rng: np.random.Generator) -> pl.DataFrame:
-    """One CELL_SCHEMA row per chunk of one checkpoint's sequences (store.summarize_cell's means)."""
+    """One CELL_SCHEMA row per chunk of one checkpoint's sequences (schema.summarize_cell's means)."""
     seconds = rng.uniform(60.0, 90.0, size=sequences["chunk"].n_unique())
     summary = (
         sequences.group_by("chunk", maintain_order=True)
@@ -229,7 +230,7 @@ def write_synthetic_output(output: Path, shape: SyntheticShape, progress: bool =
     started = time.perf_counter()
     for ckpt in range(shape.ckpts):
         sequences = checkpoint_frame(shape, traits, ckpt)
-        store.write_partition(ckpt, sequences, cells_frame(sequences, ckpt, cell_rng))
+        store.import_checkpoint(ckpt, sequences, cells_frame(sequences, ckpt, cell_rng))
         if progress and (ckpt % 20 == 19 or ckpt == shape.ckpts - 1):
             elapsed = time.perf_counter() - started
             print(f"  {ckpt + 1}/{shape.ckpts} checkpoints, {elapsed:.0f} s", flush=True)

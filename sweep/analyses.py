@@ -1,11 +1,7 @@
 """Analyses of a landed memsweep dataset: each one a Polars function, tables in, DataFrame out.
 
-The landed dataset (see docs/architecture.md) has two hive-partitioned tables:
-
-    <output>/sequences/ckpt=<c>/*.parquet   one row per (ckpt, chunk, row)
-    <output>/cells/ckpt=<c>/*.parquet       one row per (ckpt, chunk) cell
-
-`load_tables` opens them through the store (the one reader of the layout, shared with `memsweep query`).
+The landed dataset (see docs/architecture.md) has two tables: `sequences`, one row per (ckpt, chunk, row), and
+`cells`, one row per (ckpt, chunk). `load_tables` opens them through the one reader (sweep/output.py).
 Every other function
 takes those tables (LazyFrame or DataFrame) and returns a small, collected DataFrame. A sequence
 is identified by (chunk, row); checkpoint c has seen chunk x when x <= c (Amber saved checkpoint
@@ -27,41 +23,24 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sweep.store import CELL_SCHEMA, SEQUENCE_SCHEMA
-
-# The landed column types are the store's contract; the reader casts to them so every consumer
-# sees one schema even where files hold wider or all-null columns.
-SEQUENCES_SCHEMA = SEQUENCE_SCHEMA
-CELLS_SCHEMA = CELL_SCHEMA
-CELL_METRICS = ("score", "full_match_rate", "mean_prefix_match", "nll", "tf_accuracy")
+from sweep.errors import MemsweepError
+from sweep.output import open_output
+from sweep.schema import CELL_METRICS
 
 Frame = pl.LazyFrame | pl.DataFrame
 
 
 def load_tables(output: Path | str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Open a landed dataset as (sequences, cells) LazyFrames, each with `ckpt` Int32 first.
-
-    The store is the one reader of its layout: only the files its ledgers list are read (a stray copy in a
-    partition is never data), each checked against its recorded size first (DamagedOutputError names a file
-    that is not). sequences: one row per (ckpt, chunk, row), columns as SEQUENCES_SCHEMA; cells: one row per
-    (ckpt, chunk), columns as CELLS_SCHEMA; columns a file lacks read as typed nulls. Nothing is read until a
-    query collects.
-    """
-    from sweep.store import ResultStore
-
-    output = Path(output)
-    if not output.is_dir():
-        raise FileNotFoundError(f"{output}: no such output folder")
-    store = ResultStore(output)
-    if not store.manifest_path.exists():
-        raise FileNotFoundError(f"{output}: no manifest.json (not a memsweep output)")
-    store.read_manifest()
-    return store.sequences(), store.cells()
+    """Open a landed dataset as (sequences, cells) LazyFrames, each with `ckpt` Int32 first, through the one
+    reader (sweep/output.py: only listed files, size-checked; columns a file lacks read as typed nulls).
+    Nothing is read until a query collects."""
+    landed = open_output(output)
+    return landed.sequences(), landed.cells()
 
 
 def _check_metric(metric: str) -> None:
     if metric not in CELL_METRICS:
-        raise ValueError(f"unknown cell metric {metric!r}; choose one of {', '.join(CELL_METRICS)}")
+        raise MemsweepError(f"unknown cell metric {metric!r}; choose one of {', '.join(CELL_METRICS)}")
 
 
 def score_matrix(cells: Frame, metric: str = "score") -> pl.DataFrame:
@@ -77,7 +56,7 @@ def score_matrix(cells: Frame, metric: str = "score") -> pl.DataFrame:
     duplicates = long.filter(pl.struct("ckpt", "chunk").is_duplicated())
     if len(duplicates):
         first = duplicates.row(0, named=True)
-        raise ValueError(f"cells table holds cell (ckpt={first['ckpt']}, chunk={first['chunk']}) more than once")
+        raise MemsweepError(f"cells table holds cell (ckpt={first['ckpt']}, chunk={first['chunk']}) more than once")
     chunk_names = [str(c) for c in long["chunk"].unique(maintain_order=True)]
     if not chunk_names:
         return pl.DataFrame(schema={"ckpt": pl.Int32()})
@@ -101,7 +80,7 @@ def chunk_trajectories(cells: Frame, chunks: list[int], metric: str = "score") -
     )
     missing = sorted(set(chunks) - set(rows["chunk"].to_list()))
     if missing:
-        raise ValueError(f"chunks {missing} have no cells in the dataset")
+        raise MemsweepError(f"chunks {missing} have no cells in the dataset")
     return rows
 
 
@@ -114,7 +93,7 @@ def score_distribution(sequences: Frame, ckpt: int | None = None, column: str = 
     reads one checkpoint's partition (under a second at full Amber scale).
     """
     if column not in ("score", "matches", "prefix_match"):
-        raise ValueError(f"unknown sequence column {column!r}; choose score, matches or prefix_match")
+        raise MemsweepError(f"unknown sequence column {column!r}; choose score, matches or prefix_match")
     sequences = sequences.lazy()
     if ckpt is None:
         ckpt = _last_ckpt(sequences)
@@ -187,7 +166,7 @@ def predictability(sequences: Frame, final_ckpt: int | None = None) -> pl.DataFr
     if final_ckpt is None:
         final_ckpt = _last_ckpt(sequences)
     elif sequences.filter(pl.col("ckpt") == final_ckpt).select(pl.len()).collect().item() == 0:
-        raise ValueError(f"final_ckpt={final_ckpt} has no sequences in the dataset")
+        raise MemsweepError(f"final_ckpt={final_ckpt} has no sequences in the dataset")
     final = sequences.filter(pl.col("ckpt") == final_ckpt).select(
         "chunk", "row", pl.col("full_match").alias("memorized_final")
     )
@@ -265,7 +244,7 @@ def first_memorized(sequences: Frame, min_misses: int = FORGET_MIN_MISSES) -> pl
     (key, full_match) in memory at a time, plus a few arrays of one entry per sequence (360k).
     """
     if min_misses < 1:
-        raise ValueError(f"min_misses must be at least 1 (got {min_misses})")
+        raise MemsweepError(f"min_misses must be at least 1 (got {min_misses})")
     history = _SequenceHistory()
     for ckpt, part in _by_checkpoint(sequences):
         part = part.drop_nulls("full_match")
@@ -393,7 +372,7 @@ _SEQUENCE_KEY = (
 def _key_array(frame: pl.DataFrame) -> np.ndarray:
     """The `key` column (see _SEQUENCE_KEY) as int64; raises if a row number did not fit."""
     if frame["key"].null_count():
-        raise ValueError("sequences table: row numbers must lie in 0..2**32-1 to tell sequences apart")
+        raise MemsweepError("sequences table: row numbers must lie in 0..2**32-1 to tell sequences apart")
     return frame["key"].to_numpy()
 
 
@@ -422,5 +401,5 @@ def is_extractable_mode(table: Frame) -> bool:
 def _last_ckpt(sequences: pl.LazyFrame) -> int:
     last = sequences.select(pl.col("ckpt").max()).collect().item()
     if last is None:
-        raise ValueError("the sequences table is empty")
+        raise MemsweepError("the sequences table is empty")
     return int(last)

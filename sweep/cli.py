@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from actors.protocol import one_line
+from sweep.errors import MemsweepError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -34,12 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: landed cells are kept; run the same command again to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as error:  # spec, store, probe and query errors are one line
-        print(f"memsweep: error: {error}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:  # the sweep could not go on (an actor that cannot start anywhere)
-        print(f"memsweep: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
+    except MemsweepError as error:  # memsweep's own errors are one line; anything else is a bug: a traceback
+        print(f"memsweep: error: {one_line(error, limit=None)}", file=sys.stderr)
+        return error.exit_status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,43 +127,28 @@ def _load(args: argparse.Namespace):
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+            raise MemsweepError(f"--set {item!r}: expected KEY=VALUE")
         try:
             overrides[key] = yaml.safe_load(value)
         except yaml.YAMLError as error:
             problem = getattr(error, "problem", None) or type(error).__name__
-            raise ValueError(f"--set {item}: the value is not YAML ({problem}); quote it, e.g. --set {key}='\"...\"'") from None
+            raise MemsweepError(f"--set {item}: the value is not YAML ({problem}); quote it, e.g. "
+                                f"--set {key}='\"...\"'") from None
     if args.output:
         overrides["output"] = args.output
     return load_spec(args.spec, overrides)
 
 
 def _run(args: argparse.Namespace) -> int:
-    spec = _load(args)
-    return _sweep(spec, args, report=args.report)
+    return _sweep(_load(args), args, report=args.report)
 
 
 def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
-    from sweep.preflight import check_before_ray, check_local_cuda, refuse_damaged_output, resolved_spec
-    from sweep.store import ResultStore
-    from sweep.writer_lock import writer_lock
+    from sweep.driver import run_sweep
 
     started = time.perf_counter()
-    # Everything that can be known wrong without Ray is checked before Ray starts (seconds, not a minute).
-    resolved = resolved_spec(spec)
-    check_before_ray(resolved)
-    if not (args.address or os.environ.get("RAY_ADDRESS")):
-        check_local_cuda(resolved)
-    store = ResultStore(Path(resolved.output))
-    store.check_identity(resolved.identity())
-    if store.manifest_path.exists():
-        refuse_damaged_output(store, deep=False)  # sizes and footers now; run_sweep checks every sha256 too
-    with writer_lock(Path(resolved.output)):
-        pass  # another live run holds it: say so now (run_sweep takes it for real)
-    from sweep.driver import connect, run_sweep  # imports Ray and torch: only once the spec passed
-
-    connect(args.address, args.num_cpus, args.num_gpus)
-    summary = run_sweep(spec, progress=not args.no_progress)
+    summary = run_sweep(spec, progress=not args.no_progress, address=args.address, num_cpus=args.num_cpus,
+                        num_gpus=args.num_gpus)
     print(summary.describe())
     if report:
         from sweep.report import write_report
@@ -177,19 +161,19 @@ def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from sweep.cost import estimate_cost
-    from sweep.preflight import resolved_spec
+    from sweep.output import open_output
     from sweep.plan import make_plan
+    from sweep.preflight import resolved_spec
     from sweep.store import ResultStore
 
     spec = resolved_spec(_load(args))
-    store = ResultStore(Path(spec.output))
-    store.check_identity(spec.identity())  # `run` would refuse this output: say so here too
-    done = store.done_cells() if store.manifest_path.exists() else set()
-    plan = make_plan(spec, done)
+    ResultStore(Path(spec.output)).check_identity(spec.identity())  # `run` would refuse this output: say so here
+    landed = open_output(spec.output) if (Path(spec.output) / "manifest.json").exists() else None
+    plan = make_plan(spec, landed.done_cells() if landed is not None else set())
     print(f"spec: {args.spec} ({spec.name}, identity {spec.identity_hash()})")
     print(f"output: {spec.output}")
     print(plan.describe())
-    print(estimate_cost(spec, plan, store, offline=args.offline).describe())
+    print(estimate_cost(spec, plan, landed, offline=args.offline).describe())
     return 0
 
 
@@ -209,31 +193,29 @@ def _query(args: argparse.Namespace) -> int:
         print(format_table(frame, args.max_rows))
         return 0
     if args.out is None:
-        raise ValueError(f"--format {args.format} needs --out FILE")
+        raise MemsweepError(f"--format {args.format} needs --out FILE")
     write_frame(frame, args.out, args.format)
     print(f"wrote {frame.height} rows to {args.out}")
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    from sweep.examples import TokenDecoder, examples_as_frame, find_examples, last_checkpoint, render_text
+    from sweep.examples import TokenDecoder, examples_as_frame, find_examples, render_text
+    from sweep.output import open_output
     from sweep.query import write_frame
-    from sweep.store import ResultStore
 
-    store = ResultStore(args.output)
-    if not store.manifest_path.exists():
-        raise ValueError(f"{args.output}: no manifest.json (not a memsweep output)")
-    ckpt = args.ckpt if args.ckpt is not None else last_checkpoint(store)
+    landed = open_output(args.output)
+    ckpt = args.ckpt if args.ckpt is not None else landed.last_checkpoint()
     full_match = True if args.full_match else (False if args.not_full_match else None)
-    examples = find_examples(store, ckpt, args.chunk, args.top, args.source, full_match, args.min_prefix,
+    examples = find_examples(landed, ckpt, args.chunk, args.top, args.source, full_match, args.min_prefix,
                              args.per_source)
     if not examples:
         print(f"no landed sequence of checkpoint {ckpt} matches these filters")
         return 0
-    decoder = TokenDecoder.for_checkpoint(store, ckpt)
+    decoder = TokenDecoder.for_checkpoint(landed, ckpt)
     if args.format != "text":
         if args.out is None:
-            raise ValueError(f"--format {args.format} needs --out FILE")
+            raise MemsweepError(f"--format {args.format} needs --out FILE")
         write_frame(examples_as_frame(examples, decoder), args.out, args.format)
         print(f"wrote {len(examples)} examples to {args.out}")
         return 0
@@ -247,17 +229,23 @@ def _show(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from sweep.report import write_report
 
-    chunks = [int(c) for c in args.chunks.split(",")] if args.chunks else None
-    cells = None
-    if args.examples:
-        try:
-            cells = [tuple(int(part) for part in item.split(":")) for item in args.examples.split(",")]
-            if any(len(cell) != 2 for cell in cells):
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"--examples {args.examples!r}: expected CKPT:CHUNK pairs such as 359:0,359:355") from None
+    chunks = [part[0] for part in _int_groups(args.chunks, "--chunks", "chunk ids such as 0,3,7", 1)] \
+        if args.chunks else None
+    cells = _int_groups(args.examples, "--examples", "CKPT:CHUNK pairs such as 359:0,359:355", 2) \
+        if args.examples else None
     print(f"report: {write_report(args.output, args.out, chunks, cells)}")
     return 0
+
+
+def _int_groups(text: str, flag: str, expected: str, size: int) -> list[tuple[int, ...]]:
+    """"359:0,359:355" -> [(359, 0), (359, 355)] (size 2); "0,3,7" -> [(0,), (3,), (7,)] (size 1)."""
+    try:
+        groups = [tuple(int(part) for part in item.split(":")) for item in text.split(",")]
+    except ValueError:
+        groups = []
+    if not groups or any(len(group) != size for group in groups):
+        raise MemsweepError(f"{flag} {text!r}: expected {expected}")
+    return groups
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -267,7 +255,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     path = REPO_CONFIGS / "demo.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: the demo spec ships with the repository; run from a clone")
+        raise MemsweepError(f"{path}: the demo spec ships with the repository; run from a clone")
     spec = load_spec(path, {"output": args.output} if args.output else None)
     ensure_demo_world(DemoWorldConfig(), Path(spec.model.source), Path(spec.data.source), progress=not args.no_progress)
     return _sweep(spec, args, report=True)

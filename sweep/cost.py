@@ -18,9 +18,11 @@ from pathlib import Path
 import polars as pl
 
 from sweep.plan import Plan
-from sweep.sources import DISK_MARGIN_BYTES, checkpoint_download_size, describe_chunks, is_local, resolve_commit
+from actors.checkpoint_files import DISK_MARGIN_BYTES, checkpoint_download_size, is_local
+from actors.protocol import one_line
+from sweep.output import LandedOutput
+from sweep.sources import describe_chunks, resolve_commit
 from sweep.spec import SweepSpec
-from sweep.store import ResultStore
 
 AMBER_CKPT_BYTES = 27.0e9
 AMBER_MAIN_BYTES = 13.5e9
@@ -87,13 +89,16 @@ class CostEstimate:
         return "\n".join(lines)
 
 
-def estimate_cost(spec: SweepSpec, plan: Plan, store: ResultStore | None = None, offline: bool = False) -> CostEstimate:
+def estimate_cost(spec: SweepSpec, plan: Plan, landed: LandedOutput | None = None,
+                  offline: bool = False) -> CostEstimate:
+    """What `plan` costs; `landed`: the spec's output when it exists (its probe sets need no build, and its GPU
+    cells give a measured rate)."""
     estimate = CostEstimate(checkpoints=len(plan.work), sequences=plan.sequences_to_do,
                             keep_generated=spec.keeps_generated(), keep_downloads=spec.model.keep_downloads)
     _checkpoint_sizes(spec, plan, estimate, offline)
-    _chunk_sizes(spec, plan, store, estimate, offline)
-    if store is not None and store.manifest_path.exists() and store.done_cells():
-        cells = store.cells().filter(pl.col("device") != "cpu").select("sequences_per_s").collect()
+    _chunk_sizes(spec, plan, landed, estimate, offline)
+    if landed is not None and landed.done_cells():
+        cells = landed.cells().filter(pl.col("device") != "cpu").select("sequences_per_s").collect()
         rates = [r for r in cells["sequences_per_s"].to_list() if r]
         if rates:
             estimate.measured_rate = statistics.median(rates)
@@ -118,23 +123,23 @@ def _checkpoint_sizes(spec: SweepSpec, plan: Plan, estimate: CostEstimate, offli
             estimate.checkpoint_bytes = {c: float(s) for c, s in zip(ckpts, sizes)}
             return
         except Exception as error:  # noqa: BLE001 - fall back to the published sizes, and say so
-            estimate.notes.append(f"(could not list checkpoint sizes on the Hub: {' '.join(str(error).split())[:200]})")
+            estimate.notes.append(f"(could not list checkpoint sizes on the Hub: {one_line(error)})")
     estimate.sizes_from = "Amber's published sizes (offline)"
     estimate.checkpoint_bytes = {c: AMBER_MAIN_BYTES if model.revision_for(c) == "main" else AMBER_CKPT_BYTES
                                  for c in ckpts}
 
 
-def _chunk_sizes(spec: SweepSpec, plan: Plan, store: ResultStore | None, estimate: CostEstimate,
+def _chunk_sizes(spec: SweepSpec, plan: Plan, landed: LandedOutput | None, estimate: CostEstimate,
                  offline: bool) -> None:
-    landed = set(store.probe_entries()) if store is not None and store.manifest_path.exists() else set()
-    chunks = [chunk for chunk in plan.chunks_needed if chunk not in landed]
+    sampled = {chunk for chunk, _ in landed.ledgers.probe_files()} if landed is not None else set()
+    chunks = [chunk for chunk in plan.chunks_needed if chunk not in sampled]
     if offline and not is_local(spec.data.source):
         estimate.chunk_bytes = {chunk: AMBER_CHUNK_BYTES for chunk in chunks}
         return
     try:
         sources = describe_chunks(spec.data.source, {c: spec.data.file_for(c) for c in chunks}, spec.data.revision)
     except Exception as error:  # noqa: BLE001
-        estimate.notes.append(f"(could not list chunk sizes: {' '.join(str(error).split())[:200]}; assuming Amber's)")
+        estimate.notes.append(f"(could not list chunk sizes: {one_line(error)}; assuming Amber's)")
         estimate.chunk_bytes = {chunk: AMBER_CHUNK_BYTES for chunk in chunks}
         return
     missing = [c for c, s in sources.items() if isinstance(s, Exception)]

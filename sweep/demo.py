@@ -37,24 +37,7 @@ memorized. Three things make the miniature behave like the large model:
   memories of different rows do not overwrite each other; boilerplate (licence headers, notices,
   LaTeX preambles, quoted sayings) and duplicated rows recur, are memorized early and stay.
 
-Measured on the default world (a full 8 x 8 x 128 sweep, ``memsweep run``; see
-tests/test_demo_memorization.py for the same properties asserted on a smaller world):
-
-    mean memorization score     checkpoint  0     1     2     3     4     5     6     7
-    chunks seen before the newest           -   0.27  0.31  0.36  0.40  0.41  0.43  0.43
-    the newest chunk (diagonal)           0.21  0.40  0.55  0.55  0.60  0.70  0.63  0.57
-    chunks not seen yet                   0.09  0.15  0.18  0.20  0.24  0.24  0.25    -
-
-  chunks seen before the newest score 0.40 on average, unseen ones 0.17 (2.4x); of the 419 sampled
-  rows fully memorized at some checkpoint, 255 (61%) still are at the last one (67-76% of those
-  memorized at each checkpoint 0-6, Biderman et al.'s precision); at the last checkpoint rows
-  duplicated in the corpus score 0.85 (75% fully memorized), unique rows 0.36 (15%). With
-  ``seed=1``: 2.35x, 61%, 0.90 vs 0.35.
-
-Cost (default config): the corpus and tokenizer take about a second; training, 1,152 steps of 16
-rows x 72 tokens through a 0.79M-parameter LLaMA, about 97 s of one CPU core (one thread, for
-bit-reproducible weights; the first demo world took 105 s, measured right after); 0.7 MB of data
-and 8 checkpoints of 3.2 MB (weights, configs and tokenizer).
+What the default world gives when swept, and what building it costs, is in BENCHMARKS.md ("The demo").
 
 Building is idempotent and crash-safe: each directory is built under a temporary sibling and
 renamed into place, and a ``world.json`` marker holding the config is written last. A complete world
@@ -74,8 +57,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from sweep import demo_text
+from sweep.errors import MemsweepError
+from sweep.probes import write_raw_chunk
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -95,67 +82,49 @@ MARKER_KIND = "memsweep-demo-world"
 MARKER_VERSION = 2  # bump when the generator or the training changes what a config produces
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True)
 class DemoWorldConfig:
     """Every knob of the miniature world; the whole config is its identity (kept in ``world.json``)."""
 
-    chunks: int = 8
+    chunks: int = Field(default=8, ge=1, le=1000)
     """Number of data chunks == number of checkpoints."""
-    rows_per_chunk: int = 256
+    rows_per_chunk: int = Field(default=256, ge=1)
     """Rows (JSON lines) per chunk file."""
-    row_len: int = 72
+    row_len: int = Field(default=72, ge=2)
     """Tokens per row; memorization probes read the first k+l (64 by default)."""
-    vocab_size: int = 1024
+    vocab_size: int = Field(default=1024, ge=300, le=65536)
     """BPE vocabulary, special tokens included (0 <unk>, 1 BOS, 2 EOS as in LLaMA)."""
-    hidden_size: int = 128
-    intermediate_size: int = 512
-    num_layers: int = 2
-    num_heads: int = 4
-    epochs_per_chunk: int = 4
+    hidden_size: int = Field(default=128, ge=8)
+    intermediate_size: int = Field(default=512, ge=1)
+    num_layers: int = Field(default=2, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+    """Attention heads; must divide hidden_size."""
+    epochs_per_chunk: int = Field(default=4, ge=1)
     """Passes over each chunk before its checkpoint is saved (Amber: 1; a tiny model needs more).
     With replay, a row is trained on about ``epochs_per_chunk * (1 + replay_fraction / (i + 1))``
     times while chunk i is the newest, and about ``epochs_per_chunk * replay_fraction / (j + 1)``
     times more during each later chunk j."""
-    batch_size: int = 16
+    batch_size: int = Field(default=16, ge=1)
     """Rows per optimizer step."""
-    learning_rate: float = 5e-3
+    learning_rate: float = Field(default=5e-3, gt=0)
     """AdamW peak learning rate (reached after a short linear warmup)."""
-    final_learning_rate: float = 1e-3
+    final_learning_rate: float = Field(default=1e-3, gt=0)
     """Learning rate at the last step; cosine decay from the peak over the whole run."""
-    replay_fraction: float = 1.25
+    replay_fraction: float = Field(default=1.25, ge=0, le=4)
     """Rehearsal: each epoch of chunk i also trains on ``replay_fraction * rows_per_chunk`` rows drawn
     at random from chunks 0..i (never later ones). Amber sees each row once; this stands in for the
     slow forgetting of a large model (see the module docstring). 0 turns it off."""
-    duplicate_fraction: float = 0.1
+    duplicate_fraction: float = Field(default=0.1, ge=0, le=0.5)
     """Share of rows that are verbatim copies of another row (half in its chunk, half elsewhere)."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first field that cannot build a world."""
-        checks = [
-            ("chunks", self.chunks >= 1, "must be >= 1"),
-            ("chunks", self.chunks <= 1000, "must be <= 1000 (three-digit file names)"),
-            ("rows_per_chunk", self.rows_per_chunk >= 1, "must be >= 1"),
-            ("row_len", self.row_len >= 2, "must be >= 2"),
-            ("vocab_size", 300 <= self.vocab_size <= 65536,
-             "must be in [300, 65536] (259 ids are bytes and special tokens)"),
-            ("hidden_size", self.hidden_size >= 8, "must be >= 8"),
-            ("intermediate_size", self.intermediate_size >= 1, "must be >= 1"),
-            ("num_layers", self.num_layers >= 1, "must be >= 1"),
-            ("num_heads", self.num_heads >= 1 and self.hidden_size % self.num_heads == 0,
-             "must be >= 1 and divide hidden_size"),
-            ("epochs_per_chunk", self.epochs_per_chunk >= 1, "must be >= 1"),
-            ("batch_size", self.batch_size >= 1, "must be >= 1"),
-            ("learning_rate", self.learning_rate > 0, "must be > 0"),
-            ("final_learning_rate", 0 < self.final_learning_rate <= self.learning_rate,
-             "must be > 0 and <= learning_rate"),
-            ("replay_fraction", 0 <= self.replay_fraction <= 4, "must be in [0, 4]"),
-            ("duplicate_fraction", 0 <= self.duplicate_fraction <= 0.5, "must be in [0, 0.5]"),
-            ("seed", self.seed >= 0, "must be >= 0"),
-        ]
-        for name, ok, why in checks:
-            if not ok:
-                raise ValueError(f"DemoWorldConfig.{name}={getattr(self, name)!r}: {why}")
+    def __post_init__(self) -> None:
+        # Field constraints are checked by pydantic; these two relate fields to each other.
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"DemoWorldConfig.num_heads={self.num_heads}: must divide hidden_size ({self.hidden_size})")
+        if self.final_learning_rate > self.learning_rate:
+            raise ValueError(f"DemoWorldConfig.final_learning_rate={self.final_learning_rate}: must be <= "
+                             f"learning_rate ({self.learning_rate})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +183,6 @@ def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
 def generate_corpus(config: DemoWorldConfig) -> Corpus:
     """The whole miniature corpus, deterministic in ``config``: readable documents from
     :mod:`sweep.demo_text`, a BPE tokenizer trained on them, packed into rows, then duplicated."""
-    config.validate()
     rng = random.Random(config.seed)
     stream_of_documents = demo_text.documents(rng)
     needed = config.chunks * config.rows_per_chunk * config.row_len
@@ -301,9 +269,7 @@ def checkpoint_path(model_dir: Path, checkpoint: int) -> Path:
 def write_chunk(path: Path, chunk: CorpusChunk) -> None:
     """Write one chunk as raw AmberDatasets rows (one JSON object per line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as out:
-        for ids, source in zip(chunk.tokens.tolist(), chunk.sources):
-            out.write(json.dumps({"token_ids": ids, "source": source}, separators=(",", ":")) + "\n")
+    write_raw_chunk(path, zip(chunk.tokens.tolist(), chunk.sources))
 
 
 def read_chunk(path: Path, row_len: int, vocab_size: int) -> CorpusChunk:
@@ -449,14 +415,14 @@ def _is_complete(directory: Path, config: DemoWorldConfig, role: str) -> bool:
     try:
         found = json.loads(path.read_text())
     except ValueError as error:
-        raise ValueError(f"{path}: unreadable demo-world marker ({error}); delete {directory} to rebuild") from None
+        raise MemsweepError(f"{path}: unreadable demo-world marker ({error}); delete {directory} to rebuild") from None
     expected = _marker(config, role)
     if found != expected:
         differences = sorted(
             key for key in {f.name for f in fields(DemoWorldConfig)}
             if found.get("config", {}).get(key) != expected["config"][key])
         what = f"config differs in {', '.join(differences)}" if differences else "marker differs"
-        raise ValueError(
+        raise MemsweepError(
             f"{directory}: already holds a different demo world ({what}); "
             f"delete it or point the spec elsewhere")
     return True
@@ -473,7 +439,7 @@ def _install(built: Path, directory: Path) -> None:
         leftovers = list(directory.iterdir())
         foreign = [entry.name for entry in leftovers if not _ours(entry)]
         if foreign:
-            raise ValueError(f"{directory}: not empty and not a demo world (holds {foreign[0]!r}); "
+            raise MemsweepError(f"{directory}: not empty and not a demo world (holds {foreign[0]!r}); "
                              f"refusing to overwrite it")
         shutil.rmtree(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -494,12 +460,11 @@ def ensure_demo_world(config: DemoWorldConfig, model_dir: Path, data_dir: Path,
 
     A no-op when both directories already hold this config's world (their ``world.json`` markers,
     written last, say so); raises ValueError naming the directory when one holds another config.
-    Default config: about 100 s of one CPU core (training; the corpus and tokenizer take ~1 s).
+    What building costs is in BENCHMARKS.md ("The demo").
     """
-    config.validate()
     model_dir, data_dir = Path(model_dir).expanduser(), Path(data_dir).expanduser()
     if model_dir.resolve() == data_dir.resolve():
-        raise ValueError(f"{model_dir}: the demo world needs separate model and data directories")
+        raise MemsweepError(f"{model_dir}: the demo world needs separate model and data directories")
     data_ready = _is_complete(data_dir, config, "data")
     model_ready = _is_complete(model_dir, config, "model")
     if data_ready and model_ready:

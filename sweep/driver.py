@@ -1,18 +1,14 @@
-"""The Ray driver: plans the cells still to do, streams probe sets, schedules checkpoint actors, lands results.
+"""One sweep, start to end: spec -> preflight -> writer lock -> Ray -> plan -> probe sets + scheduling -> summary.
 
-Flow: spec -> writer lock, store.open (identity check, crash recovery), landed files verified -> plan (cells
-not yet landed) -> probe sets (sweep/probe_supply.py: landed, cached or built by Ray tasks while the GPUs
-work) -> checkpoint actors (one checkpoint at a time, every pending chunk of it) -> store.write_cells per
-batch of finished cells -> compaction per finished checkpoint.
+    summary = run_sweep(load_spec("configs/demo.yaml"))
 
-Scheduling (sweep/scheduler.py) keeps every actor busy with the checkpoint it holds, tells the same actor to
-prefetch the checkpoint it will load next, and at the tail splits the largest remaining checkpoint when an
-idle actor can finish half of it sooner than the holder alone.
-
-Failures: a cell whose actor died (process killed, node lost) or that raised is re-queued, up to
-`resources.max_attempts` tries; then it is recorded in `failures/` and the sweep goes on. A checkpoint that
-cannot be fetched or loaded max_attempts times fails all its cells at once; a chunk whose probe set cannot be
-built fails its cells and nothing else.
+1. Preflight (sweep/preflight.py), before Ray starts: paths, cache, sources, CUDA, the output's identity.
+2. The writer lock (sweep/writer_lock.py), then the landed files the output holds are verified in full (their
+   cells will be skipped, so they must be intact), then Ray is joined or started.
+3. The store opens (recovering whatever a killed run left), the plan lists the cells not yet landed, the probe
+   supply (sweep/probe_supply.py) delivers probe sets while the scheduler (sweep/scheduler.py) keeps every actor
+   busy; results land through sweep/landing.py.
+4. The summary says what happened: cells scored, failures (also in `failures/`), warnings.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ import os
 import platform
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -30,16 +25,21 @@ from pathlib import Path
 
 import ray
 
-from actors.scorer_actor import CheckpointScorer
+from sweep.errors import MemsweepError
 from sweep.plan import make_plan
-from sweep.preflight import check_before_ray, refuse_damaged_output, resolved_spec
-from sweep.probe_supply import ProbeSupply
-from sweep.scheduler import Scheduler
+from sweep.preflight import check_before_ray, resolved_spec
+from sweep.probe_supply import ProbeSupply, SupplyStats
+from sweep.scheduler import Scheduler, ScheduleStats
 from sweep.spec import SweepSpec
 from sweep.store import ResultStore
+from sweep.verify import refuse_damaged_output
 from sweep.writer_lock import writer_lock
 
 log = logging.getLogger("memsweep")
+
+
+class ClusterError(MemsweepError):
+    """The Ray cluster can never place what the spec asks for; the message names the key."""
 
 
 @dataclass
@@ -47,36 +47,27 @@ class SweepSummary:
     output: Path
     cells_total: int
     cells_done_before: int
-    cells_scored: int = 0
-    sequences_scored: int = 0
+    schedule: ScheduleStats = field(default_factory=ScheduleStats)
+    supply: SupplyStats = field(default_factory=SupplyStats)
     seconds: float = 0.0
     failed: list[dict] = field(default_factory=list)
-    loads: Counter = field(default_factory=Counter)  # ckpt -> times loaded in this run
-    warnings: list[str] = field(default_factory=list)
-    probe_sets_built: int = 0
-    probe_sets_reused: int = 0  # from the output or the cache
-    prefetched_elsewhere: int = 0  # reservations loaded by another actor by accident (a bug if ever > 0)
-    reservations_taken: int = 0  # reservations an idle actor took on purpose at the tail (holder's copy discarded)
-    first_cell_landed_at: float | None = None  # seconds after the sweep started
-    probe_sets_ready_at_first_cell: int | None = None  # how many existed when the first cell was handed out
-    last_probe_set_at: float | None = None
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
-    def warn(self, message: str) -> None:
-        if message not in self.warnings:
-            self.warnings.append(message)
-            log.warning("%s", message)
+    @property
+    def warnings(self) -> list[str]:
+        return self.supply.warnings + self.schedule.warnings
 
     def describe(self) -> str:
-        rate = self.sequences_scored / self.seconds if self.seconds else 0.0
+        scored = self.schedule.sequences_scored
+        rate = scored / self.seconds if self.seconds else 0.0
         lines = [
             f"output: {self.output}",
             f"cells: {self.cells_total} in the spec, {self.cells_done_before} already landed, "
-            f"{self.cells_scored} scored now, {len(self.failed)} failed",
-            f"sequences scored: {self.sequences_scored:,} in {self.seconds:.1f} s ({rate:,.1f}/s)",
+            f"{self.schedule.cells_scored} scored now, {len(self.failed)} failed",
+            f"sequences scored: {scored:,} in {self.seconds:.1f} s ({rate:,.1f}/s)",
         ]
         lines += [f"WARNING {warning}" for warning in self.warnings]
         for failure in self.failed:
@@ -87,12 +78,50 @@ class SweepSummary:
         return "\n".join(lines)
 
 
+def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str | None = None,
+              num_cpus: int | None = None, num_gpus: int | None = None) -> SweepSummary:
+    """Score every cell of `spec` not yet in its output; returns the summary.
+
+    Joins the Ray cluster at `address` (else RAY_ADDRESS), or the one this process is connected to already,
+    else starts a private local Ray (`num_cpus`, `num_gpus`). `scorer` is the actor class (default
+    actors/scorer_actor.py CheckpointScorer; a cost-model stand-in in benchmarks/control_plane.py).
+    """
+    started = time.perf_counter()
+    spec = resolved_spec(spec)
+    actors_run_here = not (ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"))
+    check_before_ray(spec, actors_run_here)
+    store = ResultStore(Path(spec.output))
+    with writer_lock(Path(spec.output)):
+        if store.layout.manifest.exists():
+            refuse_damaged_output(store)
+        connect(address, num_cpus, num_gpus)
+        check_cluster(spec)
+        if scorer is None:
+            from actors.scorer_actor import CheckpointScorer as scorer  # torch: only once the spec passed
+        store.open(spec.identity(), spec.model_dump(mode="json"), _run_info())
+        plan = make_plan(spec, store.ledgers.done_cells())
+        summary = SweepSummary(Path(spec.output), plan.total_cells, plan.done_cells)
+        log.info("plan: %d cells, %d landed, %d to do", plan.total_cells, plan.done_cells, plan.cells_to_do)
+        if plan.work:
+            supply = ProbeSupply(spec, store, plan, started, _forwarded_environment())
+            scheduler = Scheduler(spec, plan, store, supply, started, progress, scorer, gpus_per_actor(spec),
+                                  _forwarded_environment())
+            summary.supply = supply.stats
+            summary.schedule = scheduler.run()
+        for ckpt in plan.finished_checkpoints:  # finished by an earlier run that was killed before it compacted
+            store.write_cells(ckpt, [], finishes_checkpoint=True)
+        store.record_pins_in_manifest()
+        summary.failed = store.reader().failures()
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+
 def check_cluster(spec: SweepSpec) -> None:
     """Fail within seconds, naming the key, if the cluster can never place an actor (Ray would wait forever)."""
     resources = spec.resources
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     if resources.device == "cuda" and cluster_gpus == 0:
-        raise ValueError("resources.device: cuda, but this Ray cluster has no GPU")
+        raise ClusterError("resources.device: cuda, but this Ray cluster has no GPU")
     gpus = gpus_per_actor(spec)
     cpus = float(resources.cpus_per_actor)
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
@@ -100,9 +129,9 @@ def check_cluster(spec: SweepSpec) -> None:
         largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
         key = "resources.gpus_per_actor" if gpus and not any(n.get("GPU", 0) >= gpus for n in nodes) \
             else "resources.cpus_per_actor"
-        raise ValueError(f"{key}: an actor needs {gpus:g} GPU and {cpus:g} CPU, but no node of this Ray cluster has "
-                         f"that ({len(nodes)} nodes; the largest has {largest.get('GPU', 0):g} GPU and "
-                         f"{largest.get('CPU', 0):g} CPU)")
+        raise ClusterError(f"{key}: an actor needs {gpus:g} GPU and {cpus:g} CPU, but no node of this Ray cluster "
+                           f"has that ({len(nodes)} nodes; the largest has {largest.get('GPU', 0):g} GPU and "
+                           f"{largest.get('CPU', 0):g} CPU)")
 
 
 def gpus_per_actor(spec: SweepSpec) -> float:
@@ -112,38 +141,11 @@ def gpus_per_actor(spec: SweepSpec) -> float:
     return float(wanted)
 
 
-def run_sweep(spec: SweepSpec, progress: bool = True, scorer=CheckpointScorer) -> SweepSummary:
-    """Score every cell of `spec` not yet in its output. Ray must be initialised (see `connect`).
-
-    `scorer` is the actor class (a cost-model stand-in in benchmarks/control_plane.py).
-    """
-    started = time.perf_counter()
-    spec = resolved_spec(spec)
-    check_before_ray(spec)
-    check_cluster(spec)
-    store = ResultStore(Path(spec.output))
-    with writer_lock(Path(spec.output)):
-        store.open(spec.identity(), spec.model_dump(mode="json"), _run_info())
-        refuse_damaged_output(store)
-        plan = make_plan(spec, store.done_cells())
-        summary = SweepSummary(Path(spec.output), plan.total_cells, plan.done_cells)
-        log.info("plan: %d cells, %d landed, %d to do", plan.total_cells, plan.done_cells, plan.cells_to_do)
-        if plan.work:
-            supply = ProbeSupply(spec, store, plan, summary, started, _forwarded_environment())
-            Scheduler(spec, plan, store, supply, summary, started, progress, scorer,
-                      gpus_per_actor(spec), _forwarded_environment()).run()
-        for ckpt in _finished_checkpoints(spec, store.done_cells()):
-            store.compact_checkpoint(ckpt)
-        store.record_pins_in_manifest()
-        summary.failed = store.failures()
-        summary.seconds = time.perf_counter() - started
-        return summary
-
-
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Join a cluster (`address`, else RAY_ADDRESS, which `ray job submit` sets) or start a private local Ray.
 
-    `address="auto"` joins a cluster already started on this machine with `ray start`.
+    `address="auto"` joins a cluster already started on this machine with `ray start`. A no-op when this
+    process is connected already.
     """
     if ray.is_initialized():
         return
@@ -152,13 +154,6 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True)
-
-
-def _finished_checkpoints(spec: SweepSpec, done: set[tuple[int, int]]) -> list[int]:
-    wanted: dict[int, set[int]] = {}
-    for ckpt, chunk in spec.cell_list():
-        wanted.setdefault(ckpt, set()).add(chunk)
-    return [ckpt for ckpt, chunks in wanted.items() if all((ckpt, c) in done for c in chunks)]
 
 
 def _forwarded_environment() -> dict[str, str]:

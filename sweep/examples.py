@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from sweep.store import ResultStore
+from actors.protocol import one_line
+from sweep.errors import MemsweepError
+from sweep.output import LandedOutput
 
 log = logging.getLogger("memsweep")
 
@@ -56,14 +58,7 @@ class Example:
                 f"({verdict})")
 
 
-def last_checkpoint(store: ResultStore) -> int:
-    last = store.cells().select(pl.col("ckpt").max()).collect().item()
-    if last is None:
-        raise ValueError(f"{store.output}: no landed cells")
-    return int(last)
-
-
-def find_examples(store: ResultStore, ckpt: int | None = None, chunk: int | None = None, top: int = 10,
+def find_examples(landed: LandedOutput, ckpt: int | None = None, chunk: int | None = None, top: int = 10,
                   source: str | None = None, full_match: bool | None = None, min_prefix: int | None = None,
                   per_source: int | None = None, rows: list[tuple[int, int]] | None = None) -> list[Example]:
     """The most memorized sequences of checkpoint `ckpt` (default: the last), with their tokens.
@@ -72,8 +67,8 @@ def find_examples(store: ResultStore, ckpt: int | None = None, chunk: int | None
     `min_prefix` (exact prefix of at least that many tokens), `rows` (these (chunk, row) only). Order: full
     matches first, then by exact prefix, then by matched tokens; `top` rows in all, or `per_source` per source.
     """
-    ckpt = last_checkpoint(store) if ckpt is None else ckpt
-    sequences = store.sequences(ckpt)
+    ckpt = landed.last_checkpoint() if ckpt is None else ckpt
+    sequences = landed.sequences(ckpt)
     if chunk is not None:
         sequences = sequences.filter(pl.col("chunk") == chunk)
     if source is not None:
@@ -94,13 +89,13 @@ def find_examples(store: ResultStore, ckpt: int | None = None, chunk: int | None
     if chosen.height == 0:
         return []
     keys = chosen.select("chunk", "row").unique()
-    probes = store.probes().join(keys.lazy(), on=["chunk", "row"], how="semi").collect()
+    probes = landed.probes().join(keys.lazy(), on=["chunk", "row"], how="semi").collect()
     if probes.height < keys.height:
-        raise ValueError(f"{store.output}: {keys.height - probes.height} of the chosen rows have no landed probe set "
+        raise MemsweepError(f"{landed.path}: {keys.height - probes.height} of the chosen rows have no landed probe set "
                          "(an output written before probe sets were kept?)")
     tokens = {(c, r): t for c, r, t in probes.select("chunk", "row", "tokens").iter_rows()}
     kept = chosen["generated"].null_count() < chosen.height
-    width = (int(chosen["generated"].list.len().max() or 0) if kept else 0) or _continuation_len(store)
+    width = (int(chosen["generated"].list.len().max() or 0) if kept else 0) or landed.continuation_len
     examples = []
     for row in chosen.iter_rows(named=True):
         ids = tokens[(row["chunk"], row["row"])]
@@ -109,11 +104,6 @@ def find_examples(store: ResultStore, ckpt: int | None = None, chunk: int | None
             prompt=list(ids[:-width]), truth=list(ids[-width:]), generated=row["generated"],
             matches=row["matches"], prefix_match=row["prefix_match"], full_match=bool(row["full_match"])))
     return examples
-
-
-def _continuation_len(store: ResultStore) -> int:
-    identity = store.read_manifest()["identity"]
-    return int(identity.get("memorization.continuation_len") or 32)
 
 
 # ---- decoding ---------------------------------------------------------------------------------------------
@@ -127,21 +117,21 @@ class TokenDecoder:
         self.why_not = why_not
 
     @classmethod
-    def for_checkpoint(cls, store: ResultStore, ckpt: int) -> "TokenDecoder":
+    def for_checkpoint(cls, landed: LandedOutput, ckpt: int) -> "TokenDecoder":
         """The tokenizer of checkpoint `ckpt` as the output scored it: its model source and revision (from the
         manifest's spec), at the commit its cells were pinned to."""
         from transformers import AutoTokenizer
 
-        from sweep.sources import fetch_tokenizer
+        from actors.checkpoint_files import fetch_tokenizer
         from sweep.spec import SweepSpec
 
         try:
-            spec = SweepSpec.model_validate(store.read_manifest()["spec"])
-            pin = store.checkpoint_pin(ckpt) or {}
+            spec = SweepSpec.model_validate(landed.spec)
+            pin = landed.checkpoint_pin(ckpt) or {}
             folder = fetch_tokenizer(spec.model.source, spec.model.revision_for(ckpt), pin.get("model_commit"))
             return cls(AutoTokenizer.from_pretrained(str(folder)))
         except Exception as error:  # noqa: BLE001 - examples still show, as ids, with the reason
-            why = " ".join(str(error).split())[:300] or type(error).__name__
+            why = one_line(error)
             log.warning("no tokenizer for checkpoint %d (%s): showing token ids", ckpt, why)
             return cls(None, why)
 

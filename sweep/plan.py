@@ -27,6 +27,7 @@ class Plan:
     work: list[CheckpointWork] = field(default_factory=list)
     samples_per_chunk: int = 0
     tokens_per_sequence: int = 0
+    finished_checkpoints: list[int] = field(default_factory=list)  # every cell of them has landed
 
     @property
     def cells_to_do(self) -> int:
@@ -60,6 +61,7 @@ def make_plan(spec: SweepSpec, done: set[tuple[int, int]]) -> Plan:
             by_ckpt.setdefault(ckpt, []).append(chunk)
     work = [CheckpointWork(ckpt, tuple(chunks)) for ckpt, chunks in by_ckpt.items()]
     return Plan(
+        finished_checkpoints=[ckpt for ckpt in dict.fromkeys(c for c, _ in cells) if ckpt not in by_ckpt],
         total_cells=len(cells),
         done_cells=len(cells) - sum(len(w.chunks) for w in work),
         work=work,

@@ -1,19 +1,28 @@
-"""Checks and normalisations of a spec that need neither Ray nor torch: what `memsweep run` can refuse in a
-second, before a cluster is joined or started (a local Ray start costs 10-20 s)."""
+"""What `memsweep run` can refuse before Ray starts (a local Ray start costs 10-20 s): one pass, each check once.
+
+`resolved_spec` makes local sources, the output and the cache absolute (Ray workers run elsewhere);
+`check_before_ray` refuses, in one line naming the key or path, an output that cannot be written or holds another
+sweep's results, a cache that cannot be written, a local source that does not exist, and a CUDA request on a
+machine that has none when the actors would run on it. Needs neither Ray nor (unless CUDA is asked for) torch.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from pathlib import Path
 
-from sweep.sources import is_local
+from actors.checkpoint_files import is_local
+from sweep.errors import MemsweepError
+from sweep.ledger import OutputLayout
+from sweep.probes import ProbeCache
 from sweep.spec import SweepSpec
-from sweep.store import DamagedOutputError, ResultStore
+from sweep.store import ResultStore
 
 DEFAULT_PROBE_CACHE = Path("~/.cache/memsweep/probes")
-log = logging.getLogger("memsweep")
+
+
+class RefusedError(MemsweepError):
+    """A spec that cannot run here, found before Ray starts; the message names the key or path."""
 
 
 def resolved_spec(spec: SweepSpec) -> SweepSpec:
@@ -29,43 +38,20 @@ def resolved_spec(spec: SweepSpec) -> SweepSpec:
     return spec.model_copy(update={"model": model, "data": data, "output": output})
 
 
-def check_before_ray(spec: SweepSpec) -> None:
-    """What can be known wrong before Ray starts: the output path, the cache, a CUDA request on a machine that
-    will run the actors itself. Raises ValueError with one line naming the key."""
-    output = Path(spec.output).expanduser()
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"output {output} is a file, not a directory")
-    parent = next((p for p in [output, *output.parents] if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"output {output}: cannot be created, {parent} is a file")
-    if parent is not None and not os.access(parent, os.W_OK):
-        raise ValueError(f"output {output}: {parent} is not writable")
-    from sweep.probes import ProbeCache
+def check_before_ray(spec: SweepSpec, actors_run_here: bool) -> None:
+    """Everything that can be known wrong about a resolved spec before Ray starts; raises a one-line MemsweepError.
 
-    ProbeCache(spec.data.cache_dir or DEFAULT_PROBE_CACHE).check_writable()
+    `actors_run_here`: no cluster address was given, so a local Ray will run the actors on this machine.
+    """
+    OutputLayout(Path(spec.output)).check_writable()
+    ProbeCache(spec.data.cache_dir).check_writable()
     resources = spec.resources
     if resources.device == "cuda" and resources.gpus_per_actor == 0:
-        raise ValueError("resources.device: cuda needs GPUs, but resources.gpus_per_actor is 0")
+        raise RefusedError("resources.device: cuda needs GPUs, but resources.gpus_per_actor is 0")
+    if resources.device == "cuda" and actors_run_here:
+        import torch
 
-
-def check_local_cuda(spec: SweepSpec) -> None:
-    """`resources.device: cuda` on a machine without CUDA, when this machine is the cluster (no Ray address)."""
-    if spec.resources.device != "cuda":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ValueError("resources.device: cuda, but this machine has no CUDA device (and no Ray cluster address "
-                         "was given: the actors would run here)")
-
-
-def refuse_damaged_output(store: ResultStore, deep: bool = True) -> None:
-    """`run` skips landed cells, so it first checks that what it relies on is intact (sha256 of every file)."""
-    began = time.perf_counter()
-    problems = store.check_landed(deep=deep)
-    log.info("verified %d landed files in %.1f s", len(store.landed_files()), time.perf_counter() - began)
-    if problems:
-        named = "; ".join(f"{record.path}: {problem}" for record, problem in problems[:3])
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise DamagedOutputError(f"{store.output}: {len(problems)} landed files are damaged: {named}{more}; run "
-                                 f"`memsweep verify {store.output} --repair` to remove them and recompute their cells")
+        if not torch.cuda.is_available():
+            raise RefusedError("resources.device: cuda, but this machine has no CUDA device (and no Ray cluster "
+                               "address was given: the actors would run here)")
+    ResultStore(Path(spec.output)).check_identity(spec.identity())

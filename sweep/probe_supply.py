@@ -11,29 +11,30 @@ For every chunk the plan needs, in the order the plan needs them, the first of t
    index and the probe set and lands it in the output.
 
 A chunk that cannot be described, fetched or parsed is `failed` with a one-line reason; the scheduler fails
-its cells and goes on. Cost at full scale: 360 builds of ~20.8 GB streams each (network-bound), 12 MB read
-back per chunk, ~1 GB of line indexes and ~50 MB of probe sets cached on the driver.
+its cells and goes on. What the supply did (built, reused, warnings) is in `stats`, for the sweep's summary.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from actors.protocol import ProbeBatch
+from actors.protocol import ProbeBatch, one_line
 from sweep.plan import Plan
-from sweep.preflight import DEFAULT_PROBE_CACHE
-from sweep.probes import ProbeBuild, ProbeCache, ProbeSetError, build_probe_set_from, check_vocab, tokens_array
-from sweep.sources import ChunkSource, IdentityMemo, describe_chunks
+from sweep.probes import ProbeBuild, ProbeCache, ProbeSetError, build_probe_set_from, check_vocab
+from sweep.schema import tokens_array
+from sweep.sources import ChunkFile, IdentityMemo, describe_chunks
 from sweep.spec import SweepSpec
-from sweep.store import ResultStore
+from sweep.store import PinMismatchError, ResultStore
 
+log = logging.getLogger("memsweep")
 
 
 @dataclass(frozen=True)
@@ -45,28 +46,42 @@ class ReadyProbeSet:
 
 
 @ray.remote(num_cpus=0)  # network/disk-bound; concurrency is capped by data.concurrent_builds, not by CPUs
-def _build_probe_set_task(source: ChunkSource, chunk: int, n: int, seed: int, k: int, l: int,
+def _build_probe_set_task(chunk_file: ChunkFile, chunk: int, n: int, seed: int, k: int, l: int,
                           vocab_size: int | None, line_lengths: np.ndarray | None) -> ProbeBuild:
-    return build_probe_set_from(source, chunk, n, seed, k, l, vocab_size, line_lengths)
+    return build_probe_set_from(chunk_file, chunk, n, seed, k, l, vocab_size, line_lengths)
 
 
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:500] or type(error).__name__
+@dataclass
+class SupplyStats:
+    """What the supply did, for the sweep's summary."""
+
+    built: int = 0
+    reused: int = 0  # from the output or the cache
+    last_ready_at: float | None = None  # seconds after the sweep started that the last one was ready or failed
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            log.warning("%s", message)
 
 
 class ProbeSupply:
-    def __init__(self, spec: SweepSpec, store: ResultStore, plan: Plan, summary, started: float,
+    """`spec.data.cache_dir` must be resolved (sweep/preflight.py resolved_spec)."""
+
+    def __init__(self, spec: SweepSpec, store: ResultStore, plan: Plan, started: float,
                  environment: dict[str, str]):
-        self.spec, self.store, self.summary, self.started = spec, store, summary, started
+        self.spec, self.store, self.started = spec, store, started
+        self.stats = SupplyStats()
         self.width = spec.memorization.prompt_len + spec.memorization.continuation_len
-        self.cache = ProbeCache(spec.data.cache_dir or DEFAULT_PROBE_CACHE)
+        self.cache = ProbeCache(spec.data.cache_dir)
         self.memo = IdentityMemo(self.cache.root)
         self.task = _build_probe_set_task.options(runtime_env={"env_vars": environment}) if environment \
             else _build_probe_set_task
         self.ready: dict[int, ReadyProbeSet] = {}
         self.failed: dict[int, str] = {}
-        self.waiting: deque[tuple[int, ChunkSource, np.ndarray | None]] = deque()
-        self.in_flight: dict[ray.ObjectRef, tuple[int, ChunkSource]] = {}
+        self.waiting: deque[tuple[int, ChunkFile, np.ndarray | None]] = deque()
+        self.in_flight: dict[ray.ObjectRef, tuple[int, ChunkFile]] = {}
         order = list(dict.fromkeys(chunk for work in plan.work for chunk in work.chunks))
         self.total = len(order)
         files = {chunk: spec.data.file_for(chunk) for chunk in order}
@@ -80,17 +95,11 @@ class ProbeSupply:
 
     # ---- state the scheduler reads ------------------------------------------------------------
 
-    def is_settled(self, chunk: int) -> bool:
-        return chunk in self.ready or chunk in self.failed
-
     def refs(self) -> list[ray.ObjectRef]:
         return list(self.in_flight)
 
     def owns(self, ref: ray.ObjectRef) -> bool:
         return ref in self.in_flight
-
-    def pending(self) -> int:
-        return len(self.waiting) + len(self.in_flight)
 
     # ---- work ---------------------------------------------------------------------------------
 
@@ -98,22 +107,22 @@ class ProbeSupply:
         """Start builds while fewer than data.concurrent_builds run."""
         data, memorization = self.spec.data, self.spec.memorization
         while self.waiting and len(self.in_flight) < data.concurrent_builds:
-            chunk, source, lengths = self.waiting.popleft()
-            ref = self.task.remote(source, chunk, data.samples_per_chunk, data.seed, memorization.prompt_len,
+            chunk, chunk_file, lengths = self.waiting.popleft()
+            ref = self.task.remote(chunk_file, chunk, data.samples_per_chunk, data.seed, memorization.prompt_len,
                                    memorization.continuation_len, data.vocab_size, lengths)
-            self.in_flight[ref] = (chunk, source)
+            self.in_flight[ref] = (chunk, chunk_file)
 
     def collect(self, ref: ray.ObjectRef) -> None:
-        chunk, source = self.in_flight.pop(ref)
+        chunk, chunk_file = self.in_flight.pop(ref)
         try:
             build: ProbeBuild = ray.get(ref)
         except RayTaskError as error:
             self._fail(chunk, one_line(error.cause) if error.cause is not None else one_line(error))
             return
         except RayError as error:
-            self._fail(chunk, f"{source.label}: probe-set task lost ({one_line(error)})")
+            self._fail(chunk, f"{chunk_file.label}: probe-set task lost ({one_line(error)})")
             return
-        built = build.source
+        built = build.chunk_file
         if build.line_lengths is not None:
             self.cache.put_line_lengths(built.sha256, build.line_lengths)
         self.memo.remember(built)
@@ -121,66 +130,67 @@ class ProbeSupply:
         self.cache.put_probe_set(built.sha256, data.seed, data.samples_per_chunk, memorization.prompt_len,
                                  memorization.continuation_len, build.frame)
         self._land(chunk, build.frame, built)
-        self.summary.probe_sets_built += 1
+        self.stats.built += 1
 
     # ---- internals ----------------------------------------------------------------------------
 
-    def _start(self, chunk: int, source: ChunkSource | Exception) -> None:
-        entry = self.store.probe_entries().get(chunk)
-        pinned = ChunkSource(**entry["source"]) if entry else None
+    def _start(self, chunk: int, described: ChunkFile | Exception) -> None:
+        entry = self.store.ledgers.probes.get(chunk)
+        pinned = ChunkFile(**entry["source"]) if entry else None
         if entry and entry.get("file"):  # landed: the output needs nothing from the file any more
-            if isinstance(source, Exception):
-                self.summary.warn(f"chunk {chunk}: {one_line(source)}; this output keeps the rows it sampled before")
-            elif not source.stat_matches(pinned) and (source.kind == "local" or source.sha256):
-                self.summary.warn(f"chunk {chunk}: {source.label} changed since this output sampled it "
-                                  f"({_describe_change(pinned, source)}); the output keeps the rows it sampled "
-                                  "then; sweep into a new output to sample the new file")
+            if isinstance(described, Exception):
+                self.stats.warn(f"chunk {chunk}: {one_line(described)}; this output keeps the rows it sampled before")
+            elif not described.stat_matches(pinned) and (described.kind == "local" or described.sha256):
+                self.stats.warn(f"chunk {chunk}: {described.label} changed since this output sampled it "
+                                f"({_describe_change(pinned, described)}); the output keeps the rows it sampled "
+                                "then; sweep into a new output to sample the new file")
             self._ready(chunk, self.store.read_probe_set(chunk), pinned)
-            self.summary.probe_sets_reused += 1
+            self.stats.reused += 1
             return
-        if isinstance(source, Exception):
-            self._fail(chunk, one_line(source))
+        if isinstance(described, Exception):
+            self._fail(chunk, one_line(described))
             return
-        sha256 = self.memo.lookup(source)
+        chunk_file = described
+        sha256 = self.memo.lookup(chunk_file)
         if sha256:
-            source = source.with_sha256(sha256)
+            chunk_file = chunk_file.with_sha256(sha256)
         if pinned and pinned.sha256 and sha256 and sha256 != pinned.sha256:
-            self._fail(chunk, f"{source.label}: sha256 {sha256} differs from the {pinned.sha256} this output pinned "
-                              f"for chunk {chunk}; sweep into a new output")
+            self._fail(chunk, f"{chunk_file.label}: sha256 {sha256} differs from the {pinned.sha256} this output "
+                              f"pinned for chunk {chunk}; sweep into a new output")
             return
         data, memorization = self.spec.data, self.spec.memorization
         cached = self.cache.probe_set(sha256, data.seed, data.samples_per_chunk, memorization.prompt_len,
                                       memorization.continuation_len)
         if cached is not None:
             try:
-                check_vocab(cached, data.vocab_size, source.label)
+                check_vocab(cached, data.vocab_size, chunk_file.label)
             except ProbeSetError as error:
                 self._fail(chunk, one_line(error))
                 return
-            self._land(chunk, cached, source)
-            self.summary.probe_sets_reused += 1
+            self._land(chunk, cached, chunk_file)
+            self.stats.reused += 1
             return
-        self.waiting.append((chunk, source, self.cache.line_lengths(sha256)))
+        self.waiting.append((chunk, chunk_file, self.cache.line_lengths(sha256)))
 
-    def _land(self, chunk: int, frame: pl.DataFrame, source: ChunkSource) -> None:
+    def _land(self, chunk: int, frame: pl.DataFrame, chunk_file: ChunkFile) -> None:
         try:
-            self.store.write_probe_set(chunk, frame, source.to_dict())
-        except ValueError as error:  # PinMismatchError: the file changed since this output pinned it
+            self.store.write_probe_set(chunk, frame, chunk_file.to_dict())
+        except PinMismatchError as error:  # the file changed since this output pinned it
             self._fail(chunk, one_line(error))
             return
-        self._ready(chunk, frame, source)
+        self._ready(chunk, frame, chunk_file)
 
-    def _ready(self, chunk: int, frame: pl.DataFrame, source: ChunkSource) -> None:
+    def _ready(self, chunk: int, frame: pl.DataFrame, chunk_file: ChunkFile) -> None:
         batch = ProbeBatch(chunk=chunk, rows=frame["row"].to_numpy(), tokens=tokens_array(frame, self.width))
-        self.ready[chunk] = ReadyProbeSet(frame.drop("tokens"), ray.put(batch), source.file, source.sha256)
-        self.summary.last_probe_set_at = time.perf_counter() - self.started
+        self.ready[chunk] = ReadyProbeSet(frame.drop("tokens"), ray.put(batch), chunk_file.file, chunk_file.sha256)
+        self.stats.last_ready_at = time.perf_counter() - self.started
 
     def _fail(self, chunk: int, reason: str) -> None:
         self.failed[chunk] = reason
-        self.summary.last_probe_set_at = time.perf_counter() - self.started
+        self.stats.last_ready_at = time.perf_counter() - self.started
 
 
-def _describe_change(pinned: ChunkSource, now: ChunkSource) -> str:
+def _describe_change(pinned: ChunkFile, now: ChunkFile) -> str:
     if now.kind == "local":
         return f"size {pinned.size} -> {now.size} bytes, mtime changed" if pinned.size != now.size else "mtime changed"
     return f"sha256 {(pinned.sha256 or '?')[:12]}.. -> {(now.sha256 or '?')[:12]}.."

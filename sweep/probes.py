@@ -33,7 +33,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +42,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sweep.sources import ChunkSource
+from sweep.atomic_write import write_atomic
+from sweep.errors import MemsweepError
+from sweep.schema import probe_frame
+from sweep.sources import ChunkFile
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ _INT32_MAX = 2**31 - 1
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class ProbeSetError(ValueError):
+class ProbeSetError(MemsweepError):
     """A chunk file that cannot give a probe set. The message is one line: ``file:line: why``."""
 
 
@@ -155,14 +157,6 @@ def _file_blocks(path: Path) -> Iterator[bytes]:
             yield block
 
 
-def index_lines(path: str | os.PathLike) -> LineIndex:
-    """Scan a local file once and return its line index (see scan_lines)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ProbeSetError(f"{path}: chunk file not found")
-    return scan_lines(_file_blocks(path), str(path)).index
-
-
 # ---- reading chunk files: local or Hub ---------------------------------------------------------------
 
 
@@ -188,14 +182,15 @@ class LocalChunkReader:
 class HubChunkReader:
     """A chunk file in a Hub dataset repository at a pinned commit: streamed once, then read by ranges."""
 
-    def __init__(self, source: ChunkSource):
-        self.source = source
-        self.label = f"{source.repo}@{(source.commit or '')[:12]}:{source.file}"
+    def __init__(self, chunk_file: ChunkFile):
+        self.chunk_file = chunk_file
+        self.label = chunk_file.label
 
     def blocks(self) -> Iterator[bytes]:
         from huggingface_hub import HfFileSystem
 
-        path = f"datasets/{self.source.repo}@{self.source.commit}/{self.source.file}"
+        hub = self.chunk_file
+        path = f"datasets/{hub.repo}@{hub.commit}/{hub.file}"
         with HfFileSystem().open(path, "rb", block_size=0) as stream:  # block_size=0: a plain stream, no cache
             while True:
                 block = stream.read(SCAN_BLOCK_BYTES)
@@ -208,7 +203,8 @@ class HubChunkReader:
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers, http_backoff
 
-        url = hf_hub_url(self.source.repo, self.source.file, repo_type="dataset", revision=self.source.commit)
+        hub = self.chunk_file
+        url = hf_hub_url(hub.repo, hub.file, repo_type="dataset", revision=hub.commit)
         order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
         spans: list[tuple[int, int, list[int]]] = []  # (start, end, members)
         for i in order:
@@ -241,11 +237,11 @@ class HubChunkReader:
         return out
 
 
-def open_chunk(source: ChunkSource):
-    """A reader for `source` (LocalChunkReader or HubChunkReader)."""
-    if source.kind == "local":
-        return LocalChunkReader(Path(source.path))
-    return HubChunkReader(source)
+def open_chunk(chunk_file: ChunkFile):
+    """A reader for `chunk_file` (LocalChunkReader or HubChunkReader)."""
+    if chunk_file.kind == "local":
+        return LocalChunkReader(Path(chunk_file.path))
+    return HubChunkReader(chunk_file)
 
 
 # ---- parsing the chosen rows ----------------------------------------------------------------------------
@@ -325,32 +321,19 @@ def sample_rows(n_rows: int, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n_rows)[:n].astype(np.int64)
 
 
-def probe_frame(chunk: int, rows: np.ndarray, sources: list[str], tokens: np.ndarray) -> pl.DataFrame:
-    """The probe-set DataFrame (module docstring) from row numbers, sources and int[n, k+l] tokens."""
-    width = tokens.shape[1] if tokens.ndim == 2 else 0
-    token_series = (pl.Series("tokens", tokens.astype(np.uint32).reshape(-1))
-                    .reshape((len(rows), width)).cast(pl.List(pl.UInt32)))
-    return pl.DataFrame({
-        "chunk": pl.Series("chunk", [chunk] * len(rows), dtype=pl.Int32),
-        "row": pl.Series("row", rows, dtype=pl.Int64),
-        "source": pl.Series("source", sources, dtype=pl.String),
-        "tokens": token_series,
-    })
-
-
 @dataclass(frozen=True)
 class ProbeBuild:
-    """What building one probe set gives: the frame, the source with its sha256, and the line index
+    """What building one probe set gives: the frame, the chunk file with its sha256, and the line index
     (as lengths) when this build computed it (None when it was handed one)."""
 
     frame: pl.DataFrame
-    source: ChunkSource
+    chunk_file: ChunkFile
     line_lengths: np.ndarray | None
     scan_seconds: float
     read_seconds: float
 
 
-def build_probe_set_from(source: ChunkSource, chunk: int, n: int, seed: int, prompt_len: int,
+def build_probe_set_from(chunk_file: ChunkFile, chunk: int, n: int, seed: int, prompt_len: int,
                          continuation_len: int, vocab_size: int | None = None,
                          line_lengths: np.ndarray | None = None) -> ProbeBuild:
     """Sample ``n`` rows of one chunk file (local or Hub) as the reference tool does; see the module doc.
@@ -361,18 +344,18 @@ def build_probe_set_from(source: ChunkSource, chunk: int, n: int, seed: int, pro
     """
     if n < 1 or prompt_len < 1 or continuation_len < 1:
         raise ValueError(f"n, prompt_len and continuation_len must be >= 1, got {n}, {prompt_len}, {continuation_len}")
-    reader = open_chunk(source)
+    reader = open_chunk(chunk_file)
     label = reader.label
     began = time.perf_counter()
     if line_lengths is None:
         scanned = scan_lines(reader.blocks(), label)
-        if source.sha256 and scanned.sha256 != source.sha256:
+        if chunk_file.sha256 and scanned.sha256 != chunk_file.sha256:
             raise ProbeSetError(f"{label}: content sha256 {scanned.sha256} does not match the expected "
-                                f"{source.sha256} (corrupted transfer, or the file changed while it was read)")
-        if source.size is not None and scanned.size != source.size:
-            raise ProbeSetError(f"{label}: read {scanned.size} bytes, expected {source.size} (the file changed "
+                                f"{chunk_file.sha256} (corrupted transfer, or the file changed while it was read)")
+        if chunk_file.size is not None and scanned.size != chunk_file.size:
+            raise ProbeSetError(f"{label}: read {scanned.size} bytes, expected {chunk_file.size} (the file changed "
                                 "while it was read?)")
-        index, source = scanned.index, source.with_sha256(scanned.sha256)
+        index, chunk_file = scanned.index, chunk_file.with_sha256(scanned.sha256)
     else:
         index = LineIndex.from_lengths(line_lengths)
     scan_seconds = time.perf_counter() - began
@@ -394,7 +377,7 @@ def build_probe_set_from(source: ChunkSource, chunk: int, n: int, seed: int, pro
     read_seconds = time.perf_counter() - began
     logger.info("%s: %d rows, %.1f MB scanned in %.2f s; %d chosen %s rows read in %.2f s", label, index.n_rows,
                 index.starts[-1] / 1e6, scan_seconds, len(chosen), row_format, read_seconds)
-    return ProbeBuild(probe_frame(chunk, chosen, sources, tokens), source,
+    return ProbeBuild(probe_frame(chunk, chosen, sources, tokens), chunk_file,
                       index.lengths() if line_lengths is None else None, scan_seconds, read_seconds)
 
 
@@ -405,9 +388,9 @@ def build_probe_set(path: str | os.PathLike, chunk: int, n: int, seed: int, prom
     if not path.is_file():
         raise ProbeSetError(f"{path}: chunk file not found")
     stat = path.stat()
-    source = ChunkSource("local", str(path.parent), path.name, size=stat.st_size, path=str(path),
-                         mtime_ns=stat.st_mtime_ns)
-    return build_probe_set_from(source, chunk, n, seed, prompt_len, continuation_len, vocab_size).frame
+    chunk_file = ChunkFile("local", str(path.parent), path.name, size=stat.st_size, path=str(path),
+                           mtime_ns=stat.st_mtime_ns)
+    return build_probe_set_from(chunk_file, chunk, n, seed, prompt_len, continuation_len, vocab_size).frame
 
 
 def check_vocab(frame: pl.DataFrame, vocab_size: int | None, label: str) -> None:
@@ -422,21 +405,6 @@ def check_vocab(frame: pl.DataFrame, vocab_size: int | None, label: str) -> None
 
 
 # ---- the cache --------------------------------------------------------------------------------------------
-
-
-def write_atomic(payload: bytes, path: Path) -> None:
-    """Write `payload` to `path` atomically: a temp file in the same folder, fsync, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 class ProbeCache:
@@ -457,7 +425,7 @@ class ProbeCache:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as error:
-            raise ValueError(f"data.cache_dir {self.root}: not writable ({error.strerror})") from None
+            raise MemsweepError(f"data.cache_dir {self.root}: not writable ({error.strerror})") from None
 
     def _lines_path(self, sha256: str) -> Path:
         return self.root / "lines" / f"{sha256}.npz"
@@ -499,17 +467,8 @@ class ProbeCache:
 
 
 def write_raw_chunk(path: str | os.PathLike, rows: Iterable[tuple[list[int], str]]) -> None:
-    """Write ``rows`` of ``(token_ids, source)`` as a raw AmberDatasets chunk (JSON lines)."""
+    """Write ``rows`` of ``(token_ids, source)`` as a raw AmberDatasets chunk: one compact JSON object a line."""
     with open(path, "w", encoding="utf-8") as handle:
         for token_ids, source in rows:
-            handle.write(json.dumps({"token_ids": list(token_ids), "source": source}))
+            handle.write(json.dumps({"token_ids": list(token_ids), "source": source}, separators=(",", ":")))
             handle.write("\n")
-
-
-def tokens_array(frame: pl.DataFrame, width: int) -> np.ndarray:
-    """A probe set's tokens as a contiguous int[n, width] numpy array (what the actors score)."""
-    if frame.height == 0:
-        return np.zeros((0, width), dtype=np.int64)
-    array = frame["tokens"].list.to_array(width).to_numpy()
-    return np.ascontiguousarray(array)
-

@@ -1,7 +1,6 @@
 """Polars SQL over a landed dataset: tables `sequences`, `cells`, `probes` and (when any) `failures`.
 
-Read-only: it never calls `recover()`, so it is safe to run while a sweep is writing. A
-checkpoint whose compaction is mid-swap at that moment reads as absent for that instant.
+Read-only, through the one reader (sweep/output.py), so it is safe to run while a sweep is writing.
 """
 
 from __future__ import annotations
@@ -11,36 +10,27 @@ from typing import Literal
 
 import polars as pl
 
-from sweep.store import ResultStore
+from actors.protocol import one_line
+from sweep.errors import MemsweepError
+from sweep.output import OutputNotFoundError, open_output
 
 OutputFormat = Literal["csv", "json", "parquet"]
 OUTPUT_FORMATS: tuple[str, ...] = ("csv", "json", "parquet")
 
 
-class QueryError(ValueError):
+class QueryError(MemsweepError):
     """A query could not run: missing/empty output directory, or an SQL error (one line)."""
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def open_tables(output: Path) -> dict[str, pl.LazyFrame]:
     """The landed tables of `output` by SQL name; raises QueryError if there is nothing to query."""
-    output = Path(output)
-    if not output.is_dir():
-        raise QueryError(f"output directory {output} does not exist")
-    store = ResultStore(output)
-    if not store.manifest_path.exists():
-        raise QueryError(f"output directory {output} has no manifest.json (not a memsweep output)")
-    store.read_manifest()
-    tables = {"sequences": store.sequences(), "cells": store.cells(), "probes": store.probes()}
-    failures = store.failures()
-    if failures:
-        tables["failures"] = pl.LazyFrame(failures)
+    try:
+        landed = open_output(output)
+    except OutputNotFoundError as error:
+        raise QueryError(str(error)) from None
+    tables = landed.tables()
     has_cells = tables["cells"].select(pl.len()).collect().item() > 0
-    if not has_cells and not failures:
+    if not has_cells and "failures" not in tables:
         raise QueryError(f"output directory {output} holds no landed results "
                          f"(no cells/ files: is it a memsweep output, and has a run finished a cell?)")
     return tables
@@ -53,15 +43,15 @@ def run_query(output: Path, sql: str) -> pl.DataFrame:
     try:
         return context.execute(sql, eager=True)
     except FileNotFoundError as error:  # a listed file deleted under us: name it
-        raise QueryError(f"a landed file is missing ({_first_line(error)}); run `memsweep verify {output}`") from None
+        raise QueryError(f"a landed file is missing ({one_line(error, 'first')}); run `memsweep verify {output}`") from None
     except pl.exceptions.ComputeError as error:
-        text = _first_line(error)
+        text = one_line(error, 'first')
         if "parquet" in text.lower() or "file" in text.lower():
             raise QueryError(f"a landed file is unreadable ({text}); run `memsweep verify {output} --repair`") from None
         raise QueryError(f"SQL error: {text} (tables: {', '.join(sorted(tables))})") from None
     except (pl.exceptions.PolarsError, ValueError, TypeError) as error:
         # Polars reports unknown tables, columns and syntax errors as several error types.
-        raise QueryError(f"SQL error: {_first_line(error)} (tables: {', '.join(sorted(tables))})") from None
+        raise QueryError(f"SQL error: {one_line(error, 'first')} (tables: {', '.join(sorted(tables))})") from None
 
 
 def _text_safe(frame: pl.DataFrame) -> pl.DataFrame:
@@ -77,7 +67,7 @@ def write_frame(frame: pl.DataFrame, path: Path, fmt: OutputFormat) -> None:
     """
     path = Path(path)
     if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"unknown output format {fmt!r}; expected one of {', '.join(OUTPUT_FORMATS)}")
+        raise QueryError(f"unknown output format {fmt!r}; expected one of {', '.join(OUTPUT_FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
         frame.write_parquet(path)
@@ -85,7 +75,7 @@ def write_frame(frame: pl.DataFrame, path: Path, fmt: OutputFormat) -> None:
         frame = _text_safe(frame)
         nested = [name for name, dtype in frame.schema.items() if dtype.is_nested()]
         if nested:
-            raise ValueError(f"columns {nested} are nested and cannot be written to csv; use json or parquet")
+            raise QueryError(f"columns {nested} are nested and cannot be written to csv; use json or parquet")
         frame.write_csv(path)
     else:
         _text_safe(frame).write_json(path)

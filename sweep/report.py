@@ -11,11 +11,9 @@ consecutive checkpoints after the first full match). Numbers come from sweep/ana
 
 Figures are drawn on matplotlib `Figure` objects (Agg, no pyplot), so making a report neither
 needs a display nor touches global plotting state. Heatmaps give every cell whole pixels (3 x 3
-at 360 x 360, a 1310 x 1215 px PNG; the page scales it, the image links to itself).
-
-Cost at full Amber scale (360 x 360 x 1000 = 129.6M sequence rows): about 10 s and 0.46 GB of RSS on
-a quiet two-core machine, most of it the examples, first_memorized and predictability (BENCHMARKS.md,
-"Report and queries at full size"); the cells table (129.6k rows) is the only table held whole.
+at 360 x 360, a 1310 x 1215 px PNG; the page scales it, the image links to itself). The cells table
+(129.6k rows at full size) is the only table held whole; what a report costs at full size is in
+BENCHMARKS.md, "Report and queries at full size".
 """
 
 from __future__ import annotations
@@ -34,6 +32,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from sweep import analyses
+from sweep.errors import MemsweepError
+from sweep.output import LandedOutput, open_output
 
 # Every file name this module may write, so a rewrite removes figures that no longer apply.
 FIGURE_NAMES = (
@@ -91,11 +91,11 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
     """
     output = Path(output)
     out_dir = Path(out_dir) if out_dir is not None else output / "report"
-    manifest = _read_manifest(output / "manifest.json")
-    sequences, cells_lazy = analyses.load_tables(output)
-    cells = cells_lazy.collect()
+    landed = open_output(output)
+    sequences = landed.sequences()
+    cells = landed.cells().collect()
     if cells.height == 0:
-        raise ValueError(f"{output / 'cells'}: the cells table is empty")
+        raise MemsweepError(f"{output / 'cells'}: the cells table is empty")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in FIGURE_NAMES:
         (out_dir / name).unlink(missing_ok=True)
@@ -110,7 +110,7 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
         chunks = _spread(all_chunks, DEFAULT_TRAJECTORY_CHUNKS)
     trajectories = analyses.chunk_trajectories(cells, chunks, metric=main_metric)
 
-    sections = [_overview_section(output, manifest, cells, sequences, extractable)]
+    sections = [_overview_section(landed, cells, extractable)]
     sections.append(_heatmap_section(cells, main_metric, out_dir))
     sections.append(_heatmap_section(cells, "full_match_rate", out_dir))
     if cells["nll"].is_not_null().any():
@@ -123,25 +123,22 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
     sections.append(_first_memorized_section(first_memorized, out_dir))
     if example_cells is None:
         example_cells = sorted({(last_ckpt, all_chunks[0]), (last_ckpt, all_chunks[-1])})
-    sections.extend(_example_sections(output, last_ckpt, first_memorized, example_cells))
+    sections.extend(_example_sections(landed, last_ckpt, first_memorized, example_cells))
 
     index = out_dir / "index.html"
-    index.write_text(_render_page(_run_name(manifest, output), sections))
+    index.write_text(_render_page(landed.name, sections))
     return index
 
 
 # ---------------------------------------------------------------- sections
 
 
-def _overview_section(
-    output: Path, manifest: dict | None, cells: pl.DataFrame, sequences: pl.LazyFrame, extractable: bool
-) -> Section:
+def _overview_section(landed: LandedOutput, cells: pl.DataFrame, extractable: bool) -> Section:
     ckpts = cells["ckpt"].unique().sort()
     chunk_ids = cells["chunk"].unique().sort()
-    failures = output / "failures"
     facts = [
-        ("run", _run_name(manifest, output)),
-        ("identity hash", (manifest or {}).get("identity_hash", "(no manifest)")),
+        ("run", landed.name),
+        ("identity hash", landed.identity_hash),
         ("checkpoints", f"{len(ckpts)} ({ckpts.min()} .. {ckpts.max()})"),
         ("chunks", f"{len(chunk_ids)} ({chunk_ids.min()} .. {chunk_ids.max()})"),
         ("cells", f"{cells.height}"),
@@ -151,14 +148,11 @@ def _overview_section(
         ("mean sequences/s per cell", _format(cells["sequences_per_s"].mean())),
         ("devices", ", ".join(str(d) for d in cells["device"].unique().sort().to_list())),
         ("dtypes", ", ".join(str(d) for d in cells["dtype"].unique().sort().to_list())),
-        ("failed cells", str(sum(1 for _ in failures.rglob("*") if _.is_file())) if failures.is_dir() else "0"),
+        ("failed cells", str(len(landed.failures()))),
     ]
     section = Section("Run", tables=[_html_table(pl.DataFrame(facts, schema=["fact", "value"], orient="row"))])
-    if manifest is None:
-        section.notes.append(f"{output / 'manifest.json'} is missing: spec and identity unknown.")
-    else:
-        spec = json.dumps(manifest.get("spec", {}), indent=2, sort_keys=True, default=str)
-        section.tables.append(f"<details><summary>spec</summary><pre>{html.escape(spec)}</pre></details>")
+    spec = json.dumps(landed.spec, indent=2, sort_keys=True, default=str)
+    section.tables.append(f"<details><summary>spec</summary><pre>{html.escape(spec)}</pre></details>")
     if extractable:
         section.notes.append(
             "This sweep ran in extractable mode: the memorization score is null, so the figures use "
@@ -460,17 +454,15 @@ EXAMPLES_PER_CELL = 3
 EXAMPLES_OVER_TIME = 5
 
 
-def _example_sections(output: Path, last_ckpt: int, first_memorized: pl.DataFrame,
+def _example_sections(landed: LandedOutput, last_ckpt: int, first_memorized: pl.DataFrame,
                       example_cells: list[tuple[int, int]]) -> list[Section]:
     """What was memorized, as text (sweep/examples.py): the most memorized sequences per source at the last
     checkpoint and in the chosen cells, the sequences memorized earliest that are still memorized at the end, and
     the earliest memorized ones that were forgotten (what the model says now). Every text is HTML-escaped."""
     from sweep.examples import TokenDecoder, find_examples, render_html
-    from sweep.store import ResultStore
 
-    store = ResultStore(output)
     title = "What was memorized, in words"
-    if not store.probe_entries():
+    if not landed.ledgers.probe_files():
         return [Section(title, notes=["This output holds no probe sets (prompts and true continuations), so no "
                                       "example can be shown."])]
     decoders: dict[int, TokenDecoder] = {}
@@ -480,7 +472,7 @@ def _example_sections(output: Path, last_ckpt: int, first_memorized: pl.DataFram
             return "<p><em>none</em></p>"
         rendered = []
         for example in examples:
-            decoder = decoders.setdefault(example.ckpt, TokenDecoder.for_checkpoint(store, example.ckpt))
+            decoder = decoders.setdefault(example.ckpt, TokenDecoder.for_checkpoint(landed, example.ckpt))
             rendered.append(render_html(example, decoder))
         return "".join(rendered)
 
@@ -493,18 +485,18 @@ def _example_sections(output: Path, last_ckpt: int, first_memorized: pl.DataFram
     lost = earliest(memorized.filter(pl.col("forgotten")))
     sections = [Section(f"Examples: most memorized per source, checkpoint {last_ckpt}",
                         notes=[_EXAMPLE_LEGEND],
-                        tables=[block(find_examples(store, last_ckpt, per_source=EXAMPLES_PER_SOURCE))])]
+                        tables=[block(find_examples(landed, last_ckpt, per_source=EXAMPLES_PER_SOURCE))])]
     for ckpt, chunk in example_cells:
         sections.append(Section(f"Examples: checkpoint {ckpt} x chunk {chunk}",
-                                tables=[block(find_examples(store, ckpt, chunk=chunk, top=EXAMPLES_PER_CELL))]))
+                                tables=[block(find_examples(landed, ckpt, chunk=chunk, top=EXAMPLES_PER_CELL))]))
     sections.append(Section("Examples: memorized earliest, still memorized at the end",
                             notes=[f"As checkpoint {last_ckpt} reproduces them; ordered by the checkpoint of their "
                                    "first full match."],
-                            tables=[block(find_examples(store, last_ckpt, rows=kept, top=len(kept)) if kept else [])]))
+                            tables=[block(find_examples(landed, last_ckpt, rows=kept, top=len(kept)) if kept else [])]))
     sections.append(Section("Examples: memorized, then forgotten",
                             notes=[f"Memorized early, then missed at >= {analyses.FORGET_MIN_MISSES} checkpoints in a "
                                    f"row; shown as checkpoint {last_ckpt} continues them now."],
-                            tables=[block(find_examples(store, last_ckpt, rows=lost, top=len(lost)) if lost else [])]))
+                            tables=[block(find_examples(landed, last_ckpt, rows=lost, top=len(lost)) if lost else [])]))
     missing = {ckpt: d.why_not for ckpt, d in decoders.items() if d.tokenizer is None}
     if missing:
         sections[0].notes.append("No tokenizer could be loaded for checkpoints "
@@ -624,21 +616,3 @@ def _generated_length(sequences: pl.LazyFrame) -> int | None:
         .collect()
     )
     return int(row.item()) if row.height else None
-
-
-def _read_manifest(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{path}: expected a JSON object at the top level")
-    return manifest
-
-
-def _run_name(manifest: dict | None, output: Path) -> str:
-    spec = (manifest or {}).get("spec")
-    name = spec.get("name") if isinstance(spec, dict) else None
-    return str(name) if name else output.name

@@ -1,82 +1,31 @@
-"""Where model checkpoints and data chunks come from, what exactly they are, and how they reach a node's disk.
+"""What a checkpoint or a data chunk IS, pinned: a Hub revision resolved to its commit, a chunk file to its bytes.
 
-A *source* is one string from the spec:
+A *source* is one string from the spec (`model.source`, `data.source`): a local directory (data files at
+``<source>/<file>``, checkpoints at ``<source>/<revision>/``) or a Hub repository id (checkpoints are Hub
+revisions, data files live in the dataset repository). How a checkpoint reaches a node's disk is the data
+plane's business (actors/checkpoint_files.py).
 
-- a local directory (``/data/amber``, ``./demo``, ``~/amber``): data files live at ``<source>/<file>`` and
-  checkpoints at ``<source>/<revision>/`` (one folder per revision);
-- a Hub repository id (``LLM360/Amber``, ``LLM360/AmberDatasets``): checkpoints are Hub revisions
-  (``ckpt_143``), data files live in the dataset repository.
-
+Hub branches move (Amber's ``ckpt_*`` branches got a config commit in 2024), so a checkpoint is pinned to the
+commit its revision resolved to when its first cell landed (``pin_checkpoint``), and a chunk file to its content
+identity: the sha256 of its bytes, which the Hub reports for LFS files without a download (``describe_chunks``);
+a local file's sha256 is computed while it is scanned and remembered by (path, size, mtime) in ``IdentityMemo``.
 Everything that touches the network goes through ``huggingface_hub`` (looked up at call time, so tests can
 point ``HF_ENDPOINT`` at a local server).
-
-What things ARE (pins). Hub branches move (Amber's ``ckpt_*`` branches got a config commit in 2024), so a
-checkpoint is pinned to the commit its revision resolved to on first use (``resolve_commit``), and a chunk file
-to its content identity: the sha256 of its bytes, which the Hub reports for LFS files without a download
-(``describe_chunks``); a local file's sha256 is computed while it is scanned and remembered by
-(path, size, mtime) in ``IdentityMemo``.
-
-What reaches the disk (budget). A Hub checkpoint (27 GB of fp32 ``.bin`` for Amber) is downloaded into
-``<download_dir>/<org>--<name>/<commit>/`` by the actor that will load it (``fetch_checkpoint``), and deleted
-as soon as its weights are loaded into memory (``evict_checkpoint``) unless the user keeps downloads; a
-checkpoint already complete in the Hugging Face cache is used from there and never deleted. Chunk files are
-never downloaded whole (sweep/probes.py streams them).
 """
 
 from __future__ import annotations
 
-import errno
-import fnmatch
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import huggingface_hub
 
-# Files `from_pretrained` needs for a causal LM and its tokenizer. Weights are chosen separately
-# (safetensors if the revision has them, else pickled .bin) so that a repository holding both never
-# downloads both: an Amber checkpoint is about 27 GB.
-CONFIG_AND_TOKENIZER_PATTERNS = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
-TOKENIZER_PATTERNS = CONFIG_AND_TOKENIZER_PATTERNS
-SAFETENSORS_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
-PICKLE_WEIGHT_PATTERNS = ("pytorch_model*.bin", "pytorch_model*.bin.index.json")
-DOWNLOAD_MARKER = ".memsweep-download.json"
-DEFAULT_DOWNLOAD_DIR = Path("~/.cache/memsweep/checkpoints")
-# Keep this much free beyond a download, for the page cache's dirty pages, logs and the probe cache.
-DISK_MARGIN_BYTES = 2 * 1024**3
-
-_LOCAL_PREFIXES = ("/", "./", "../", "~")
-
-
-class InsufficientDiskError(OSError):
-    """Not enough free disk for a download; the message names the folder and both sizes."""
-
-
-def is_local(source: str) -> bool:
-    """True if ``source`` names a local directory rather than a Hub repository id.
-
-    Local means: an existing directory, or a path-like string (starting with ``/``, ``./``, ``../`` or
-    ``~``) even if it does not exist yet, so that a mistyped local path gives a "not found" error instead
-    of a confusing Hub lookup. Hub ids look like ``org/name``.
-    """
-    return source.startswith(_LOCAL_PREFIXES) or Path(source).expanduser().is_dir()
-
-
-def local_checkpoint(source: str, revision: str) -> Path:
-    """``<source>/<revision>``, which must be a folder."""
-    path = Path(source).expanduser() / revision
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder not found: {path} (source {source!r}, revision {revision!r})")
-    return path
+from actors.checkpoint_files import is_local
+from actors.protocol import CheckpointTarget, one_line
+from sweep.atomic_write import write_atomic
+from sweep.errors import MemsweepError
 
 
 def local_data_file(source: str, file: str) -> Path:
@@ -96,8 +45,42 @@ def resolve_commit(source: str, revision: str, repo_type: str = "model") -> str:
     return info.sha
 
 
+class CheckpointUnresolvedError(MemsweepError):
+    """A checkpoint's Hub revision cannot be resolved to a commit (and no commit was pinned before)."""
+
+
 @dataclass(frozen=True)
-class ChunkSource:
+class PinnedCheckpoint:
+    """The checkpoint to load, and what the pinning noticed (a moved branch), for the caller to report."""
+
+    target: CheckpointTarget
+    warning: str | None = None
+
+
+def pin_checkpoint(source: str, ckpt: int, revision: str, pinned_commit: str | None) -> PinnedCheckpoint:
+    """Checkpoint `ckpt` (`source` at `revision`) pinned: a local folder as it is; a Hub revision at the commit
+    this output's cells of it were scored at (`pinned_commit`, used again even if the branch has moved since,
+    with a warning), else at the commit it resolves to now. Raises CheckpointUnresolvedError when there is no
+    pinned commit and the revision cannot be resolved."""
+    if is_local(source):
+        return PinnedCheckpoint(CheckpointTarget(ckpt, revision, None))
+    try:
+        current = resolve_commit(source, revision)
+    except Exception as error:  # noqa: BLE001 - any Hub error: a missing revision fails this checkpoint only
+        if not pinned_commit:
+            raise CheckpointUnresolvedError(f"checkpoint {ckpt}: revision {revision!r} of {source} cannot be "
+                                            f"resolved: {one_line(error)}") from None
+        current = None
+    warning = None
+    if pinned_commit and current and current != pinned_commit:
+        warning = (f"checkpoint {ckpt}: revision {revision!r} of {source} moved from {pinned_commit} to {current}; "
+                   f"this output's cells of it were scored at {pinned_commit[:12]}, which is used again (sweep "
+                   "into a new output to score the new commit)")
+    return PinnedCheckpoint(CheckpointTarget(ckpt, revision, pinned_commit or current), warning)
+
+
+@dataclass(frozen=True)
+class ChunkFile:
     """One chunk file and what it is: enough to read it on any node and to know if it changed.
 
     kind "local": `path` is the absolute file; `size`, `mtime_ns` from stat; `sha256` known once scanned.
@@ -122,10 +105,10 @@ class ChunkSource:
     def label(self) -> str:
         return self.path if self.kind == "local" else f"{self.repo}@{(self.commit or '')[:12]}:{self.file}"
 
-    def with_sha256(self, sha256: str) -> "ChunkSource":
-        return ChunkSource(**{**asdict(self), "sha256": sha256})
+    def with_sha256(self, sha256: str) -> "ChunkFile":
+        return ChunkFile(**{**asdict(self), "sha256": sha256})
 
-    def stat_matches(self, other: "ChunkSource") -> bool:
+    def stat_matches(self, other: "ChunkFile") -> bool:
         """Cheap 'unchanged' test against a pinned description (local: size and mtime; Hub: sha256)."""
         if self.kind != other.kind:
             return False
@@ -135,11 +118,11 @@ class ChunkSource:
 
 
 def describe_chunks(data_source: str, files: dict[int, str], revision: str = "main"
-                    ) -> dict[int, ChunkSource | Exception]:
+                    ) -> dict[int, ChunkFile | Exception]:
     """What each chunk file is, without reading it: one stat per local file; for a Hub dataset two API
     calls in all (the revision's commit, then paths-info for every file in batches). A file that is missing
     maps to its FileNotFoundError, so the caller fails that chunk's cells only."""
-    found: dict[int, ChunkSource | Exception] = {}
+    found: dict[int, ChunkFile | Exception] = {}
     if is_local(data_source):
         for chunk, file in files.items():
             try:
@@ -148,7 +131,7 @@ def describe_chunks(data_source: str, files: dict[int, str], revision: str = "ma
             except FileNotFoundError as error:
                 found[chunk] = error
                 continue
-            found[chunk] = ChunkSource("local", data_source, file, size=stat.st_size, path=str(path.resolve()),
+            found[chunk] = ChunkFile("local", data_source, file, size=stat.st_size, path=str(path.resolve()),
                                        mtime_ns=stat.st_mtime_ns)
         return found
     api = huggingface_hub.HfApi()
@@ -165,7 +148,7 @@ def describe_chunks(data_source: str, files: dict[int, str], revision: str = "ma
                                              f"{revision} ({commit[:12]})")
             continue
         lfs = getattr(info, "lfs", None)
-        found[chunk] = ChunkSource("hub", data_source, file, size=int(lfs.size if lfs else info.size),
+        found[chunk] = ChunkFile("hub", data_source, file, size=int(lfs.size if lfs else info.size),
                                    sha256=lfs.sha256 if lfs else None, repo=data_source, commit=commit)
     return found
 
@@ -180,9 +163,10 @@ class IdentityMemo:
         self.path = Path(cache_dir) / "identities.json"
 
     @staticmethod
-    def _key(source: ChunkSource) -> str:
-        inode = os.stat(source.path).st_ino if source.path and os.path.exists(source.path) else 0
-        return f"{source.path}|{source.size}|{source.mtime_ns}|{inode}"
+    def _key(chunk_file: ChunkFile) -> str:
+        path = chunk_file.path
+        inode = os.stat(path).st_ino if path and os.path.exists(path) else 0
+        return f"{path}|{chunk_file.size}|{chunk_file.mtime_ns}|{inode}"
 
     def _read(self) -> dict:
         try:
@@ -190,128 +174,14 @@ class IdentityMemo:
         except (OSError, ValueError):
             return {}
 
-    def lookup(self, source: ChunkSource) -> str | None:
-        if source.kind != "local":
-            return source.sha256
-        return self._read().get(self._key(source))
+    def lookup(self, chunk_file: ChunkFile) -> str | None:
+        if chunk_file.kind != "local":
+            return chunk_file.sha256
+        return self._read().get(self._key(chunk_file))
 
-    def remember(self, source: ChunkSource) -> None:
-        if source.kind != "local" or not source.sha256:
+    def remember(self, chunk_file: ChunkFile) -> None:
+        if chunk_file.kind != "local" or not chunk_file.sha256:
             return
         memo = self._read()
-        memo[self._key(source)] = source.sha256
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        temp.write_text(json.dumps(memo))
-        os.replace(temp, self.path)
-
-
-# ---- checkpoints on a node's disk -----------------------------------------------------------------
-
-
-def model_file_patterns(source: str, revision: str) -> list[str]:
-    """``allow_patterns`` for one Hub revision: config, tokenizer, and one kind of weights."""
-    files = huggingface_hub.list_repo_files(source, revision=revision)
-    has_safetensors = any(name.endswith(".safetensors") for name in files)
-    weights = SAFETENSORS_PATTERNS if has_safetensors else PICKLE_WEIGHT_PATTERNS
-    return [*CONFIG_AND_TOKENIZER_PATTERNS, *weights]
-
-
-@dataclass(frozen=True)
-class CheckpointFolder:
-    """A checkpoint on this node's disk. `downloaded`: memsweep put it there, so it may delete it."""
-
-    path: Path
-    downloaded: bool
-    bytes: int = 0
-
-
-def checkpoint_download_size(source: str, commit: str) -> int:
-    """Bytes a checkpoint download would take (config, tokenizer and one kind of weights)."""
-    patterns = model_file_patterns(source, commit)
-    total = 0
-    for entry in huggingface_hub.HfApi().list_repo_tree(source, revision=commit, recursive=True):
-        if hasattr(entry, "size") and any(fnmatch.fnmatch(entry.path, p) for p in patterns):
-            total += int(entry.lfs.size if getattr(entry, "lfs", None) else entry.size)
-    return total
-
-
-def fetch_checkpoint(source: str, revision: str, commit: str | None, download_dir: str | Path | None = None
-                     ) -> CheckpointFolder:
-    """Put checkpoint (`source`, `revision` pinned to `commit`) on this node's disk and return its folder.
-
-    Local source: the folder itself. Hub source: the Hugging Face cache if it already holds the whole
-    snapshot (never deleted by memsweep), else a download into ``<download_dir>/<org>--<name>/<commit>``
-    after checking the free space (InsufficientDiskError names the folder, the bytes needed and free). A
-    disk that fills during the download raises the same error. Either way the folder is deleted, shards already
-    complete included: a checkpoint that does not fit is not resumed, and its shards would otherwise stay.
-    """
-    if is_local(source):
-        return CheckpointFolder(local_checkpoint(source, revision), downloaded=False)
-    commit = commit or resolve_commit(source, revision)
-    patterns = model_file_patterns(source, commit)
-    try:
-        cached = huggingface_hub.snapshot_download(source, revision=commit, allow_patterns=patterns,
-                                                   local_files_only=True)
-        if _has_weights(Path(cached)):
-            return CheckpointFolder(Path(cached), downloaded=False)
-    except (huggingface_hub.errors.LocalEntryNotFoundError, FileNotFoundError, OSError):
-        pass
-    target = Path(download_dir or DEFAULT_DOWNLOAD_DIR).expanduser() / source.replace("/", "--") / commit
-    target.mkdir(parents=True, exist_ok=True)
-    marker = target / DOWNLOAD_MARKER
-    marker.write_text(json.dumps({"source": source, "revision": revision, "commit": commit}))
-    plan = huggingface_hub.snapshot_download(source, revision=commit, allow_patterns=patterns, local_dir=target,
-                                             dry_run=True)
-    needed = sum(item.file_size or 0 for item in plan if item.will_download)
-    free = shutil.disk_usage(target).free
-    if needed + DISK_MARGIN_BYTES > free:
-        shutil.rmtree(target, ignore_errors=True)  # shards of an earlier, interrupted try would stay for good
-        raise InsufficientDiskError(errno.ENOSPC, f"not enough disk space in {target} for {source}@{revision} "
-                                    f"({commit[:12]}): needs {human_bytes(needed)} (+{human_bytes(DISK_MARGIN_BYTES)} margin), "
-                                    f"{human_bytes(free)} free")
-    try:
-        huggingface_hub.snapshot_download(source, revision=commit, allow_patterns=patterns, local_dir=target)
-    except OSError as error:
-        if error.errno == errno.ENOSPC or "No space left" in str(error):
-            free = shutil.disk_usage(target).free
-            shutil.rmtree(target, ignore_errors=True)  # the shards already complete: nobody would delete them
-            raise InsufficientDiskError(errno.ENOSPC, f"disk full in {target} while downloading {source}@{revision} "
-                                        f"({commit[:12]}, {human_bytes(needed)}); {human_bytes(free)} free now") from None
-        raise
-    return CheckpointFolder(target, downloaded=True, bytes=needed)
-
-
-def human_bytes(count: float) -> str:
-    """12.3 GB, 36.0 MB, 512 KB: a size a person reads at a glance (decimal units, as the Hub shows them)."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if count >= size:
-            return f"{count / size:.1f} {unit}"
-    return f"{int(count)} B"
-
-
-def _has_weights(folder: Path) -> bool:
-    """True if `folder` holds a complete set of weights (every shard its index names, or a single file)."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.exists():
-            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-            return bool(shards) and all((folder / shard).exists() for shard in shards)
-    return (folder / "model.safetensors").exists() or (folder / "pytorch_model.bin").exists()
-
-
-def evict_checkpoint(folder: CheckpointFolder) -> int:
-    """Delete a checkpoint memsweep downloaded (never a local source or the user's HF cache); returns bytes freed."""
-    if not folder.downloaded or not (folder.path / DOWNLOAD_MARKER).exists():
-        return 0
-    freed = sum(p.stat().st_size for p in folder.path.rglob("*") if p.is_file())
-    shutil.rmtree(folder.path, ignore_errors=True)
-    return freed
-
-
-def fetch_tokenizer(source: str, revision: str, commit: str | None = None) -> Path:
-    """A folder holding the checkpoint's tokenizer files (local folder, or the Hub cache: a few MB, kept)."""
-    if is_local(source):
-        return local_checkpoint(source, revision)
-    return Path(huggingface_hub.snapshot_download(source, revision=commit or revision,
-                                                  allow_patterns=list(TOKENIZER_PATTERNS)))
+        memo[self._key(chunk_file)] = chunk_file.sha256
+        write_atomic(json.dumps(memo).encode(), self.path)

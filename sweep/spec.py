@@ -16,8 +16,10 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sweep.errors import MemsweepError
 
-class SpecError(ValueError):
+
+class SpecError(MemsweepError):
     """A spec that cannot be used; the message names the file, line and key."""
 
 
@@ -171,6 +173,9 @@ class ResourcesSpec(_Section):
     """Tries per cell before it is recorded as failed and the sweep goes on."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where actors run the model; auto = CUDA when present, else CPU."""
+    decode: Literal["growing", "static", "static-compiled"] = "growing"
+    """The greedy loop's KV cache: growing (appended per step), static (preallocated), static-compiled (+ torch.compile
+    of the one-token step, CUDA only). Greedy mode without nll only; the static forms are unmeasured on a GPU."""
 
 
 class SweepSpec(_Section):
@@ -195,6 +200,15 @@ class SweepSpec(_Section):
     def _has_cells(self) -> "SweepSpec":
         if not self.cell_list():
             raise ValueError(f"cells: {self.cells!r} selects no (checkpoint, chunk) pair")
+        return self
+
+    @model_validator(mode="after")
+    def _decode_applies(self) -> "SweepSpec":
+        memorization = self.memorization
+        if self.resources.decode != "growing" and (memorization.mode != "greedy" or memorization.nll):
+            raise ValueError(f"resources.decode: {self.resources.decode!r} applies to greedy mode without "
+                             "memorization.nll only (extractable mode has no decode loop; the NLL pass seeds a "
+                             "growing cache)")
         return self
 
     @model_validator(mode="after")
@@ -244,8 +258,17 @@ class SweepSpec(_Section):
         return self.memorization.mode == "greedy" if keep == "auto" else bool(keep) and self.memorization.mode == "greedy"
 
     def identity_hash(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return identity_hash(self.identity())
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """The name of what a sweep's numbers mean: 16 hex digits of the sha256 of the identity's canonical JSON.
+
+    The one function behind every identity memsweep shows or compares (`memsweep plan`, the manifest, the
+    report): equal identities, and only those, give equal hashes.
+    """
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:

@@ -20,10 +20,12 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sweep.errors import MemsweepError
+
 LOCK_NAME = ".memsweep.lock"
 
 
-class OutputLockedError(ValueError):
+class OutputLockedError(MemsweepError):
     """Another live process is writing this output; the message names it."""
 
 
@@ -45,13 +47,11 @@ def writer_lock(output: Path, wait_seconds: float = 0.0):
     Raises OutputLockedError naming the holder if another live process holds it after `wait_seconds`.
     """
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"output {output} is a file, not a directory")
     try:
         output.mkdir(parents=True, exist_ok=True)
         fd = os.open(output / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
-        raise ValueError(f"output {output}: cannot create or write it ({error.strerror})") from None
+        raise MemsweepError(f"output {output}: cannot create or write it ({error.strerror})") from None
     try:
         deadline = time.monotonic() + wait_seconds
         while True:

@@ -1,0 +1,89 @@
+"""Scored cells on their way into the store: they wait in the driver's memory per checkpoint and land in batches.
+
+A checkpoint's results land as one pair of files (sweep/store.py `write_cells`) once LAND_BATCH_CELLS of them
+are there, the oldest has waited LAND_MAX_WAIT_S, or they are all the checkpoint still needs. A landing costs a
+few milliseconds of driver time whatever its size (two Parquet files, a ledger, six fsyncs) and many GPUs finish
+many cells a second, one checkpoint each, so landing every cell alone would keep the driver busy
+(BENCHMARKS.md, "The control plane at 129,600 cells"). What waits is lost if the driver is killed (at most
+LAND_MAX_WAIT_S of GPU time per actor, recomputed on resume); on Ctrl-C or an error it lands before the driver
+exits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from actors.protocol import CellOutput, one_line
+from sweep.schema import CellProvenance, score_columns
+from sweep.store import PinMismatchError, ResultStore, ScoredCell
+
+LAND_BATCH_CELLS = 32  # a checkpoint's waiting results land once this many are there ...
+LAND_MAX_WAIT_S = 10.0  # ... or the oldest has waited this long (or they finish the checkpoint)
+
+
+def scored_cell(output: CellOutput, attempts: int, probes: pl.DataFrame, data_file: str,
+                data_sha256: str | None, continuation_len: int) -> ScoredCell:
+    """An actor's output joined with its probe set (`chunk`, `row`, `source`, in sample order) as a ScoredCell."""
+    loaded = output.loaded
+    provenance = CellProvenance(
+        seconds=output.seconds, device=output.device, dtype=output.dtype, batch_size=output.batch_size,
+        attempts=attempts, model_revision=loaded.target.revision, model_commit=loaded.target.commit,
+        weights_fingerprint=loaded.weights_fingerprint, stored_dtype=loaded.stored_dtype, data_file=data_file,
+        data_sha256=data_sha256)
+    sequences = probes.select("chunk", "row", "source").with_columns(**score_columns(output.scores, continuation_len))
+    return ScoredCell(output.chunk, sequences, provenance)
+
+
+@dataclass
+class Landed:
+    """What one call to `Landing.land` did: the cells that landed, and those refused (with why and tries)."""
+
+    cells: list[tuple[int, ScoredCell]] = field(default_factory=list)  # (ckpt, cell)
+    refused: list[tuple[int, int, str, int]] = field(default_factory=list)  # (ckpt, chunk, error, attempts)
+
+
+class Landing:
+    """The waiting results of every checkpoint, and when they land (see the module docstring)."""
+
+    def __init__(self, store: ResultStore):
+        self.store = store
+        self.waiting: dict[int, list[ScoredCell]] = {}
+        self.waiting_since: dict[int, float] = {}
+
+    def add(self, ckpt: int, cell: ScoredCell) -> None:
+        self.waiting.setdefault(ckpt, []).append(cell)
+        self.waiting_since.setdefault(ckpt, time.perf_counter())
+
+    @property
+    def cells_waiting(self) -> int:
+        return sum(map(len, self.waiting.values()))
+
+    def land(self, remaining: Mapping[int, int], everything: bool = False) -> Landed:
+        """Land the waiting cells of every checkpoint that is due; `remaining`: ckpt -> cells not yet settled."""
+        now = time.perf_counter()
+        due = [ckpt for ckpt, cells in self.waiting.items()
+               if everything or len(cells) >= min(LAND_BATCH_CELLS, remaining[ckpt])
+               or now - self.waiting_since[ckpt] >= LAND_MAX_WAIT_S]
+        landed = Landed()
+        for ckpt in due:
+            cells = self.waiting.pop(ckpt)
+            del self.waiting_since[ckpt]
+            try:
+                self.store.write_cells(ckpt, cells)
+                landed.cells += [(ckpt, cell) for cell in cells]
+            except PinMismatchError:  # one cell disagrees with the checkpoint's pin: land the others alone
+                for cell in cells:
+                    try:
+                        self.store.write_cells(ckpt, [cell])
+                        landed.cells.append((ckpt, cell))
+                    except PinMismatchError as error:
+                        landed.refused.append((ckpt, cell.chunk, one_line(error), cell.provenance.attempts))
+        return landed
+
+    def finish(self, ckpt: int) -> None:
+        """Every cell of `ckpt` has settled (landed or failed): let the store compact its files."""
+        self.store.write_cells(ckpt, [], finishes_checkpoint=True)

@@ -1,0 +1,130 @@
+"""The one reader of a landed output: `open_output(path)` -> tables as Polars LazyFrames, read-only.
+
+Everything that reads results goes through here: `memsweep query`, `show`, `report`, `verify`, the analyses
+and the explorer. Only the files a ledger lists are read (a stray copy in a partition is never data), each
+checked against its recorded size first (DamagedOutputError names a file that is not; its sha256 is the job
+of `memsweep verify` and of `run`, which hash every file before they trust it). Nothing here writes or
+recovers, so it is safe to read an output while a sweep is landing into it: a checkpoint whose compaction is
+mid-swap at that instant reads as its old files or its new ones.
+
+Cost at 360 x 360 x 1000: opening reads 361 small ledgers; `cells()` scans 360 files of a few KB,
+`sequences(ckpt)` one checkpoint's files (a filter on `ckpt` after `sequences()` also prunes to them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from sweep.errors import MemsweepError
+from sweep.ledger import FileRecord, Ledgers, OutputLayout, read_json, read_manifest
+from sweep.schema import CELL_SCHEMA, PROBE_SCHEMA, SEQUENCE_SCHEMA
+from sweep.spec import identity_hash
+
+
+class OutputNotFoundError(MemsweepError, FileNotFoundError):
+    """The path is not a memsweep output (missing, or without a manifest)."""
+
+
+def open_output(path: str | Path) -> LandedOutput:
+    """The landed output at `path`, read-only; raises OutputNotFoundError if it is not one."""
+    output = Path(path)
+    if not output.is_dir():
+        raise OutputNotFoundError(f"{output}: no such output folder (the directory does not exist)")
+    layout = OutputLayout(output)
+    if not layout.manifest.exists():
+        raise OutputNotFoundError(f"{output}: no manifest.json (not a memsweep output)")
+    return LandedOutput(layout, read_manifest(layout), Ledgers.read(layout))
+
+
+def scan_listed(layout: OutputLayout, records: list[FileRecord], schema: dict[str, pl.DataType],
+                partitioned: bool) -> pl.LazyFrame:
+    """The listed files as one LazyFrame of `schema` (with `ckpt` Int32 first when `partitioned` by it).
+
+    Each file's size is checked against its record (one stat). Columns a file lacks (written before they
+    existed) read as typed nulls.
+    """
+    files = []
+    for record in records:
+        path = layout.absolute(record)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise layout.damaged(path, "listed in the ledger but missing") from None
+        if size != record.bytes:
+            raise layout.damaged(path, f"size {size} bytes, recorded {record.bytes}")
+        files.append(str(path))
+    full_schema = {"ckpt": pl.Int32(), **schema} if partitioned else schema
+    if not files:
+        return pl.LazyFrame(schema=full_schema)
+    hive = dict(hive_schema={"ckpt": pl.Int32}, hive_partitioning=True) if partitioned else {}
+    frame = pl.scan_parquet(files, schema=schema, missing_columns="insert", extra_columns="ignore", **hive)
+    return frame.select(*full_schema)
+
+
+class LandedOutput:
+    """One output's landed tables, as of the moment it was opened (see the module docstring)."""
+
+    def __init__(self, layout: OutputLayout, manifest: dict, ledgers: Ledgers):
+        self.layout = layout
+        self.path = layout.output
+        self.manifest = manifest
+        self.ledgers = ledgers
+
+    @property
+    def identity_hash(self) -> str:
+        return identity_hash(self.manifest["identity"])
+
+    @property
+    def spec(self) -> dict:
+        """The spec of the latest run, as it was written into the manifest."""
+        return self.manifest.get("spec") or {}
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.get("name") or self.path.name)
+
+    @property
+    def continuation_len(self) -> int:
+        return int(self.manifest["identity"].get("memorization.continuation_len") or 32)
+
+    def sequences(self, ckpt: int | None = None) -> pl.LazyFrame:
+        """One row per (ckpt, chunk, row) (of checkpoint `ckpt` alone if given): `ckpt` then SEQUENCE_SCHEMA."""
+        records = [record for _, record in self.ledgers.table_files("sequences", ckpt)]
+        return scan_listed(self.layout, records, SEQUENCE_SCHEMA, partitioned=True)
+
+    def cells(self, ckpt: int | None = None) -> pl.LazyFrame:
+        """One row per landed cell (of checkpoint `ckpt` alone if given): `ckpt` then CELL_SCHEMA."""
+        records = [record for _, record in self.ledgers.table_files("cells", ckpt)]
+        return scan_listed(self.layout, records, CELL_SCHEMA, partitioned=True)
+
+    def probes(self) -> pl.LazyFrame:
+        """One row per sampled (chunk, row): PROBE_SCHEMA (tokens = prompt followed by the true continuation)."""
+        records = [record for _, record in self.ledgers.probe_files()]
+        return scan_listed(self.layout, records, PROBE_SCHEMA, partitioned=False)
+
+    def failures(self) -> list[dict]:
+        """Failure records (ckpt, chunk, error, attempts, failed_at), ordered by (ckpt, chunk)."""
+        return [read_json(path) for _, path in self.layout.failure_files()]
+
+    def tables(self) -> dict[str, pl.LazyFrame]:
+        """The output's tables by SQL name: sequences, cells, probes, and failures when any cell failed."""
+        tables = {"sequences": self.sequences(), "cells": self.cells(), "probes": self.probes()}
+        failures = self.failures()
+        if failures:
+            tables["failures"] = pl.LazyFrame(failures)
+        return tables
+
+    def done_cells(self) -> set[tuple[int, int]]:
+        return self.ledgers.done_cells()
+
+    def checkpoint_pin(self, ckpt: int) -> dict | None:
+        return self.ledgers.pin(ckpt)
+
+    def last_checkpoint(self) -> int:
+        """The last checkpoint with a landed cell."""
+        landed = [ckpt for ckpt, ledger in self.ledgers.checkpoints.items() if ledger["files"]]
+        if not landed:
+            raise MemsweepError(f"{self.path}: no landed cells")
+        return max(landed)

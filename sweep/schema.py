@@ -1,0 +1,215 @@
+"""The landed tables' columns and the few functions that build their rows (docs/architecture.md, "Contracts").
+
+- `sequences`: one row per (ckpt, chunk, row) scored: SEQUENCE_SCHEMA (`ckpt` comes from the partition);
+- `cells`: one row per (ckpt, chunk): CELL_SCHEMA, the sequences' means plus the cell's provenance;
+- `probes`: one row per sampled (chunk, row): PROBE_SCHEMA (prompt and true continuation ids).
+
+`score_columns` turns an actor's per-sequence scores into sequence columns, `summarize_cell` a cell's conformed
+sequences and its `CellProvenance` into its cell row, `probe_frame` sampled rows into a probe set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import MISSING, dataclass, fields
+
+import numpy as np
+import polars as pl
+
+from actors.protocol import BatchScores, one_line
+from sweep.errors import MemsweepError
+
+SEQUENCE_SCHEMA: dict[str, pl.DataType] = {
+    "chunk": pl.Int32(),
+    "row": pl.Int64(),
+    "source": pl.String(),  # the row's corpus label in the chunk file (refinedweb, starcoderdata, ...)
+    "matches": pl.Int16(),  # null in extractable mode
+    "score": pl.Float32(),  # matches / l; null in extractable mode
+    "full_match": pl.Boolean(),
+    "prefix_match": pl.Int16(),
+    "match_mask": pl.Binary(),  # packed bits, bit i = generated position i, little bit order
+    "nll": pl.Float32(),  # mean teacher-forced NLL of the true continuation, nats/token
+    "tf_accuracy": pl.Float32(),  # teacher-forced next-token accuracy
+    "generated": pl.List(pl.UInt32()),  # the model's l greedy tokens (memorization.keep_generated)
+}
+# Columns a caller may leave out; they land as nulls.
+OPTIONAL_SEQUENCE_COLUMNS = frozenset({"matches", "score", "match_mask", "nll", "tf_accuracy", "generated"})
+
+CELL_SCHEMA: dict[str, pl.DataType] = {
+    "chunk": pl.Int32(),
+    "n": pl.Int32(),
+    "score": pl.Float64(),
+    "full_match_rate": pl.Float64(),
+    "mean_prefix_match": pl.Float64(),
+    "nll": pl.Float64(),
+    "tf_accuracy": pl.Float64(),
+    "seen": pl.Boolean(),  # chunk <= ckpt: checkpoint c was saved after training on chunks 0..c
+    "seconds": pl.Float64(),  # wall time spent scoring the cell
+    "sequences_per_s": pl.Float64(),
+    "device": pl.String(),
+    "dtype": pl.String(),  # the compute dtype
+    "batch_size": pl.Int32(),
+    "attempts": pl.Int32(),
+    "finished_at": pl.String(),  # UTC ISO 8601
+    "model_revision": pl.String(),  # the revision named by the spec (Hub branch, or local sub-folder)
+    "model_commit": pl.String(),  # the Hub commit it was pinned to (null for a local folder)
+    "weights_fingerprint": pl.String(),  # actors.loading.weights_fingerprint of the loaded weights
+    "stored_dtype": pl.String(),  # the dtype the checkpoint is stored in (Amber: float32 .bin, main bf16)
+    "data_file": pl.String(),  # the chunk file inside the data source
+    "data_sha256": pl.String(),  # content identity of the chunk file the probe set was sampled from
+}
+CELL_METRICS = ("score", "full_match_rate", "mean_prefix_match", "nll", "tf_accuracy")
+
+PROBE_SCHEMA: dict[str, pl.DataType] = {
+    "chunk": pl.Int32(),
+    "row": pl.Int64(),  # 0-based line number in the chunk file
+    "source": pl.String(),
+    "tokens": pl.List(pl.UInt32()),  # the first k + l token ids: prompt, then true continuation
+}
+
+
+@dataclass(frozen=True)
+class CellProvenance:
+    """How, where and from what one cell was scored: the cell row's columns that are not means."""
+
+    seconds: float  # wall time scoring the cell, checkpoint load excluded
+    device: str
+    dtype: str  # the compute dtype
+    batch_size: int
+    attempts: int = 1
+    finished_at: str | None = None  # UTC ISO 8601; None: when it lands
+    model_revision: str | None = None
+    model_commit: str | None = None
+    weights_fingerprint: str | None = None
+    stored_dtype: str | None = None
+    data_file: str | None = None
+    data_sha256: str | None = None
+
+    def pin(self) -> dict:
+        """What the checkpoint's ledger pins when its first cell lands."""
+        return {"model_revision": self.model_revision, "model_commit": self.model_commit,
+                "weights_fingerprint": self.weights_fingerprint, "stored_dtype": self.stored_dtype}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> CellProvenance:
+        """From a cell record (or any dict holding its keys); extra keys are ignored."""
+        names = [field.name for field in fields(cls)]
+        missing = [field.name for field in fields(cls) if field.default is MISSING and record.get(field.name) is None]
+        if missing:
+            raise MemsweepError(f"cell provenance: missing key(s) {missing}")
+        return cls(**{name: record[name] for name in names if name in record})
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def conform(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """`frame` with exactly `schema`'s columns in order, cast; columns it lacks become typed nulls."""
+    missing = [pl.lit(None, dtype).alias(name) for name, dtype in schema.items() if name not in frame.columns]
+    return frame.with_columns(missing).select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+
+
+def conform_sequences(sequences: pl.DataFrame, ckpt: int, chunk: int) -> pl.DataFrame:
+    """Cast one cell's `sequences` to SEQUENCE_SCHEMA (column order included), or raise naming the column."""
+    where = f"sequences for ckpt {ckpt} chunk {chunk}"
+    if "ckpt" in sequences.columns:
+        # The checkpoint lives in the partition path; a stray column must at least agree with it.
+        if not (sequences["ckpt"] == ckpt).all():
+            raise MemsweepError(f"{where}: column 'ckpt' holds values other than {ckpt}")
+        sequences = sequences.drop("ckpt")
+    extra = [name for name in sequences.columns if name not in SEQUENCE_SCHEMA]
+    if extra:
+        raise MemsweepError(f"{where}: unexpected column(s) {extra}; expected {list(SEQUENCE_SCHEMA)}")
+    missing = [n for n in SEQUENCE_SCHEMA if n not in sequences.columns and n not in OPTIONAL_SEQUENCE_COLUMNS]
+    if missing:
+        raise MemsweepError(f"{where}: missing column(s) {missing}")
+    columns = []
+    for name, dtype in SEQUENCE_SCHEMA.items():
+        if name not in sequences.columns:
+            columns.append(pl.Series(name, [None] * sequences.height, dtype=dtype))
+            continue
+        series = sequences[name]
+        if isinstance(series.dtype, pl.Array):  # packed match_mask as uint8[B, w], generated as [B, l]
+            series = series.cast(pl.List(series.dtype.inner))
+        try:
+            columns.append(series.cast(dtype, strict=True))
+        except Exception as error:  # noqa: BLE001 - polars raises several exception types for bad casts
+            raise MemsweepError(f"{where}: column '{name}' ({series.dtype}) cannot be cast to {dtype}: "
+                                f"{one_line(error, 'first')}") from None
+    conformed = pl.DataFrame(columns)
+    if conformed.height and not (conformed["chunk"] == chunk).all():
+        raise MemsweepError(f"{where}: column 'chunk' holds values other than {chunk}")
+    if conformed["row"].is_duplicated().any():
+        raise MemsweepError(f"{where}: column 'row' holds a row more than once")
+    return conformed
+
+
+def summarize_cell(ckpt: int, chunk: int, sequences: pl.DataFrame, provenance: CellProvenance) -> dict:
+    """One cell row (`ckpt` first, then CELL_SCHEMA's keys) from its conformed sequences and provenance."""
+    n = sequences.height
+    means = sequences.select(
+        pl.col("score").cast(pl.Float64).mean(),
+        pl.col("full_match").cast(pl.Float64).mean().alias("full_match_rate"),
+        pl.col("prefix_match").cast(pl.Float64).mean().alias("mean_prefix_match"),
+        pl.col("nll").cast(pl.Float64).mean(),
+        pl.col("tf_accuracy").cast(pl.Float64).mean(),
+    ).row(0, named=True)
+    seconds = float(provenance.seconds)
+    optional = ("model_revision", "model_commit", "weights_fingerprint", "stored_dtype", "data_file", "data_sha256")
+    return {
+        "ckpt": ckpt,
+        "chunk": chunk,
+        "n": n,
+        **means,
+        "seen": chunk <= ckpt,
+        "seconds": seconds,
+        "sequences_per_s": n / seconds if seconds > 0 else None,
+        "device": str(provenance.device),
+        "dtype": str(provenance.dtype),
+        "batch_size": int(provenance.batch_size),
+        "attempts": int(provenance.attempts),
+        "finished_at": str(provenance.finished_at or utc_now()),
+        **{key: None if getattr(provenance, key) is None else str(getattr(provenance, key)) for key in optional},
+    }
+
+
+def score_columns(scores: BatchScores, continuation_len: int) -> dict[str, pl.Series | pl.Expr]:
+    """An actor's per-sequence scores as SEQUENCE_SCHEMA columns (a score the mode has none of is a typed null)."""
+    def column(values, dtype: pl.DataType) -> pl.Series | pl.Expr:
+        return pl.Series(values, dtype=dtype) if values is not None else pl.lit(None, dtype)
+
+    matches = scores.matches
+    mask = [bytes(row) for row in scores.match_mask] if scores.match_mask is not None else None
+    generated = scores.generated
+    return {
+        "matches": column(matches, pl.Int16),
+        "score": column((matches / continuation_len).astype(np.float32) if matches is not None else None, pl.Float32),
+        "full_match": column(scores.full_match, pl.Boolean),
+        "prefix_match": column(scores.prefix_match, pl.Int16),
+        "match_mask": column(mask, pl.Binary),
+        "nll": column(scores.nll, pl.Float32),
+        "tf_accuracy": column(scores.tf_accuracy, pl.Float32),
+        "generated": (pl.Series(generated.astype(np.uint32)).reshape(generated.shape).cast(pl.List(pl.UInt32))
+                      if generated is not None else pl.lit(None, pl.List(pl.UInt32))),
+    }
+
+
+def probe_frame(chunk: int, rows: np.ndarray, sources: list[str], tokens: np.ndarray) -> pl.DataFrame:
+    """A probe set (PROBE_SCHEMA, sample order) from row numbers, corpus labels and int[n, k+l] tokens."""
+    width = tokens.shape[1] if tokens.ndim == 2 else 0
+    token_series = (pl.Series("tokens", tokens.astype(np.uint32).reshape(-1))
+                    .reshape((len(rows), width)).cast(pl.List(pl.UInt32)))
+    return pl.DataFrame({
+        "chunk": pl.Series("chunk", [chunk] * len(rows), dtype=pl.Int32),
+        "row": pl.Series("row", rows, dtype=pl.Int64),
+        "source": pl.Series("source", sources, dtype=pl.String),
+        "tokens": token_series,
+    })
+
+
+def tokens_array(frame: pl.DataFrame, width: int) -> np.ndarray:
+    """A probe set's tokens as a contiguous int[n, width] numpy array (what the actors score)."""
+    if frame.height == 0:
+        return np.zeros((0, width), dtype=np.int64)
+    return np.ascontiguousarray(frame["tokens"].list.to_array(width).to_numpy())
