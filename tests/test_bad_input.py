@@ -28,7 +28,10 @@ import yaml
 
 from sweep.probes import sample_rows
 from sweep.query import run_query
-from sweep.store import LandedCell, ResultStore
+from sweep.output import open_output
+from sweep.schema import CellProvenance
+from sweep.store import ResultStore, ScoredCell
+from sweep.verify import forget_files
 from sweep.writer_lock import writer_lock
 from tests.tiny_lm import train_memorizing_llama, write_tiny_world
 
@@ -52,13 +55,6 @@ def in_process(*args: str) -> subprocess.CompletedProcess:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(args))
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
-@pytest.fixture(scope="module")
-def module_ray():
-    from test_sweep import local_ray_unless_running
-
-    yield from local_ray_unless_running()
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -237,7 +233,7 @@ def test_a_stray_copy_is_never_data_and_repair_removes_it(landed, tmp_path):
     _, clean = landed
     output = tmp_path / "out"
     shutil.copytree(clean, output)
-    [part] = [output / r.path for r in ResultStore(output).landed_files() if r.path.startswith("sequences/ckpt=0/")]
+    [part] = [output / r.path for r in ResultStore(output).ledgers.landed_files() if r.path.startswith("sequences/ckpt=0/")]
     shutil.copy(part, part.with_name("part-0 (copy).parquet"))
     report = in_process("verify", str(output))
     assert report.returncode == 1
@@ -254,12 +250,14 @@ def test_truncated_zero_byte_and_loose_files_are_refused_named_and_healed(clean_
     output = tmp_path / "out"
     shutil.copytree(clean_three, output)
     store = ResultStore(output)
-    rows = store.sequences().filter(pl.col("ckpt") == 2).collect().drop("ckpt")  # checkpoint 2 as a loose landing
-    record = store.cells().filter(pl.col("ckpt") == 2).collect().row(0, named=True)
-    store.forget_files({r.path for r in store.landed_files() if "/ckpt=2/" in r.path})
-    store.write_cells(2, [LandedCell(0, rows, record)])
-    assert store.ledger(2)["files"][0]["name"].startswith("batch-")
-    victims = {c: next(r for r in store.landed_files() if r.path.startswith(f"sequences/ckpt={c}/")) for c in (0, 1, 2)}
+    tables = open_output(output)
+    rows = tables.sequences().filter(pl.col("ckpt") == 2).collect().drop("ckpt")  # checkpoint 2 as a loose landing
+    record = tables.cells().filter(pl.col("ckpt") == 2).collect().row(0, named=True)
+    forget_files(store.ledgers, {r.path for r in store.ledgers.landed_files() if "/ckpt=2/" in r.path})
+    store.write_cells(2, [ScoredCell(0, rows, CellProvenance.from_dict(record))])
+    assert store.ledgers.ledger(2)["files"][0]["name"].startswith("batch-")
+    victims = {c: next(r for r in store.ledgers.landed_files() if r.path.startswith(f"sequences/ckpt={c}/"))
+               for c in (0, 1, 2)}
     for ckpt, record in victims.items():
         path = output / record.path
         path.write_bytes(b"" if ckpt == 1 else path.read_bytes()[: path.stat().st_size // 2])
@@ -288,7 +286,7 @@ def test_truncated_zero_byte_and_loose_files_are_refused_named_and_healed(clean_
     rerun = in_process("run", str(spec), "--no-progress")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     drop = ["seconds", "sequences_per_s", "finished_at"]
-    got, want = ResultStore(output), ResultStore(clean_three)
+    got, want = open_output(output), open_output(clean_three)
     assert got.sequences().collect().sort("ckpt", "chunk", "row").equals(
         want.sequences().collect().sort("ckpt", "chunk", "row"))
     assert got.cells().collect().drop(drop).sort("ckpt", "chunk").equals(
@@ -377,7 +375,7 @@ def test_broken_chunks_and_checkpoints_fail_only_their_cells_with_one_named_line
     result = in_process("run", str(write_yaml(tmp_path / "spec.yaml", spec)), "--no-progress")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    store = ResultStore(output)
+    store = open_output(output)
     assert store.done_cells() == {(0, 0)}  # the only healthy cell landed
     failures = {(f["ckpt"], f["chunk"]): f for f in store.failures()}
     for cell, line in expected.items():
@@ -403,7 +401,7 @@ def test_a_cached_probe_set_is_still_checked_against_data_vocab_size(world, modu
     strict["data"]["cache_dir"] = spec_dict(world, tmp_path / "first")["data"]["cache_dir"]  # the same cache
     result = in_process("run", str(write_yaml(tmp_path / "strict.yaml", strict)), "--no-progress")
     assert result.returncode == 1, result.stderr
-    [failure] = ResultStore(tmp_path / "strict").failures()
+    [failure] = open_output(tmp_path / "strict").failures()
     chunk_file = world / "data" / "train" / "train_000.jsonl"
     assert failure["error"].startswith(f"{chunk_file}:") and failure["error"].endswith(
         "is outside [0, 7] (data.vocab_size)"), failure["error"]
@@ -426,7 +424,7 @@ def test_a_chunk_file_changed_after_sampling_is_resampled_for_a_new_output_and_p
     new_rows = ResultStore(tmp_path / "new").read_probe_set(0)
     assert new_rows["row"].to_list() == old_rows["row"].to_list()  # the same row numbers are sampled ...
     assert new_rows["tokens"].to_list() != old_rows["tokens"].to_list()  # ... from the new content, not the cache
-    cells = ResultStore(tmp_path / "new").cells().collect()
+    cells = open_output(tmp_path / "new").cells().collect()
     assert cells["data_sha256"].item() == hashlib.sha256(path.read_bytes()).hexdigest()
     # the old output keeps what it sampled, and says the file changed
     extended = dict(spec, checkpoints=[0, 1])
@@ -434,4 +432,4 @@ def test_a_chunk_file_changed_after_sampling_is_resampled_for_a_new_output_and_p
     assert result.returncode == 0
     assert f"WARNING chunk 0: {path} changed since this output sampled it" in result.stdout
     assert ResultStore(tmp_path / "old").read_probe_set(0).equals(old_rows)
-    assert ResultStore(tmp_path / "old").cells().collect()["data_sha256"].n_unique() == 1
+    assert open_output(tmp_path / "old").cells().collect()["data_sha256"].n_unique() == 1

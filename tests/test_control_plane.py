@@ -50,29 +50,10 @@ def test_stand_in_does_not_import_torch():
     assert result.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("todo,in_flight,cell_s,load_s", [(300, 2, 1.45, 148.0), (359, 1, 0.7, 40.0),
-                                                          (40, 2, 1.0, 0.0), (1000, 0, 0.05, 3.0)])
-def test_a_tail_split_makes_both_actors_finish_together(todo, in_flight, cell_s, load_s):
-    from sweep.scheduler import STEAL_MIN_CELLS, cells_to_hand_over
-
-    handed = cells_to_hand_over(todo, in_flight, cell_s, load_s)
-    assert STEAL_MIN_CELLS <= handed <= todo
-    donor_finishes = (todo + in_flight - handed) * cell_s
-    taker_finishes = load_s + handed * cell_s
-    assert abs(donor_finishes - taker_finishes) <= 2 * cell_s  # integer cells: within a cell of even, rounded down
-
-
-def test_a_tail_split_that_would_not_pay_for_its_load_is_not_made():
-    from sweep.scheduler import cells_to_hand_over
-
-    assert cells_to_hand_over(100, 2, 1.45, 148.0) == 0  # the donor is done before the taker has loaded
-    assert cells_to_hand_over(20, 2, 1.0, 10.0) == 0  # the taker's share (6 cells) would be under STEAL_MIN_CELLS
-
-
 def test_synthetic_scores_are_deterministic_and_consistent():
     from actors.protocol import ScoringOptions
 
-    greedy = ScoringOptions(mode="greedy", with_nll=True)
+    greedy = ScoringOptions(mode="greedy", nll=True)
     first = control_plane.synthetic_scores(300, 7, 1000, greedy, keep_generated=True)
     again = control_plane.synthetic_scores(300, 7, 1000, greedy, keep_generated=True)
     other = control_plane.synthetic_scores(300, 8, 1000, greedy, keep_generated=True)
@@ -91,7 +72,7 @@ def test_cost_model_sweep_lands_every_cell_once(tmp_path):
     """12 checkpoints x 8 chunks on 6 logical GPUs, no sleeps: every cell once, its own synthetic scores."""
     from actors.protocol import ScoringOptions
     from sweep.driver import run_sweep
-    from sweep.store import ResultStore
+    from sweep.output import open_output
 
     control_plane.build_world(tmp_path / "world", checkpoints=12, chunks=8, rows=40)
     spec = control_plane.make_spec(tmp_path / "world", tmp_path / "out", tmp_path / "cache", checkpoints=12,
@@ -103,14 +84,14 @@ def test_cost_model_sweep_lands_every_cell_once(tmp_path):
         summary = run_sweep(spec, progress=False, scorer=control_plane.cost_model_scorer(cost))
     finally:
         ray.shutdown()
-    assert summary.ok and summary.cells_scored == 96
-    assert summary.prefetched_elsewhere == 0  # a reservation is loaded by the actor that prefetched it
-    store = ResultStore(tmp_path / "out")
+    assert summary.ok and summary.schedule.cells_scored == 96
+    assert summary.schedule.prefetched_elsewhere == 0  # a reservation is loaded by the actor that prefetched it
+    store = open_output(tmp_path / "out")
     sequences = store.sequences().collect()
     assert sequences.height == 96 * 40
     assert sequences.select("ckpt", "chunk", "row").is_duplicated().sum() == 0
     probes = store.probes().collect()
-    options = ScoringOptions(mode="extractable", with_nll=True)
+    options = ScoringOptions(mode="extractable", nll=True)
     for (ckpt, chunk), landed in sequences.group_by("ckpt", "chunk"):
         sampled = probes.filter(pl.col("chunk") == chunk)["row"].to_list()  # the order the actor scored them
         expected = control_plane.synthetic_scores(ckpt, chunk, 40, options, False)

@@ -25,8 +25,9 @@ import torch
 
 from sweep.driver import run_sweep
 from sweep.spec import load_spec
+from sweep.output import open_output
 from sweep.store import ResultStore
-from test_sweep import TIMING, local_ray_unless_running, write_spec
+from tests.sweeps import landed, write_spec
 from tests.hub_world import apply_hub_client_env, build_amber_world, hub_client_env, serve_hub
 from tests.tiny_lm import make_sequences, train_memorizing_llama
 
@@ -75,9 +76,9 @@ def hub(local, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def module_ray(hub):
-    """A local Ray with two logical GPUs, started after the Hub environment is set (workers inherit it)."""
-    yield from local_ray_unless_running()
+def module_ray(hub, module_ray):
+    """conftest's module Ray, started after the Hub environment is set (workers inherit it)."""
+    yield
 
 
 def _spec(tmp_path: Path, name: str, model_source: str, data_source: str, **extra):
@@ -95,12 +96,6 @@ def _spec(tmp_path: Path, name: str, model_source: str, data_source: str, **extr
         resources=resources, **extra))
 
 
-def _landed(output: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    store = ResultStore(output)
-    return (store.sequences().collect().sort("ckpt", "chunk", "row"),
-            store.cells().collect().drop(TIMING).sort("ckpt", "chunk"))
-
-
 def _files_under(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and p.name.endswith(suffixes)] if folder.exists() else []
 
@@ -109,12 +104,12 @@ def test_a_hub_sweep_lands_the_local_rows_and_leaves_no_checkpoint_or_chunk_on_d
     server, worlds, root = hub
     local_run = run_sweep(_spec(tmp_path, "local", str(local / "model"), str(local / "data")), progress=False)
     local_run = local_run if local_run.ok else pytest.fail(local_run.describe())
-    local_rows = _landed(tmp_path / "local")
+    local_rows = landed(tmp_path / "local")
     # locally, checkpoint 2 is fp32; the same sweep scores its bf16 copy (what main holds) ...
     since = len(server.requests())
     hub_run = run_sweep(_spec(tmp_path, "hub", "LLM360/Amber", "LLM360/AmberDatasets"), progress=False)
     assert hub_run.ok, hub_run.describe()
-    hub_rows = _landed(tmp_path / "hub")
+    hub_rows = landed(tmp_path / "hub")
     assert hub_rows[0].height == CHECKPOINTS * CHECKPOINTS * SAMPLES
     assert hub_rows[0].equals(local_rows[0])  # ... so every per-sequence number agrees exactly
     assert hub_rows[1].drop(PROVENANCE).equals(local_rows[1].drop(PROVENANCE))
@@ -125,7 +120,7 @@ def test_a_hub_sweep_lands_the_local_rows_and_leaves_no_checkpoint_or_chunk_on_d
     commits = {c: world.sha(rev) for c, rev in enumerate(["ckpt_000", "ckpt_001", "main"])}
     assert dict(zip(cells["ckpt"], cells["model_commit"])) == commits  # pinned commits, recorded per cell
     assert dict(zip(cells["ckpt"], cells["stored_dtype"])) == {0: "float32", 1: "float32", 2: "bfloat16"}
-    ledger_pins = ResultStore(tmp_path / "hub").checkpoint_pins()
+    ledger_pins = ResultStore(tmp_path / "hub").ledgers.pins()
     assert {c: pin["model_commit"] for c, pin in ledger_pins.items()} == commits
     manifest = json.loads((tmp_path / "hub" / "manifest.json").read_text())
     assert {int(c): pin["model_commit"] for c, pin in manifest["pins"]["checkpoints"].items()} == commits
@@ -143,21 +138,21 @@ def test_a_hub_sweep_lands_the_local_rows_and_leaves_no_checkpoint_or_chunk_on_d
     whole = sorted(r.path.rsplit("/", 1)[1] for r in chunk_gets if r.range is None)
     assert whole == [f"train_{c:03d}.jsonl" for c in range(CHECKPOINTS)]
     assert all(r.status == 206 for r in chunk_gets if r.range is not None) and len(chunk_gets) > len(whole)
-    assert hub_run.loads == {0: 1, 1: 1, 2: 1}
+    assert hub_run.schedule.loads == {0: 1, 1: 1, 2: 1}
 
     # A rerun into the same output recomputes nothing and downloads no chunk again.
     since = len(server.requests())
     again = run_sweep(_spec(tmp_path, "hub", "LLM360/Amber", "LLM360/AmberDatasets"), progress=False)
-    assert again.ok and again.cells_scored == 0
+    assert again.ok and again.schedule.cells_scored == 0
     assert not [r for r in server.requests(since) if r.path.endswith(".jsonl") and r.method == "GET"]
 
 
 def test_scoring_starts_before_the_last_probe_set_exists(module_ray, hub, tmp_path):
     summary = run_sweep(_spec(tmp_path, "stream", "LLM360/Amber", "LLM360/AmberDatasets", checkpoints=[2],
                               data={"concurrent_builds": 1}), progress=False)
-    assert summary.ok and summary.probe_sets_built == CHECKPOINTS
+    assert summary.ok and summary.supply.built == CHECKPOINTS
     # The first cell was handed to the actor when one probe set of three existed (builds run one at a time).
-    assert summary.probe_sets_ready_at_first_cell == 1
+    assert summary.schedule.probe_sets_ready_at_first_cell == 1
 
 
 def test_a_moved_branch_is_detected_and_the_pinned_commit_used(module_ray, hub, local, tmp_path):
@@ -171,10 +166,10 @@ def test_a_moved_branch_is_detected_and_the_pinned_commit_used(module_ray, hub, 
     assert moved != pinned
     extended = run_sweep(_spec(tmp_path, "moved", "IFM/Amber", "IFM/AmberDatasets", checkpoints=[1],
                                chunks=[0, 1]), progress=False)
-    assert extended.ok and extended.cells_scored == 1
+    assert extended.ok and extended.schedule.cells_scored == 1
     [warning] = [w for w in extended.warnings if "moved" in w]
     assert "'ckpt_001'" in warning and pinned in warning and moved in warning
-    cells = ResultStore(tmp_path / "moved").cells().collect()
+    cells = open_output(tmp_path / "moved").cells().collect()
     assert set(cells["model_commit"]) == {pinned}  # both cells of checkpoint 1 come from one commit
     assert cells["weights_fingerprint"].n_unique() == 1
 
@@ -182,7 +177,7 @@ def test_a_moved_branch_is_detected_and_the_pinned_commit_used(module_ray, hub, 
 def test_a_chunk_that_cannot_be_fetched_fails_only_its_cells(module_ray, hub, tmp_path):
     summary = run_sweep(_spec(tmp_path, "missing", "LLM360/Amber", "LLM360/AmberDatasets", checkpoints=[0],
                               chunks=[0, 1, 7]), progress=False)
-    assert not summary.ok and summary.cells_scored == 2
+    assert not summary.ok and summary.schedule.cells_scored == 2
     [failure] = summary.failed
     assert (failure["ckpt"], failure["chunk"]) == (0, 7)
     assert "train/train_007.jsonl" in failure["error"] and "LLM360/AmberDatasets" in failure["error"]
@@ -205,7 +200,7 @@ def test_identical_weights_under_two_revisions_are_flagged(module_ray, hub, loca
 def test_a_missing_revision_fails_its_cells_naming_it(module_ray, hub, tmp_path):
     summary = run_sweep(_spec(tmp_path, "norev", "LLM360/Amber", "LLM360/AmberDatasets", checkpoints=[1], chunks=[0],
                               model={"revision_overrides": {1: "ckpt_999", 2: "main"}}), progress=False)
-    assert not summary.ok and summary.cells_scored == 0
+    assert not summary.ok and summary.schedule.cells_scored == 0
     [failure] = summary.failed
     assert "ckpt_999" in failure["error"] and "LLM360/Amber" in failure["error"]
 
@@ -219,7 +214,7 @@ def test_a_config_naming_another_checkpoint_is_refused(module_ray, hub, tmp_path
                        "Upload checkpoint 4", start_from="ckpt_001")  # checkpoint 1's weights and config under 4
     summary = run_sweep(_spec(tmp_path, "wrongid", "IFM/Amber", "IFM/AmberDatasets", checkpoints=[4], chunks=[0]),
                         progress=False)
-    assert not summary.ok and summary.cells_scored == 0
+    assert not summary.ok and summary.schedule.cells_scored == 0
     [failure] = summary.failed
     assert "revision 'ckpt_004'" in failure["error"]
     assert "its config.json names checkpoint 1 (ckpt_id); the revision holds another checkpoint's weights" in failure["error"]

@@ -26,8 +26,8 @@ from ray.cluster_utils import Cluster
 from sweep.driver import connect, run_sweep
 from sweep.scheduler import Scheduler
 from sweep.spec import load_spec
-from sweep.store import ResultStore
-from test_sweep import SAMPLES, landed, write_spec
+from sweep.output import open_output
+from tests.sweeps import SAMPLES, landed, write_spec
 
 pytestmark = pytest.mark.ray
 
@@ -38,7 +38,7 @@ NODE_DEATH_AFTER_8_S = {"health_check_initial_delay_ms": 0, "health_check_period
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory) -> Path:
-    """test_sweep's demo world, smaller: 2 checkpoints x 2 chunks at 2 epochs builds in ~2 s, not ~20."""
+    """The session's demo world, smaller: 2 checkpoints x 2 chunks at 2 epochs builds in ~2 s, not ~20."""
     from sweep.demo import DemoWorldConfig, ensure_demo_world
 
     root = tmp_path_factory.mktemp("world")
@@ -66,7 +66,7 @@ def cluster():
 
 def test_node_lost_mid_sweep_loses_and_duplicates_nothing(small_world, cluster, tmp_path, monkeypatch):
     clean = run_sweep(load_spec(write_spec(tmp_path, small_world, tmp_path / "clean", **CELLS)), progress=False)
-    assert clean.ok and clean.cells_scored == 4 and dict(clean.loads) == {0: 1, 1: 1}
+    assert clean.ok and clean.schedule.cells_scored == 4 and dict(clean.schedule.loads) == {0: 1, 1: 1}
 
     (worker,) = cluster.worker_nodes
     lost_at = []
@@ -85,11 +85,11 @@ def test_node_lost_mid_sweep_loses_and_duplicates_nothing(small_world, cluster, 
     summary = run_sweep(load_spec(write_spec(tmp_path, small_world, output, **CELLS)), progress=False)
 
     assert lost_at == [[(0, 0)]], "the node was not lost mid-sweep"
-    assert summary.ok and summary.cells_scored == 4, summary.describe()
+    assert summary.ok and summary.schedule.cells_scored == 4, summary.describe()
     # A call the lost actor had not finished was run again, by the restarted actor: it loaded ckpt 0 anew.
-    assert dict(summary.loads) == {0: 2, 1: 1}
-    store = ResultStore(output)
-    assert store.failures() == [] and not store.failures_dir.exists()
+    assert dict(summary.schedule.loads) == {0: 2, 1: 1}
+    store = open_output(output)
+    assert store.failures() == [] and not store.layout.failures_dir.exists()
     assert set(store.cells().collect()["attempts"]) == {1}  # retried by Ray, never re-queued by the scheduler
     rows = store.sequences().collect()
     assert rows.height == 4 * SAMPLES

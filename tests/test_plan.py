@@ -46,3 +46,31 @@ def test_plan_says_when_downloads_are_kept(tmp_path):
     assert f"every checkpoint an actor loads stays (model.keep_downloads): up to {359 * 27 + 13.5:,.1f} GB" in text
     assert "peak disk per actor" not in text
 
+
+
+def test_plan_manifest_and_report_name_one_identity(tmp_path):
+    """The identity `memsweep plan` prints is the one the manifest records and the report shows."""
+    import json
+
+    import polars as pl
+
+    from sweep.preflight import resolved_spec
+    from sweep.report import write_report
+    from sweep.schema import CellProvenance
+    from sweep.spec import load_spec
+    from sweep.store import ResultStore, ScoredCell
+
+    output = tmp_path / "out"
+    printed = re.search(r"identity ([0-9a-f]{16})\)", plan(str(REPO / "configs" / "demo.yaml"), "--offline",
+                                                          "--output", str(output))).group(1)
+    spec = resolved_spec(load_spec(REPO / "configs" / "demo.yaml", {"output": str(output)}))
+    store = ResultStore(output)  # what `run` does with this spec, without a model: open, land one cell
+    store.open(spec.identity(), spec.model_dump(mode="json"), {})
+    sequences = pl.DataFrame({"chunk": [0, 0], "row": [3, 7], "source": ["c4", "c4"], "matches": [32, 1],
+                              "score": [1.0, 1 / 32], "full_match": [True, False], "prefix_match": [32, 0]})
+    store.write_cells(0, [ScoredCell(0, sequences, CellProvenance(seconds=1.0, device="cpu", dtype="float32",
+                                                                  batch_size=2))])
+    manifest = json.loads((output / "manifest.json").read_text())
+    page = write_report(output).read_text()
+    assert manifest["identity_hash"] == printed
+    assert f"<td>{printed}</td>" in page

@@ -20,10 +20,10 @@ from sweep.probes import (
     ProbeSetError,
     build_probe_set,
     build_probe_set_from,
-    write_atomic,
     write_raw_chunk,
 )
-from sweep.sources import ChunkSource, IdentityMemo, describe_chunks
+from sweep.atomic_write import write_atomic
+from sweep.sources import ChunkFile, IdentityMemo, describe_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = REPO.parent / "shared" / "amber-samples"
@@ -252,7 +252,7 @@ def test_unchosen_rows_are_not_parsed(tmp_path):
 
 # ---------------------------------------------------------------- cache
 
-def local_source(path: Path) -> ChunkSource:
+def local_source(path: Path) -> ChunkFile:
     [source] = describe_chunks(str(path.parent), {0: path.name}).values()
     return source
 
@@ -263,7 +263,7 @@ def test_the_scan_gives_the_files_sha256_and_a_line_index_that_replaces_it(tmp_p
     path = tmp_path / "train_002.jsonl"
     write_raw_chunk(path, random_raw_rows(120, seed=5))
     first = build_probe_set_from(local_source(path), 2, 30, 42, K, L)
-    assert first.source.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert first.chunk_file.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert first.line_lengths is not None and int(first.line_lengths.sum()) == path.stat().st_size
     # With the cached line index the file is not scanned again (a scan would have to read all of it), and the
     # rows for another seed are exactly those a full build picks.
@@ -277,13 +277,13 @@ def test_a_changed_file_gets_a_new_identity_and_the_memo_notices(tmp_path):
     write_raw_chunk(path, random_raw_rows(40, seed=6))
     memo = IdentityMemo(tmp_path / "cache")
     built = build_probe_set_from(local_source(path), 3, 10, 42, K, L)
-    memo.remember(built.source)
-    assert memo.lookup(local_source(path)) == built.source.sha256
+    memo.remember(built.chunk_file)
+    assert memo.lookup(local_source(path)) == built.chunk_file.sha256
     time.sleep(0.01)
     write_raw_chunk(path, random_raw_rows(40, seed=7))  # same name, new content
     assert memo.lookup(local_source(path)) is None  # size/mtime moved: must be hashed again
     rebuilt = build_probe_set_from(local_source(path), 3, 10, 42, K, L)
-    assert rebuilt.source.sha256 != built.source.sha256
+    assert rebuilt.chunk_file.sha256 != built.chunk_file.sha256
 
 
 def test_a_source_that_does_not_match_its_expected_sha256_is_refused(tmp_path):
@@ -297,7 +297,7 @@ def test_a_source_that_does_not_match_its_expected_sha256_is_refused(tmp_path):
 def test_cache_round_trips_and_a_damaged_entry_is_rebuilt_not_trusted(tmp_path, caplog):
     cache = ProbeCache(tmp_path / "cache")
     frame = build_probe_set_from(local_source(_chunk(tmp_path)), 0, 10, 42, K, L)
-    sha = frame.source.sha256
+    sha = frame.chunk_file.sha256
     cache.put_probe_set(sha, 42, 10, K, L, frame.frame)
     cache.put_line_lengths(sha, frame.line_lengths)
     assert cache.probe_set(sha, 42, 10, K, L).equals(frame.frame)

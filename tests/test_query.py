@@ -8,7 +8,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from sweep.query import QueryError, format_table, run_query, write_frame
-from sweep.store import ResultStore
+from sweep.schema import CellProvenance
+from sweep.store import ResultStore, ScoredCell
 
 GEN_LEN = 32
 
@@ -24,11 +25,13 @@ def landed_output(tmp_path, ckpts=(3, 5), chunks=(2, 4, 6), rows=6):
             rng = np.random.default_rng(100 * ckpt + chunk)
             matches = rng.integers(0, GEN_LEN + 1, rows)
             scores[ckpt, chunk] = matches / GEN_LEN
-            store.write_cell(ckpt, chunk, pl.DataFrame({
+            sequences = pl.DataFrame({
                 "chunk": np.full(rows, chunk), "row": np.arange(rows) * 11, "source": ["c4"] * rows,
                 "matches": matches, "score": matches / GEN_LEN, "full_match": matches == GEN_LEN,
                 "prefix_match": matches // 2, "match_mask": rng.integers(0, 256, (rows, 4), dtype=np.uint8),
-            }), {"seconds": 1.0, "device": "cpu", "dtype": "float32", "batch_size": 2})
+            })
+            provenance = CellProvenance(seconds=1.0, device="cpu", dtype="float32", batch_size=2)
+            store.write_cells(ckpt, [ScoredCell(chunk, sequences, provenance)])
     store.compact_checkpoint(ckpts[0])
     return output, scores
 

@@ -18,7 +18,9 @@ import pytest
 
 from sweep import analyses
 from sweep.report import write_report
-from sweep.store import DamagedOutputError, ResultStore
+from sweep.ledger import DamagedOutputError
+from sweep.schema import SEQUENCE_SCHEMA, CellProvenance
+from sweep.store import ResultStore, ScoredCell
 
 L = 32  # generated tokens per sequence
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +81,7 @@ def write_landed(
         )
     if not with_nll:
         frame = frame.with_columns(pl.lit(None, dtype=pl.Float32).alias("nll"))
-    columns = [name for name in analyses.SEQUENCES_SCHEMA if name in frame.columns]
+    columns = [name for name in SEQUENCE_SCHEMA if name in frame.columns]
     store = ResultStore(output)
     store.open(identity={"synthetic": spec_name}, spec={"name": spec_name, "prompt_len": 32, "generate_len": L},
                run_info={})
@@ -105,7 +107,7 @@ def write_landed(
                 pl.lit("2026-11-01T12:00:00+00:00").alias("finished_at"),
             )
         )
-        store.write_partition(ckpt, part.select(columns), cells)
+        store.import_checkpoint(ckpt, part.select(columns), cells)
     # the probe sets: each sampled (chunk, row) with k + l token ids, as a sweep lands them
     for (chunk,), rows in frame.select("chunk", "row", "source").unique(["chunk", "row"]).group_by(["chunk"]):
         rng = np.random.default_rng(int(chunk))
@@ -587,8 +589,6 @@ def test_partition_examples_read_one_partition(docs_landed: Path) -> None:
 def test_reads_what_the_result_store_writes(tmp_path: Path) -> None:
     # The landed layout as sweep/store.py really writes it: per-cell files, one checkpoint
     # compacted, extractable-style null columns left out by the writer.
-    from sweep.store import ResultStore
-
     store = ResultStore(tmp_path / "out")
     store.open(identity={"model": "tiny"}, spec={"name": "store-written"}, run_info={})
     frame = pl.DataFrame(synthetic_sequences(n_ckpts=3, n_chunks=3, n_rows=10)).with_columns(
@@ -596,11 +596,15 @@ def test_reads_what_the_result_store_writes(tmp_path: Path) -> None:
     )
     for (ckpt, chunk), part in frame.group_by(["ckpt", "chunk"], maintain_order=True):
         info = {"seconds": 0.5, "device": "cpu", "dtype": "float32", "batch_size": 8}
-        store.write_cell(ckpt, chunk, part.drop("ckpt", "nll"), info)
+        store.write_cells(ckpt, [ScoredCell(chunk, part.drop("ckpt", "nll"), CellProvenance.from_dict(info))])
     store.compact_checkpoint(1)
     sequences, cells = analyses.load_tables(store.output)
     order = ["ckpt", "chunk", "row"]
-    assert sequences.collect().sort(order).equals(store.sequences().collect().sort(order))
-    assert cells.collect().sort("ckpt", "chunk").equals(store.cells().collect().sort("ckpt", "chunk"))
+    written = frame.select(order + ["matches", "prefix_match", "full_match"]).sort(order)
+    read = sequences.select(order + ["matches", "prefix_match", "full_match"]).collect().sort(order)
+    assert read.rows() == written.rows() and read["ckpt"].dtype == pl.Int32
+    assert read.height == frame.height and sequences.collect()["nll"].null_count() == frame.height
+    assert cells.collect().sort("ckpt", "chunk").select("ckpt", "chunk").rows() == \
+        frame.select("ckpt", "chunk").unique().sort("ckpt", "chunk").rows()
     page = write_report(store.output).read_text()
     assert "store-written" in page and "heatmap_score.png" in page

@@ -133,7 +133,7 @@ def test_first_argmax_equals_torch_argmax_on_ties_tails_and_nan():
 
 def test_models_without_a_plain_head_go_through_their_own_forward(model, sequences, monkeypatch):
     """Unknown model types may scale or soft-cap logits inside forward: the kernel must not bypass it."""
-    modes = {"greedy": greedy(), "nll": greedy(with_nll=True), "extractable": greedy(mode="extractable")}
+    modes = {"greedy": greedy(), "nll": greedy(nll=True), "extractable": greedy(mode="extractable")}
     split = {name: score_batch(model, sequences, options) for name, options in modes.items()}
     monkeypatch.setattr("actors.scoring.PLAIN_HEAD_MODEL_TYPES", frozenset())
     forwards = []
@@ -165,14 +165,14 @@ def test_static_cache_decode_loop_equals_hf_generate(model, sequences):
             np.testing.assert_array_equal((generated == half[:, K:]).numpy(), hits[offset:offset + 24])
         stop = _EosStop.from_model(model, EOS_ID, None, torch.device("cpu"))
         generated, produced = _greedy_decode_static(model, sequences[:, :K], L, stop, compiled=False)
-    reference = score_batch(model, sequences, greedy(eos_policy="reference"))
+    reference = score_batch(model, sequences, greedy(eos="reference"))
     np.testing.assert_array_equal(unpack(reference.match_mask), ((generated == sequences[:, K:]) & produced).numpy())
 
 
 def test_results_do_not_depend_on_batch_size(model, sequences):
-    whole = score_batch(model, sequences, greedy(with_nll=True))
+    whole = score_batch(model, sequences, greedy(nll=True))
     for batch in (1, 7):
-        parts = concat([score_batch(model, sequences[i:i + batch], greedy(with_nll=True))
+        parts = concat([score_batch(model, sequences[i:i + batch], greedy(nll=True))
                         for i in range(0, len(sequences), batch)])
         for name in ("matches", "prefix_match", "full_match", "match_mask"):
             np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name), err_msg=f"{name} batch {batch}")
@@ -198,7 +198,7 @@ def test_reference_eos_policy_equals_hf_generate(model, sequences):
     batches += [sequences[i:i + 1] for i in torch.nonzero(emits_eos_early).flatten().tolist()[:3]]
     stopped_early = 0
     for batch in batches:
-        scores = score_batch(model, batch, greedy(eos_policy="reference"))
+        scores = score_batch(model, batch, greedy(eos="reference"))
         generated = hf_generate(model, batch, eos_token_id=EOS_ID)
         stopped_early += int((generated[:, -1] == -1).all())
         matches, prefix, hits = expected_from_generated(generated, batch)
@@ -206,14 +206,14 @@ def test_reference_eos_policy_equals_hf_generate(model, sequences):
         np.testing.assert_array_equal(scores.prefix_match, prefix)
         np.testing.assert_array_equal(unpack(scores.match_mask), hits)
     assert stopped_early >= 1  # the "missing positions are mismatches" rule was exercised
-    reference = score_batch(model, sequences, greedy(eos_policy="reference"))
+    reference = score_batch(model, sequences, greedy(eos="reference"))
     assert (reference.matches != ordinary.matches).any()
 
 
 def test_reference_pads_with_explicit_pad_token(model, sequences):
     """With a pad id that is not EOS, finished rows hold that pad, exactly as in generate."""
     pad = 5
-    scores = score_batch(model, sequences, greedy(eos_policy="reference"), eos_token_id=EOS_ID, pad_token_id=pad)
+    scores = score_batch(model, sequences, greedy(eos="reference"), eos_token_id=EOS_ID, pad_token_id=pad)
     original = model.generation_config
     model.generation_config = copy.deepcopy(original)
     model.generation_config.pad_token_id = pad
@@ -233,7 +233,7 @@ def test_nll_and_accuracy_equal_one_forward(model, sequences):
     expected_nll = (-log_probs).mean(1).numpy()
     expected_accuracy = (logits.argmax(-1) == sequences[:, K:]).float().mean(1).numpy()
     for mode in ("greedy", "extractable"):
-        scores = score_batch(model, sequences, greedy(mode=mode, with_nll=True))
+        scores = score_batch(model, sequences, greedy(mode=mode, nll=True))
         np.testing.assert_allclose(scores.nll, expected_nll, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(scores.tf_accuracy, expected_accuracy, atol=1e-6)
         assert scores.nll.dtype == np.float32 and scores.tf_accuracy.dtype == np.float32
@@ -241,11 +241,11 @@ def test_nll_and_accuracy_equal_one_forward(model, sequences):
 
 
 def test_chunked_vocabulary_projection_gives_the_same_results(model, sequences, monkeypatch):
-    whole = score_batch(model, sequences, greedy(mode="extractable", with_nll=True))
-    whole_greedy = score_batch(model, sequences, greedy(with_nll=True))
+    whole = score_batch(model, sequences, greedy(mode="extractable", nll=True))
+    whole_greedy = score_batch(model, sequences, greedy(nll=True))
     monkeypatch.setattr("actors.scoring.LOGIT_CHUNK_ELEMENTS_CPU", len(sequences) * VOCAB * 5)  # 5 positions a chunk
-    chunked = score_batch(model, sequences, greedy(mode="extractable", with_nll=True))
-    chunked_greedy = score_batch(model, sequences, greedy(with_nll=True))
+    chunked = score_batch(model, sequences, greedy(mode="extractable", nll=True))
+    chunked_greedy = score_batch(model, sequences, greedy(nll=True))
     np.testing.assert_array_equal(chunked.prefix_match, whole.prefix_match)
     np.testing.assert_allclose(chunked.nll, whole.nll, rtol=1e-6)
     np.testing.assert_array_equal(chunked.tf_accuracy, whole.tf_accuracy)
@@ -268,11 +268,11 @@ def test_extractable_stops_projecting_rows_after_their_first_miss(model, sequenc
 
 def test_with_nll_leaves_greedy_results_unchanged(model, sequences):
     plain = score_batch(model, sequences, greedy())
-    with_nll = score_batch(model, sequences, greedy(with_nll=True))
+    with_nll = score_batch(model, sequences, greedy(nll=True))
     np.testing.assert_array_equal(with_nll.matches, plain.matches)
     np.testing.assert_array_equal(with_nll.match_mask, plain.match_mask)
-    reference_nll = score_batch(model, sequences, greedy(with_nll=True, eos_policy="reference"))
-    reference = score_batch(model, sequences, greedy(eos_policy="reference"))
+    reference_nll = score_batch(model, sequences, greedy(nll=True, eos="reference"))
+    reference = score_batch(model, sequences, greedy(eos="reference"))
     np.testing.assert_array_equal(reference_nll.matches, reference.matches)
 
 
@@ -285,7 +285,7 @@ def test_bfloat16_model_runs_and_extractable_agrees(model, sequences):
 
 
 def test_empty_batch(model):
-    scores = score_batch(model, torch.zeros((0, K + L), dtype=torch.long), greedy(with_nll=True))
+    scores = score_batch(model, torch.zeros((0, K + L), dtype=torch.long), greedy(nll=True))
     assert scores.matches.shape == (0,) and scores.match_mask.shape == (0, 2) and scores.nll.shape == (0,)
 
 
@@ -296,12 +296,12 @@ def test_bad_input_is_rejected(model, sequences):
         score_batch(model, sequences.float(), greedy())
     with pytest.raises(ValueError, match="ScoringOptions.mode"):
         ScoringOptions(mode="beam")
-    with pytest.raises(ValueError, match="ScoringOptions.eos_policy"):
-        ScoringOptions(mode="extractable", eos_policy="reference")
+    with pytest.raises(ValueError, match="ScoringOptions.eos"):
+        ScoringOptions(mode="extractable", eos="reference")
     with pytest.raises(ValueError, match="ScoringOptions.prompt_len"):
         ScoringOptions(prompt_len=0)
     with pytest.raises(ValueError, match="CUDA"):
-        score_batch(model, sequences, greedy(compile_decode=True))
+        score_batch(model, sequences, greedy(decode="static-compiled"))
 
 
 def test_pick_batch_size_on_cpu_is_the_measured_default(model):

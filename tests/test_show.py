@@ -17,8 +17,9 @@ from sweep.cli import main
 from sweep.driver import run_sweep
 from sweep.report import write_report
 from sweep.spec import load_spec
+from sweep.output import open_output
 from sweep.store import ResultStore
-from test_sweep import local_ray_unless_running, write_spec
+from tests.sweeps import write_spec
 from tests.tiny_lm import train_memorizing_llama
 
 pytestmark = pytest.mark.ray
@@ -70,11 +71,6 @@ def world(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def module_ray():
-    yield from local_ray_unless_running()
-
-
 def sweep(tmp_path: Path, name: str, model_source: str, data_source: str, **model) -> Path:
     spec = load_spec(write_spec(
         tmp_path, Path("/unused"), tmp_path / name, checkpoints=[0, 1], chunks=[0, 1],
@@ -110,7 +106,7 @@ def test_show_prints_prompt_truth_and_model_text_with_misses_marked(local_output
 
     # ... which is sentencepiece's own decoding once the special tokens are set aside
     sentencepiece = spm.SentencePieceProcessor(model_file=str(world / "tok.model"))
-    store = ResultStore(local_output)
+    store = open_output(local_output)
     text = show(str(local_output), "--top", "3")
     blocks = text.strip().split("\n\n")
     assert len(blocks) == 3
@@ -145,7 +141,7 @@ def pl_ckpt(ckpt: int):
 
 
 def test_the_report_shows_examples_and_escapes_training_text(local_output):
-    store = ResultStore(local_output)
+    store = open_output(local_output)
     planted = store.probes().collect()
     assert planted.height > 0
     page = write_report(local_output).read_text()
@@ -171,5 +167,5 @@ def test_show_through_the_hub_decodes_with_the_pinned_revisions_tokenizer(world,
         from_hub = show(str(hub_output), "--top", "5")
         tokenizer_requests = [r for r in server.requests() if r.path.endswith("tokenizer.model")]
     assert from_hub == show(str(local_output), "--top", "5")  # the same sequences, decoded the same way
-    main_commit = ResultStore(hub_output).checkpoint_pin(1)["model_commit"]
+    main_commit = ResultStore(hub_output).ledgers.pin(1)["model_commit"]
     assert tokenizer_requests and all(main_commit in r.path for r in tokenizer_requests[-1:])

@@ -16,9 +16,14 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+import sweep.atomic_write as atomic_write_module
 import sweep.store as store_module
-from sweep.store import DamagedOutputError, LandedCell, PinMismatchError, ResultStore, StoreMismatchError
-from sweep.verify import verify_output
+from sweep.ledger import DamagedOutputError
+from sweep.output import open_output
+from sweep.schema import CellProvenance
+from sweep.spec import identity_hash
+from sweep.store import PinMismatchError, ResultStore, ScoredCell, StoreMismatchError
+from sweep.verify import check_landed, file_sha256, recover, verify_output
 from sweep.writer_lock import OutputLockedError, writer_lock
 
 # The landed-dataset contract (docs/architecture.md), spelled out independently of the store.
@@ -65,8 +70,12 @@ def cell_info(ckpt: int, chunk: int, **pin) -> dict:
             "weights_fingerprint": f"fp{ckpt:014d}", **pin}
 
 
+def write_cell(store: ResultStore, ckpt: int, chunk: int, sequences: pl.DataFrame, info: dict) -> dict:
+    return store.write_cells(ckpt, [ScoredCell(chunk, sequences, CellProvenance.from_dict(info))])[0]
+
+
 def write(store: ResultStore, ckpt: int, chunk: int) -> dict:
-    return store.write_cell(ckpt, chunk, fake_sequences(ckpt, chunk), cell_info(ckpt, chunk))
+    return write_cell(store, ckpt, chunk, fake_sequences(ckpt, chunk), cell_info(ckpt, chunk))
 
 
 def new_store(path: Path) -> ResultStore:
@@ -76,8 +85,8 @@ def new_store(path: Path) -> ResultStore:
 
 
 def read_sorted(store: ResultStore) -> tuple[pl.DataFrame, pl.DataFrame]:
-    sequences = store.sequences().collect().sort("ckpt", "chunk", "row")
-    cells = store.cells().collect().sort("ckpt", "chunk")
+    sequences = open_output(store.output).sequences().collect().sort("ckpt", "chunk", "row")
+    cells = open_output(store.output).cells().collect().sort("ckpt", "chunk")
     return sequences, cells
 
 
@@ -89,7 +98,7 @@ def data_files(output: Path) -> list[Path]:
 def test_round_trip_schema_values_and_done_cells(tmp_path):
     store = new_store(tmp_path / "out")
     records = {(c, j): write(store, c, j) for c in (0, 2) for j in (0, 1, 2)}
-    assert store.done_cells() == set(records)
+    assert store.ledgers.done_cells() == set(records)
 
     sequences, cells = read_sorted(store)
     assert dict(sequences.schema) == SEQUENCE_COLUMNS
@@ -115,21 +124,21 @@ def test_round_trip_schema_values_and_done_cells(tmp_path):
         assert cell["seen"] == (chunk <= ckpt)
         assert cell["model_commit"] == f"{ckpt:040d}" and cell["data_sha256"] is None
     # every data file is listed in a ledger, with its true size and sha256
-    listed = {record.path: record for record in store.landed_files()}
+    listed = {record.path: record for record in store.ledgers.landed_files()}
     assert {p.relative_to(tmp_path / "out").as_posix() for p in data_files(tmp_path / "out")} == set(listed)
     for path, record in listed.items():
         assert (tmp_path / "out" / path).stat().st_size == record.bytes
-        assert store_module.file_sha256(tmp_path / "out" / path) == record.sha256
+        assert file_sha256(tmp_path / "out" / path) == record.sha256
 
 
 def test_several_cells_land_as_one_pair_and_generated_tokens_round_trip(tmp_path):
     store = new_store(tmp_path / "out")
     generated = np.arange(7 * GEN_LEN, dtype=np.uint32).reshape(7, GEN_LEN)
-    cells = [LandedCell(j, fake_sequences(4, j).with_columns(generated=pl.Series(generated).reshape((7, GEN_LEN))),
-                        cell_info(4, j)) for j in (1, 3)]
+    cells = [ScoredCell(j, fake_sequences(4, j).with_columns(generated=pl.Series(generated).reshape((7, GEN_LEN))),
+                        CellProvenance.from_dict(cell_info(4, j))) for j in (1, 3)]
     store.write_cells(4, cells)
-    assert len(store.ledger(4)["files"]) == 1 and store.ledger(4)["files"][0]["chunks"] == [1, 3]
-    landed = store.sequences().filter(pl.col("chunk") == 3).collect()
+    assert len(store.ledgers.ledger(4)["files"]) == 1 and store.ledgers.ledger(4)["files"][0]["chunks"] == [1, 3]
+    landed = open_output(store.output).sequences().filter(pl.col("chunk") == 3).collect()
     assert landed["generated"].to_list() == generated.tolist()
 
 
@@ -139,14 +148,14 @@ def test_a_bulk_partition_lands_whole_and_refuses_cells_already_landed(tmp_path)
     write(store, 3, 1)  # another checkpoint's cell 1 must not block checkpoint 2's
     sequences = pl.concat([fake_sequences(2, chunk).drop("match_mask") for chunk in (0, 1)])
     cells = pl.DataFrame({"chunk": [0, 1], "score": [0.5, 0.25]})
-    store.write_partition(2, sequences, cells)
-    assert sorted(store.done_cells()) == [(2, 0), (2, 1), (2, 5), (3, 1)]
-    assert store.sequences().filter(pl.col("ckpt") == 2).collect().height == 3 * 7
+    store.import_checkpoint(2, sequences, cells)
+    assert sorted(store.ledgers.done_cells()) == [(2, 0), (2, 1), (2, 5), (3, 1)]
+    assert open_output(store.output).sequences().filter(pl.col("ckpt") == 2).collect().height == 3 * 7
     before = data_files(tmp_path / "out")
     again = pl.concat([fake_sequences(2, chunk).drop("match_mask") for chunk in (4, 5)])
     with pytest.raises(ValueError, match=r"ckpt 2: chunks \[5\] have landed already"):
-        store.write_partition(2, again, pl.DataFrame({"chunk": [4, 5], "score": [0.0, 0.0]}))
-    assert data_files(tmp_path / "out") == before and (2, 4) not in store.done_cells()
+        store.import_checkpoint(2, again, pl.DataFrame({"chunk": [4, 5], "score": [0.0, 0.0]}))
+    assert data_files(tmp_path / "out") == before and (2, 4) not in store.ledgers.done_cells()
 
 
 def test_compaction_keeps_rows_one_pair_per_ckpt_and_no_duplicates(tmp_path):
@@ -181,7 +190,7 @@ def test_compaction_keeps_rows_one_pair_per_ckpt_and_no_duplicates(tmp_path):
     assert cells.select("ckpt", "chunk").rows() == sorted({(c, j) for c in (0, 1) for j in (0, 1, 2)} | more)
     assert sequences.select("ckpt", "chunk", "row").is_duplicated().sum() == 0
     assert sequences.height == 7 * len(cells)
-    assert ResultStore(output).done_cells() == set(cells.select("ckpt", "chunk").rows())
+    assert ResultStore(output).ledgers.done_cells() == set(cells.select("ckpt", "chunk").rows())
 
 
 def test_many_loose_landings_are_merged_as_they_pile_up(tmp_path, monkeypatch):
@@ -189,20 +198,21 @@ def test_many_loose_landings_are_merged_as_they_pile_up(tmp_path, monkeypatch):
     store = new_store(tmp_path / "out")
     for chunk in range(8):
         write(store, 0, chunk)
-    assert len(store.ledger(0)["files"]) <= 4
-    assert store.done_cells() == {(0, j) for j in range(8)}
-    assert store.sequences().collect().height == 8 * 7
+    assert len(store.ledgers.ledger(0)["files"]) <= 4
+    assert store.ledgers.done_cells() == {(0, j) for j in range(8)}
+    assert open_output(store.output).sequences().collect().height == 8 * 7
 
 
 def test_empty_store_reads_as_empty_tables(tmp_path):
     store = ResultStore(tmp_path / "nothing")
-    assert store.done_cells() == set()
-    assert store.failures() == []
-    assert dict(store.sequences().collect().schema) == SEQUENCE_COLUMNS
+    assert store.ledgers.done_cells() == set()
+    assert store.layout.failure_files() == []
     store = new_store(tmp_path / "out")
-    assert store.sequences().collect().height == 0
-    assert store.cells().collect().height == 0
-    assert store.probes().collect().height == 0
+    assert open_output(store.output).failures() == []
+    assert dict(open_output(store.output).sequences().collect().schema) == SEQUENCE_COLUMNS
+    assert open_output(store.output).sequences().collect().height == 0
+    assert open_output(store.output).cells().collect().height == 0
+    assert open_output(store.output).probes().collect().height == 0
 
 
 # ---- crash safety --------------------------------------------------------------------------
@@ -246,7 +256,8 @@ def run_with_crash(monkeypatch, crash_at: int, operation) -> bool:
         return real_unlink(self, missing_ok=missing_ok)
 
     with monkeypatch.context() as patch:
-        patch.setattr(store_module, "os", crashing)
+        for module in (store_module, atomic_write_module):  # every module of the writer that touches the disk
+            patch.setattr(module, "os", crashing)
         patch.setattr(Path, "unlink", unlink)
         try:
             operation()
@@ -257,7 +268,7 @@ def run_with_crash(monkeypatch, crash_at: int, operation) -> bool:
 
 def assert_listed_files_whole(output: Path):
     store = ResultStore(output)
-    assert store.check_landed(deep=True) == []
+    assert check_landed(store, deep=True) == []
     for path in data_files(output):
         assert LANDED_NAME.match(path.name), f"stray file {path}"
 
@@ -278,7 +289,7 @@ def build_base(output: Path) -> ResultStore:
 
 def redo_write(store: ResultStore):
     """What the driver does on resume: write the cell unless it landed."""
-    if (1, 3) not in store.done_cells():
+    if (1, 3) not in store.ledgers.done_cells():
         write(store, 1, 3)
 
 
@@ -294,7 +305,7 @@ def test_crash_at_every_step_recovers_exactly(tmp_path, monkeypatch, operation):
     old_rows = read_sorted(reference)
     act(reference)
     expected = read_sorted(reference)
-    expected_failures = [(f["ckpt"], f["chunk"]) for f in reference.failures()]
+    expected_failures = [(f["ckpt"], f["chunk"]) for f in open_output(reference.output).failures()]
 
     crash_points = 0
     for crash_at in range(1, 200):
@@ -307,10 +318,10 @@ def test_crash_at_every_step_recovers_exactly(tmp_path, monkeypatch, operation):
         # Before any recovery, readers see the old rows or the new ones, never a mix, never nothing.
         seen = read_sorted(ResultStore(output))
         assert seen[0].height in (old_rows[0].height, expected[0].height)
-        assert ResultStore(output).check_landed(deep=True) == []
+        assert check_landed(ResultStore(output), deep=True) == []
 
         fresh = ResultStore(output)
-        fresh.recover()
+        recover(fresh)
         assert not (output / "_tmp").exists() or not any((output / "_tmp").iterdir())
         assert_listed_files_whole(output)
         sequences, cells = read_sorted(fresh)
@@ -323,7 +334,7 @@ def test_crash_at_every_step_recovers_exactly(tmp_path, monkeypatch, operation):
             fresh.compact_checkpoint(1)
         for want, got in zip(expected, read_sorted(ResultStore(output))):
             assert_frame_equal(got, want)
-        assert [(f["ckpt"], f["chunk"]) for f in fresh.failures()] == expected_failures
+        assert [(f["ckpt"], f["chunk"]) for f in open_output(fresh.output).failures()] == expected_failures
         if operation == "compact_checkpoint":
             assert len(os.listdir(output / "sequences" / "ckpt=1")) == 1
     else:
@@ -336,17 +347,17 @@ def test_recover_drops_unlisted_files_and_stale_failures(tmp_path):
     store = new_store(output)
     write(store, 3, 0)
     # A landing cut short before its ledger commit, a stray temp file, a stale failure record.
-    orphan = store.partition_dir("sequences", 3) / "batch-000007.parquet"
+    orphan = store.layout.partition_dir("sequences", 3) / "batch-000007.parquet"
     fake_sequences(3, 1).write_parquet(orphan)
     (output / "_tmp").mkdir(exist_ok=True)
     (output / "_tmp" / "cell-00002.abc.parquet").write_bytes(b"partial")
     store.record_failure(3, 0, "boom", 2)
     fresh = ResultStore(output)
-    fresh.recover()
+    recover(fresh)
     assert not orphan.exists()
     assert list((output / "_tmp").iterdir()) == []
-    assert fresh.failures() == []
-    assert fresh.sequences().collect()["chunk"].unique().to_list() == [0]
+    assert open_output(fresh.output).failures() == []
+    assert open_output(fresh.output).sequences().collect()["chunk"].unique().to_list() == [0]
 
 
 # ---- integrity ------------------------------------------------------------------------------
@@ -385,7 +396,7 @@ def test_verify_finds_and_repair_heals_damaged_files(tmp_path, how, compacted):
     assert relative in report.missing or relative in [p for p, _ in report.damaged]
     if how != "flipped":  # readers check sizes (cheap); a same-size change is the sha256's job (verify, run)
         with pytest.raises(DamagedOutputError, match=re.escape(str(path))):
-            ResultStore(output).sequences().collect()
+            open_output(output).sequences().collect()
 
     repaired = verify_output(output, repair=True)
     lost = {(0, 0), (0, 1)} if compacted else {(0, 0)}
@@ -393,7 +404,7 @@ def test_verify_finds_and_repair_heals_damaged_files(tmp_path, how, compacted):
     store = ResultStore(output)
     assert verify_output(output).ok
     landed_before = {(0, 0), (1, 0)} | ({(0, 1)} if compacted else set())
-    assert store.done_cells() == landed_before - lost
+    assert store.ledgers.done_cells() == landed_before - lost
     # the lost cells land again exactly as before (the rerun recomputes them)
     for ckpt, chunk in sorted(lost):
         write(store, ckpt, chunk)
@@ -408,7 +419,7 @@ def test_a_stray_copy_is_never_data_and_repair_removes_it(tmp_path):
     store.compact_checkpoint(0)
     [part] = list((output / "sequences" / "ckpt=0").iterdir())
     shutil.copy(part, part.with_name("part-0 (copy).parquet"))
-    assert store.sequences().collect().height == 7  # not 14
+    assert open_output(store.output).sequences().collect().height == 7  # not 14
     report = verify_output(output)
     assert report.foreign == ["sequences/ckpt=0/part-0 (copy).parquet"] and not report.damaged
     verify_output(output, repair=True)
@@ -420,12 +431,12 @@ def test_a_stray_copy_is_never_data_and_repair_removes_it(tmp_path):
 def test_a_cell_from_another_commit_or_weights_is_refused(tmp_path):
     store = new_store(tmp_path / "out")
     write(store, 2, 0)
-    assert store.checkpoint_pin(2)["model_commit"] == f"{2:040d}"
+    assert store.ledgers.pin(2)["model_commit"] == f"{2:040d}"
     with pytest.raises(PinMismatchError, match="model_commit"):
-        store.write_cell(2, 1, fake_sequences(2, 1), cell_info(2, 1, model_commit="f" * 40))
+        write_cell(store, 2, 1, fake_sequences(2, 1), cell_info(2, 1, model_commit="f" * 40))
     with pytest.raises(PinMismatchError, match="weights_fingerprint"):
-        store.write_cell(2, 1, fake_sequences(2, 1), cell_info(2, 1, weights_fingerprint="other"))
-    assert store.done_cells() == {(2, 0)}
+        write_cell(store, 2, 1, fake_sequences(2, 1), cell_info(2, 1, weights_fingerprint="other"))
+    assert store.ledgers.done_cells() == {(2, 0)}
 
 
 def test_probe_sets_land_pinned_and_a_changed_source_is_refused(tmp_path):
@@ -434,7 +445,7 @@ def test_probe_sets_land_pinned_and_a_changed_source_is_refused(tmp_path):
                           "tokens": [[1, 2, 3], [4, 5, 6]]})
     store.write_probe_set(5, frame, {"file": "train_005.jsonl", "sha256": "a" * 64})
     assert ResultStore(tmp_path / "out").read_probe_set(5)["tokens"].to_list() == [[1, 2, 3], [4, 5, 6]]
-    assert store.probes().collect().height == 2
+    assert open_output(store.output).probes().collect().height == 2
     with pytest.raises(PinMismatchError, match="sha256 " + "b" * 64):
         store.write_probe_set(5, frame, {"file": "train_005.jsonl", "sha256": "b" * 64})
 
@@ -449,7 +460,7 @@ def test_manifest_reopen_appends_run_and_mismatch_names_key(tmp_path):
     assert manifest["format"] == 2
     assert manifest["identity"] == IDENTITY
     assert [run["device"] for run in manifest["runs"]] == ["cpu", "cuda"]
-    assert manifest["identity_hash"] == store_module.identity_hash(IDENTITY)
+    assert manifest["identity_hash"] == identity_hash(IDENTITY)
 
     changed = {**IDENTITY, "memorization": {**IDENTITY["memorization"], "prompt_len": 16}}
     with pytest.raises(StoreMismatchError) as caught:
@@ -468,7 +479,7 @@ def test_an_output_with_nothing_landed_takes_a_corrected_spec(tmp_path):
     ResultStore(output).open(changed, {}, {})
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["identity"] == changed and len(manifest["runs"]) == 2
-    assert ResultStore(output).failures() == []
+    assert open_output(output).failures() == []
 
 
 def test_open_refuses_foreign_directory_bad_and_old_manifests(tmp_path):
@@ -499,30 +510,30 @@ def test_failures_recorded_listed_and_cleared(tmp_path):
     store = new_store(tmp_path / "out")
     store.record_failure(2, 5, "RuntimeError: CUDA out of memory", attempts=3)
     store.record_failure(1, 7, "actor died", attempts=2)
-    listed = store.failures()
+    listed = open_output(store.output).failures()
     assert [(f["ckpt"], f["chunk"], f["attempts"]) for f in listed] == [(1, 7, 2), (2, 5, 3)]
     assert listed[1]["error"] == "RuntimeError: CUDA out of memory" and listed[1]["failed_at"]
-    assert (2, 5) not in store.done_cells()
+    assert (2, 5) not in store.ledgers.done_cells()
     write(store, 2, 5)
-    assert [(f["ckpt"], f["chunk"]) for f in ResultStore(tmp_path / "out").failures()] == [(1, 7)]
+    assert [(f["ckpt"], f["chunk"]) for f in open_output(tmp_path / "out").failures()] == [(1, 7)]
 
 
 def test_bad_sequences_and_info_raise_clear_errors(tmp_path):
     store = new_store(tmp_path / "out")
     good = fake_sequences(0, 0)
     with pytest.raises(ValueError, match=r"ckpt 0 chunk 0: missing column\(s\) \['prefix_match'\]"):
-        store.write_cell(0, 0, good.drop("prefix_match"), cell_info(0, 0))
+        write_cell(store, 0, 0, good.drop("prefix_match"), cell_info(0, 0))
     with pytest.raises(ValueError, match=r"unexpected column\(s\) \['tokens'\]"):
-        store.write_cell(0, 0, good.with_columns(tokens=pl.lit(1)), cell_info(0, 0))
+        write_cell(store, 0, 0, good.with_columns(tokens=pl.lit(1)), cell_info(0, 0))
     with pytest.raises(ValueError, match="column 'chunk' holds values other than 4"):
-        store.write_cell(0, 4, good, cell_info(0, 4))
+        write_cell(store, 0, 4, good, cell_info(0, 4))
     with pytest.raises(ValueError, match="column 'row'"):
-        store.write_cell(0, 0, good.with_columns(row=pl.lit("x")), cell_info(0, 0))
+        write_cell(store, 0, 0, good.with_columns(row=pl.lit("x")), cell_info(0, 0))
     with pytest.raises(ValueError, match="holds a row more than once"):
-        store.write_cell(0, 0, pl.concat([good, good]), cell_info(0, 0))
+        write_cell(store, 0, 0, pl.concat([good, good]), cell_info(0, 0))
     with pytest.raises(ValueError, match=r"missing key\(s\) \['device'\]"):
-        store.write_cell(0, 0, good, {k: v for k, v in cell_info(0, 0).items() if k != "device"})
-    assert store.done_cells() == set()
+        write_cell(store, 0, 0, good, {k: v for k, v in cell_info(0, 0).items() if k != "device"})
+    assert store.ledgers.done_cells() == set()
     assert data_files(tmp_path / "out") == []
 
 

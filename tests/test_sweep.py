@@ -25,73 +25,14 @@ import yaml
 from actors.loading import load_checkpoint
 from actors.scoring import ScoringOptions, score_batch
 from sweep.driver import run_sweep
+from sweep.output import open_output
 from sweep.spec import load_spec
 from sweep.store import ResultStore
+from tests.sweeps import K, L, SAMPLES, landed, write_spec
 
 pytestmark = pytest.mark.ray
 
 REPO = Path(__file__).resolve().parents[1]
-K = L = 32
-SAMPLES = 96  # every row of each test chunk: the memorization-signal test compares row groups
-TIMING = ["seconds", "sequences_per_s", "finished_at", "attempts", "device", "batch_size"]
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    from sweep.demo import DemoWorldConfig, ensure_demo_world
-
-    root = tmp_path_factory.mktemp("world")
-    config = DemoWorldConfig(chunks=3, rows_per_chunk=96)
-    ensure_demo_world(config, root / "model", root / "data", progress=False)
-    return root
-
-
-@pytest.fixture(scope="session")
-def local_ray():
-    start_local_ray()
-    yield
-    ray.shutdown()
-
-
-def start_local_ray() -> None:
-    """A private local Ray with two logical GPUs (two actors on this CPU machine), quiet."""
-    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-
-
-def local_ray_unless_running():
-    """Body of a module-scoped fixture: start_local_ray() unless this process is connected already (another
-    module's session Ray), and shut down only what it started."""
-    started = not ray.is_initialized()
-    if started:
-        start_local_ray()
-    yield
-    if started:
-        ray.shutdown()
-
-
-def write_spec(tmp_path: Path, world: Path, output: Path, **extra) -> Path:
-    spec = {
-        "name": "t",
-        "model": {"source": str(world / "model"), "dtype": "float32", **extra.pop("model", {})},
-        "data": {"source": str(world / "data"), "samples_per_chunk": SAMPLES, "seed": 42,
-                 "cache_dir": str(tmp_path / "probe-cache")},
-        "checkpoints": "0-2",
-        "chunks": "0-2",
-        "memorization": {"prompt_len": K, "continuation_len": L, "nll": True},
-        "resources": {"batch_size": 8, "max_attempts": 2, **extra.pop("resources", {})},
-        "output": str(output),
-        **extra,
-    }
-    path = tmp_path / f"{output.name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def landed(output: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    store = ResultStore(output)
-    sequences = store.sequences().collect().sort("ckpt", "chunk", "row")
-    cells = store.cells().collect().drop(TIMING).sort("ckpt", "chunk")
-    return sequences, cells
 
 
 @pytest.fixture(scope="session")
@@ -106,11 +47,11 @@ def clean_run(world, local_ray, tmp_path_factory):
 def test_sweep_lands_what_the_kernel_computes(clean_run, world):
     torch.set_num_threads(1)  # tiny models: threads only add overhead, and the Ray actors share the cores
     spec, summary, output = clean_run
-    assert summary.ok and summary.cells_scored == 9
+    assert summary.ok and summary.schedule.cells_scored == 9
     sequences, cells = landed(output)
     assert sequences.height == 9 * SAMPLES
     assert sequences.select("ckpt", "chunk", "row").is_duplicated().sum() == 0
-    options = ScoringOptions(prompt_len=K, continuation_len=L, with_nll=True)
+    options = ScoringOptions(prompt_len=K, continuation_len=L, nll=True)
     for ckpt in range(3):
         model = load_checkpoint(str(world / "model" / f"ckpt_{ckpt:03d}"), None, "float32", "cpu")
         for chunk in range(3):
@@ -134,14 +75,14 @@ def test_sweep_lands_what_the_kernel_computes(clean_run, world):
 
 def test_each_checkpoint_is_loaded_once(clean_run):
     _, summary, _ = clean_run
-    assert dict(summary.loads) == {0: 1, 1: 1, 2: 1}
+    assert dict(summary.schedule.loads) == {0: 1, 1: 1, 2: 1}
 
 
 def test_rerun_is_a_no_op_and_extending_adds_only_new_cells(clean_run, world, tmp_path):
     spec, _, output = clean_run
     before = landed(output)
     again = run_sweep(spec, progress=False)
-    assert again.cells_scored == 0 and again.cells_done_before == 9
+    assert again.schedule.cells_scored == 0 and again.cells_done_before == 9
     after = landed(output)
     assert before[0].equals(after[0]) and before[1].equals(after[1])
 
@@ -162,8 +103,8 @@ def test_actor_killed_mid_sweep_loses_and_duplicates_nothing(clean_run, world, t
     spec = load_spec(write_spec(tmp_path, world, tmp_path / "out"))
     summary = run_sweep(spec, progress=False)
     assert marker.exists(), "the fault was not injected"
-    assert summary.ok and summary.cells_scored == 9
-    assert summary.loads[1] >= 1  # the restarted actor loaded ckpt 1 again (a killed call reports nothing)
+    assert summary.ok and summary.schedule.cells_scored == 9
+    assert summary.schedule.loads[1] >= 1  # the restarted actor loaded ckpt 1 again (a killed call reports nothing)
     expected, got = landed(clean_run[2]), landed(tmp_path / "out")
     assert got[0].equals(expected[0])
     assert got[1].equals(expected[1])
@@ -196,7 +137,7 @@ def test_interrupted_driver_resumes_to_the_same_rows(clean_run, world, tmp_path)
         time.sleep(0.2)
     first.send_signal(signal.SIGINT)  # Ctrl-C mid-sweep
     log, _ = first.communicate(timeout=120)
-    partial = ResultStore(output).done_cells()
+    partial = ResultStore(output).ledgers.done_cells()
     assert 0 < len(partial) < 9 or first.returncode == 0, log
     second = _cli("run", str(spec_path), "--num-cpus", "2", "--no-progress")
     log, _ = second.communicate(timeout=300)

@@ -1,0 +1,50 @@
+"""Helpers for the tests that run whole sweeps (not a test module): the shared spec, Ray and landed tables.
+
+Fixtures built on these live in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import ray
+import yaml
+
+from sweep.output import open_output
+
+K = L = 32
+SAMPLES = 96  # every row of each test chunk: the memorization-signal test compares row groups
+TIMING = ["seconds", "sequences_per_s", "finished_at", "attempts", "device", "batch_size"]
+
+
+def start_local_ray() -> None:
+    """A private local Ray with two logical GPUs (two actors on this CPU machine), quiet."""
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+
+
+def write_spec(tmp_path: Path, world: Path, output: Path, **extra) -> Path:
+    """A spec over `world` (a demo world's model/ and data/) into `output`; `extra` overrides sections."""
+    spec = {
+        "name": "t",
+        "model": {"source": str(world / "model"), "dtype": "float32", **extra.pop("model", {})},
+        "data": {"source": str(world / "data"), "samples_per_chunk": SAMPLES, "seed": 42,
+                 "cache_dir": str(tmp_path / "probe-cache"), **extra.pop("data", {})},
+        "checkpoints": "0-2",
+        "chunks": "0-2",
+        "memorization": {"prompt_len": K, "continuation_len": L, "nll": True, **extra.pop("memorization", {})},
+        "resources": {"batch_size": 8, "max_attempts": 2, **extra.pop("resources", {})},
+        "output": str(output),
+        **extra,
+    }
+    path = tmp_path / f"{output.name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def landed(output: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(sequences, cells without the timing columns) of an output, sorted: what two equal runs share exactly."""
+    tables = open_output(output)
+    sequences = tables.sequences().collect().sort("ckpt", "chunk", "row")
+    cells = tables.cells().collect().drop(TIMING).sort("ckpt", "chunk")
+    return sequences, cells
