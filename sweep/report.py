@@ -126,21 +126,23 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
     sections.extend(_example_sections(output, last_ckpt, first_memorized, example_cells))
 
     index = out_dir / "index.html"
-    index.write_text(_render_page(_run_name(manifest, output), sections))
+    index.write_text(_render_page(run_name(manifest, output), sections))
     return index
 
 
 # ---------------------------------------------------------------- sections
 
 
-def _overview_section(
-    output: Path, manifest: dict | None, cells: pl.DataFrame, sequences: pl.LazyFrame, extractable: bool
-) -> Section:
+def run_facts(name: str, manifest: dict | None, cells: pl.DataFrame, failed_cells: int) -> list[tuple[str, str]]:
+    """The run's facts as (fact, value) lines: what the report's "Run" table and the explorer's overview show.
+
+    `cells`: the landed cells table (at least one row); `failed_cells`: how many cells failed after all tries.
+    """
     ckpts = cells["ckpt"].unique().sort()
     chunk_ids = cells["chunk"].unique().sort()
-    failures = output / "failures"
-    facts = [
-        ("run", _run_name(manifest, output)),
+    extractable = analyses.is_extractable_mode(cells)
+    return [
+        ("run", name),
         ("identity hash", (manifest or {}).get("identity_hash", "(no manifest)")),
         ("checkpoints", f"{len(ckpts)} ({ckpts.min()} .. {ckpts.max()})"),
         ("chunks", f"{len(chunk_ids)} ({chunk_ids.min()} .. {chunk_ids.max()})"),
@@ -151,8 +153,16 @@ def _overview_section(
         ("mean sequences/s per cell", _format(cells["sequences_per_s"].mean())),
         ("devices", ", ".join(str(d) for d in cells["device"].unique().sort().to_list())),
         ("dtypes", ", ".join(str(d) for d in cells["dtype"].unique().sort().to_list())),
-        ("failed cells", str(sum(1 for _ in failures.rglob("*") if _.is_file())) if failures.is_dir() else "0"),
+        ("failed cells", str(failed_cells)),
     ]
+
+
+def _overview_section(
+    output: Path, manifest: dict | None, cells: pl.DataFrame, sequences: pl.LazyFrame, extractable: bool
+) -> Section:
+    failures = output / "failures"
+    failed = sum(1 for _ in failures.rglob("*") if _.is_file()) if failures.is_dir() else 0
+    facts = run_facts(run_name(manifest, output), manifest, cells, failed)
     section = Section("Run", tables=[_html_table(pl.DataFrame(facts, schema=["fact", "value"], orient="row"))])
     if manifest is None:
         section.notes.append(f"{output / 'manifest.json'} is missing: spec and identity unknown.")
@@ -538,11 +548,11 @@ def first_memorized_counts(memorized: pl.DataFrame) -> tuple[pl.DataFrame, int]:
 # ---------------------------------------------------------------- page and helpers
 
 
-def _render_page(run_name: str, sections: list[Section]) -> str:
+def _render_page(name: str, sections: list[Section]) -> str:
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>memsweep report: {html.escape(run_name)}</title>",
+        f"<title>memsweep report: {html.escape(name)}</title>",
         "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
         "img{max-width:100%}table{border-collapse:collapse;margin:.5em 0}"
         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#f3f3f3}"
@@ -552,7 +562,7 @@ def _render_page(run_name: str, sections: list[Section]) -> str:
         "color:#777}.example .prompt{color:#555}.hit{background:#dff5df}.miss{background:#fadcdc;"
         "text-decoration:underline}</style>",
         "</head><body>",
-        f"<h1>memsweep report: {html.escape(run_name)}</h1>",
+        f"<h1>memsweep report: {html.escape(name)}</h1>",
     ]
     for section in sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
@@ -638,7 +648,7 @@ def _read_manifest(path: Path) -> dict | None:
     return manifest
 
 
-def _run_name(manifest: dict | None, output: Path) -> str:
+def run_name(manifest: dict | None, output: Path) -> str:
     spec = (manifest or {}).get("spec")
     name = spec.get("name") if isinstance(spec, dict) else None
     return str(name) if name else output.name
