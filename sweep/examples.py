@@ -169,7 +169,8 @@ class TokenDecoder:
 
 # ---- rendering --------------------------------------------------------------------------------------------
 
-_VISIBLE = str.maketrans({"\n": "↵", "\t": "⇥", "\r": "␍"})
+# Newlines and tabs as visible marks, so a sequence reads on one line (the terminal and the explorer alike).
+VISIBLE_WHITESPACE = str.maketrans({"\n": "↵", "\t": "⇥", "\r": "␍"})
 GREEN, RED, DIM, RESET = "\033[32m", "\033[31;4m", "\033[2m", "\033[0m"
 
 
@@ -179,7 +180,7 @@ def render_text(example: Example, decoder: TokenDecoder, color: bool = False) ->
     def marked(spans: list[tuple[str, bool]]) -> str:
         parts = []
         for text, hit in spans:
-            text = text.translate(_VISIBLE)
+            text = text.translate(VISIBLE_WHITESPACE)
             if hit:
                 parts.append(f"{GREEN}{text}{RESET}" if color else text)
             else:
@@ -188,7 +189,7 @@ def render_text(example: Example, decoder: TokenDecoder, color: bool = False) ->
 
     hits = example.hits
     lines = [example.headline(),
-             f"  prompt │ {(DIM if color else '')}{decoder.text(example.prompt).translate(_VISIBLE)}"
+             f"  prompt │ {(DIM if color else '')}{decoder.text(example.prompt).translate(VISIBLE_WHITESPACE)}"
              f"{(RESET if color else '')}",
              f"  truth  │ {marked(decoder.spans(example.truth, hits))}"]
     if example.generated is not None:
