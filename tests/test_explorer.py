@@ -128,8 +128,14 @@ def test_sequence_page_follows_one_row_across_checkpoints(client, explorer_outpu
     assert [p["score"] for p in payload["checkpoints"]] == pytest.approx(history["score"].to_list())
     memorized = history.filter(pl.col("full_match"))["ckpt"].to_list()
     assert (payload["first_memorized"], payload["last_memorized"]) == (min(memorized), max(memorized))
+    assert [p["full_match"] for p in payload["checkpoints"]] == history["full_match"].to_list()
+    # Each checkpoint's misses are marked on the truth: right up to its exact prefix, wrong at the next position.
+    for point in payload["checkpoints"]:
+        hits = [hit for text, hit in point["truth_spans"] for _ in text]
+        assert hits[0] == (point["prefix_match"] > 0) and (point["full_match"] or not all(hits))
     planted = client.get(f"/sequence/1/{PLANTED_ROW}.json").json()
-    assert planted["first_memorized"] == 0 and SCRIPT in planted["prompt"] and IMAGE in planted["truth"]
+    assert planted["first_memorized"] == 0 and planted["latest"]["ckpt"] == 3
+    assert SCRIPT in planted["latest"]["prompt"] and IMAGE in planted["latest"]["model"]
     page = client.get(f"/sequence/1/{PLANTED_ROW}").text
     assert "<polyline" in page and "&lt;img src=x onerror=" in page and IMAGE not in page
     assert pl.read_csv(io.BytesIO(client.get(f"/sequence/1/{row}.csv").content)).height == 4

@@ -32,9 +32,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sweep.examples import VISIBLE_WHITESPACE
 from sweep.explorer import params
-from sweep.explorer.data import EXPOSURES, SEQUENCE_COLUMNS, SEQUENCE_SORTS, BadQuery, ExplorerData, NotLanded
+from sweep.explorer.data import (EXPOSURES, HISTORY_COLUMNS, SEQUENCE_COLUMNS, SEQUENCE_SORTS, BadQuery,
+                                 ExplorerData, NotLanded)
 from sweep.explorer.downloads import FORMATS, frame_response, json_response
 from sweep.explorer.trajectory import trajectory
+from sweep.store import SEQUENCE_SCHEMA
 
 STATIC = Path(__file__).parent / "static"
 # Defence in depth: training text is escaped by the templates; were anything to slip through, the browser
@@ -46,6 +48,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 LOCAL_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+SEQUENCE_TYPES = {"ckpt": pl.Int32(), **SEQUENCE_SCHEMA}
+HISTORY_SCHEMA = {"chunk": pl.Int32(), "row": pl.Int64(),
+                  **{name: SEQUENCE_TYPES[name] for name in HISTORY_COLUMNS if name != "match_mask"}}
 CELL_PAGE_COLUMNS = [("row", "row"), ("source", "source"), ("score", "score"), ("matches", "matches"),
                      ("prefix_match", "exact prefix"), ("full_match", "full match"), ("nll", "NLL"),
                      ("tf_accuracy", "tf accuracy")]
@@ -199,14 +204,13 @@ class Pages:
         if fmt == "json":
             return json_response({
                 "chunk": chunk, "row": row, "source": view.source, "decoding": view.decoding.as_record(),
-                "prompt": view.prompt, "truth": view.truth, "first_memorized": view.first_memorized,
-                "last_memorized": view.last_memorized, "exposures": view.exposures,
-                "checkpoints": [point.as_record() for point in view.checkpoints],
+                "latest": view.latest.as_record() if view.latest else None,
+                "first_memorized": view.first_memorized, "last_memorized": view.last_memorized,
+                "exposures": view.exposures, "checkpoints": [point.as_record() for point in view.checkpoints],
             })
         if fmt != "html":
-            rows = [{key: value for key, value in point.as_record().items()
-                     if key not in ("truth_spans", "model_spans")} for point in view.checkpoints]
-            return frame_response(_rows_frame(rows, False), fmt, f"sequence-{chunk}-{row}")
+            history = pl.DataFrame([point.numbers for point in view.checkpoints], schema=HISTORY_SCHEMA)
+            return frame_response(history, fmt, f"sequence-{chunk}-{row}")
         numbers = [point.numbers for point in view.checkpoints]
         length = self._continuation_len()
         chart = trajectory(
@@ -233,13 +237,10 @@ def _format(request: Request, default: str) -> str:
 
 
 def _rows_frame(rows: list[dict], has_exposures: bool) -> pl.DataFrame:
-    """Decoded rows as a flat table (one schema whether or not the page has rows)."""
-    schema = {name: dtype for name, dtype in [
-        ("ckpt", pl.Int32), ("chunk", pl.Int32), ("row", pl.Int64), ("source", pl.String), ("matches", pl.Int16),
-        ("score", pl.Float32), ("full_match", pl.Boolean), ("prefix_match", pl.Int16), ("nll", pl.Float32),
-        ("tf_accuracy", pl.Float32), (EXPOSURES, pl.Int64), ("prompt", pl.String), ("truth", pl.String),
-        ("model", pl.String)] if has_exposures or name != EXPOSURES}
-    assert set(SEQUENCE_COLUMNS) <= set(schema)
+    """A cell page's decoded rows as a flat table (one schema whether or not the page has rows)."""
+    schema = {**{name: SEQUENCE_TYPES[name] for name in SEQUENCE_COLUMNS},
+              **({EXPOSURES: pl.Int64} if has_exposures else {}),
+              "prompt": pl.String, "truth": pl.String, "model": pl.String}
     return pl.DataFrame(rows, schema=schema)
 
 

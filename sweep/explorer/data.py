@@ -32,6 +32,8 @@ DECODERS_KEPT = 16  # tokenizers held in memory (one per checkpoint viewed; a fe
 SEQUENCE_COLUMNS = ("ckpt", "chunk", "row", "source", "matches", "score", "full_match", "prefix_match", "nll",
                     "tf_accuracy")
 EXPOSURES = "exposures"
+# What the sequence page reads at every checkpoint (match_mask: which positions were right, 4 bytes at l = 32).
+HISTORY_COLUMNS = ("ckpt", "matches", "score", "full_match", "prefix_match", "match_mask")
 
 
 @dataclass(frozen=True)
@@ -115,17 +117,27 @@ class CellView:
 
 
 @dataclass(frozen=True)
+class CheckpointPoint:
+    """One training row at one checkpoint: its numbers, and the true continuation with that checkpoint's misses."""
+
+    numbers: dict  # chunk, row and HISTORY_COLUMNS but the mask
+    truth: list[tuple[str, bool]]
+
+    def as_record(self) -> dict:
+        return {**self.numbers, "truth_spans": self.truth}
+
+
+@dataclass(frozen=True)
 class SequenceView:
     chunk: int
     row: int
     source: str
     decoding: Decoding
-    prompt: str
-    truth: str
+    latest: DecodedSequence | None  # the text, and the model's continuation at the last checkpoint
     first_memorized: int | None
     last_memorized: int | None
     exposures: int | None
-    checkpoints: list[DecodedSequence]  # one per landed checkpoint, ascending
+    checkpoints: list[CheckpointPoint]  # one per landed checkpoint, ascending
 
 
 @dataclass(frozen=True)
@@ -190,7 +202,9 @@ class ExplorerData:
 
     def cell(self, ckpt: int, chunk: int) -> dict:
         """One landed cell's record; NotLanded (saying whether it failed) when there is none."""
-        reader = self.open_reader(self.output)
+        return self._cell(self.open_reader(self.output), ckpt, chunk)
+
+    def _cell(self, reader: ResultStore, ckpt: int, chunk: int) -> dict:
         found = reader.cells(ckpt).filter(pl.col("chunk") == chunk).collect()
         if found.height:
             return found.row(0, named=True)
@@ -233,8 +247,8 @@ class ExplorerData:
 
     def cell_view(self, ckpt: int, chunk: int, query: SequenceQuery) -> CellView:
         """A cell's record and one page of its sequences, filtered, ordered and decoded."""
-        cell = self.cell(ckpt, chunk)
         reader = self.open_reader(self.output)
+        cell = self._cell(reader, ckpt, chunk)
         sequences = reader.sequences(ckpt).filter(pl.col("chunk") == chunk).select(SEQUENCE_COLUMNS)
         exposures = _exposure_counts(reader)
         sorts = SEQUENCE_SORTS + ((EXPOSURES,) if exposures is not None else ())
@@ -248,15 +262,15 @@ class ExplorerData:
         chosen = _filtered(sequences, query, exposures is not None)
         total = chosen.select(pl.len()).collect().item()
         page = _ordered(chosen, query).slice(query.offset, query.limit).collect()
-        decoder = self.decoder(ckpt)
-        examples = self._examples(reader, ckpt, page)
+        decoder = self.decoder(ckpt, reader)
+        examples = self._examples(reader, ckpt, list(page.select("chunk", "row").iter_rows()))
         decoded = [_decoded(numbers, examples.get((numbers["chunk"], numbers["row"])), decoder)
                    for numbers in page.iter_rows(named=True)]
         return CellView(cell, _decoding(ckpt, decoder), total, sources, exposures is not None, decoded)
 
-    def _examples(self, reader: ResultStore, ckpt: int, page: pl.DataFrame) -> dict[tuple[int, int], Example]:
-        """The page's rows as `memsweep show` builds them (prompt, truth and the model's tokens)."""
-        keys = list(page.select("chunk", "row").iter_rows())
+    @staticmethod
+    def _examples(reader: ResultStore, ckpt: int, keys: list[tuple[int, int]]) -> dict[tuple[int, int], Example]:
+        """These (chunk, row)s at `ckpt` as `memsweep show` builds them (prompt, truth and the model's tokens)."""
         if not keys:
             return {}
         try:
@@ -268,48 +282,55 @@ class ExplorerData:
     # ---- one training row across checkpoints ---------------------------------------------------
 
     def sequence_view(self, chunk: int, row: int) -> SequenceView:
+        """One training row at every landed checkpoint: its numbers and which positions each got right; its text,
+        and the model's own continuation at the last checkpoint."""
         reader = self.open_reader(self.output)
+        # Only narrow columns over every checkpoint: this read opens one file per checkpoint, and the wide ones
+        # (nll, tf_accuracy, generated) would make it several times slower at 360 checkpoints (BENCHMARKS.md).
         history = (reader.sequences().filter((pl.col("chunk") == chunk) & (pl.col("row") == row))
-                   .select(*SEQUENCE_COLUMNS, "generated").sort("ckpt").collect())
+                   .select(HISTORY_COLUMNS).sort("ckpt").collect())
         if history.height == 0:
             raise NotLanded(f"no landed sequence has chunk {chunk}, row {row}")
         last = int(history["ckpt"].max())
-        decoder = self.decoder(last)
-        text = self._examples(reader, last, history.filter(pl.col("ckpt") == last)).get((chunk, row))
-        exposures = _exposure_counts(reader)
-        count = None
-        if exposures is not None:
-            found = exposures.filter((pl.col("chunk") == chunk) & (pl.col("row") == row)).collect()
-            count = int(found[EXPOSURES][0]) if found.height else None
+        decoder = self.decoder(last, reader)
+        latest = self._examples(reader, last, [(chunk, row)]).get((chunk, row))
+        truth = latest.truth if latest else []
+        spans: dict[tuple[bool, ...], list[tuple[str, bool]]] = {}  # many checkpoints share one pattern of hits
         checkpoints = []
         for numbers in history.iter_rows(named=True):
-            generated = numbers.pop("generated")
-            example = None if text is None else Example(
-                ckpt=numbers["ckpt"], chunk=chunk, row=row, source=numbers["source"], prompt=text.prompt,
-                truth=text.truth, generated=generated, matches=numbers["matches"],
-                prefix_match=numbers["prefix_match"], full_match=bool(numbers["full_match"]))
-            checkpoints.append(_decoded(numbers, example, decoder))
+            hits = tuple(_hits(numbers.pop("match_mask"), numbers["prefix_match"], len(truth)))
+            if hits not in spans:
+                spans[hits] = decoder.spans(truth, list(hits))
+            checkpoints.append(CheckpointPoint({"chunk": chunk, "row": row, **_plain_record(numbers)}, spans[hits]))
         memorized = history.filter(pl.col("full_match"))["ckpt"]
         return SequenceView(
-            chunk=chunk, row=row, source=str(history["source"][-1]), decoding=_decoding(last, decoder),
-            prompt=decoder.text(text.prompt) if text else "", truth=decoder.text(text.truth) if text else "",
+            chunk=chunk, row=row, source=latest.source if latest else "", decoding=_decoding(last, decoder),
+            latest=_decoded(checkpoints[-1].numbers, latest, decoder) if latest else None,
             first_memorized=int(memorized.min()) if len(memorized) else None,
             last_memorized=int(memorized.max()) if len(memorized) else None,
-            exposures=count, checkpoints=checkpoints)
+            exposures=self._exposures_of(reader, chunk, row), checkpoints=checkpoints)
+
+    @staticmethod
+    def _exposures_of(reader: ResultStore, chunk: int, row: int) -> int | None:
+        exposures = _exposure_counts(reader)
+        if exposures is None:
+            return None
+        found = exposures.filter((pl.col("chunk") == chunk) & (pl.col("row") == row)).collect()
+        return int(found[EXPOSURES][0]) if found.height else None
 
     # ---- decoding ------------------------------------------------------------------------------
 
     def has_exposures(self) -> bool:
         return _exposure_counts(self.open_reader(self.output)) is not None
 
-    def decoder(self, ckpt: int) -> TokenDecoder:
+    def decoder(self, ckpt: int, reader: ResultStore | None = None) -> TokenDecoder:
         """Checkpoint `ckpt`'s tokenizer as `memsweep show` loads it (kept: loading costs ~0.1-1 s), or the
         reason there is none (then text shows as token ids)."""
         with self._decoders_lock:
             if ckpt in self._decoders:
                 self._decoders.move_to_end(ckpt)
                 return self._decoders[ckpt]
-            decoder = TokenDecoder.for_checkpoint(self.open_reader(self.output), ckpt)
+            decoder = TokenDecoder.for_checkpoint(reader or self.open_reader(self.output), ckpt)
             self._decoders[ckpt] = decoder
             while len(self._decoders) > DECODERS_KEPT:
                 self._decoders.popitem(last=False)
@@ -349,12 +370,24 @@ def _ordered(sequences: pl.LazyFrame, query: SequenceQuery) -> pl.LazyFrame:
 
 
 def _decoded(numbers: dict, example: Example | None, decoder: TokenDecoder) -> DecodedSequence:
-    numbers = {key: _plain(value) for key, value in numbers.items()}
+    numbers = _plain_record(numbers)
     if example is None:
         return DecodedSequence(numbers, "", [], None)
     hits = example.hits
     model = None if example.generated is None else decoder.spans(example.generated, hits)
     return DecodedSequence(numbers, decoder.text(example.prompt), decoder.spans(example.truth, hits), model)
+
+
+def _hits(mask: bytes | None, prefix_match: int | None, length: int) -> list[bool]:
+    """Per continuation position, right or wrong, from the landed bit mask (bit i = position i, little bit order);
+    in extractable mode no mask lands and the exact prefix is all that is known (as Example.hits)."""
+    if mask is not None:
+        return np.unpackbits(np.frombuffer(mask, dtype=np.uint8), bitorder="little")[:length].astype(bool).tolist()
+    return [position < (prefix_match or 0) for position in range(length)]
+
+
+def _plain_record(record: dict) -> dict:
+    return {key: _plain(value) for key, value in record.items()}
 
 
 def _plain(value):

@@ -63,8 +63,9 @@ def serve(output: Path, host: str = "127.0.0.1", port: int = 8765, out: TextIO =
     import uvicorn
 
     data = ExplorerData(output)  # refuses a folder that is not an output before anything listens
-    # Tokenizers come with transformers, whose import costs seconds: paid here, not by the first cell page.
-    import transformers  # noqa: F401
+    # Tokenizers come with transformers, whose AutoTokenizer import pulls in torch (seconds): paid here, before the
+    # URL is printed, not by the first page that decodes text.
+    from transformers import AutoTokenizer  # noqa: F401
 
     sock = bind(host, port)
     print(f"memsweep explorer: {url_of(sock, host)} serving {data.output} (read-only; Ctrl-C stops it)", file=out,
