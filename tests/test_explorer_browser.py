@@ -8,12 +8,12 @@ Skipped, saying why, where Chromium, chromedriver or Selenium is missing (.ci/ru
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 from chromium import chromium, why_no_browser
 from explorer_world import FAILED_CELL, IMAGE, PLANTED_ROW, SCRIPT
+from heatmap_page import cell_centre, cell_offset, cell_pixel, hover, open_overview, pixel, point_at, wait_for
 
 pytestmark = pytest.mark.skipif(why_no_browser() is not None, reason=f"browser tests: {why_no_browser()}")
 
@@ -32,52 +32,6 @@ def browser():
 @pytest.fixture(scope="module")
 def site(served_explorer):
     return served_explorer[0]
-
-
-def open_overview(browser, site, query: str = "") -> None:
-    browser.get(f"{site}/{query}")
-    wait_for(lambda: browser.execute_script("return document.getElementById('heatmap').dataset.ready === 'true'"))
-
-
-def wait_for(condition, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("the page did not get there in time")
-
-
-def cell_offset(browser, ckpt: int, chunk: int) -> tuple[int, int]:
-    """Where the heatmap draws a cell, as Selenium's offset from the canvas's centre."""
-    centre = browser.execute_script("return window.memsweepHeatmap.cellCenter(arguments[0], arguments[1])", ckpt, chunk)
-    assert centre is not None, f"cell ({ckpt}, {chunk}) is not in view"
-    size = browser.find_element("id", "heatmap").size
-    return round(centre["x"] - size["width"] / 2), round(centre["y"] - size["height"] / 2)
-
-
-def pixel(browser, x: float, y: float) -> tuple[int, int, int]:
-    """The colour the canvas shows at CSS pixel (x, y) from its top-left corner."""
-    return tuple(browser.execute_script(
-        "const c = document.getElementById('heatmap'), r = window.devicePixelRatio || 1;"
-        "return Array.from(c.getContext('2d').getImageData(Math.floor(arguments[0] * r), Math.floor(arguments[1] * r),"
-        " 1, 1).data.slice(0, 3));", x, y))
-
-
-def cell_pixel(browser, ckpt: int, chunk: int) -> tuple[int, int, int]:
-    centre = browser.execute_script("return window.memsweepHeatmap.cellCenter(arguments[0], arguments[1])", ckpt, chunk)
-    return pixel(browser, centre["x"], centre["y"])
-
-
-def hover(browser, ckpt: int, chunk: int) -> str:
-    from selenium.webdriver import ActionChains
-
-    x, y = cell_offset(browser, ckpt, chunk)
-    ActionChains(browser).move_to_element_with_offset(browser.find_element("id", "heatmap"), x, y).perform()
-    tooltip = browser.find_element("id", "tooltip")
-    wait_for(tooltip.is_displayed)
-    return tooltip.text
 
 
 def test_heatmap_is_one_canvas_coloured_by_cell(browser, site):
@@ -108,8 +62,7 @@ def test_hover_shows_the_cells_numbers(browser, site):
 def test_seen_unseen_boundary_runs_between_trained_and_untrained_chunks(browser, site):
     open_overview(browser, site)
     for ckpt in (0, 1):
-        left = browser.execute_script("return window.memsweepHeatmap.cellCenter(arguments[0], arguments[1])", ckpt, ckpt)
-        right = browser.execute_script("return window.memsweepHeatmap.cellCenter(arguments[0], arguments[1])", ckpt, ckpt + 1)
+        left, right = cell_centre(browser, ckpt, ckpt), cell_centre(browser, ckpt, ckpt + 1)
         edge = (left["x"] + right["x"]) / 2
         line = [pixel(browser, edge + dx, left["y"]) for dx in (-1, 0, 1)]
         assert BOUNDARY_RGB in line, line
@@ -150,11 +103,8 @@ def test_metric_choice_recolours_the_heatmap(browser, site):
 
 
 def test_click_opens_the_cell_with_its_decoded_text_and_inert_markup(browser, site):
-    from selenium.webdriver import ActionChains
-
     open_overview(browser, site)
-    x, y = cell_offset(browser, 2, 1)
-    ActionChains(browser).move_to_element_with_offset(browser.find_element("id", "heatmap"), x, y).click().perform()
+    point_at(browser, 2, 1).click().perform()
     wait_for(lambda: browser.current_url.endswith("/cell/2/1"))
     assert "Checkpoint 2 × chunk 1" in browser.find_element("tag name", "h1").text
     table = browser.find_element("css selector", "table.sequences")

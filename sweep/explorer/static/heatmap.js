@@ -33,6 +33,7 @@
   let image = null;   // one pixel per cell, the first checkpoint in the bottom row
   let range = null;   // [low, high] of the current metric over every landed cell
   let press = null;   // {x0, y0, x1, y1} while the mouse button is down
+  let hovered = null; // {r, c}: the cell under the pointer, outlined so the tooltip's cell is plain to see
 
   function buildLut(stops) {
     const lut = [];
@@ -93,6 +94,7 @@
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(image, view.c0, rows - view.r1, view.c1 - view.c0, view.r1 - view.r0, p.x, p.y, p.w, p.h);
     drawStaircase(p);
+    if (hovered) outlineCell(p, hovered);
     drawAxes(p);
     drawColourBar(p);
     if (press && isDrag(press)) {
@@ -123,6 +125,17 @@
     ctx.lineWidth = 2;
     ctx.stroke();
     ctx.restore();
+  }
+
+  function outlineCell(p, cell) {
+    if (cell.c < view.c0 || cell.c >= view.c1 || cell.r < view.r0 || cell.r >= view.r1) return;
+    const cw = p.w / (view.c1 - view.c0), rh = p.h / (view.r1 - view.r0);
+    const x = p.x + (cell.c - view.c0) * cw, y = p.y + (view.r1 - 1 - cell.r) * rh;
+    for (const [colour, width] of [["#000", 3], ["#fff", 1.5]]) {  // visible on dark and bright cells alike
+      ctx.strokeStyle = colour;
+      ctx.lineWidth = width;
+      ctx.strokeRect(x + 1, y + 1, Math.max(cw - 2, 1), Math.max(rh - 2, 1));
+    }
   }
 
   function tickPositions(first, last) {
@@ -289,6 +302,9 @@
     }
     const cell = event.target === canvas ? cellAt(point) : null;
     if (cell) showTooltip(point, cell); else tooltip.hidden = true;
+    if ((cell && hovered && cell.r === hovered.r && cell.c === hovered.c) || cell === hovered) return;
+    hovered = cell;
+    draw();
   });
 
   window.addEventListener("mouseup", (event) => {
@@ -306,7 +322,12 @@
     }
   });
 
-  canvas.addEventListener("mouseleave", () => { if (!press) tooltip.hidden = true; });
+  canvas.addEventListener("mouseleave", () => {
+    if (press) return;
+    tooltip.hidden = true;
+    hovered = null;
+    draw();
+  });
 
   canvas.addEventListener("wheel", (event) => {
     if (!matrix) return;
