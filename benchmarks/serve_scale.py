@@ -83,7 +83,9 @@ def browser_timings(url: str) -> dict[str, float]:
             for (let i = 0; i < 200; i++) canvas.dispatchEvent(new MouseEvent('mousemove', at(i % 40)));
             const hover = (performance.now() - t) / 200;
             t = performance.now();
-            for (let i = 0; i < 20; i++) canvas.dispatchEvent(new WheelEvent('wheel', {...at(0), deltaY: i < 10 ? -100 : 100}));
+            for (let i = 0; i < 20; i++) {
+                canvas.dispatchEvent(new WheelEvent('wheel', {...at(0), deltaY: i < 10 ? -100 : 100}));
+            }
             const zoom = (performance.now() - t) / 20;
             return {hover, zoom, nodes: document.getElementsByTagName('*').length};""")
     return {"heatmap drawn (s)": drawn, "hover (ms)": costs["hover"], "zoom redraw (ms)": costs["zoom"],

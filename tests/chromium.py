@@ -26,7 +26,8 @@ def why_no_browser() -> str | None:
         return "selenium is not installed (it is in the `dev` extra: make setup)"
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not path.exists():
-            return f"{path} not found: install Debian's {package} (.ci/run does: apt-get install -y chromium chromium-driver)"
+            return (f"{path} not found: install Debian's {package} "
+                    "(.ci/run does: apt-get install -y chromium chromium-driver)")
     return None
 
 

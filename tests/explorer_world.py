@@ -40,14 +40,7 @@ def build_explorer_output(root: Path) -> Path:
     for ckpt in CHECKPOINTS:
         save_tokenizer(tokenizer, root / "model" / f"ckpt_{ckpt:03d}")
     output = root / "out"
-    spec = SweepSpec.model_validate({
-        "name": "explorer-test", "model": {"source": str(root / "model"), "dtype": "float32"},
-        "data": {"source": str(root / "data"), "samples_per_chunk": ROWS},
-        "checkpoints": CHECKPOINTS, "chunks": CHUNKS,
-        "memorization": {"prompt_len": PROMPT_LEN, "continuation_len": PROMPT_LEN, "nll": True},
-        "output": str(output)})
-    store = ResultStore(output)
-    store.open(spec.identity(), spec.model_dump(mode="json"), {"writer": "tests/explorer_world.py"})
+    store = open_explorer_output(root)
     rows = {chunk: _rows(tokenizer, chunk) for chunk in CHUNKS}
     for chunk in CHUNKS:
         probes = pl.DataFrame({"chunk": [chunk] * len(rows[chunk]), "row": list(rows[chunk]),
@@ -62,6 +55,20 @@ def build_explorer_output(root: Path) -> Path:
         store.write_cells(ckpt, cells)
     store.record_failure(*FAILED_CELL, "RuntimeError: CUDA out of memory <b>at batch 1</b>", attempts=3)
     return output
+
+
+def open_explorer_output(root: Path, **spec_keys) -> ResultStore:
+    """`root/out` opened for writing with this world's spec (`spec_keys` override its top-level keys); nothing
+    landed yet."""
+    spec = SweepSpec.model_validate({
+        "name": "explorer-test", "model": {"source": str(root / "model"), "dtype": "float32"},
+        "data": {"source": str(root / "data"), "samples_per_chunk": ROWS},
+        "checkpoints": CHECKPOINTS, "chunks": CHUNKS,
+        "memorization": {"prompt_len": PROMPT_LEN, "continuation_len": PROMPT_LEN, "nll": True},
+        "output": str(root / "out"), **spec_keys})
+    store = ResultStore(root / "out")
+    store.open(spec.identity(), spec.model_dump(mode="json"), {"writer": "tests/explorer_world.py"})
+    return store
 
 
 def _rows(tokenizer, chunk: int) -> dict[int, list[int]]:
@@ -86,7 +93,8 @@ def _sequences(ckpt: int, chunk: int, rows: dict[int, list[int]]) -> pl.DataFram
     records = []
     for i, (row, tokens) in enumerate(sorted(rows.items())):
         truth = tokens[PROMPT_LEN:]
-        prefix = PROMPT_LEN if row == PLANTED_ROW else min(PROMPT_LEN, 2 * i + (6 * (ckpt - chunk + 1) if chunk <= ckpt else 0))
+        trained = 6 * (ckpt - chunk + 1) if chunk <= ckpt else 0
+        prefix = PROMPT_LEN if row == PLANTED_ROW else min(PROMPT_LEN, 2 * i + trained)
         generated = truth[:prefix] + [token + 1 for token in truth[prefix:]]
         matches = sum(a == b for a, b in zip(generated, truth))
         records.append({"chunk": chunk, "row": row, "source": SOURCES[i % 3], "matches": matches,

@@ -18,7 +18,8 @@ import polars as pl
 import pytest
 from starlette.testclient import TestClient
 
-from explorer_world import FAILED_CELL, IMAGE, PLANTED_ROW, PROMPT_LEN, SCRIPT, _info, _rows, _sequences
+from explorer_world import (FAILED_CELL, IMAGE, PLANTED_ROW, SCRIPT, _info, _rows, _sequences,
+                            open_explorer_output)
 from sweep.cli import main
 from sweep.examples import find_examples
 from sweep.explorer.app import create_app
@@ -223,6 +224,14 @@ def _tokenizer_of(output: Path):
 
     spec = json.loads((output / "manifest.json").read_text())["spec"]
     return Tokenizer.from_file(str(Path(spec["model"]["source"]) / "ckpt_003" / "tokenizer.json"))
+
+
+def test_an_output_where_nothing_landed_yet_says_so(tmp_path):
+    client = client_for(open_explorer_output(tmp_path, cells="diagonal").output)
+    assert "No cell has landed yet" in client.get("/").text
+    assert client.get("/api/cells").json() == []
+    assert client.get("/api/overview").json()["facts"]["cells"] == "0 of 3 planned"  # the diagonal of 4 x 3
+    assert client.get("/cell/0/0").status_code == 404
 
 
 def test_exposures_appear_only_once_landed(explorer_output):

@@ -25,7 +25,7 @@ import polars as pl
 
 from sweep.examples import ORDER, Example, TokenDecoder, find_examples
 from sweep.report import METRIC_LABELS, run_facts, run_name
-from sweep.spec import parse_id_list
+from sweep.spec import SweepSpec, parse_id_list
 from sweep.store import ResultStore
 
 DECODERS_KEPT = 16  # tokenizers held in memory (one per checkpoint viewed; a few MB each)
@@ -232,16 +232,23 @@ class ExplorerData:
         return CellMatrix(ckpts, chunks, values, cells.height, shown)
 
     def _planned_axes(self, manifest: dict) -> tuple[list[int], list[int]]:
-        """The checkpoints and chunks the latest run's spec asked for; none if the spec does not say."""
+        cells = self._planned_cells(manifest)
+        return sorted({c for c, _ in cells}), sorted({j for _, j in cells})
+
+    @staticmethod
+    def _planned_cells(manifest: dict) -> set[tuple[int, int]]:
+        """The cells the latest run's spec asks for (its `cells` selection applied); every checkpoint x chunk
+        it lists when it is not a whole spec (a synthetic output's); none when it lists none."""
         spec = manifest.get("spec") if isinstance(manifest.get("spec"), dict) else {}
         try:
-            return parse_id_list(spec.get("checkpoints", [])), parse_id_list(spec.get("chunks", []))
+            return set(SweepSpec.model_validate(spec).cell_list())
+        except ValueError:  # pydantic's ValidationError is one
+            pass
+        try:
+            ckpts, chunks = parse_id_list(spec.get("checkpoints", [])), parse_id_list(spec.get("chunks", []))
+            return {(c, j) for c in ckpts for j in chunks}
         except (ValueError, TypeError):
-            return [], []
-
-    def _planned_cells(self, manifest: dict) -> set[tuple[int, int]]:
-        ckpts, chunks = self._planned_axes(manifest)
-        return {(c, j) for c in ckpts for j in chunks}
+            return set()
 
     # ---- a cell's sequences --------------------------------------------------------------------
 
