@@ -276,7 +276,8 @@ def test_serve_warns_what_a_non_local_bind_exposes(explorer_output, monkeypatch,
     import uvicorn
 
     served = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(sockets[0].getsockname()))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(sockets[0].getsockname())
+                        or sockets[0].close())
     assert main(["serve", str(explorer_output), "--port", "0"]) == 0
     out, err = capsys.readouterr()
     assert served[0][0] == "127.0.0.1" and "http://127.0.0.1:" in out and err == ""

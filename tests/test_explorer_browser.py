@@ -85,6 +85,19 @@ def test_drag_zooms_to_a_region_and_reset_returns(browser, site):
     assert browser.execute_script("return window.memsweepHeatmap.view()") == {"ckpts": [0, 3], "chunks": [0, 2]}
 
 
+def test_wheel_zooms_in_around_the_pointer(browser, site):
+    from selenium.webdriver import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+    open_overview(browser, site)
+    origin = ScrollOrigin.from_element(browser.find_element("id", "heatmap"), *cell_offset(browser, 3, 0))
+    for _ in range(3):
+        ActionChains(browser).scroll_from_origin(origin, 0, -120).perform()
+    view = browser.execute_script("return window.memsweepHeatmap.view()")
+    assert view != {"ckpts": [0, 3], "chunks": [0, 2]}
+    assert view["ckpts"][0] <= 3 <= view["ckpts"][1] and view["chunks"][0] <= 0 <= view["chunks"][1]
+
+
 def test_metric_choice_recolours_the_heatmap(browser, site):
     from selenium.webdriver.support.ui import Select
 
