@@ -6,6 +6,7 @@
     memsweep verify OUTPUT [--repair]
     memsweep show OUTPUT [--ckpt C] [--chunk J] [--top N] [--source S] [--full-match] [--min-prefix K]
     memsweep report OUTPUT [--out DIR] [--chunks 0,3,7]
+    memsweep serve OUTPUT [--host 127.0.0.1] [--port 8765]
     memsweep demo [--output DIR]
 
 Every flag is documented in docs/cli.md.
@@ -96,6 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--examples", help="cells whose most memorized sequences are shown as text, CKPT:CHUNK,... "
                                            "(default: the oldest and newest chunk at the last checkpoint)")
     report.set_defaults(handler=_report)
+
+    serve = commands.add_parser("serve", help="a local, read-only web explorer of a landed output (heatmap, cells, "
+                                              "sequences, JSON/CSV/Parquet)")
+    serve.add_argument("output", type=Path, help="a sweep's output directory (may still be landing)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; anything else exposes the "
+                            "data to the network, and says so)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser("demo", help="run configs/demo.yaml (build the miniature Amber, sweep, report)")
     demo.add_argument("--output", help="override the spec's output directory")
@@ -246,6 +256,13 @@ def _int_groups(text: str, flag: str, expected: str, size: int) -> list[tuple[in
     if not groups or any(len(group) != size for group in groups):
         raise MemsweepError(f"{flag} {text!r}: expected {expected}")
     return groups
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sweep.explorer.server import serve
+
+    serve(args.output, args.host, args.port)
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -89,7 +89,10 @@ def find_examples(landed: LandedOutput, ckpt: int | None = None, chunk: int | No
     if chosen.height == 0:
         return []
     keys = chosen.select("chunk", "row").unique()
-    probes = landed.probes().join(keys.lazy(), on=["chunk", "row"], how="semi").collect()
+    # Filtering by chunk first lets Polars skip the other chunks' probe files by their statistics: at 360 chunks,
+    # with a cold disk, 0.1 s instead of 0.4 s.
+    probes = (landed.probes().filter(pl.col("chunk").is_in(keys["chunk"].unique().to_list()))
+              .join(keys.lazy(), on=["chunk", "row"], how="semi").collect())
     if probes.height < keys.height:
         raise MemsweepError(f"{landed.path}: {keys.height - probes.height} of the chosen rows have no landed probe set "
                          "(an output written before probe sets were kept?)")
@@ -159,7 +162,8 @@ class TokenDecoder:
 
 # ---- rendering --------------------------------------------------------------------------------------------
 
-_VISIBLE = str.maketrans({"\n": "↵", "\t": "⇥", "\r": "␍"})
+# Newlines and tabs as visible marks, so a sequence reads on one line (the terminal and the explorer alike).
+VISIBLE_WHITESPACE = str.maketrans({"\n": "↵", "\t": "⇥", "\r": "␍"})
 GREEN, RED, DIM, RESET = "\033[32m", "\033[31;4m", "\033[2m", "\033[0m"
 
 
@@ -169,7 +173,7 @@ def render_text(example: Example, decoder: TokenDecoder, color: bool = False) ->
     def marked(spans: list[tuple[str, bool]]) -> str:
         parts = []
         for text, hit in spans:
-            text = text.translate(_VISIBLE)
+            text = text.translate(VISIBLE_WHITESPACE)
             if hit:
                 parts.append(f"{GREEN}{text}{RESET}" if color else text)
             else:
@@ -178,7 +182,7 @@ def render_text(example: Example, decoder: TokenDecoder, color: bool = False) ->
 
     hits = example.hits
     lines = [example.headline(),
-             f"  prompt │ {(DIM if color else '')}{decoder.text(example.prompt).translate(_VISIBLE)}"
+             f"  prompt │ {(DIM if color else '')}{decoder.text(example.prompt).translate(VISIBLE_WHITESPACE)}"
              f"{(RESET if color else '')}",
              f"  truth  │ {marked(decoder.spans(example.truth, hits))}"]
     if example.generated is not None:

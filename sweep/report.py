@@ -133,10 +133,15 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
 # ---------------------------------------------------------------- sections
 
 
-def _overview_section(landed: LandedOutput, cells: pl.DataFrame, extractable: bool) -> Section:
+def run_facts(landed: LandedOutput, cells: pl.DataFrame) -> list[tuple[str, str]]:
+    """The run's facts as (fact, value) lines: what the report's "Run" table and the explorer's overview show.
+
+    `cells`: the landed cells table (at least one row).
+    """
     ckpts = cells["ckpt"].unique().sort()
     chunk_ids = cells["chunk"].unique().sort()
-    facts = [
+    extractable = analyses.is_extractable_mode(cells)
+    return [
         ("run", landed.name),
         ("identity hash", landed.identity_hash),
         ("checkpoints", f"{len(ckpts)} ({ckpts.min()} .. {ckpts.max()})"),
@@ -150,6 +155,10 @@ def _overview_section(landed: LandedOutput, cells: pl.DataFrame, extractable: bo
         ("dtypes", ", ".join(str(d) for d in cells["dtype"].unique().sort().to_list())),
         ("failed cells", str(len(landed.failures()))),
     ]
+
+
+def _overview_section(landed: LandedOutput, cells: pl.DataFrame, extractable: bool) -> Section:
+    facts = run_facts(landed, cells)
     section = Section("Run", tables=[_html_table(pl.DataFrame(facts, schema=["fact", "value"], orient="row"))])
     spec = json.dumps(landed.spec, indent=2, sort_keys=True, default=str)
     section.tables.append(f"<details><summary>spec</summary><pre>{html.escape(spec)}</pre></details>")
@@ -530,11 +539,11 @@ def first_memorized_counts(memorized: pl.DataFrame) -> tuple[pl.DataFrame, int]:
 # ---------------------------------------------------------------- page and helpers
 
 
-def _render_page(run_name: str, sections: list[Section]) -> str:
+def _render_page(name: str, sections: list[Section]) -> str:
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>memsweep report: {html.escape(run_name)}</title>",
+        f"<title>memsweep report: {html.escape(name)}</title>",
         "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
         "img{max-width:100%}table{border-collapse:collapse;margin:.5em 0}"
         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#f3f3f3}"
@@ -544,7 +553,7 @@ def _render_page(run_name: str, sections: list[Section]) -> str:
         "color:#777}.example .prompt{color:#555}.hit{background:#dff5df}.miss{background:#fadcdc;"
         "text-decoration:underline}</style>",
         "</head><body>",
-        f"<h1>memsweep report: {html.escape(run_name)}</h1>",
+        f"<h1>memsweep report: {html.escape(name)}</h1>",
     ]
     for section in sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")

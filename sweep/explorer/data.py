@@ -1,0 +1,400 @@
+"""Every read the explorer makes of a landed output, in one place.
+
+The pages never open a file: they ask `ExplorerData`, which reads through the one reader
+(`sweep.output.open_output`: `cells`, `sequences`, `probes`, `failures`, `manifest`, `checkpoint_pin`) and `sweep.examples`
+(`find_examples`, `TokenDecoder`: the ORDER and decoding of `memsweep show`). Swapping the reader is a change
+to `open_reader` here. Nothing here writes, locks or recovers, so the server can run while a sweep lands: each
+call opens the reader afresh and sees the ledgers as they are at that moment.
+
+Exposure counts (how often a training row occurs in the data a checkpoint saw) are not landed yet. When the
+reader offers `exposure_counts()` (a LazyFrame of `chunk, row, exposures`), the cell page gains an `exposures`
+column, sort and filter and the sequence page shows the count; until then they are absent, never invented.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import polars as pl
+
+from sweep.examples import ORDER, Example, TokenDecoder, find_examples
+from sweep.report import METRIC_LABELS, run_facts
+from sweep.spec import SweepSpec, parse_id_list
+from sweep.output import LandedOutput, open_output
+
+DECODERS_KEPT = 16  # tokenizers held in memory (one per checkpoint viewed; a few MB each)
+SEQUENCE_COLUMNS = ("ckpt", "chunk", "row", "source", "matches", "score", "full_match", "prefix_match", "nll",
+                    "tf_accuracy")
+EXPOSURES = "exposures"
+# What the sequence page reads at every checkpoint (match_mask: which positions were right, 4 bytes at l = 32).
+HISTORY_COLUMNS = ("ckpt", "matches", "score", "full_match", "prefix_match", "match_mask")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A cell column the heatmap can show."""
+
+    column: str
+    label: str
+    lower_is_memorized: bool = False  # NLL: lower means better recalled; the colour scale is flipped for it
+
+
+CELL_METRICS = (
+    Metric("score", METRIC_LABELS["score"]),
+    Metric("full_match_rate", METRIC_LABELS["full_match_rate"]),
+    Metric("mean_prefix_match", METRIC_LABELS["mean_prefix_match"]),
+    Metric("nll", METRIC_LABELS["nll"], lower_is_memorized=True),
+    Metric("tf_accuracy", "mean teacher-forced next-token accuracy of the true continuation"),
+)
+# How a cell's sequences can be ordered: "memorized" is `memsweep show`'s order (full matches, then the longest
+# exact prefix, then the most matched tokens); the others are one column.
+SEQUENCE_SORTS = ("memorized", "row", "source", "score", "matches", "prefix_match", "nll", "tf_accuracy")
+
+
+class NotLanded(LookupError):
+    """The asked-for cell or sequence is not in the output (yet); the message says which, on one line."""
+
+
+class BadQuery(ValueError):
+    """A query the output cannot answer as asked (an exposure filter before exposures landed, an unknown sort)."""
+
+
+@dataclass(frozen=True)
+class SequenceQuery:
+    """Which of a cell's sequences to show, and in what order (validated by the caller)."""
+
+    source: str | None = None
+    full_match: bool | None = None
+    min_prefix: int | None = None
+    min_exposures: int | None = None
+    sort: str = "memorized"
+    descending: bool = True
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class DecodedSequence:
+    """One sequence at one checkpoint: its numbers and its text as `memsweep show` prints it."""
+
+    numbers: dict  # SEQUENCE_COLUMNS (+ exposures when landed)
+    prompt: str
+    truth: list[tuple[str, bool]]  # runs of (text, the model got these positions right)
+    model: list[tuple[str, bool]] | None  # None without generated tokens (extractable mode, keep_generated off)
+
+    def as_record(self) -> dict:
+        return {**self.numbers, "prompt": self.prompt, "truth": "".join(text for text, _ in self.truth),
+                "model": None if self.model is None else "".join(text for text, _ in self.model),
+                "truth_spans": self.truth, "model_spans": self.model}
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Which tokenizer decoded a page's text, or why token ids are shown instead."""
+
+    ckpt: int
+    tokenizer: bool
+    why_not: str | None
+
+    def as_record(self) -> dict:
+        return {"ckpt": self.ckpt, "tokenizer": self.tokenizer, "why_not": self.why_not}
+
+
+@dataclass(frozen=True)
+class CellView:
+    cell: dict
+    decoding: Decoding
+    total: int  # sequences matching the filters
+    sources: list[str]  # every source in the cell (for the filter)
+    has_exposures: bool
+    sequences: list[DecodedSequence]
+
+
+@dataclass(frozen=True)
+class CheckpointPoint:
+    """One training row at one checkpoint: its numbers, and the true continuation with that checkpoint's misses."""
+
+    numbers: dict  # chunk, row and HISTORY_COLUMNS but the mask
+    truth: list[tuple[str, bool]]
+
+    def as_record(self) -> dict:
+        return {**self.numbers, "truth_spans": self.truth}
+
+
+@dataclass(frozen=True)
+class SequenceView:
+    chunk: int
+    row: int
+    source: str
+    decoding: Decoding
+    latest: DecodedSequence | None  # the text, and the model's continuation at the last checkpoint
+    first_memorized: int | None
+    last_memorized: int | None
+    exposures: int | None
+    checkpoints: list[CheckpointPoint]  # one per landed checkpoint, ascending
+
+
+@dataclass(frozen=True)
+class CellMatrix:
+    """The checkpoint x chunk grid: rows are checkpoints, columns chunks (the planned ones and any landed)."""
+
+    ckpts: list[int]
+    chunks: list[int]
+    values: dict[str, np.ndarray]  # metric column -> float32[len(ckpts), len(chunks)], NaN where nothing landed
+    landed: int
+    metrics: list[Metric] = field(default_factory=list)  # those with a value somewhere
+
+
+class ExplorerData:
+    """Read-only access to one output's tables, decoded text included."""
+
+    def __init__(self, output: Path, open_reader: Callable[[Path], LandedOutput] = open_output):
+        self.output = Path(output)
+        self.open_reader = open_reader
+        self._decoders: OrderedDict[int, TokenDecoder] = OrderedDict()
+        self._decoders_lock = threading.Lock()  # pages are served from a thread pool
+        self.open_reader(self.output)  # not an output, or a damaged or foreign manifest: refused now, not on a page
+
+    # ---- the run -------------------------------------------------------------------------------
+
+    def manifest(self) -> dict:
+        return self.open_reader(self.output).manifest
+
+    def run_name(self) -> str:
+        return self.open_reader(self.output).name
+
+    def facts(self) -> list[tuple[str, str]]:
+        """The report's run facts, and how much of the planned grid has landed."""
+        reader = self.open_reader(self.output)
+        cells = reader.cells().collect()
+        planned = len(self._planned_cells(reader.manifest))
+        landed = f"{cells.height} of {planned} planned" if planned else str(cells.height)
+        if cells.height == 0:
+            return [("run", reader.name), ("cells", landed), ("failed cells", str(len(reader.failures())))]
+        facts = run_facts(reader, cells)
+        return [(name, landed if name == "cells" else value) for name, value in facts]
+
+    def failures(self) -> list[dict]:
+        return self.open_reader(self.output).failures()
+
+    # ---- cells ---------------------------------------------------------------------------------
+
+    def cells(self, ckpts: tuple[int, int] | None = None, chunks: tuple[int, int] | None = None) -> pl.DataFrame:
+        """Every landed cell (`ckpt, chunk` and the cell columns), ordered by (ckpt, chunk); optionally only
+        checkpoints and chunks within inclusive (low, high) ranges."""
+        frame = self.open_reader(self.output).cells()
+        for column, bounds in (("ckpt", ckpts), ("chunk", chunks)):
+            if bounds is not None:
+                frame = frame.filter(pl.col(column).is_between(*bounds))
+        return frame.sort("ckpt", "chunk").collect()
+
+    def cell(self, ckpt: int, chunk: int) -> dict:
+        """One landed cell's record; NotLanded (saying whether it failed) when there is none."""
+        return self._cell(self.open_reader(self.output), ckpt, chunk)
+
+    def _cell(self, reader: LandedOutput, ckpt: int, chunk: int) -> dict:
+        found = reader.cells(ckpt).filter(pl.col("chunk") == chunk).collect()
+        if found.height:
+            return found.row(0, named=True)
+        failure = next((f for f in reader.failures() if (f.get("ckpt"), f.get("chunk")) == (ckpt, chunk)), None)
+        if failure:
+            raise NotLanded(f"cell (ckpt {ckpt}, chunk {chunk}) failed after {failure.get('attempts')} attempts: "
+                            f"{' '.join(str(failure.get('error')).split())}")
+        raise NotLanded(f"cell (ckpt {ckpt}, chunk {chunk}) has not landed in {self.output.name}")
+
+    def matrix(self) -> CellMatrix:
+        reader = self.open_reader(self.output)
+        cells = reader.cells().collect()
+        manifest = reader.manifest
+        planned_ckpts, planned_chunks = self._planned_axes(manifest)
+        ckpts = sorted(set(planned_ckpts) | set(cells["ckpt"].to_list()))
+        chunks = sorted(set(planned_chunks) | set(cells["chunk"].to_list()))
+        rows = np.searchsorted(ckpts, cells["ckpt"].to_numpy())
+        columns = np.searchsorted(chunks, cells["chunk"].to_numpy())
+        values = {}
+        for metric in (*CELL_METRICS, Metric("n", "sequences")):
+            grid = np.full((len(ckpts), len(chunks)), np.nan, dtype=np.float32)
+            grid[rows, columns] = cells[metric.column].cast(pl.Float32).fill_null(np.nan).to_numpy()
+            values[metric.column] = grid
+        shown = [metric for metric in CELL_METRICS if cells[metric.column].is_not_null().any()]
+        return CellMatrix(ckpts, chunks, values, cells.height, shown)
+
+    def _planned_axes(self, manifest: dict) -> tuple[list[int], list[int]]:
+        cells = self._planned_cells(manifest)
+        return sorted({c for c, _ in cells}), sorted({j for _, j in cells})
+
+    @staticmethod
+    def _planned_cells(manifest: dict) -> set[tuple[int, int]]:
+        """The cells the latest run's spec asks for (its `cells` selection applied); every checkpoint x chunk
+        it lists when it is not a whole spec (a synthetic output's); none when it lists none."""
+        spec = manifest.get("spec") if isinstance(manifest.get("spec"), dict) else {}
+        try:
+            return set(SweepSpec.model_validate(spec).cell_list())
+        except ValueError:  # pydantic's ValidationError is one
+            pass
+        try:
+            ckpts, chunks = parse_id_list(spec.get("checkpoints", [])), parse_id_list(spec.get("chunks", []))
+            return {(c, j) for c in ckpts for j in chunks}
+        except (ValueError, TypeError):
+            return set()
+
+    # ---- a cell's sequences --------------------------------------------------------------------
+
+    def cell_view(self, ckpt: int, chunk: int, query: SequenceQuery) -> CellView:
+        """A cell's record and one page of its sequences, filtered, ordered and decoded."""
+        reader = self.open_reader(self.output)
+        cell = self._cell(reader, ckpt, chunk)
+        sequences = reader.sequences(ckpt).filter(pl.col("chunk") == chunk).select(SEQUENCE_COLUMNS)
+        exposures = _exposure_counts(reader)
+        sorts = SEQUENCE_SORTS + ((EXPOSURES,) if exposures is not None else ())
+        if query.sort not in sorts:
+            raise BadQuery(f"sort: {query.sort!r} is not one of {', '.join(sorts)}")
+        if query.min_exposures is not None and exposures is None:
+            raise BadQuery("min_exposures: this output has no exposure counts yet")
+        if exposures is not None:
+            sequences = sequences.join(exposures, on=["chunk", "row"], how="left")
+        sources = sorted(sequences.select(pl.col("source").unique()).collect()["source"].drop_nulls().to_list())
+        chosen = _filtered(sequences, query, exposures is not None)
+        total = chosen.select(pl.len()).collect().item()
+        page = _ordered(chosen, query).slice(query.offset, query.limit).collect()
+        decoder = self.decoder(ckpt, reader)
+        examples = self._examples(reader, ckpt, list(page.select("chunk", "row").iter_rows()))
+        decoded = [_decoded(numbers, examples.get((numbers["chunk"], numbers["row"])), decoder)
+                   for numbers in page.iter_rows(named=True)]
+        return CellView(cell, _decoding(ckpt, decoder), total, sources, exposures is not None, decoded)
+
+    @staticmethod
+    def _examples(reader: LandedOutput, ckpt: int, keys: list[tuple[int, int]]) -> dict[tuple[int, int], Example]:
+        """These (chunk, row)s at `ckpt` as `memsweep show` builds them (prompt, truth and the model's tokens)."""
+        if not keys:
+            return {}
+        try:
+            examples = find_examples(reader, ckpt, top=len(keys), rows=keys)
+        except ValueError:  # probe sets not landed (an old output): numbers without text
+            return {}
+        return {(example.chunk, example.row): example for example in examples}
+
+    # ---- one training row across checkpoints ---------------------------------------------------
+
+    def sequence_view(self, chunk: int, row: int) -> SequenceView:
+        """One training row at every landed checkpoint: its numbers and which positions each got right; its text,
+        and the model's own continuation at the last checkpoint."""
+        reader = self.open_reader(self.output)
+        # Only narrow columns over every checkpoint: this read opens one file per checkpoint, and the wide ones
+        # (nll, tf_accuracy, generated) would make it several times slower at 360 checkpoints (BENCHMARKS.md).
+        history = (reader.sequences().filter((pl.col("chunk") == chunk) & (pl.col("row") == row))
+                   .select(HISTORY_COLUMNS).sort("ckpt").collect())
+        if history.height == 0:
+            raise NotLanded(f"no landed sequence has chunk {chunk}, row {row}")
+        last = int(history["ckpt"].max())
+        decoder = self.decoder(last, reader)
+        latest = self._examples(reader, last, [(chunk, row)]).get((chunk, row))
+        truth = latest.truth if latest else []
+        spans: dict[tuple[bool, ...], list[tuple[str, bool]]] = {}  # many checkpoints share one pattern of hits
+        checkpoints = []
+        for numbers in history.iter_rows(named=True):
+            hits = tuple(_hits(numbers.pop("match_mask"), numbers["prefix_match"], len(truth)))
+            if hits not in spans:
+                spans[hits] = decoder.spans(truth, list(hits))
+            checkpoints.append(CheckpointPoint({"chunk": chunk, "row": row, **_plain_record(numbers)}, spans[hits]))
+        memorized = history.filter(pl.col("full_match"))["ckpt"]
+        return SequenceView(
+            chunk=chunk, row=row, source=latest.source if latest else "", decoding=_decoding(last, decoder),
+            latest=_decoded(checkpoints[-1].numbers, latest, decoder) if latest else None,
+            first_memorized=int(memorized.min()) if len(memorized) else None,
+            last_memorized=int(memorized.max()) if len(memorized) else None,
+            exposures=self._exposures_of(reader, chunk, row), checkpoints=checkpoints)
+
+    @staticmethod
+    def _exposures_of(reader: LandedOutput, chunk: int, row: int) -> int | None:
+        exposures = _exposure_counts(reader)
+        if exposures is None:
+            return None
+        found = exposures.filter((pl.col("chunk") == chunk) & (pl.col("row") == row)).collect()
+        return int(found[EXPOSURES][0]) if found.height else None
+
+    # ---- decoding ------------------------------------------------------------------------------
+
+    def has_exposures(self) -> bool:
+        return _exposure_counts(self.open_reader(self.output)) is not None
+
+    def decoder(self, ckpt: int, reader: LandedOutput | None = None) -> TokenDecoder:
+        """Checkpoint `ckpt`'s tokenizer as `memsweep show` loads it (kept: loading costs ~0.1-1 s), or the
+        reason there is none (then text shows as token ids)."""
+        with self._decoders_lock:
+            if ckpt in self._decoders:
+                self._decoders.move_to_end(ckpt)
+                return self._decoders[ckpt]
+            decoder = TokenDecoder.for_checkpoint(reader or self.open_reader(self.output), ckpt)
+            self._decoders[ckpt] = decoder
+            while len(self._decoders) > DECODERS_KEPT:
+                self._decoders.popitem(last=False)
+            return decoder
+
+
+def _exposure_counts(reader) -> pl.LazyFrame | None:
+    """`chunk, row, exposures` once the reader lands exposure counts; None until then (see the module docstring)."""
+    read = getattr(reader, "exposure_counts", None)
+    if read is None:
+        return None
+    return read().select(pl.col("chunk").cast(pl.Int32), pl.col("row").cast(pl.Int64),
+                         pl.col(EXPOSURES).cast(pl.Int64))
+
+
+def _filtered(sequences: pl.LazyFrame, query: SequenceQuery, has_exposures: bool) -> pl.LazyFrame:
+    if query.source is not None:
+        sequences = sequences.filter(pl.col("source") == query.source)
+    if query.full_match is not None:
+        sequences = sequences.filter(pl.col("full_match") == query.full_match)
+    if query.min_prefix is not None:
+        sequences = sequences.filter(pl.col("prefix_match") >= query.min_prefix)
+    if query.min_exposures is not None and has_exposures:
+        sequences = sequences.filter(pl.col(EXPOSURES) >= query.min_exposures)
+    return sequences
+
+
+def _ordered(sequences: pl.LazyFrame, query: SequenceQuery) -> pl.LazyFrame:
+    """`memsweep show`'s order (most memorized first; ascending flips it) or one column; ties by row."""
+    if query.sort == "memorized":
+        keys, descending = [*ORDER], [query.descending] * len(ORDER)
+    else:
+        keys, descending = [query.sort], [query.descending]
+    if query.sort != "row":
+        keys, descending = keys + ["row"], descending + [False]
+    return sequences.sort(keys, descending=descending, nulls_last=True)
+
+
+def _decoded(numbers: dict, example: Example | None, decoder: TokenDecoder) -> DecodedSequence:
+    numbers = _plain_record(numbers)
+    if example is None:
+        return DecodedSequence(numbers, "", [], None)
+    hits = example.hits
+    model = None if example.generated is None else decoder.spans(example.generated, hits)
+    return DecodedSequence(numbers, decoder.text(example.prompt), decoder.spans(example.truth, hits), model)
+
+
+def _hits(mask: bytes | None, prefix_match: int | None, length: int) -> list[bool]:
+    """Per continuation position, right or wrong, from the landed bit mask (bit i = position i, little bit order);
+    in extractable mode no mask lands and the exact prefix is all that is known (as Example.hits)."""
+    if mask is not None:
+        return np.unpackbits(np.frombuffer(mask, dtype=np.uint8), bitorder="little")[:length].astype(bool).tolist()
+    return [position < (prefix_match or 0) for position in range(length)]
+
+
+def _plain_record(record: dict) -> dict:
+    return {key: _plain(value) for key, value in record.items()}
+
+
+def _plain(value):
+    """NaN as None, so every JSON writer and template sees one 'missing'."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _decoding(ckpt: int, decoder: TokenDecoder) -> Decoding:
+    return Decoding(ckpt, decoder.tokenizer is not None, decoder.why_not)
