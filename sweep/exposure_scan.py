@@ -500,12 +500,13 @@ def scan_chunk(blocks: Iterable[bytes], index: ProbeIndex, label: str) -> ChunkE
         if cut == 0:
             carry += block
             continue
-        view = memoryview(block)
-        if carry:
-            carry += view[:cut]
+        view, start = memoryview(block), 0
+        if carry:  # complete the carried line alone, so that the block itself is never copied
+            start = block.find(b"\n") + 1
+            carry += view[:start]
             counter.feed(carry)
-        else:
-            counter.feed(view[:cut])
+        if start < cut:
+            counter.feed(view[start:cut])
         carry = bytearray(view[cut:])
     if carry:
         carry += b"\n"  # an unterminated last line
