@@ -315,8 +315,8 @@ def _read_ids(buf, pos, ids, count):
 
 @njit(cache=True, nogil=True)
 def _read_row(buf, pos, ids):
-    """Parse the line at ``pos`` into ids. Returns (status, n ids, position of the line's newline when
-    _OK). Understood: an object of the keys token_ids (a raw row) or prompt then continuation (a cached
+    """Parse the line at ``pos`` into ids. Returns (status, n ids, position of the line's newline; both
+    meaningful when _OK). Understood: an object of the keys token_ids (a raw row) or prompt then continuation (a cached
     row), each an array of ints, and source, a plain string; each key once, any whitespace."""
     pos = _skip_space(buf, pos)
     if buf[pos] != 123:  # {
@@ -334,18 +334,18 @@ def _read_row(buf, pos, ids):
         if buf[pos] != 58:  # :
             return _FALLBACK, 0, pos
         pos = _skip_space(buf, pos + 1)
-        length = end - 1 - key
+        length, arrays = end - 1 - key, seen & ~_HAS_SOURCE  # the array keys seen so far
         if _is_key(buf, key, length, _KEY_SOURCE) and not seen & _HAS_SOURCE and buf[pos] == 34:
             seen |= _HAS_SOURCE
             pos = _plain_string_end(buf, pos)
             if pos < 0:
-                return _FALLBACK, 0, 0
+                return _FALLBACK, 0, pos
         else:
-            if _is_key(buf, key, length, _KEY_TOKEN_IDS) and seen == seen & _HAS_SOURCE:
+            if _is_key(buf, key, length, _KEY_TOKEN_IDS) and arrays == 0:
                 seen |= _HAS_TOKEN_IDS
-            elif _is_key(buf, key, length, _KEY_PROMPT) and seen == seen & _HAS_SOURCE:
+            elif _is_key(buf, key, length, _KEY_PROMPT) and arrays == 0:
                 seen |= _HAS_PROMPT
-            elif _is_key(buf, key, length, _KEY_CONTINUATION) and seen & (_HAS_PROMPT | _HAS_CONTINUATION) == _HAS_PROMPT:
+            elif _is_key(buf, key, length, _KEY_CONTINUATION) and arrays == _HAS_PROMPT:
                 seen |= _HAS_CONTINUATION
             else:  # another key, a repeated one, or the continuation before the prompt
                 return _FALLBACK, 0, pos

@@ -118,11 +118,13 @@ def render_row(ids: list[int], source: str, style: str, rng: np.random.Generator
         where = int(rng.integers(3))  # no source, source first, source last
         if where:
             members.insert(where - 1, f'"source"{odd_space(rng)}:{odd_space(rng)}"{source}"')
-        return f"{odd_space(rng)}{{{odd_space(rng)}{(odd_space(rng) + ',' + odd_space(rng)).join(members)}}}{odd_space(rng)}"
+        comma = odd_space(rng) + "," + odd_space(rng)
+        return f"{odd_space(rng)}{{{odd_space(rng)}{comma.join(members)}}}{odd_space(rng)}"
     split = int(rng.integers(len(ids) + 1))  # a cached row: the row's ids are prompt + continuation
     prompt, continuation = odd_array(ids[:split], rng), odd_array(ids[split:], rng)
     if style == "cached":
-        return f'{{"source":{odd_space(rng)}"{source}", "prompt": {prompt},{odd_space(rng)}"continuation":{continuation}}}'
+        space = odd_space(rng)
+        return f'{{"source":{space}"{source}", "prompt": {prompt},{space}"continuation":{continuation}}}'
     if style == "cached-reversed":  # continuation first: the fast path hands it to json.loads
         return f'{{"continuation": {continuation}, "source": "{source}", "prompt": {prompt}}}'
     if style == "escaped":  # escapes and non-ASCII in the source: json.loads reads it
