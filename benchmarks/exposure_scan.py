@@ -113,18 +113,40 @@ class PlainCounter:
         return window, prompt, tokens
 
 
+def fresh_process(code: str, **env: str) -> dict:
+    """Run ``code`` (which prints one JSON object) in a new Python process started from benchmarks/."""
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).parent)
+    return json.loads(done.stdout)
+
+
 def compile_seconds(cache_dir: str) -> dict:
     """Import, then first build + scan of a tiny input, in a fresh process with NUMBA_CACHE_DIR=cache_dir."""
-    code = (
+    return fresh_process(
         "import json, time; began = time.perf_counter(); import numpy as np\n"
         "from sweep.exposure_scan import build_probe_index, scan_chunk\n"
         "imported = time.perf_counter(); index = build_probe_index(np.array([[1, 2, 3]]), 2)\n"
         "scan_chunk([b'{\"token_ids\": [1, 2, 3]}\\n'], index, 'tiny')\n"
-        "print(json.dumps({'import': imported - began, 'first call': time.perf_counter() - imported}))"
-    )
-    env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
+        "print(json.dumps({'import': imported - began, 'first call': time.perf_counter() - imported}))",
+        NUMBA_CACHE_DIR=cache_dir)
+
+
+def scan_alone_memory(probes_path: Path, chunk: Path, prompt_len: int) -> dict:
+    """RSS and peaks (bytes) of a fresh process: imported and compiled, building the index (the driver's
+    part), then holding it and scanning the chunk (a scan task's part)."""
+    return fresh_process(
+        "import json, numpy as np, psutil\n"
+        "from peak_memory import peak_rss_bytes, reset_peak_rss\n"
+        "from sweep.exposure_scan import build_probe_index, scan_chunk\n"
+        "from sweep.probes import LocalChunkReader\n"
+        "scan_chunk([b'{\"token_ids\": [1, 2, 3]}\\n'], build_probe_index(np.array([[1, 2, 3]]), 2), 'tiny')\n"
+        "rss = lambda: psutil.Process().memory_info().rss\n"
+        f"imported = rss(); reset_peak_rss(); probes = np.load({str(probes_path)!r})\n"
+        f"index = build_probe_index(probes, {prompt_len}); build_peak = peak_rss_bytes(); del probes\n"
+        "with_index = rss(); reset_peak_rss()\n"
+        f"scan_chunk(LocalChunkReader({str(chunk)!r}).blocks(), index, 'chunk')\n"
+        "print(json.dumps({'imported': imported, 'build_peak': build_peak, 'with_index': with_index,"
+        " 'scan_peak': peak_rss_bytes()}))")
 
 
 def timed(function):
@@ -159,6 +181,8 @@ def main() -> None:
         path = Path(scratch) / "train_000.jsonl"
         probes = write_chunk(path, args.rows, args.probes, k, l, args.seed)
         size = path.stat().st_size
+        np.save(Path(scratch) / "probes.npy", probes)
+        alone = scan_alone_memory(Path(scratch) / "probes.npy", path, k)
         index, build_seconds, _ = timed(lambda: build_probe_index(probes, k))
         plain = PlainCounter(probes, k)
         tokens = args.rows * ROW_LEN
@@ -195,8 +219,11 @@ def main() -> None:
               f"{spread([wall for _, wall in pairs])}; peak RSS {peaks[name] / 1e6:.0f} MB "
               f"(+{max(0, peaks[name] - before) / 1e6:.1f} MB); "
               f"Amber (1.26T tokens): {AMBER_TOKENS / best[name] / 3600:,.1f} core-hours")
-    print(f"(peak RSS: the process's, during each method's rounds; in brackets, above the {before / 1e6:.0f} MB it "
+    print(f"(peak RSS: this process's, during each method's rounds; in brackets, above the {before / 1e6:.0f} MB it "
           "held before them: interpreter, libraries, the index and the plain way's dicts)")
+    print(f"a fresh process: RSS {alone['imported'] / 1e6:.0f} MB imported and compiled; building the index peaks "
+          f"at {alone['build_peak'] / 1e6:.0f} MB; {alone['with_index'] / 1e6:.0f} MB holding it; the scan peaks at "
+          f"{alone['scan_peak'] / 1e6:.0f} MB (+{(alone['scan_peak'] - alone['with_index']) / 1e6:.1f} MB)")
     print(f"kernel / plain: {best['kernel'] / best['plain']:.1f}x (best CPU rates); load average now "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not identical:
