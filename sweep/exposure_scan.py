@@ -91,11 +91,14 @@ class ProbeIndex:
     window_hash: np.ndarray  # uint64[W]: hash of the continuation (ascending within a group)
     continuation_tokens: np.ndarray  # uint16|uint32[W, l]
     probe_window: np.ndarray  # int32[n]: each probe's window
-    probe_prompt: np.ndarray  # int32[n]: each probe's prompt
 
     @property
     def n_probes(self) -> int:
         return len(self.probe_window)
+
+    def probe_prompt(self) -> np.ndarray:
+        """int64[n]: each probe's prompt (the group its window lies in)."""
+        return np.searchsorted(self.group_start, self.probe_window, side="right") - 1
 
     @property
     def nbytes(self) -> int:
@@ -181,7 +184,6 @@ def build_probe_index(tokens: np.ndarray, prompt_len: int) -> ProbeIndex:
         window_hash=window_hash[window_order],
         continuation_tokens=continuation_tokens[window_order],
         probe_window=window_rank[probe_window].astype(np.int32),
-        probe_prompt=prompt_rank[window_prompt[probe_window]].astype(np.int32),
     )
 
 
@@ -470,7 +472,7 @@ class _LineCounter:
 
     def counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probe, window_count, prompt_count) of the probes with a nonzero count."""
-        prompt_count = self.prompt_counts[self.index.probe_prompt]
+        prompt_count = self.prompt_counts[self.index.probe_prompt()]
         probe = np.flatnonzero(prompt_count)  # a window occurrence is a prompt occurrence too
         return probe, self.window_counts[self.index.probe_window[probe]], prompt_count[probe]
 
