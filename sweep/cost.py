@@ -34,6 +34,8 @@ GENERATED_BYTES_PER_ROW = 58.0  # the greedy tokens, l = 32: measured on real Am
 REFERENCE_RATE = 1000 / 75  # the reference tool on one A100, sequences/s (FACTS.md)
 COMPUTE_BOUND_RATE = 900.0  # a 7B forward at ~790 TFLOP/s bf16 on an H200, sequences/s (FACTS.md)
 ASSUMED_DOWNLOAD_BYTES_PER_S = 500e6  # a Hub download per node, for the load-time estimate only
+AMBER_BYTES_PER_TOKEN = 20.8e9 / (1_706_976 * 2049)  # a chunk file's JSON per token id (about 5.95)
+SCAN_TOKENS_PER_CORE_S = 50e6  # the exposure-scan kernel at 360k probes (BENCHMARKS.md, "Exposure counts")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class CostEstimate:
     measured_rate: float | None = None  # sequences/s per actor on a GPU, from this output
     keep_generated: bool = False
     keep_downloads: bool = False
+    scan_bytes: dict[int, float] = field(default_factory=dict)  # chunk files still to scan for exposure counts
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -85,6 +88,12 @@ class CostEstimate:
         lines.append("GPU-hours for scoring: " + "; ".join(f"{h:,.1f} at the {label} rate" for label, h in hours.items()))
         lines.append(f"checkpoint downloads: ~{load_hours:,.1f} actor-hours at {ASSUMED_DOWNLOAD_BYTES_PER_S / 1e6:.0f} "
                      "MB/s, overlapped with scoring by the prefetch")
+        if self.scan_bytes:
+            scan_total = sum(self.scan_bytes.values())
+            core_hours = scan_total / AMBER_BYTES_PER_TOKEN / SCAN_TOKENS_PER_CORE_S / 3600
+            lines.append(f"exposure scans: {len(self.scan_bytes)} chunk files, {scan_total / gb:,.1f} GB to stream "
+                         f"(~{scan_total / AMBER_BYTES_PER_TOKEN / 1e9:,.1f}B tokens), ~{core_hours:,.1f} core-hours "
+                         f"at {SCAN_TOKENS_PER_CORE_S / 1e6:.0f}M tokens/s per core, on CPUs beside the GPUs")
         lines += self.notes
         return "\n".join(lines)
 
@@ -97,6 +106,7 @@ def estimate_cost(spec: SweepSpec, plan: Plan, landed: LandedOutput | None = Non
                             keep_generated=spec.keeps_generated(), keep_downloads=spec.model.keep_downloads)
     _checkpoint_sizes(spec, plan, estimate, offline)
     _chunk_sizes(spec, plan, landed, estimate, offline)
+    _scan_sizes(spec, landed, estimate, offline)
     if landed is not None and landed.done_cells():
         cells = landed.cells().filter(pl.col("device") != "cpu").select("sequences_per_s").collect()
         rates = [r for r in cells["sequences_per_s"].to_list() if r]
@@ -146,3 +156,22 @@ def _chunk_sizes(spec: SweepSpec, plan: Plan, landed: LandedOutput | None, estim
     if missing:
         estimate.notes.append(f"{len(missing)} chunk files not found (their cells would fail): chunks {missing[:10]}")
     estimate.chunk_bytes = {c: float(s.size or 0) for c, s in sources.items() if not isinstance(s, Exception)}
+
+
+def _scan_sizes(spec: SweepSpec, landed: LandedOutput | None, estimate: CostEstimate, offline: bool) -> None:
+    """The chunk files of `exposure.chunks` not yet scanned for every scored chunk's probe sequences."""
+    if spec.exposure is None:
+        return
+    scanned = landed.ledgers.scanned_probe_chunks if landed is not None else (lambda seen: set())
+    todo = [seen for seen in spec.exposure.chunks if not set(spec.chunks) <= scanned(seen)]
+    if offline and not is_local(spec.data.source):
+        estimate.scan_bytes = {seen: AMBER_CHUNK_BYTES for seen in todo}
+        return
+    try:
+        described = describe_chunks(spec.data.source, {c: spec.data.file_for(c) for c in todo}, spec.data.revision)
+    except Exception as error:  # noqa: BLE001
+        estimate.notes.append(f"(could not list the sizes of the chunk files to scan: {one_line(error)}; "
+                              "assuming Amber's)")
+        estimate.scan_bytes = {seen: AMBER_CHUNK_BYTES for seen in todo}
+        return
+    estimate.scan_bytes = {c: float(d.size or 0) for c, d in described.items() if not isinstance(d, Exception)}

@@ -29,7 +29,8 @@ from sweep.errors import MemsweepError
 from sweep.plan import make_plan
 from sweep.preflight import check_before_ray, resolved_spec
 from sweep.probe_supply import ProbeSupply, SupplyStats
-from sweep.scheduler import Scheduler, ScheduleStats
+from sweep.exposure_scans import ExposureScans, ScanStats
+from sweep.scheduler import Scheduler, ScheduleStats, drain
 from sweep.spec import SweepSpec
 from sweep.store import ResultStore
 from sweep.verify import refuse_damaged_output
@@ -49,12 +50,14 @@ class SweepSummary:
     cells_done_before: int
     schedule: ScheduleStats = field(default_factory=ScheduleStats)
     supply: SupplyStats = field(default_factory=SupplyStats)
+    scans: ScanStats = field(default_factory=ScanStats)
     seconds: float = 0.0
     failed: list[dict] = field(default_factory=list)
+    failed_scans: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.failed_scans
 
     @property
     def warnings(self) -> list[str]:
@@ -69,12 +72,18 @@ class SweepSummary:
             f"{self.schedule.cells_scored} scored now, {len(self.failed)} failed",
             f"sequences scored: {scored:,} in {self.seconds:.1f} s ({rate:,.1f}/s)",
         ]
+        if self.scans.scanned or self.failed_scans:
+            lines.append(f"exposure scans: {self.scans.scanned} chunk files scanned now "
+                         f"({self.scans.tokens / 1e6:,.1f}M tokens in {self.scans.seconds:.1f} task-seconds), "
+                         f"{len(self.failed_scans)} failed")
         lines += [f"WARNING {warning}" for warning in self.warnings]
         for failure in self.failed:
             lines.append(
                 f"FAILED cell ckpt {failure['ckpt']} x chunk {failure['chunk']} "
                 f"after {failure['attempts']} tries: {failure['error']}"
             )
+        lines += [f"FAILED exposure scan of chunk {failure['seen_chunk']}: {failure['error']}"
+                  for failure in self.failed_scans]
         return "\n".join(lines)
 
 
@@ -102,16 +111,18 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         plan = make_plan(spec, store.ledgers.done_cells())
         summary = SweepSummary(Path(spec.output), plan.total_cells, plan.done_cells)
         log.info("plan: %d cells, %d landed, %d to do", plan.total_cells, plan.done_cells, plan.cells_to_do)
+        supply = ProbeSupply(spec, store, plan, started, _forwarded_environment())
+        scans = ExposureScans(spec, store, supply, _forwarded_environment())
+        summary.supply, summary.scans = supply.stats, scans.stats
         if plan.work:
-            supply = ProbeSupply(spec, store, plan, started, _forwarded_environment())
-            scheduler = Scheduler(spec, plan, store, supply, started, progress, scorer, gpus_per_actor(spec),
-                                  _forwarded_environment())
-            summary.supply = supply.stats
-            summary.schedule = scheduler.run()
+            summary.schedule = Scheduler(spec, plan, store, supply, started, progress, scorer, gpus_per_actor(spec),
+                                         _forwarded_environment(), background=[scans]).run()
+        drain([supply, scans])  # scans still running once the cells are done (their actors are released)
         for ckpt in plan.finished_checkpoints:  # finished by an earlier run that was killed before it compacted
             store.write_cells(ckpt, [], finishes_checkpoint=True)
         store.record_pins_in_manifest()
         summary.failed = store.reader().failures()
+        summary.failed_scans = store.reader().scan_failures()
         summary.seconds = time.perf_counter() - started
         return summary
 

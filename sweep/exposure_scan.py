@@ -42,7 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from sweep.probes import ProbeSetError, _check_ids, _detect_format, _parse_line, _token_list
+from sweep.errors import MemsweepError
+from sweep.probes import ProbeSetError, check_ids, detect_format, parse_line, token_list
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _NEWLINE = 10
@@ -65,7 +66,7 @@ _OK, _FALLBACK, _GROW, _BLANK = 0, 1, 2, 3
 _ROWS, _TOKENS, _LINES, _FIRST_BLANK = 0, 1, 2, 3
 
 
-class ExposureScanError(ValueError):
+class ExposureScanError(MemsweepError):
     """A chunk file that cannot be scanned. The message is one line: ``file:line: why``."""
 
 
@@ -426,12 +427,12 @@ def _slow_row(label: str, line_number: int, line: bytes) -> np.ndarray:
     """uint32 ids of a line the fast path left: json.loads and the probe sampler's checks decide."""
     row = line_number - 1
     try:
-        record = _parse_line(label, row, line)
-        if _detect_format(label, row, record) == "raw":
-            ids = _token_list(label, row, record, "token_ids")
+        record = parse_line(label, row, line)
+        if detect_format(label, row, record) == "raw":
+            ids = token_list(label, row, record, "token_ids")
         else:
-            ids = _token_list(label, row, record, "prompt") + _token_list(label, row, record, "continuation")
-        _check_ids(label, row, ids, None)
+            ids = token_list(label, row, record, "prompt") + token_list(label, row, record, "continuation")
+        check_ids(label, row, ids, None)
     except ProbeSetError as error:
         raise ExposureScanError(str(error)) from None
     return np.array(ids, dtype=np.uint32)

@@ -9,7 +9,11 @@
     <output>/sequences/ckpt=<c>/part-NNNNNN.parquet     ... merged by compaction
     <output>/cells/ckpt=<c>/{batch,part}-NNNNNN.parquet one row per cell; same name, same chunks as its twin
     <output>/probes/probe-<chunk:05d>.parquet       the sampled rows of a chunk (tokens included)
+    <output>/ledger/exposures.json                  the exposure scans: per scanned chunk file its identity (pin)
+                                                    and its scans (which probe chunks each counted, its file)
+    <output>/exposures/seen=<j>/scan-NNNNNN.parquet one scan of chunk file j: nonzero counts per probe sequence
     <output>/failures/ckpt=<c>-chunk=<j>.json       a cell that failed after all retries
+    <output>/failures/scan-chunk=<j>.json           a chunk file whose exposure scan failed
     <output>/_tmp/                                  temp files of landings in progress
 
 The ledger is the single source of truth. A data file counts only if a ledger lists it, with its size,
@@ -35,6 +39,9 @@ TABLES = ("sequences", "cells")  # the paired tables of a landing: same file nam
 PARTITION = re.compile(r"^ckpt=(-?\d+)$")
 DATA_FILE = re.compile(r"^(batch|part)-(\d{6})\.parquet$")
 PROBE_FILE = re.compile(r"^probe-(\d{5,})\.parquet$")
+SEEN_PARTITION = re.compile(r"^seen=(-?\d+)$")
+SCAN_FILE = re.compile(r"^scan-(\d{6})\.parquet$")
+SCAN_FAILURE_FILE = re.compile(r"^scan-chunk=(-?\d+)\.json$")
 LEDGER_FILE = re.compile(r"^ckpt=(-?\d+)\.json$")
 FAILURE_FILE = re.compile(r"^ckpt=(-?\d+)-chunk=(-?\d+)\.json$")
 
@@ -79,6 +86,14 @@ class OutputLayout:
         return self.ledger_dir / "probes.json"
 
     @property
+    def exposure_ledger(self) -> Path:
+        return self.ledger_dir / "exposures.json"
+
+    @property
+    def exposures_dir(self) -> Path:
+        return self.output / "exposures"
+
+    @property
     def failures_dir(self) -> Path:
         return self.output / "failures"
 
@@ -97,6 +112,17 @@ class OutputLayout:
 
     def probe_file(self, chunk: int) -> Path:
         return self.probes_dir / f"probe-{chunk:05d}.parquet"
+
+    def scan_file(self, seen_chunk: int, name: str) -> Path:
+        return self.exposures_dir / f"seen={seen_chunk}" / f"{name}.parquet"
+
+    def scan_failure_file(self, seen_chunk: int) -> Path:
+        return self.failures_dir / f"scan-chunk={seen_chunk}.json"
+
+    def scan_failure_files(self) -> list[tuple[int, Path]]:
+        """(scanned chunk, path) of every failed exposure scan's record."""
+        return sorted((int(match.group(1)), entry) for entry in files_in(self.failures_dir)
+                      for match in [SCAN_FAILURE_FILE.match(entry.name)] if match)
 
     def relative(self, path: Path) -> str:
         return Path(path).relative_to(self.output).as_posix()
@@ -128,7 +154,8 @@ class OutputLayout:
         return sorted(found)
 
     def named_like_data(self) -> list[Path]:
-        """Every file named as memsweep names landed data (`batch-*`, `part-*` in a partition, `probe-*`)."""
+        """Every file named as memsweep names landed data (`batch-*`, `part-*` in a partition, `probe-*`,
+        `scan-*`)."""
         found = []
         for table in TABLES:
             root = self.output / table
@@ -137,6 +164,10 @@ class OutputLayout:
                     if partition.is_dir() and PARTITION.match(partition.name):
                         found += [p for p in partition.iterdir() if DATA_FILE.match(p.name)]
         found += [p for p in files_in(self.probes_dir) if PROBE_FILE.match(p.name)]
+        if self.exposures_dir.is_dir():
+            for partition in self.exposures_dir.iterdir():
+                if partition.is_dir() and SEEN_PARTITION.match(partition.name):
+                    found += [p for p in partition.iterdir() if SCAN_FILE.match(p.name)]
         return found
 
 
@@ -199,10 +230,14 @@ class Ledgers:
     (`commit`, `commit_probes`), so it never re-reads its own ledgers.
     """
 
-    def __init__(self, layout: OutputLayout, checkpoints: dict[int, dict], probes: dict[int, dict]):
+    def __init__(self, layout: OutputLayout, checkpoints: dict[int, dict], probes: dict[int, dict],
+                 exposures: dict[int, dict] | None = None):
         self.layout = layout
         self.checkpoints = checkpoints  # ckpt -> ledger
         self.probes = probes  # chunk -> {"source": chunk file identity (pin), "file": FileRecord dict or None}
+        # scanned chunk -> {"source": chunk file identity (pin), "scans": [{"name", "probe_chunks", "file": FileRecord
+        # dict, "probes", "rows", "tokens", "bytes", "seconds", "cpu_seconds", "scanned_at"}, ...]}
+        self.exposures = exposures or {}
 
     @classmethod
     def read(cls, layout: OutputLayout) -> Ledgers:
@@ -211,10 +246,12 @@ class Ledgers:
             match = LEDGER_FILE.match(path.name)
             if match:
                 checkpoints[int(match.group(1))] = read_json(path)
-        probes = {}
+        probes, exposures = {}, {}
         if layout.probe_ledger.exists():
             probes = {int(chunk): entry for chunk, entry in read_json(layout.probe_ledger)["chunks"].items()}
-        return cls(layout, checkpoints, probes)
+        if layout.exposure_ledger.exists():
+            exposures = {int(chunk): entry for chunk, entry in read_json(layout.exposure_ledger)["chunks"].items()}
+        return cls(layout, checkpoints, probes, exposures)
 
     def ledger(self, ckpt: int) -> dict:
         """Checkpoint `ckpt`'s ledger (a copy to edit and commit): `pin`, `files`, `next_file`."""
@@ -230,12 +267,28 @@ class Ledgers:
         write_json(self.layout, payload, self.layout.probe_ledger)
         self.probes = dict(entries)
 
+    def commit_exposures(self, entries: dict[int, dict]) -> None:
+        """The commit point of every exposure scan landed or forgotten."""
+        payload = {"format": LEDGER_FORMAT, "chunks": {str(chunk): entries[chunk] for chunk in sorted(entries)}}
+        write_json(self.layout, payload, self.layout.exposure_ledger)
+        self.exposures = dict(entries)
+
+    def scanned_probe_chunks(self, seen_chunk: int) -> set[int]:
+        """The probe chunks whose sequences have been counted in chunk file `seen_chunk`."""
+        entry = self.exposures.get(seen_chunk) or {}
+        return {chunk for scan in entry.get("scans", []) for chunk in scan["probe_chunks"]}
+
+    def scan_files(self) -> list[tuple[int, FileRecord]]:
+        """(scanned chunk, record) of every landed exposure scan."""
+        return [(chunk, FileRecord(**scan["file"])) for chunk, entry in sorted(self.exposures.items())
+                for scan in entry.get("scans", [])]
+
     def done_cells(self) -> set[tuple[int, int]]:
         """(ckpt, chunk) of every cell a ledger lists."""
         return {(ckpt, chunk) for ckpt, ledger in self.checkpoints.items() for chunk in listed_chunks(ledger)}
 
     def has_landed_results(self) -> bool:
-        return any(ledger["files"] for ledger in self.checkpoints.values())
+        return any(ledger["files"] for ledger in self.checkpoints.values()) or bool(self.scan_files())
 
     def pin(self, ckpt: int) -> dict | None:
         """What checkpoint `ckpt` was pinned to when its first cell landed: model_revision, model_commit,
@@ -256,6 +309,7 @@ class Ledgers:
                 if entry.get("file")]
 
     def landed_files(self) -> list[FileRecord]:
-        """Every data file a ledger lists (sequences, cells, probes), as recorded."""
+        """Every data file a ledger lists (sequences, cells, probes, exposure scans), as recorded."""
         records = [record for table in TABLES for _, record in self.table_files(table)]
-        return sorted(records, key=lambda r: r.path) + [record for _, record in self.probe_files()]
+        return (sorted(records, key=lambda r: r.path) + [record for _, record in self.probe_files()]
+                + [record for _, record in self.scan_files()])

@@ -19,7 +19,8 @@ import polars as pl
 
 from sweep.errors import MemsweepError
 from sweep.ledger import FileRecord, Ledgers, OutputLayout, read_json, read_manifest
-from sweep.schema import CELL_SCHEMA, PROBE_SCHEMA, SEQUENCE_SCHEMA
+from sweep.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, EXPOSURE_SCAN_SCHEMA, EXPOSURES_SCHEMA, PROBE_SCHEMA,
+                          SEQUENCE_SCHEMA)
 from sweep.spec import identity_hash
 
 
@@ -108,12 +109,74 @@ class LandedOutput:
         """Failure records (ckpt, chunk, error, attempts, failed_at), ordered by (ckpt, chunk)."""
         return [read_json(path) for _, path in self.layout.failure_files()]
 
+    # ---- exposure counts (sweep/exposure_scans.py) ---------------------------------------------
+
+    def exposure_counts(self) -> pl.LazyFrame:
+        """One row per (probe sequence, scanned chunk file) with an occurrence: EXPOSURE_COUNT_SCHEMA."""
+        records = [record for _, record in self.ledgers.scan_files()]
+        return scan_listed(self.layout, records, EXPOSURE_COUNT_SCHEMA, partitioned=False)
+
+    def exposure_scans(self) -> pl.DataFrame:
+        """One row per landed scan of a chunk file: EXPOSURE_SCAN_SCHEMA."""
+        rows = []
+        for seen_chunk, entry in sorted(self.ledgers.exposures.items()):
+            source = entry.get("source") or {}
+            for scan in entry.get("scans", []):
+                seconds = scan.get("seconds") or 0.0
+                rows.append({"seen_chunk": seen_chunk, "data_file": source.get("file"), "data_sha256": source.get("sha256"),
+                             "probe_chunks": scan["probe_chunks"], "cpus": scan.get("cpu_seconds", 0.0) / seconds
+                             if seconds else None, **{key: scan.get(key) for key in EXPOSURE_SCAN_SCHEMA
+                                                      if key in scan and key != "probe_chunks"}})
+        return pl.DataFrame(rows, schema=EXPOSURE_SCAN_SCHEMA)
+
+    def exposure_coverage(self) -> pl.DataFrame:
+        """Per probe chunk, how many chunk files have been scanned for its sequences: `chunk`, `chunks_scanned`."""
+        covered: dict[int, int] = {}
+        for seen_chunk in self.ledgers.exposures:
+            for chunk in self.ledgers.scanned_probe_chunks(seen_chunk):
+                covered[chunk] = covered.get(chunk, 0) + 1
+        return pl.DataFrame({"chunk": list(covered), "chunks_scanned": list(covered.values())},
+                            schema={"chunk": pl.Int32(), "chunks_scanned": pl.Int32()})
+
+    def exposures(self) -> pl.LazyFrame:
+        """One row per probe sequence: its occurrences over every chunk file scanned for it (EXPOSURES_SCHEMA).
+
+        A sequence whose chunk no scan has covered yet has null counts and `chunks_scanned` null, never 0: a count
+        not made is not a count of zero.
+        """
+        counts = (self.exposure_counts().group_by("chunk", "row").agg(
+            pl.col("window_count").sum(), pl.col("prompt_count").sum(),
+            pl.col("seen_chunk").filter(pl.col("window_count") > 0).min().alias("first_chunk"),
+            pl.col("seen_chunk").filter(pl.col("window_count") > 0).max().alias("last_chunk")))
+        scanned = pl.col("chunks_scanned").is_not_null()
+        return (self.probes().select("chunk", "row")
+                .join(counts, on=["chunk", "row"], how="left")
+                .join(self.exposure_coverage().lazy(), on="chunk", how="left")
+                .with_columns(pl.when(scanned).then(pl.col(name).fill_null(0)).alias(name)
+                              for name in ("window_count", "prompt_count"))
+                .select([pl.col(name).cast(dtype) for name, dtype in EXPOSURES_SCHEMA.items()]))
+
+    def exposure_chunks_listed(self) -> list[int]:
+        """The chunk files the spec asks to scan (`exposure.chunks`), whether scanned yet or not."""
+        from sweep.spec import parse_id_list
+
+        exposure = self.spec.get("exposure") or {}
+        return parse_id_list(exposure["chunks"]) if exposure.get("chunks") is not None else []
+
+    def scan_failures(self) -> list[dict]:
+        """Failed exposure scans (seen_chunk, error, failed_at), by chunk."""
+        return [read_json(path) for _, path in self.layout.scan_failure_files()]
+
     def tables(self) -> dict[str, pl.LazyFrame]:
-        """The output's tables by SQL name: sequences, cells, probes, and failures when any cell failed."""
+        """The output's tables by SQL name: sequences, cells, probes, failures when any cell failed, and the
+        exposure tables (exposures, exposure_counts, exposure_scans) once a chunk file has been scanned."""
         tables = {"sequences": self.sequences(), "cells": self.cells(), "probes": self.probes()}
         failures = self.failures()
         if failures:
             tables["failures"] = pl.LazyFrame(failures)
+        if self.ledgers.scan_files():
+            tables.update(exposures=self.exposures(), exposure_counts=self.exposure_counts(),
+                          exposure_scans=self.exposure_scans().lazy())
         return tables
 
     def done_cells(self) -> set[tuple[int, int]]:

@@ -95,6 +95,11 @@ class ProbeSupply:
 
     # ---- state the scheduler reads ------------------------------------------------------------
 
+    @property
+    def done(self) -> bool:
+        """Every probe set the plan needs is ready or failed."""
+        return not self.waiting and not self.in_flight
+
     def refs(self) -> list[ray.ObjectRef]:
         return list(self.in_flight)
 

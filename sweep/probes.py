@@ -201,7 +201,7 @@ class HubChunkReader:
     def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
         """Bytes of each (start, length) through HTTP range requests; neighbours share a request."""
         from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import build_hf_headers, http_backoff
+        from huggingface_hub.utils import build_hf_headers, http_stream_backoff
 
         hub = self.chunk_file
         url = hf_hub_url(hub.repo, hub.file, repo_type="dataset", revision=hub.commit)
@@ -217,15 +217,20 @@ class HubChunkReader:
 
         def fetch(span: tuple[int, int, list[int]]) -> bytes:
             start, end, _ = span
-            response = http_backoff("GET", url, headers={**headers, "Range": f"bytes={start}-{end - 1}"})
-            content_range = response.headers.get("Content-Range", "")
-            if response.status_code != 206 or not content_range.startswith(f"bytes {start}-"):
-                raise ProbeSetError(f"{self.label}: the server answered a range request for bytes {start}-{end - 1} "
-                                    f"with HTTP {response.status_code} ({content_range or 'no Content-Range'}); "
-                                    "ranged reads are required to sample a chunk without downloading it")
-            if len(response.content) != end - start:
-                raise ProbeSetError(f"{self.label}: range {start}-{end - 1} returned {len(response.content)} bytes")
-            return response.content
+            with http_stream_backoff("GET", url, headers={**headers, "Range": f"bytes={start}-{end - 1}"}) as response:
+                # The body is read only once the status says it is the range: a server that ignores Range
+                # answers 200 with the whole file (20.8 GB for Amber), which must not be read into memory.
+                content_range = response.headers.get("Content-Range", "")
+                if response.status_code == 200:
+                    raise RangesIgnoredError(f"{self.label}: the server ignores Range requests (HTTP 200)")
+                if response.status_code != 206 or not content_range.startswith(f"bytes {start}-"):
+                    raise ProbeSetError(f"{self.label}: the server answered a range request for bytes "
+                                        f"{start}-{end - 1} with HTTP {response.status_code} "
+                                        f"({content_range or 'no Content-Range'})")
+                body = response.read()
+            if len(body) != end - start:
+                raise ProbeSetError(f"{self.label}: range {start}-{end - 1} returned {len(body)} bytes")
+            return body
 
         with ThreadPoolExecutor(RANGE_WORKERS) as pool:
             bodies = list(pool.map(fetch, spans))
@@ -235,6 +240,35 @@ class HubChunkReader:
                 start, length = ranges[i]
                 out[i] = body[start - span_start : start - span_start + length]
         return out
+
+
+class RangesIgnoredError(Exception):
+    """The server answered a Range request with the whole file (as some Hub mirrors do)."""
+
+
+def read_ranges_streaming(blocks: Iterable[bytes], ranges: list[tuple[int, int]]) -> tuple[list[bytes], str, int]:
+    """The bytes of each (start, length) of a file, picked in one pass over its blocks, for a server that ignores
+    Range requests; also the sha256 and size of everything streamed (to check it is still the same file).
+    Memory: the picked bytes and one block."""
+    order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
+    out: list[bytearray] = [bytearray() for _ in ranges]
+    digest, offset, first = hashlib.sha256(), 0, 0  # first: the earliest range not yet complete, in `order`
+    for block in blocks:
+        digest.update(block)
+        end = offset + len(block)
+        for position in range(first, len(order)):
+            i = order[position]
+            start, length = ranges[i]
+            if start >= end:
+                break
+            have = len(out[i])
+            if have < length:
+                lo = max(start + have, offset)
+                out[i] += block[lo - offset: min(start + length, end) - offset]
+            if len(out[i]) == length and position == first:
+                first += 1
+        offset = end
+    return [bytes(part) for part in out], digest.hexdigest(), offset
 
 
 def open_chunk(chunk_file: ChunkFile):
@@ -251,7 +285,7 @@ def _fail(label: str, row: int, why: str) -> ProbeSetError:
     return ProbeSetError(f"{label}:{row + 1}: {why}")
 
 
-def _parse_line(label: str, row: int, line: bytes) -> dict:
+def parse_line(label: str, row: int, line: bytes) -> dict:
     try:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -262,7 +296,7 @@ def _parse_line(label: str, row: int, line: bytes) -> dict:
     return record
 
 
-def _detect_format(label: str, row: int, record: dict) -> str:
+def detect_format(label: str, row: int, record: dict) -> str:
     if "token_ids" in record:
         return "raw"
     if "prompt" in record or "continuation" in record:
@@ -271,7 +305,7 @@ def _detect_format(label: str, row: int, record: dict) -> str:
                 "(raw chunk) or 'prompt', 'continuation' and 'source' (cached sample)")
 
 
-def _token_list(label: str, row: int, record: dict, key: str) -> list:
+def token_list(label: str, row: int, record: dict, key: str) -> list:
     if key not in record:
         raise _fail(label, row, f"missing key {key!r} (keys: {sorted(record)})")
     ids = record[key]
@@ -280,7 +314,7 @@ def _token_list(label: str, row: int, record: dict, key: str) -> list:
     return ids
 
 
-def _check_ids(label: str, row: int, ids: list, vocab_size: int | None) -> None:
+def check_ids(label: str, row: int, ids: list, vocab_size: int | None) -> None:
     upper = _INT32_MAX if vocab_size is None else vocab_size - 1
     for position, token in enumerate(ids):
         # bool is a subclass of int, and 3.0 is a float: both are not token ids.
@@ -295,25 +329,36 @@ def _row_tokens(label: str, row: int, record: dict, row_format: str, prompt_len:
                 vocab_size: int | None) -> tuple[list[int], str]:
     """(first k+l token ids, source) of one parsed row, validated."""
     if row_format == "raw":
-        ids = _token_list(label, row, record, "token_ids")
+        ids = token_list(label, row, record, "token_ids")
         if len(ids) < prompt_len + continuation_len:
             raise _fail(label, row, f"row has {len(ids)} token ids, fewer than k+l = "
                         f"{prompt_len}+{continuation_len} = {prompt_len + continuation_len}")
         ids = ids[: prompt_len + continuation_len]
     else:
-        prompt = _token_list(label, row, record, "prompt")
-        continuation = _token_list(label, row, record, "continuation")
+        prompt = token_list(label, row, record, "prompt")
+        continuation = token_list(label, row, record, "continuation")
         if len(prompt) != prompt_len or len(continuation) != continuation_len:
             raise _fail(label, row, f"cached row has prompt {len(prompt)} / continuation "
                         f"{len(continuation)} ids, expected k = {prompt_len} / l = {continuation_len}")
         ids = prompt + continuation
-    _check_ids(label, row, ids, vocab_size)
+    check_ids(label, row, ids, vocab_size)
     if "source" not in record:
         raise _fail(label, row, f"missing key 'source' (keys: {sorted(record)})")
     source = record["source"]
     if not isinstance(source, str):
         raise _fail(label, row, f"'source' must be a string, got {type(source).__name__}")
     return ids, source
+
+
+def check_streamed(chunk_file: ChunkFile, sha256: str, size: int, label: str) -> None:
+    """Raise (one line) if the bytes streamed from `chunk_file` are not what it was described as: another sha256
+    than the Hub's LFS one (or the one remembered for a local file), or another size."""
+    if chunk_file.sha256 and sha256 != chunk_file.sha256:
+        raise ProbeSetError(f"{label}: content sha256 {sha256} does not match the expected "
+                            f"{chunk_file.sha256} (corrupted transfer, or the file changed while it was read)")
+    if chunk_file.size is not None and size != chunk_file.size:
+        raise ProbeSetError(f"{label}: read {size} bytes, expected {chunk_file.size} (the file changed "
+                            "while it was read?)")
 
 
 def sample_rows(n_rows: int, n: int, seed: int) -> np.ndarray:
@@ -349,12 +394,7 @@ def build_probe_set_from(chunk_file: ChunkFile, chunk: int, n: int, seed: int, p
     began = time.perf_counter()
     if line_lengths is None:
         scanned = scan_lines(reader.blocks(), label)
-        if chunk_file.sha256 and scanned.sha256 != chunk_file.sha256:
-            raise ProbeSetError(f"{label}: content sha256 {scanned.sha256} does not match the expected "
-                                f"{chunk_file.sha256} (corrupted transfer, or the file changed while it was read)")
-        if chunk_file.size is not None and scanned.size != chunk_file.size:
-            raise ProbeSetError(f"{label}: read {scanned.size} bytes, expected {chunk_file.size} (the file changed "
-                                "while it was read?)")
+        check_streamed(chunk_file, scanned.sha256, scanned.size, label)
         index, chunk_file = scanned.index, chunk_file.with_sha256(scanned.sha256)
     else:
         index = LineIndex.from_lengths(line_lengths)
@@ -365,13 +405,18 @@ def build_probe_set_from(chunk_file: ChunkFile, chunk: int, n: int, seed: int, p
         logger.warning("%s has only %d rows, fewer than the %d asked for: taking all of them, in permutation "
                        "order", label, index.n_rows, n)
     began = time.perf_counter()
-    first = _parse_line(label, 0, reader.read_ranges([index.line_bounds(0)])[0])
-    row_format = _detect_format(label, 0, first)
-    lines = reader.read_ranges([index.line_bounds(int(row)) for row in chosen])
+    ranges = [index.line_bounds(0)] + [index.line_bounds(int(row)) for row in chosen]
+    try:
+        first_line, *lines = reader.read_ranges(ranges)
+    except RangesIgnoredError as ignored:
+        logger.warning("%s; picking the %d sampled rows in a second streaming pass", ignored, len(chosen))
+        (first_line, *lines), sha256, size = read_ranges_streaming(reader.blocks(), ranges)
+        check_streamed(chunk_file, sha256, size, label)
+    row_format = detect_format(label, 0, parse_line(label, 0, first_line))
     tokens = np.empty((len(chosen), prompt_len + continuation_len), dtype=np.int64)
     sources: list[str] = [""] * len(chosen)
     for slot, (row, line) in enumerate(zip(chosen, lines)):
-        record = _parse_line(label, int(row), line)
+        record = parse_line(label, int(row), line)
         ids, sources[slot] = _row_tokens(label, int(row), record, row_format, prompt_len, continuation_len, vocab_size)
         tokens[slot] = ids
     read_seconds = time.perf_counter() - began

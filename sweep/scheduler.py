@@ -19,6 +19,7 @@ import logging
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import ray
@@ -62,10 +63,45 @@ class ScheduleStats:
             log.warning("%s", message)
 
 
+class BackgroundWork(Protocol):
+    """Ray tasks the loop waits on beside the actors' cells (sweep/probe_supply.py, sweep/exposure_scans.py)."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def pump(self) -> None: ...
+
+    def refs(self) -> list[ray.ObjectRef]: ...
+
+    def owns(self, ref: ray.ObjectRef) -> bool: ...
+
+    def collect(self, ref: ray.ObjectRef) -> None: ...
+
+
+def drain(background: list[BackgroundWork]) -> None:
+    """Run background work to its end, with no actor (the cells are done, or there were none to do)."""
+    while not all(work.done for work in background):
+        for work in background:
+            work.pump()
+        refs = [ref for work in background for ref in work.refs()]
+        if not refs:
+            if all(work.done for work in background):
+                break
+            raise RuntimeError("background work stalled with nothing in flight")
+        ready, _ = ray.wait(refs, num_returns=1)
+        for ref in ready:
+            next(work for work in background if work.owns(ref)).collect(ref)
+
+
 class Scheduler:
+    """`supply` delivers the probe sets cells need; `background` is other work to keep going meanwhile (exposure
+    scans): pumped and collected while actors score, left to `drain` once the cells are done."""
+
     def __init__(self, spec: SweepSpec, plan: Plan, store: ResultStore, supply: ProbeSupply, started: float,
-                 progress: bool, scorer_cls, gpus_per_actor: float, environment: dict[str, str]):
+                 progress: bool, scorer_cls, gpus_per_actor: float, environment: dict[str, str],
+                 background: list[BackgroundWork] = ()):
         self.spec, self.store, self.supply, self.started = spec, store, supply, started
+        self.background = [supply, *background]
         self.scorer_cls, self.gpus, self.environment = scorer_cls, gpus_per_actor, environment
         self.stats = ScheduleStats()
         self.landing = Landing(store)
@@ -88,9 +124,10 @@ class Scheduler:
     def run(self) -> ScheduleStats:
         try:
             while self._has_work():
-                self.supply.pump()
+                for work in self.background:
+                    work.pump()
                 self._assign()
-                refs = list(self.owner) + self.supply.refs()
+                refs = list(self.owner) + [ref for work in self.background for ref in work.refs()]
                 if not refs:
                     if self._has_work():  # nothing in flight and nothing can start: a bug, not a wait
                         raise RuntimeError(f"scheduler stalled with {sum(self.remaining.values())} cells left")
@@ -99,10 +136,10 @@ class Scheduler:
                 ray.wait(refs, num_returns=1, timeout=timeout)
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 for ref in ready:
-                    if self.supply.owns(ref):
-                        self.supply.collect(ref)
-                    else:
+                    if ref in self.owner:
                         self._collect(ref)
+                    else:
+                        next(work for work in self.background if work.owns(ref)).collect(ref)
                 self._land()
             self._land(everything=True)
         finally:

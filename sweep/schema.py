@@ -68,6 +68,41 @@ PROBE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+# Exposure counts (sweep/exposure_scans.py): one row per (probe sequence, scanned chunk file) with an occurrence.
+EXPOSURE_COUNT_SCHEMA: dict[str, pl.DataType] = {
+    "chunk": pl.Int32(),  # the probe sequence: its chunk ...
+    "row": pl.Int64(),  # ... and row
+    "seen_chunk": pl.Int32(),  # the chunk file scanned
+    "window_count": pl.Int64(),  # (row, offset) positions of that file holding the sequence's k + l ids
+    "prompt_count": pl.Int64(),  # ... holding its first k ids
+}
+# One row per scan of a chunk file (from its ledger): what it read and what it cost.
+EXPOSURE_SCAN_SCHEMA: dict[str, pl.DataType] = {
+    "seen_chunk": pl.Int32(),
+    "data_file": pl.String(),
+    "data_sha256": pl.String(),  # content identity of the file scanned (pinned like probe sets)
+    "probe_chunks": pl.List(pl.Int32()),  # whose probe sequences it counted
+    "probes": pl.Int64(),  # how many probe sequences
+    "rows": pl.Int64(),
+    "tokens": pl.Int64(),
+    "bytes": pl.Int64(),
+    "seconds": pl.Float64(),  # wall time of the scan task
+    "cpu_seconds": pl.Float64(),
+    "cpus": pl.Float64(),  # cpu_seconds / seconds: the cores the task kept busy
+    "scanned_at": pl.String(),  # UTC ISO 8601
+}
+# One row per probe sequence (derived from the two above and the probe sets).
+EXPOSURES_SCHEMA: dict[str, pl.DataType] = {
+    "chunk": pl.Int32(),
+    "row": pl.Int64(),
+    "window_count": pl.Int64(),  # occurrences over every chunk file scanned for it (null: none scanned)
+    "prompt_count": pl.Int64(),
+    "first_chunk": pl.Int32(),  # first / last scanned chunk holding a window occurrence (null if none)
+    "last_chunk": pl.Int32(),
+    "chunks_scanned": pl.Int32(),  # chunk files its counts cover
+}
+
+
 @dataclass(frozen=True)
 class CellProvenance:
     """How, where and from what one cell was scored: the cell row's columns that are not means."""

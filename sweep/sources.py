@@ -123,6 +123,8 @@ def describe_chunks(data_source: str, files: dict[int, str], revision: str = "ma
     calls in all (the revision's commit, then paths-info for every file in batches). A file that is missing
     maps to its FileNotFoundError, so the caller fails that chunk's cells only."""
     found: dict[int, ChunkFile | Exception] = {}
+    if not files:
+        return found
     if is_local(data_source):
         for chunk, file in files.items():
             try:

@@ -178,6 +178,21 @@ class ResourcesSpec(_Section):
     of the one-token step, CUDA only). Greedy mode without nll only; the static forms are unmeasured on a GPU."""
 
 
+class ExposureSpec(_Section):
+    chunks: list[int]
+    """The chunk files of `data.file` to scan for exposure counts (ids and ranges, as `chunks`); may include chunks
+    the sweep does not score."""
+    concurrent_scans: int = Field(default=2, ge=1)
+    """Chunk files scanned at once (each a Ray task streaming one file)."""
+    cpus_per_scan: Annotated[float, Field(gt=0)] = 1
+    """Ray CPUs reserved per scan task (the scan itself runs on one core)."""
+
+    @field_validator("chunks", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> list[int]:
+        return parse_id_list(value)
+
+
 class SweepSpec(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     model: ModelSpec
@@ -188,6 +203,8 @@ class SweepSpec(_Section):
     """Which (checkpoint, chunk) pairs: all, seen (chunk <= ckpt), unseen, diagonal (chunk == ckpt)."""
     memorization: MemorizationSpec = MemorizationSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    exposure: ExposureSpec | None = None
+    """Count every probe sequence's occurrences in these chunk files (none: no exposure counts)."""
     output: str = Field(min_length=1)
     """Results directory; a relative path is relative to the directory memsweep runs in."""
 
@@ -218,6 +235,8 @@ class SweepSpec(_Section):
         _check_one_to_one(self.checkpoints, self.model.revision_for, "model.revision", "checkpoints", "ckpt",
                           "model.revision_overrides")
         _check_one_to_one(self.chunks, self.data.file_for, "data.file", "chunks", "chunk", None)
+        if self.exposure is not None:
+            _check_one_to_one(self.exposure.chunks, self.data.file_for, "data.file", "exposure.chunks", "chunk", None)
         return self
 
     def cell_list(self) -> list[tuple[int, int]]:

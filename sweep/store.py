@@ -31,8 +31,8 @@ from sweep.errors import MemsweepError
 from sweep.ledger import (MANIFEST_FORMAT, TABLES, FileRecord, Ledgers, OutputLayout, files_in, listed_chunks,
                           read_manifest, write_json)
 from sweep.output import LandedOutput, scan_listed
-from sweep.schema import (CELL_SCHEMA, PROBE_SCHEMA, SEQUENCE_SCHEMA, CellProvenance, conform, conform_sequences,
-                          summarize_cell, utc_now)
+from sweep.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, PROBE_SCHEMA, SEQUENCE_SCHEMA, CellProvenance, conform,
+                          conform_sequences, summarize_cell, utc_now)
 from sweep.spec import identity_hash
 from sweep.verify import file_problem, recover
 from sweep.writer_lock import LOCK_NAME
@@ -325,6 +325,43 @@ class ResultStore:
         if problem:
             raise self.layout.damaged(self.layout.absolute(record), problem)
         return scan_listed(self.layout, [record], PROBE_SCHEMA, partitioned=False).collect()
+
+    # ---- exposure scans ----------------------------------------------------------------------
+
+    def write_exposure_scan(self, seen_chunk: int, chunk_file: dict, probe_chunks: list[int], counts: pl.DataFrame,
+                            stats: dict) -> None:
+        """Land one scan of chunk file `seen_chunk`: the nonzero counts (EXPOSURE_COUNT_SCHEMA) of the probe
+        sequences of `probe_chunks`, and `stats` (probes, rows, tokens, bytes, seconds, cpu_seconds).
+
+        The file is pinned by content like a probe set (PinMismatchError if a scan of another version of it landed);
+        probe chunks it has counted already are refused (MemsweepError): a count is never landed twice.
+        """
+        entries = dict(self.ledgers.exposures)
+        entry = entries.get(seen_chunk) or {"source": chunk_file, "scans": []}
+        pinned = entry["source"].get("sha256")
+        if pinned and pinned != chunk_file.get("sha256"):
+            raise PinMismatchError(
+                f"exposure scan of chunk {seen_chunk}: {chunk_file.get('file')} has sha256 {chunk_file.get('sha256')}, "
+                f"but this output's counts of it were scanned from sha256 {pinned}; use a new output directory")
+        again = sorted(set(probe_chunks) & self.ledgers.scanned_probe_chunks(seen_chunk))
+        if again:
+            raise MemsweepError(f"exposure scan of chunk {seen_chunk}: probe chunks {again[:5]} are counted already")
+        name = f"scan-{1 + max((int(scan['name'][5:]) for scan in entry['scans']), default=-1):06d}"
+        frame = conform(counts.with_columns(pl.lit(seen_chunk).alias("seen_chunk")), EXPOSURE_COUNT_SCHEMA)
+        record = self._land_parquet(frame.sort("chunk", "row"), self.layout.scan_file(seen_chunk, name))
+        scan = {"name": name, "probe_chunks": sorted(int(c) for c in probe_chunks), "file": record.to_dict(),
+                **stats, "scanned_at": utc_now()}
+        entries[seen_chunk] = {"source": entry["source"] if pinned else chunk_file, "scans": entry["scans"] + [scan]}
+        self.ledgers.commit_exposures(entries)  # the commit point
+        path = self.layout.scan_failure_file(seen_chunk)
+        if path.exists():
+            os.unlink(path)
+            fsync_dir(path.parent)
+
+    def record_scan_failure(self, seen_chunk: int, error: str) -> None:
+        """Remember that chunk file `seen_chunk` could not be scanned; the next run tries again."""
+        payload = {"seen_chunk": seen_chunk, "error": str(error), "failed_at": utc_now()}
+        write_json(self.layout, payload, self.layout.scan_failure_file(seen_chunk))
 
     # ---- failures ----------------------------------------------------------------------------
 

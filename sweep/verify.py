@@ -5,7 +5,7 @@ all of them (about 1.4 GB at 360 x 360 x 1000: seconds from the page cache) and 
 
 - damaged: a listed file whose size, Parquet footer, row count or sha256 differs from its record;
 - missing: a listed file that is gone;
-- foreign: a file under sequences/, cells/ or probes/ that no ledger lists (a stray copy, an editor's
+- foreign: a file under sequences/, cells/, probes/ or exposures/ that no ledger lists (a stray copy, an editor's
   backup): never read as data, but confusing for anyone who reads the folder directly.
 
 `recover` brings an output back to a consistent state after a crash at any instruction (the writer runs it
@@ -98,11 +98,11 @@ def refuse_damaged_output(output: LedgeredOutput) -> None:
 
 
 def foreign_files(output: LedgeredOutput) -> list[Path]:
-    """Files under sequences/, cells/ or probes/ that no ledger lists (and `recover` would not delete)."""
+    """Files under sequences/, cells/, probes/ or exposures/ that no ledger lists (and `recover` would not delete)."""
     layout = output.layout
     listed = {record.path for record in output.ledgers.landed_files()}
     foreign = []
-    for folder in (layout.output / "sequences", layout.output / "cells", layout.probes_dir):
+    for folder in (layout.output / "sequences", layout.output / "cells", layout.probes_dir, layout.exposures_dir):
         if folder.is_dir():
             foreign += [p for p in folder.rglob("*") if p.is_file() and layout.relative(p) not in listed]
     return sorted(foreign)
@@ -136,7 +136,8 @@ def recover(output: LedgeredOutput) -> None:
 
 def forget_files(ledgers: Ledgers, paths: set[str]) -> list[tuple[int, int]]:
     """Remove every ledger entry holding one of `paths` (relative) and delete its files: the cells it carried
-    become to-do again (a probe set is rebuilt, keeping its pinned chunk file). Returns those cells."""
+    become to-do again (a probe set is rebuilt, keeping its pinned chunk file; an exposure scan is made again).
+    Returns those cells."""
     layout = ledgers.layout
     dropped: list[tuple[int, int]] = []
     for ckpt in sorted(ledgers.checkpoints):
@@ -160,6 +161,14 @@ def forget_files(ledgers: Ledgers, paths: set[str]) -> list[tuple[int, int]]:
             (layout.output / entries[chunk]["file"]["path"]).unlink(missing_ok=True)
             entries[chunk] = {**entries[chunk], "file": None}
         ledgers.commit_probes(entries)
+    scans = {chunk: {**entry, "scans": [scan for scan in entry["scans"] if scan["file"]["path"] not in paths]}
+             for chunk, entry in ledgers.exposures.items()}
+    if scans != ledgers.exposures:
+        for entry in ledgers.exposures.values():
+            for scan in entry["scans"]:
+                if scan["file"]["path"] in paths:
+                    (layout.output / scan["file"]["path"]).unlink(missing_ok=True)
+        ledgers.commit_exposures(scans)
     return sorted(dropped)
 
 

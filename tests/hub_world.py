@@ -411,6 +411,11 @@ class HubServer:
     request_log: Path  # JSON lines, one per request, written before the answer starts
     output: Path  # the server's stdout/stderr
 
+    def ignore_ranges(self, ignore: bool) -> None:
+        """From now on, answer Range requests with the whole file (True) or with the range (False)."""
+        flag = self.request_log.with_name("ignore-range")  # tests/hub_world_server.py IGNORE_RANGE_FLAG
+        flag.touch() if ignore else flag.unlink(missing_ok=True)
+
     def requests(self, since: int = 0) -> list[LoggedRequest]:
         """Requests answered so far, oldest first, from the `since`-th on (pass `len(requests())` taken earlier)."""
         if not self.request_log.exists():

@@ -219,3 +219,24 @@ def test_a_config_naming_another_checkpoint_is_refused(module_ray, hub, tmp_path
     assert "revision 'ckpt_004'" in failure["error"]
     assert "its config.json names checkpoint 1 (ckpt_id); the revision holds another checkpoint's weights" in failure["error"]
 
+
+
+def test_a_server_that_ignores_range_yields_the_same_probe_sets(hub):
+    """Some mirrors answer a Range request with 200 and the whole file: sampling then picks its rows in a second
+    streaming pass (checked against the same sha256) instead of failing the chunk."""
+    from sweep.probes import build_probe_set_from
+    from sweep.sources import describe_chunks
+
+    server, _, _ = hub
+    [described] = describe_chunks("LLM360/AmberDatasets", {1: "train/train_001.jsonl"}).values()
+    with_ranges = build_probe_set_from(described, 1, SAMPLES, 42, K, L)
+    since = len(server.requests())
+    server.ignore_ranges(True)
+    try:
+        without = build_probe_set_from(described, 1, SAMPLES, 42, K, L)
+    finally:
+        server.ignore_ranges(False)
+    assert without.frame.equals(with_ranges.frame) and without.chunk_file.sha256 == with_ranges.chunk_file.sha256
+    gets = [r for r in server.requests(since) if r.method == "GET" and r.path.endswith("train_001.jsonl")]
+    assert sum(r.range is None for r in gets) == 2  # streamed twice: the line index, then the sampled rows
+    assert [r.status for r in gets if r.range is not None] and all(r.status == 200 for r in gets if r.range)

@@ -74,3 +74,12 @@ def test_plan_manifest_and_report_name_one_identity(tmp_path):
     page = write_report(output).read_text()
     assert manifest["identity_hash"] == printed
     assert f"<td>{printed}</td>" in page
+
+
+def test_plan_prices_the_exposure_scan_of_the_whole_corpus(tmp_path):
+    text = plan(str(REPO / "configs" / "amber-full-matrix.yaml"), "--offline", "--output", str(tmp_path / "out"))
+    line = next(line for line in text.splitlines() if line.startswith("exposure scans:"))
+    assert f"360 chunk files, {360 * 20.8:,.1f} GB to stream" in line
+    tokens = 360 * 1_706_976 * 2049  # 1.26T, FACTS.md
+    assert f"~{tokens / 1e9:,.1f}B tokens" in line
+    assert f"~{tokens / 50e6 / 3600:,.1f} core-hours" in line

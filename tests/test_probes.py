@@ -337,3 +337,19 @@ def test_atomic_write_leaves_nothing_on_crash(tmp_path, monkeypatch):
     write_atomic(b"PAR1 a whole file", target)
     assert target.read_bytes() == b"PAR1 a whole file"
     assert list(target.parent.iterdir()) == [target]
+
+
+def test_ranges_are_picked_from_a_stream_whatever_the_block_size():
+    """The fallback for a server that ignores Range: one pass over the blocks gives each range's bytes."""
+    import hashlib
+
+    from sweep.probes import read_ranges_streaming
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    ranges = [(0, 10), (4990, 10), (100, 0), (120, 400), (130, 5), (2000, 1), (2000, 3000)]
+    for block in (1, 7, 333, 5000):
+        blocks = (data[i:i + block] for i in range(0, len(data), block))
+        picked, sha256, size = read_ranges_streaming(blocks, ranges)
+        assert picked == [data[start:start + length] for start, length in ranges], block
+        assert (sha256, size) == (hashlib.sha256(data).hexdigest(), len(data))

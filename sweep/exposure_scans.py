@@ -1,0 +1,174 @@
+"""Exposure scans during a sweep: each chunk file of `exposure.chunks` streamed once by a Ray task on CPUs,
+every probe sequence's occurrences counted (sweep/exposure_scan.py, exact), the counts landed in the output.
+
+What is missing is what gets scanned. A scan counts the probe sequences of some probe chunks (the chunks the
+sweep scores) in one chunk file; the ledger remembers, per chunk file, which probe chunks it has counted. So a
+chunk file is scanned for the probe chunks it has not counted yet: every scored chunk on a fresh output, only the
+new ones when a sweep is extended, none after a kill that landed its scan. Files that need the same probe chunks
+share one probe index, put once into Ray's object store.
+
+Scans need the probe sets of every scored chunk, so they start once the probe supply has settled (all probe sets
+built, landed or failed), which is after the first cells are handed out: they never delay scoring. They run beside
+the GPU actors, `exposure.concurrent_scans` at a time, `exposure.cpus_per_scan` Ray CPUs each, on any node; each
+streams its file (local or Hub) with bounded memory and stores nothing of it. A file that cannot be described,
+read or parsed fails its scan only, with one line (`failures/scan-chunk=<j>.json`); the next run tries again.
+Scanned files are pinned by content (sha256) like probe sets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import ray
+from ray.exceptions import RayError, RayTaskError
+
+from actors.protocol import one_line
+from sweep.exposure_scan import ChunkExposure, build_probe_index, scan_chunk
+from sweep.probe_supply import ProbeSupply
+from sweep.probes import check_streamed, open_chunk
+from sweep.schema import tokens_array
+from sweep.sources import ChunkFile, describe_chunks
+from sweep.spec import SweepSpec
+from sweep.store import ResultStore
+
+log = logging.getLogger("memsweep")
+
+
+def scan_chunk_file(chunk_file: ChunkFile, index) -> tuple[ChunkExposure, float]:
+    """Stream one chunk file through the scan kernel; (counts, CPU seconds). Raises if its bytes are not what
+    `chunk_file` says (sha256, size)."""
+    began = time.process_time()
+    reader = open_chunk(chunk_file)
+    exposure = scan_chunk(reader.blocks(), index, reader.label)
+    check_streamed(chunk_file, exposure.sha256, exposure.size, reader.label)
+    return exposure, time.process_time() - began
+
+
+_scan_task = ray.remote(scan_chunk_file)
+
+
+@dataclass(frozen=True)
+class _ProbeGroup:
+    """The probe sequences of some probe chunks, as one index: what a scan of a chunk file counts."""
+
+    probe_chunks: tuple[int, ...]
+    keys: pl.DataFrame  # chunk, row of each probe, in the index's order
+    index_ref: ray.ObjectRef
+
+
+@dataclass
+class ScanStats:
+    """What the scans did, for the sweep's summary."""
+
+    scanned: int = 0  # chunk files scanned (and landed) in this run
+    failed: dict[int, str] = field(default_factory=dict)  # chunk file -> why its scan failed
+    tokens: int = 0
+    seconds: float = 0.0  # summed over scan tasks
+
+
+class ExposureScans:
+    """The exposure scans a sweep still needs, as background work beside the scheduler (pump, refs, collect)."""
+
+    def __init__(self, spec: SweepSpec, store: ResultStore, supply: ProbeSupply, environment: dict[str, str]):
+        self.spec, self.store, self.supply = spec, store, supply
+        self.stats = ScanStats()
+        self.targets = list(spec.exposure.chunks) if spec.exposure is not None else []
+        self.task = _scan_task.options(num_cpus=spec.exposure.cpus_per_scan, runtime_env={"env_vars": environment}) \
+            if spec.exposure is not None else None
+        self.started = False
+        self.waiting: deque[tuple[int, ChunkFile, _ProbeGroup]] = deque()
+        self.in_flight: dict[ray.ObjectRef, tuple[int, ChunkFile, _ProbeGroup]] = {}
+
+    @property
+    def done(self) -> bool:
+        return not self.targets or (self.started and not self.waiting and not self.in_flight)
+
+    def refs(self) -> list[ray.ObjectRef]:
+        return list(self.in_flight)
+
+    def owns(self, ref: ray.ObjectRef) -> bool:
+        return ref in self.in_flight
+
+    def pump(self) -> None:
+        """Plan the scans once the probe sets exist; start scans while fewer than exposure.concurrent_scans run."""
+        if not self.targets:
+            return
+        if not self.started:
+            if not self.supply.done:
+                return
+            self._plan()
+            self.started = True
+        while self.waiting and len(self.in_flight) < self.spec.exposure.concurrent_scans:
+            seen_chunk, chunk_file, group = self.waiting.popleft()
+            self.in_flight[self.task.remote(chunk_file, group.index_ref)] = (seen_chunk, chunk_file, group)
+
+    def collect(self, ref: ray.ObjectRef) -> None:
+        seen_chunk, chunk_file, group = self.in_flight.pop(ref)
+        try:
+            exposure, cpu_seconds = ray.get(ref)
+        except RayTaskError as error:
+            self._fail(seen_chunk, one_line(error.cause) if error.cause is not None else one_line(error, "last"))
+            return
+        except RayError as error:
+            self._fail(seen_chunk, f"{chunk_file.label}: scan task lost ({one_line(error)})")
+            return
+        counts = group.keys[exposure.probe].with_columns(
+            window_count=pl.Series(exposure.window_count, dtype=pl.Int64),
+            prompt_count=pl.Series(exposure.prompt_count, dtype=pl.Int64))
+        stats = {"probes": group.keys.height, "rows": exposure.rows, "tokens": exposure.tokens,
+                 "bytes": exposure.size, "seconds": exposure.seconds, "cpu_seconds": cpu_seconds}
+        scanned = chunk_file.with_sha256(exposure.sha256)
+        try:
+            self.store.write_exposure_scan(seen_chunk, scanned.to_dict(), list(group.probe_chunks), counts, stats)
+        except ValueError as error:  # the file changed since this output pinned it
+            self._fail(seen_chunk, one_line(error))
+            return
+        self.supply.memo.remember(scanned)
+        self.stats.scanned += 1
+        self.stats.tokens += exposure.tokens
+        self.stats.seconds += exposure.seconds
+        log.info("chunk %d scanned: %d rows, %.0fM tokens in %.1f s", seen_chunk, exposure.rows,
+                 exposure.tokens / 1e6, exposure.seconds)
+
+    def _plan(self) -> None:
+        """Which chunk files to scan for which probe chunks, and one probe index per distinct set of them."""
+        ledgers = self.store.ledgers
+        available = sorted(chunk for chunk in self.spec.chunks if (ledgers.probes.get(chunk) or {}).get("file"))
+        needs = {seen: tuple(c for c in available if c not in ledgers.scanned_probe_chunks(seen))
+                 for seen in self.targets}
+        needs = {seen: chunks for seen, chunks in needs.items() if chunks}
+        if not needs:
+            return
+        data = self.spec.data
+        try:
+            described = describe_chunks(data.source, {seen: data.file_for(seen) for seen in needs}, data.revision)
+        except Exception as error:  # noqa: BLE001 - the dataset itself is unreachable: every scan fails
+            described = {seen: RuntimeError(f"data source {data.source!r} (revision {data.revision!r}): "
+                                            f"{one_line(error)}") for seen in needs}
+        groups: dict[tuple[int, ...], _ProbeGroup] = {}
+        for seen, probe_chunks in needs.items():
+            chunk_file = described[seen]
+            if isinstance(chunk_file, Exception):
+                self._fail(seen, one_line(chunk_file))
+                continue
+            if probe_chunks not in groups:
+                groups[probe_chunks] = self._group(probe_chunks)
+            sha256 = self.supply.memo.lookup(chunk_file)
+            self.waiting.append((seen, chunk_file.with_sha256(sha256) if sha256 else chunk_file, groups[probe_chunks]))
+
+    def _group(self, probe_chunks: tuple[int, ...]) -> _ProbeGroup:
+        width = self.spec.memorization.prompt_len + self.spec.memorization.continuation_len
+        frames = [self.store.read_probe_set(chunk) for chunk in probe_chunks]
+        probes = pl.concat(frames)
+        index = build_probe_index(tokens_array(probes, width).astype(np.uint32), self.spec.memorization.prompt_len)
+        return _ProbeGroup(probe_chunks, probes.select("chunk", "row"), ray.put(index))
+
+    def _fail(self, seen_chunk: int, reason: str) -> None:
+        self.stats.failed[seen_chunk] = reason
+        self.store.record_scan_failure(seen_chunk, reason)
+        log.error("exposure scan of chunk %d failed: %s", seen_chunk, reason)

@@ -1,0 +1,172 @@
+"""Exposure counts end to end: a sweep scans chunk files (scored and unscored) with Ray tasks and lands counts that
+equal a brute-force count row for row, on a corpus with planted copies of every awkward kind; a killed or
+extended sweep scans exactly what is missing and ends equal to a fresh run; scans are checked by `verify`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sweep.driver import run_sweep
+from sweep.output import open_output
+from sweep.probes import write_raw_chunk
+from sweep.spec import load_spec
+from sweep.verify import verify_output
+from tests.sweeps import write_spec
+
+pytestmark = pytest.mark.ray
+
+K, L = 8, 8
+ROWS, ROW_LEN = 24, 40
+VOCAB = 1000  # the session world's model embeds 1024 ids
+
+
+def plant(chunks: list[np.ndarray], rng: np.random.Generator) -> None:
+    """Copies of chunk 0's and 1's first rows' windows (their first K + L ids) planted into every chunk:
+    exact at odd offsets, changed in one continuation or prompt id, cut short by a row's end, prompt only,
+    and overlapping (a periodic row). Modifies `chunks` (int[ROWS, ROW_LEN] each) in place."""
+    window = lambda chunk, row: chunks[chunk][row, : K + L].copy()  # noqa: E731
+    for target in range(len(chunks)):
+        rows = chunks[target]
+        rows[3, 5:5 + K + L] = window(0, 0)  # exact, mid-row
+        rows[3, 21:21 + K + L] = window(0, 0)  # twice in one row
+        changed = window(0, 1)
+        changed[K + 2] += 1  # one continuation id differs: a prompt occurrence, not a window one
+        rows[4, 0:K + L] = changed
+        changed = window(1, 2)
+        changed[1] += 1  # one prompt id differs: neither
+        rows[5, 10:10 + K + L] = changed
+        rows[6, ROW_LEN - K - 3:] = window(1, 0)[: K + 3]  # cut short by the row's end: prompt only
+        rows[7, 2:2 + K] = window(1, 1)[:K]  # the prompt alone
+        if target == 3:
+            rows[8, :] = np.resize(window(0, 2)[:4], ROW_LEN)  # period 4: overlapping occurrences of chunk 0 row 2
+    chunks[0][2, : K + L] = np.resize(chunks[0][2, :4], K + L)  # ... whose window is itself periodic
+
+
+def brute_force(chunks: list[np.ndarray], probes: dict[tuple[int, int], np.ndarray]) -> pl.DataFrame:
+    """(chunk, row, seen_chunk, window_count, prompt_count) for every nonzero pair, by sliding every window."""
+    rows = []
+    for (chunk, row), tokens in probes.items():
+        for seen, data in enumerate(chunks):
+            window = prompt = 0
+            for line in data:
+                for offset in range(ROW_LEN - K + 1):
+                    if np.array_equal(line[offset:offset + K], tokens[:K]):
+                        prompt += 1
+                        if offset + K + L <= ROW_LEN and np.array_equal(line[offset:offset + K + L], tokens):
+                            window += 1
+            if window or prompt:
+                rows.append((chunk, row, seen, window, prompt))
+    return pl.DataFrame(rows, schema={"chunk": pl.Int32, "row": pl.Int64, "seen_chunk": pl.Int32,
+                                      "window_count": pl.Int64, "prompt_count": pl.Int64}, orient="row")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, world) -> tuple[Path, list[np.ndarray]]:
+    """Five chunk files beside the session world's model: chunks 0-1 scored, 2-4 only scanned."""
+    rng = np.random.default_rng(7)
+    chunks = [rng.integers(3, VOCAB, (ROWS, ROW_LEN)) for _ in range(5)]
+    plant(chunks, rng)
+    data = tmp_path_factory.mktemp("exposure-data")
+    (data / "train").mkdir()
+    for number, tokens in enumerate(chunks):
+        write_raw_chunk(data / "train" / f"train_{number:03d}.jsonl", ((row.tolist(), "web") for row in tokens))
+    return data, chunks
+
+
+def spec_for(tmp_path: Path, world: Path, data: Path, name: str, chunks: str, scanned: str):
+    return load_spec(write_spec(tmp_path, world, tmp_path / name, checkpoints=[0], chunks=chunks,
+                                data={"source": str(data), "samples_per_chunk": ROWS},
+                                memorization={"prompt_len": K, "continuation_len": L, "nll": False},
+                                exposure={"chunks": scanned, "concurrent_scans": 2},
+                                resources={"actors": 1, "batch_size": 32}))
+
+
+def landed_counts(output: Path) -> pl.DataFrame:
+    return open_output(output).exposure_counts().collect().sort("chunk", "row", "seen_chunk")
+
+
+def test_landed_counts_equal_a_brute_force_count(corpus, world, module_ray, tmp_path):
+    data, chunks = corpus
+    summary = run_sweep(spec_for(tmp_path, world, data, "out", "0-1", "0-4"), progress=False)
+    assert summary.ok and summary.scans.scanned == 5, summary.describe()
+    landed = open_output(tmp_path / "out")
+    probes = {(c, r): np.asarray(t) for c, r, t in landed.probes().collect().select("chunk", "row", "tokens").rows()}
+    assert len(probes) == 2 * ROWS
+    expected = brute_force(chunks, probes).sort("chunk", "row", "seen_chunk")
+    assert landed_counts(tmp_path / "out").equals(expected)
+    # the planted cases are really there (not a vacuous equality)
+    by_key = {(c, r, s): (w, p) for c, r, s, w, p in expected.rows()}
+    assert by_key[(0, 0, 3)] == (2, 2)  # two exact copies in one row
+    assert by_key[(0, 1, 4)] == (0, 1)  # continuation changed: prompt only
+    assert (1, 2, 2) not in by_key  # prompt changed: nothing
+    assert by_key[(1, 0, 4)] == (0, 1) and by_key[(1, 1, 2)] == (0, 1)  # cut short / prompt only
+    assert by_key[(0, 2, 3)][0] > 4  # overlapping occurrences in the periodic row each count
+
+    exposures = landed.exposures().collect().sort("chunk", "row")
+    assert exposures.height == 2 * ROWS and exposures["chunks_scanned"].to_list() == [5] * (2 * ROWS)
+    totals = expected.group_by("chunk", "row").agg(pl.col("window_count").sum(), pl.col("prompt_count").sum())
+    joined = exposures.join(totals, on=["chunk", "row"], how="left", suffix="_expected").fill_null(0)
+    assert (joined["window_count"] == joined["window_count_expected"]).all()
+    assert (joined["prompt_count"] == joined["prompt_count_expected"]).all()
+    first = expected.filter(pl.col("window_count") > 0).group_by("chunk", "row").agg(
+        pl.col("seen_chunk").min().alias("first"), pl.col("seen_chunk").max().alias("last"))
+    checked = exposures.join(first, on=["chunk", "row"])
+    assert checked.height == 2 * ROWS  # every probe occurs at least in its own row
+    assert (checked["first_chunk"] == checked["first"]).all() and (checked["last_chunk"] == checked["last"]).all()
+    scans = landed.exposure_scans()
+    assert sorted(scans["seen_chunk"].to_list()) == [0, 1, 2, 3, 4]
+    assert (scans["rows"] == ROWS).all() and (scans["tokens"] == ROWS * ROW_LEN).all() and (scans["probes"] == 48).all()
+    assert verify_output(tmp_path / "out").ok
+
+
+def test_an_extended_or_resumed_sweep_scans_only_what_is_missing_and_equals_a_fresh_run(corpus, world, module_ray,
+                                                                                         tmp_path):
+    data, _ = corpus
+    fresh = run_sweep(spec_for(tmp_path, world, data, "fresh", "0-1", "0-4"), progress=False)
+    assert fresh.ok
+    first = run_sweep(spec_for(tmp_path, world, data, "grown", "0", "0-2"), progress=False)
+    assert first.ok and first.scans.scanned == 3
+    extended = run_sweep(spec_for(tmp_path, world, data, "grown", "0-1", "0-4"), progress=False)
+    assert extended.ok and extended.scans.scanned == 5  # 0-2 again for chunk 1's probes only, 3-4 for both
+    scans = open_output(tmp_path / "grown").exposure_scans().sort("seen_chunk", "scanned_at")
+    assert scans.filter(pl.col("seen_chunk") == 0)["probe_chunks"].to_list() == [[0], [1]]
+    assert scans.filter(pl.col("seen_chunk") == 4)["probe_chunks"].to_list() == [[0, 1]]
+    assert landed_counts(tmp_path / "grown").equals(landed_counts(tmp_path / "fresh"))
+    again = run_sweep(spec_for(tmp_path, world, data, "grown", "0-1", "0-4"), progress=False)
+    assert again.ok and again.scans.scanned == 0  # nothing missing: nothing streamed
+
+    # a damaged scan is found by verify, forgotten by --repair, and scanned again by the next run
+    output = tmp_path / "grown"
+    [victim] = [path for path in (output / "exposures" / "seen=3").iterdir()]
+    victim.write_bytes(victim.read_bytes()[:20])
+    report = verify_output(output)
+    assert not report.ok and [path for path, _ in report.damaged] == [victim.relative_to(output).as_posix()]
+    verify_output(output, repair=True)
+    healed = run_sweep(spec_for(tmp_path, world, data, "grown", "0-1", "0-4"), progress=False)
+    assert healed.ok and healed.scans.scanned == 1
+    assert landed_counts(output).equals(landed_counts(tmp_path / "fresh"))
+
+
+def test_a_chunk_that_cannot_be_scanned_fails_only_its_scan(corpus, world, module_ray, tmp_path):
+    data, _ = corpus
+    broken = tmp_path / "data"
+    (broken / "train").mkdir(parents=True)
+    for number in range(3):
+        (broken / "train" / f"train_{number:03d}.jsonl").write_bytes(
+            (data / "train" / f"train_{number:03d}.jsonl").read_bytes())
+    lines = (broken / "train" / "train_002.jsonl").read_text().splitlines()
+    lines[4] = lines[4].replace("[", "[\"x\",", 1)
+    (broken / "train" / "train_002.jsonl").write_text("\n".join(lines) + "\n")
+    summary = run_sweep(spec_for(tmp_path, world, broken, "out", "0", "0-3"), progress=False)
+    assert not summary.ok and summary.schedule.cells_scored == 1 and summary.scans.scanned == 2
+    failed = {f["seen_chunk"]: f["error"] for f in summary.failed_scans}
+    assert sorted(failed) == [2, 3]
+    assert "train_002.jsonl:5:" in failed[2] and "\n" not in failed[2]
+    assert "train_003.jsonl" in failed[3]
+    assert json.loads((tmp_path / "out" / "failures" / "scan-chunk=2.json").read_text())["seen_chunk"] == 2
+    assert "FAILED exposure scan of chunk 2" in summary.describe()
