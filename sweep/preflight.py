@@ -2,12 +2,14 @@
 
 `resolved_spec` makes local sources, the output and the cache absolute (Ray workers run elsewhere);
 `check_before_ray` refuses, in one line naming the key or path, an output that cannot be written or holds another
-sweep's results, a cache that cannot be written, a local source that does not exist, and a CUDA request on a
-machine that has none when the actors would run on it. Needs neither Ray nor (unless CUDA is asked for) torch.
+sweep's results, a cache that cannot be written, a local source that does not exist (saying why when this runs as
+a Ray job in a copy of its working directory), and a CUDA request on a machine that has none when the actors
+would run on it. Needs neither Ray nor (unless CUDA is asked for) torch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -45,6 +47,9 @@ def check_before_ray(spec: SweepSpec, actors_run_here: bool) -> None:
     """
     OutputLayout(Path(spec.output)).check_writable()
     ProbeCache(spec.data.cache_dir).check_writable()
+    for key, source in (("model.source", spec.model.source), ("data.source", spec.data.source)):
+        if is_local(source) and not Path(source).is_dir():
+            raise RefusedError(f"{key}: {source} does not exist{_ray_job_hint(key, source)}")
     resources = spec.resources
     if resources.device == "cuda" and resources.gpus_per_actor == 0:
         raise RefusedError("resources.device: cuda needs GPUs, but resources.gpus_per_actor is 0")
@@ -55,3 +60,18 @@ def check_before_ray(spec: SweepSpec, actors_run_here: bool) -> None:
             raise RefusedError("resources.device: cuda, but this machine has no CUDA device (and no Ray cluster "
                                "address was given: the actors would run here)")
     ResultStore(Path(spec.output)).check_identity(spec.identity())
+
+
+def _ray_job_hint(key: str, source: str) -> str:
+    """Why a local path is missing when this process is a `ray job submit` entrypoint: it runs in the job's copy of
+    --working-dir, where relative paths resolve and where Ray did not upload what .gitignore lists."""
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return ""
+    if not (job.get("runtime_env") or {}).get("working_dir"):
+        return ""
+    folder = Path(source).name
+    return (f" (this runs inside a Ray job, in its copy of --working-dir ({Path.cwd()}): relative paths resolve "
+            f"there, and files .gitignore lists, such as demo-world/, are not uploaded; give an absolute path "
+            f"the cluster can read, e.g. --set {key}=/abs/path/to/{folder})")

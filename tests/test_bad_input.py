@@ -191,6 +191,35 @@ def test_unusable_output_or_cache_paths_are_named_before_ray_starts(world, tmp_p
     assert "Started a local Ray" not in result.stderr and time.perf_counter() - began < 60
 
 
+@pytest.mark.parametrize("key", ["model.source", "data.source"])
+def test_a_local_source_that_does_not_exist_is_refused_before_ray_starts(world, tmp_path, key):
+    spec = spec_dict(world, tmp_path / "out")
+    section = key.split(".")[0]
+    spec[section]["source"] = str(tmp_path / "nowhere" / section)
+    began = time.perf_counter()
+    result = memsweep("run", str(write_yaml(tmp_path / "s.yaml", spec)))
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    assert error_line(result) == f"{key}: {tmp_path / 'nowhere' / section} does not exist"
+    assert "Started a local Ray" not in result.stderr and time.perf_counter() - began < 60
+
+
+def test_inside_a_ray_job_a_missing_relative_source_says_where_it_was_looked_for(world, tmp_path, monkeypatch):
+    """`ray job submit --working-dir .` runs the entrypoint in a copy of the directory, without gitignored files."""
+    job_copy = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
+    job_copy.mkdir(parents=True)
+    monkeypatch.chdir(job_copy)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}}))
+    spec = spec_dict(world, tmp_path / "out")
+    spec["model"]["source"] = "./demo-world/model"
+    result = in_process("run", str(write_yaml(tmp_path / "s.yaml", spec)))
+    assert result.returncode == 2
+    line = error_line(result)
+    assert line.startswith(f"model.source: {job_copy / 'demo-world' / 'model'} does not exist (this runs inside a "
+                           f"Ray job, in its copy of --working-dir ({job_copy})")
+    assert "files .gitignore lists, such as demo-world/, are not uploaded" in line
+    assert "--set model.source=/abs/path/to/model" in line
+
+
 def test_cuda_on_a_machine_without_cuda_is_refused_before_ray_starts(world, tmp_path):
     import torch
 
