@@ -123,15 +123,17 @@ class Scheduler:
 
     def run(self) -> ScheduleStats:
         try:
-            while self._has_work():
+            while True:
                 for work in self.background:
                     work.pump()
                 self._assign()
-                refs = list(self.owner) + [ref for work in self.background for ref in work.refs()]
-                if not refs:
-                    if self._has_work():  # nothing in flight and nothing can start: a bug, not a wait
-                        raise RuntimeError(f"scheduler stalled with {sum(self.remaining.values())} cells left")
+                if not self._has_work():
+                    # The cells are done: never wait here on background work alone (exposure scans may need the
+                    # CPUs these actors hold); `drain` finishes it once the actors are released.
                     break
+                refs = list(self.owner) + [ref for work in self.background for ref in work.refs()]
+                if not refs:  # nothing in flight and nothing can start: a bug, not a wait
+                    raise RuntimeError(f"scheduler stalled with {sum(self.remaining.values())} cells left")
                 timeout = LAND_MAX_WAIT_S if self.landing.cells_waiting else None
                 ray.wait(refs, num_returns=1, timeout=timeout)
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
@@ -398,9 +400,13 @@ class Scheduler:
         return self.scorer_cls.options(**options).remote(self.settings)
 
     def _release_actors(self) -> None:
-        """Let every actor free its model and delete the downloads it still holds (prefetched, unused)."""
+        """Let every actor free its model and delete the downloads it still holds (prefetched, unused), then end
+        it: its GPU and CPUs go back to the cluster now (exposure scans may still be waiting for a CPU), not when
+        Python happens to collect the last handle."""
         refs = [slot.actor.release.remote() for slot in self.slots]
         try:
             ray.wait(refs, num_returns=len(refs), timeout=120)
         except Exception:  # noqa: BLE001 - best effort: a dead actor holds nothing
             pass
+        for slot in self.slots:
+            ray.kill(slot.actor, no_restart=True)

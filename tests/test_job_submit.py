@@ -1,12 +1,13 @@
-"""End to end the way a cluster user works: `ray start --head` (token authentication on, as Ray
-2.60 sets up a new cluster), `ray job submit --working-dir <repo> -- python -m sweep run ...`, wait
-for the job, query the landed Parquet with `memsweep query`; the head is stopped afterwards.
+"""End to end the way a cluster user works, following the README: `ray start --head` from the venv (token
+authentication on, as Ray 2.60 sets up a new cluster), the README's `ray job submit` of the demo and its
+`memsweep query`, copied from the README; the head is stopped afterwards.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+
+from sweep.output import open_output
 
 pytestmark = pytest.mark.ray
 
@@ -29,9 +31,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def ray_head(tmp_path):
-    """A local Ray head with 2 logical GPUs, stopped (only it) when the test ends."""
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A local Ray head with 2 logical GPUs, started from the venv (its jobs find `memsweep` on PATH), stopped (only
+    it) when the module ends."""
+    tmp_path = tmp_path_factory.mktemp("head")
     dashboard = free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
     head = subprocess.Popen(
@@ -55,40 +59,55 @@ def ray_head(tmp_path):
     head.wait(timeout=60)
 
 
-def test_ray_job_submit_lands_queryable_parquet(ray_head, tmp_path):
+def readme_commands(starting: str) -> list[str]:
+    """The README's cluster commands that start with `starting`, joined across backslash continuations and
+    without their comments: what a user copies."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Running on a Ray cluster"):]
+    block = section[section.index("```sh") + 5: section.index("```", section.index("```sh") + 5)]
+    commands = block.replace("\\\n", " ").splitlines()
+    return [" ".join(line.split("  #")[0].split()) for line in commands if line.startswith(starting)]
+
+
+def test_the_demo_submitted_the_readme_way_lands_its_64_cells(ray_head, tmp_path):
+    """After `make demo`, the README's `ray job submit` of configs/demo.yaml and its query, copied as written,
+    from a clone: the demo world is gitignored (not uploaded), so the README names it by absolute paths."""
     from sweep.demo import DemoWorldConfig, ensure_demo_world
 
-    world = tmp_path / "world"
-    ensure_demo_world(DemoWorldConfig(chunks=2, rows_per_chunk=32, epochs_per_chunk=2), world / "model",
-                      world / "data", progress=False)
-    spec = {
-        "name": "job",
-        "model": {"source": str(world / "model"), "dtype": "float32"},
-        "data": {"source": str(world / "data"), "samples_per_chunk": 8, "cache_dir": str(tmp_path / "cache")},
-        "checkpoints": "0-1",
-        "chunks": "0-1",
-        "output": "relative-is-overridden",
-    }
-    spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
-    output = tmp_path / "out"
-    submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--working-dir", str(REPO), "--",
-         "python", "-m", "sweep", "run", str(spec_path), "--output", str(output), "--no-progress"],
-        env=ray_head, capture_output=True, text=True, timeout=400,
-    )
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    assert "succeeded" in submit.stdout.lower(), submit.stdout[-3000:]
+    clone = tmp_path / "clone"  # what `ray job submit --working-dir .` uploads: the tracked files
+    shutil.copytree(REPO / "configs", clone / "configs")
+    # `make demo` built the default world here; a small one of the same shape (8 checkpoints x 8 chunks) stands in
+    small = DemoWorldConfig(rows_per_chunk=16, row_len=72, vocab_size=320, hidden_size=16, intermediate_size=32,
+                            num_layers=1, num_heads=2, epochs_per_chunk=1)
+    ensure_demo_world(small, clone / "demo-world" / "model", clone / "demo-world" / "data", progress=False)
+    (clone / ".gitignore").write_text((REPO / ".gitignore").read_text())
+    [submit] = readme_commands("ray job submit")
+    [query] = readme_commands("memsweep query")
+    submitted = subprocess.run(["bash", "-c", submit + " --no-progress"], cwd=clone, env=ray_head,
+                               capture_output=True, text=True, timeout=400)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert "succeeded" in submitted.stdout.lower(), submitted.stdout[-3000:]
+    queried = subprocess.run(["bash", "-c", query], cwd=clone, env=ray_head, capture_output=True, text=True,
+                             timeout=120)
+    assert queried.returncode == 0, queried.stderr
+    assert re.search(r"│\s*64\s*│", queried.stdout), queried.stdout
 
-    query = subprocess.run(
-        [str(BIN / "memsweep"), "query", str(output),
-         "SELECT ckpt, chunk, n, score FROM cells ORDER BY ckpt, chunk", "--format", "json",
-         "--out", str(tmp_path / "cells.json")],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert query.returncode == 0, query.stderr
-    cells = json.loads((tmp_path / "cells.json").read_text())
-    assert [(c["ckpt"], c["chunk"], c["n"]) for c in cells] == [(0, 0, 8), (0, 1, 8), (1, 0, 8), (1, 1, 8)]
-    assert all(0.0 <= c["score"] <= 1.0 for c in cells)
-    manifest = json.loads((output / "manifest.json").read_text())
-    assert manifest["runs"][0]["ray_address"], "the job ran on the submitted cluster"
+    landed = open_output(clone / "results" / "demo-cluster")
+    cells = landed.cells().select("ckpt", "chunk", "n").collect().sort("ckpt", "chunk")
+    assert cells.select("ckpt", "chunk").rows() == [(c, j) for c in range(8) for j in range(8)]
+    assert (cells["n"] == 16).all()  # every row of the small world's chunk files, as the demo samples 128
+    assert landed.manifest["runs"][0]["ray_address"], "the job ran on the submitted cluster"
+    assert landed.exposure_scans().height == 8  # the demo scans its own chunk files
+
+
+def test_a_relative_source_in_a_job_is_refused_naming_the_key_and_why(ray_head, tmp_path):
+    """The same submit without the absolute sources: the job's copy has no demo-world/, and memsweep says so."""
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO / "configs", clone / "configs")
+    submitted = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--", "memsweep", "run", "configs/demo.yaml",
+         "--output", str(tmp_path / "out")], cwd=clone, env=ray_head, capture_output=True, text=True, timeout=300)
+    assert submitted.returncode != 0
+    [line] = {line for line in submitted.stdout.splitlines() if line.startswith("memsweep: error: ")}  # one line, however often the log is shown
+    assert "model.source: " in line and "/demo-world/model does not exist (this runs inside a Ray job" in line
+    assert "are not uploaded" in line and not (tmp_path / "out").exists()
