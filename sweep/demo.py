@@ -370,7 +370,7 @@ def train_family(config: DemoWorldConfig, chunk_files: Iterable[np.ndarray],
         for chunk, lines in enumerate(chunk_files):
             expected = (demo_stream.rows_per_stream_chunk(config), config.row_len)
             if lines.shape != expected:
-                raise ValueError(f"chunk file {chunk}: {lines.shape[0]} lines of {lines.shape[1:]} ids, the config "
+                raise ValueError(f"chunk file {chunk}: {lines.shape[0]} lines of {lines.shape[1]} ids; the config "
                                  f"makes {expected[0]} of {expected[1]}")
             for batch in torch.as_tensor(lines, dtype=torch.long).split(config.batch_size):
                 for group in optimizer.param_groups:
@@ -459,7 +459,8 @@ def _is_complete(directory: Path, config: DemoWorldConfig, role: str) -> bool:
 
 def _ours(entry: Path) -> bool:
     """Could ``entry`` have been left by an interrupted build (so it is safe to delete)?"""
-    return entry.name in {"train", TOKENIZER_DIR, demo_stream.RECORD_NAME, MARKER_NAME} or entry.name.startswith("ckpt_")
+    built = {"train", TOKENIZER_DIR, demo_stream.RECORD_NAME, MARKER_NAME}
+    return entry.name in built or entry.name.startswith("ckpt_")
 
 
 def _install(built: Path, directory: Path) -> None:
