@@ -3,20 +3,26 @@
 Amber itself is out of reach for a newcomer (27 GB per checkpoint, 20.8 GB per data chunk), so this
 file builds a miniature of it that reads and behaves like a real training run:
 
-- a corpus in AmberDatasets' raw row format, ``data_dir/train/train_000.jsonl`` .. one JSON object
-  per line, ``{"token_ids": [row_len ints], "source": "refinedweb"}``. The documents are readable
-  text written by :mod:`sweep.demo_text` in five Amber sources' styles (web articles with cookie and
-  newsletter notices, directory pages of FAKE personal records, Python files under licence headers,
-  LaTeX papers, biographies), tokenized with a byte-level BPE tokenizer trained on them, and packed
+- a corpus of ``chunks x rows_per_chunk`` rows. The documents are readable text written by
+  :mod:`sweep.demo_text` in five Amber sources' styles (web articles with cookie and newsletter
+  notices, directory pages of FAKE personal records, Python files under licence headers, LaTeX
+  papers, biographies), tokenized with a byte-level BPE tokenizer trained on them, and packed
   LLaMA-style (``BOS body EOS``, BOS 1, EOS 2) into one stream sliced into rows: a row may start
   mid-document and hold several documents; its ``source`` is that of the document it starts in.
   A share of rows is copied verbatim within and across chunks, as in web corpora.
+- the chunk files, in AmberDatasets' raw row format, ``data_dir/train/train_000.jsonl`` .. one JSON
+  object per line, ``{"token_ids": [row_len ints], "source": "refinedweb"}``. As Amber's, they are
+  the training stream: file i holds every row trained on while chunk i is the newest, in the order
+  trained on (its corpus rows once per epoch, and the rehearsed rows below; :mod:`sweep.demo_stream`),
+  and ``data_dir/stream.parquet`` records where each line comes from (its corpus row, why it is
+  there, the row it is a planted copy of), so a scan of the files can be checked against it.
 - the tokenizer, as a Hugging Face tokenizer directory (``tokenizer.json``,
   ``tokenizer_config.json``) in ``data_dir/tokenizer/`` and beside every checkpoint, so
   ``AutoTokenizer.from_pretrained(model_dir / "ckpt_003").decode(row["token_ids"])`` gives the text.
 - a checkpoint family, ``model_dir/ckpt_000/`` .. (``LlamaForCausalLM.save_pretrained``,
-  safetensors), from one small LLaMA trained through the chunks in order: checkpoint i is saved
-  after chunk i and has trained on chunks 0..i only (Amber's convention).
+  safetensors), from one small LLaMA trained through the chunk files in order, in batches of
+  consecutive lines: checkpoint i is saved after file i and has trained on files 0..i only
+  (Amber's convention).
 
 Why it retains. A model this small forgets: trained only on chunk i for a few epochs, it recalls
 chunk i almost perfectly and, a chunk later, scores it barely above text it never saw. The first
@@ -29,8 +35,9 @@ memorized. Three things make the miniature behave like the large model:
 
 - rehearsal (``replay_fraction``): each epoch of chunk i also trains on as many rows drawn at
   random from chunks 0..i, so what was memorized is refreshed, more rarely the older it is. This
-  is the one knowing departure from Amber, which saw each row once; no row of a later chunk is
-  ever used (tests/test_demo_world.py checks that checkpoint i does not depend on chunk i+1);
+  is the one knowing departure from Amber, which saw each row once; it is written into the chunk
+  files, so a scan of them sees it, and no row of a later chunk is ever used
+  (tests/test_demo_world.py checks that checkpoint i does not depend on file i+1);
 - a cosine learning-rate decay over the whole run, as in LLaMA-style runs, so late chunks disturb
   less;
 - text whose words are drawn from long lists, so a passage's contexts rarely recur elsewhere and
@@ -54,13 +61,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 from pydantic import Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from sweep import demo_text
+from sweep import demo_stream, demo_text
 from sweep.errors import MemsweepError
 from sweep.probes import write_raw_chunk
 
@@ -79,7 +86,7 @@ TOKENIZER_MIN_CHARACTERS = 500_000
 TOKENIZER_DIR = "tokenizer"  # in the data directory: the tokenizer the chunks were encoded with
 MARKER_NAME = "world.json"
 MARKER_KIND = "memsweep-demo-world"
-MARKER_VERSION = 2  # bump when the generator or the training changes what a config produces
+MARKER_VERSION = 3  # bump when the generator or the training changes what a config produces
 
 
 @pydantic_dataclass(frozen=True)
@@ -89,7 +96,8 @@ class DemoWorldConfig:
     chunks: int = Field(default=8, ge=1, le=1000)
     """Number of data chunks == number of checkpoints."""
     rows_per_chunk: int = Field(default=256, ge=1)
-    """Rows (JSON lines) per chunk file."""
+    """Corpus rows per chunk. Its file holds them once per epoch, plus the replayed rows
+    (``epochs_per_chunk * (rows_per_chunk + replayed)`` JSON lines)."""
     row_len: int = Field(default=72, ge=2)
     """Tokens per row; memorization probes read the first k+l (64 by default)."""
     vocab_size: int = Field(default=1024, ge=300, le=65536)
@@ -100,7 +108,8 @@ class DemoWorldConfig:
     num_heads: int = Field(default=4, ge=1)
     """Attention heads; must divide hidden_size."""
     epochs_per_chunk: int = Field(default=4, ge=1)
-    """Passes over each chunk before its checkpoint is saved (Amber: 1; a tiny model needs more).
+    """Passes over each chunk's rows before its checkpoint is saved, each written into its file
+    (Amber: 1; a tiny model needs more).
     With replay, a row is trained on about ``epochs_per_chunk * (1 + replay_fraction / (i + 1))``
     times while chunk i is the newest, and about ``epochs_per_chunk * replay_fraction / (j + 1)``
     times more during each later chunk j."""
@@ -112,8 +121,8 @@ class DemoWorldConfig:
     """Learning rate at the last step; cosine decay from the peak over the whole run."""
     replay_fraction: float = Field(default=1.25, ge=0, le=4)
     """Rehearsal: each epoch of chunk i also trains on ``replay_fraction * rows_per_chunk`` rows drawn
-    at random from chunks 0..i (never later ones). Amber sees each row once; this stands in for the
-    slow forgetting of a large model (see the module docstring). 0 turns it off."""
+    at random from chunks 0..i (never later ones), written into file i. Amber sees each row once;
+    this stands in for the slow forgetting of a large model (see the module docstring). 0 turns it off."""
     duplicate_fraction: float = Field(default=0.1, ge=0, le=0.5)
     """Share of rows that are verbatim copies of another row (half in its chunk, half elsewhere)."""
     seed: int = Field(default=0, ge=0)
@@ -132,11 +141,11 @@ class DemoWorldConfig:
 # ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class CorpusChunk:
-    """One data chunk in memory."""
+class ChunkRows:
+    """Rows of one chunk in memory: a chunk of the corpus, or what its file holds."""
 
     tokens: np.ndarray
-    """int32[rows_per_chunk, row_len] token ids."""
+    """int32[rows, row_len] token ids."""
     sources: tuple[str, ...]
     """Per row: the source of the document the row starts in."""
 
@@ -145,9 +154,18 @@ class CorpusChunk:
 class Corpus:
     """The whole miniature corpus and the tokenizer its ids belong to."""
 
-    chunks: list[CorpusChunk]
+    chunks: list[ChunkRows]
     tokenizer: Tokenizer
     """Byte-level BPE over ``config.vocab_size`` ids (see :func:`train_tokenizer`)."""
+    original: np.ndarray
+    """int64[chunks * rows_per_chunk]: per corpus row (``chunk * rows_per_chunk + row``), the row whose
+    ids it holds: itself, or the row it is a planted verbatim copy of."""
+
+    def rows(self, slots: np.ndarray) -> ChunkRows:
+        """The corpus rows ``slots`` (int[n], ``chunk * rows_per_chunk + row``), in that order."""
+        tokens = np.concatenate([chunk.tokens for chunk in self.chunks])
+        sources = [source for chunk in self.chunks for source in chunk.sources]
+        return ChunkRows(tokens[slots], tuple(sources[slot] for slot in slots.tolist()))
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
@@ -206,19 +224,21 @@ def generate_corpus(config: DemoWorldConfig) -> Corpus:
     tokens = np.asarray(stream[:needed], dtype=np.int32).reshape(shape)
     row_starts = np.asarray(stream_sources[:needed: config.row_len]).reshape(shape[:2])
     sources = np.asarray(demo_text.SOURCE_NAMES, dtype=object)[row_starts]
-    _copy_duplicates(config, np.random.default_rng([config.seed, 0xA3BE]), tokens, sources)
-    chunks = [CorpusChunk(tokens[c], tuple(sources[c])) for c in range(config.chunks)]
-    return Corpus(chunks, tokenizer)
+    original = _copy_duplicates(config, np.random.default_rng([config.seed, 0xA3BE]), tokens, sources)
+    chunks = [ChunkRows(tokens[c], tuple(sources[c])) for c in range(config.chunks)]
+    return Corpus(chunks, tokenizer, original)
 
 
 def _copy_duplicates(config: DemoWorldConfig, rng: np.random.Generator, tokens: np.ndarray,
-                     sources: np.ndarray) -> None:
-    """Overwrite ``duplicate_fraction`` of all rows with copies of other rows, in place.
+                     sources: np.ndarray) -> np.ndarray:
+    """Overwrite ``duplicate_fraction`` of all rows with copies of other rows, in place; returns
+    int64[chunks * rows_per_chunk], each row's original (itself unless it became a copy).
 
     Originals get 1-4 copies (popular rows are copied more, as on the web); half the copies land in
-    the original's chunk, the rest in a random other chunk.
+    the original's chunk, the rest in a random other chunk. An original is never overwritten.
     """
     total = config.chunks * config.rows_per_chunk
+    copied_from = np.arange(total, dtype=np.int64)
     n_copies = int(round(config.duplicate_fraction * total))
     free = rng.permutation(total).tolist()  # slots not yet an original or a copy
     by_chunk: dict[int, list[int]] = {}
@@ -248,12 +268,14 @@ def _copy_duplicates(config: DemoWorldConfig, rng: np.random.Generator, tokens: 
             if slot is None:
                 slot = next((s for c in by_chunk for s in [take(c)] if s is not None), None)
             if slot is None:
-                return
+                return copied_from
+            copied_from[slot] = original
             oc, orow = divmod(original, config.rows_per_chunk)
             c, r = divmod(slot, config.rows_per_chunk)
             tokens[c, r] = tokens[oc, orow]
             sources[c, r] = sources[oc, orow]
             placed += 1
+    return copied_from
 
 
 def chunk_path(data_dir: Path, chunk: int) -> Path:
@@ -266,13 +288,13 @@ def checkpoint_path(model_dir: Path, checkpoint: int) -> Path:
     return Path(model_dir) / f"ckpt_{checkpoint:03d}"
 
 
-def write_chunk(path: Path, chunk: CorpusChunk) -> None:
+def write_chunk(path: Path, chunk: ChunkRows) -> None:
     """Write one chunk as raw AmberDatasets rows (one JSON object per line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_raw_chunk(path, zip(chunk.tokens.tolist(), chunk.sources))
 
 
-def read_chunk(path: Path, row_len: int, vocab_size: int) -> CorpusChunk:
+def read_chunk(path: Path, row_len: int, vocab_size: int) -> ChunkRows:
     """Read raw rows back; a bad line raises ValueError naming the file and line."""
     ids: list[list[int]] = []
     sources: list[str] = []
@@ -287,7 +309,7 @@ def read_chunk(path: Path, row_len: int, vocab_size: int) -> CorpusChunk:
                 raise ValueError(f"{path}:{number}: bad demo row: {error}") from None
             ids.append(tokens)
             sources.append(str(row.get("source", "")))
-    return CorpusChunk(np.asarray(ids, dtype=np.int32).reshape(-1, row_len), tuple(sources))
+    return ChunkRows(np.asarray(ids, dtype=np.int32).reshape(-1, row_len), tuple(sources))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,10 +346,11 @@ def learning_rate_at(config: DemoWorldConfig, step: int, total_steps: int) -> fl
     return config.final_learning_rate + (config.learning_rate - config.final_learning_rate) * cosine
 
 
-def train_family(config: DemoWorldConfig, chunks: list[np.ndarray], on_checkpoint: Callable[[int, object], None],
-                 progress: bool = False) -> None:
-    """Train one small LLaMA through ``chunks`` (int[rows, row_len] each) in order; after chunk i,
-    call ``on_checkpoint(i, model)``. The model has seen chunks 0..i only when it is called."""
+def train_family(config: DemoWorldConfig, chunk_files: Iterable[np.ndarray],
+                 on_checkpoint: Callable[[int, object], None], progress: bool = False) -> None:
+    """Train one small LLaMA through ``chunk_files`` (int[lines, row_len] each: what each chunk file
+    holds, taken one at a time, in order) in batches of ``batch_size`` consecutive lines; after file i,
+    call ``on_checkpoint(i, model)``. The model has trained on files 0..i only when it is called."""
     import torch
     from tqdm import tqdm
     from transformers import LlamaForCausalLM
@@ -341,31 +364,25 @@ def train_family(config: DemoWorldConfig, chunks: list[np.ndarray], on_checkpoin
         model = LlamaForCausalLM(_model_config(config)).float().train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                       betas=(0.9, 0.95), weight_decay=0.0)
-        shuffle = torch.Generator().manual_seed(config.seed)
-        replayed_per_epoch = round(config.replay_fraction * config.rows_per_chunk)
-        steps_per_epoch = math.ceil((config.rows_per_chunk + replayed_per_epoch) / config.batch_size)
-        total_steps = config.chunks * config.epochs_per_chunk * steps_per_epoch
-        bar = tqdm(total=total_steps, desc="demo training", unit="step", disable=not progress, leave=False)
+        steps = demo_stream.total_steps(config)
+        bar = tqdm(total=steps, desc="demo training", unit="step", disable=not progress, leave=False)
         step = 0
-        seen: list[torch.Tensor] = []  # chunks 0..i: the only rows checkpoint i may have trained on
-        for chunk, tokens in enumerate(chunks):
-            rows = torch.as_tensor(tokens, dtype=torch.long)
-            seen.append(rows)
-            pool = torch.cat(seen)
-            for _ in range(config.epochs_per_chunk):
-                replay = pool[torch.randint(len(pool), (replayed_per_epoch,), generator=shuffle)]
-                epoch = torch.cat([rows, replay])
-                for batch in torch.randperm(len(epoch), generator=shuffle).split(config.batch_size):
-                    for group in optimizer.param_groups:
-                        group["lr"] = learning_rate_at(config, step, total_steps)
-                    loss = model(input_ids=epoch[batch], labels=epoch[batch]).loss
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    bar.update()
-                    bar.set_postfix(chunk=chunk, loss=f"{loss.item():.2f}")
+        for chunk, lines in enumerate(chunk_files):
+            expected = (demo_stream.rows_per_stream_chunk(config), config.row_len)
+            if lines.shape != expected:
+                raise ValueError(f"chunk file {chunk}: {lines.shape[0]} lines of {lines.shape[1]} ids; the config "
+                                 f"makes {expected[0]} of {expected[1]}")
+            for batch in torch.as_tensor(lines, dtype=torch.long).split(config.batch_size):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate_at(config, step, steps)
+                loss = model(input_ids=batch, labels=batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update()
+                bar.set_postfix(chunk=chunk, loss=f"{loss.item():.2f}")
             on_checkpoint(chunk, model)
         bar.close()
     finally:
@@ -374,15 +391,15 @@ def train_family(config: DemoWorldConfig, chunks: list[np.ndarray], on_checkpoin
 
 def train_checkpoints(config: DemoWorldConfig, data_dir: Path, model_dir: Path,
                       progress: bool = False) -> None:
-    """Train through the chunk files in ``data_dir`` in order, saving ``ckpt_i`` after chunk i: the
+    """Train through the chunk files in ``data_dir`` in order, saving ``ckpt_i`` after file i: the
     weights (safetensors), the generation config and the corpus's tokenizer, as a Hub checkpoint has."""
     from transformers import AutoTokenizer, GenerationConfig
     from transformers.utils import logging as hf_logging
 
     tokenizer = AutoTokenizer.from_pretrained(Path(data_dir) / TOKENIZER_DIR)
     generation = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, do_sample=False)
-    chunks = [read_chunk(chunk_path(data_dir, c), config.row_len, config.vocab_size).tokens
-              for c in range(config.chunks)]
+    chunk_files = (read_chunk(chunk_path(data_dir, c), config.row_len, config.vocab_size).tokens
+                   for c in range(config.chunks))  # each read when training reaches it
 
     def save(chunk: int, model) -> None:
         target = checkpoint_path(model_dir, chunk)
@@ -396,7 +413,19 @@ def train_checkpoints(config: DemoWorldConfig, data_dir: Path, model_dir: Path,
         generation.save_pretrained(target)
         tokenizer.save_pretrained(target)
 
-    train_family(config, chunks, save, progress)
+    train_family(config, chunk_files, save, progress)
+
+
+def write_data(config: DemoWorldConfig, data_dir: Path) -> None:
+    """Generate the corpus and write the world's data into ``data_dir``: each chunk's training stream
+    as its chunk file, the record of where every line comes from, and the tokenizer."""
+    corpus = generate_corpus(config)
+    streams = demo_stream.plan_stream(config)
+    for chunk, stream in enumerate(streams):
+        write_chunk(chunk_path(data_dir, chunk), corpus.rows(stream.corpus_slot))
+    demo_stream.origin_record(streams, corpus.original, config.rows_per_chunk).write_parquet(
+        data_dir / demo_stream.RECORD_NAME)
+    save_tokenizer(corpus.tokenizer, data_dir / TOKENIZER_DIR)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,7 +459,8 @@ def _is_complete(directory: Path, config: DemoWorldConfig, role: str) -> bool:
 
 def _ours(entry: Path) -> bool:
     """Could ``entry`` have been left by an interrupted build (so it is safe to delete)?"""
-    return entry.name in {"train", TOKENIZER_DIR, MARKER_NAME} or entry.name.startswith("ckpt_")
+    built = {"train", TOKENIZER_DIR, demo_stream.RECORD_NAME, MARKER_NAME}
+    return entry.name in built or entry.name.startswith("ckpt_")
 
 
 def _install(built: Path, directory: Path) -> None:
@@ -473,10 +503,7 @@ def ensure_demo_world(config: DemoWorldConfig, model_dir: Path, data_dir: Path,
     started = time.perf_counter()
     if not data_ready:
         scratch = _scratch(data_dir)
-        corpus = generate_corpus(config)
-        for chunk_id, chunk in enumerate(corpus.chunks):
-            write_chunk(chunk_path(scratch, chunk_id), chunk)
-        save_tokenizer(corpus.tokenizer, scratch / TOKENIZER_DIR)
+        write_data(config, scratch)
         (scratch / MARKER_NAME).write_text(json.dumps(_marker(config, "data"), indent=2))
         _install(scratch, data_dir)
     if not model_ready:

@@ -1,5 +1,7 @@
 """The demo world's files: raw Amber-format chunks that decode to readable text with the tokenizer
-saved beside every checkpoint, an Amber-style checkpoint family, a deterministic, crash-safe build.
+saved beside every checkpoint; chunk files that are the training stream, as Amber's are, with the
+builder's record of where every line comes from, which an exposure scan of the files agrees with;
+an Amber-style checkpoint family, a deterministic, crash-safe build.
 
 How the family memorizes (from a real sweep's Parquet) is tests/test_demo_memorization.py.
 """
@@ -16,10 +18,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
+from numpy.lib.stride_tricks import sliding_window_view
 
-from sweep import demo, demo_text
+from sweep import demo, demo_stream, demo_text
 from sweep.demo import DemoWorldConfig, ensure_demo_world
+from sweep.exposure_scan import build_probe_index, scan_chunk
 
 # Small enough to build in a few seconds, with every source, licence header and record represented.
 WORLD = DemoWorldConfig(chunks=3, rows_per_chunk=96, epochs_per_chunk=1)
@@ -36,10 +41,29 @@ def world(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def corpus(world) -> list[demo.CorpusChunk]:
+def files(world) -> list[demo.ChunkRows]:
+    """What every chunk file holds, line by line."""
     _, data_dir = world
     return [demo.read_chunk(demo.chunk_path(data_dir, c), WORLD.row_len, WORLD.vocab_size)
             for c in range(WORLD.chunks)]
+
+
+@pytest.fixture(scope="module")
+def record(world) -> pl.DataFrame:
+    _, data_dir = world
+    return demo_stream.read_origin_record(data_dir)
+
+
+@pytest.fixture(scope="module")
+def corpus(files, record) -> list[demo.ChunkRows]:
+    """The corpus, picked out of the files by the record: each chunk's own rows in its first epoch, in
+    corpus order (test_each_file_is_its_chunks_training_stream checks the record)."""
+    chunks = []
+    for chunk, held in enumerate(files):
+        lines = record.filter((pl.col("chunk") == chunk) & (pl.col("reason") == demo_stream.OWN)
+                              & (pl.col("epoch") == 0)).sort("corpus_row")["row"].to_list()
+        chunks.append(demo.ChunkRows(held.tokens[lines], tuple(held.sources[line] for line in lines)))
+    return chunks
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +98,7 @@ def test_chunks_are_raw_amber_rows(world):
     for chunk in range(WORLD.chunks):
         path = data_dir / "train" / f"train_{chunk:03d}.jsonl"
         lines = path.read_text().splitlines()
-        assert len(lines) == WORLD.rows_per_chunk, path
+        assert len(lines) == demo_stream.rows_per_stream_chunk(WORLD) == 216, path  # 96 own + 120 replayed
         for line in lines:
             row = json.loads(line)
             assert set(row) == {"token_ids", "source"}
@@ -86,20 +110,8 @@ def test_chunks_are_raw_amber_rows(world):
             rows_with_eos += demo.EOS_ID in ids
     assert len(sources) >= 4, sources  # several sources, web text the largest
     assert sources.most_common(1)[0][0] == "refinedweb"
-    total = WORLD.chunks * WORLD.rows_per_chunk
+    total = WORLD.chunks * demo_stream.rows_per_stream_chunk(WORLD)
     assert 0.1 * total < rows_with_eos < total  # rows pack several documents
-
-
-def test_corpus_has_duplicates_within_and_across_chunks(corpus):
-    where = collections.defaultdict(list)
-    for chunk, rows in enumerate(corpus):
-        for row in rows.tokens.tolist():
-            where[tuple(row)].append(chunk)
-    copies = sum(len(chunks) - 1 for chunks in where.values())
-    total = WORLD.chunks * WORLD.rows_per_chunk
-    assert abs(copies / total - WORLD.duplicate_fraction) < 0.03
-    assert any(len(set(chunks)) < len(chunks) for chunks in where.values())  # within a chunk
-    assert any(len(set(chunks)) > 1 for chunks in where.values())  # across chunks
 
 
 def test_corpus_is_deterministic_in_the_seed():
@@ -116,6 +128,93 @@ def test_bad_row_names_file_and_line(tmp_path):
     path.write_text('{"token_ids": [3, 4], "source": "c4"}\n{"token_ids": [3, 999], "source": "c4"}\n')
     with pytest.raises(ValueError, match=r"train_000\.jsonl:2:"):
         demo.read_chunk(path, row_len=2, vocab_size=512)
+
+
+# --- the files are the training stream, and the builder's record says what is where --------------
+
+def _corpus_slot(chunk, row) -> np.ndarray:
+    return chunk.to_numpy() * WORLD.rows_per_chunk + row.to_numpy()
+
+
+def test_each_file_is_its_chunks_training_stream(files, record, corpus):
+    """Per epoch: every own corpus row once, then as many rows replayed from chunks 0..i, mixed; every
+    line holds its corpus row's ids and the record names the planted copies among them."""
+    replayed = demo_stream.replayed_per_epoch(WORLD)
+    assert record.columns == ["chunk", "row", "epoch", "reason", "corpus_chunk", "corpus_row", "original_chunk",
+                              "original_row", "planted_copy"]
+    assert record.select("chunk", "row").rows() == [(c, r) for c, held in enumerate(files)
+                                                    for r in range(len(held.tokens))]
+    corpus_tokens = np.concatenate([chunk.tokens for chunk in corpus])
+    corpus_sources = [source for chunk in corpus for source in chunk.sources]
+    for chunk, held in enumerate(files):
+        lines = record.filter(pl.col("chunk") == chunk)
+        assert lines["epoch"].to_list() == sorted(lines["epoch"])  # epochs follow each other
+        for epoch in range(WORLD.epochs_per_chunk):
+            this = lines.filter(pl.col("epoch") == epoch)
+            own = this.filter(pl.col("reason") == demo_stream.OWN)
+            assert (own["corpus_chunk"] == chunk).all()
+            assert sorted(own["corpus_row"]) == list(range(WORLD.rows_per_chunk))
+            again = this.filter(pl.col("reason") == demo_stream.REPLAY)
+            assert again.height == replayed and again["corpus_chunk"].max() <= chunk
+        slots = _corpus_slot(lines["corpus_chunk"], lines["corpus_row"])
+        assert np.array_equal(held.tokens, corpus_tokens[slots])
+        assert list(held.sources) == [corpus_sources[slot] for slot in slots]
+        originals = _corpus_slot(lines["original_chunk"], lines["original_row"])
+        assert np.array_equal(held.tokens, corpus_tokens[originals])
+        assert lines["planted_copy"].to_list() == (originals != slots).tolist()
+    last = record.filter((pl.col("chunk") == WORLD.chunks - 1) & (pl.col("reason") == demo_stream.REPLAY))
+    assert last["corpus_chunk"].n_unique() == WORLD.chunks  # rehearsal reaches back to chunk 0
+
+
+def test_corpus_has_duplicates_within_and_across_chunks(corpus, record):
+    where = collections.defaultdict(list)
+    for chunk, rows in enumerate(corpus):
+        for row in rows.tokens.tolist():
+            where[tuple(row)].append(chunk)
+    copies = sum(len(chunks) - 1 for chunks in where.values())
+    total = WORLD.chunks * WORLD.rows_per_chunk
+    assert abs(copies / total - WORLD.duplicate_fraction) < 0.03
+    assert any(len(set(chunks)) < len(chunks) for chunks in where.values())  # within a chunk
+    assert any(len(set(chunks)) > 1 for chunks in where.values())  # across chunks
+    # The record names the planted copies; the rest recur naturally (a licence header cut alike in two rows).
+    planted = record.filter(pl.col("planted_copy")).unique(["corpus_chunk", "corpus_row"]).height
+    assert copies - 0.01 * total <= planted <= copies
+
+
+def test_an_exposure_scan_finds_exactly_the_copies_the_builder_planted(world, files, record, corpus):
+    """Probes: every corpus row's first k + l ids. In every file the scan counts the lines the record says
+    hold the probe's original (its epochs, replays and planted copies) plus what recurs by chance, which
+    a brute-force count of every window of every line finds."""
+    _, data_dir = world
+    k, width = 32, 64
+    probes = np.concatenate([chunk.tokens[:, :width] for chunk in corpus])
+    index = build_probe_index(probes, k)
+    originals = record.filter(pl.col("reason") == demo_stream.OWN).unique(["corpus_chunk", "corpus_row"]).sort(
+        "corpus_chunk", "corpus_row")
+    probe_original = _corpus_slot(originals["original_chunk"], originals["original_row"])
+    by_chance = 0
+    for chunk, held in enumerate(files):
+        found = scan_chunk([demo.chunk_path(data_dir, chunk).read_bytes()], index, f"train_{chunk:03d}.jsonl")
+        window, prompt = (np.zeros(len(probes), dtype=np.int64) for _ in range(2))
+        window[found.probe], prompt[found.probe] = found.window_count, found.prompt_count
+
+        lines = record.filter(pl.col("chunk") == chunk)
+        held_original = np.bincount(_corpus_slot(lines["original_chunk"], lines["original_row"]),
+                                    minlength=len(probes))
+        recorded = held_original[probe_original]
+        every = {size: collections.Counter(map(bytes, sliding_window_view(held.tokens, size, axis=1)
+                                                .reshape(-1, size).astype(np.int32)))
+                 for size in (k, width)}
+        brute = {size: np.array([every[size][bytes(probe[:size].astype(np.int32))] for probe in probes])
+                 for size in (k, width)}
+        assert np.array_equal(window, brute[width]) and np.array_equal(prompt, brute[k]), chunk
+        assert (window >= recorded).all(), chunk  # every line the record names is found ...
+        by_chance += int((window > recorded).sum())  # ... and what else is, is text recurring by chance
+        if chunk == 0:
+            assert (window[:WORLD.rows_per_chunk] >= WORLD.epochs_per_chunk).all()
+    planted = record.filter(pl.col("planted_copy"))
+    assert planted["chunk"].n_unique() == WORLD.chunks  # copies are in every file, found as above
+    assert by_chance <= 0.02 * len(probes) * WORLD.chunks, by_chance
 
 
 # --- the tokenizer: rows read as text ----------------------------------------------------------
@@ -204,17 +303,40 @@ def test_checkpoints_are_hf_model_directories(world):
     assert not (model_dir / f"ckpt_{WORLD.chunks:03d}").exists()
 
 
-def test_checkpoint_i_depends_on_chunks_0_to_i_only():
-    """Replay draws from chunks 0..i: changing chunk 1 leaves checkpoint 0 bit-identical, not 1."""
+def test_the_files_are_what_training_consumes(tmp_path, monkeypatch):
+    """Every batch the model is trained on is the next batch_size lines of the chunk files, read in order."""
+    from transformers import LlamaForCausalLM
+
+    trained: list[np.ndarray] = []
+    forward = LlamaForCausalLM.forward
+
+    def recording(self, *args, input_ids=None, **kwargs):
+        trained.append(input_ids.numpy().copy())
+        return forward(self, *args, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", recording)
+    config = replace(TINY, chunks=3, batch_size=5)  # batches straddle the epochs: 18 lines a file, 4 batches
+    ensure_demo_world(config, tmp_path / "model", tmp_path / "data", progress=False)
+    expected = []
+    for chunk in range(config.chunks):
+        lines = demo.read_chunk(demo.chunk_path(tmp_path / "data", chunk), config.row_len, config.vocab_size).tokens
+        expected += np.array_split(lines, range(config.batch_size, len(lines), config.batch_size))
+    assert len(trained) == len(expected) == demo_stream.total_steps(config) == 12
+    assert all(np.array_equal(got, want) for got, want in zip(trained, expected))
+
+
+def test_checkpoint_i_depends_on_files_0_to_i_only():
+    """Checkpoint i is trained on files 0..i: changing file 1 leaves checkpoint 0 bit-identical, not 1. (What
+    file i holds comes from chunks 0..i only: test_each_file_is_its_chunks_training_stream.)"""
     corpus = demo.generate_corpus(TINY)
-    chunks = [rows.tokens for rows in corpus.chunks]
-    changed = [chunks[0], np.roll(chunks[1], 1, axis=1)]
+    files = [corpus.rows(stream.corpus_slot).tokens for stream in demo_stream.plan_stream(TINY)]
+    changed = [files[0], np.roll(files[1], 1, axis=1)]
     saved: dict[tuple[str, int], dict] = {}
 
     def keep(run):
         return lambda i, model: saved.__setitem__((run, i), {k: v.clone() for k, v in model.state_dict().items()})
 
-    demo.train_family(TINY, chunks, keep("a"))
+    demo.train_family(TINY, files, keep("a"))
     demo.train_family(TINY, changed, keep("b"))
     same = [all(saved["a", i][k].equal(saved["b", i][k]) for k in saved["a", i]) for i in range(TINY.chunks)]
     assert same == [True, False]
@@ -258,7 +380,7 @@ def test_a_different_config_is_refused_naming_the_directory(world, tmp_path):
 def test_builds_are_reproducible(tmp_path):
     ensure_demo_world(TINY, tmp_path / "a" / "model", tmp_path / "a" / "data", progress=False)
     ensure_demo_world(TINY, tmp_path / "b" / "model", tmp_path / "b" / "data", progress=False)
-    for relative in ["data/train/train_001.jsonl", "data/tokenizer/tokenizer.json",
+    for relative in ["data/train/train_001.jsonl", "data/stream.parquet", "data/tokenizer/tokenizer.json",
                      "model/ckpt_001/model.safetensors", "model/ckpt_001/tokenizer.json"]:
         assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
 

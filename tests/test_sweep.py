@@ -7,7 +7,6 @@ dataset equal, row for row, to the uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from sweep.driver import run_sweep
 from sweep.output import open_output
 from sweep.spec import load_spec
 from sweep.store import ResultStore
+from tests.demo_exposure import sampled_lines, same_age_means
 from tests.sweeps import K, L, SAMPLES, landed, write_spec
 
 pytestmark = pytest.mark.ray
@@ -148,29 +148,20 @@ def test_interrupted_driver_resumes_to_the_same_rows(clean_run, world, tmp_path)
 
 
 def test_landed_parquet_shows_real_memorization(clean_run, world):
-    """From the landed Parquet alone: seen chunks beat unseen ones at every checkpoint that has both,
-    and rows duplicated in the corpus are memorized more than unique rows."""
+    """From the landed Parquet, the world's files and its builder's record (tests/demo_exposure.py): lines a
+    checkpoint has seen beat lines it has not at every checkpoint that has both, and rows duplicated in the
+    corpus are memorized more than unique rows first seen in the same files."""
     _, _, output = clean_run
-    sequences = pl.scan_parquet(output / "sequences", hive_partitioning=True).collect()
-    cells = pl.scan_parquet(output / "cells", hive_partitioning=True).collect()
-    by_seen = cells.group_by("ckpt", "seen").agg(pl.col("score").mean())
-    for ckpt in (0, 1):  # checkpoint 2 has seen every chunk
-        seen = by_seen.filter((pl.col("ckpt") == ckpt) & pl.col("seen"))["score"].item()
-        unseen = by_seen.filter((pl.col("ckpt") == ckpt) & ~pl.col("seen"))["score"].item()
-        assert seen > 1.25 * unseen, (ckpt, seen, unseen)
-    overall = cells.group_by("seen").agg(pl.col("score").mean())
-    seen, unseen = (overall.filter(pl.col("seen") == flag)["score"].item() for flag in (True, False))
-    assert seen > 2 * unseen, (seen, unseen)
+    sequences = pl.scan_parquet(output / "sequences", hive_partitioning=True).collect().join(
+        sampled_lines(output, world / "data", 3, K), on=["chunk", "row"])
+    seen = pl.col("first_file") <= pl.col("ckpt")
+    for ckpt in (0, 1):  # checkpoint 2 has seen every line
+        at = sequences.filter(pl.col("ckpt") == ckpt)
+        assert at.filter(seen)["score"].mean() > 1.25 * at.filter(~seen)["score"].mean(), ckpt
+    overall = sequences.filter(seen)["score"].mean(), sequences.filter(~seen)["score"].mean()
+    assert overall[0] > 2 * overall[1], overall
 
-    # Which rows are duplicated is read from the corpus itself, not from the generator.
-    rows = []
-    for chunk in range(3):
-        lines = (world / "data" / "train" / f"train_{chunk:03d}.jsonl").read_text().splitlines()
-        rows += [(chunk, row, str(json.loads(line)["token_ids"][: K + L])) for row, line in enumerate(lines)]
-    corpus = pl.DataFrame(rows, schema=["chunk", "row", "prefix"], orient="row").with_columns(pl.col("chunk").cast(pl.Int32))
-    corpus = corpus.with_columns(duplicated=pl.col("prefix").is_duplicated()).drop("prefix")
-    last = sequences.filter(pl.col("ckpt") == 2).join(corpus, on=["chunk", "row"])
+    last = sequences.filter(pl.col("ckpt") == 2)
     assert last.height == 3 * SAMPLES and last["duplicated"].sum() > 5
-    duplicated = last.filter("duplicated")["score"].mean()
-    unique = last.filter(~pl.col("duplicated"))["score"].mean()
+    duplicated, unique = same_age_means(last)
     assert duplicated > 1.5 * unique, (duplicated, unique)
