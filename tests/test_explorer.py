@@ -25,7 +25,7 @@ from sweep.examples import find_examples
 from sweep.explorer.app import create_app
 from sweep.explorer.data import ExplorerData
 from sweep.query import run_query
-from sweep.output import LandedOutput, open_output
+from sweep.output import open_output
 from sweep.store import ResultStore, ScoredCell
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,20 +235,21 @@ def test_an_output_where_nothing_landed_yet_says_so(tmp_path):
     assert client.get("/cell/0/0").status_code == 404
 
 
-def test_exposures_appear_only_once_landed(explorer_output):
-    class WithExposures(LandedOutput):
-        def exposure_counts(self) -> pl.LazyFrame:
-            rows = self.probes().select("chunk", "row").collect()
-            return rows.with_columns(exposures=(pl.col("row") % 7 + 1)).lazy()
-
-    def open_with_exposures(path: Path) -> WithExposures:
-        landed = open_output(path)
-        return WithExposures(landed.layout, landed.manifest, landed.ledgers)
+def test_exposures_appear_only_once_landed(explorer_output, tmp_path):
+    import shutil
 
     plain = client_for(explorer_output)
     assert "exposures" not in plain.get("/cell/2/1.json").json()["sequences"][0]
     assert "min_exposures" not in plain.get("/cell/2/1").text
-    client = client_for(explorer_output, open_with_exposures)
+    scanned = tmp_path / "scanned"
+    shutil.copytree(explorer_output, scanned)
+    store = ResultStore(scanned)
+    probes = open_output(scanned).probes().select("chunk", "row").collect()
+    counts = probes.with_columns(window_count=(pl.col("row") % 7 + 1).cast(pl.Int64),
+                                 prompt_count=(pl.col("row") % 7 + 1).cast(pl.Int64))
+    store.write_exposure_scan(0, {"file": "train/train_000.jsonl", "sha256": "0" * 64},
+                              sorted(probes["chunk"].unique().to_list()), counts, {"probes": probes.height})
+    client = client_for(scanned)
     payload = client.get("/cell/2/1.json?min_exposures=3&sort=exposures").json()
     counts = [s["exposures"] for s in payload["sequences"]]
     assert counts and min(counts) >= 3 and counts == sorted(counts, reverse=True)

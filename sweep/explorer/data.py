@@ -338,13 +338,11 @@ class ExplorerData:
             return decoder
 
 
-def _exposure_counts(reader) -> pl.LazyFrame | None:
-    """`chunk, row, exposures` once the reader lands exposure counts; None until then (see the module docstring)."""
-    read = getattr(reader, "exposure_counts", None)
-    if read is None:
+def _exposure_counts(reader: LandedOutput) -> pl.LazyFrame | None:
+    """`chunk, row, exposures` (window occurrences over the scanned chunk files) once a scan has landed; None before."""
+    if not reader.ledgers.scan_files():
         return None
-    return read().select(pl.col("chunk").cast(pl.Int32), pl.col("row").cast(pl.Int64),
-                         pl.col(EXPOSURES).cast(pl.Int64))
+    return reader.exposures().select("chunk", "row", pl.col("window_count").alias(EXPOSURES))
 
 
 def _filtered(sequences: pl.LazyFrame, query: SequenceQuery, has_exposures: bool) -> pl.LazyFrame:
