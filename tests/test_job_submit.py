@@ -55,8 +55,12 @@ def ray_head(tmp_path_factory):
     else:
         pytest.fail(f"Ray head did not answer: {probe.stderr[-2000:]}")
     yield client_env
-    os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the processes it started
-    head.wait(timeout=60)
+    os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the processes it started ...
+    try:
+        head.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # ... gracefully in ~30 s; this head's processes are all in its group
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
 
 
 def readme_commands(starting: str) -> list[str]:
