@@ -126,7 +126,8 @@ class CheckpointScorer(PrefetchingActor):
             host=socket.gethostname(),
         )
         if self.settings.batch_size == "auto":
-            self.batch_size = pick_batch_size(self.model, self.settings.options, self.device)
+            self.batch_size = pick_batch_size(self.model, self.settings.options, self.device,
+                                              gpu_share=self.settings.gpus_per_actor)
         else:
             self.batch_size = int(self.settings.batch_size)
 

@@ -96,34 +96,66 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
     return _finish(hits, l, with_positions=True, nll=nll, tf_accuracy=tf_accuracy, generated=generated)
 
 
-def pick_batch_size(model, options: ScoringOptions, device: torch.device | str | None = None) -> int:
+def pick_batch_size(model, options: ScoringOptions, device: torch.device | str | None = None,
+                    gpu_share: float = 1.0) -> int:
     """The batch size for `batch_size: auto`.
 
-    CPU: CPU_BATCH_SIZE (measured best). CUDA: the largest batch whose KV cache, peak activations and
-    logits fit in 85% of the memory free now (the weights are already resident), capped at
-    MAX_CUDA_BATCH_SIZE and rounded down to a multiple of 8. The CUDA estimate is unmeasured.
+    CPU: CPU_BATCH_SIZE (measured best). CUDA: the largest batch whose KV cache, peak activations and logits
+    (`sequence_bytes`) fit in 85% of this actor's memory, capped at MAX_CUDA_BATCH_SIZE and rounded down to a
+    multiple of 8. The weights are resident already. This actor's memory is what is free now, and with
+    `gpu_share` < 1 (actors sharing one GPU: `resources.gpus_per_actor`) at most its share of the device less its
+    own weights: a co-tenant that has not loaded yet counts as free here, so sizing from free memory alone would
+    let the co-tenants together ask for more than the device has. The CUDA estimate is unmeasured.
     """
     device = torch.device(device) if device is not None else _model_device(model)
     if device.type != "cuda":
         return CPU_BATCH_SIZE
-    config = model.config
-    k, l = options.prompt_len, options.continuation_len
     element_bytes = next(model.parameters()).element_size()
+    per_row = sequence_bytes(model.config, element_bytes, options)
+    free_bytes, total_bytes = torch.cuda.mem_get_info(device)
+    budget = free_bytes
+    if gpu_share < 1:
+        budget = min(free_bytes, gpu_share * total_bytes - resident_bytes(model))
+    batch = int(0.85 * max(0, budget) // per_row)
+    batch = max(1, min(batch, MAX_CUDA_BATCH_SIZE))
+    return batch - batch % 8 if batch >= 8 else batch
+
+
+def sequence_bytes(config, element_bytes: int, options: ScoringOptions) -> int:
+    """Device memory one sequence of a batch needs beyond the weights, in bytes: its KV cache (greedy mode), a few
+    MLP-width activations of one layer (alive at once during the longest pass) and its logits."""
+    k, l = options.prompt_len, options.continuation_len
     hidden, heads = config.hidden_size, config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads  # absent (GPT-2, Falcon): at most one per head
     tokens = k + l
     uses_cache = options.mode == "greedy"
     kv_bytes = 2 * config.num_hidden_layers * kv_heads * head_dim * tokens * element_bytes if uses_cache else 0
-    # a few MLP-width activations of one layer are alive at once during the longest pass
-    activation_bytes = 4 * tokens * max(hidden, config.intermediate_size) * element_bytes
+    activation_bytes = 4 * tokens * max(hidden, mlp_width(config)) * element_bytes
     logit_positions = l if (options.mode == "extractable" or options.nll) else 1
     logit_bytes = logit_positions * config.vocab_size * (element_bytes + 4 + 4)  # logits, fp32 copy, log-softmax
-    per_row = kv_bytes + activation_bytes + logit_bytes
-    free_bytes, _ = torch.cuda.mem_get_info(device)
-    batch = int(0.85 * free_bytes // per_row)
-    batch = max(1, min(batch, MAX_CUDA_BATCH_SIZE))
-    return batch - batch % 8 if batch >= 8 else batch
+    return kv_bytes + activation_bytes + logit_bytes
+
+
+# How configs name the MLP's inner width: LLaMA and its kin, GPT-NeoX, Phi-3, Gemma `intermediate_size`; GPT-2 and
+# GPT-J `n_inner` (None: 4 x hidden); OPT `ffn_dim`; Falcon `ffn_hidden_size`. BLOOM names none: 4 x hidden.
+MLP_WIDTH_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size")
+DEFAULT_MLP_RATIO = 4
+
+
+def mlp_width(config) -> int:
+    """The inner width of a decoder layer's MLP (the widest activation of a layer), as the model's config names it."""
+    for key in MLP_WIDTH_KEYS:
+        width = getattr(config, key, None)
+        if width:
+            return int(width)
+    return DEFAULT_MLP_RATIO * config.hidden_size
+
+
+def resident_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers (on the meta device too: nothing is read)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
 # --- internals -------------------------------------------------------------------------------------------
