@@ -30,7 +30,7 @@ from actors.loading import load_checkpoint, resolve_device, stored_dtype, weight
 from actors.prefetch import PrefetchingActor
 from actors.protocol import (BatchScores, CellInputError, CellOutput, CheckpointError, CheckpointTarget,
                              LoadedCheckpoint, ProbeBatch, ScorerSettings, ScoringOptions, one_line)
-from actors.scoring import pick_batch_size, score_batch
+from actors.scoring import pick_batch_size, release_decode_state, score_batch
 
 log = logging.getLogger("memsweep")
 
@@ -81,8 +81,13 @@ class CheckpointScorer(PrefetchingActor):
     @ray.method(concurrency_group="compute")
     def release(self) -> None:
         """Free the model and delete every download this actor still holds (the sweep is over for it)."""
-        self.model, self.loaded = None, None
+        self._drop_model()
         self._evict_all()
+
+    def _drop_model(self) -> None:
+        if self.model is not None:
+            release_decode_state(self.model)
+        self.model, self.loaded = None, None
 
     def _fetch(self, target: CheckpointTarget, prefetch: bool) -> CheckpointFolder:
         try:
@@ -98,7 +103,7 @@ class CheckpointScorer(PrefetchingActor):
 
     def _load(self, target: CheckpointTarget) -> None:
         start = time.perf_counter()
-        self.model, self.loaded = None, None  # free the previous checkpoint before loading the next
+        self._drop_model()  # free the previous checkpoint before loading the next
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         folder = self._checkout(target)

@@ -104,6 +104,97 @@ def test_auto_batch_size_on_cuda_reads_the_mlp_width_of_every_claimed_model_type
     assert scoring.mlp_width(model.config) == widest_projection_input(model)
 
 
+# ---- 2. flash attention in float32 is refused before Ray starts ------------------------------------------------
+
+def test_flash_attention_in_float32_is_refused_before_ray_starts(tmp_path):
+    path = spec_file(tmp_path, {"dtype": "float32", "attn_implementation": "flash_attention_2"})
+    with pytest.raises(SpecError, match=r"spec.yaml:\d+: model.attn_implementation: .*model.dtype"):
+        load_spec(path)
+    ray_before = ray.is_initialized()  # (another module's Ray may be up: then it must be left as it is)
+    code, err = run_command("run", str(path))
+    assert ray.is_initialized() == ray_before  # refused before any Ray starts
+    assert code == 2
+    assert err.count("\n") == 1 and "model.attn_implementation" in err and "model.dtype" in err, err
+    assert load_spec(spec_file(tmp_path, {"dtype": "bfloat16", "attn_implementation": "flash_attention_2"}))
+
+
+# ---- 3. a static cache under flash attention: the mask tells it where the cache ends ---------------------------
+
+def attention_reading_kv_length_from_mask(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                                          **kwargs):
+    """What flash attention computes in transformers, without flash-attn: given a 2D mask, keys beyond its length
+    are cut (transformers' _upad_input does so for static caches) and masked-out keys are skipped; given none, every
+    key counts. Causal alignment is bottom-right, as flash attention's: query i sees keys up to i + kv - q."""
+    if attention_mask is not None:
+        key, value = key[:, :, : attention_mask.shape[-1]], value[:, :, : attention_mask.shape[-1]]
+    q_length, kv_length = query.shape[2], key.shape[2]
+    allowed = torch.ones(q_length, kv_length, dtype=torch.bool, device=query.device).tril(kv_length - q_length)
+    allowed = allowed[None, None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.bool()[:, None, None, :]
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+# (a name holding "flash" makes transformers look for the flash-attn package)
+AttentionInterface.register("kv_length_from_mask", attention_reading_kv_length_from_mask)
+AttentionMaskInterface.register("kv_length_from_mask", flash_attention_mask)
+
+
+def test_static_cache_decode_under_flash_like_attention_equals_the_growing_cache(model, sequences):
+    growing = score_batch(model, sequences, GREEDY).generated
+    flash_like = copy.deepcopy(model)
+    flash_like.set_attn_implementation("kv_length_from_mask")
+    assert np.array_equal(score_batch(flash_like, sequences, GREEDY).generated, growing)  # the stand-in is faithful
+    for _ in range(2):  # the second batch reuses the first's cache, zeroed
+        static = score_batch(flash_like, sequences, ScoringOptions(prompt_len=K, continuation_len=L, decode="static"))
+        assert np.array_equal(static.generated, growing), f"{int((static.generated != growing).sum())} tokens differ"
+
+
+def test_a_compiled_static_decode_under_flash_attention_is_refused(model, tmp_path):
+    flash = LlamaForCausalLM(tiny_llama_config(VOCAB))
+    flash.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="static-compiled.*flash"):
+        scoring._check_static_decode(flash, torch.device("cuda"), compiled=True)
+    scoring._check_static_decode(flash, torch.device("cuda"), compiled=False)
+    scoring._check_static_decode(model, torch.device("cuda"), compiled=True)  # sdpa masks by cache position
+    path = spec_file(tmp_path, {"attn_implementation": "flash_attention_2"}, {"decode": "static-compiled"})
+    with pytest.raises(SpecError, match=r"resources.decode: static-compiled .*flash_attention_2"):
+        load_spec(path)
+
+
+# ---- 4. the compile path lets each checkpoint go -----------------------------------------------------------------
+
+def holding_compile(function, **options):
+    """A torch.compile stand-in that, like the real one, keeps what it compiled."""
+    def compiled(*args, **kwargs):
+        return function(*args, **kwargs)
+    return compiled
+
+
+def test_a_compiled_static_decode_keeps_no_model_alive(sequences, monkeypatch):
+    monkeypatch.setattr(torch, "compile", holding_compile)
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    expected = None
+    for seed in (1, 2):  # one checkpoint after another, as an actor loads them
+        checkpoint = LlamaForCausalLM(tiny_llama_config(VOCAB)).eval()
+        gone = weakref.ref(checkpoint)
+        with torch.inference_mode():
+            generated, _ = scoring._greedy_decode_static(checkpoint, sequences[:8, :K], L, None, compiled=True)
+            eager, _ = scoring._greedy_decode_static(checkpoint, sequences[:8, :K], L, None, compiled=False)
+        assert torch.equal(generated, eager)
+        del checkpoint, generated, eager
+        gc.collect()
+        assert gone() is None, "the compiled step (or its static caches) keeps the model and its caches alive"
+    assert len(scoring._static_decode_states) == 0
+    checkpoint = LlamaForCausalLM(tiny_llama_config(VOCAB)).eval()
+    with torch.inference_mode():
+        scoring._greedy_decode_static(checkpoint, sequences[:8, :K], L, None, compiled=True)
+    scoring.release_decode_state(checkpoint)  # what the actor does before the next load: compile caches reset
+    assert resets == [1] and checkpoint not in scoring._static_decode_states
+
+
 # ---- 5. a CPU actor sees no GPU; actors sharing one size their batches to fit together ---------------------------
 
 CUDA_VISIBLE_DEVICES_SEEN = """
