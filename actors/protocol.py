@@ -159,6 +159,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be fetched or loaded; the message names the source, revision and commit."""
 
 
+class CudaContextLost(RuntimeError):
+    """A sticky CUDA error broke the actor's CUDA context; the actor exits after raising it and Ray restarts it in a
+    new process. The cell is retried; the message says so."""
+
+
 class CellInputError(ValueError):
     """The cell's own input is wrong (a token id the checkpoint cannot embed): retrying cannot help."""
 

@@ -26,7 +26,8 @@ import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from tqdm import tqdm
 
-from actors.protocol import CellInputError, CellOutput, CheckpointError, CheckpointTarget, ScorerSettings, one_line
+from actors.protocol import (CellInputError, CellOutput, CheckpointError, CheckpointTarget, CudaContextLost,
+                             ScorerSettings, one_line)
 from sweep.assignments import STEAL_MIN_CELLS, Assignment, Slot, take_from_busy
 from sweep.errors import SweepAbortedError
 from sweep.landing import LAND_MAX_WAIT_S, Landing, scored_cell
@@ -256,7 +257,10 @@ class Scheduler:
         except RayTaskError as error:
             cause = error.cause
             message = one_line(cause) if cause is not None else one_line(error, "last")
-            if isinstance(cause, CheckpointError):
+            if isinstance(cause, CudaContextLost):  # the actor is exiting; Ray restarts it (counted as a death)
+                slot.deaths += 1
+                self._retry_or_fail(assignment, chunk, message)
+            elif isinstance(cause, CheckpointError):
                 self._checkpoint_failed(assignment, chunk, message)
             elif isinstance(cause, CellInputError):  # deterministic: another try would fail the same way
                 self._fail_cell(ckpt, chunk, message, self.attempts[(ckpt, chunk)] + 1)

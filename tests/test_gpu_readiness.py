@@ -250,3 +250,110 @@ def test_actors_sharing_a_gpu_size_their_batches_to_fit_it_together(monkeypatch)
     peak = used[0] + sum(batches) * scoring.sequence_bytes(config, 2, options)
     assert peak <= 80 * GiB, f"batches {batches} need {peak / GiB:.1f} GiB of 80"
     assert min(batches) >= 256  # and the share is still used, not left idle
+
+
+# ---- 6. out of memory from a library is retried smaller; a lost CUDA context restarts the actor ------------------
+
+def raising_above(limit: int, error: Exception, calls: list[int]):
+    def fake(model, batch, options, **kwargs):
+        calls.append(len(batch))
+        if len(batch) > limit:
+            raise error
+        return score_batch(model, batch, options, **kwargs)
+    return fake
+
+
+@pytest.mark.parametrize("message", [
+    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call",
+])
+def test_out_of_memory_inside_a_library_halves_the_batch(model, sequences, monkeypatch, message):
+    calls: list[int] = []
+    monkeypatch.setattr(scorer_actor, "score_batch", raising_above(16, torch.AcceleratorError(message), calls))
+    scores, used = score_in_batches(model, sequences.numpy(), GREEDY, 64, shrink_on_oom=True)
+    assert used == 16 and calls[:3] == [48, 32, 16]
+    np.testing.assert_array_equal(scores.matches, score_batch(model, sequences, GREEDY).matches)
+
+
+def test_a_sticky_cuda_error_is_not_taken_for_out_of_memory(model, sequences, monkeypatch):
+    sticky = RuntimeError("CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA")
+    calls: list[int] = []
+    monkeypatch.setattr(scorer_actor, "score_batch", raising_above(0, sticky, calls))
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        score_in_batches(model, sequences.numpy(), GREEDY, 64, shrink_on_oom=True)
+    assert calls == [48]  # no halving: a smaller batch cannot help
+
+
+@ray.remote(concurrency_groups={"io": 1, "compute": 1})
+class LosesItsContextOnce(CheckpointScorer.__ray_actor_class__):
+    """CheckpointScorer whose first cell meets a device-side assert, as a CUDA kernel would report it. Each process
+    it runs in leaves a file `started-PID` in $MEMSWEEP_TEST_CONTEXT_LOST."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        (Path(os.environ["MEMSWEEP_TEST_CONTEXT_LOST"]) / f"started-{os.getpid()}").touch()
+
+    def _score(self, tokens):
+        raised = Path(os.environ["MEMSWEEP_TEST_CONTEXT_LOST"]) / "raised"
+        if not raised.exists():
+            raised.touch()
+            raise torch.AcceleratorError("CUDA error: device-side assert triggered\nCUDA kernel errors might be "
+                                         "asynchronously reported at some other API call")
+        return super()._score(tokens)
+
+
+@pytest.mark.ray
+def test_a_lost_cuda_context_restarts_the_actor_and_retries_the_cell(module_ray, tmp_path, monkeypatch):
+    from sweep.driver import run_sweep
+    from sweep.output import open_output
+
+    world = write_tiny_world(tmp_path / "world", checkpoints=1, chunks=2, rows=24, length=2 * K)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("MEMSWEEP_TEST_CONTEXT_LOST", str(marks))  # MEMSWEEP_* reaches the actors
+    spec = {"name": "context-lost", "model": {"source": str(world / "model"), "dtype": "float32"},
+            "data": {"source": str(world / "data"), "samples_per_chunk": 8, "cache_dir": str(tmp_path / "cache")},
+            "checkpoints": [0], "chunks": [0, 1], "memorization": {"prompt_len": K, "continuation_len": K},
+            "resources": {"batch_size": 8, "max_attempts": 2, "actors": 1}, "output": str(tmp_path / "out")}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    summary = run_sweep(load_spec(path), progress=False, scorer=LosesItsContextOnce)
+    assert not summary.failed
+    cells = open_output(tmp_path / "out").cells().collect().sort("chunk")
+    assert cells.height == 2 and sorted(cells["attempts"].to_list()) == [1, 2]  # the first cell, tried again
+    assert len(list(marks.glob("started-*"))) == 2  # the actor's process exited and Ray started a new one
+
+
+class RecordingTimer:
+    """threading.Timer that only records what it would run."""
+    started: list = []
+
+    def __init__(self, interval, function, args=()):
+        self.interval, self.function, self.args, self.daemon = interval, function, args, False
+
+    def start(self):
+        RecordingTimer.started.append((self.function, self.args, self.daemon))
+
+
+def test_a_lost_cuda_context_fails_the_call_saying_so_and_ends_the_process(tmp_path, monkeypatch):
+    from actors.protocol import CheckpointTarget, CudaContextLost, ProbeBatch, ScorerSettings
+
+    settings = ScorerSettings(model_source=str(tmp_path), dtype="float32", attn_implementation="auto",
+                              options=GREEDY, batch_size=8, device="cpu")
+    actor = CheckpointScorer.__ray_actor_class__(settings)  # the actor's class itself, in this process
+
+    def assert_fails(target, probes):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
+                           "asynchronously reported at some other API call")
+
+    monkeypatch.setattr(actor, "_score_cell", assert_fails)
+    monkeypatch.setattr(RecordingTimer, "started", [])
+    monkeypatch.setattr(scorer_actor.threading, "Timer", RecordingTimer)
+    probes = ProbeBatch(chunk=3, rows=np.arange(2), tokens=np.zeros((2, 2 * K), dtype=np.uint32))
+    with pytest.raises(CudaContextLost) as raised:
+        actor.score_cell(CheckpointTarget(7, "ckpt_007"), probes)
+    message = str(raised.value)
+    assert "checkpoint 7 x chunk 3" in message and "illegal memory access" in message and "\n" not in message
+    assert "exits" in message and "Ray restarts it" in message and "retried" in message
+    assert RecordingTimer.started == [(os._exit, (1,), True)]  # the process ends, after the error is sent
+    assert actor.exiting
