@@ -357,3 +357,19 @@ def test_a_lost_cuda_context_fails_the_call_saying_so_and_ends_the_process(tmp_p
     assert "exits" in message and "Ray restarts it" in message and "retried" in message
     assert RecordingTimer.started == [(os._exit, (1,), True)]  # the process ends, after the error is sent
     assert actor.exiting
+
+
+# ---- 7. the README's GPU install commands, in the order that works ------------------------------------------------
+
+def test_the_readme_installs_torch_before_flash_attn_without_build_isolation():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Installing on a GPU cluster"):]
+    block = section[section.index("```sh") + 5: section.index("```", section.index("```sh") + 5)]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    torch_at = next(i for i, c in enumerate(commands) if re.search(r"pip install torch\b", c))
+    flash_at = next(i for i, c in enumerate(commands) if "pip install flash-attn" in c)
+    memsweep_at = next(i for i, c in enumerate(commands) if c.endswith("pip install -e ."))
+    assert torch_at < memsweep_at < flash_at and "--no-build-isolation" in commands[flash_at]
+    # an extra holding flash-attn cannot install in one step (its build imports torch): there must be none
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert not re.search(r'^\w+ = \[.*flash-attn', pyproject, re.M)
