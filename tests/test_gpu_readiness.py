@@ -373,3 +373,25 @@ def test_the_readme_installs_torch_before_flash_attn_without_build_isolation():
     # an extra holding flash-attn cannot install in one step (its build imports torch): there must be none
     pyproject = (REPO / "pyproject.toml").read_text()
     assert not re.search(r'^\w+ = \[.*flash-attn', pyproject, re.M)
+
+
+# ---- 8, 9. what the prepared GPU run reports ----------------------------------------------------------------------
+
+def test_agreement_counts_rows_that_part_at_a_near_tie_apart_from_the_others():
+    from benchmarks.token_agreement import NEAR_TIE_ULPS, agreement
+
+    base = np.arange(4 * 5).reshape(4, 5)
+    other = base.copy()
+    other[1, 2:] = -1  # parts at position 2, a near-tie
+    other[2, 4] = -1  # parts at position 4, where the top logit led clearly
+    gaps = np.full((4, 5), 100.0, dtype=np.float32)
+    gaps[1, 2] = NEAR_TIE_ULPS
+    gaps[3, 0] = 0.0  # a near-tie both decodes resolved alike
+    agreed = agreement(base, other, gaps)
+    assert (agreed.rows, agreed.rows_identical, agreed.tokens_equal) == (4, 2, 20 - 3 - 1)
+    assert agreed.near_ties_at_difference == 1 and agreed.near_tie_positions == 2
+    assert "of the 2 rows that differ, 1 first differ at a near-tie" in agreed.describe("x")
+
+
+def test_the_gpu_checks_script_parses():
+    assert subprocess.run(["bash", "-n", str(REPO / "benchmarks/gpu_checks.sh")]).returncode == 0
