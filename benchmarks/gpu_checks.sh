@@ -15,9 +15,10 @@
 # Needs only torch + transformers + numpy (ray/polars are not imported). Real Amber rows are used when
 # MEMSWEEP_SAMPLES names a file in the reference tool's cached format, else random tokens (throughput does not
 # depend on the tokens). With this workplace's device tool, from the repo root:
-#   mkdir -p .carry && cp ../shared/amber-samples/train_355.jsonl .carry/ && echo /.carry/ >> .git/info/exclude
-#   device run: command "MEMSWEEP_SAMPLES=.carry/train_355.jsonl bash benchmarks/gpu_checks.sh",
-#               carry [".carry"], timeout_s 600
+#   mkdir -p results/gpu-samples && cp ../shared/amber-samples/train_355.jsonl results/gpu-samples/
+#   device run: command "MEMSWEEP_SAMPLES=results/gpu-samples/train_355.jsonl bash benchmarks/gpu_checks.sh",
+#               carry ["results/gpu-samples"], timeout_s 600    (results/ is git-ignored, hence the carry)
+# PARTS=decode,expandable (names from the list above) reruns only those parts, e.g. after one ran out of time.
 # On a CPU machine the same parts run small: ARCH=small DEVICE=cpu N=64 DECODE_N=64 SWEEP=32,64 bash benchmarks/gpu_checks.sh
 set -uo pipefail
 out=${OUT:-results/gpu-checks}
@@ -25,11 +26,13 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 budget=${BUDGET:-570}
+parts=",${PARTS:-methods,decode,expandable,flash-attn},"
 model=(--arch "${ARCH:-amber-7b}" --device "${DEVICE:-auto}" --samples "${MEMSWEEP_SAMPLES:-/nonexistent}")
 
 part() {  # part NAME SECONDS COMMAND...: one part, limited to SECONDS and to what is left of the budget
     local name=$1 limit=$2
     shift 2
+    [[ $parts == *",$name,"* ]] || return 0
     local left=$((budget - SECONDS))
     ((left < limit)) && limit=$left
     if ((limit < 30)); then
@@ -52,7 +55,9 @@ part decode 260 "$python" benchmarks/decode_memory.py "${model[@]}" --n "${DECOD
     --decodes growing,static,static-compiled
 part expandable 80 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$python" benchmarks/decode_memory.py \
     "${model[@]}" --n "${DECODE_N:-2048}" --repeats 2 --decodes growing,static
-if "$python" -c "import flash_attn" 2>/dev/null; then
+if [[ $parts != *",flash-attn,"* ]]; then
+    :
+elif "$python" -c "import flash_attn" 2>/dev/null; then
     part flash-attn 60 "$python" benchmarks/decode_memory.py "${model[@]}" --n 1024 --repeats 1 \
         --attn flash_attention_2 --decodes growing,static
 else
