@@ -87,7 +87,8 @@ def resolve_attn_implementation(attn_implementation: str | None, device: torch.d
             raise ValueError("attn_implementation 'flash_attention_2' needs a CUDA device")
         if not flash_attention_available():
             raise ValueError("attn_implementation 'flash_attention_2' requested but flash-attn is not installed "
-                             "(pip install memsweep[gpu])")
+                             "(after torch: pip install flash-attn --no-build-isolation; README, \"Installing on a GPU "
+                             "cluster\")")
     return attn_implementation
 
 

@@ -129,28 +129,39 @@ class ScorerSettings:
     attn_implementation: str  # "auto" | "sdpa" | "eager" | "flash_attention_2"
     options: ScoringOptions
     batch_size: int | str  # int or "auto"
-    device: str  # "auto" | "cpu" | "cuda"
+    device: str  # "auto" | "cpu" | "cuda"; "cpu" for actors that hold no GPU
+    gpus_per_actor: float = 1.0  # the actor's share of a GPU (fractional: co-tenants), resolved against the cluster
     torch_threads: int | None = None
     download_dir: str | None = None
     keep_downloads: bool = False
     keep_generated: bool = False
 
     @classmethod
-    def from_spec(cls, spec) -> ScorerSettings:
-        """The settings a sweep spec (sweep/spec.py `SweepSpec`) gives its actors. The spec is read by attribute,
-        so the data plane imports nothing of the control plane."""
+    def from_spec(cls, spec, gpus_per_actor: float) -> ScorerSettings:
+        """The settings a sweep spec (sweep/spec.py `SweepSpec`) gives its actors, `gpus_per_actor` being the spec's
+        `resources.gpus_per_actor` resolved against the cluster ("auto" is the driver's to decide). The spec is read
+        by attribute, so the data plane imports nothing of the control plane.
+
+        An actor without a GPU runs on the CPU whatever `resources.device` says ("auto"): Ray reserves it no GPU but
+        no longer hides the node's GPUs from it (ray-project/ray#54868; seen with Ray 2.60)."""
         model, memorization, resources = spec.model, spec.memorization, spec.resources
         options = ScoringOptions(prompt_len=memorization.prompt_len, continuation_len=memorization.continuation_len,
                                  mode=memorization.mode, eos=memorization.eos, nll=memorization.nll,
                                  decode=resources.decode)
         return cls(model_source=model.source, dtype=model.dtype, attn_implementation=model.attn_implementation,
-                   options=options, batch_size=resources.batch_size, device=resources.device,
+                   options=options, batch_size=resources.batch_size,
+                   device="cpu" if gpus_per_actor == 0 else resources.device, gpus_per_actor=gpus_per_actor,
                    torch_threads=max(1, int(resources.cpus_per_actor)), download_dir=model.download_dir,
                    keep_downloads=model.keep_downloads, keep_generated=spec.keeps_generated())
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be fetched or loaded; the message names the source, revision and commit."""
+
+
+class CudaContextLost(RuntimeError):
+    """A sticky CUDA error broke the actor's CUDA context; the actor exits after raising it and Ray restarts it in a
+    new process. The cell is retried; the message says so."""
 
 
 class CellInputError(ValueError):

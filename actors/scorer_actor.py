@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 
 import numpy as np
@@ -26,13 +27,18 @@ import ray
 import torch
 
 from actors.checkpoint_files import CheckpointFolder, evict_checkpoint, fetch_checkpoint
+from actors.cuda_errors import is_context_lost, is_out_of_memory
 from actors.loading import load_checkpoint, resolve_device, stored_dtype, weights_fingerprint
 from actors.prefetch import PrefetchingActor
 from actors.protocol import (BatchScores, CellInputError, CellOutput, CheckpointError, CheckpointTarget,
-                             LoadedCheckpoint, ProbeBatch, ScorerSettings, ScoringOptions, one_line)
-from actors.scoring import pick_batch_size, score_batch
+                             CudaContextLost, LoadedCheckpoint, ProbeBatch, ScorerSettings, ScoringOptions, one_line)
+from actors.scoring import pick_batch_size, release_decode_state, score_batch
 
 log = logging.getLogger("memsweep")
+
+# After a sticky CUDA error the actor raises it (so the driver can name it) and its process exits this many seconds
+# later, once Ray has sent the error back; Ray then restarts the actor (max_restarts) in a new process.
+EXIT_AFTER_CONTEXT_LOST_S = 2.0
 
 
 @ray.remote(concurrency_groups={"io": 1, "compute": 1})
@@ -49,10 +55,29 @@ class CheckpointScorer(PrefetchingActor):
         self.loaded: LoadedCheckpoint | None = None
         self.model = None
         self.batch_size: int | None = None
+        self.exiting = False  # a sticky CUDA error was met: the process is about to exit
 
     @ray.method(concurrency_group="compute")
     def score_cell(self, target: CheckpointTarget, probes: ProbeBatch) -> CellOutput:
-        """Score one chunk's probe set against `target` (fetched and loaded first if not in memory)."""
+        """Score one chunk's probe set against `target` (fetched and loaded first if not in memory).
+
+        A sticky CUDA error raises CudaContextLost and ends this process soon after: every later CUDA call here would
+        fail too. A call that starts meanwhile waits for the exit, and Ray runs it again on the restarted actor.
+        """
+        if self.exiting:
+            threading.Event().wait()  # never returns: the exit is under way
+        try:
+            return self._score_cell(target, probes)
+        except Exception as error:
+            if not is_context_lost(error):
+                raise
+            self._exit_soon()
+            raise CudaContextLost(f"checkpoint {target.ckpt} x chunk {probes.chunk}: {one_line(error, 'first')} -- "
+                                  "this CUDA error leaves the actor's process unusable, so the actor exits and Ray "
+                                  "restarts it in a new process, which loads the checkpoint again; the cell is "
+                                  "retried") from None
+
+    def _score_cell(self, target: CheckpointTarget, probes: ProbeBatch) -> CellOutput:
         _maybe_inject_fault(target.ckpt, probes.chunk)
         loaded_now = False
         if self.loaded is None or self.loaded.target != target:
@@ -81,8 +106,22 @@ class CheckpointScorer(PrefetchingActor):
     @ray.method(concurrency_group="compute")
     def release(self) -> None:
         """Free the model and delete every download this actor still holds (the sweep is over for it)."""
-        self.model, self.loaded = None, None
+        self._drop_model()
         self._evict_all()
+
+    def _drop_model(self) -> None:
+        if self.model is not None:
+            release_decode_state(self.model)
+        self.model, self.loaded = None, None
+
+    def _exit_soon(self) -> None:
+        """End this process once the current call's error is on its way (os._exit: no cleanup can use CUDA now)."""
+        log.error("sticky CUDA error: this actor's process exits in %.0f s and Ray restarts it",
+                  EXIT_AFTER_CONTEXT_LOST_S)
+        self.exiting = True
+        timer = threading.Timer(EXIT_AFTER_CONTEXT_LOST_S, os._exit, (1,))
+        timer.daemon = True
+        timer.start()
 
     def _fetch(self, target: CheckpointTarget, prefetch: bool) -> CheckpointFolder:
         try:
@@ -98,7 +137,7 @@ class CheckpointScorer(PrefetchingActor):
 
     def _load(self, target: CheckpointTarget) -> None:
         start = time.perf_counter()
-        self.model, self.loaded = None, None  # free the previous checkpoint before loading the next
+        self._drop_model()  # free the previous checkpoint before loading the next
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         folder = self._checkout(target)
@@ -126,7 +165,8 @@ class CheckpointScorer(PrefetchingActor):
             host=socket.gethostname(),
         )
         if self.settings.batch_size == "auto":
-            self.batch_size = pick_batch_size(self.model, self.settings.options, self.device)
+            self.batch_size = pick_batch_size(self.model, self.settings.options, self.device,
+                                              gpu_share=self.settings.gpus_per_actor)
         else:
             self.batch_size = int(self.settings.batch_size)
 
@@ -178,10 +218,10 @@ def score_in_batches(model, tokens: np.ndarray, options: ScoringOptions, batch_s
                      shrink_on_oom: bool) -> tuple[BatchScores, int]:
     """Score int[n, k+l] token rows in batches of `batch_size`; returns (scores in row order, batch size used).
 
-    With `shrink_on_oom` (batch_size: auto, whose CUDA size is an estimate) an out-of-memory error
-    halves the batch and rescores the whole cell from its first row, so every cell is scored at one
-    batch size (the one its record names). A fixed batch size that does not fit fails with a message
-    naming the spec key.
+    With `shrink_on_oom` (batch_size: auto, whose CUDA size is an estimate) running out of device memory (the
+    allocator's OutOfMemoryError, or a library's: actors/cuda_errors.py) halves the batch and rescores the whole
+    cell from its first row, so every cell is scored at one batch size (the one its record names). A fixed batch
+    size that does not fit fails with a message naming the spec key.
     """
     eos = getattr(model.generation_config, "eos_token_id", None)
     pad = getattr(model.generation_config, "pad_token_id", None)
@@ -192,10 +232,12 @@ def score_in_batches(model, tokens: np.ndarray, options: ScoringOptions, batch_s
                 batch = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64))
                 parts.append(score_batch(model, batch, options, eos_token_id=eos, pad_token_id=pad))
             return concat_scores(parts), batch_size
-        except torch.OutOfMemoryError as error:
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
             if not shrink_on_oom:
                 raise RuntimeError(f"resources.batch_size: {batch_size} sequences do not fit in device memory; "
-                                   f"lower it or use auto ({error})") from error
+                                   f"lower it or use auto ({one_line(error, 'first')})") from error
             if batch_size == 1:
                 raise
         # out here the error's traceback, and the tensors its frames held, are gone: free them for real

@@ -25,7 +25,8 @@ EOS policies (greedy mode):
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -85,8 +86,9 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
             passed.cache.crop(-(l - 1))
         generated, produced = _greedy_decode(model, passed.first_logits, passed.cache, l, stop)
     elif options.decode != "growing":
-        generated, produced = _greedy_decode_static(model, tokens[:, :k], l, stop,
-                                                    compiled=options.decode == "static-compiled")
+        compiled = options.decode == "static-compiled"
+        _check_static_decode(model, device, compiled)
+        generated, produced = _greedy_decode_static(model, tokens[:, :k], l, stop, compiled)
     else:
         out = model(input_ids=tokens[:, :k], use_cache=True, logits_to_keep=1)
         generated, produced = _greedy_decode(model, out.logits[:, -1], out.past_key_values, l, stop)
@@ -96,34 +98,66 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
     return _finish(hits, l, with_positions=True, nll=nll, tf_accuracy=tf_accuracy, generated=generated)
 
 
-def pick_batch_size(model, options: ScoringOptions, device: torch.device | str | None = None) -> int:
+def pick_batch_size(model, options: ScoringOptions, device: torch.device | str | None = None,
+                    gpu_share: float = 1.0) -> int:
     """The batch size for `batch_size: auto`.
 
-    CPU: CPU_BATCH_SIZE (measured best). CUDA: the largest batch whose KV cache, peak activations and
-    logits fit in 85% of the memory free now (the weights are already resident), capped at
-    MAX_CUDA_BATCH_SIZE and rounded down to a multiple of 8. The CUDA estimate is unmeasured.
+    CPU: CPU_BATCH_SIZE (measured best). CUDA: the largest batch whose KV cache, peak activations and logits
+    (`sequence_bytes`) fit in 85% of this actor's memory, capped at MAX_CUDA_BATCH_SIZE and rounded down to a
+    multiple of 8. The weights are resident already. This actor's memory is what is free now, and with
+    `gpu_share` < 1 (actors sharing one GPU: `resources.gpus_per_actor`) at most its share of the device less its
+    own weights: a co-tenant that has not loaded yet counts as free here, so sizing from free memory alone would
+    let the co-tenants together ask for more than the device has. The CUDA estimate is unmeasured.
     """
     device = torch.device(device) if device is not None else _model_device(model)
     if device.type != "cuda":
         return CPU_BATCH_SIZE
-    config = model.config
-    k, l = options.prompt_len, options.continuation_len
     element_bytes = next(model.parameters()).element_size()
+    per_row = sequence_bytes(model.config, element_bytes, options)
+    free_bytes, total_bytes = torch.cuda.mem_get_info(device)
+    budget = free_bytes
+    if gpu_share < 1:
+        budget = min(free_bytes, gpu_share * total_bytes - resident_bytes(model))
+    batch = int(0.85 * max(0, budget) // per_row)
+    batch = max(1, min(batch, MAX_CUDA_BATCH_SIZE))
+    return batch - batch % 8 if batch >= 8 else batch
+
+
+def sequence_bytes(config, element_bytes: int, options: ScoringOptions) -> int:
+    """Device memory one sequence of a batch needs beyond the weights, in bytes: its KV cache (greedy mode), a few
+    MLP-width activations of one layer (alive at once during the longest pass) and its logits."""
+    k, l = options.prompt_len, options.continuation_len
     hidden, heads = config.hidden_size, config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads  # absent (GPT-2, Falcon): at most one per head
     tokens = k + l
     uses_cache = options.mode == "greedy"
     kv_bytes = 2 * config.num_hidden_layers * kv_heads * head_dim * tokens * element_bytes if uses_cache else 0
-    # a few MLP-width activations of one layer are alive at once during the longest pass
-    activation_bytes = 4 * tokens * max(hidden, config.intermediate_size) * element_bytes
+    activation_bytes = 4 * tokens * max(hidden, mlp_width(config)) * element_bytes
     logit_positions = l if (options.mode == "extractable" or options.nll) else 1
     logit_bytes = logit_positions * config.vocab_size * (element_bytes + 4 + 4)  # logits, fp32 copy, log-softmax
-    per_row = kv_bytes + activation_bytes + logit_bytes
-    free_bytes, _ = torch.cuda.mem_get_info(device)
-    batch = int(0.85 * free_bytes // per_row)
-    batch = max(1, min(batch, MAX_CUDA_BATCH_SIZE))
-    return batch - batch % 8 if batch >= 8 else batch
+    return kv_bytes + activation_bytes + logit_bytes
+
+
+# How configs name the MLP's inner width: LLaMA and its kin, GPT-NeoX, Phi-3, Gemma `intermediate_size`; GPT-2 and
+# GPT-J `n_inner` (None: 4 x hidden); OPT `ffn_dim`; Falcon `ffn_hidden_size`. BLOOM names none: 4 x hidden.
+MLP_WIDTH_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size")
+DEFAULT_MLP_RATIO = 4
+
+
+def mlp_width(config) -> int:
+    """The inner width of a decoder layer's MLP (the widest activation of a layer), as the model's config names it."""
+    for key in MLP_WIDTH_KEYS:
+        width = getattr(config, key, None)
+        if width:
+            return int(width)
+    return DEFAULT_MLP_RATIO * config.hidden_size
+
+
+def resident_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers (on the meta device too: nothing is read)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
 # --- internals -------------------------------------------------------------------------------------------
@@ -350,31 +384,64 @@ def _finish(hits: torch.Tensor, l: int, with_positions: bool, nll, tf_accuracy, 
 
 # --- decode "static" / "static-compiled": a preallocated KV cache (compile: CUDA only; unmeasured) ---
 
-_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> compiled forward
-_static_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(batch, length): cache}
+
+@dataclass
+class _StaticDecodeState:
+    """What the static decode keeps for one model between batches. It holds no reference to the model (the compiled
+    step is the model CLASS's forward, called with the model), so, kept in a WeakKeyDictionary, it goes with the model
+    instead of keeping every checkpoint and its caches on the GPU."""
+    caches: dict = field(default_factory=dict)  # (batch, k + l) -> StaticCache, reused so CUDA graphs keep addresses
+    step: Callable | None = None  # torch.compile(type(model).forward), called as step(model, ...)
+
+
+_static_decode_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _StaticDecodeState
+
+
+def release_decode_state(model) -> None:
+    """Free what the static decode holds for `model`: its KV caches and, if it compiled, torch's compile caches and
+    CUDA-graph memory pools, which hold the parameters the graphs were recorded with. The actor calls this before it
+    drops a checkpoint for the next one."""
+    state = _static_decode_states.pop(model, None)
+    if state is not None and state.step is not None:
+        torch._dynamo.reset()  # also resets the CUDA-graph trees (their pools) and compiled code of every frame
+
+
+def _check_static_decode(model, device: torch.device, compiled: bool) -> None:
+    if compiled and device.type != "cuda":
+        raise ValueError("ScoringOptions.decode 'static-compiled' needs a CUDA model; the CPU path never compiles")
+    attention = getattr(model.config, "_attn_implementation", None) or ""
+    if compiled and "flash" in attention:
+        raise ValueError(f"ScoringOptions.decode 'static-compiled' cannot run with attention {attention!r}: flash "
+                         "attention takes the filled length of a static cache from the attention mask, whose length "
+                         "changes every step, and a compiled step cannot follow it; use decode 'static' or 'growing'")
 
 
 def _greedy_decode_static(model, prompt: torch.Tensor, l: int, stop: _EosStop | None, compiled: bool):
-    """Like the plain path, but the KV cache is preallocated (StaticCache, reused across batches of the
-    same shape so CUDA graphs keep their addresses) and, with `compiled`, the one-token step is
-    torch.compile'd with mode="reduce-overhead". The prefill stays eager, as HF generate does.
-    `compiled=False` runs the same static-cache loop eagerly: that is how the tests check it on CPU."""
-    if compiled and prompt.device.type != "cuda":
-        raise ValueError("ScoringOptions.decode 'static-compiled' needs a CUDA model; the CPU path never compiles")
+    """Like the plain path, but the KV cache is preallocated (StaticCache, reused across batches of the same shape
+    so CUDA graphs keep their addresses) and, with `compiled`, the one-token step is torch.compile'd with
+    mode="reduce-overhead". The prefill stays eager, as HF generate does. `compiled=False` runs the same loop eagerly.
+
+    Attention must not see the cache's unfilled tail. sdpa and eager mask it by cache position; flash attention reads
+    the filled length from the 2D attention mask (transformers cuts the cache to its length) and, given none, attends
+    to all k + l slots, zeros included. So the eager loop passes the mask HF generate passes: ones over the prompt and
+    the tokens fed so far. The compiled step passes none (a length that changes every step would recompile it), which
+    is why flash attention is refused there (_check_static_decode).
+    """
     from transformers import StaticCache
 
     batch, k = prompt.shape
-    caches = _static_caches.setdefault(model, {})
-    cache = caches.get((batch, k + l))
+    kept = _static_decode_states.setdefault(model, _StaticDecodeState())
+    cache = kept.caches.get((batch, k + l))
     if cache is None:
-        cache = caches[(batch, k + l)] = StaticCache(config=model.config, max_cache_len=k + l)
+        cache = kept.caches[(batch, k + l)] = StaticCache(config=model.config, max_cache_len=k + l)
     else:
         cache.reset()
-    step = _compiled_steps.get(model) if compiled else model.forward
-    if step is None:
-        step = _compiled_steps[model] = torch.compile(model.forward, mode="reduce-overhead", fullgraph=False)
+    if compiled and kept.step is None:
+        kept.step = torch.compile(type(model).forward, mode="reduce-overhead", fullgraph=False)
+    filled = torch.ones((batch, k + l), dtype=torch.long, device=prompt.device)  # attention_mask = filled[:, :n]
 
-    out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=prompt, attention_mask=filled[:, :k], past_key_values=cache, use_cache=True,
+                logits_to_keep=1)
     generated = torch.empty((batch, l), dtype=torch.long, device=prompt.device)
     state = _StopState(stop, batch, l, prompt.device) if stop is not None else None
     next_token = first_argmax(out.logits[:, -1])
@@ -382,7 +449,11 @@ def _greedy_decode_static(model, prompt: torch.Tensor, l: int, stop: _EosStop | 
         if position > 0:
             if compiled:
                 torch.compiler.cudagraph_mark_step_begin()
-            logits = step(input_ids=next_token[:, None].clone(), past_key_values=cache, use_cache=True).logits
+                logits = kept.step(model, input_ids=next_token[:, None].clone(), past_key_values=cache,
+                                   use_cache=True).logits
+            else:
+                logits = model(input_ids=next_token[:, None], attention_mask=filled[:, :k + position],
+                               past_key_values=cache, use_cache=True).logits
             next_token = first_argmax(logits[:, -1])
         if state is not None:
             next_token = state.apply(next_token, position)

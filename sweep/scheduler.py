@@ -26,7 +26,8 @@ import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from tqdm import tqdm
 
-from actors.protocol import CellInputError, CellOutput, CheckpointError, CheckpointTarget, ScorerSettings, one_line
+from actors.protocol import (CellInputError, CellOutput, CheckpointError, CheckpointTarget, CudaContextLost,
+                             ScorerSettings, one_line)
 from sweep.assignments import STEAL_MIN_CELLS, Assignment, Slot, take_from_busy
 from sweep.errors import SweepAbortedError
 from sweep.landing import LAND_MAX_WAIT_S, Landing, scored_cell
@@ -115,7 +116,7 @@ class Scheduler:
         self.owner: dict[ray.ObjectRef, tuple[Slot, Assignment]] = {}
         self.cell_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
         self.load_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
-        self.settings = ScorerSettings.from_spec(spec)
+        self.settings = ScorerSettings.from_spec(spec, gpus_per_actor)
         self.slots = [Slot(i, self._new_actor()) for i in range(self._actor_count(plan))]
         self.bar = tqdm(total=plan.cells_to_do, desc=spec.name, unit="cell", disable=not progress)
 
@@ -256,7 +257,10 @@ class Scheduler:
         except RayTaskError as error:
             cause = error.cause
             message = one_line(cause) if cause is not None else one_line(error, "last")
-            if isinstance(cause, CheckpointError):
+            if isinstance(cause, CudaContextLost):  # the actor is exiting; Ray restarts it (counted as a death)
+                slot.deaths += 1
+                self._retry_or_fail(assignment, chunk, message)
+            elif isinstance(cause, CheckpointError):
                 self._checkpoint_failed(assignment, chunk, message)
             elif isinstance(cause, CellInputError):  # deterministic: another try would fail the same way
                 self._fail_cell(ckpt, chunk, message, self.attempts[(ckpt, chunk)] + 1)
@@ -384,19 +388,7 @@ class Scheduler:
         return max(1, min(int(wanted), plan.cells_to_do))
 
     def _new_actor(self):
-        options = dict(
-            num_gpus=self.gpus,
-            num_cpus=self.spec.resources.cpus_per_actor,
-            max_restarts=ACTOR_MAX_RESTARTS,
-            # Ray re-runs calls that were in flight (or queued) when the actor died, on the restarted
-            # actor; only when it gives up does the scheduler see the error and count a try.
-            # -1: until the actor is dead for good (max_restarts spent), not a count. After a node loss
-            # each retry fails at once against the dead address until the GCS declares the node dead
-            # (15 s+ by default), so a count ran out in ~5 s and the cell was recorded failed.
-            max_task_retries=-1,
-        )
-        if self.environment:
-            options["runtime_env"] = {"env_vars": self.environment}
+        options = actor_options(self.gpus, self.spec.resources.cpus_per_actor, self.environment)
         return self.scorer_cls.options(**options).remote(self.settings)
 
     def _release_actors(self) -> None:
@@ -410,3 +402,25 @@ class Scheduler:
             pass
         for slot in self.slots:
             ray.kill(slot.actor, no_restart=True)
+
+
+def actor_options(gpus: float, cpus: float, environment: dict[str, str]) -> dict:
+    """Ray options of a checkpoint actor holding `gpus` GPUs (0: a CPU actor) and `cpus` CPUs, with `environment`."""
+    options = dict(
+        num_gpus=gpus,
+        num_cpus=cpus,
+        max_restarts=ACTOR_MAX_RESTARTS,
+        # Ray re-runs calls that were in flight (or queued) when the actor died, on the restarted
+        # actor; only when it gives up does the scheduler see the error and count a try.
+        # -1: until the actor is dead for good (max_restarts spent), not a count. After a node loss
+        # each retry fails at once against the dead address until the GCS declares the node dead
+        # (15 s+ by default), so a count ran out in ~5 s and the cell was recorded failed.
+        max_task_retries=-1,
+    )
+    if not gpus:
+        # Ray 2.60 leaves a zero-GPU actor the node's CUDA_VISIBLE_DEVICES (ray-project/ray#54868): it would see,
+        # and could use, GPUs that other actors hold. Hide them.
+        environment = {**environment, "CUDA_VISIBLE_DEVICES": ""}
+    if environment:
+        options["runtime_env"] = {"env_vars": environment}
+    return options

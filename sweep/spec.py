@@ -99,7 +99,8 @@ class ModelSpec(_Section):
     revision_overrides: dict[int, str] = {}
     """Per-checkpoint revisions that break the template (Amber: the last checkpoint is `main`)."""
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
-    """auto = sdpa; flash_attention_2 only by name (needs flash-attn and CUDA; its benefit is unmeasured)."""
+    """auto = sdpa; flash_attention_2 only by name (needs flash-attn, CUDA and a 16-bit dtype; its benefit is
+    unmeasured)."""
     download_dir: str | None = None
     """Where Hub checkpoints are downloaded on each node; default `~/.cache/memsweep/checkpoints`."""
     keep_downloads: bool = False
@@ -226,6 +227,20 @@ class SweepSpec(_Section):
             raise ValueError(f"resources.decode: {self.resources.decode!r} applies to greedy mode without "
                              "memorization.nll only (extractable mode has no decode loop; the NLL pass seeds a "
                              "growing cache)")
+        return self
+
+    @model_validator(mode="after")
+    def _attention_fits_dtype_and_decode(self) -> "SweepSpec":
+        """flash-attn computes in 16 bits only (transformers merely warns; the first forward then fails every cell),
+        and it reads a static cache's filled length from an attention mask a compiled step cannot pass."""
+        model = self.model
+        if model.attn_implementation == "flash_attention_2" and model.dtype == "float32":
+            raise ValueError("model.attn_implementation: flash_attention_2 needs model.dtype float16 or bfloat16 "
+                             "(got float32); use sdpa (the default) for float32")
+        if model.attn_implementation == "flash_attention_2" and self.resources.decode == "static-compiled":
+            raise ValueError("resources.decode: static-compiled cannot run with model.attn_implementation "
+                             "flash_attention_2 (flash attention reads a static cache's filled length from an "
+                             "attention mask that changes every step); use decode static or growing, or sdpa")
         return self
 
     @model_validator(mode="after")
