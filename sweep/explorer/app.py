@@ -30,6 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from actors.protocol import one_line
 from sweep.examples import VISIBLE_WHITESPACE
 from sweep.explorer import params
 from sweep.explorer.data import (EXPOSURES, HISTORY_COLUMNS, SEQUENCE_COLUMNS, SEQUENCE_SORTS, BadQuery,
@@ -287,21 +288,18 @@ def _number(value: object, digits: int = 4) -> str:
 
 
 async def _http_error(request: Request, error: HTTPException) -> Response:
-    return PlainTextResponse(_one_line(error.detail), status_code=error.status_code)
+    return PlainTextResponse(one_line(str(error.detail)), status_code=error.status_code)
 
 
 async def _bad_request(request: Request, error: Exception) -> Response:
-    return PlainTextResponse(_one_line(str(error)), status_code=400)
+    return PlainTextResponse(one_line(error), status_code=400)
 
 
 async def _not_found(request: Request, error: Exception) -> Response:
-    return PlainTextResponse(_one_line(str(error)), status_code=404)
+    return PlainTextResponse(one_line(error), status_code=404)
 
 
 async def _server_error(request: Request, error: Exception) -> Response:
     """A damaged output or a bug: one line to the client; the traceback goes to the server's log only."""
-    return PlainTextResponse(f"server error: {_one_line(str(error)) or type(error).__name__}", status_code=500)
+    return PlainTextResponse(f"server error: {one_line(error)}", status_code=500)
 
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())[:500]
