@@ -19,102 +19,11 @@ import pytest
 from sweep import analyses
 from sweep.report import write_report
 from sweep.ledger import DamagedOutputError
-from sweep.schema import SEQUENCE_SCHEMA, CellProvenance
+from sweep.schema import CellProvenance
 from sweep.store import ResultStore, ScoredCell
+from tests.landed_world import L, synthetic_sequences, write_landed
 
-L = 32  # generated tokens per sequence
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ("refinedweb", "starcoderdata", "c4", "arxiv")
-
-
-def synthetic_sequences(n_ckpts: int, n_chunks: int, n_rows: int, seed: int = 0) -> list[dict]:
-    """Per-sequence results: more training -> more matches; a few sequences forgotten later."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for chunk in range(n_chunks):
-        for row in range(n_rows):
-            # Each sequence gets memorized from some checkpoint on (maybe never), sometimes
-            # before its chunk was seen (boilerplate), and 1 in 8 memorized ones is forgotten later.
-            onset = chunk + int(rng.integers(-1, 4)) if rng.random() < 0.5 else None
-            forget_at = onset + int(rng.integers(1, 3)) if onset is not None and rng.random() < 0.125 else None
-            base = int(rng.integers(0, 12))
-            for ckpt in range(n_ckpts):
-                memorized = onset is not None and ckpt >= onset and (forget_at is None or ckpt < forget_at)
-                matches = L if memorized else min(L - 1, base + 2 * ckpt + int(rng.integers(0, 4)))
-                prefix = L if memorized else int(rng.integers(0, matches + 1))
-                records.append(
-                    {
-                        "ckpt": ckpt,
-                        "chunk": chunk,
-                        "row": row * 7 + 3,  # row numbers are positions in the chunk file, not 0..n-1
-                        "source": SOURCES[(row + chunk) % len(SOURCES)],
-                        "matches": matches,
-                        "full_match": matches == L,
-                        "prefix_match": prefix,
-                        "nll": float(rng.uniform(0.5, 3.0)),
-                    }
-                )
-    return records
-
-
-def write_landed(
-    output: Path,
-    records: list[dict],
-    extractable: bool = False,
-    with_nll: bool = True,
-    spec_name: str = "synthetic",
-) -> Path:
-    """Land `records` through the store, one compacted checkpoint at a time, with probe sets of random tokens."""
-    frame = pl.DataFrame(records).with_columns(
-        pl.col("chunk").cast(pl.Int32),
-        pl.col("row").cast(pl.Int64),
-        pl.col("matches").cast(pl.Int16),
-        pl.col("prefix_match").cast(pl.Int16),
-        (pl.col("matches") / L).cast(pl.Float32).alias("score"),
-        pl.col("nll").cast(pl.Float32),
-        pl.lit(None, dtype=pl.Float32).alias("tf_accuracy"),
-        pl.lit(b"\x00\x00\x00\x00", dtype=pl.Binary).alias("match_mask"),
-    )
-    if extractable:
-        frame = frame.with_columns(
-            pl.lit(None, dtype=pl.Int16).alias("matches"), pl.lit(None, dtype=pl.Float32).alias("score")
-        )
-    if not with_nll:
-        frame = frame.with_columns(pl.lit(None, dtype=pl.Float32).alias("nll"))
-    columns = [name for name in SEQUENCE_SCHEMA if name in frame.columns]
-    store = ResultStore(output)
-    store.open(identity={"synthetic": spec_name}, spec={"name": spec_name, "prompt_len": 32, "generate_len": L},
-               run_info={})
-    for (ckpt,), part in frame.group_by(["ckpt"], maintain_order=True):
-        cells = (
-            part.group_by("chunk", maintain_order=True)
-            .agg(
-                pl.len().cast(pl.Int32).alias("n"),
-                pl.col("score").cast(pl.Float64).mean().alias("score"),
-                pl.col("full_match").cast(pl.Float64).mean().alias("full_match_rate"),
-                pl.col("prefix_match").cast(pl.Float64).mean().alias("mean_prefix_match"),
-                pl.col("nll").cast(pl.Float64).mean().alias("nll"),
-                pl.col("tf_accuracy").cast(pl.Float64).mean().alias("tf_accuracy"),
-            )
-            .with_columns(
-                (pl.col("chunk") <= ckpt).alias("seen"),
-                pl.lit(1.5).alias("seconds"),
-                (pl.col("n") / 1.5).alias("sequences_per_s"),
-                pl.lit("cpu").alias("device"),
-                pl.lit("float32").alias("dtype"),
-                pl.lit(32, dtype=pl.Int32).alias("batch_size"),
-                pl.lit(1, dtype=pl.Int32).alias("attempts"),
-                pl.lit("2026-11-01T12:00:00+00:00").alias("finished_at"),
-            )
-        )
-        store.import_checkpoint(ckpt, part.select(columns), cells)
-    # the probe sets: each sampled (chunk, row) with k + l token ids, as a sweep lands them
-    for (chunk,), rows in frame.select("chunk", "row", "source").unique(["chunk", "row"]).group_by(["chunk"]):
-        rng = np.random.default_rng(int(chunk))
-        tokens = rng.integers(3, 32000, (rows.height, 32 + L)).tolist()
-        store.write_probe_set(int(chunk), rows.with_columns(tokens=pl.Series(tokens, dtype=pl.List(pl.UInt32))),
-                              {"file": f"train/train_{int(chunk):03d}.jsonl", "sha256": f"{int(chunk):064d}"})
-    return output
 
 
 @pytest.fixture
