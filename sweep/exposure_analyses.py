@@ -32,7 +32,7 @@ import polars as pl
 
 from sweep.analyses import SEQUENCE_KEY, Frame, by_checkpoint, key_array
 from sweep.errors import MemsweepError
-from sweep.exposure_history import NO_CHUNK, ExposureHistory
+from sweep.exposure_history import NO_CHUNK, ExposureHistory, exposure_bin
 from sweep.memorization_kinds import KINDS, RECITATION_MIN_EXPOSURES, reconstructable
 
 MAX_BINS = 64  # exposure bins 0..63 hold any int64 count
@@ -40,15 +40,6 @@ PROFILE_METRICS = ("score", "full_match", "prefix_match", "nll", "tf_accuracy")
 
 
 # ---- exposure bins ---------------------------------------------------------------------------------------------
-
-
-def exposure_bin(exposures: np.ndarray) -> np.ndarray:
-    """int32 bin of each count: 0 for 0, 1 for 1, 2 for 2, then 3 for 3-4, 4 for 5-8, ... (1 + ceil(log2(e)))."""
-    exposures = np.asarray(exposures, dtype=np.int64)
-    bins = np.zeros(exposures.shape, dtype=np.int32)
-    seen = exposures > 0
-    bins[seen] = 1 + np.ceil(np.log2(exposures[seen])).astype(np.int32)
-    return bins
 
 
 def bin_bounds(bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +72,10 @@ class ScoredSequences:
     chunk: np.ndarray  # int32
     memorized: np.ndarray  # bool
     score: np.ndarray  # float64, NaN where null (extractable mode)
+    scored: np.ndarray | None  # bool: score not null (None: all are)
     value: np.ndarray | None  # float64, the profile's metric (NaN where null), when a tally asked for one
     exposures: np.ndarray  # int64: occurrences in scanned chunk files <= ckpt
+    bins: np.ndarray  # int32: exposure_bin(exposures)
     last_chunk: np.ndarray  # int32: the latest of those files holding one (NO_CHUNK: none)
     first_chunk: np.ndarray  # int32: the first scanned file holding one, whatever the checkpoint
 
@@ -106,12 +99,15 @@ def fold(sequences: Frame, history: ExposureHistory, tallies: list, metric: str 
             continue
         cursor.advance(ckpt)
         memorized = scored["full_match"].to_numpy()[found]
+        score = _floats(scored["score"])[found]
+        known = ~np.isnan(score)
         view = ScoredSequences(
-            ckpt=ckpt, at=at, chunk=history.chunks[at], memorized=memorized,
-            score=_floats(scored["score"])[found],
-            value=None if metric is None else (memorized.astype(np.float64) if metric == "full_match"
-                                               else _floats(scored[metric])[found]),
-            exposures=cursor.exposures[at], last_chunk=cursor.last_chunk[at], first_chunk=history.first_chunk[at])
+            ckpt=ckpt, at=at, chunk=history.chunks[at], memorized=memorized, score=score,
+            scored=None if known.all() else known,
+            value=None if metric is None else (score if metric == "score" else memorized.astype(np.float64)
+                                               if metric == "full_match" else _floats(scored[metric])[found]),
+            exposures=cursor.exposures[at], bins=cursor.bins[at], last_chunk=cursor.last_chunk[at],
+            first_chunk=history.first_chunk[at])
         for tally in tallies:
             tally.add(view)
 
@@ -120,12 +116,17 @@ def _floats(series: pl.Series) -> np.ndarray:
     return series.cast(pl.Float64).fill_null(np.nan).to_numpy()
 
 
-def _sums(index: np.ndarray, size: int, memorized: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """float64[4, size]: per index value, sequences, memorized ones, summed score and scored ones (score not null)."""
-    scored = ~np.isnan(score)
-    return np.stack([np.bincount(index, minlength=size), np.bincount(index, weights=memorized, minlength=size),
-                     np.bincount(index[scored], weights=score[scored], minlength=size),
-                     np.bincount(index[scored], minlength=size)]).astype(np.float64)
+def _sums(index: np.ndarray, size: int, memorized: np.ndarray, score: np.ndarray,
+          scored: np.ndarray | None) -> np.ndarray:
+    """float64[4, size]: per index value, sequences, memorized ones, summed score and scored ones (score not null;
+    `scored` None: every one)."""
+    count = np.bincount(index, minlength=size)
+    if scored is None:
+        score_sum, score_count = np.bincount(index, weights=score, minlength=size), count
+    else:
+        score_sum = np.bincount(index[scored], weights=score[scored], minlength=size)
+        score_count = np.bincount(index[scored], minlength=size)
+    return np.stack([count, np.bincount(index[memorized], minlength=size), score_sum, score_count]).astype(np.float64)
 
 
 def _rates(sums: np.ndarray) -> dict[str, pl.Series]:
@@ -149,17 +150,22 @@ BY_EXPOSURE_SCHEMA = {"ckpt": pl.Int32(), "exposure_bin": pl.Int32(), "exposures
 
 class _ByExposure:
     def __init__(self) -> None:
-        self.parts: list[pl.DataFrame] = []
+        self.ckpts: list[np.ndarray] = []
+        self.bins: list[np.ndarray] = []
+        self.sums: list[np.ndarray] = []
 
     def add(self, scored: ScoredSequences) -> None:
-        bins = exposure_bin(scored.exposures)
-        sums = _sums(bins, int(bins.max()) + 1, scored.memorized, scored.score)
+        sums = _sums(scored.bins, MAX_BINS, scored.memorized, scored.score, scored.scored)
         present = np.flatnonzero(sums[0])
-        self.parts.append(pl.DataFrame({"ckpt": pl.Series([scored.ckpt] * present.size, dtype=pl.Int32),
-                                        **_bin_columns(present), **_rates(sums[:, present])}))
+        self.ckpts.append(np.full(present.size, scored.ckpt))
+        self.bins.append(present)
+        self.sums.append(sums[:, present])
 
     def frame(self) -> pl.DataFrame:
-        return pl.concat(self.parts) if self.parts else pl.DataFrame(schema=BY_EXPOSURE_SCHEMA)
+        if not self.ckpts:
+            return pl.DataFrame(schema=BY_EXPOSURE_SCHEMA)
+        return pl.DataFrame({"ckpt": pl.Series(np.concatenate(self.ckpts), dtype=pl.Int32),
+                             **_bin_columns(np.concatenate(self.bins)), **_rates(np.concatenate(self.sums, axis=1))})
 
 
 def memorization_by_exposure(sequences: Frame, history: ExposureHistory) -> pl.DataFrame:
@@ -187,27 +193,30 @@ SEEN_SCHEMA = {"ckpt": pl.Int32(), "chunk": pl.Int32(), "chunk_seen": pl.Boolean
 class _SeenSplit:
     def __init__(self, max_chunk: int) -> None:
         self.size = 2 * (max_chunk + 1)
-        self.parts: list[pl.DataFrame] = []
+        self.ckpts: list[np.ndarray] = []
+        self.chunks: list[np.ndarray] = []
+        self.sums: list[np.ndarray] = []  # [4, 2 (never seen, seen), chunk] per checkpoint
 
     def add(self, scored: ScoredSequences) -> None:
-        seen = scored.exposures > 0
-        sums = _sums(2 * scored.chunk.astype(np.int64) + seen, self.size, scored.memorized, scored.score)
-        never, ever = sums[:, 0::2], sums[:, 1::2]  # [4, chunk]
-        chunks = np.flatnonzero(never[0] + ever[0])
-        never_rates, seen_rates = _rates(never[:, chunks]), _rates(ever[:, chunks])
-        self.parts.append(pl.DataFrame({
-            "ckpt": pl.Series([scored.ckpt] * chunks.size, dtype=pl.Int32),
-            "chunk": pl.Series(chunks, dtype=pl.Int32),
-            "chunk_seen": pl.Series(chunks <= scored.ckpt),
-            "n": never_rates["n"] + seen_rates["n"], "n_seen": seen_rates["n"],
-            "n_memorized": never_rates["n_memorized"] + seen_rates["n_memorized"],
-            "n_memorized_seen": seen_rates["n_memorized"],
-            "full_match_rate_never_seen": never_rates["full_match_rate"].fill_nan(None),
-            "full_match_rate_seen": seen_rates["full_match_rate"].fill_nan(None),
-            "score_never_seen": never_rates["score"], "score_seen": seen_rates["score"]}))
+        index = 2 * scored.chunk.astype(np.int64) + (scored.bins > 0)
+        sums = _sums(index, self.size, scored.memorized, scored.score, scored.scored).reshape(4, -1, 2)
+        chunks = np.flatnonzero(sums[0].sum(axis=1))
+        self.ckpts.append(np.full(chunks.size, scored.ckpt))
+        self.chunks.append(chunks)
+        self.sums.append(sums[:, chunks, :])
 
     def frame(self) -> pl.DataFrame:
-        return pl.concat(self.parts) if self.parts else pl.DataFrame(schema=SEEN_SCHEMA)
+        if not self.ckpts:
+            return pl.DataFrame(schema=SEEN_SCHEMA)
+        ckpts, chunks, sums = np.concatenate(self.ckpts), np.concatenate(self.chunks), np.concatenate(self.sums, axis=1)
+        never, seen = _rates(sums[:, :, 0]), _rates(sums[:, :, 1])
+        return pl.DataFrame({
+            "ckpt": pl.Series(ckpts, dtype=pl.Int32), "chunk": pl.Series(chunks, dtype=pl.Int32),
+            "chunk_seen": pl.Series(chunks <= ckpts), "n": never["n"] + seen["n"], "n_seen": seen["n"],
+            "n_memorized": never["n_memorized"] + seen["n_memorized"], "n_memorized_seen": seen["n_memorized"],
+            "full_match_rate_never_seen": never["full_match_rate"].fill_nan(None),
+            "full_match_rate_seen": seen["full_match_rate"].fill_nan(None),
+            "score_never_seen": never["score"], "score_seen": seen["score"]})
 
 
 def seen_per_sequence(sequences: Frame, history: ExposureHistory) -> pl.DataFrame:
@@ -251,15 +260,16 @@ class _Recency:
         self.sums = np.zeros((4, MAX_BINS, 0))  # [sums row, bin, checkpoints since]
 
     def add(self, scored: ScoredSequences) -> None:
-        seen = scored.exposures > 0
+        seen = scored.bins > 0
         since = scored.ckpt - scored.last_chunk[seen].astype(np.int64)
         width = int(since.max(initial=-1)) + 1
         if not width:
             return
         if width > self.sums.shape[2]:
             self.sums = np.pad(self.sums, ((0, 0), (0, 0), (0, width - self.sums.shape[2])))
-        index = exposure_bin(scored.exposures[seen]).astype(np.int64) * width + since
-        sums = _sums(index, MAX_BINS * width, scored.memorized[seen], scored.score[seen])
+        index = scored.bins[seen].astype(np.int64) * width + since
+        sums = _sums(index, MAX_BINS * width, scored.memorized[seen], scored.score[seen],
+                     None if scored.scored is None else scored.scored[seen])
         self.sums[:, :, :width] += sums.reshape(4, MAX_BINS, width)
 
     def frame(self) -> pl.DataFrame:
@@ -302,15 +312,16 @@ class _Profile:
         self.cohorts: list[np.ndarray] = []
 
     def add(self, scored: ScoredSequences) -> None:
-        value = scored.value
+        value, first, chunk = scored.value, scored.first_chunk.astype(np.int64), scored.chunk.astype(np.int64)
         known = ~np.isnan(value)
-        first = np.where(scored.first_chunk == NO_CHUNK, self.size - 1, scored.first_chunk)[known].astype(np.int64)
-        own = (scored.chunk == scored.first_chunk)[known]
-        chunk = scored.chunk[known].astype(np.int64)
+        if not known.all():
+            value, first, chunk = value[known], first[known], chunk[known]
+        first[first == NO_CHUNK] = self.size - 1
+        own = chunk == first
         self.ckpts.append(scored.ckpt)
-        self.by_first.append(np.stack([np.bincount(first, weights=value[known], minlength=self.size),
+        self.by_first.append(np.stack([np.bincount(first, weights=value, minlength=self.size),
                                        np.bincount(first, minlength=self.size)]))
-        self.cohorts.append(np.stack([np.bincount(chunk[own], weights=value[known][own], minlength=self.size),
+        self.cohorts.append(np.stack([np.bincount(chunk[own], weights=value[own], minlength=self.size),
                                       np.bincount(chunk[own], minlength=self.size)]))
 
     def frame(self) -> pl.DataFrame:

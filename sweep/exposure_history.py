@@ -184,6 +184,7 @@ class ExposureCursor:
     def __init__(self, history: ExposureHistory):
         self.history = history
         self.exposures = np.zeros(len(history), dtype=np.int64)  # indexed like history.keys
+        self.bins = np.zeros(len(history), dtype=np.int32)  # exposure_bin(exposures), kept up to date
         self.last_chunk = np.full(len(history), NO_CHUNK, dtype=np.int32)
         self.ckpt = None
         self._next = 0  # the first count row not added yet
@@ -197,7 +198,18 @@ class ExposureCursor:
         rows = slice(self._next, end)
         np.add.at(self.exposures, history._at[rows], history._window[rows])
         np.maximum.at(self.last_chunk, history._at[rows], history._seen[rows])
+        touched = history._at[rows]
+        self.bins[touched] = exposure_bin(self.exposures[touched])
         self._next, self.ckpt = end, ckpt
+
+
+def exposure_bin(exposures: np.ndarray) -> np.ndarray:
+    """int32 bin of each count: 0 for 0, 1 for 1, 2 for 2, then 3 for 3-4, 4 for 5-8, ... (1 + ceil(log2(e)))."""
+    exposures = np.asarray(exposures, dtype=np.int64)
+    bins = np.zeros(exposures.shape, dtype=np.int32)
+    seen = exposures > 0
+    bins[seen] = 1 + np.frexp(exposures[seen] - 1)[1]  # frexp's exponent of e - 1 is its bit length: ceil(log2(e))
+    return bins
 
 
 def _keys(frame: pl.DataFrame) -> np.ndarray:

@@ -314,6 +314,28 @@ def test_write_report_full(landed: Path) -> None:
     page = index.read_text()
     manifest = json.loads((landed / "manifest.json").read_text())
     assert "synthetic" in page and manifest["identity_hash"] in page and "forgotten" in page.lower()
+    assert "Exposure counts" not in page  # none landed: no exposure section
+
+
+def test_report_shows_exposure_sections_with_their_coverage(tmp_path: Path, records: list[dict]) -> None:
+    from sweep.exposure_report import EXPOSURE_FIGURE_NAMES
+
+    full = write_report(write_landed(tmp_path / "scanned", records, exposures=True))
+    images = referenced_images(full)
+    assert set(EXPOSURE_FIGURE_NAMES) <= set(images)
+    for name in EXPOSURE_FIGURE_NAMES:
+        assert_readable_png(full.parent / name)
+    page = full.read_text()
+    assert "exposure counts cover 5 of the 5 chunk files listed in exposure.chunks" in page.lower()
+    assert "Partial counts" not in page and "Recitation, reconstruction, recollection" in page
+    # a partial scan is never presented as complete: every exposure section says what the counts cover
+    partial = write_landed(tmp_path / "partial", records, exposures=True, scanned=[0, 1, 2, 4])
+    ResultStore(partial).record_scan_failure(3, "train/train_003.jsonl:7: not JSON")
+    page = write_report(partial).read_text()
+    note = ("Partial counts: exposure counts cover 4 of the 5 chunk files listed in exposure.chunks; failed: chunk 3: "
+            "train/train_003.jsonl:7: not JSON.")
+    assert page.count(note) == 6  # each exposure section after the overview
+    assert "the sequences of 4 of the 5 probe chunks" in page
 
 
 def test_write_report_custom_dir_and_chunks(landed: Path, tmp_path: Path) -> None:
