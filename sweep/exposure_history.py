@@ -100,49 +100,63 @@ def _ids(values: list[int], shown: int = 8) -> str:
 class ExposureHistory:
     """The exposures of every covered sequence, file by file in chunk order (see the module docstring).
 
-    `keys`: int64[n], sorted: chunk * 2**32 + row of each covered sequence (analyses.SEQUENCE_KEY);
-    `chunks`: int32[n] their chunks; `first_chunk`: int32[n] the first scanned chunk holding their window (their own
-    chunk or an earlier copy). Count rows (one per nonzero (sequence, file) pair), ordered by file: `_at` int64[m]
-    (position in `keys`), `_seen` int32[m] (the chunk file), `_window` int64[m] (occurrences in it).
+    Per covered sequence, arrays of length n in key order: `keys` int64 (chunk * 2**32 + row, analyses.SEQUENCE_KEY,
+    sorted), `chunks` int32, their totals over every scanned file: `window_count`, `prompt_count` int64, `first_chunk`
+    and `last_chunk` int32 (the first and last scanned chunk holding the window: the sequence's own chunk or a copy;
+    NO_CHUNK: none) and `chunks_scanned` int32 (files scanned for its probe chunk). The count rows holding the window,
+    ordered by file, feed the cursor: `_at` int64[m] (position in `keys`), `_seen` int32[m] (the chunk file),
+    `_window` int64[m] (occurrences in it).
     """
 
-    def __init__(self, keys: np.ndarray, seen: np.ndarray, window: np.ndarray, at: np.ndarray,
+    def __init__(self, keys: np.ndarray, at: np.ndarray, seen: np.ndarray, window: np.ndarray, prompt: np.ndarray,
                  coverage: ExposureCoverage):
+        n = keys.size
         self.keys = keys
         self.chunks = (keys >> 32).astype(np.int32)
-        order = np.argsort(seen, kind="stable")
-        self._at, self._seen, self._window = at[order], seen[order], window[order]
         self.coverage = coverage
-        first = np.full(keys.size, np.iinfo(np.int32).max, dtype=np.int32)
+        self.window_count = np.bincount(at, weights=window, minlength=n).astype(np.int64)
+        self.prompt_count = np.bincount(at, weights=prompt, minlength=n).astype(np.int64)
+        held = window > 0
+        order = np.argsort(seen[held], kind="stable")
+        self._at, self._seen, self._window = at[held][order], seen[held][order], window[held][order]
+        first = np.full(n, np.iinfo(np.int32).max, dtype=np.int32)
         np.minimum.at(first, self._at, self._seen)
         self.first_chunk = np.where(first == np.iinfo(np.int32).max, NO_CHUNK, first).astype(np.int32)
+        self.last_chunk = np.full(n, NO_CHUNK, dtype=np.int32)
+        np.maximum.at(self.last_chunk, self._at, self._seen)
+        files = {chunk: 0 for chunk in coverage.probe_chunks}
+        for probe_chunks in coverage.scanned.values():
+            for chunk in probe_chunks:
+                files[chunk] = files.get(chunk, 0) + 1
+        scanned = np.array(sorted(files.items()), dtype=np.int64).reshape(-1, 2)
+        where = np.searchsorted(scanned[:, 0], self.chunks) if scanned.size else np.zeros(n, dtype=np.int64)
+        self.chunks_scanned = scanned[where, 1].astype(np.int32) if n else np.zeros(0, dtype=np.int32)
 
     @classmethod
     def read(cls, landed: LandedOutput) -> ExposureHistory:
         """The history of `landed`'s covered sequences (empty when nothing was scanned)."""
         coverage = ExposureCoverage.read(landed)
         covered = coverage.covered_chunks
-        if not covered:
-            return cls.from_tables(pl.DataFrame(schema={"chunk": pl.Int32, "row": pl.Int64}),
-                                   pl.DataFrame(schema={"chunk": pl.Int32, "row": pl.Int64, "seen_chunk": pl.Int32,
-                                                        "window_count": pl.Int64}), coverage)
         # Filtering by chunk first lets Polars skip the other chunks' probe files by their statistics.
         keys = landed.probes().filter(pl.col("chunk").is_in(covered)).select("chunk", "row")
-        counts = landed.exposure_counts().filter(pl.col("window_count") > 0).select(
-            "chunk", "row", "seen_chunk", "window_count")
-        return cls.from_tables(keys.collect(), counts.collect(), coverage)
+        counts = landed.exposure_counts().select("chunk", "row", "seen_chunk", "window_count", "prompt_count")
+        return cls.from_tables(keys.collect(), counts.collect() if covered else counts.head(0).collect(), coverage)
 
     @classmethod
     def from_tables(cls, sequences: pl.DataFrame, counts: pl.DataFrame, coverage: ExposureCoverage) -> ExposureHistory:
-        """From the covered sequences (`chunk, row`) and their count rows (`chunk, row, seen_chunk, window_count`;
-        rows of other sequences are ignored)."""
+        """From the covered sequences (`chunk, row`) and their count rows (`chunk, row, seen_chunk, window_count,
+        prompt_count`; rows of other sequences are ignored)."""
         keys = np.unique(_keys(sequences))
         count_keys = _keys(counts)
         at = np.searchsorted(keys, count_keys)
         known = at < keys.size
         known[known] = keys[at[known]] == count_keys[known]
-        return cls(keys, counts["seen_chunk"].to_numpy()[known].astype(np.int32),
-                   counts["window_count"].to_numpy()[known].astype(np.int64), at[known], coverage)
+
+        def column(name: str, dtype) -> np.ndarray:
+            return counts[name].to_numpy()[known].astype(dtype)
+
+        return cls(keys, at[known], column("seen_chunk", np.int32), column("window_count", np.int64),
+                   column("prompt_count", np.int64), coverage)
 
     def __len__(self) -> int:
         return int(self.keys.size)
@@ -164,18 +178,25 @@ class ExposureHistory:
         return ExposureCursor(self)
 
     def exposures_at(self, ckpt: int, chunk: int | None = None) -> pl.DataFrame:
-        """Per covered sequence (of `chunk` alone if given): `chunk, row, exposures` (occurrences in scanned chunk
-        files <= ckpt), `last_exposure_chunk` (the latest of them holding one; null if none), sorted."""
+        """Per covered sequence (of `chunk` alone if given), sorted: `chunk, row`, `exposures` (occurrences in scanned
+        chunk files <= ckpt), `last_exposure_chunk` (the latest of those holding one), then the totals over every
+        scanned file, as the reader's `exposures` table has them: `window_count, prompt_count, first_chunk,
+        last_chunk, chunks_scanned` (chunks null where no file holds the window)."""
         cursor = self.cursor()
         cursor.advance(ckpt)
         keep = slice(None) if chunk is None else slice(*np.searchsorted(self.chunks, [chunk, chunk + 1]))
-        last = pl.col("last_exposure_chunk")
+        chunk_columns = ("last_exposure_chunk", "first_chunk", "last_chunk")
         return pl.DataFrame({
             "chunk": pl.Series(self.chunks[keep], dtype=pl.Int32),
             "row": pl.Series(self.keys[keep] & 0xFFFFFFFF, dtype=pl.Int64),
             "exposures": pl.Series(cursor.exposures[keep], dtype=pl.Int64),
             "last_exposure_chunk": pl.Series(cursor.last_chunk[keep], dtype=pl.Int32),
-        }).with_columns(pl.when(last != NO_CHUNK).then(last).alias("last_exposure_chunk"))
+            "window_count": pl.Series(self.window_count[keep], dtype=pl.Int64),
+            "prompt_count": pl.Series(self.prompt_count[keep], dtype=pl.Int64),
+            "first_chunk": pl.Series(self.first_chunk[keep], dtype=pl.Int32),
+            "last_chunk": pl.Series(self.last_chunk[keep], dtype=pl.Int32),
+            "chunks_scanned": pl.Series(self.chunks_scanned[keep], dtype=pl.Int32),
+        }).with_columns(pl.when(pl.col(name) != NO_CHUNK).then(pl.col(name)).alias(name) for name in chunk_columns)
 
 
 class ExposureCursor:

@@ -75,12 +75,17 @@ def test_exposures_at_a_checkpoint_count_the_scanned_files_up_to_it(output):
     for ckpt in CKPTS:
         frame = history.exposures_at(ckpt)
         assert frame.height == 12
-        for chunk, row, count, last in frame.rows():
+        for chunk, row, count, last in frame.select("chunk", "row", "exposures", "last_exposure_chunk").rows():
             assert count == exposures(chunk, row, ckpt, CHUNKS)
             held = [seen for c, r, seen, _ in count_rows(CHUNKS) if (c, r) == (chunk, row) and seen <= ckpt]
             assert last == (max(held) if held else None)
-    assert history.exposures_at(0, chunk=2).rows() == [(2, 100, 3, 0), (2, 101, 0, None), (2, 102, 0, None)]
+    assert history.exposures_at(0, chunk=2).select("row", "exposures", "last_exposure_chunk").rows() == [
+        (100, 3, 0), (101, 0, None), (102, 0, None)]
     assert history.exposures_at(3, chunk=0)["exposures"].to_list() == [5, 1, 1]
+    # the totals are the reader's `exposures` table, row for row
+    totals = history.exposures_at(0).drop("exposures", "last_exposure_chunk")
+    assert totals.equals(open_output(output).exposures().collect().sort("chunk", "row").select(totals.columns))
+    assert totals.filter((pl.col("chunk") == 2) & (pl.col("row") == 100)).row(0) == (2, 100, 6, 6, 0, 2, 4)
 
 
 def test_a_partial_scan_covers_only_sequences_whose_own_file_was_scanned_and_says_so(tmp_path):
