@@ -1,6 +1,6 @@
 """The report's sections on exposure counts (sweep/exposure_analyses.py), shown only when counts have landed.
 
-    exposure_sections(landed, sequences, last_ckpt, extractable, out_dir, decode) -> [Section, ...]
+    exposure_sections(landed, history, sequences, last_ckpt, extractable, out_dir, decode) -> [Section, ...]
 
 First what the counts cover (`ExposureCoverage.describe`: how many of the chunk files listed in exposure.chunks,
 failed scans named, which sequences the analyses use), then one figure per analysis: memorization against
@@ -40,11 +40,11 @@ MIN_LINE_N = 20  # a bin's point is drawn over checkpoints (or checkpoints since
 KIND_COLOURS = {"recitation": "tab:red", "reconstruction": "tab:orange", "recollection": "tab:blue"}
 
 
-def exposure_sections(landed: LandedOutput, sequences: pl.LazyFrame, last_ckpt: int, extractable: bool,
-                      out_dir: Path, decode: Callable[[list[int]], str] | None) -> list[Section]:
-    """Every exposure section, or none when no exposure count has landed. `decode`: token ids -> text with the
-    last checkpoint's tokenizer (None: incrementing templates are not looked for)."""
-    history = ExposureHistory.read(landed)
+def exposure_sections(landed: LandedOutput, history: ExposureHistory, sequences: pl.LazyFrame, last_ckpt: int,
+                      extractable: bool, out_dir: Path, decode: Callable[[list[int]], str] | None) -> list[Section]:
+    """Every exposure section, or none when no exposure count has landed. `history`: ExposureHistory.read(landed);
+    `decode`: token ids -> text with the last checkpoint's tokenizer (None: incrementing templates are not looked
+    for)."""
     coverage = history.coverage
     if not coverage.has_counts:
         return []

@@ -33,6 +33,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sweep import analyses
 from sweep.errors import MemsweepError
+from sweep.exposure_history import ExposureHistory
 from sweep.output import LandedOutput, open_output
 
 # Every file name this module may write, so a rewrite removes figures that no longer apply.
@@ -96,7 +97,7 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
     cells = landed.cells().collect()
     if cells.height == 0:
         raise MemsweepError(f"{output / 'cells'}: the cells table is empty")
-    from sweep.exposure_report import EXPOSURE_FIGURE_NAMES, exposure_sections
+    from sweep.exposure_report import EXPOSURE_FIGURE_NAMES, exposure_sections  # it imports this module
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in FIGURE_NAMES + EXPOSURE_FIGURE_NAMES:
@@ -124,11 +125,13 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
     first_memorized = analyses.first_memorized(sequences)
     sections.append(_first_memorized_section(first_memorized, out_dir))
     decoder = _last_decoder(landed, last_ckpt)
-    sections.extend(exposure_sections(landed, sequences, last_ckpt, extractable, out_dir,
+    history = ExposureHistory.read(landed)
+    sections.extend(exposure_sections(landed, history, sequences, last_ckpt, extractable, out_dir,
                                       decoder.text if decoder.tokenizer is not None else None))
     if example_cells is None:
         example_cells = sorted({(last_ckpt, all_chunks[0]), (last_ckpt, all_chunks[-1])})
-    sections.extend(_example_sections(landed, last_ckpt, first_memorized, example_cells, decoder))
+    sections.extend(_example_sections(landed, last_ckpt, first_memorized, example_cells, decoder,
+                                      history if history.coverage.has_counts else None))
 
     index = out_dir / "index.html"
     index.write_text(_render_page(landed.name, sections))
@@ -478,10 +481,12 @@ def _last_decoder(landed: LandedOutput, last_ckpt: int):
 
 
 def _example_sections(landed: LandedOutput, last_ckpt: int, first_memorized: pl.DataFrame,
-                      example_cells: list[tuple[int, int]], last_decoder) -> list[Section]:
+                      example_cells: list[tuple[int, int]], last_decoder, history: ExposureHistory | None
+                      ) -> list[Section]:
     """What was memorized, as text (sweep/examples.py): the most memorized sequences per source at the last
     checkpoint and in the chosen cells, the sequences memorized earliest that are still memorized at the end, and
-    the earliest memorized ones that were forgotten (what the model says now). Every text is HTML-escaped."""
+    the earliest memorized ones that were forgotten (what the model says now), each with its exposures when a
+    `history` is given. Every text is HTML-escaped."""
     from sweep.examples import TokenDecoder, find_examples, render_html
 
     title = "What was memorized, in words"
@@ -504,23 +509,26 @@ def _example_sections(landed: LandedOutput, last_ckpt: int, first_memorized: pl.
         ordered = frame.sort("first_memorized_ckpt", "chunk", "row").head(EXAMPLES_OVER_TIME)
         return list(ordered.select("chunk", "row").iter_rows())
 
+    def chosen(ckpt: int, **which) -> str:
+        return block(find_examples(landed, ckpt, history=history, **which))
+
     memorized = first_memorized.filter(pl.col("first_memorized_ckpt").is_not_null())
     kept = earliest(memorized.filter(pl.col("memorized_at_last")))
     lost = earliest(memorized.filter(pl.col("forgotten")))
     sections = [Section(f"Examples: most memorized per source, checkpoint {last_ckpt}",
                         notes=[_EXAMPLE_LEGEND],
-                        tables=[block(find_examples(landed, last_ckpt, per_source=EXAMPLES_PER_SOURCE))])]
+                        tables=[chosen(last_ckpt, per_source=EXAMPLES_PER_SOURCE)])]
     for ckpt, chunk in example_cells:
         sections.append(Section(f"Examples: checkpoint {ckpt} x chunk {chunk}",
-                                tables=[block(find_examples(landed, ckpt, chunk=chunk, top=EXAMPLES_PER_CELL))]))
+                                tables=[chosen(ckpt, chunk=chunk, top=EXAMPLES_PER_CELL)]))
     sections.append(Section("Examples: memorized earliest, still memorized at the end",
                             notes=[f"As checkpoint {last_ckpt} reproduces them; ordered by the checkpoint of their "
                                    "first full match."],
-                            tables=[block(find_examples(landed, last_ckpt, rows=kept, top=len(kept)) if kept else [])]))
+                            tables=[chosen(last_ckpt, rows=kept, top=len(kept)) if kept else block([])]))
     sections.append(Section("Examples: memorized, then forgotten",
                             notes=[f"Memorized early, then missed at >= {analyses.FORGET_MIN_MISSES} checkpoints in a "
                                    f"row; shown as checkpoint {last_ckpt} continues them now."],
-                            tables=[block(find_examples(landed, last_ckpt, rows=lost, top=len(lost)) if lost else [])]))
+                            tables=[chosen(last_ckpt, rows=lost, top=len(lost)) if lost else block([])]))
     missing = {ckpt: d.why_not for ckpt, d in decoders.items() if d.tokenizer is None}
     if missing:
         sections[0].notes.append("No tokenizer could be loaded for checkpoints "
