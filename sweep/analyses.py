@@ -6,7 +6,8 @@ Every other function
 takes those tables (LazyFrame or DataFrame) and returns a small, collected DataFrame. A sequence
 is identified by (chunk, row); checkpoint c has seen chunk x when x <= c (Amber saved checkpoint
 i after training on chunk i). "Memorized" means full_match: all l generated tokens are right.
-The same analyses as Polars SQL are in docs/queries.md.
+The same analyses as Polars SQL are in docs/queries.md; those that use exposure counts are in
+sweep/exposure_analyses.py.
 
 Scale: at full Amber size (360 x 360 cells x 1000 rows = 129.6M sequence rows, 1-2 GB of
 Parquet) nothing here holds the sequences table in memory. Whole-table analyses run on Polars'

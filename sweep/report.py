@@ -7,7 +7,9 @@ memorization score and of the full-match (k-extractable) rate, score trajectorie
 chunks, the per-sequence score distribution at the last checkpoint, a per-source breakdown,
 predictability of the final memorized set from earlier checkpoints, and when sequences were
 first memorized (and how many were forgotten: not reproduced at analyses.FORGET_MIN_MISSES
-consecutive checkpoints after the first full match). Numbers come from sweep/analyses.py.
+consecutive checkpoints after the first full match). Numbers come from sweep/analyses.py. Once
+exposure counts have landed, sweep/exposure_report.py adds their sections (what they cover, then
+one figure per analysis of sweep/exposure_analyses.py), and each example says how often it was seen.
 
 Figures are drawn on matplotlib `Figure` objects (Agg, no pyplot), so making a report neither
 needs a display nor touches global plotting state. Heatmaps give every cell whole pixels (3 x 3

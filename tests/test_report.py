@@ -445,9 +445,10 @@ def doc_blocks(language: str) -> list[str]:
 
 @pytest.fixture
 def docs_landed(tmp_path: Path, records: list[dict]) -> Path:
-    """The fixture's dataset with its last checkpoint numbered 359, as Amber's, which the SQL examples name."""
+    """The fixture's dataset with its last checkpoint numbered 359, as Amber's, which the SQL examples name, and
+    exposure counts of every chunk file."""
     renumbered = [{**r, "ckpt": 359 if r["ckpt"] == 4 else r["ckpt"]} for r in records]
-    return write_landed(tmp_path / "docs", renumbered)
+    return write_landed(tmp_path / "docs", renumbered, exposures=True)
 
 
 def test_every_sql_example_runs(docs_landed: Path) -> None:
@@ -498,12 +499,59 @@ def test_sql_forgetting_agrees_with_function(tmp_path: Path) -> None:
     assert from_function["forgotten"].any() and not from_function["forgotten"].all()
 
 
+def test_sql_exposure_examples_agree_with_the_functions(docs_landed: Path) -> None:
+    from sweep import exposure_analyses as ea
+    from sweep.exposure_history import ExposureHistory
+    from sweep.output import open_output
+    from sweep.query import open_tables
+
+    context = pl.SQLContext(frames=open_tables(docs_landed))
+
+    def sql(marker: str) -> pl.DataFrame:
+        (block,) = [block for block in doc_blocks("sql") if marker in block]
+        return context.execute(block).collect()
+
+    def same(from_sql: pl.DataFrame, from_function: pl.DataFrame) -> None:
+        assert from_sql.columns == from_function.columns and from_sql.height == from_function.height
+        for column in from_sql.columns:
+            assert from_sql[column].cast(pl.Float64).to_list() == pytest.approx(
+                from_function[column].cast(pl.Float64).to_list()), column
+
+    landed = open_output(docs_landed)
+    sequences, history = landed.sequences(), ExposureHistory.read(landed)
+    assert len(history) == 200 and history.coverage.is_complete
+    by_exposure = ea.memorization_by_exposure(sequences, history).filter(pl.col("ckpt") == 359)
+    same(sql("-- memorization against exposures"),
+         by_exposure.select("exposure_bin", "n", "n_memorized", "full_match_rate", "score"))
+    assert by_exposure.height > 2  # planted copies: several bins
+    summary = ea.unseen_cells_summary(ea.seen_per_sequence(sequences, history))
+    same(sql("-- memorized sequences of unseen cells"), summary.select("ckpt", "n", "n_seen", "n_memorized",
+                                                                         "n_memorized_seen"))
+    assert summary["n_memorized_seen"].sum() > 0
+    profile = ea.memorization_profile(sequences, history).filter((pl.col("cohort") == 2) & (pl.col("ckpt") == 3))
+    one = sql("-- memorization profile of chunk 2").row(0, named=True)
+    assert (one["n_treated"], one["n_control"]) == (profile["n_treated"].item(), profile["n_control"].item())
+    assert one["gap"] == pytest.approx(profile["gap"].item()) and one["did"] == pytest.approx(profile["did"].item())
+    kinds = ea.memorization_kinds(sequences, history, landed.probes(), prompt_len=32).filter(pl.col("ckpt") == 359)
+    assert sql("-- memorized sequences seen at least 6").row(0) == (kinds["n_memorized"].item(),
+                                                                     kinds["recitation"].item())
+    recency = sql("-- forgetting against recency")  # one checkpoint of what forgetting_by_recency pools
+    at_last = history.exposures_at(359)
+    assert recency["n"].sum() == at_last.filter(pl.col("exposures") > 0).height
+
+
 def test_partition_examples_read_one_partition(docs_landed: Path) -> None:
+    from sweep.query import open_tables
+
     # The single-checkpoint examples must let Polars prune to one partition's files.
     sequences, cells = analyses.load_tables(docs_landed)
     context = pl.SQLContext(sequences=sequences, cells=cells)
-    (sql,) = [block for block in doc_blocks("sql") if "-- score distribution" in block]
-    plans = [context.execute(sql).explain()]
+    markers = ("-- score distribution", "-- memorization against exposures", "-- forgetting against recency",
+               "-- memorized sequences seen at least 6")
+    exposure_tables = {name: frame for name, frame in open_tables(docs_landed).items() if name.startswith("exposure")}
+    context.register_many(exposure_tables)
+    plans = [context.execute(sql).explain() for sql in doc_blocks("sql") if sql.lstrip().startswith(markers)]
+    assert len(plans) == len(markers)
     (code,) = [block for block in doc_blocks("python") if "match_mask" in block]
     query = code.split("last = ")[1].split(".collect()")[0]  # the LazyFrame the example collects
     namespace = {"pl": pl, "sequences": sequences, "last_ckpt": 359}
@@ -511,7 +559,7 @@ def test_partition_examples_read_one_partition(docs_landed: Path) -> None:
     for plan in plans:
         scanned = re.findall(r"ckpt=(\d+)/", plan)
         assert scanned == ["359"], plan
-        assert "other sources" not in plan, plan
+        assert not any("other sources" in line for line in plan.splitlines() if "/sequences/" in line), plan
 
 
 # ---------------------------------------------------------------- with the real writer
