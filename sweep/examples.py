@@ -44,8 +44,7 @@ class SequenceExposures:
     chunks_scanned: int  # chunk files scanned for it
 
     def describe(self, ckpt: int) -> str:
-        where = f"; first in chunk {self.first_chunk}, last in chunk {self.last_chunk}" if self.first_chunk is not None \
-            else ""
+        where = "" if self.first_chunk is None else f"; first in chunk {self.first_chunk}, last in chunk {self.last_chunk}"
         return (f"{self.exposures} times by checkpoint {ckpt}; {self.window_count} in all {self.chunks_scanned} "
                 f"scanned chunk files (its prompt {self.prompt_count}){where}")
 

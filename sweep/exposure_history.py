@@ -105,7 +105,7 @@ class ExposureHistory:
     and `last_chunk` int32 (the first and last scanned chunk holding the window: the sequence's own chunk or a copy;
     NO_CHUNK: none) and `chunks_scanned` int32 (files scanned for its probe chunk). The count rows holding the window,
     ordered by file, feed the cursor: `_at` int64[m] (position in `keys`), `_seen` int32[m] (the chunk file),
-    `_window` int64[m] (occurrences in it).
+    `_window` int64[m] (occurrences in it); every count row, ordered by sequence then file, answers `files`.
     """
 
     def __init__(self, keys: np.ndarray, at: np.ndarray, seen: np.ndarray, window: np.ndarray, prompt: np.ndarray,
@@ -116,6 +116,8 @@ class ExposureHistory:
         self.coverage = coverage
         self.window_count = np.bincount(at, weights=window, minlength=n).astype(np.int64)
         self.prompt_count = np.bincount(at, weights=prompt, minlength=n).astype(np.int64)
+        by_sequence = np.lexsort((seen, at))
+        self._rows = (at[by_sequence], seen[by_sequence], window[by_sequence], prompt[by_sequence])
         held = window > 0
         order = np.argsort(seen[held], kind="stable")
         self._at, self._seen, self._window = at[held][order], seen[held][order], window[held][order]
@@ -176,6 +178,18 @@ class ExposureHistory:
 
     def cursor(self) -> ExposureCursor:
         return ExposureCursor(self)
+
+    def files(self, chunk: int, row: int) -> pl.DataFrame | None:
+        """One covered sequence's count rows (`seen_chunk, window_count, prompt_count`, by chunk file: every scanned
+        file holding its window or its prompt), or None when it is not covered."""
+        at, found = self.locate(np.array([(chunk << 32) + row], dtype=np.int64))
+        if not found[0]:
+            return None
+        positions, seen, window, prompt = self._rows
+        rows = slice(*np.searchsorted(positions, [at[0], at[0] + 1]))
+        return pl.DataFrame({"seen_chunk": pl.Series(seen[rows], dtype=pl.Int32),
+                             "window_count": pl.Series(window[rows], dtype=pl.Int64),
+                             "prompt_count": pl.Series(prompt[rows], dtype=pl.Int64)})
 
     def exposures_at(self, ckpt: int, chunk: int | None = None) -> pl.DataFrame:
         """Per covered sequence (of `chunk` alone if given), sorted: `chunk, row`, `exposures` (occurrences in scanned

@@ -67,9 +67,9 @@ def exposure_sections(landed: LandedOutput, history: ExposureHistory, sequences:
 def _coverage_section(landed: LandedOutput, history: ExposureHistory, last_ckpt: int) -> Section:
     coverage = history.coverage
     notes = [_sentence(coverage.describe()), _sentence(coverage.describe_sequences()),
-             "A sequence's exposures at checkpoint c are the occurrences of its k + l tokens in the scanned chunk files "
-             "<= c (what checkpoint c has trained on), its own row included; a file not scanned makes them a lower "
-             "bound."]
+             "A sequence's exposures at checkpoint c are the occurrences of its k + l tokens in the scanned chunk "
+             "files <= c (what checkpoint c has trained on), its own row included; a file not scanned makes them a "
+             "lower bound."]
     scans = landed.exposure_scans()
     table = pl.DataFrame([
         ("chunk files scanned", str(scans["seen_chunk"].n_unique())),

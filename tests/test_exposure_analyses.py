@@ -67,7 +67,7 @@ def read(output: Path) -> tuple[pl.LazyFrame, ExposureHistory]:
     return reader.sequences(), ExposureHistory.read(reader)
 
 
-# ---- the history -------------------------------------------------------------------------------------------------
+# ---- the history ---------------------------------------------------------------------------------------------------
 
 
 def test_exposures_at_a_checkpoint_count_the_scanned_files_up_to_it(output):
@@ -149,7 +149,7 @@ def test_exposure_bins_and_their_bounds():
                                                                        "9-16"]
 
 
-# ---- seen per sequence ----------------------------------------------------------------------------------------------
+# ---- seen per sequence ---------------------------------------------------------------------------------------------
 
 
 def test_seen_per_sequence_splits_unseen_cells_by_copies(output):
@@ -174,7 +174,7 @@ def test_seen_per_sequence_splits_unseen_cells_by_copies(output):
     assert summary["ckpt"].to_list() == [0, 1, 2]  # checkpoint 3 has trained on every chunk
 
 
-# ---- forgetting against recency ---------------------------------------------------------------------------------------
+# ---- forgetting against recency ------------------------------------------------------------------------------------
 
 
 def test_forgetting_by_recency_pools_checkpoints_since_the_last_copy(output):
@@ -197,7 +197,7 @@ def test_forgetting_by_recency_pools_checkpoints_since_the_last_copy(output):
     assert table.filter((pl.col("exposure_bin") == 4) & (pl.col("checkpoints_since") == 1))["n"].item() == 3
 
 
-# ---- the memorization profile -----------------------------------------------------------------------------------------
+# ---- the memorization profile --------------------------------------------------------------------------------------
 
 
 def recount_profile(metric) -> dict[tuple[int, int], tuple]:
@@ -242,7 +242,7 @@ def test_memorization_profile_is_a_difference_in_differences_against_the_not_yet
         ea.memorization_profile(*read(output), metric="bogus")
 
 
-# ---- recitation, reconstruction, recollection --------------------------------------------------------------------------
+# ---- recitation, reconstruction, recollection ----------------------------------------------------------------------
 
 
 def test_memorization_kinds_per_checkpoint(output):

@@ -94,8 +94,8 @@ def test_text_says_what_the_counts_cover_and_how_often_each_was_seen(output):
     assert lines[0] == "(exposure counts cover 3 of the 3 chunk files listed in exposure.chunks)"
     assert lines[1].startswith("(no tokenizer")  # this output's spec names no model: token ids
     assert lines[2].startswith("ckpt 1 · chunk 2 · row 7 · web · 32/32 tokens")
-    assert lines[-1] == ("  seen   │ 9 times by checkpoint 1; 10 in all 3 scanned chunk files (its prompt 13); first in "
-                         "chunk 0, last in chunk 2")
+    assert lines[-1] == ("  seen   │ 9 times by checkpoint 1; 10 in all 3 scanned chunk files (its prompt 13); "
+                         "first in chunk 0, last in chunk 2")
 
 
 def test_a_partial_scan_says_so_and_without_counts_the_filters_are_refused(tmp_path, capsys):
@@ -106,6 +106,7 @@ def test_a_partial_scan_says_so_and_without_counts_the_filters_are_refused(tmp_p
                                     "failed: chunk 2: train/train_002.jsonl: gone)")
     assert "seen   │" not in show(str(partial), "--chunk", "2", "--top", "1")  # its own file unscanned: unknown
     plain = write_landed(tmp_path / "plain", records())
-    assert "seen   │" not in show(str(plain), "--top", "1") and "exposure counts" not in show(str(plain), "--top", "1")
+    shown = show(str(plain), "--top", "1")
+    assert "seen   │" not in shown and "exposure counts" not in shown
     show(str(plain), "--sort", "exposures", status=2)
     assert "no exposure counts to filter or sort by" in capsys.readouterr().err

@@ -258,7 +258,8 @@ def _grids(matrix: CellMatrix) -> dict:
         "metrics": [{"column": m.column, "label": m.label, "lower_is_memorized": m.lower_is_memorized}
                     for m in matrix.metrics],
         "encoding": "base64 of little-endian float32, row-major [checkpoint][chunk], NaN where no cell landed",
-        "values": {name: base64.b64encode(grid.astype("<f4").tobytes()).decode() for name, grid in matrix.values.items()},
+        "values": {name: base64.b64encode(grid.astype("<f4").tobytes()).decode()
+                   for name, grid in matrix.values.items()},
     }
 
 

@@ -6,11 +6,11 @@ The pages never open a file: they ask `ExplorerData`, which reads through the on
 to `open_reader` here. Nothing here writes, locks or recovers, so the server can run while a sweep lands: each
 call opens the reader afresh and sees the ledgers as they are at that moment.
 
-Once exposure counts have landed (how often a training row occurs in the chunk files scanned; sweep/explorer/exposures.py
-reads them), a cell's sequences gain `exposures` (by the cell's checkpoint) and `window_count` (in every scanned file)
-to show, sort and filter by, the sequence page its counts file by file, and the heatmap metrics that split each cell
-into seen and never-seen sequences; every view that shows them says what the counts cover. Until then they are
-absent, never invented.
+Once exposure counts have landed (how often a training row occurs in the chunk files scanned; read by
+sweep/explorer/exposures.py), a cell's sequences gain `exposures` (by the cell's checkpoint) and `window_count` (in
+every scanned file) to show, sort and filter by, the sequence page its counts file by file, and the heatmap metrics
+that split each cell into seen and never-seen sequences; every view that shows them says what the counts cover.
+Until then they are absent, never invented.
 """
 
 from __future__ import annotations
@@ -346,7 +346,7 @@ class ExplorerData:
 
     def _row_exposures(self, reader: LandedOutput, chunk: int, row: int) -> RowExposures | None:
         history = self._exposures.history(reader)
-        return None if history is None else row_exposures(reader, history, chunk, row)
+        return None if history is None else row_exposures(history, chunk, row)
 
     def has_exposures(self) -> bool:
         """Whether any exposure count has landed (a cheap look at the ledgers)."""

@@ -1,5 +1,6 @@
-"""The explorer's reads of exposure counts (asked for by `ExplorerData`, never by a page): a cell's sequences' exposures,
-one training row's exposures file by file, and the heatmap's exposure metrics, with what the counts cover.
+"""The explorer's reads of exposure counts (asked for by `ExplorerData`, never by a page): a cell's sequences'
+exposures, one training row's exposures file by file, and the heatmap's exposure metrics, with what the counts
+cover.
 
 Reading every count and probe key takes about a second at full size and the heatmap's exposure grids one pass over
 every checkpoint (BENCHMARKS.md), so both are kept in memory and read again only when the output's ledgers say
@@ -115,12 +116,11 @@ def cell_seen_summary(sequences: pl.DataFrame) -> dict:
             "full_match_rate_never_seen": rate(never)}
 
 
-def row_exposures(reader: LandedOutput, history: ExposureHistory, chunk: int, row: int) -> RowExposures:
-    """One training row's counts: totals from the history, and every scanned file holding its window or prompt."""
-    mine = history.exposures_at(0, chunk).filter(pl.col("row") == row)
+def row_exposures(history: ExposureHistory, chunk: int, row: int) -> RowExposures:
+    """One training row's counts: its totals, and every scanned file holding its window or prompt."""
+    files = history.files(chunk, row)
     coverage = history.coverage.describe()
-    if mine.height == 0:
+    if files is None:
         return RowExposures(False, {}, [], coverage)
-    files = (reader.exposure_counts().filter((pl.col("chunk") == chunk) & (pl.col("row") == row))
-             .select("seen_chunk", "window_count", "prompt_count").sort("seen_chunk").collect())
-    return RowExposures(True, mine.select(TOTAL_COLUMNS).row(0, named=True), files.to_dicts(), coverage)
+    totals = history.exposures_at(0, chunk).filter(pl.col("row") == row).select(TOTAL_COLUMNS).row(0, named=True)
+    return RowExposures(True, totals, files.to_dicts(), coverage)
