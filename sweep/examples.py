@@ -45,8 +45,9 @@ class SequenceExposures:
 
     def describe(self, ckpt: int) -> str:
         where = "" if self.first_chunk is None else f"; first in chunk {self.first_chunk}, last in chunk {self.last_chunk}"
-        return (f"{self.exposures} times by checkpoint {ckpt}; {self.window_count} in all {self.chunks_scanned} "
-                f"scanned chunk files (its prompt {self.prompt_count}){where}")
+        times = "once" if self.exposures == 1 else f"{self.exposures} times"
+        return (f"{times} by checkpoint {ckpt}; {self.window_count} in all {self.chunks_scanned} scanned chunk files "
+                f"(its prompt {self.prompt_count}){where}")
 
 
 @dataclass(frozen=True)

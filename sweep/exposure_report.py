@@ -145,19 +145,10 @@ def _seen_section(seen: pl.DataFrame, out_dir: Path) -> Section:
              f"{int(summary['n'].sum()):,} pairs were such copies. Per sequence, 'seen by checkpoint c' means "
              "exposures at c >= 1."]
     name = "seen_per_sequence.png"
-    figure = Figure(figsize=(8, 4.5), layout="constrained")
-    axes = figure.add_subplot()
-    marker = "o" if summary.height <= 40 else None
-    for column, colour, label in (("full_match_rate_never_seen", "tab:blue", "never seen"),
-                                  ("full_match_rate_seen", "tab:red", "seen earlier through copies")):
-        values = summary[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-        axes.plot(summary["ckpt"], values, color=colour, marker=marker, markersize=3, label=label)
-    axes.set_xlabel("checkpoint")
-    axes.set_ylabel("full-match rate")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_title("Sequences of chunks not yet trained on, by whether a copy was")
-    axes.legend()
-    axes.grid(alpha=0.3)
+    figure = _lines_figure(summary, "ckpt", [("full_match_rate_never_seen", "tab:blue", "never seen"),
+                                             ("full_match_rate_seen", "tab:red", "seen earlier through copies")],
+                           "checkpoint", "full-match rate",
+                           "Sequences of chunks not yet trained on, by whether a copy was")
     figure.savefig(out_dir / name, dpi=DPI)
     return Section(title, image=name, notes=notes, tables=[html_table(spread_rows(summary))])
 
@@ -213,20 +204,11 @@ def _profile_sections(profile: pl.DataFrame, metric: str, out_dir: Path) -> list
     figure.axes[0].set_xlabel("cohort (the chunk trained at its checkpoint)")
     figure.savefig(out_dir / "memorization_profile.png", dpi=DPI)
     path = ea.profile_path(profile)
-    figure = Figure(figsize=(8, 4.5), layout="constrained")
-    axes = figure.add_subplot()
-    marker = "o" if path.height <= 40 else None
-    for column, colour, label in (("did", "tab:blue", "did (difference in differences)"),
-                                  ("gap", "tab:gray", "gap (cohort - control at c)")):
-        values = path[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-        axes.plot(path["checkpoints_since"], values, color=colour, marker=marker, markersize=3, label=label)
-    axes.axhline(0, color="black", linewidth=0.8)
-    axes.set_xlabel("checkpoints since the cohort's chunk was trained on")
-    axes.set_ylabel(what)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_title("Memorization path: the profile averaged over cohorts (weighted by their size)")
-    axes.legend()
-    axes.grid(alpha=0.3)
+    figure = _lines_figure(path, "checkpoints_since", [("did", "tab:blue", "did (difference in differences)"),
+                                                       ("gap", "tab:gray", "gap (cohort - control at c)")],
+                           "checkpoints since the cohort's chunk was trained on", what,
+                           "Memorization path: the profile averaged over cohorts (weighted by their size)")
+    figure.axes[0].axhline(0, color="black", linewidth=0.8)
     figure.savefig(out_dir / "profile_path.png", dpi=DPI)
     first = path.filter(pl.col("did").is_not_null()).head(1)
     note = (f"Right after training on it the cohorts' {what} rose by {format_value(first['did'].item())} more than the "
@@ -234,6 +216,24 @@ def _profile_sections(profile: pl.DataFrame, metric: str, out_dir: Path) -> list
     return [Section(title, image="memorization_profile.png", notes=[definition]),
             Section("Memorization path", image="profile_path.png", notes=[note] if note else [],
                     tables=[html_table(spread_rows(path))])]
+
+
+def _lines_figure(frame: pl.DataFrame, x: str, lines: list[tuple[str, str, str]], xlabel: str, ylabel: str,
+                  title: str) -> Figure:
+    """One line per (column, colour, label) of `frame` against its column `x` (integers); nulls leave gaps."""
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    marker = "o" if frame.height <= 40 else None
+    for column, colour, label in lines:
+        values = frame[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        axes.plot(frame[x], values, color=colour, marker=marker, markersize=3, label=label)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_title(title)
+    axes.legend()
+    axes.grid(alpha=0.3)
+    return figure
 
 
 def _kinds_section(kinds: pl.DataFrame, decoded: bool, out_dir: Path) -> Section:
