@@ -16,9 +16,13 @@ Measurements:
   blocks exec'd with `output` set (their printing goes to /dev/null);
 - `report`: `sweep.report.write_report(output, out_dir=<temp>)`, whole;
 - `report/<section>`: the same run, with every `_<name>_section(s)` function of sweep/report.py and
-  `analyses.first_memorized` timed, and its own peak (VmHWM reset through /proc/self/clear_refs before each): a section's
-  peak includes what the report holds at the time. `report/setup` is everything before the
-  first section (opening the tables, reading the cells).
+  sweep/exposure_report.py, `analyses.first_memorized` and `exposure_analyses.exposure_analyses` (the one pass
+  behind the exposure figures) timed, and its own peak (VmHWM reset through /proc/self/clear_refs before each): a
+  section's peak includes what the report holds at the time. `report/setup` is everything before the
+  first section (opening the tables, reading the cells);
+- `analysis <name>`: each exposure analysis of sweep/exposure_analyses.py alone (its own pass over every
+  checkpoint), and `ExposureHistory.read`, when the output holds exposure counts;
+- `show`: `memsweep show OUTPUT --sort exposures` (the history, the last checkpoint's partition, decoding).
 
 To measure another version of the code (e.g. the one before a change), point PYTHONPATH at its
 checkout and --queries at its docs/queries.md: the children import `sweep` from there.
@@ -76,7 +80,39 @@ def _child(task: dict) -> list[dict]:
         return [{"name": task["name"], "seconds": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes()}]
     if task["kind"] == "report":
         return _child_report(task)
+    if task["kind"] == "analysis":
+        return _child_analysis(task)
+    if task["kind"] == "show":
+        from sweep.cli import main as memsweep
+
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            memsweep(["show", output, "--sort", "exposures", "--top", "10", "--color", "never"])
+        return [{"name": task["name"], "seconds": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes()}]
     raise ValueError(f"unknown task kind {task['kind']!r}")
+
+
+ANALYSES = ("history", "memorization_by_exposure", "seen_per_sequence", "forgetting_by_recency",
+            "memorization_profile", "memorization_kinds", "exposure_analyses")
+
+
+def _child_analysis(task: dict) -> list[dict]:
+    """One exposure analysis on its own (after reading the history, which "history" times alone)."""
+    from sweep import exposure_analyses
+    from sweep.exposure_history import ExposureHistory
+    from sweep.output import open_output
+
+    landed = open_output(task["output"])
+    started = time.perf_counter()
+    history = ExposureHistory.read(landed)
+    if task["analysis"] != "history":
+        reset_peak_rss()
+        started = time.perf_counter()
+        function = getattr(exposure_analyses, task["analysis"])
+        extra = (landed.probes(), landed.prompt_len) if task["analysis"] in ("memorization_kinds",
+                                                                            "exposure_analyses") else ()
+        function(landed.sequences(), history, *extra)
+    return [{"name": task["name"], "seconds": time.perf_counter() - started, "peak_rss_bytes": peak_rss_bytes()}]
 
 
 def _child_report(task: dict) -> list[dict]:
@@ -105,12 +141,18 @@ def _child_report(task: dict) -> list[dict]:
         return wrapper
 
     if task.get("sections"):
-        for attribute in dir(report):
-            match = re.fullmatch(r"_(\w+)_sections?", attribute)
-            if match and callable(getattr(report, attribute)):
-                setattr(report, attribute, timed(match.group(1), getattr(report, attribute)))
-        # the per-sequence fold behind the first-memorized figure and the examples runs outside any section
+        from sweep import exposure_report
+
+        for module in (report, exposure_report):
+            for attribute in dir(module):
+                match = re.fullmatch(r"_(\w+)_sections?", attribute)
+                if match and callable(getattr(module, attribute)):
+                    setattr(module, attribute, timed(match.group(1), getattr(module, attribute)))
+        # the per-sequence folds behind the first-memorized figure (and the examples) and behind the exposure
+        # figures run outside any section
         report.analyses.first_memorized = timed("first_memorized (analysis)", report.analyses.first_memorized)
+        exposure_report.ea.exposure_analyses = timed("exposure_analyses (analysis)",
+                                                     exposure_report.ea.exposure_analyses)
     with tempfile.TemporaryDirectory(prefix="report-scale-") as out_dir:
         report.write_report(Path(task["output"]), out_dir=Path(out_dir))
     whole = {"name": "report", "seconds": time.perf_counter() - started}
@@ -186,6 +228,7 @@ def run_child(task: dict, max_rss_bytes: int, timeout_s: float) -> list[Measurem
 
 def tasks_for(output: Path, queries: Path, only: str) -> list[dict]:
     tasks: list[dict] = []
+    scanned = any((output / "exposures").glob("seen=*/*.parquet"))
     if only in ("all", "queries"):
         for language in ("sql", "python"):
             for number, code in enumerate(doc_blocks(queries, language), start=1):
@@ -193,6 +236,10 @@ def tasks_for(output: Path, queries: Path, only: str) -> list[dict]:
                               "code": code, "output": str(output)})
     if only in ("all", "report"):
         tasks.append({"kind": "report", "name": "report", "output": str(output), "sections": True})
+    if only in ("all", "exposures") and scanned:
+        tasks.extend({"kind": "analysis", "name": f"analysis {name}", "analysis": name, "output": str(output)}
+                     for name in ANALYSES)
+        tasks.append({"kind": "show", "name": "show --sort exposures", "output": str(output)})
     return tasks
 
 
@@ -212,7 +259,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", type=Path, help="a landed memsweep output (e.g. from synthetic_output.py)")
     parser.add_argument("--queries", type=Path, default=REPO / "docs" / "queries.md", help="the page of examples")
-    parser.add_argument("--only", choices=("all", "queries", "report"), default="all")
+    parser.add_argument("--only", choices=("all", "queries", "report", "exposures"), default="all")
     parser.add_argument("--match", default=None, help="run only measurements whose name contains this")
     parser.add_argument("--max-rss-gb", type=float, default=8.0, help="kill a child above this RSS")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")

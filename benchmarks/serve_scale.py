@@ -7,7 +7,9 @@ Starts `memsweep serve OUT --port 0` as a user would and asks for each page once
 read nothing of it before (each page and its JSON twin ask for a different cell or row); with --drop-caches the
 kernel's page cache is emptied before every request too, as after a reboot (root only). Each is then asked again
 (warm). Prints seconds per request, the time from starting the command to its printed URL, and the server's peak
-RSS (VmHWM, /proc/<pid>/status) after all of it. --browser also opens the overview in headless Chromium
+RSS (VmHWM, /proc/<pid>/status) after all of it. An output with exposure counts adds the exposure heatmap grids
+(their first request makes the one pass over every checkpoint that is then kept), a cell page ordered and filtered
+by exposures and the sequence page of the most copied row. --browser also opens the overview in headless Chromium
 (tests/chromium.py) and times the heatmap until drawn, then the cost of one hover and one zoom redraw at 360 x 360.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
-from sweep.store import ResultStore
+from sweep.output import open_output
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,16 +53,29 @@ def peak_rss_of(pid: int) -> int:
 def pages(output: Path) -> list[tuple[str, str]]:
     """(page, path) pairs: the overview, then a cell and a sequence page, each with its JSON twin on another cell
     or row so that the twin is cold too."""
-    store = ResultStore(output)
-    cells = store.cells().select("ckpt", "chunk").collect().sort("ckpt", "chunk")
+    landed = open_output(output)
+    cells = landed.cells().select("ckpt", "chunk").collect().sort("ckpt", "chunk")
     (last, first_chunk), (_, other_chunk) = cells.row(-1), cells.row(-2)
-    rows = store.probes().filter(pl.col("chunk") == first_chunk).select("row").head(2).collect()["row"].to_list()
-    return [
+    rows = landed.probes().filter(pl.col("chunk") == first_chunk).select("row").head(2).collect()["row"].to_list()
+    wanted = [
         ("overview", "/"), ("overview: heatmap data", "/api/matrix"), ("overview: JSON twin", "/api/overview"),
         ("every cell (JSON)", "/api/cells"),
         ("cell page", f"/cell/{last}/{first_chunk}"), ("cell page: JSON twin", f"/cell/{last}/{other_chunk}.json"),
         ("sequence page", f"/sequence/{first_chunk}/{rows[0]}"),
         ("sequence page: JSON twin", f"/sequence/{first_chunk}/{rows[1]}.json"),
+    ]
+    if not landed.ledgers.scan_files():
+        return wanted
+    # A cell whose chunk its checkpoint has not trained on, and the most copied sequence of another chunk.
+    unseen = cells.filter(pl.col("chunk") > pl.col("ckpt"))
+    (mid, later), (_, other) = unseen.row(unseen.height // 2), unseen.row(unseen.height // 2 + 1)
+    copied = (landed.exposures().filter(pl.col("chunk") == later).sort("window_count", descending=True)
+              .select("row").head(1).collect().item())
+    return wanted + [
+        ("exposure heatmap metrics (first pass)", "/api/matrix/exposures"),
+        ("cell page by exposures", f"/cell/{mid}/{later}?sort=exposures"),
+        ("cell page by exposures: JSON twin", f"/cell/{mid}/{other}.json?sort=exposures&min_exposures=1"),
+        ("sequence page of a copied row", f"/sequence/{later}/{copied}"),
     ]
 
 
@@ -116,7 +131,7 @@ def main() -> None:
             warm, _ = fetch(url + path)
             results.append({"page": name, "path": path, "cold_s": round(cold, 3), "warm_s": round(warm, 3),
                             "bytes": size})
-            print(f"{name:28} {path:34} cold {cold:6.3f} s  warm {warm:6.3f} s  {size / 1e6:8.2f} MB", flush=True)
+            print(f"{name:38} {path:52} cold {cold:6.3f} s  warm {warm:6.3f} s  {size / 1e6:8.2f} MB", flush=True)
         if args.browser:
             for name, value in browser_timings(url + "/").items():
                 print(f"browser: {name}: {value:.3f}" if isinstance(value, float) else f"browser: {name}: {value}")

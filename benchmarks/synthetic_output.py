@@ -11,15 +11,23 @@ sha256 and rows in `<out>/ledger/ckpt=<c>.json`, and the manifest: exactly what 
 leaves, written as the store writes it (polars' `write_parquet(..., statistics=True)`, zstd).
 Checkpoint ids are 0 .. ckpts-1 and chunk ids 0 .. chunks-1; checkpoint c has seen chunks <= c.
 
+It also lands exposure counts, one scan per chunk file (`--scanned`, default every chunk), through
+`ResultStore.write_exposure_scan` as a sweep does, with the spec listing every chunk in exposure.chunks.
+
 The values are meant to stress the analyses the way a real run would, not to model Amber exactly:
 - each sequence has a per-token hit probability (Beta-distributed, mean about 0.085) that grows
   with training and is a little higher once its chunk has been seen, so mean scores sit near
   Amber's published 0.10 and scores are multiples of 1/l with a heavy tail;
-- about 2% of sequences become memorized (all l tokens right) a few checkpoints after their
-  chunk is trained on; a third of those are later forgotten for good (after a geometric delay),
-  so the oldest chunks at the last checkpoints lose memorized sequences;
-- about 0.4% are duplicated text (boilerplate): memorized early, often before their chunk is
-  seen, and kept;
+- every sequence occurs once in its own chunk; 5% are copied into other chunks, earlier and later,
+  a heavy-tailed number of times (Pareto, tail index 1.1: most a few times, some thousands);
+- a sequence becomes memorized (all l tokens right) a few checkpoints after its exposures reach
+  a threshold of its own, drawn so that 2% of sequences seen once are memorized, 22% of those
+  seen 8 times and 95% of those seen 64 times (memorization grows with duplicates, as Carlini
+  et al. 2022 found); 1% are repeating templates (their continuation repeats the prompt), eight
+  times easier to memorize, and 30% of those are reproduced early in training, seen or not; a copy
+  in an early chunk memorizes a sequence before its chunk is seen;
+- 35% of memorized sequences are forgotten for good, a geometric delay after their last exposure
+  (longer the more copies they had), so the oldest chunks at the last checkpoints lose some;
 - a memorized sequence misses one token at any single checkpoint with probability 4% (flicker),
   which is what makes "any later miss" a useless definition of forgetting at 360 checkpoints;
 - `source` follows the Amber sample's mix (refinedweb 54%, starcoderdata 22%, c4 16%, ...);
@@ -44,6 +52,7 @@ import numpy as np
 import polars as pl
 
 from sweep.schema import CELL_SCHEMA, SEQUENCE_SCHEMA
+from sweep.spec import parse_id_list
 from sweep.store import ResultStore
 
 ROWS_PER_AMBER_CHUNK = 1_706_976  # row numbers are positions in a chunk file of this many rows
@@ -57,9 +66,15 @@ SOURCE_MIX = {  # the sources of the 1000-row Amber sample (FACTS.md), as fracti
     "stackexchange": 13,
 }
 FLICKER = 0.04  # chance that a memorized sequence misses one token at a given checkpoint
-MEMORABLE = 0.02  # sequences memorized some checkpoints after their chunk is trained on
-DUPLICATED = 0.004  # boilerplate: memorized early, whatever the chunk
-FORGETTING = 0.35  # of the memorable ones, forgotten for good later
+MEMORABLE = 0.02  # sequences seen once that get memorized
+MEMORY_SHAPE = 1.2  # P(memorized after m exposures) = 1 - (1 - MEMORABLE) ** (m ** MEMORY_SHAPE)
+DUPLICATED = 0.05  # sequences copied into other chunks beyond their own row
+COPIES_TAIL = 1.1  # Pareto tail index of the number of extra copies
+MAX_COPIES = 5000
+TEMPLATES = 0.01  # sequences whose continuation repeats their prompt
+TEMPLATE_EASE = 8  # ... and that need this many times fewer exposures
+PREDICTABLE = 0.3  # of the templates, reproduced early in training whether seen or not
+FORGETTING = 0.35  # of the memorized ones, forgotten for good later
 
 
 @dataclass(frozen=True)
@@ -83,15 +98,26 @@ class SequenceTraits:
     row: np.ndarray  # int64, sorted within each chunk
     source: pl.Series  # String
     skill: np.ndarray  # float32, base per-token hit probability
+    template: np.ndarray  # bool, its continuation repeats its prompt
     onset: np.ndarray  # int64, first checkpoint memorized (a huge value: never)
     forget: np.ndarray  # int64, first checkpoint no longer memorized (a huge value: never)
+    exposures: Exposures  # where each sequence occurs
+
+
+@dataclass(frozen=True)
+class Exposures:
+    """Occurrences of the sequences' windows: one entry per (sequence, chunk holding it), by sequence then chunk."""
+
+    sequence: np.ndarray  # int64, index into the traits' arrays
+    chunk: np.ndarray  # int32, the chunk file holding them
+    count: np.ndarray  # int64, how many times
 
 
 NEVER = np.iinfo(np.int64).max // 2
 
 
 def sequence_traits(shape: SyntheticShape) -> SequenceTraits:
-    """Draw every sequence's latent values (a few MB at full size)."""
+    """Draw every sequence's latent values and copies (a few tens of MB at full size)."""
     rng = np.random.default_rng([shape.seed, 1 << 20])
     n = shape.chunks * shape.rows
     chunk = np.repeat(np.arange(shape.chunks, dtype=np.int32), shape.rows)
@@ -104,22 +130,51 @@ def sequence_traits(shape: SyntheticShape) -> SequenceTraits:
         rng.choice(len(names), size=n, p=weights / weights.sum())
     )
     skill = rng.beta(0.6, 6.5, size=n).astype(np.float32)
+    template = rng.random(n) < TEMPLATES
     # The training run's length in checkpoints; delays are scaled so a 36-checkpoint sweep looks
     # like every 10th checkpoint of a 360-checkpoint one.
     span = max(shape.ckpts, shape.chunks)
     scale = span / 360
-    kind = rng.random(n)
-    memorable = kind < MEMORABLE
-    duplicated = (kind >= MEMORABLE) & (kind < MEMORABLE + DUPLICATED)
+    exposures = draw_exposures(rng, chunk, shape.chunks)
+    # The exposures at which each sequence is memorized: 1 - P(threshold <= m) = (1 - MEMORABLE) ** (m ** SHAPE)
+    threshold = (rng.exponential(size=n) / -np.log1p(-MEMORABLE)) ** (1 / MEMORY_SHAPE)
+    threshold[template] /= TEMPLATE_EASE
+    seen_so_far = np.cumsum(exposures.count) - np.repeat(_group_starts(exposures.sequence, exposures.count),
+                                                        np.bincount(exposures.sequence, minlength=n))
+    reached = np.flatnonzero(seen_so_far >= threshold[exposures.sequence])
+    memorized, first = np.unique(exposures.sequence[reached], return_index=True)
     onset = np.full(n, NEVER, dtype=np.int64)
     delay = rng.geometric(1 / max(15 * scale, 1), size=n).astype(np.int64) - 1
-    onset[memorable] = chunk[memorable] + delay[memorable]
-    onset[duplicated] = rng.integers(0, max(int(0.3 * span), 1), size=int(duplicated.sum()))
+    onset[memorized] = exposures.chunk[reached[first]] + delay[memorized]
+    predictable = template & (rng.random(n) < PREDICTABLE)
+    onset[predictable] = np.minimum(onset[predictable], rng.integers(0, max(int(0.3 * span), 1), size=n)[predictable])
+    last_exposure = np.zeros(n, dtype=np.int64)
+    np.maximum.at(last_exposure, exposures.sequence, exposures.chunk)
+    total = np.bincount(exposures.sequence, weights=exposures.count, minlength=n)
     forget = np.full(n, NEVER, dtype=np.int64)
-    forgets = memorable & (rng.random(n) < FORGETTING)
-    lasting = rng.geometric(1 / max(60 * scale, 1), size=n).astype(np.int64)
-    forget[forgets] = onset[forgets] + lasting[forgets]
-    return SequenceTraits(chunk=chunk, row=row, source=source, skill=skill, onset=onset, forget=forget)
+    forgets = (onset < NEVER) & (rng.random(n) < FORGETTING)
+    lasting = (rng.geometric(1 / max(60 * scale, 1), size=n) * (1 + np.log2(total))).astype(np.int64)
+    forget[forgets] = np.maximum(onset, last_exposure)[forgets] + lasting[forgets]
+    return SequenceTraits(chunk=chunk, row=row, source=source, skill=skill, template=template, onset=onset,
+                          forget=forget, exposures=exposures)
+
+
+def draw_exposures(rng: np.random.Generator, chunk: np.ndarray, chunks: int) -> Exposures:
+    """Every sequence once in its own chunk; DUPLICATED of them copied a Pareto-distributed number of extra times
+    into chunks drawn uniformly (earlier and later ones alike)."""
+    n = chunk.size
+    copied = np.flatnonzero(rng.random(n) < DUPLICATED)
+    extra = np.minimum(np.floor(rng.pareto(COPIES_TAIL, size=copied.size) + 1), MAX_COPIES).astype(np.int64)
+    sequence = np.concatenate([np.arange(n), np.repeat(copied, extra)])
+    where = np.concatenate([chunk, rng.integers(0, chunks, size=int(extra.sum()))]).astype(np.int64)
+    pairs, count = np.unique(sequence * chunks + where, return_counts=True)  # sorted by sequence, then chunk
+    return Exposures(sequence=pairs // chunks, chunk=(pairs % chunks).astype(np.int32), count=count.astype(np.int64))
+
+
+def _group_starts(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per group of sorted `groups`, the sum of `values` before its first entry."""
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    return np.r_[0, np.cumsum(values)][starts]
 
 
 def checkpoint_frame(shape: SyntheticShape, traits: SequenceTraits, ckpt: int) -> pl.DataFrame:
@@ -212,9 +267,11 @@ def identity(shape: SyntheticShape) -> dict:
     }
 
 
-def write_synthetic_output(output: Path, shape: SyntheticShape, progress: bool = True) -> int:
+def write_synthetic_output(output: Path, shape: SyntheticShape, progress: bool = True,
+                           scanned: list[int] | None = None) -> int:
     """Write the whole output (replacing `output`) through the store, one compacted checkpoint at a time, with
-    its ledger (sizes, sha256, rows) as a real sweep leaves it; returns its size on disk in bytes."""
+    its ledger (sizes, sha256, rows) as a real sweep leaves it, and the exposure scans of the chunk files `scanned`
+    (default: every chunk); returns its size on disk in bytes."""
     output = Path(output)
     if output.exists():
         if not (output / "manifest.json").is_file():
@@ -222,10 +279,11 @@ def write_synthetic_output(output: Path, shape: SyntheticShape, progress: bool =
         shutil.rmtree(output)
     store = ResultStore(output)
     spec = {"name": f"synthetic-{shape.ckpts}x{shape.chunks}x{shape.rows}", "checkpoints": f"0-{shape.ckpts - 1}",
-            "chunks": f"0-{shape.chunks - 1}", **identity(shape)}
+            "chunks": f"0-{shape.chunks - 1}", **identity(shape), "exposure": {"chunks": f"0-{shape.chunks - 1}"}}
     store.open(identity(shape), spec, {"synthetic": True, "writer": "benchmarks/synthetic_output.py"})
     traits = sequence_traits(shape)
     write_probe_sets(store, shape, traits)
+    write_exposure_scans(store, shape, traits, range(shape.chunks) if scanned is None else scanned)
     cell_rng = np.random.default_rng([shape.seed, 1 << 21])
     started = time.perf_counter()
     for ckpt in range(shape.ckpts):
@@ -246,6 +304,8 @@ def write_probe_sets(store: ResultStore, shape: SyntheticShape, traits: Sequence
         mine = traits.chunk == chunk
         rows = traits.row[mine]
         tokens = rng.integers(3, 32000, (len(rows), width), dtype=np.uint32)
+        for at in np.flatnonzero(traits.template[mine]):  # a unit of 1-16 ids, repeated through the window
+            tokens[at] = np.resize(tokens[at, : rng.integers(1, 17)], width)
         frame = pl.DataFrame({
             "chunk": pl.Series(np.full(len(rows), chunk, dtype=np.int32)),
             "row": pl.Series(rows),
@@ -253,6 +313,31 @@ def write_probe_sets(store: ResultStore, shape: SyntheticShape, traits: Sequence
             "tokens": pl.Series(tokens).reshape((len(rows), width)).cast(pl.List(pl.UInt32)),
         })
         store.write_probe_set(chunk, frame, {"file": f"train/train_{chunk:03d}.jsonl", "sha256": f"{chunk:064x}"})
+
+
+def write_exposure_scans(store: ResultStore, shape: SyntheticShape, traits: SequenceTraits, scanned) -> None:
+    """One scan per chunk file in `scanned`, counting every chunk's probe sequences: their window counts, and
+    prompt counts a little higher (a prompt occurs wherever its window does, and sometimes alone)."""
+    rng = np.random.default_rng([shape.seed, 1 << 23])
+    exposures = traits.exposures
+    order = np.argsort(exposures.chunk, kind="stable")
+    bounds = np.searchsorted(exposures.chunk[order], [np.arange(shape.chunks), np.arange(shape.chunks) + 1])
+    probe_chunks = list(range(shape.chunks))
+    for seen in scanned:
+        at = order[bounds[0][seen]: bounds[1][seen]]
+        sequence = exposures.sequence[at]
+        window = exposures.count[at]
+        counts = pl.DataFrame({
+            "chunk": pl.Series(traits.chunk[sequence], dtype=pl.Int32),
+            "row": pl.Series(traits.row[sequence], dtype=pl.Int64),
+            "window_count": pl.Series(window, dtype=pl.Int64),
+            "prompt_count": pl.Series(window + rng.poisson(0.2, size=window.size), dtype=pl.Int64),
+        })
+        tokens = int(ROWS_PER_AMBER_CHUNK * 2049)
+        stats = {"probes": traits.chunk.size, "rows": ROWS_PER_AMBER_CHUNK, "tokens": tokens,
+                 "bytes": int(tokens * 6.7), "seconds": tokens / 51.3e6, "cpu_seconds": tokens / 51.3e6}
+        store.write_exposure_scan(seen, {"file": f"train/train_{seen:03d}.jsonl", "sha256": f"{seen:064x}"},
+                                  probe_chunks, counts, stats)
 
 
 def disk_usage(folder: Path) -> int:
@@ -271,12 +356,15 @@ def main() -> None:
         "--nll", action=argparse.BooleanOptionalAction, default=True, help="fill nll and tf_accuracy (--no-nll: null)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scanned", help="chunk files with exposure counts, ids and ranges such as 0-99,200 "
+                                          "(default: every chunk)")
     args = parser.parse_args()
     shape = SyntheticShape(
         ckpts=args.ckpts, chunks=args.chunks, rows=args.rows, extractable=args.extractable, nll=args.nll, seed=args.seed
     )
     started = time.perf_counter()
-    size = write_synthetic_output(args.output, shape)
+    scanned = parse_id_list(args.scanned) if args.scanned else None
+    size = write_synthetic_output(args.output, shape, scanned=scanned)
     rows = shape.ckpts * shape.chunks * shape.rows
     print(
         f"{args.output}: {shape.ckpts} ckpts x {shape.chunks} chunks x {shape.rows} rows = {rows:,} sequence rows, "

@@ -6,7 +6,8 @@ Every other function
 takes those tables (LazyFrame or DataFrame) and returns a small, collected DataFrame. A sequence
 is identified by (chunk, row); checkpoint c has seen chunk x when x <= c (Amber saved checkpoint
 i after training on chunk i). "Memorized" means full_match: all l generated tokens are right.
-The same analyses as Polars SQL are in docs/queries.md.
+The same analyses as Polars SQL are in docs/queries.md; those that use exposure counts are in
+sweep/exposure_analyses.py.
 
 Scale: at full Amber size (360 x 360 cells x 1000 rows = 129.6M sequence rows, 1-2 GB of
 Parquet) nothing here holds the sequences table in memory. Whole-table analyses run on Polars'
@@ -246,19 +247,19 @@ def first_memorized(sequences: Frame, min_misses: int = FORGET_MIN_MISSES) -> pl
     if min_misses < 1:
         raise MemsweepError(f"min_misses must be at least 1 (got {min_misses})")
     history = _SequenceHistory()
-    for ckpt, part in _by_checkpoint(sequences):
+    for ckpt, part in by_checkpoint(sequences):
         part = part.drop_nulls("full_match")
-        scored = part.select(_SEQUENCE_KEY, "full_match").collect()
+        scored = part.select(SEQUENCE_KEY, "full_match").collect()
         if scored.height:
             # Sources are read only for checkpoints that bring sequences not seen before.
-            history.add(ckpt, scored, lambda part=part: part.select(_SEQUENCE_KEY, "source").collect())
+            history.add(ckpt, scored, lambda part=part: part.select(SEQUENCE_KEY, "source").collect())
     return history.frame(min_misses)
 
 
 class _SequenceHistory:
     """Per-sequence counters for first_memorized, updated one checkpoint at a time, in order.
 
-    Sequences are keyed by _SEQUENCE_KEY (int64, sorted = sorted by (chunk, row)); every state
+    Sequences are keyed by SEQUENCE_KEY (int64, sorted = sorted by (chunk, row)); every state
     array is indexed like `keys`.
     """
 
@@ -278,7 +279,7 @@ class _SequenceHistory:
 
     def add(self, ckpt: int, scored: pl.DataFrame, read_sources) -> None:
         """Fold in checkpoint `ckpt` (called in ascending order): `scored` has `key` and a non-null full_match."""
-        at = self._positions(_key_array(scored), read_sources)
+        at = self._positions(key_array(scored), read_sources)
         memorized = scored["full_match"].to_numpy()
         self.n_ckpts[at] += 1
         self.n_memorized[at] += memorized
@@ -313,7 +314,7 @@ class _SequenceHistory:
             if not known.any():
                 self.sources.append(sources)
             else:
-                self.sources.append(sources.filter(pl.Series(np.isin(_key_array(sources), fresh))))
+                self.sources.append(sources.filter(pl.Series(np.isin(key_array(sources), fresh))))
             positions = np.searchsorted(self.keys, keys)
         if positions.size == self.keys.size and np.array_equal(positions, np.arange(positions.size)):
             positions = slice(None)
@@ -362,21 +363,21 @@ class _SequenceHistory:
 
 # A sequence's key: chunk * 2**32 + row as one Int64, ordered like (chunk, row); null where the
 # row number does not fit in 32 bits (row numbers are line numbers in a chunk file).
-_SEQUENCE_KEY = (
+SEQUENCE_KEY = (
     pl.when(pl.col("row").is_between(0, (1 << 32) - 1))
     .then(pl.col("chunk").cast(pl.Int64) * (1 << 32) + pl.col("row").cast(pl.Int64))
     .alias("key")
 )
 
 
-def _key_array(frame: pl.DataFrame) -> np.ndarray:
-    """The `key` column (see _SEQUENCE_KEY) as int64; raises if a row number did not fit."""
+def key_array(frame: pl.DataFrame) -> np.ndarray:
+    """The `key` column (see SEQUENCE_KEY) as int64; raises if a row number did not fit."""
     if frame["key"].null_count():
         raise MemsweepError("sequences table: row numbers must lie in 0..2**32-1 to tell sequences apart")
     return frame["key"].to_numpy()
 
 
-def _by_checkpoint(sequences: Frame):
+def by_checkpoint(sequences: Frame):
     """(ckpt, that checkpoint's rows as a LazyFrame) for every checkpoint, ascending.
 
     On load_tables' scan the `ckpt == c` filter prunes the scan to partition c's files, so a

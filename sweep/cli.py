@@ -5,6 +5,7 @@
     memsweep query OUTPUT "SQL" [--format table|csv|json|parquet] [--out FILE]
     memsweep verify OUTPUT [--repair]
     memsweep show OUTPUT [--ckpt C] [--chunk J] [--top N] [--source S] [--full-match] [--min-prefix K]
+                         [--min-exposures N] [--max-exposures N] [--sort memorized|exposures]
     memsweep report OUTPUT [--out DIR] [--chunks 0,3,7]
     memsweep serve OUTPUT [--host 127.0.0.1] [--port 8765]
     memsweep demo [--output DIR]
@@ -84,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--full-match", action="store_true", help="only k-extractable sequences (all l tokens right)")
     which.add_argument("--not-full-match", action="store_true", help="only sequences the model did not reproduce")
     show.add_argument("--min-prefix", type=int, help="only sequences whose exact prefix is at least this long")
+    show.add_argument("--min-exposures", type=int, metavar="N",
+                      help="only sequences seen at least N times by the checkpoint (exposure counts)")
+    show.add_argument("--max-exposures", type=int, metavar="N", help="only sequences seen at most N times by it")
+    show.add_argument("--sort", choices=["memorized", "exposures"], default="memorized",
+                      help="most memorized first (default), or most exposed first")
     show.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                       help="mark misses in red (auto: when printing to a terminal); plain text marks them ⟦ ⟧")
     show.add_argument("--format", choices=["text", "csv", "json"], default="text")
@@ -211,14 +217,20 @@ def _query(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from sweep.examples import TokenDecoder, examples_as_frame, find_examples, render_text
+    from sweep.exposure_history import ExposureHistory
     from sweep.output import open_output
     from sweep.query import write_frame
 
     landed = open_output(args.output)
     ckpt = args.ckpt if args.ckpt is not None else landed.last_checkpoint()
     full_match = True if args.full_match else (False if args.not_full_match else None)
+    history = ExposureHistory.read(landed)
+    counted = history.coverage.has_counts
+    if counted:  # a partial scan is never presented as complete
+        print(f"({history.coverage.describe()})")
     examples = find_examples(landed, ckpt, args.chunk, args.top, args.source, full_match, args.min_prefix,
-                             args.per_source)
+                             args.per_source, history=history if counted else None, min_exposures=args.min_exposures,
+                             max_exposures=args.max_exposures, sort=args.sort)
     if not examples:
         print(f"no landed sequence of checkpoint {ckpt} matches these filters")
         return 0
@@ -226,7 +238,7 @@ def _show(args: argparse.Namespace) -> int:
     if args.format != "text":
         if args.out is None:
             raise MemsweepError(f"--format {args.format} needs --out FILE")
-        write_frame(examples_as_frame(examples, decoder), args.out, args.format)
+        write_frame(examples_as_frame(examples, decoder, exposures=counted), args.out, args.format)
         print(f"wrote {len(examples)} examples to {args.out}")
         return 0
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())

@@ -6,8 +6,10 @@ joins the two for a checkpoint, `TokenDecoder` turns ids into text with the chec
 way the weights are (the local checkpoint folder, or the Hub revision at the commit the output pinned: a few MB,
 kept in the Hugging Face cache), and `render_text` / `render_html` mark which positions the model got right.
 
-Used by `memsweep show` and the report's examples section. Cost at 360 x 360 x 1000: one checkpoint partition
-(360k rows) is filtered and sorted, then only the chosen rows of the probe sets are read.
+Given an ExposureHistory (sweep/exposure_history.py), each example carries its exposure counts (`SequenceExposures`)
+and the sequences can be filtered and ordered by them. Used by `memsweep show` and the report's examples section.
+Cost at 360 x 360 x 1000: one checkpoint partition (360k rows) is filtered and sorted, then only the chosen rows of
+the probe sets are read.
 """
 
 from __future__ import annotations
@@ -20,11 +22,32 @@ import polars as pl
 
 from actors.protocol import one_line
 from sweep.errors import MemsweepError
+from sweep.exposure_history import ExposureHistory
 from sweep.output import LandedOutput
 
 log = logging.getLogger("memsweep")
 
 ORDER = ("full_match", "prefix_match", "matches")  # most memorized first: all tokens, then the longest prefix
+SORTS = ("memorized", "exposures")  # ... or the most exposed first (then the most memorized)
+EXPOSURE_COLUMNS = ("exposures", "window_count", "prompt_count", "first_chunk", "last_chunk", "chunks_scanned")
+
+
+@dataclass(frozen=True)
+class SequenceExposures:
+    """One sequence's exposure counts (ExposureHistory.exposures_at's columns)."""
+
+    exposures: int  # occurrences of its k + l window in the scanned chunk files <= the example's checkpoint
+    window_count: int  # ... in every scanned chunk file
+    prompt_count: int  # occurrences of its k prompt tokens in every scanned chunk file
+    first_chunk: int | None  # first and last scanned chunk holding its window
+    last_chunk: int | None
+    chunks_scanned: int  # chunk files scanned for it
+
+    def describe(self, ckpt: int) -> str:
+        where = "" if self.first_chunk is None else f"; first in chunk {self.first_chunk}, last in chunk {self.last_chunk}"
+        times = "once" if self.exposures == 1 else f"{self.exposures} times"
+        return (f"{times} by checkpoint {ckpt}; {self.window_count} in all {self.chunks_scanned} scanned chunk files "
+                f"(its prompt {self.prompt_count}){where}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +62,7 @@ class Example:
     matches: int | None
     prefix_match: int
     full_match: bool
+    exposures: SequenceExposures | None = None  # None: no exposure counts asked for, or none cover it
 
     @property
     def hits(self) -> list[bool]:
@@ -60,13 +84,22 @@ class Example:
 
 def find_examples(landed: LandedOutput, ckpt: int | None = None, chunk: int | None = None, top: int = 10,
                   source: str | None = None, full_match: bool | None = None, min_prefix: int | None = None,
-                  per_source: int | None = None, rows: list[tuple[int, int]] | None = None) -> list[Example]:
+                  per_source: int | None = None, rows: list[tuple[int, int]] | None = None,
+                  history: ExposureHistory | None = None, min_exposures: int | None = None,
+                  max_exposures: int | None = None, sort: str = "memorized") -> list[Example]:
     """The most memorized sequences of checkpoint `ckpt` (default: the last), with their tokens.
 
     Filters: `chunk`, `source`, `full_match` (True: only k-extractable ones, False: only the others),
-    `min_prefix` (exact prefix of at least that many tokens), `rows` (these (chunk, row) only). Order: full
-    matches first, then by exact prefix, then by matched tokens; `top` rows in all, or `per_source` per source.
+    `min_prefix` (exact prefix of at least that many tokens), `rows` (these (chunk, row) only), and with a `history`
+    `min_exposures` / `max_exposures` (exposures at `ckpt` within them; sequences whose counts are unknown are left
+    out). Order (`sort`): "memorized" (full matches first, then by exact prefix, then by matched tokens) or
+    "exposures" (the most exposed first, then as "memorized"; needs a history); `top` rows in all, or `per_source` per
+    source. With a history each example carries its SequenceExposures (None where the counts do not cover it).
     """
+    if sort not in SORTS:
+        raise MemsweepError(f"sort: {sort!r} is not one of {', '.join(SORTS)}")
+    if history is None and (sort == "exposures" or min_exposures is not None or max_exposures is not None):
+        raise MemsweepError(f"{landed.path}: no exposure counts to filter or sort by (none landed, or not asked for)")
     ckpt = landed.last_checkpoint() if ckpt is None else ckpt
     sequences = landed.sequences(ckpt)
     if chunk is not None:
@@ -80,15 +113,42 @@ def find_examples(landed: LandedOutput, ckpt: int | None = None, chunk: int | No
     if rows is not None:
         wanted = pl.DataFrame(rows, schema={"chunk": pl.Int32, "row": pl.Int64}, orient="row")
         sequences = sequences.join(wanted.lazy(), on=["chunk", "row"], how="semi")
-    ranked = (sequences.select("ckpt", "chunk", "row", "source", "matches", "prefix_match", "full_match", "generated")
-              .sort([*ORDER, "chunk", "row"], descending=[True, True, True, False, False], nulls_last=True))
+    columns = ["ckpt", "chunk", "row", "source", "matches", "prefix_match", "full_match", "generated"]
+    if history is not None:
+        counts = history.exposures_at(ckpt, chunk).select("chunk", "row", *EXPOSURE_COLUMNS)
+        sequences = sequences.join(counts.lazy(), on=["chunk", "row"], how="left")
+        columns += EXPOSURE_COLUMNS
+        if min_exposures is not None:
+            sequences = sequences.filter(pl.col("exposures") >= min_exposures)
+        if max_exposures is not None:
+            sequences = sequences.filter(pl.col("exposures") <= max_exposures)
+    keys = ([("exposures", True)] if sort == "exposures" else []) + [(name, True) for name in ORDER] + [
+        ("chunk", False), ("row", False)]
+    ranked = sequences.select(columns).sort([name for name, _ in keys], descending=[d for _, d in keys],
+                                            nulls_last=True)
     if per_source is not None:
         chosen = ranked.group_by("source", maintain_order=True).head(per_source).collect()
     else:
         chosen = ranked.head(top).collect()
     if chosen.height == 0:
         return []
-    keys = chosen.select("chunk", "row").unique()
+    tokens = _probe_tokens(landed, chosen.select("chunk", "row").unique())
+    kept = chosen["generated"].null_count() < chosen.height
+    width = (int(chosen["generated"].list.len().max() or 0) if kept else 0) or landed.continuation_len
+    examples = []
+    for row in chosen.iter_rows(named=True):
+        ids = tokens[(row["chunk"], row["row"])]
+        counted = history is not None and row["exposures"] is not None
+        examples.append(Example(
+            ckpt=row["ckpt"], chunk=row["chunk"], row=row["row"], source=row["source"],
+            prompt=list(ids[:-width]), truth=list(ids[-width:]), generated=row["generated"],
+            matches=row["matches"], prefix_match=row["prefix_match"], full_match=bool(row["full_match"]),
+            exposures=SequenceExposures(*(row[name] for name in EXPOSURE_COLUMNS)) if counted else None))
+    return examples
+
+
+def _probe_tokens(landed: LandedOutput, keys: pl.DataFrame) -> dict[tuple[int, int], list[int]]:
+    """(chunk, row) -> k + l token ids of each of `keys`, from the landed probe sets."""
     # Filtering by chunk first lets Polars skip the other chunks' probe files by their statistics: at 360 chunks,
     # with a cold disk, 0.1 s instead of 0.4 s.
     probes = (landed.probes().filter(pl.col("chunk").is_in(keys["chunk"].unique().to_list()))
@@ -96,17 +156,7 @@ def find_examples(landed: LandedOutput, ckpt: int | None = None, chunk: int | No
     if probes.height < keys.height:
         raise MemsweepError(f"{landed.path}: {keys.height - probes.height} of the chosen rows have no landed probe set "
                          "(an output written before probe sets were kept?)")
-    tokens = {(c, r): t for c, r, t in probes.select("chunk", "row", "tokens").iter_rows()}
-    kept = chosen["generated"].null_count() < chosen.height
-    width = (int(chosen["generated"].list.len().max() or 0) if kept else 0) or landed.continuation_len
-    examples = []
-    for row in chosen.iter_rows(named=True):
-        ids = tokens[(row["chunk"], row["row"])]
-        examples.append(Example(
-            ckpt=row["ckpt"], chunk=row["chunk"], row=row["row"], source=row["source"],
-            prompt=list(ids[:-width]), truth=list(ids[-width:]), generated=row["generated"],
-            matches=row["matches"], prefix_match=row["prefix_match"], full_match=bool(row["full_match"])))
-    return examples
+    return {(c, r): t for c, r, t in probes.select("chunk", "row", "tokens").iter_rows()}
 
 
 # ---- decoding ---------------------------------------------------------------------------------------------
@@ -190,6 +240,8 @@ def render_text(example: Example, decoder: TokenDecoder, color: bool = False) ->
     else:
         lines.append("  model  │ (no generated tokens landed: extractable mode or keep_generated off; the truth is "
                      "marked from the first miss)")
+    if example.exposures is not None:
+        lines.append(f"  seen   │ {example.exposures.describe(example.ckpt)}")
     return "\n".join(lines)
 
 
@@ -201,19 +253,27 @@ def render_html(example: Example, decoder: TokenDecoder) -> str:
     hits = example.hits
     model = (marked(decoder.spans(example.generated, hits)) if example.generated is not None
              else "<em>no generated tokens landed</em>")
+    seen = ("" if example.exposures is None else
+            f'<div><span class="label">seen</span>{html.escape(example.exposures.describe(example.ckpt))}</div>')
     return ('<div class="example">'
             f'<div class="headline">{html.escape(example.headline())}</div>'
             f'<div><span class="label">prompt</span><span class="prompt">{html.escape(decoder.text(example.prompt))}'
             '</span></div>'
             f'<div><span class="label">truth</span>{marked(decoder.spans(example.truth, hits))}</div>'
-            f'<div><span class="label">model</span>{model}</div></div>')
+            f'<div><span class="label">model</span>{model}</div>{seen}</div>')
 
 
-def examples_as_frame(examples: list[Example], decoder: TokenDecoder) -> pl.DataFrame:
-    """One row per example with decoded prompt / truth / model text (for `--format csv|json`)."""
+def examples_as_frame(examples: list[Example], decoder: TokenDecoder, exposures: bool = False) -> pl.DataFrame:
+    """One row per example with decoded prompt / truth / model text (for `--format csv|json`); with `exposures`, the
+    EXPOSURE_COLUMNS too (null where the counts do not cover a sequence)."""
+    def counts(example: Example) -> dict:
+        known = example.exposures
+        return {name: None if known is None else getattr(known, name) for name in EXPOSURE_COLUMNS} if exposures \
+            else {}
+
     return pl.DataFrame([{
         "ckpt": e.ckpt, "chunk": e.chunk, "row": e.row, "source": e.source, "matches": e.matches,
-        "prefix_match": e.prefix_match, "full_match": e.full_match, "prompt": decoder.text(e.prompt),
+        "prefix_match": e.prefix_match, "full_match": e.full_match, **counts(e), "prompt": decoder.text(e.prompt),
         "truth": decoder.text(e.truth), "model": decoder.text(e.generated) if e.generated is not None else None,
-    } for e in examples])
+    } for e in examples], schema_overrides={name: pl.Int64 for name in EXPOSURE_COLUMNS} if exposures else None)
 

@@ -90,6 +90,10 @@ class LandedOutput:
     def continuation_len(self) -> int:
         return int(self.manifest["identity"].get("memorization.continuation_len") or 32)
 
+    @property
+    def prompt_len(self) -> int:
+        return int(self.manifest["identity"].get("memorization.prompt_len") or 32)
+
     def sequences(self, ckpt: int | None = None) -> pl.LazyFrame:
         """One row per (ckpt, chunk, row) (of checkpoint `ckpt` alone if given): `ckpt` then SEQUENCE_SCHEMA."""
         records = [record for _, record in self.ledgers.table_files("sequences", ckpt)]

@@ -7,7 +7,9 @@ memorization score and of the full-match (k-extractable) rate, score trajectorie
 chunks, the per-sequence score distribution at the last checkpoint, a per-source breakdown,
 predictability of the final memorized set from earlier checkpoints, and when sequences were
 first memorized (and how many were forgotten: not reproduced at analyses.FORGET_MIN_MISSES
-consecutive checkpoints after the first full match). Numbers come from sweep/analyses.py.
+consecutive checkpoints after the first full match). Numbers come from sweep/analyses.py. Once
+exposure counts have landed, sweep/exposure_report.py adds their sections (what they cover, then
+one figure per analysis of sweep/exposure_analyses.py), and each example says how often it was seen.
 
 Figures are drawn on matplotlib `Figure` objects (Agg, no pyplot), so making a report neither
 needs a display nor touches global plotting state. Heatmaps give every cell whole pixels (3 x 3
@@ -33,6 +35,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sweep import analyses
 from sweep.errors import MemsweepError
+from sweep.exposure_history import ExposureHistory
 from sweep.output import LandedOutput, open_output
 
 # Every file name this module may write, so a rewrite removes figures that no longer apply.
@@ -96,8 +99,10 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
     cells = landed.cells().collect()
     if cells.height == 0:
         raise MemsweepError(f"{output / 'cells'}: the cells table is empty")
+    from sweep.exposure_report import EXPOSURE_FIGURE_NAMES, exposure_sections  # it imports this module
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in FIGURE_NAMES:
+    for name in FIGURE_NAMES + EXPOSURE_FIGURE_NAMES:
         (out_dir / name).unlink(missing_ok=True)
 
     extractable = analyses.is_extractable_mode(cells)
@@ -107,7 +112,7 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
     last_ckpt = int(cells["ckpt"].max())
     all_chunks = sorted(cells["chunk"].unique().to_list())
     if chunks is None:
-        chunks = _spread(all_chunks, DEFAULT_TRAJECTORY_CHUNKS)
+        chunks = spread(all_chunks, DEFAULT_TRAJECTORY_CHUNKS)
     trajectories = analyses.chunk_trajectories(cells, chunks, metric=main_metric)
 
     sections = [_overview_section(landed, cells, extractable)]
@@ -121,9 +126,14 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
     sections.append(_predictability_section(sequences, last_ckpt, out_dir))
     first_memorized = analyses.first_memorized(sequences)
     sections.append(_first_memorized_section(first_memorized, out_dir))
+    decoder = _last_decoder(landed, last_ckpt)
+    history = ExposureHistory.read(landed)
+    sections.extend(exposure_sections(landed, history, sequences, last_ckpt, extractable, out_dir,
+                                      decoder.text if decoder.tokenizer is not None else None))
     if example_cells is None:
         example_cells = sorted({(last_ckpt, all_chunks[0]), (last_ckpt, all_chunks[-1])})
-    sections.extend(_example_sections(landed, last_ckpt, first_memorized, example_cells))
+    sections.extend(_example_sections(landed, last_ckpt, first_memorized, example_cells, decoder,
+                                      history if history.coverage.has_counts else None))
 
     index = out_dir / "index.html"
     index.write_text(_render_page(landed.name, sections))
@@ -150,7 +160,7 @@ def run_facts(landed: LandedOutput, cells: pl.DataFrame) -> list[tuple[str, str]
         ("sequences scored", f"{int(cells['n'].sum())}"),
         ("mode", "extractable (full match only; no per-token score)" if extractable else "memorization score"),
         ("compute time", f"{cells['seconds'].sum():.1f} s (sum over cells)"),
-        ("mean sequences/s per cell", _format(cells["sequences_per_s"].mean())),
+        ("mean sequences/s per cell", format_value(cells["sequences_per_s"].mean())),
         ("devices", ", ".join(str(d) for d in cells["device"].unique().sort().to_list())),
         ("dtypes", ", ".join(str(d) for d in cells["dtype"].unique().sort().to_list())),
         ("failed cells", str(len(landed.failures()))),
@@ -159,7 +169,7 @@ def run_facts(landed: LandedOutput, cells: pl.DataFrame) -> list[tuple[str, str]
 
 def _overview_section(landed: LandedOutput, cells: pl.DataFrame, extractable: bool) -> Section:
     facts = run_facts(landed, cells)
-    section = Section("Run", tables=[_html_table(pl.DataFrame(facts, schema=["fact", "value"], orient="row"))])
+    section = Section("Run", tables=[html_table(pl.DataFrame(facts, schema=["fact", "value"], orient="row"))])
     spec = json.dumps(landed.spec, indent=2, sort_keys=True, default=str)
     section.tables.append(f"<details><summary>spec</summary><pre>{html.escape(spec)}</pre></details>")
     if extractable:
@@ -241,7 +251,7 @@ def _heatmap_section(cells: pl.DataFrame, metric: str, out_dir: Path) -> Section
     seen = cells.filter(pl.col("chunk") <= pl.col("ckpt"))
     unseen = cells.filter(pl.col("chunk") > pl.col("ckpt"))
     means = [
-        f"{label} cells: {_format(part[metric].mean())}"
+        f"{label} cells: {format_value(part[metric].mean())}"
         for label, part in (("seen", seen), ("unseen", unseen))
         if part.height
     ]
@@ -249,11 +259,13 @@ def _heatmap_section(cells: pl.DataFrame, metric: str, out_dir: Path) -> Section
     return section
 
 
-def heatmap_figure(matrix: pl.DataFrame, title: str, colour_label: str) -> tuple[Figure, HeatmapLayout]:
+def heatmap_figure(matrix: pl.DataFrame, title: str, colour_label: str,
+                   missing_label: str = "cell not in the dataset") -> tuple[Figure, HeatmapLayout]:
     """Draw a score_matrix (`ckpt` + one column per chunk) as a heatmap with the seen/unseen staircase.
 
     The figure is layout.size pixels at DPI; the axes hold exactly the cells (HeatmapLayout), the
     legend sits below the x axis label and the colorbar right of the axes, so no cell is covered.
+    Null cells are grey, `missing_label` in the legend.
     """
     ckpts = matrix["ckpt"].to_list()
     chunk_ids = [int(name) for name in matrix.columns[1:]]
@@ -286,7 +298,7 @@ def heatmap_figure(matrix: pl.DataFrame, title: str, colour_label: str) -> tuple
     axes.set_xlim(-0.5, len(chunk_ids) - 0.5)
     axes.set_ylim(-0.5, len(ckpts) - 0.5)
     handles = [boundary, Patch(facecolor=missing_colour, edgecolor="0.5", linewidth=0.5)]
-    labels = ["seen | unseen (left of the line: chunk <= ckpt)", "cell not in the dataset"]
+    labels = ["seen | unseen (left of the line: chunk <= ckpt)", missing_label]
     figure.legend(
         handles, labels, loc="lower left", bbox_to_anchor=(layout.left / width, 4 / height),
         ncols=2, frameon=False, fontsize="small",
@@ -345,7 +357,7 @@ def _distribution_section(sequences: pl.LazyFrame, last_ckpt: int, extractable: 
     axes.grid(alpha=0.3, axis="y")
     figure.savefig(out_dir / name, dpi=DPI)
     note = (
-        f"{total} sequences; the highest value ({_format(top[column].item())}) holds "
+        f"{total} sequences; the highest value ({format_value(top[column].item())}) holds "
         f"{int(top['count'].item())} ({100 * top['fraction'].item():.2f}%)."
     )
     return Section(title, image=name, notes=[note])
@@ -370,7 +382,7 @@ def _per_source_section(sequences: pl.LazyFrame, last_ckpt: int, extractable: bo
             axes.set_yticklabels([])
     figure.suptitle(title)
     figure.savefig(out_dir / name, dpi=DPI)
-    return Section(title, image=name, tables=[_html_table(table)])
+    return Section(title, image=name, tables=[html_table(table)])
 
 
 def _predictability_section(sequences: pl.LazyFrame, last_ckpt: int, out_dir: Path) -> Section:
@@ -403,7 +415,7 @@ def _predictability_section(sequences: pl.LazyFrame, last_ckpt: int, out_dir: Pa
         "Precision = |M_c & M_final| / |M_c|, recall = |M_c & M_final| / |M_final|, where M is the set of "
         "fully memorized sequences (Biderman et al. 2023). Gaps: an empty set makes the ratio undefined."
     ]
-    return Section(title, image=name, notes=notes, tables=[_html_table(_spread_rows(table))])
+    return Section(title, image=name, notes=notes, tables=[html_table(spread_rows(table))])
 
 
 def _first_memorized_section(table: pl.DataFrame, out_dir: Path) -> Section:
@@ -433,7 +445,7 @@ def _first_memorized_section(table: pl.DataFrame, out_dir: Path) -> Section:
     )
     if memorized.height == 0:
         note = "No sequence was fully memorized at any checkpoint."
-        return Section(title, notes=[note], tables=[_html_table(summary)])
+        return Section(title, notes=[note], tables=[html_table(summary)])
     name = "first_memorized.png"
     counts, step = first_memorized_counts(memorized)
     ckpts = counts["bin"].to_numpy() + (step - 1) / 2  # bar centre: the middle of its checkpoints
@@ -455,7 +467,7 @@ def _first_memorized_section(table: pl.DataFrame, out_dir: Path) -> Section:
     axes.legend()
     axes.grid(alpha=0.3, axis="y")
     figure.savefig(out_dir / name, dpi=DPI)
-    return Section(title, image=name, notes=[definition], tables=[_html_table(summary)])
+    return Section(title, image=name, notes=[definition], tables=[html_table(summary)])
 
 
 EXAMPLES_PER_SOURCE = 2
@@ -463,49 +475,62 @@ EXAMPLES_PER_CELL = 3
 EXAMPLES_OVER_TIME = 5
 
 
+def _last_decoder(landed: LandedOutput, last_ckpt: int):
+    """The last checkpoint's TokenDecoder (examples.py), shared by the examples and the exposure sections."""
+    from sweep.examples import TokenDecoder
+
+    return TokenDecoder.for_checkpoint(landed, last_ckpt)
+
+
 def _example_sections(landed: LandedOutput, last_ckpt: int, first_memorized: pl.DataFrame,
-                      example_cells: list[tuple[int, int]]) -> list[Section]:
+                      example_cells: list[tuple[int, int]], last_decoder, history: ExposureHistory | None
+                      ) -> list[Section]:
     """What was memorized, as text (sweep/examples.py): the most memorized sequences per source at the last
     checkpoint and in the chosen cells, the sequences memorized earliest that are still memorized at the end, and
-    the earliest memorized ones that were forgotten (what the model says now). Every text is HTML-escaped."""
+    the earliest memorized ones that were forgotten (what the model says now), each with its exposures when a
+    `history` is given. Every text is HTML-escaped."""
     from sweep.examples import TokenDecoder, find_examples, render_html
 
     title = "What was memorized, in words"
     if not landed.ledgers.probe_files():
         return [Section(title, notes=["This output holds no probe sets (prompts and true continuations), so no "
                                       "example can be shown."])]
-    decoders: dict[int, TokenDecoder] = {}
+    decoders: dict[int, TokenDecoder] = {last_ckpt: last_decoder}
 
     def block(examples) -> str:
         if not examples:
             return "<p><em>none</em></p>"
         rendered = []
         for example in examples:
-            decoder = decoders.setdefault(example.ckpt, TokenDecoder.for_checkpoint(landed, example.ckpt))
-            rendered.append(render_html(example, decoder))
+            if example.ckpt not in decoders:
+                decoders[example.ckpt] = TokenDecoder.for_checkpoint(landed, example.ckpt)
+            rendered.append(render_html(example, decoders[example.ckpt]))
         return "".join(rendered)
 
     def earliest(frame: pl.DataFrame) -> list[tuple[int, int]]:
         ordered = frame.sort("first_memorized_ckpt", "chunk", "row").head(EXAMPLES_OVER_TIME)
         return list(ordered.select("chunk", "row").iter_rows())
 
+    def chosen(ckpt: int, **which) -> str:
+        return block(find_examples(landed, ckpt, history=history, **which))
+
     memorized = first_memorized.filter(pl.col("first_memorized_ckpt").is_not_null())
     kept = earliest(memorized.filter(pl.col("memorized_at_last")))
     lost = earliest(memorized.filter(pl.col("forgotten")))
     sections = [Section(f"Examples: most memorized per source, checkpoint {last_ckpt}",
                         notes=[_EXAMPLE_LEGEND],
-                        tables=[block(find_examples(landed, last_ckpt, per_source=EXAMPLES_PER_SOURCE))])]
+                        tables=[chosen(last_ckpt, per_source=EXAMPLES_PER_SOURCE)])]
     for ckpt, chunk in example_cells:
         sections.append(Section(f"Examples: checkpoint {ckpt} x chunk {chunk}",
-                                tables=[block(find_examples(landed, ckpt, chunk=chunk, top=EXAMPLES_PER_CELL))]))
+                                tables=[chosen(ckpt, chunk=chunk, top=EXAMPLES_PER_CELL)]))
     sections.append(Section("Examples: memorized earliest, still memorized at the end",
                             notes=[f"As checkpoint {last_ckpt} reproduces them; ordered by the checkpoint of their "
                                    "first full match."],
-                            tables=[block(find_examples(landed, last_ckpt, rows=kept, top=len(kept)) if kept else [])]))
+                            tables=[chosen(last_ckpt, rows=kept, top=len(kept)) if kept else block([])]))
     sections.append(Section("Examples: memorized, then forgotten",
                             notes=[f"Memorized early, then missed at >= {analyses.FORGET_MIN_MISSES} checkpoints in a "
                                    f"row; shown as checkpoint {last_ckpt} continues them now."],
-                            tables=[block(find_examples(landed, last_ckpt, rows=lost, top=len(lost)) if lost else [])]))
+                            tables=[chosen(last_ckpt, rows=lost, top=len(lost)) if lost else block([])]))
     missing = {ckpt: d.why_not for ckpt, d in decoders.items() if d.tokenizer is None}
     if missing:
         sections[0].notes.append("No tokenizer could be loaded for checkpoints "
@@ -568,16 +593,16 @@ def _render_page(name: str, sections: list[Section]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _html_table(frame: pl.DataFrame) -> str:
+def html_table(frame: pl.DataFrame) -> str:
     header = "".join(f"<th>{html.escape(name)}</th>" for name in frame.columns)
     rows = [
-        "<tr>" + "".join(f"<td>{html.escape(_format(value))}</td>" for value in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(format_value(value))}</td>" for value in row) + "</tr>"
         for row in frame.iter_rows()
     ]
     return f"<table><tr>{header}</tr>{''.join(rows)}</table>"
 
 
-def _format(value: object) -> str:
+def format_value(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -585,16 +610,16 @@ def _format(value: object) -> str:
     return str(value)
 
 
-def _spread(values: list[int], count: int) -> list[int]:
+def spread(values: list[int], count: int) -> list[int]:
     """Up to `count` entries of sorted `values`, evenly spread and including both ends."""
     positions = np.unique(np.linspace(0, len(values) - 1, min(count, len(values))).round().astype(int))
     return [values[i] for i in positions]
 
 
-def _spread_rows(frame: pl.DataFrame) -> pl.DataFrame:
+def spread_rows(frame: pl.DataFrame) -> pl.DataFrame:
     if frame.height <= MAX_TABLE_ROWS:
         return frame
-    return frame[_spread(list(range(frame.height)), MAX_TABLE_ROWS)]
+    return frame[spread(list(range(frame.height)), MAX_TABLE_ROWS)]
 
 
 def _label_positions(set_ticks, ids: list[int], max_ticks: int = 10) -> None:
@@ -605,7 +630,7 @@ def _label_positions(set_ticks, ids: list[int], max_ticks: int = 10) -> None:
     position_of = {value: position for position, value in enumerate(ids)}
     positions = sorted({position_of[int(value)] for value in wanted if int(value) in position_of})
     if len(positions) < min(3, len(ids)):  # irregular ids (a sparse sweep): spread positions instead
-        positions = _spread(list(range(len(ids))), max_ticks)
+        positions = spread(list(range(len(ids))), max_ticks)
     # The ends are always labelled; a round tick crowding an end label gives way to it.
     last = len(ids) - 1
     crowded = max(1, round(len(ids) / (2 * max_ticks)))

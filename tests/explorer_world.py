@@ -8,6 +8,8 @@ cell holds ROWS sequences of k + l = 2 x PROMPT_LEN tokens, encoded with a byte-
 Row PLANTED_ROW of every chunk is training text that is also markup: its prompt holds SCRIPT and its true
 continuation (which every checkpoint reproduces) holds IMAGE; a page that let either run would set
 `window.__pwned`. The other rows are memorized more with each checkpoint once their chunk is trained on.
+Exposure counts (unless `scans=False`): every chunk file is scanned; each row occurs once in its own chunk, the
+planted row (the same tokens in every chunk) once in each, and COPIES adds copies elsewhere.
 A few milliseconds to a second (the tokenizer); no model, no Ray.
 """
 
@@ -22,6 +24,7 @@ from sweep.demo import save_tokenizer, train_tokenizer
 from sweep.spec import SweepSpec
 from sweep.schema import CellProvenance
 from sweep.store import ResultStore, ScoredCell
+from tests.landed_world import land_scans
 
 CHECKPOINTS, CHUNKS = [0, 1, 2, 3], [0, 1, 2]
 FAILED_CELL = (3, 2)
@@ -31,17 +34,20 @@ PROMPT_LEN = 24  # k = l
 SOURCES = ("web", "code", "records")
 SCRIPT = "<script>window.__pwned=1</script>"
 IMAGE = '<img src=x onerror="window.__pwned=1">'
+# (chunk, row) -> {chunk file: (window occurrences, prompt occurrences)} beyond each row's own one
+COPIES = {(1, 1): {0: (4, 4)}, (2, 12): {0: (2, 2), 1: (1, 3)}, (0, 20): {2: (0, 3)}}
 FILLER = ("the quick brown fox jumps over the lazy dog while seven wizards quietly box and judge "
           "every bright river near the old mill ")
 
 
-def build_explorer_output(root: Path) -> Path:
-    """Write the output under `root/out` and the tokenizers under `root/model`; returns the output's path."""
+def build_explorer_output(root: Path, scans: bool = True) -> Path:
+    """Write the output under `root/out` and the tokenizers under `root/model` (with exposure scans unless `scans`
+    is False); returns the output's path."""
     tokenizer = train_tokenizer([SCRIPT, IMAGE, FILLER] * 20, vocab_size=400)
     for ckpt in CHECKPOINTS:
         save_tokenizer(tokenizer, root / "model" / f"ckpt_{ckpt:03d}")
     output = root / "out"
-    store = open_explorer_output(root)
+    store = open_explorer_output(root, **({"exposure": {"chunks": CHUNKS}} if scans else {}))
     rows = {chunk: _rows(tokenizer, chunk) for chunk in CHUNKS}
     for chunk in CHUNKS:
         probes = pl.DataFrame({"chunk": [chunk] * len(rows[chunk]), "row": list(rows[chunk]),
@@ -55,7 +61,19 @@ def build_explorer_output(root: Path) -> Path:
                  for chunk in CHUNKS if (ckpt, chunk) != FAILED_CELL]
         store.write_cells(ckpt, cells)
     store.record_failure(*FAILED_CELL, "RuntimeError: CUDA out of memory <b>at batch 1</b>", attempts=3)
+    if scans:
+        land_scans(store, exposure_counts(rows), CHUNKS, CHUNKS)
     return output
+
+
+def exposure_counts(rows: dict[int, dict[int, list[int]]]) -> pl.DataFrame:
+    """chunk, row, seen_chunk, window_count, prompt_count: each row in its own chunk, the planted row in every chunk
+    (its tokens are the same in all), and COPIES."""
+    counts = [(chunk, row, chunk, 1, 1) for chunk in CHUNKS for row in rows[chunk] if row != PLANTED_ROW]
+    counts += [(chunk, PLANTED_ROW, seen, 1, 1) for chunk in CHUNKS for seen in CHUNKS]
+    counts += [(chunk, row, seen, window, prompt) for (chunk, row), files in COPIES.items()
+               for seen, (window, prompt) in files.items()]
+    return pl.DataFrame(counts, schema=["chunk", "row", "seen_chunk", "window_count", "prompt_count"], orient="row")
 
 
 def open_explorer_output(root: Path, **spec_keys) -> ResultStore:

@@ -19,13 +19,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.explorer_world import (FAILED_CELL, IMAGE, PLANTED_ROW, SCRIPT, _info, _rows, _sequences,
-                            open_explorer_output)
+                                  build_explorer_output, open_explorer_output)
 from sweep.cli import main
 from sweep.examples import find_examples
 from sweep.explorer.app import create_app
 from sweep.explorer.data import ExplorerData
 from sweep.query import run_query
-from sweep.output import open_output
+from sweep.output import LandedOutput, open_output
 from sweep.store import ResultStore, ScoredCell
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +161,8 @@ BAD_REQUESTS = [
     ("/cell/-1/0", 404), ("/cell/1/0.xml", 404), ("/sequence/0/424242", 404), ("/sequence/0/1e9", 404),
     ("/cell/1/0?limit=abc", 400), ("/cell/1/0?limit=0", 400), ("/cell/1/0?limit=99999999", 400),
     ("/cell/1/0?offset=-1", 400), ("/cell/1/0?offset=1e99", 400), ("/cell/1/0?sort=__class__", 400),
-    ("/cell/1/0?sort=exposures", 400), ("/cell/1/0?min_exposures=2", 400), ("/cell/1/0?full_match=maybe", 400),
+    ("/cell/1/0?sort=prompt_count", 400), ("/cell/1/0?min_exposures=-1", 400), ("/cell/1/0?max_exposures=x", 400),
+    ("/api/matrix/exposures?x=1", 400), ("/cell/1/0?full_match=maybe", 400),
     ("/cell/1/0?order=sideways", 400), ("/cell/1/0?limit=1&limit=2", 400), ("/cell/1/0?nonsense=1", 400),
     ("/cell/1/0?source=%00%01", 400), ("/cell/1/0?min_prefix=" + "9" * 5000, 400), ("/?metric=evil", 400),
     ("/?metric=n", 400), ("/api/cells?ckpt_min=5&ckpt_max=1", 400), ("/api/cells?chunk_min=x", 400),
@@ -235,26 +236,71 @@ def test_an_output_where_nothing_landed_yet_says_so(tmp_path):
     assert client.get("/cell/0/0").status_code == 404
 
 
-def test_exposures_appear_only_once_landed(explorer_output, tmp_path):
-    import shutil
-
-    plain = client_for(explorer_output)
-    assert "exposures" not in plain.get("/cell/2/1.json").json()["sequences"][0]
+def test_exposures_appear_only_once_landed(tmp_path):
+    plain = client_for(build_explorer_output(tmp_path, scans=False))
+    payload = plain.get("/cell/2/1.json").json()
+    assert "exposures" not in payload["sequences"][0] and payload["seen"] is None
     assert "min_exposures" not in plain.get("/cell/2/1").text
-    scanned = tmp_path / "scanned"
-    shutil.copytree(explorer_output, scanned)
-    store = ResultStore(scanned)
-    probes = open_output(scanned).probes().select("chunk", "row").collect()
-    counts = probes.with_columns(window_count=(pl.col("row") % 7 + 1).cast(pl.Int64),
-                                 prompt_count=(pl.col("row") % 7 + 1).cast(pl.Int64))
-    store.write_exposure_scan(0, {"file": "train/train_000.jsonl", "sha256": "0" * 64},
-                              sorted(probes["chunk"].unique().to_list()), counts, {"probes": probes.height})
-    client = client_for(scanned)
-    payload = client.get("/cell/2/1.json?min_exposures=3&sort=exposures").json()
-    counts = [s["exposures"] for s in payload["sequences"]]
-    assert counts and min(counts) >= 3 and counts == sorted(counts, reverse=True)
-    assert 'name="min_exposures"' in client.get("/cell/2/1").text
-    assert client.get(f"/sequence/1/{PLANTED_ROW}.json").json()["exposures"] == PLANTED_ROW % 7 + 1
+    assert plain.get("/cell/2/1.json?min_exposures=1").status_code == 400
+    assert plain.get("/cell/2/1.json?sort=exposures").status_code == 400
+    assert plain.get("/api/matrix/exposures").json()["metrics"] == []
+    assert plain.get(f"/sequence/1/{PLANTED_ROW}.json").json()["exposures"] is None
+    assert "exposure counts" not in plain.get("/api/overview").json()["facts"]
+
+
+def test_cell_page_shows_sorts_and_filters_exposures(client):
+    # checkpoint 0 has trained on chunk 0 only: chunk 1's row 1 was copied 4 times into it, and the planted row
+    # (the same tokens in every chunk) occurs there once; the other rows occur only in chunk 1
+    payload = client.get("/cell/0/1.json?sort=exposures").json()
+    got = {s["row"]: (s["exposures"], s["window_count"]) for s in payload["sequences"]}
+    assert got == {1: (4, 5), PLANTED_ROW: (1, 3), 11: (0, 1), 21: (0, 1), 31: (0, 1), 41: (0, 1)}
+    assert [s["row"] for s in payload["sequences"]][:2] == [1, PLANTED_ROW]
+    # row 1 (exact prefix 0) and the planted row (memorized) were seen; the four others never
+    assert payload["seen"] == {"covered": 6, "n_seen": 2, "full_match_rate_seen": 0.5,
+                               "full_match_rate_never_seen": 0.0}
+    assert "cover 3 of the 3 chunk files" in payload["exposure_coverage"]
+    window = client.get("/cell/0/1.json?min_exposures=1&max_exposures=2").json()
+    assert [s["row"] for s in window["sequences"]] == [PLANTED_ROW] and window["total"] == 1
+    csv = pl.read_csv(io.BytesIO(client.get("/cell/0/1.csv?sort=window_count").content))
+    assert csv["window_count"].to_list()[:2] == [5, 3] and csv["exposures"].to_list()[:2] == [4, 1]
+    page = client.get("/cell/0/1").text
+    assert 'name="max_exposures"' in page and "exposures by this ckpt" in page
+    assert "2 of the 6 sequences with known exposures were seen by checkpoint 0" in page
+
+
+def test_sequence_page_shows_exposures_file_by_file(client):
+    payload = client.get("/sequence/2/12.json").json()
+    exposures = payload["exposures"]
+    assert exposures["covered"] and [exposures[name] for name in ("window_count", "prompt_count", "first_chunk",
+                                                                   "last_chunk", "chunks_scanned")] == [4, 6, 0, 2, 3]
+    assert exposures["files"] == [{"seen_chunk": 0, "window_count": 2, "prompt_count": 2},
+                                  {"seen_chunk": 1, "window_count": 1, "prompt_count": 3},
+                                  {"seen_chunk": 2, "window_count": 1, "prompt_count": 1}]
+    assert [point["exposures"] for point in payload["checkpoints"]] == [2, 3, 4]  # (3, 2) failed
+    prompt_only = client.get("/sequence/0/20.json").json()["exposures"]["files"]
+    assert prompt_only[-1] == {"seen_chunk": 2, "window_count": 0, "prompt_count": 3}
+    csv = pl.read_csv(io.BytesIO(client.get("/sequence/2/12.csv").content))
+    assert csv["exposures"].to_list() == [2, 3, 4]
+    page = client.get("/sequence/2/12").text
+    assert "(its own)" in page and "occur 4 times in the 3 chunk files scanned for it" in page
+
+
+def test_heatmap_gains_exposure_metrics_split_by_seen(client):
+    payload = client.get("/api/matrix/exposures").json()
+    assert payload["checkpoints"] == [0, 1, 2, 3] and payload["chunks"] == [0, 1, 2]
+    assert [m["column"] for m in payload["metrics"]] == ["seen_share", "full_match_rate_never_seen",
+                                                         "full_match_rate_seen"]
+
+    def grid(name: str) -> np.ndarray:
+        return np.frombuffer(base64.b64decode(payload["values"][name]), dtype="<f4").reshape(4, 3)
+
+    seen = grid("seen_share")
+    assert seen[:, 0].tolist() == [1, 1, 1, 1] and np.isnan(seen[FAILED_CELL])
+    assert seen[0, 1] == pytest.approx(2 / 6) and seen[1, 2] == pytest.approx(2 / 6) and seen[2, 2] == 1
+    never = grid("full_match_rate_never_seen")
+    assert np.isnan(never[2, 1]) and never[0, 1] == 0  # a trained-on chunk has no never-seen sequence
+    assert "cover 3 of the 3" in client.get("/api/overview").json()["facts"]["exposure counts"]
+    assert client.get("/?metric=seen_share").status_code == 200
 
 
 def test_only_loopback_host_names_are_answered(client):

@@ -115,6 +115,22 @@ def test_metric_choice_recolours_the_heatmap(browser, site):
     assert max(nll, key=lambda cell: sum(nll[cell])) == max(scores, key=lambda cell: sum(scores[cell])) == (3, 0)
 
 
+def test_exposure_metrics_join_the_menu_once_loaded(browser, site):
+    from selenium.webdriver.support.ui import Select
+
+    open_overview(browser, site, "?metric=seen_share")  # named before its grid has loaded
+    wait_for(lambda: browser.execute_script("return document.getElementById('heatmap').dataset.exposures === 'true'"))
+    menu = Select(browser.find_element("id", "metric"))
+    assert menu.first_selected_option.get_attribute("value") == "seen_share"
+    assert {"seen_share", "full_match_rate_never_seen", "full_match_rate_seen"} <= {
+        option.get_attribute("value") for option in menu.options}
+    # every sequence of a trained-on chunk is seen (brightest); 2 of 6 of chunk 1's at checkpoint 0
+    assert cell_pixel(browser, 0, 0) == cell_pixel(browser, 3, 0) != cell_pixel(browser, 0, 1)
+    assert "seen by this checkpoint: 0.3333" in hover(browser, 0, 1)
+    menu.select_by_value("full_match_rate_never_seen")
+    assert cell_pixel(browser, 2, 0) == MISSING_RGB  # no never-seen sequence in a trained-on chunk
+
+
 def test_click_opens_the_cell_with_its_decoded_text_and_inert_markup(browser, site):
     open_overview(browser, site)
     point_at(browser, 2, 1).click().perform()

@@ -19,102 +19,11 @@ import pytest
 from sweep import analyses
 from sweep.report import write_report
 from sweep.ledger import DamagedOutputError
-from sweep.schema import SEQUENCE_SCHEMA, CellProvenance
+from sweep.schema import CellProvenance
 from sweep.store import ResultStore, ScoredCell
+from tests.landed_world import L, synthetic_sequences, write_landed
 
-L = 32  # generated tokens per sequence
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ("refinedweb", "starcoderdata", "c4", "arxiv")
-
-
-def synthetic_sequences(n_ckpts: int, n_chunks: int, n_rows: int, seed: int = 0) -> list[dict]:
-    """Per-sequence results: more training -> more matches; a few sequences forgotten later."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for chunk in range(n_chunks):
-        for row in range(n_rows):
-            # Each sequence gets memorized from some checkpoint on (maybe never), sometimes
-            # before its chunk was seen (boilerplate), and 1 in 8 memorized ones is forgotten later.
-            onset = chunk + int(rng.integers(-1, 4)) if rng.random() < 0.5 else None
-            forget_at = onset + int(rng.integers(1, 3)) if onset is not None and rng.random() < 0.125 else None
-            base = int(rng.integers(0, 12))
-            for ckpt in range(n_ckpts):
-                memorized = onset is not None and ckpt >= onset and (forget_at is None or ckpt < forget_at)
-                matches = L if memorized else min(L - 1, base + 2 * ckpt + int(rng.integers(0, 4)))
-                prefix = L if memorized else int(rng.integers(0, matches + 1))
-                records.append(
-                    {
-                        "ckpt": ckpt,
-                        "chunk": chunk,
-                        "row": row * 7 + 3,  # row numbers are positions in the chunk file, not 0..n-1
-                        "source": SOURCES[(row + chunk) % len(SOURCES)],
-                        "matches": matches,
-                        "full_match": matches == L,
-                        "prefix_match": prefix,
-                        "nll": float(rng.uniform(0.5, 3.0)),
-                    }
-                )
-    return records
-
-
-def write_landed(
-    output: Path,
-    records: list[dict],
-    extractable: bool = False,
-    with_nll: bool = True,
-    spec_name: str = "synthetic",
-) -> Path:
-    """Land `records` through the store, one compacted checkpoint at a time, with probe sets of random tokens."""
-    frame = pl.DataFrame(records).with_columns(
-        pl.col("chunk").cast(pl.Int32),
-        pl.col("row").cast(pl.Int64),
-        pl.col("matches").cast(pl.Int16),
-        pl.col("prefix_match").cast(pl.Int16),
-        (pl.col("matches") / L).cast(pl.Float32).alias("score"),
-        pl.col("nll").cast(pl.Float32),
-        pl.lit(None, dtype=pl.Float32).alias("tf_accuracy"),
-        pl.lit(b"\x00\x00\x00\x00", dtype=pl.Binary).alias("match_mask"),
-    )
-    if extractable:
-        frame = frame.with_columns(
-            pl.lit(None, dtype=pl.Int16).alias("matches"), pl.lit(None, dtype=pl.Float32).alias("score")
-        )
-    if not with_nll:
-        frame = frame.with_columns(pl.lit(None, dtype=pl.Float32).alias("nll"))
-    columns = [name for name in SEQUENCE_SCHEMA if name in frame.columns]
-    store = ResultStore(output)
-    store.open(identity={"synthetic": spec_name}, spec={"name": spec_name, "prompt_len": 32, "generate_len": L},
-               run_info={})
-    for (ckpt,), part in frame.group_by(["ckpt"], maintain_order=True):
-        cells = (
-            part.group_by("chunk", maintain_order=True)
-            .agg(
-                pl.len().cast(pl.Int32).alias("n"),
-                pl.col("score").cast(pl.Float64).mean().alias("score"),
-                pl.col("full_match").cast(pl.Float64).mean().alias("full_match_rate"),
-                pl.col("prefix_match").cast(pl.Float64).mean().alias("mean_prefix_match"),
-                pl.col("nll").cast(pl.Float64).mean().alias("nll"),
-                pl.col("tf_accuracy").cast(pl.Float64).mean().alias("tf_accuracy"),
-            )
-            .with_columns(
-                (pl.col("chunk") <= ckpt).alias("seen"),
-                pl.lit(1.5).alias("seconds"),
-                (pl.col("n") / 1.5).alias("sequences_per_s"),
-                pl.lit("cpu").alias("device"),
-                pl.lit("float32").alias("dtype"),
-                pl.lit(32, dtype=pl.Int32).alias("batch_size"),
-                pl.lit(1, dtype=pl.Int32).alias("attempts"),
-                pl.lit("2026-11-01T12:00:00+00:00").alias("finished_at"),
-            )
-        )
-        store.import_checkpoint(ckpt, part.select(columns), cells)
-    # the probe sets: each sampled (chunk, row) with k + l token ids, as a sweep lands them
-    for (chunk,), rows in frame.select("chunk", "row", "source").unique(["chunk", "row"]).group_by(["chunk"]):
-        rng = np.random.default_rng(int(chunk))
-        tokens = rng.integers(3, 32000, (rows.height, 32 + L)).tolist()
-        store.write_probe_set(int(chunk), rows.with_columns(tokens=pl.Series(tokens, dtype=pl.List(pl.UInt32))),
-                              {"file": f"train/train_{int(chunk):03d}.jsonl", "sha256": f"{int(chunk):064d}"})
-    return output
 
 
 @pytest.fixture
@@ -405,6 +314,28 @@ def test_write_report_full(landed: Path) -> None:
     page = index.read_text()
     manifest = json.loads((landed / "manifest.json").read_text())
     assert "synthetic" in page and manifest["identity_hash"] in page and "forgotten" in page.lower()
+    assert "Exposure counts" not in page  # none landed: no exposure section
+
+
+def test_report_shows_exposure_sections_with_their_coverage(tmp_path: Path, records: list[dict]) -> None:
+    from sweep.exposure_report import EXPOSURE_FIGURE_NAMES
+
+    full = write_report(write_landed(tmp_path / "scanned", records, exposures=True))
+    images = referenced_images(full)
+    assert set(EXPOSURE_FIGURE_NAMES) <= set(images)
+    for name in EXPOSURE_FIGURE_NAMES:
+        assert_readable_png(full.parent / name)
+    page = full.read_text()
+    assert "exposure counts cover 5 of the 5 chunk files listed in exposure.chunks" in page.lower()
+    assert "Partial counts" not in page and "Recitation, reconstruction, recollection" in page
+    # a partial scan is never presented as complete: every exposure section says what the counts cover
+    partial = write_landed(tmp_path / "partial", records, exposures=True, scanned=[0, 1, 2, 4])
+    ResultStore(partial).record_scan_failure(3, "train/train_003.jsonl:7: not JSON")
+    page = write_report(partial).read_text()
+    note = ("Partial counts: exposure counts cover 4 of the 5 chunk files listed in exposure.chunks; failed: chunk 3: "
+            "train/train_003.jsonl:7: not JSON.")
+    assert page.count(note) == 6  # each exposure section after the overview
+    assert "the sequences of 4 of the 5 probe chunks" in page
 
 
 def test_write_report_custom_dir_and_chunks(landed: Path, tmp_path: Path) -> None:
@@ -514,9 +445,10 @@ def doc_blocks(language: str) -> list[str]:
 
 @pytest.fixture
 def docs_landed(tmp_path: Path, records: list[dict]) -> Path:
-    """The fixture's dataset with its last checkpoint numbered 359, as Amber's, which the SQL examples name."""
+    """The fixture's dataset with its last checkpoint numbered 359, as Amber's, which the SQL examples name, and
+    exposure counts of every chunk file."""
     renumbered = [{**r, "ckpt": 359 if r["ckpt"] == 4 else r["ckpt"]} for r in records]
-    return write_landed(tmp_path / "docs", renumbered)
+    return write_landed(tmp_path / "docs", renumbered, exposures=True)
 
 
 def test_every_sql_example_runs(docs_landed: Path) -> None:
@@ -567,12 +499,59 @@ def test_sql_forgetting_agrees_with_function(tmp_path: Path) -> None:
     assert from_function["forgotten"].any() and not from_function["forgotten"].all()
 
 
+def test_sql_exposure_examples_agree_with_the_functions(docs_landed: Path) -> None:
+    from sweep import exposure_analyses as ea
+    from sweep.exposure_history import ExposureHistory
+    from sweep.output import open_output
+    from sweep.query import open_tables
+
+    context = pl.SQLContext(frames=open_tables(docs_landed))
+
+    def sql(marker: str) -> pl.DataFrame:
+        (block,) = [block for block in doc_blocks("sql") if marker in block]
+        return context.execute(block).collect()
+
+    def same(from_sql: pl.DataFrame, from_function: pl.DataFrame) -> None:
+        assert from_sql.columns == from_function.columns and from_sql.height == from_function.height
+        for column in from_sql.columns:
+            assert from_sql[column].cast(pl.Float64).to_list() == pytest.approx(
+                from_function[column].cast(pl.Float64).to_list()), column
+
+    landed = open_output(docs_landed)
+    sequences, history = landed.sequences(), ExposureHistory.read(landed)
+    assert len(history) == 200 and history.coverage.is_complete
+    by_exposure = ea.memorization_by_exposure(sequences, history).filter(pl.col("ckpt") == 359)
+    same(sql("-- memorization against exposures"),
+         by_exposure.select("exposure_bin", "n", "n_memorized", "full_match_rate", "score"))
+    assert by_exposure.height > 2  # planted copies: several bins
+    summary = ea.unseen_cells_summary(ea.seen_per_sequence(sequences, history))
+    same(sql("-- memorized sequences of unseen cells"), summary.select("ckpt", "n", "n_seen", "n_memorized",
+                                                                         "n_memorized_seen"))
+    assert summary["n_memorized_seen"].sum() > 0
+    profile = ea.memorization_profile(sequences, history).filter((pl.col("cohort") == 2) & (pl.col("ckpt") == 3))
+    one = sql("-- memorization profile of chunk 2").row(0, named=True)
+    assert (one["n_treated"], one["n_control"]) == (profile["n_treated"].item(), profile["n_control"].item())
+    assert one["gap"] == pytest.approx(profile["gap"].item()) and one["did"] == pytest.approx(profile["did"].item())
+    kinds = ea.memorization_kinds(sequences, history, landed.probes(), prompt_len=32).filter(pl.col("ckpt") == 359)
+    assert sql("-- memorized sequences seen at least 6").row(0) == (kinds["n_memorized"].item(),
+                                                                     kinds["recitation"].item())
+    recency = sql("-- forgetting against recency")  # one checkpoint of what forgetting_by_recency pools
+    at_last = history.exposures_at(359)
+    assert recency["n"].sum() == at_last.filter(pl.col("exposures") > 0).height
+
+
 def test_partition_examples_read_one_partition(docs_landed: Path) -> None:
+    from sweep.query import open_tables
+
     # The single-checkpoint examples must let Polars prune to one partition's files.
     sequences, cells = analyses.load_tables(docs_landed)
     context = pl.SQLContext(sequences=sequences, cells=cells)
-    (sql,) = [block for block in doc_blocks("sql") if "-- score distribution" in block]
-    plans = [context.execute(sql).explain()]
+    markers = ("-- score distribution", "-- memorization against exposures", "-- forgetting against recency",
+               "-- memorized sequences seen at least 6")
+    exposure_tables = {name: frame for name, frame in open_tables(docs_landed).items() if name.startswith("exposure")}
+    context.register_many(exposure_tables)
+    plans = [context.execute(sql).explain() for sql in doc_blocks("sql") if sql.lstrip().startswith(markers)]
+    assert len(plans) == len(markers)
     (code,) = [block for block in doc_blocks("python") if "match_mask" in block]
     query = code.split("last = ")[1].split(".collect()")[0]  # the LazyFrame the example collects
     namespace = {"pl": pl, "sequences": sequences, "last_ckpt": 359}
@@ -580,7 +559,7 @@ def test_partition_examples_read_one_partition(docs_landed: Path) -> None:
     for plan in plans:
         scanned = re.findall(r"ckpt=(\d+)/", plan)
         assert scanned == ["359"], plan
-        assert "other sources" not in plan, plan
+        assert not any("other sources" in line for line in plan.splitlines() if "/sequences/" in line), plan
 
 
 # ---------------------------------------------------------------- with the real writer

@@ -3,6 +3,7 @@
     /                               overview: the checkpoint x chunk heatmap, the run's facts, failures
     /api/overview                   its facts, failures and metrics (JSON)
     /api/matrix                     the heatmap's numbers: every cell metric as a float32 grid (base64, JSON)
+    /api/matrix/exposures           the same for the metrics from exposure counts (empty before counts land)
     /api/cells[.csv|.parquet]       every landed cell (ckpt_min/ckpt_max/chunk_min/chunk_max narrow it)
     /cell/{ckpt}/{chunk}[.json|.csv|.parquet]       a cell's numbers and its sequences, decoded
     /sequence/{chunk}/{row}[.json|.csv|.parquet]    one training row across every checkpoint
@@ -33,8 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from actors.protocol import one_line
 from sweep.examples import VISIBLE_WHITESPACE
 from sweep.explorer import params
-from sweep.explorer.data import (EXPOSURES, HISTORY_COLUMNS, SEQUENCE_COLUMNS, SEQUENCE_SORTS, BadQuery,
+from sweep.explorer.data import (HISTORY_COLUMNS, SEQUENCE_COLUMNS, SEQUENCE_SORTS, BadQuery, CellMatrix,
                                  ExplorerData, NotLanded)
+from sweep.explorer.exposures import CELL_EXPOSURE_COLUMNS, EXPOSURE_SORTS
 from sweep.explorer.downloads import FORMATS, frame_response, json_response
 from sweep.explorer.trajectory import trajectory
 from sweep.schema import SEQUENCE_SCHEMA
@@ -55,6 +57,7 @@ HISTORY_SCHEMA = {"chunk": pl.Int32(), "row": pl.Int64(),
 CELL_PAGE_COLUMNS = [("row", "row"), ("source", "source"), ("score", "score"), ("matches", "matches"),
                      ("prefix_match", "exact prefix"), ("full_match", "full match"), ("nll", "NLL"),
                      ("tf_accuracy", "tf accuracy")]
+EXPOSURE_PAGE_COLUMNS = [("exposures", "exposures by this ckpt"), ("window_count", "in all scanned files")]
 
 
 def create_app(data: ExplorerData, allowed_hosts: list[str] | None = None) -> Starlette:
@@ -65,6 +68,7 @@ def create_app(data: ExplorerData, allowed_hosts: list[str] | None = None) -> St
         Route("/", pages.overview),
         Route("/api/overview", pages.overview_json),
         Route("/api/matrix", pages.matrix),
+        Route("/api/matrix/exposures", pages.exposure_matrix),
         Route("/api/cells", pages.cells),
         Route("/api/cells.{fmt}", pages.cells),
         Route("/cell/{ckpt:int}/{chunk:int}", pages.cell),
@@ -119,7 +123,9 @@ class Pages:
         matrix = self.data.matrix()
         columns = [metric.column for metric in matrix.metrics]
         default = columns[0] if columns else ""
-        chosen = params.metric(request.query_params, columns, default) if columns else default
+        # an exposure metric's grid loads after the page (/api/matrix/exposures); its name is valid before
+        allowed = columns + self.data.exposure_metric_names()
+        chosen = params.metric(request.query_params, allowed, default) if columns else default
         return self.render("overview.html", metrics=matrix.metrics, metric=chosen, landed=matrix.landed,
                            facts=self.data.facts(), failures=self.data.failures())
 
@@ -135,17 +141,15 @@ class Pages:
 
     def matrix(self, request: Request) -> Response:
         params.check_names(request.query_params, [])
-        matrix = self.data.matrix()
         failed = [[f["ckpt"], f["chunk"]] for f in self.data.failures()]
-        return json_response({
-            "checkpoints": matrix.ckpts, "chunks": matrix.chunks, "cells_landed": matrix.landed,
-            "metrics": [{"column": m.column, "label": m.label, "lower_is_memorized": m.lower_is_memorized}
-                        for m in matrix.metrics],
-            "encoding": "base64 of little-endian float32, row-major [checkpoint][chunk], NaN where no cell landed",
-            "values": {name: base64.b64encode(grid.astype("<f4").tobytes()).decode()
-                       for name, grid in matrix.values.items()},
-            "failed": failed,
-        })
+        return json_response({**_grids(self.data.matrix()), "failed": failed})
+
+    def exposure_matrix(self, request: Request) -> Response:
+        params.check_names(request.query_params, [])
+        matrix = self.data.exposure_matrix()
+        if matrix is None:
+            return json_response({"checkpoints": [], "chunks": [], "cells_landed": 0, "metrics": [], "values": {}})
+        return json_response(_grids(matrix))
 
     def cells(self, request: Request) -> Response:
         fmt = _format(request, default="json")
@@ -166,14 +170,15 @@ class Pages:
                 "cell": view.cell, "decoding": view.decoding.as_record(), "total": view.total,
                 "offset": query.offset, "limit": query.limit, "sort": query.sort,
                 "order": "desc" if query.descending else "asc", "sources": view.sources,
+                "seen": view.seen, "exposure_coverage": view.coverage,
                 "sequences": [sequence.as_record() for sequence in view.sequences],
             })
         if fmt != "html":
             rows = [{key: value for key, value in s.as_record().items() if not key.endswith("_spans")}
                     for s in view.sequences]
             return frame_response(_rows_frame(rows, view.has_exposures), fmt, f"cell-{ckpt}-{chunk}")
-        columns = [*CELL_PAGE_COLUMNS, *([(EXPOSURES, "exposures")] if view.has_exposures else [])]
-        sorts = [*SEQUENCE_SORTS, *([EXPOSURES] if view.has_exposures else [])]
+        columns = [*CELL_PAGE_COLUMNS, *(EXPOSURE_PAGE_COLUMNS if view.has_exposures else [])]
+        sorts = [*SEQUENCE_SORTS, *(EXPOSURE_SORTS if view.has_exposures else ())]
         return self.render("cell.html", view=view, query=query, ckpt=ckpt, chunk=chunk, columns=columns, sorts=sorts,
                            sort_links=_sort_links(request, query, sorts), neighbours=self._neighbours(ckpt, chunk),
                            links=_page_links(request, query, view.total))
@@ -207,10 +212,12 @@ class Pages:
                 "chunk": chunk, "row": row, "source": view.source, "decoding": view.decoding.as_record(),
                 "latest": view.latest.as_record() if view.latest else None,
                 "first_memorized": view.first_memorized, "last_memorized": view.last_memorized,
-                "exposures": view.exposures, "checkpoints": [point.as_record() for point in view.checkpoints],
+                "exposures": view.exposures.as_record() if view.exposures else None,
+                "checkpoints": [point.as_record() for point in view.checkpoints],
             })
         if fmt != "html":
-            history = pl.DataFrame([point.numbers for point in view.checkpoints], schema=HISTORY_SCHEMA)
+            schema = {**HISTORY_SCHEMA, **({"exposures": pl.Int64} if view.exposures else {})}
+            history = pl.DataFrame([point.numbers for point in view.checkpoints], schema=schema)
             return frame_response(history, fmt, f"sequence-{chunk}-{row}")
         numbers = [point.numbers for point in view.checkpoints]
         length = self._continuation_len()
@@ -240,9 +247,21 @@ def _format(request: Request, default: str) -> str:
 def _rows_frame(rows: list[dict], has_exposures: bool) -> pl.DataFrame:
     """A cell page's decoded rows as a flat table (one schema whether or not the page has rows)."""
     schema = {**{name: SEQUENCE_TYPES[name] for name in SEQUENCE_COLUMNS},
-              **({EXPOSURES: pl.Int64} if has_exposures else {}),
+              **({name: pl.Int64 for name in CELL_EXPOSURE_COLUMNS} if has_exposures else {}),
               "prompt": pl.String, "truth": pl.String, "model": pl.String}
     return pl.DataFrame(rows, schema=schema)
+
+
+def _grids(matrix: CellMatrix) -> dict:
+    """A heatmap matrix as JSON: its axes, metrics and every grid as base64 float32."""
+    return {
+        "checkpoints": matrix.ckpts, "chunks": matrix.chunks, "cells_landed": matrix.landed,
+        "metrics": [{"column": m.column, "label": m.label, "lower_is_memorized": m.lower_is_memorized}
+                    for m in matrix.metrics],
+        "encoding": "base64 of little-endian float32, row-major [checkpoint][chunk], NaN where no cell landed",
+        "values": {name: base64.b64encode(grid.astype("<f4").tobytes()).decode()
+                   for name, grid in matrix.values.items()},
+    }
 
 
 def _sort_links(request: Request, query: params.SequenceQuery, sorts: list[str]) -> dict[str, dict]:

@@ -6,9 +6,11 @@ The pages never open a file: they ask `ExplorerData`, which reads through the on
 to `open_reader` here. Nothing here writes, locks or recovers, so the server can run while a sweep lands: each
 call opens the reader afresh and sees the ledgers as they are at that moment.
 
-Exposure counts (how often a training row occurs in the data a checkpoint saw) are not landed yet. When the
-reader offers `exposure_counts()` (a LazyFrame of `chunk, row, exposures`), the cell page gains an `exposures`
-column, sort and filter and the sequence page shows the count; until then they are absent, never invented.
+Once exposure counts have landed (how often a training row occurs in the chunk files scanned; read by
+sweep/explorer/exposures.py), a cell's sequences gain `exposures` (by the cell's checkpoint) and `window_count` (in
+every scanned file) to show, sort and filter by, the sequence page its counts file by file, and the heatmap metrics
+that split each cell into seen and never-seen sequences; every view that shows them says what the counts cover.
+Until then they are absent, never invented.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import numpy as np
 import polars as pl
 
 from sweep.examples import ORDER, Example, TokenDecoder, find_examples
+from sweep.explorer.exposures import (EXPOSURE_SORTS, ExposureCache, RowExposures, cell_exposures, cell_seen_summary,
+                                      grids, row_exposures)
 from sweep.report import METRIC_LABELS, run_facts
 from sweep.spec import SweepSpec, parse_id_list
 from sweep.output import LandedOutput, open_output
@@ -31,7 +35,6 @@ from sweep.output import LandedOutput, open_output
 DECODERS_KEPT = 16  # tokenizers held in memory (one per checkpoint viewed; a few MB each)
 SEQUENCE_COLUMNS = ("ckpt", "chunk", "row", "source", "matches", "score", "full_match", "prefix_match", "nll",
                     "tf_accuracy")
-EXPOSURES = "exposures"
 # What the sequence page reads at every checkpoint (match_mask: which positions were right, 4 bytes at l = 32).
 HISTORY_COLUMNS = ("ckpt", "matches", "score", "full_match", "prefix_match", "match_mask")
 
@@ -52,8 +55,15 @@ CELL_METRICS = (
     Metric("nll", METRIC_LABELS["nll"], lower_is_memorized=True),
     Metric("tf_accuracy", "mean teacher-forced next-token accuracy of the true continuation"),
 )
+# Per cell, from exposure counts (seen_per_sequence, with seen_share = n_seen / n); loaded apart from the cell metrics,
+# since they take one pass over every checkpoint (kept in memory after).
+EXPOSURE_METRICS = (
+    Metric("seen_share", "share of the cell's sequences seen by its checkpoint (exposures >= 1)"),
+    Metric("full_match_rate_never_seen", "full-match rate of the cell's sequences not seen by its checkpoint"),
+    Metric("full_match_rate_seen", "full-match rate of the cell's sequences seen by its checkpoint"),
+)
 # How a cell's sequences can be ordered: "memorized" is `memsweep show`'s order (full matches, then the longest
-# exact prefix, then the most matched tokens); the others are one column.
+# exact prefix, then the most matched tokens); the others are one column (EXPOSURE_SORTS once counts landed).
 SEQUENCE_SORTS = ("memorized", "row", "source", "score", "matches", "prefix_match", "nll", "tf_accuracy")
 
 
@@ -72,7 +82,8 @@ class SequenceQuery:
     source: str | None = None
     full_match: bool | None = None
     min_prefix: int | None = None
-    min_exposures: int | None = None
+    min_exposures: int | None = None  # exposures by the cell's checkpoint within these bounds (counts landed only)
+    max_exposures: int | None = None
     sort: str = "memorized"
     descending: bool = True
     limit: int = 50
@@ -83,7 +94,7 @@ class SequenceQuery:
 class DecodedSequence:
     """One sequence at one checkpoint: its numbers and its text as `memsweep show` prints it."""
 
-    numbers: dict  # SEQUENCE_COLUMNS (+ exposures when landed)
+    numbers: dict  # SEQUENCE_COLUMNS (+ exposures.CELL_EXPOSURE_COLUMNS once counts landed)
     prompt: str
     truth: list[tuple[str, bool]]  # runs of (text, the model got these positions right)
     model: list[tuple[str, bool]] | None  # None without generated tokens (extractable mode, keep_generated off)
@@ -114,13 +125,15 @@ class CellView:
     sources: list[str]  # every source in the cell (for the filter)
     has_exposures: bool
     sequences: list[DecodedSequence]
+    seen: dict | None = None  # cell_seen_summary of all its sequences, once counts landed
+    coverage: str | None = None  # what the counts cover (ExposureCoverage.describe)
 
 
 @dataclass(frozen=True)
 class CheckpointPoint:
     """One training row at one checkpoint: its numbers, and the true continuation with that checkpoint's misses."""
 
-    numbers: dict  # chunk, row and HISTORY_COLUMNS but the mask
+    numbers: dict  # chunk, row and HISTORY_COLUMNS but the mask (+ exposures by that checkpoint, once counts landed)
     truth: list[tuple[str, bool]]
 
     def as_record(self) -> dict:
@@ -136,7 +149,7 @@ class SequenceView:
     latest: DecodedSequence | None  # the text, and the model's continuation at the last checkpoint
     first_memorized: int | None
     last_memorized: int | None
-    exposures: int | None
+    exposures: RowExposures | None  # None until counts have landed
     checkpoints: list[CheckpointPoint]  # one per landed checkpoint, ascending
 
 
@@ -159,6 +172,7 @@ class ExplorerData:
         self.open_reader = open_reader
         self._decoders: OrderedDict[int, TokenDecoder] = OrderedDict()
         self._decoders_lock = threading.Lock()  # pages are served from a thread pool
+        self._exposures = ExposureCache()
         self.open_reader(self.output)  # not an output, or a damaged or foreign manifest: refused now, not on a page
 
     # ---- the run -------------------------------------------------------------------------------
@@ -170,15 +184,17 @@ class ExplorerData:
         return self.open_reader(self.output).name
 
     def facts(self) -> list[tuple[str, str]]:
-        """The report's run facts, and how much of the planned grid has landed."""
+        """The report's run facts, how much of the planned grid has landed, and what exposure counts cover."""
         reader = self.open_reader(self.output)
         cells = reader.cells().collect()
         planned = len(self._planned_cells(reader.manifest))
         landed = f"{cells.height} of {planned} planned" if planned else str(cells.height)
+        history = self._exposures.history(reader)
+        counts = [("exposure counts", history.coverage.describe())] if history is not None else []
         if cells.height == 0:
-            return [("run", reader.name), ("cells", landed), ("failed cells", str(len(reader.failures())))]
+            return [("run", reader.name), ("cells", landed), ("failed cells", str(len(reader.failures()))), *counts]
         facts = run_facts(reader, cells)
-        return [(name, landed if name == "cells" else value) for name, value in facts]
+        return [(name, landed if name == "cells" else value) for name, value in facts] + counts
 
     def failures(self) -> list[dict]:
         return self.open_reader(self.output).failures()
@@ -211,23 +227,33 @@ class ExplorerData:
     def matrix(self) -> CellMatrix:
         reader = self.open_reader(self.output)
         cells = reader.cells().collect()
-        manifest = reader.manifest
-        planned_ckpts, planned_chunks = self._planned_axes(manifest)
-        ckpts = sorted(set(planned_ckpts) | set(cells["ckpt"].to_list()))
-        chunks = sorted(set(planned_chunks) | set(cells["chunk"].to_list()))
-        rows = np.searchsorted(ckpts, cells["ckpt"].to_numpy())
-        columns = np.searchsorted(chunks, cells["chunk"].to_numpy())
-        values = {}
-        for metric in (*CELL_METRICS, Metric("n", "sequences")):
-            grid = np.full((len(ckpts), len(chunks)), np.nan, dtype=np.float32)
-            grid[rows, columns] = cells[metric.column].cast(pl.Float32).fill_null(np.nan).to_numpy()
-            values[metric.column] = grid
+        ckpts, chunks = self._axes(reader, cells)
+        columns = [metric.column for metric in CELL_METRICS] + ["n"]
         shown = [metric for metric in CELL_METRICS if cells[metric.column].is_not_null().any()]
-        return CellMatrix(ckpts, chunks, values, cells.height, shown)
+        return CellMatrix(ckpts, chunks, grids(cells, columns, ckpts, chunks), cells.height, shown)
 
-    def _planned_axes(self, manifest: dict) -> tuple[list[int], list[int]]:
-        cells = self._planned_cells(manifest)
-        return sorted({c for c, _ in cells}), sorted({j for _, j in cells})
+    def exposure_matrix(self) -> CellMatrix | None:
+        """The heatmap's EXPOSURE_METRICS on matrix()'s axes, or None before counts land (one pass over every
+        checkpoint the first time, kept until the ledgers change)."""
+        reader = self.open_reader(self.output)
+        seen = self._exposures.seen_cells(reader)
+        if seen is None:
+            return None
+        ckpts, chunks = self._axes(reader, reader.cells().select("ckpt", "chunk").collect())
+        seen = seen.filter(pl.col("ckpt").is_in(ckpts) & pl.col("chunk").is_in(chunks))
+        columns = [metric.column for metric in EXPOSURE_METRICS]
+        shown = [metric for metric in EXPOSURE_METRICS if seen[metric.column].is_not_null().any()]
+        return CellMatrix(ckpts, chunks, grids(seen, columns, ckpts, chunks), seen.height, shown)
+
+    def exposure_metric_names(self) -> list[str]:
+        """The heatmap metrics exposure counts may add (a URL may name one before its grid is loaded)."""
+        return [metric.column for metric in EXPOSURE_METRICS] if self.has_exposures() else []
+
+    def _axes(self, reader: LandedOutput, cells: pl.DataFrame) -> tuple[list[int], list[int]]:
+        """The heatmap's checkpoints and chunks: the planned ones and any landed."""
+        planned = self._planned_cells(reader.manifest)
+        return (sorted({c for c, _ in planned} | set(cells["ckpt"].to_list())),
+                sorted({j for _, j in planned} | set(cells["chunk"].to_list())))
 
     @staticmethod
     def _planned_cells(manifest: dict) -> set[tuple[int, int]]:
@@ -250,24 +276,27 @@ class ExplorerData:
         """A cell's record and one page of its sequences, filtered, ordered and decoded."""
         reader = self.open_reader(self.output)
         cell = self._cell(reader, ckpt, chunk)
-        sequences = reader.sequences(ckpt).filter(pl.col("chunk") == chunk).select(SEQUENCE_COLUMNS)
-        exposures = _exposure_counts(reader)
-        sorts = SEQUENCE_SORTS + ((EXPOSURES,) if exposures is not None else ())
+        sequences = reader.sequences(ckpt).filter(pl.col("chunk") == chunk).select(SEQUENCE_COLUMNS).collect()
+        history = self._exposures.history(reader)
+        sorts = SEQUENCE_SORTS + (EXPOSURE_SORTS if history is not None else ())
         if query.sort not in sorts:
             raise BadQuery(f"sort: {query.sort!r} is not one of {', '.join(sorts)}")
-        if query.min_exposures is not None and exposures is None:
-            raise BadQuery("min_exposures: this output has no exposure counts yet")
-        if exposures is not None:
-            sequences = sequences.join(exposures, on=["chunk", "row"], how="left")
-        sources = sorted(sequences.select(pl.col("source").unique()).collect()["source"].drop_nulls().to_list())
-        chosen = _filtered(sequences, query, exposures is not None)
+        if (query.min_exposures is not None or query.max_exposures is not None) and history is None:
+            raise BadQuery("min_exposures, max_exposures: this output has no exposure counts yet")
+        seen = None
+        if history is not None:
+            sequences = sequences.join(cell_exposures(history, ckpt, chunk), on=["chunk", "row"], how="left")
+            seen = cell_seen_summary(sequences)
+        sources = sorted(sequences["source"].unique().drop_nulls().to_list())
+        chosen = _filtered(sequences.lazy(), query)
         total = chosen.select(pl.len()).collect().item()
         page = _ordered(chosen, query).slice(query.offset, query.limit).collect()
         decoder = self.decoder(ckpt, reader)
         examples = self._examples(reader, ckpt, list(page.select("chunk", "row").iter_rows()))
         decoded = [_decoded(numbers, examples.get((numbers["chunk"], numbers["row"])), decoder)
                    for numbers in page.iter_rows(named=True)]
-        return CellView(cell, _decoding(ckpt, decoder), total, sources, exposures is not None, decoded)
+        return CellView(cell, _decoding(ckpt, decoder), total, sources, history is not None, decoded, seen,
+                        history.coverage.describe() if history is not None else None)
 
     @staticmethod
     def _examples(reader: LandedOutput, ckpt: int, keys: list[tuple[int, int]]) -> dict[tuple[int, int], Example]:
@@ -303,26 +332,27 @@ class ExplorerData:
             if hits not in spans:
                 spans[hits] = decoder.spans(truth, list(hits))
             checkpoints.append(CheckpointPoint({"chunk": chunk, "row": row, **_plain_record(numbers)}, spans[hits]))
+        exposures = self._row_exposures(reader, chunk, row)
+        if exposures is not None:
+            for point in checkpoints:
+                point.numbers["exposures"] = exposures.exposures_by(point.numbers["ckpt"])
         memorized = history.filter(pl.col("full_match"))["ckpt"]
         return SequenceView(
             chunk=chunk, row=row, source=latest.source if latest else "", decoding=_decoding(last, decoder),
             latest=_decoded(checkpoints[-1].numbers, latest, decoder) if latest else None,
             first_memorized=int(memorized.min()) if len(memorized) else None,
             last_memorized=int(memorized.max()) if len(memorized) else None,
-            exposures=self._exposures_of(reader, chunk, row), checkpoints=checkpoints)
+            exposures=exposures, checkpoints=checkpoints)
 
-    @staticmethod
-    def _exposures_of(reader: LandedOutput, chunk: int, row: int) -> int | None:
-        exposures = _exposure_counts(reader)
-        if exposures is None:
-            return None
-        found = exposures.filter((pl.col("chunk") == chunk) & (pl.col("row") == row)).collect()
-        return int(found[EXPOSURES][0]) if found.height else None
-
-    # ---- decoding ------------------------------------------------------------------------------
+    def _row_exposures(self, reader: LandedOutput, chunk: int, row: int) -> RowExposures | None:
+        history = self._exposures.history(reader)
+        return None if history is None else row_exposures(history, chunk, row)
 
     def has_exposures(self) -> bool:
-        return _exposure_counts(self.open_reader(self.output)) is not None
+        """Whether any exposure count has landed (a cheap look at the ledgers)."""
+        return bool(self.open_reader(self.output).ledgers.scan_files())
+
+    # ---- decoding ------------------------------------------------------------------------------
 
     def decoder(self, ckpt: int, reader: LandedOutput | None = None) -> TokenDecoder:
         """Checkpoint `ckpt`'s tokenizer as `memsweep show` loads it (kept: loading costs ~0.1-1 s), or the
@@ -338,22 +368,17 @@ class ExplorerData:
             return decoder
 
 
-def _exposure_counts(reader: LandedOutput) -> pl.LazyFrame | None:
-    """`chunk, row, exposures` (window occurrences over the scanned chunk files) once a scan has landed; None before."""
-    if not reader.ledgers.scan_files():
-        return None
-    return reader.exposures().select("chunk", "row", pl.col("window_count").alias(EXPOSURES))
-
-
-def _filtered(sequences: pl.LazyFrame, query: SequenceQuery, has_exposures: bool) -> pl.LazyFrame:
+def _filtered(sequences: pl.LazyFrame, query: SequenceQuery) -> pl.LazyFrame:
     if query.source is not None:
         sequences = sequences.filter(pl.col("source") == query.source)
     if query.full_match is not None:
         sequences = sequences.filter(pl.col("full_match") == query.full_match)
     if query.min_prefix is not None:
         sequences = sequences.filter(pl.col("prefix_match") >= query.min_prefix)
-    if query.min_exposures is not None and has_exposures:
-        sequences = sequences.filter(pl.col(EXPOSURES) >= query.min_exposures)
+    if query.min_exposures is not None:
+        sequences = sequences.filter(pl.col("exposures") >= query.min_exposures)
+    if query.max_exposures is not None:
+        sequences = sequences.filter(pl.col("exposures") <= query.max_exposures)
     return sequences
 
 

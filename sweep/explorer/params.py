@@ -12,13 +12,16 @@ from collections.abc import Iterable
 
 from starlette.datastructures import QueryParams
 
-from sweep.explorer.data import EXPOSURES, SEQUENCE_SORTS, SequenceQuery
+from sweep.explorer.data import SEQUENCE_SORTS, SequenceQuery
+from sweep.explorer.exposures import EXPOSURE_SORTS
 
 MAX_ID = 10**9  # no checkpoint, chunk or row number comes near this; bigger ones are refused before any read
 MAX_PAGE = 1000  # sequences per page
 MAX_SOURCE_CHARS = 200
 _INTEGER = re.compile(r"^-?\d{1,10}$")
-CELL_PAGE_PARAMS = ("source", "full_match", "min_prefix", "min_exposures", "sort", "order", "limit", "offset")
+CELL_PAGE_PARAMS = ("source", "full_match", "min_prefix", "min_exposures", "max_exposures", "sort", "order", "limit",
+                    "offset")
+EXPOSURE_PARAMS = ("min_exposures", "max_exposures")  # taken once exposure counts have landed
 CELLS_PARAMS = ("ckpt_min", "ckpt_max", "chunk_min", "chunk_max")
 
 
@@ -76,13 +79,13 @@ def id_range(params: QueryParams, name: str) -> tuple[int, int] | None:
 
 def sequence_query(params: QueryParams, has_exposures: bool) -> SequenceQuery:
     """The cell page's filters, order and page, as `SequenceQuery`."""
-    allowed = [name for name in CELL_PAGE_PARAMS if has_exposures or name != "min_exposures"]
+    allowed = [name for name in CELL_PAGE_PARAMS if has_exposures or name not in EXPOSURE_PARAMS]
     check_names(params, allowed)
     source = params.get("source") or None
     if source is not None and (len(source) > MAX_SOURCE_CHARS or not source.isprintable()):
         raise BadParameter(f"source: expected a data source name, got {_shown(source)}")
     full_match = {"any": None, "yes": True, "no": False}[choice(params, "full_match", ("any", "yes", "no"), "any")]
-    sorts = SEQUENCE_SORTS + ((EXPOSURES,) if has_exposures else ())
+    sorts = SEQUENCE_SORTS + (EXPOSURE_SORTS if has_exposures else ())
     sort = choice(params, "sort", sorts, "memorized")
     # Most memorized, highest and longest first by default; row and source read naturally ascending.
     natural = "asc" if sort in ("row", "source", "nll") else "desc"
@@ -91,6 +94,7 @@ def sequence_query(params: QueryParams, has_exposures: bool) -> SequenceQuery:
         full_match=full_match,
         min_prefix=integer(params, "min_prefix", 0, 1_000_000),
         min_exposures=integer(params, "min_exposures", 0, 10**15) if has_exposures else None,
+        max_exposures=integer(params, "max_exposures", 0, 10**15) if has_exposures else None,
         sort=sort,
         descending=choice(params, "order", ("asc", "desc"), natural) == "desc",
         limit=integer(params, "limit", 1, MAX_PAGE) or 50,

@@ -18,7 +18,8 @@
     [132, 212, 75], [173, 220, 48], [216, 226, 25], [253, 231, 37]];
   const LUT = buildLut(VIRIDIS_STOPS);
   const LABELS = { score: "score", full_match_rate: "full-match rate", mean_prefix_match: "mean exact prefix",
-    nll: "NLL", tf_accuracy: "tf accuracy", n: "sequences" };
+    nll: "NLL", tf_accuracy: "tf accuracy", n: "sequences", seen_share: "seen by this checkpoint",
+    full_match_rate_never_seen: "full-match rate, never seen", full_match_rate_seen: "full-match rate, seen" };
 
   const ctx = canvas.getContext("2d");
   const ratio = window.devicePixelRatio || 1;
@@ -382,10 +383,38 @@
       failed: new Set(payload.failed.filter(([c, j]) => rowOf.has(c) && colOf.has(j)).map(([c, j]) => rowOf.get(c) * cols + colOf.get(j))),
       seenCounts: payload.checkpoints.map((ckpt) => payload.chunks.filter((chunk) => chunk <= ckpt).length),
     };
+    const wanted = metric;
     if (!(metric in metrics)) metric = payload.metrics[0].column;
     paintImage();
     setView({ c0: 0, c1: cols, r0: 0, r1: payload.checkpoints.length });
     canvas.dataset.ready = "true";
+    loadExposureMetrics(wanted);
+  }
+
+  // The metrics from exposure counts take one pass over every checkpoint the first time, so they load after the
+  // heatmap and join the menu when they arrive (switching to one if the address asked for it).
+  async function loadExposureMetrics(wanted) {
+    const response = await fetch("/api/matrix/exposures");
+    if (!response.ok) return;
+    const payload = await response.json();
+    const sameAxes = payload.checkpoints.join() === matrix.ckpts.join() && payload.chunks.join() === matrix.chunks.join();
+    if (payload.metrics.length && sameAxes) {  // (cells that landed meanwhile: a reload shows them)
+      for (const [column, base64] of Object.entries(payload.values)) matrix.grids[column] = decodeGrid(base64);
+      for (const m of payload.metrics) {
+        matrix.metrics[m.column] = m;
+        const option = document.createElement("option");
+        option.value = m.column;
+        option.textContent = m.label;
+        select.appendChild(option);
+      }
+      if (wanted in payload.values && wanted !== metric) {
+        metric = wanted;
+        select.value = wanted;
+        paintImage();
+        draw();
+      }
+    }
+    canvas.dataset.exposures = "true";
   }
 
   // For tests and notebooks driving the page: where a cell is drawn (CSS px from the canvas's top-left corner),

@@ -1,0 +1,251 @@
+"""Each probe sequence's exposures as the output knows them, at any checkpoint, and what the counts cover.
+
+A sequence's **exposures at checkpoint c** are the occurrences of its k + l window in the chunk files <= c that were
+scanned (checkpoint c was saved after training on chunks 0..c, so these are the copies it has trained on). The
+landed counts (`exposure_counts`: one row per nonzero (sequence, scanned file) pair) hold them file by file;
+`ExposureHistory` orders them by file so that one pass over the checkpoints, in order, sees every sequence's
+exposures and the chunk of its latest one grow (`ExposureCursor`), and `exposures_at(ckpt)` gives them for one
+checkpoint.
+
+What the counts cover is part of every answer (`ExposureCoverage`). A scan counts the sequences of some probe
+chunks in one chunk file, so each probe chunk has its own set of scanned files. A sequence is **covered** when its
+own chunk file has been scanned for it: its exposures then include its own row, and "seen by checkpoint c" is
+exactly "exposures at c >= 1". The analyses use covered sequences only. A listed file that was not scanned (not
+yet, or its scan failed) is a count not made: exposures are then lower bounds, and every view that shows them says
+how many of the listed files the counts cover.
+
+Memory: the count rows (a few bytes each) and one int64 key per covered sequence; the probe sets' tokens are never
+read. Costs at full size: BENCHMARKS.md, "Exposure analyses at full size".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from sweep.output import LandedOutput
+
+NO_CHUNK = -1  # "no occurrence yet" in first / last chunk arrays
+
+
+@dataclass(frozen=True)
+class ExposureCoverage:
+    """Which chunk files the counts cover, for which probe chunks, and which scans failed."""
+
+    listed: tuple[int, ...]  # exposure.chunks: the chunk files the spec asks to scan
+    scanned: dict[int, frozenset[int]]  # chunk file -> the probe chunks its landed scans counted
+    failed: dict[int, str]  # chunk file -> why its latest scan failed
+    probe_chunks: tuple[int, ...]  # the chunks with a landed probe set
+
+    @classmethod
+    def read(cls, landed: LandedOutput) -> ExposureCoverage:
+        scanned = {seen: frozenset(landed.ledgers.scanned_probe_chunks(seen)) for seen in landed.ledgers.exposures}
+        failed = {int(record["seen_chunk"]): " ".join(str(record.get("error")).split())
+                  for record in landed.scan_failures()}
+        probe_chunks = tuple(sorted(chunk for chunk, entry in landed.ledgers.probes.items() if entry.get("file")))
+        return cls(tuple(landed.exposure_chunks_listed()), {s: c for s, c in scanned.items() if c}, failed,
+                   probe_chunks)
+
+    @property
+    def has_counts(self) -> bool:
+        return bool(self.scanned)
+
+    @property
+    def complete_files(self) -> list[int]:
+        """Listed chunk files scanned for every probe chunk."""
+        wanted = set(self.probe_chunks)
+        return [seen for seen in self.listed if wanted <= self.scanned.get(seen, frozenset())]
+
+    @property
+    def covered_chunks(self) -> list[int]:
+        """Probe chunks whose own chunk file has been scanned for them: the sequences the analyses use."""
+        return [chunk for chunk in self.probe_chunks if chunk in self.scanned.get(chunk, frozenset())]
+
+    @property
+    def is_complete(self) -> bool:
+        return bool(self.listed) and len(self.complete_files) == len(self.listed) and not self.failed
+
+    def describe(self) -> str:
+        """One sentence: how many of the listed files the counts cover, and what is missing or failed."""
+        listed, complete = set(self.listed), set(self.complete_files)
+        if not self.listed:
+            return (f"exposure counts of {len(self.scanned)} chunk files (the spec lists none in exposure.chunks)"
+                    if self.scanned else "no exposure counts (the spec lists no chunk files in exposure.chunks)")
+        parts = [f"exposure counts cover {len(complete)} of the {len(listed)} chunk files listed in exposure.chunks"]
+        partial = sorted(seen for seen in listed - complete if seen in self.scanned)
+        missing = sorted(listed - complete - set(partial) - set(self.failed))
+        if partial:
+            parts.append(f"{len(partial)} counted for some probe chunks only ({_ids(partial)})")
+        if missing:
+            parts.append(f"{len(missing)} not scanned yet ({_ids(missing)})")
+        if self.failed:
+            failures = sorted(self.failed.items())
+            parts.append("failed: " + "; ".join(f"chunk {seen}: {error}" for seen, error in failures))
+        return "; ".join(parts)
+
+    def describe_sequences(self) -> str:
+        """Which sequences the analyses use."""
+        covered = self.covered_chunks
+        return (f"exposures are known for the sequences of {len(covered)} of the {len(self.probe_chunks)} probe "
+                "chunks (those whose own chunk file was scanned)")
+
+
+def _ids(values: list[int], shown: int = 8) -> str:
+    text = ", ".join(str(value) for value in values[:shown])
+    return text + (f", ... ({len(values) - shown} more)" if len(values) > shown else "")
+
+
+class ExposureHistory:
+    """The exposures of every covered sequence, file by file in chunk order (see the module docstring).
+
+    Per covered sequence, arrays of length n in key order: `keys` int64 (chunk * 2**32 + row, analyses.SEQUENCE_KEY,
+    sorted), `chunks` int32, their totals over every scanned file: `window_count`, `prompt_count` int64, `first_chunk`
+    and `last_chunk` int32 (the first and last scanned chunk holding the window: the sequence's own chunk or a copy;
+    NO_CHUNK: none) and `chunks_scanned` int32 (files scanned for its probe chunk). The count rows holding the window,
+    ordered by file, feed the cursor: `_at` int64[m] (position in `keys`), `_seen` int32[m] (the chunk file),
+    `_window` int64[m] (occurrences in it); every count row, ordered by sequence then file, answers `files`.
+    """
+
+    def __init__(self, keys: np.ndarray, at: np.ndarray, seen: np.ndarray, window: np.ndarray, prompt: np.ndarray,
+                 coverage: ExposureCoverage):
+        n = keys.size
+        self.keys = keys
+        self.chunks = (keys >> 32).astype(np.int32)
+        self.coverage = coverage
+        self.window_count = np.bincount(at, weights=window, minlength=n).astype(np.int64)
+        self.prompt_count = np.bincount(at, weights=prompt, minlength=n).astype(np.int64)
+        by_sequence = np.lexsort((seen, at))
+        self._rows = (at[by_sequence], seen[by_sequence], window[by_sequence], prompt[by_sequence])
+        held = window > 0
+        order = np.argsort(seen[held], kind="stable")
+        self._at, self._seen, self._window = at[held][order], seen[held][order], window[held][order]
+        first = np.full(n, np.iinfo(np.int32).max, dtype=np.int32)
+        np.minimum.at(first, self._at, self._seen)
+        self.first_chunk = np.where(first == np.iinfo(np.int32).max, NO_CHUNK, first).astype(np.int32)
+        self.last_chunk = np.full(n, NO_CHUNK, dtype=np.int32)
+        np.maximum.at(self.last_chunk, self._at, self._seen)
+        files = {chunk: 0 for chunk in coverage.probe_chunks}
+        for probe_chunks in coverage.scanned.values():
+            for chunk in probe_chunks:
+                files[chunk] = files.get(chunk, 0) + 1
+        scanned = np.array(sorted(files.items()), dtype=np.int64).reshape(-1, 2)
+        where = np.searchsorted(scanned[:, 0], self.chunks) if scanned.size else np.zeros(n, dtype=np.int64)
+        self.chunks_scanned = scanned[where, 1].astype(np.int32) if n else np.zeros(0, dtype=np.int32)
+
+    @classmethod
+    def read(cls, landed: LandedOutput) -> ExposureHistory:
+        """The history of `landed`'s covered sequences (empty when nothing was scanned)."""
+        coverage = ExposureCoverage.read(landed)
+        covered = coverage.covered_chunks
+        # Filtering by chunk first lets Polars skip the other chunks' probe files by their statistics.
+        keys = landed.probes().filter(pl.col("chunk").is_in(covered)).select("chunk", "row")
+        counts = landed.exposure_counts().select("chunk", "row", "seen_chunk", "window_count", "prompt_count")
+        return cls.from_tables(keys.collect(), counts.collect() if covered else counts.head(0).collect(), coverage)
+
+    @classmethod
+    def from_tables(cls, sequences: pl.DataFrame, counts: pl.DataFrame, coverage: ExposureCoverage) -> ExposureHistory:
+        """From the covered sequences (`chunk, row`) and their count rows (`chunk, row, seen_chunk, window_count,
+        prompt_count`; rows of other sequences are ignored)."""
+        keys = np.unique(_keys(sequences))
+        count_keys = _keys(counts)
+        at = np.searchsorted(keys, count_keys)
+        known = at < keys.size
+        known[known] = keys[at[known]] == count_keys[known]
+
+        def column(name: str, dtype) -> np.ndarray:
+            return counts[name].to_numpy()[known].astype(dtype)
+
+        return cls(keys, at[known], column("seen_chunk", np.int32), column("window_count", np.int64),
+                   column("prompt_count", np.int64), coverage)
+
+    def __len__(self) -> int:
+        return int(self.keys.size)
+
+    @property
+    def max_chunk(self) -> int:
+        """The largest chunk id a sequence or a scanned file has (-1 when empty)."""
+        return int(max(self.chunks.max(initial=-1), self._seen.max(initial=-1)))
+
+    def locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, found): where each of `keys` (SEQUENCE_KEY values) sits in this history; found is False
+        for sequences that are not covered (their position is then meaningless)."""
+        at = np.searchsorted(self.keys, keys)
+        found = at < self.keys.size
+        found[found] = self.keys[at[found]] == keys[found]
+        return at, found
+
+    def cursor(self) -> ExposureCursor:
+        return ExposureCursor(self)
+
+    def files(self, chunk: int, row: int) -> pl.DataFrame | None:
+        """One covered sequence's count rows (`seen_chunk, window_count, prompt_count`, by chunk file: every scanned
+        file holding its window or its prompt), or None when it is not covered."""
+        at, found = self.locate(np.array([(chunk << 32) + row], dtype=np.int64))
+        if not found[0]:
+            return None
+        positions, seen, window, prompt = self._rows
+        rows = slice(*np.searchsorted(positions, [at[0], at[0] + 1]))
+        return pl.DataFrame({"seen_chunk": pl.Series(seen[rows], dtype=pl.Int32),
+                             "window_count": pl.Series(window[rows], dtype=pl.Int64),
+                             "prompt_count": pl.Series(prompt[rows], dtype=pl.Int64)})
+
+    def exposures_at(self, ckpt: int, chunk: int | None = None) -> pl.DataFrame:
+        """Per covered sequence (of `chunk` alone if given), sorted: `chunk, row`, `exposures` (occurrences in scanned
+        chunk files <= ckpt), `last_exposure_chunk` (the latest of those holding one), then the totals over every
+        scanned file, as the reader's `exposures` table has them: `window_count, prompt_count, first_chunk,
+        last_chunk, chunks_scanned` (chunks null where no file holds the window)."""
+        cursor = self.cursor()
+        cursor.advance(ckpt)
+        keep = slice(None) if chunk is None else slice(*np.searchsorted(self.chunks, [chunk, chunk + 1]))
+        chunk_columns = ("last_exposure_chunk", "first_chunk", "last_chunk")
+        return pl.DataFrame({
+            "chunk": pl.Series(self.chunks[keep], dtype=pl.Int32),
+            "row": pl.Series(self.keys[keep] & 0xFFFFFFFF, dtype=pl.Int64),
+            "exposures": pl.Series(cursor.exposures[keep], dtype=pl.Int64),
+            "last_exposure_chunk": pl.Series(cursor.last_chunk[keep], dtype=pl.Int32),
+            "window_count": pl.Series(self.window_count[keep], dtype=pl.Int64),
+            "prompt_count": pl.Series(self.prompt_count[keep], dtype=pl.Int64),
+            "first_chunk": pl.Series(self.first_chunk[keep], dtype=pl.Int32),
+            "last_chunk": pl.Series(self.last_chunk[keep], dtype=pl.Int32),
+            "chunks_scanned": pl.Series(self.chunks_scanned[keep], dtype=pl.Int32),
+        }).with_columns(pl.when(pl.col(name) != NO_CHUNK).then(pl.col(name)).alias(name) for name in chunk_columns)
+
+
+class ExposureCursor:
+    """Every covered sequence's exposures and latest exposed chunk as of a checkpoint, advanced in order."""
+
+    def __init__(self, history: ExposureHistory):
+        self.history = history
+        self.exposures = np.zeros(len(history), dtype=np.int64)  # indexed like history.keys
+        self.bins = np.zeros(len(history), dtype=np.int32)  # exposure_bin(exposures), kept up to date
+        self.last_chunk = np.full(len(history), NO_CHUNK, dtype=np.int32)
+        self.ckpt = None
+        self._next = 0  # the first count row not added yet
+
+    def advance(self, ckpt: int) -> None:
+        """Add the occurrences in chunk files <= ckpt not added yet (ckpt must not go down)."""
+        if self.ckpt is not None and ckpt < self.ckpt:
+            raise ValueError(f"an exposure cursor moves forward only (at {self.ckpt}, asked for {ckpt})")
+        history = self.history
+        end = int(np.searchsorted(history._seen, ckpt, side="right"))
+        rows = slice(self._next, end)
+        np.add.at(self.exposures, history._at[rows], history._window[rows])
+        np.maximum.at(self.last_chunk, history._at[rows], history._seen[rows])
+        touched = history._at[rows]
+        self.bins[touched] = exposure_bin(self.exposures[touched])
+        self._next, self.ckpt = end, ckpt
+
+
+def exposure_bin(exposures: np.ndarray) -> np.ndarray:
+    """int32 bin of each count: 0 for 0, 1 for 1, 2 for 2, then 3 for 3-4, 4 for 5-8, ... (1 + ceil(log2(e)))."""
+    exposures = np.asarray(exposures, dtype=np.int64)
+    bins = np.zeros(exposures.shape, dtype=np.int32)
+    seen = exposures > 0
+    bins[seen] = 1 + np.frexp(exposures[seen] - 1)[1]  # frexp's exponent of e - 1 is its bit length: ceil(log2(e))
+    return bins
+
+
+def _keys(frame: pl.DataFrame) -> np.ndarray:
+    return (frame["chunk"].cast(pl.Int64).to_numpy() << 32) + frame["row"].cast(pl.Int64).to_numpy()
