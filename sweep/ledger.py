@@ -171,6 +171,27 @@ class OutputLayout:
         return found
 
 
+def id_ranges(ids: list[int]) -> str:
+    """Sorted ids as the spec writes them: [0, 1, 2, 5, 7, 8] -> "0-2,5,7-8" (a scan of one of Amber's files
+    lists the 360 probe chunks it counted as "0-359": a ledger stays small however many scans it records)."""
+    runs: list[list[int]] = []
+    for value in sorted(set(ids)):
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def parse_id_ranges(text: str) -> list[int]:
+    """The inverse of `id_ranges`."""
+    ids: list[int] = []
+    for part in filter(None, text.split(",")):
+        start, _, stop = part.partition("-")
+        ids += range(int(start), int(stop or start) + 1)
+    return ids
+
+
 def files_in(folder: Path) -> list[Path]:
     """The files directly in `folder`, sorted; none if it does not exist."""
     return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
@@ -276,7 +297,7 @@ class Ledgers:
     def scanned_probe_chunks(self, seen_chunk: int) -> set[int]:
         """The probe chunks whose sequences have been counted in chunk file `seen_chunk`."""
         entry = self.exposures.get(seen_chunk) or {}
-        return {chunk for scan in entry.get("scans", []) for chunk in scan["probe_chunks"]}
+        return {chunk for scan in entry.get("scans", []) for chunk in parse_id_ranges(scan["probe_chunks"])}
 
     def scan_files(self) -> list[tuple[int, FileRecord]]:
         """(scanned chunk, record) of every landed exposure scan."""

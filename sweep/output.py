@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from sweep.errors import MemsweepError
-from sweep.ledger import FileRecord, Ledgers, OutputLayout, read_json, read_manifest
+from sweep.ledger import FileRecord, Ledgers, OutputLayout, parse_id_ranges, read_json, read_manifest
 from sweep.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, EXPOSURE_SCAN_SCHEMA, EXPOSURES_SCHEMA, PROBE_SCHEMA,
                           SEQUENCE_SCHEMA)
 from sweep.spec import identity_hash
@@ -128,7 +128,7 @@ class LandedOutput:
             for scan in entry.get("scans", []):
                 seconds = scan.get("seconds") or 0.0
                 rows.append({"seen_chunk": seen_chunk, "data_file": source.get("file"), "data_sha256": source.get("sha256"),
-                             "probe_chunks": scan["probe_chunks"], "cpus": scan.get("cpu_seconds", 0.0) / seconds
+                             "probe_chunks": parse_id_ranges(scan["probe_chunks"]), "cpus": scan.get("cpu_seconds", 0.0) / seconds
                              if seconds else None, **{key: scan.get(key) for key in EXPOSURE_SCAN_SCHEMA
                                                       if key in scan and key != "probe_chunks"}})
         return pl.DataFrame(rows, schema=EXPOSURE_SCAN_SCHEMA)

@@ -28,8 +28,8 @@ import polars as pl
 
 from sweep.atomic_write import fsync_dir, write_atomic
 from sweep.errors import MemsweepError
-from sweep.ledger import (MANIFEST_FORMAT, TABLES, FileRecord, Ledgers, OutputLayout, files_in, listed_chunks,
-                          read_manifest, write_json)
+from sweep.ledger import (MANIFEST_FORMAT, TABLES, FileRecord, Ledgers, OutputLayout, files_in, id_ranges,
+                          listed_chunks, read_manifest, write_json)
 from sweep.output import LandedOutput, scan_listed
 from sweep.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, PROBE_SCHEMA, SEQUENCE_SCHEMA, CellProvenance, conform,
                           conform_sequences, summarize_cell, utc_now)
@@ -349,7 +349,7 @@ class ResultStore:
         name = f"scan-{1 + max((int(scan['name'][5:]) for scan in entry['scans']), default=-1):06d}"
         frame = conform(counts.with_columns(pl.lit(seen_chunk).alias("seen_chunk")), EXPOSURE_COUNT_SCHEMA)
         record = self._land_parquet(frame.sort("chunk", "row"), self.layout.scan_file(seen_chunk, name))
-        scan = {"name": name, "probe_chunks": sorted(int(c) for c in probe_chunks), "file": record.to_dict(),
+        scan = {"name": name, "probe_chunks": id_ranges([int(c) for c in probe_chunks]), "file": record.to_dict(),
                 **stats, "scanned_at": utc_now()}
         entries[seen_chunk] = {"source": entry["source"] if pinned else chunk_file, "scans": entry["scans"] + [scan]}
         self.ledgers.commit_exposures(entries)  # the commit point

@@ -559,3 +559,11 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_tak
     holder.wait()
     with writer_lock(output):  # taken over
         pass
+
+
+def test_id_ranges_round_trip_and_stay_short():
+    from sweep.ledger import id_ranges, parse_id_ranges
+
+    for ids in ([], [4], [0, 1, 2, 5, 7, 8], list(range(360)), [3, 9, 10, 11, 40]):
+        assert parse_id_ranges(id_ranges(ids)) == ids
+    assert id_ranges(list(range(360))) == "0-359" and id_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
