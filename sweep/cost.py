@@ -141,21 +141,10 @@ def _checkpoint_sizes(spec: SweepSpec, plan: Plan, estimate: CostEstimate, offli
 
 def _chunk_sizes(spec: SweepSpec, plan: Plan, landed: LandedOutput | None, estimate: CostEstimate,
                  offline: bool) -> None:
+    """The chunk files whose probe sets still need a build (streamed once each)."""
     sampled = {chunk for chunk, _ in landed.ledgers.probe_files()} if landed is not None else set()
     chunks = [chunk for chunk in plan.chunks_needed if chunk not in sampled]
-    if offline and not is_local(spec.data.source):
-        estimate.chunk_bytes = {chunk: AMBER_CHUNK_BYTES for chunk in chunks}
-        return
-    try:
-        sources = describe_chunks(spec.data.source, {c: spec.data.file_for(c) for c in chunks}, spec.data.revision)
-    except Exception as error:  # noqa: BLE001
-        estimate.notes.append(f"(could not list chunk sizes: {one_line(error)}; assuming Amber's)")
-        estimate.chunk_bytes = {chunk: AMBER_CHUNK_BYTES for chunk in chunks}
-        return
-    missing = [c for c, s in sources.items() if isinstance(s, Exception)]
-    if missing:
-        estimate.notes.append(f"{len(missing)} chunk files not found (their cells would fail): chunks {missing[:10]}")
-    estimate.chunk_bytes = {c: float(s.size or 0) for c, s in sources.items() if not isinstance(s, Exception)}
+    estimate.chunk_bytes = _file_sizes(spec, chunks, estimate, offline, "their cells would fail")
 
 
 def _scan_sizes(spec: SweepSpec, landed: LandedOutput | None, estimate: CostEstimate, offline: bool) -> None:
@@ -164,14 +153,21 @@ def _scan_sizes(spec: SweepSpec, landed: LandedOutput | None, estimate: CostEsti
         return
     scanned = landed.ledgers.scanned_probe_chunks if landed is not None else (lambda seen: set())
     todo = [seen for seen in spec.exposure.chunks if not set(spec.chunks) <= scanned(seen)]
+    estimate.scan_bytes = _file_sizes(spec, todo, estimate, offline, "their scans would fail")
+
+
+def _file_sizes(spec: SweepSpec, chunks: list[int], estimate: CostEstimate, offline: bool,
+                if_missing: str) -> dict[int, float]:
+    """Bytes of each chunk file (Amber's published size offline, or when the dataset cannot be listed: said in a
+    note); a missing file is left out and named in a note."""
     if offline and not is_local(spec.data.source):
-        estimate.scan_bytes = {seen: AMBER_CHUNK_BYTES for seen in todo}
-        return
+        return {chunk: AMBER_CHUNK_BYTES for chunk in chunks}
     try:
-        described = describe_chunks(spec.data.source, {c: spec.data.file_for(c) for c in todo}, spec.data.revision)
-    except Exception as error:  # noqa: BLE001
-        estimate.notes.append(f"(could not list the sizes of the chunk files to scan: {one_line(error)}; "
-                              "assuming Amber's)")
-        estimate.scan_bytes = {seen: AMBER_CHUNK_BYTES for seen in todo}
-        return
-    estimate.scan_bytes = {c: float(d.size or 0) for c, d in described.items() if not isinstance(d, Exception)}
+        described = describe_chunks(spec.data.source, {c: spec.data.file_for(c) for c in chunks}, spec.data.revision)
+    except Exception as error:  # noqa: BLE001 - fall back to the published sizes, and say so
+        estimate.notes.append(f"(could not list chunk sizes: {one_line(error)}; assuming Amber's)")
+        return {chunk: AMBER_CHUNK_BYTES for chunk in chunks}
+    missing = [c for c, d in described.items() if isinstance(d, Exception)]
+    if missing:
+        estimate.notes.append(f"{len(missing)} chunk files not found ({if_missing}): chunks {missing[:10]}")
+    return {c: float(d.size or 0) for c, d in described.items() if not isinstance(d, Exception)}
