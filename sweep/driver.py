@@ -121,8 +121,8 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         for ckpt in plan.finished_checkpoints:  # finished by an earlier run that was killed before it compacted
             store.write_cells(ckpt, [], finishes_checkpoint=True)
         store.record_pins_in_manifest()
-        summary.failed = store.reader().failures()
-        summary.failed_scans = store.reader().scan_failures()
+        landed = store.reader()
+        summary.failed, summary.failed_scans = landed.failures(), landed.scan_failures()
         summary.seconds = time.perf_counter() - started
         return summary
 

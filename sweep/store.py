@@ -204,7 +204,7 @@ class ResultStore:
                             pl.DataFrame(fresh_rows, schema=CELL_SCHEMA))
             for chunk in records:
                 self._clear_failure(ckpt, chunk)
-        loose = sum(entry["name"].startswith("batch-") for entry in self.ledgers.ledger(ckpt)["files"])
+        loose = sum(entry["name"].startswith("batch-") for entry in ledger["files"])  # as committed above
         if finishes_checkpoint or loose > COMPACT_AFTER_FILES:
             self.compact_checkpoint(ckpt)
         if all(cell.chunk in records for cell in cells):
