@@ -105,7 +105,7 @@ def fetch_checkpoint(source: str, revision: str, commit: str | None, download_di
     """
     if is_local(source):
         return CheckpointFolder(local_checkpoint(source, revision), downloaded=False)
-    if not commit:  # the driver pins every Hub revision before an actor sees it (sweep/sources.py)
+    if not commit:  # the driver pins every Hub revision before an actor sees it (sweep/data/sources.py)
         raise ValueError(f"{source}@{revision}: a Hub checkpoint is fetched at a pinned commit, and none was given")
     patterns = model_file_patterns(source, commit)
     try:

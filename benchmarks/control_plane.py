@@ -4,7 +4,7 @@
     python benchmarks/control_plane.py --checkpoints 36 --chunks 36  # a quick check (~1 min)
     python benchmarks/control_plane.py --simulate-probe-builds       # the probe-set ramp, builds simulated too
 
-`run_sweep` (sweep/driver.py) runs unchanged: plan, probe supply, scheduler, ResultStore landing and
+`run_sweep` (sweep/run/driver.py) runs unchanged: plan, probe supply, scheduler, ResultStore landing and
 compaction, on a local Ray with 64 logical GPUs. Only the checkpoint actor is replaced, by
 `CostModelScorer`: CheckpointScorer's interface (`prefetch`, `score_cell`, `release`; concurrency groups io
 and compute) without torch, which sleeps what a GPU would spend and returns synthetic scores (deterministic
@@ -235,10 +235,10 @@ def cost_model_scorer(cost: CostModel):
 
 
 def slow_probe_build_task(cost: CostModel):
-    """sweep.probe_supply's build task, preceded by a sleep of one chunk's stream time (same signature)."""
+    """sweep.data.probe_supply's build task, preceded by a sleep of one chunk's stream time (same signature)."""
 
     def build(source, chunk, n, seed, k, l, vocab_size, line_lengths):
-        from sweep.probes import build_probe_set_from
+        from sweep.data.probes import build_probe_set_from
 
         cost.sleep(cost.probe_build_seconds)
         return build_probe_set_from(source, chunk, n, seed, k, l, vocab_size, line_lengths)
@@ -248,7 +248,7 @@ def slow_probe_build_task(cost: CostModel):
 
 @contextmanager
 def simulated_probe_builds(cost: CostModel):
-    from sweep import probe_supply
+    from sweep.data import probe_supply
 
     real = probe_supply._build_probe_set_task
     probe_supply._build_probe_set_task = slow_probe_build_task(cost)
@@ -305,7 +305,7 @@ def make_spec(world: Path, output: Path, cache: Path, checkpoints: int, chunks: 
 
 def prebuild_probe_sets(spec, cost: CostModel) -> float:
     """Fill the probe cache through the real path: a throw-away sweep of checkpoint 0 on one free actor."""
-    from sweep.driver import run_sweep
+    from sweep.run.driver import run_sweep
 
     began = time.perf_counter()
     output = Path(spec.output).with_name("prebuild")
@@ -464,8 +464,8 @@ def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bo
     """One sweep of `spec` into an empty output, measured (see the module docstring)."""
     import psutil
 
-    from sweep.driver import run_sweep
-    from sweep.output import open_output
+    from sweep.run.driver import run_sweep
+    from sweep.landed.reader import open_output
 
     stats = Path(spec.output).with_name(Path(spec.output).name + "-actors")
     shutil.rmtree(stats, ignore_errors=True)

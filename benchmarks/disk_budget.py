@@ -60,7 +60,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.probe_memory import write_synthetic_chunk
-from sweep.cost import (
+from sweep.run.cost import (
     AMBER_CHUNK_BYTES,
     AMBER_CKPT_BYTES,
     AMBER_MAIN_BYTES,
@@ -436,7 +436,7 @@ def run_scenario(scenario: Scenario, root: Path, server, revisions: dict[str, st
                  ) -> RunResult:
     import pytest
 
-    from sweep.driver import run_sweep
+    from sweep.run.driver import run_sweep
     from sweep.spec import load_spec
     from tests.hub_world import apply_hub_client_env, hub_client_env
 
@@ -552,7 +552,7 @@ def report(results: list[RunResult], sizes: WorldSizes, args) -> str:
 
 
 def extrapolate(results: list[RunResult], sizes: WorldSizes, args) -> list[str]:
-    """Measured ratios times Amber's sizes (sweep/cost.py's published-size constants), as a table."""
+    """Measured ratios times Amber's sizes (sweep/run/cost.py's published-size constants), as a table."""
     by_label = {r.label: r for r in results}
     ckpt = sizes.fp32_checkpoint
     gb = 1e9

@@ -12,7 +12,7 @@ probes from other chunks mostly are). Then, in one process, reading the file fro
   (a) plain: sha256 of the bytes, ``json.loads`` per line, numpy polynomial hashes of every k-id window of
       the row, candidates by ``searchsorted`` in the sorted prompt hashes, each verified through dicts keyed
       by k-gram and (k + l)-gram tuples;
-  (b) kernel: ``scan_chunk`` (sweep/exposure_scan.py), 4 MB blocks as ``LocalChunkReader`` streams them;
+  (b) kernel: ``scan_chunk`` (sweep/exposures/kernel.py), 4 MB blocks as ``LocalChunkReader`` streams them;
 
 and checks that both give identical counts for every probe. Methods take turns for --rounds rounds; the best
 and the spread are printed. Tokens/s per core = tokens / CPU seconds of this (single-threaded) process, so
@@ -41,8 +41,8 @@ import psutil
 from numpy.lib.stride_tricks import sliding_window_view
 from peak_memory import peak_rss_bytes, reset_peak_rss  # benchmarks/ (this script's folder)
 
-from sweep.exposure_scan import build_probe_index, scan_chunk
-from sweep.probes import LocalChunkReader
+from sweep.exposures.kernel import build_probe_index, scan_chunk
+from sweep.data.probes import LocalChunkReader
 
 ROW_LEN = 2049  # Amber rows hold 2049 token ids
 VOCAB = 32000
@@ -124,7 +124,7 @@ def compile_seconds(cache_dir: str) -> dict:
     """Import, then first build + scan of a tiny input, in a fresh process with NUMBA_CACHE_DIR=cache_dir."""
     return fresh_process(
         "import json, time; began = time.perf_counter(); import numpy as np\n"
-        "from sweep.exposure_scan import build_probe_index, scan_chunk\n"
+        "from sweep.exposures.kernel import build_probe_index, scan_chunk\n"
         "imported = time.perf_counter(); index = build_probe_index(np.array([[1, 2, 3]]), 2)\n"
         "scan_chunk([b'{\"token_ids\": [1, 2, 3]}\\n'], index, 'tiny')\n"
         "print(json.dumps({'import': imported - began, 'first call': time.perf_counter() - imported}))",
@@ -137,8 +137,8 @@ def scan_alone_memory(probes_path: Path, chunk: Path, prompt_len: int) -> dict:
     return fresh_process(
         "import json, numpy as np, psutil\n"
         "from peak_memory import peak_rss_bytes, reset_peak_rss\n"
-        "from sweep.exposure_scan import build_probe_index, scan_chunk\n"
-        "from sweep.probes import LocalChunkReader\n"
+        "from sweep.exposures.kernel import build_probe_index, scan_chunk\n"
+        "from sweep.data.probes import LocalChunkReader\n"
         "scan_chunk([b'{\"token_ids\": [1, 2, 3]}\\n'], build_probe_index(np.array([[1, 2, 3]]), 2), 'tiny')\n"
         "rss = lambda: psutil.Process().memory_info().rss\n"
         f"imported = rss(); reset_peak_rss(); probes = np.load({str(probes_path)!r})\n"

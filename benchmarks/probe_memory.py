@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 from peak_memory import peak_rss_bytes, reset_peak_rss  # benchmarks/ (this script's folder)
 
-from sweep.probes import build_probe_set
+from sweep.data.probes import build_probe_set
 
 ROW_LEN = 2049  # Amber rows hold 2049 token ids
 

@@ -12,15 +12,15 @@ up as "killed" instead.
 
 Measurements:
 - `sql N` / `python N`: the N-th ```sql / ```python block of the queries page (default
-  docs/queries.md), SQL through `sweep.query.run_query` as `memsweep query` runs it, Python
+  docs/queries.md), SQL through `sweep.analysis.query.run_query` as `memsweep query` runs it, Python
   blocks exec'd with `output` set (their printing goes to /dev/null);
-- `report`: `sweep.report.write_report(output, out_dir=<temp>)`, whole;
-- `report/<section>`: the same run, with every `_<name>_section(s)` function of sweep/report.py and
-  sweep/exposure_report.py, `analyses.first_memorized` and `exposure_analyses.exposure_analyses` (the one pass
+- `report`: `sweep.report.page.write_report(output, out_dir=<temp>)`, whole;
+- `report/<section>`: the same run, with every `_<name>_section(s)` function of sweep/report/page.py and
+  sweep/report/exposure_sections.py, `analyses.first_memorized` and `exposure_analyses.exposure_analyses` (the one pass
   behind the exposure figures) timed, and its own peak (VmHWM reset through /proc/self/clear_refs before each): a
   section's peak includes what the report holds at the time. `report/setup` is everything before the
   first section (opening the tables, reading the cells);
-- `analysis <name>`: each exposure analysis of sweep/exposure_analyses.py alone (its own pass over every
+- `analysis <name>`: each exposure analysis of sweep/exposures/analyses.py alone (its own pass over every
   checkpoint), and `ExposureHistory.read`, when the output holds exposure counts;
 - `show`: `memsweep show OUTPUT --sort exposures` (the history, the last checkpoint's partition, decoding).
 
@@ -67,7 +67,7 @@ def _child(task: dict) -> list[dict]:
     """Run one task in this process; returns result rows (name, seconds, peak_rss_bytes)."""
     output = task["output"]
     if task["kind"] == "sql":
-        from sweep.query import run_query
+        from sweep.analysis.query import run_query
 
         started = time.perf_counter()
         result = run_query(Path(output), task["code"])
@@ -98,9 +98,9 @@ ANALYSES = ("history", "memorization_by_exposure", "seen_per_sequence", "forgett
 
 def _child_analysis(task: dict) -> list[dict]:
     """One exposure analysis on its own (after reading the history, which "history" times alone)."""
-    from sweep import exposure_analyses
-    from sweep.exposure_history import ExposureHistory
-    from sweep.output import open_output
+    from sweep.exposures import analyses as exposure_analyses
+    from sweep.exposures.history import ExposureHistory
+    from sweep.landed.reader import open_output
 
     landed = open_output(task["output"])
     started = time.perf_counter()
@@ -116,7 +116,7 @@ def _child_analysis(task: dict) -> list[dict]:
 
 
 def _child_report(task: dict) -> list[dict]:
-    from sweep import report
+    from sweep.report import page as report
 
     rows: list[dict] = []
     started = time.perf_counter()
@@ -141,7 +141,7 @@ def _child_report(task: dict) -> list[dict]:
         return wrapper
 
     if task.get("sections"):
-        from sweep import exposure_report
+        from sweep.report import exposure_sections as exposure_report
 
         for module in (report, exposure_report):
             for attribute in dir(module):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
-from sweep.output import open_output
+from sweep.landed.reader import open_output
 
 REPO = Path(__file__).resolve().parents[1]
 

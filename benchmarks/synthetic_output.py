@@ -51,9 +51,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sweep.schema import CELL_SCHEMA, SEQUENCE_SCHEMA
+from sweep.landed.schema import CELL_SCHEMA, SEQUENCE_SCHEMA
 from sweep.spec import parse_id_list
-from sweep.store import ResultStore
+from sweep.landed.store import ResultStore
 
 ROWS_PER_AMBER_CHUNK = 1_706_976  # row numbers are positions in a chunk file of this many rows
 SOURCE_MIX = {  # the sources of the 1000-row Amber sample (FACTS.md), as fractions

@@ -160,14 +160,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
-    from sweep.driver import run_sweep
+    from sweep.run.driver import run_sweep
 
     started = time.perf_counter()
     summary = run_sweep(spec, progress=not args.no_progress, address=args.address, num_cpus=args.num_cpus,
                         num_gpus=args.num_gpus)
     print(summary.describe())
     if report:
-        from sweep.report import write_report
+        from sweep.report.page import write_report
 
         path = write_report(summary.output)
         print(f"report: {path}")
@@ -176,11 +176,11 @@ def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from sweep.cost import estimate_cost
-    from sweep.output import open_output
-    from sweep.plan import make_plan
-    from sweep.preflight import resolved_spec
-    from sweep.store import ResultStore
+    from sweep.run.cost import estimate_cost
+    from sweep.landed.reader import open_output
+    from sweep.run.plan import make_plan
+    from sweep.run.preflight import resolved_spec
+    from sweep.landed.store import ResultStore
 
     spec = resolved_spec(_load(args))
     ResultStore(Path(spec.output)).check_identity(spec.identity())  # `run` would refuse this output: say so here
@@ -194,7 +194,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from sweep.verify import verify_output
+    from sweep.landed.verify import verify_output
 
     report = verify_output(args.output, repair=args.repair)
     print(report.describe())
@@ -202,7 +202,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from sweep.query import format_table, run_query, write_frame
+    from sweep.analysis.query import format_table, run_query, write_frame
 
     frame = run_query(args.output, args.sql)
     if args.format == "table":
@@ -216,10 +216,10 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from sweep.examples import TokenDecoder, examples_as_frame, find_examples, render_text
-    from sweep.exposure_history import ExposureHistory
-    from sweep.output import open_output
-    from sweep.query import write_frame
+    from sweep.analysis.examples import TokenDecoder, examples_as_frame, find_examples, render_text
+    from sweep.exposures.history import ExposureHistory
+    from sweep.landed.reader import open_output
+    from sweep.analysis.query import write_frame
 
     landed = open_output(args.output)
     ckpt = args.ckpt if args.ckpt is not None else landed.last_checkpoint()
@@ -249,7 +249,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from sweep.report import write_report
+    from sweep.report.page import write_report
 
     chunks = [part[0] for part in _int_groups(args.chunks, "--chunks", "chunk ids such as 0,3,7", 1)] \
         if args.chunks else None
@@ -279,7 +279,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Build the miniature Amber (first run only) where configs/demo.yaml points, then sweep it and report."""
-    from sweep.demo import DemoWorldConfig, ensure_demo_world
+    from sweep.demo.world import DemoWorldConfig, ensure_demo_world
     from sweep.spec import load_spec
 
     path = REPO_CONFIGS / "demo.yaml"

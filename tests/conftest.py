@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def world(tmp_path_factory) -> Path:
     """A demo world of 3 checkpoints trained through 3 chunks of 96 rows (built once per session, ~20 s)."""
-    from sweep.demo import DemoWorldConfig, ensure_demo_world
+    from sweep.demo.world import DemoWorldConfig, ensure_demo_world
 
     root = tmp_path_factory.mktemp("world")
     ensure_demo_world(DemoWorldConfig(chunks=3, rows_per_chunk=96), root / "model", root / "data", progress=False)

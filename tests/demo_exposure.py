@@ -1,6 +1,6 @@
 """What the lines a sweep of a demo world sampled had been exposed to, from its chunk files (not a test module).
 
-The demo's chunk files are its training stream (sweep/demo_stream.py): a later file replays rows of earlier
+The demo's chunk files are its training stream (sweep/demo/stream.py): a later file replays rows of earlier
 ones, so "a file checkpoint c has not trained on" no longer means "text it has not seen". Whether a sampled
 line was seen by a checkpoint is read from the files by an exposure scan: the first file that holds its
 k + l ids. Whether it is duplicated in the corpus (a row the builder planted copies of, or one of the copies)
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sweep.demo import chunk_path
-from sweep.demo_stream import read_origin_record
-from sweep.exposure_scan import build_probe_index, scan_chunk
-from sweep.output import open_output
+from sweep.demo.world import chunk_path
+from sweep.demo.stream import read_origin_record
+from sweep.exposures.kernel import build_probe_index, scan_chunk
+from sweep.landed.reader import open_output
 
 
 def first_files(tokens: np.ndarray, prompt_len: int, data_dir: Path, chunks: int) -> np.ndarray:

@@ -4,7 +4,7 @@
 
 Checkpoints 0..3 x chunks 0..2 are planned; every cell lands except (3, 2), which is recorded as failed. Each
 cell holds ROWS sequences of k + l = 2 x PROMPT_LEN tokens, encoded with a byte-level BPE tokenizer trained here
-(sweep.demo's), saved beside every checkpoint so `TokenDecoder.for_checkpoint` finds it as `memsweep show` would.
+(sweep.demo.world's), saved beside every checkpoint so `TokenDecoder.for_checkpoint` finds it as `memsweep show` would.
 Row PLANTED_ROW of every chunk is training text that is also markup: its prompt holds SCRIPT and its true
 continuation (which every checkpoint reproduces) holds IMAGE; a page that let either run would set
 `window.__pwned`. The other rows are memorized more with each checkpoint once their chunk is trained on.
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import polars as pl
 
-from sweep.demo import save_tokenizer, train_tokenizer
+from sweep.demo.world import save_tokenizer, train_tokenizer
 from sweep.spec import SweepSpec
-from sweep.schema import CellProvenance
-from sweep.store import ResultStore, ScoredCell
+from sweep.landed.schema import CellProvenance
+from sweep.landed.store import ResultStore, ScoredCell
 from tests.landed_world import land_scans
 
 CHECKPOINTS, CHUNKS = [0, 1, 2, 3], [0, 1, 2]

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sweep.schema import SEQUENCE_SCHEMA
-from sweep.store import ResultStore
+from sweep.landed.schema import SEQUENCE_SCHEMA
+from sweep.landed.store import ResultStore
 
 L = 32  # generated tokens per sequence
 SOURCES = ("refinedweb", "starcoderdata", "c4", "arxiv")

@@ -11,7 +11,7 @@ import polars as pl
 import ray
 import yaml
 
-from sweep.output import open_output
+from sweep.landed.reader import open_output
 
 K = L = 32
 SAMPLES = 96  # lines of each chunk file of the session's world (conftest.py), which holds 864

@@ -1,4 +1,4 @@
-"""The tail policy of sweep/assignments.py, without Ray: who takes which reservation or share once the queue is
+"""The tail policy of sweep/run/assignments.py, without Ray: who takes which reservation or share once the queue is
 dry, and how many cells a split hands over."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from actors.protocol import CheckpointTarget
-from sweep.assignments import STEAL_MIN_CELLS, Assignment, Slot, cells_to_hand_over, take_from_busy
+from sweep.run.assignments import STEAL_MIN_CELLS, Assignment, Slot, cells_to_hand_over, take_from_busy
 
 
 @pytest.mark.parametrize("todo,in_flight,cell_s,load_s", [(300, 2, 1.45, 148.0), (359, 1, 0.7, 40.0),

@@ -26,13 +26,13 @@ import polars as pl
 import pytest
 import yaml
 
-from sweep.probes import sample_rows
-from sweep.query import run_query
-from sweep.output import open_output
-from sweep.schema import CellProvenance
-from sweep.store import ResultStore, ScoredCell
-from sweep.verify import forget_files
-from sweep.writer_lock import writer_lock
+from sweep.data.probes import sample_rows
+from sweep.analysis.query import run_query
+from sweep.landed.reader import open_output
+from sweep.landed.schema import CellProvenance
+from sweep.landed.store import ResultStore, ScoredCell
+from sweep.landed.verify import forget_files
+from sweep.landed.writer_lock import writer_lock
 from tests.tiny_lm import train_memorizing_llama, write_tiny_world
 
 REPO = Path(__file__).resolve().parents[1]

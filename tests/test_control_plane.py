@@ -71,8 +71,8 @@ def test_synthetic_scores_are_deterministic_and_consistent():
 def test_cost_model_sweep_lands_every_cell_once(tmp_path):
     """12 checkpoints x 8 chunks on 6 logical GPUs, no sleeps: every cell once, its own synthetic scores."""
     from actors.protocol import ScoringOptions
-    from sweep.driver import run_sweep
-    from sweep.output import open_output
+    from sweep.run.driver import run_sweep
+    from sweep.landed.reader import open_output
 
     control_plane.build_world(tmp_path / "world", checkpoints=12, chunks=8, rows=40)
     spec = control_plane.make_spec(tmp_path / "world", tmp_path / "out", tmp_path / "cache", checkpoints=12,

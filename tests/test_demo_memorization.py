@@ -9,7 +9,7 @@ are in BENCHMARKS.md, "The demo"):
 - most sequences fully memorized at some checkpoint are still fully memorized at the last one;
 - rows duplicated in the corpus are memorized more than unique rows.
 
-The chunk files are the training stream (sweep/demo_stream.py), so a file a checkpoint has not trained
+The chunk files are the training stream (sweep/demo/stream.py), so a file a checkpoint has not trained
 on yet also replays rows of files it has: "seen" and "duplicated" are per sampled line, from the files
 and the builder's record (tests/demo_exposure.py).
 
@@ -35,7 +35,7 @@ import polars as pl
 import pytest
 import yaml
 
-from sweep.demo import DemoWorldConfig, ensure_demo_world
+from sweep.demo.world import DemoWorldConfig, ensure_demo_world
 from tests.demo_exposure import sampled_lines, same_age_means
 
 pytestmark = pytest.mark.ray  # the sweep starts a private local Ray

@@ -22,9 +22,11 @@ import polars as pl
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from sweep import demo, demo_stream, demo_text
-from sweep.demo import DemoWorldConfig, ensure_demo_world
-from sweep.exposure_scan import build_probe_index, scan_chunk
+from sweep.demo import world as demo
+from sweep.demo import stream as demo_stream
+from sweep.demo import text as demo_text
+from sweep.demo.world import DemoWorldConfig, ensure_demo_world
+from sweep.exposures.kernel import build_probe_index, scan_chunk
 
 # Small enough to build in a few seconds, with every source, licence header and record represented.
 WORLD = DemoWorldConfig(chunks=3, rows_per_chunk=96, epochs_per_chunk=1)

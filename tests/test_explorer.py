@@ -21,12 +21,12 @@ from starlette.testclient import TestClient
 from tests.explorer_world import (FAILED_CELL, IMAGE, PLANTED_ROW, SCRIPT, _info, _rows, _sequences,
                                   build_explorer_output, open_explorer_output)
 from sweep.cli import main
-from sweep.examples import find_examples
+from sweep.analysis.examples import find_examples
 from sweep.explorer.app import create_app
 from sweep.explorer.data import ExplorerData
-from sweep.query import run_query
-from sweep.output import LandedOutput, open_output
-from sweep.store import ResultStore, ScoredCell
+from sweep.analysis.query import run_query
+from sweep.landed.reader import LandedOutput, open_output
+from sweep.landed.store import ResultStore, ScoredCell
 
 REPO = Path(__file__).resolve().parents[1]
 

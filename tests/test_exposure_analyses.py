@@ -1,5 +1,5 @@
-"""The analyses that use exposure counts (sweep/exposure_analyses.py, sweep/exposure_history.py,
-sweep/memorization_kinds.py) on a hand-made output whose exposures, full matches and templates are known: the
+"""The analyses that use exposure counts (sweep/exposures/analyses.py, sweep/exposures/history.py,
+sweep/exposures/kinds.py) on a hand-made output whose exposures, full matches and templates are known: the
 numbers are asserted literally where they can be read off the construction, and against a plain-Python recount
 everywhere else."""
 
@@ -11,11 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sweep import exposure_analyses as ea
-from sweep.exposure_history import ExposureCoverage, ExposureHistory
-from sweep.memorization_kinds import increments_a_pattern, reconstructable, repeats_its_prompt
-from sweep.output import open_output
-from sweep.store import ResultStore
+from sweep.exposures import analyses as ea
+from sweep.exposures.history import ExposureCoverage, ExposureHistory
+from sweep.exposures.kinds import increments_a_pattern, reconstructable, repeats_its_prompt
+from sweep.landed.reader import open_output
+from sweep.landed.store import ResultStore
 from tests.landed_world import L, write_landed
 
 CKPTS = CHUNKS = [0, 1, 2, 3]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from sweep.exposure_scan import ExposureScanError, build_probe_index, scan_chunk
+from sweep.exposures.kernel import ExposureScanError, build_probe_index, scan_chunk
 
 SOURCES = ["refinedweb", "starcoderdata", "arxiv"]
 

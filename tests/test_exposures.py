@@ -11,11 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sweep.driver import run_sweep
-from sweep.output import open_output
-from sweep.probes import write_raw_chunk
+from sweep.run.driver import run_sweep
+from sweep.landed.reader import open_output
+from sweep.data.probes import write_raw_chunk
 from sweep.spec import load_spec
-from sweep.verify import verify_output
+from sweep.landed.verify import verify_output
 from tests.sweeps import write_spec
 
 pytestmark = pytest.mark.ray

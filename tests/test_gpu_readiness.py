@@ -199,7 +199,7 @@ def test_a_compiled_static_decode_keeps_no_model_alive(sequences, monkeypatch):
 
 CUDA_VISIBLE_DEVICES_SEEN = """
 import json, os, ray
-from sweep.scheduler import actor_options
+from sweep.run.scheduler import actor_options
 ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
 
 @ray.remote
@@ -304,8 +304,8 @@ class LosesItsContextOnce(CheckpointScorer.__ray_actor_class__):
 
 @pytest.mark.ray
 def test_a_lost_cuda_context_restarts_the_actor_and_retries_the_cell(module_ray, tmp_path, monkeypatch):
-    from sweep.driver import run_sweep
-    from sweep.output import open_output
+    from sweep.run.driver import run_sweep
+    from sweep.landed.reader import open_output
 
     world = write_tiny_world(tmp_path / "world", checkpoints=1, chunks=2, rows=24, length=2 * K)
     marks = tmp_path / "marks"

@@ -23,10 +23,10 @@ import polars as pl
 import pytest
 import torch
 
-from sweep.driver import run_sweep
+from sweep.run.driver import run_sweep
 from sweep.spec import load_spec
-from sweep.output import open_output
-from sweep.store import ResultStore
+from sweep.landed.reader import open_output
+from sweep.landed.store import ResultStore
 from tests.sweeps import landed, write_spec
 from tests.hub_world import apply_hub_client_env, build_amber_world, hub_client_env, serve_hub
 from tests.tiny_lm import make_sequences, train_memorizing_llama
@@ -224,8 +224,8 @@ def test_a_config_naming_another_checkpoint_is_refused(module_ray, hub, tmp_path
 def test_a_server_that_ignores_range_yields_the_same_probe_sets(hub):
     """Some mirrors answer a Range request with 200 and the whole file: sampling then picks its rows in a second
     streaming pass (checked against the same sha256) instead of failing the chunk."""
-    from sweep.probes import build_probe_set_from
-    from sweep.sources import describe_chunks
+    from sweep.data.probes import build_probe_set_from
+    from sweep.data.sources import describe_chunks
 
     server, _, _ = hub
     [described] = describe_chunks("LLM360/AmberDatasets", {1: "train/train_001.jsonl"}).values()

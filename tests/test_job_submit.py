@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.output import open_output
+from sweep.landed.reader import open_output
 
 pytestmark = pytest.mark.ray
 
@@ -76,7 +76,7 @@ def readme_commands(starting: str) -> list[str]:
 def test_the_demo_submitted_the_readme_way_lands_its_64_cells(ray_head, tmp_path):
     """After `make demo`, the README's `ray job submit` of configs/demo.yaml and its query, copied as written,
     from a clone: the demo world is gitignored (not uploaded), so the README names it by absolute paths."""
-    from sweep.demo import DemoWorldConfig, ensure_demo_world
+    from sweep.demo.world import DemoWorldConfig, ensure_demo_world
 
     clone = tmp_path / "clone"  # what `ray job submit --working-dir .` uploads: the tracked files
     shutil.copytree(REPO / "configs", clone / "configs")

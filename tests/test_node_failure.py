@@ -23,10 +23,10 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from sweep.driver import connect, run_sweep
-from sweep.scheduler import Scheduler
+from sweep.run.driver import connect, run_sweep
+from sweep.run.scheduler import Scheduler
 from sweep.spec import load_spec
-from sweep.output import open_output
+from sweep.landed.reader import open_output
 from tests.sweeps import SAMPLES, landed, write_spec
 
 pytestmark = pytest.mark.ray
@@ -39,7 +39,7 @@ NODE_DEATH_AFTER_8_S = {"health_check_initial_delay_ms": 0, "health_check_period
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory) -> Path:
     """The session's demo world, smaller: 2 checkpoints x 2 chunks at 2 epochs builds in ~2 s, not ~20."""
-    from sweep.demo import DemoWorldConfig, ensure_demo_world
+    from sweep.demo.world import DemoWorldConfig, ensure_demo_world
 
     root = tmp_path_factory.mktemp("world")
     config = DemoWorldConfig(chunks=2, rows_per_chunk=SAMPLES, epochs_per_chunk=2)

@@ -54,11 +54,11 @@ def test_plan_manifest_and_report_name_one_identity(tmp_path):
 
     import polars as pl
 
-    from sweep.preflight import resolved_spec
-    from sweep.report import write_report
-    from sweep.schema import CellProvenance
+    from sweep.run.preflight import resolved_spec
+    from sweep.report.page import write_report
+    from sweep.landed.schema import CellProvenance
     from sweep.spec import load_spec
-    from sweep.store import ResultStore, ScoredCell
+    from sweep.landed.store import ResultStore, ScoredCell
 
     output = tmp_path / "out"
     printed = re.search(r"identity ([0-9a-f]{16})\)", plan(str(REPO / "configs" / "demo.yaml"), "--offline",

@@ -15,15 +15,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sweep.probes import (
+from sweep.data.probes import (
     ProbeCache,
     ProbeSetError,
     build_probe_set,
     build_probe_set_from,
     write_raw_chunk,
 )
-from sweep.atomic_write import write_atomic
-from sweep.sources import ChunkFile, IdentityMemo, describe_chunks
+from sweep.landed.atomic_write import write_atomic
+from sweep.data.sources import ChunkFile, IdentityMemo, describe_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = REPO.parent / "shared" / "amber-samples"
@@ -50,7 +50,7 @@ def test_picks_the_rows_datasets_shuffle_select_picks(tmp_path, caplog, n_rows, 
     path = tmp_path / "train_005.jsonl"
     write_raw_chunk(path, rows)
 
-    with caplog.at_level(logging.WARNING, logger="sweep.probes"):
+    with caplog.at_level(logging.WARNING, logger="sweep.data.probes"):
         probes = build_probe_set(path, chunk=5, n=n, seed=seed, prompt_len=K, continuation_len=L,
                                  vocab_size=32000)
 
@@ -140,7 +140,7 @@ def write_big_raw_chunk(path: Path, min_bytes: int, seed: int, row_len: int = 20
 CHILD = textwrap.dedent("""
     import json, sys, time
     import psutil
-    from sweep.probes import build_probe_set
+    from sweep.data.probes import build_probe_set
 
     def peak_rss() -> int:
         # VmHWM is this process's own peak; ru_maxrss would carry over the forking parent's.
@@ -343,7 +343,7 @@ def test_ranges_are_picked_from_a_stream_whatever_the_block_size():
     """The fallback for a server that ignores Range: one pass over the blocks gives each range's bytes."""
     import hashlib
 
-    from sweep.probes import read_ranges_streaming
+    from sweep.data.probes import read_ranges_streaming
 
     rng = np.random.default_rng(3)
     data = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()

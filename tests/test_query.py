@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from sweep.query import QueryError, format_table, run_query, write_frame
-from sweep.schema import CellProvenance
-from sweep.store import ResultStore, ScoredCell
+from sweep.analysis.query import QueryError, format_table, run_query, write_frame
+from sweep.landed.schema import CellProvenance
+from sweep.landed.store import ResultStore, ScoredCell
 
 GEN_LEN = 32
 

@@ -1,4 +1,4 @@
-"""Tests for sweep/analyses.py, sweep/report.py and the examples in docs/queries.md.
+"""Tests for sweep/analysis/memorization.py, sweep/report/page.py and the examples in docs/queries.md.
 
 Each test builds a small landed dataset in tmp_path, in the exact layout the store writes, with
 memorization that grows with training and some forgetting; expected numbers are recomputed here
@@ -16,11 +16,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sweep import analyses
-from sweep.report import write_report
-from sweep.ledger import DamagedOutputError
-from sweep.schema import CellProvenance
-from sweep.store import ResultStore, ScoredCell
+from sweep.analysis import memorization as analyses
+from sweep.report.page import write_report
+from sweep.landed.ledger import DamagedOutputError
+from sweep.landed.schema import CellProvenance
+from sweep.landed.store import ResultStore, ScoredCell
 from tests.landed_world import L, synthetic_sequences, write_landed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -318,7 +318,7 @@ def test_write_report_full(landed: Path) -> None:
 
 
 def test_report_shows_exposure_sections_with_their_coverage(tmp_path: Path, records: list[dict]) -> None:
-    from sweep.exposure_report import EXPOSURE_FIGURE_NAMES
+    from sweep.report.exposure_sections import EXPOSURE_FIGURE_NAMES
 
     full = write_report(write_landed(tmp_path / "scanned", records, exposures=True))
     images = referenced_images(full)
@@ -393,7 +393,7 @@ def heatmap_matrix(ckpts: list[int], chunks: list[int], seed: int = 0) -> pl.Dat
 def test_heatmap_shows_every_cell(ckpts: list[int], chunks: list[int]) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from sweep.report import DPI, heatmap_figure
+    from sweep.report.page import DPI, heatmap_figure
 
     figure, layout = heatmap_figure(heatmap_matrix(ckpts, chunks), "title", "colour")
     FigureCanvasAgg(figure).draw()
@@ -421,7 +421,7 @@ def test_heatmap_shows_every_cell(ckpts: list[int], chunks: list[int]) -> None:
 
 @pytest.mark.parametrize("n_ckpts, step", [(8, 1), (60, 1), (61, 2), (360, 6)])
 def test_first_memorized_bars_stay_readable(n_ckpts: int, step: int) -> None:
-    from sweep.report import MAX_BARS, first_memorized_counts
+    from sweep.report.page import MAX_BARS, first_memorized_counts
 
     rng = np.random.default_rng(n_ckpts)
     first = np.concatenate([np.arange(n_ckpts), rng.integers(0, n_ckpts, 500)])  # every checkpoint, then more
@@ -452,7 +452,7 @@ def docs_landed(tmp_path: Path, records: list[dict]) -> Path:
 
 
 def test_every_sql_example_runs(docs_landed: Path) -> None:
-    from sweep.query import open_tables
+    from sweep.analysis.query import open_tables
 
     context = pl.SQLContext(frames=open_tables(docs_landed))  # the tables `memsweep query` gives
     blocks = doc_blocks("sql")
@@ -500,10 +500,10 @@ def test_sql_forgetting_agrees_with_function(tmp_path: Path) -> None:
 
 
 def test_sql_exposure_examples_agree_with_the_functions(docs_landed: Path) -> None:
-    from sweep import exposure_analyses as ea
-    from sweep.exposure_history import ExposureHistory
-    from sweep.output import open_output
-    from sweep.query import open_tables
+    from sweep.exposures import analyses as ea
+    from sweep.exposures.history import ExposureHistory
+    from sweep.landed.reader import open_output
+    from sweep.analysis.query import open_tables
 
     context = pl.SQLContext(frames=open_tables(docs_landed))
 
@@ -541,7 +541,7 @@ def test_sql_exposure_examples_agree_with_the_functions(docs_landed: Path) -> No
 
 
 def test_partition_examples_read_one_partition(docs_landed: Path) -> None:
-    from sweep.query import open_tables
+    from sweep.analysis.query import open_tables
 
     # The single-checkpoint examples must let Polars prune to one partition's files.
     sequences, cells = analyses.load_tables(docs_landed)
@@ -566,7 +566,7 @@ def test_partition_examples_read_one_partition(docs_landed: Path) -> None:
 
 
 def test_reads_what_the_result_store_writes(tmp_path: Path) -> None:
-    # The landed layout as sweep/store.py really writes it: per-cell files, one checkpoint
+    # The landed layout as sweep/landed/store.py really writes it: per-cell files, one checkpoint
     # compacted, extractable-style null columns left out by the writer.
     store = ResultStore(tmp_path / "out")
     store.open(identity={"model": "tiny"}, spec={"name": "store-written"}, run_info={})

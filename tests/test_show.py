@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from sweep.cli import main
-from sweep.driver import run_sweep
-from sweep.report import write_report
+from sweep.run.driver import run_sweep
+from sweep.report.page import write_report
 from sweep.spec import load_spec
-from sweep.output import open_output
-from sweep.store import ResultStore
+from sweep.landed.reader import open_output
+from sweep.landed.store import ResultStore
 from tests.sweeps import write_spec
 from tests.tiny_lm import train_memorizing_llama
 

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from sweep.cli import main
-from sweep.store import ResultStore
+from sweep.landed.store import ResultStore
 from tests.landed_world import L, write_landed
 
 CKPTS = CHUNKS = [0, 1, 2]

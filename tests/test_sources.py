@@ -10,7 +10,7 @@ import huggingface_hub
 import pytest
 
 from actors.protocol import CheckpointTarget
-from sweep.sources import CheckpointUnresolvedError, describe_chunks, local_data_file, pin_checkpoint
+from sweep.data.sources import CheckpointUnresolvedError, describe_chunks, local_data_file, pin_checkpoint
 
 
 def test_a_missing_local_data_file_is_named(tmp_path):

@@ -16,15 +16,15 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-import sweep.atomic_write as atomic_write_module
-import sweep.store as store_module
-from sweep.ledger import DamagedOutputError
-from sweep.output import open_output
-from sweep.schema import CellProvenance
+import sweep.landed.atomic_write as atomic_write_module
+import sweep.landed.store as store_module
+from sweep.landed.ledger import DamagedOutputError
+from sweep.landed.reader import open_output
+from sweep.landed.schema import CellProvenance
 from sweep.spec import identity_hash
-from sweep.store import PinMismatchError, ResultStore, ScoredCell, StoreMismatchError
-from sweep.verify import check_landed, file_sha256, recover, verify_output
-from sweep.writer_lock import OutputLockedError, writer_lock
+from sweep.landed.store import PinMismatchError, ResultStore, ScoredCell, StoreMismatchError
+from sweep.landed.verify import check_landed, file_sha256, recover, verify_output
+from sweep.landed.writer_lock import OutputLockedError, writer_lock
 
 # The landed-dataset contract (docs/architecture.md), spelled out independently of the store.
 SEQUENCE_COLUMNS = {
@@ -222,7 +222,7 @@ class SimulatedCrash(BaseException):
 
 
 class CrashingOs:
-    """Stands in for `os` inside sweep.store: the crash_at-th filesystem mutation (or fsync)
+    """Stands in for `os` inside sweep.landed.store: the crash_at-th filesystem mutation (or fsync)
     raises instead of running, as if the process had been killed just before it."""
 
     MUTATIONS = frozenset({"replace", "rename", "unlink", "rmdir", "makedirs", "fsync", "remove"})
@@ -547,7 +547,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_tak
                 pass
     # A process that dies holding the lock releases it with its life (SIGKILL: no cleanup runs).
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, os; sys.path.insert(0, %r); from sweep.writer_lock import writer_lock\n"
+        "import sys, time, os; sys.path.insert(0, %r); from sweep.landed.writer_lock import writer_lock\n"
         "with writer_lock(%r):\n    print('held', flush=True); time.sleep(60)") % (str(Path(__file__).parents[1]),
                                                                                   str(output))],
         stdout=subprocess.PIPE, text=True)
@@ -562,7 +562,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_tak
 
 
 def test_id_ranges_round_trip_and_stay_short():
-    from sweep.ledger import id_ranges, parse_id_ranges
+    from sweep.landed.ledger import id_ranges, parse_id_ranges
 
     for ids in ([], [4], [0, 1, 2, 5, 7, 8], list(range(360)), [3, 9, 10, 11, 40]):
         assert parse_id_ranges(id_ranges(ids)) == ids

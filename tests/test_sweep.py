@@ -23,10 +23,10 @@ import yaml
 
 from actors.loading import load_checkpoint
 from actors.scoring import ScoringOptions, score_batch
-from sweep.driver import run_sweep
-from sweep.output import open_output
+from sweep.run.driver import run_sweep
+from sweep.landed.reader import open_output
 from sweep.spec import load_spec
-from sweep.store import ResultStore
+from sweep.landed.store import ResultStore
 from tests.demo_exposure import sampled_lines, same_age_means
 from tests.sweeps import K, L, SAMPLES, landed, write_spec
 
@@ -88,7 +88,7 @@ def test_rerun_is_a_no_op_and_extending_adds_only_new_cells(clean_run, world, tm
 
 
 def test_changed_meaning_is_refused(clean_run, world, tmp_path):
-    from sweep.store import StoreMismatchError
+    from sweep.landed.store import StoreMismatchError
 
     spec, _, output = clean_run
     changed = load_spec(write_spec(tmp_path, world, output, memorization={"prompt_len": 16, "continuation_len": L}))

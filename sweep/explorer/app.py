@@ -32,14 +32,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.protocol import one_line
-from sweep.examples import VISIBLE_WHITESPACE
+from sweep.analysis.examples import VISIBLE_WHITESPACE
 from sweep.explorer import params
 from sweep.explorer.data import (HISTORY_COLUMNS, SEQUENCE_COLUMNS, SEQUENCE_SORTS, BadQuery, CellMatrix,
                                  ExplorerData, NotLanded)
 from sweep.explorer.exposures import CELL_EXPOSURE_COLUMNS, EXPOSURE_SORTS
 from sweep.explorer.downloads import FORMATS, frame_response, json_response
 from sweep.explorer.trajectory import trajectory
-from sweep.schema import SEQUENCE_SCHEMA
+from sweep.landed.schema import SEQUENCE_SCHEMA
 
 STATIC = Path(__file__).parent / "static"
 # Defence in depth: training text is escaped by the templates; were anything to slip through, the browser

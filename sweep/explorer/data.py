@@ -1,7 +1,7 @@
 """Every read the explorer makes of a landed output, in one place.
 
 The pages never open a file: they ask `ExplorerData`, which reads through the one reader
-(`sweep.output.open_output`: `cells`, `sequences`, `probes`, `failures`, `manifest`, `checkpoint_pin`) and `sweep.examples`
+(`sweep.landed.reader.open_output`: `cells`, `sequences`, `probes`, `failures`, `manifest`, `checkpoint_pin`) and `sweep.analysis.examples`
 (`find_examples`, `TokenDecoder`: the ORDER and decoding of `memsweep show`). Swapping the reader is a change
 to `open_reader` here. Nothing here writes, locks or recovers, so the server can run while a sweep lands: each
 call opens the reader afresh and sees the ledgers as they are at that moment.
@@ -25,12 +25,12 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from sweep.examples import ORDER, Example, TokenDecoder, find_examples
+from sweep.analysis.examples import ORDER, Example, TokenDecoder, find_examples
 from sweep.explorer.exposures import (EXPOSURE_SORTS, ExposureCache, RowExposures, cell_exposures, cell_seen_summary,
                                       grids, row_exposures)
-from sweep.report import METRIC_LABELS, run_facts
+from sweep.report.page import METRIC_LABELS, run_facts
 from sweep.spec import SweepSpec, parse_id_list
-from sweep.output import LandedOutput, open_output
+from sweep.landed.reader import LandedOutput, open_output
 
 DECODERS_KEPT = 16  # tokenizers held in memory (one per checkpoint viewed; a few MB each)
 SEQUENCE_COLUMNS = ("ckpt", "chunk", "row", "source", "matches", "score", "full_match", "prefix_match", "nll",

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from sweep.exposure_analyses import seen_per_sequence
-from sweep.exposure_history import ExposureHistory
-from sweep.output import LandedOutput
+from sweep.exposures.analyses import seen_per_sequence
+from sweep.exposures.history import ExposureHistory
+from sweep.landed.reader import LandedOutput
 
 # A cell's sequences gain these columns once counts have landed (ExposureHistory.exposures_at's names): exposures by
 # the cell's checkpoint, and occurrences in every scanned chunk file.

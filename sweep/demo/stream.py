@@ -2,7 +2,7 @@
 
 Amber's chunk files are its training stream: each row is trained on once, in file order, so a scan of
 the files finds every time the model saw a sequence. The demo's small model trains on more than its
-corpus (sweep/demo.py says why): each chunk's rows once per epoch, and rehearsal, rows replayed from
+corpus (sweep/demo/world.py says why): each chunk's rows once per epoch, and rehearsal, rows replayed from
 chunks 0..i. So the demo writes that stream itself as its chunk files: chunk file i holds, for each
 epoch k of chunk i, the chunk's own corpus rows and ``replayed_per_epoch`` rows drawn uniformly, with
 replacement, from the corpus rows of chunks 0..i (never a later one), shuffled together. Training reads
@@ -38,7 +38,7 @@ import numpy as np
 import polars as pl
 
 if TYPE_CHECKING:
-    from sweep.demo import DemoWorldConfig
+    from sweep.demo.world import DemoWorldConfig
 
 RECORD_NAME = "stream.parquet"  # in the data directory, beside train/
 OWN, REPLAY = "own", "replay"

@@ -13,7 +13,7 @@ How (one pass over the file's bytes, in compiled code, no per-token Python):
 1. each line is parsed into a scratch buffer of ids by a strict JSON reader for the two row formats
    (``{"token_ids": [...], ...}`` and ``{"prompt": [...], "continuation": [...], ...}``). A line it does
    not fully understand (escapes, other keys, floats, a key order it does not handle, ...) is handed to
-   ``json.loads`` and validated as the probe sampler does (``sweep/probes.py``): the slow path decides,
+   ``json.loads`` and validated as the probe sampler does (``sweep/data/probes.py``): the slow path decides,
    so the fast path never guesses;
 2. a polynomial rolling hash of every k-id window of the row (mod 2^64) is tested against a bitmap of the
    distinct prompts' hashes; a set bit leads to a binary search of the sorted prompt hashes and a token
@@ -43,7 +43,7 @@ import numpy as np
 from numba import njit
 
 from sweep.errors import MemsweepError
-from sweep.probes import ProbeSetError, check_ids, detect_format, parse_line, token_list
+from sweep.data.probes import ProbeSetError, check_ids, detect_format, parse_line, token_list
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _NEWLINE = 10

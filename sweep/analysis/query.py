@@ -1,6 +1,6 @@
 """Polars SQL over a landed dataset: tables `sequences`, `cells`, `probes` and (when any) `failures`.
 
-Read-only, through the one reader (sweep/output.py), so it is safe to run while a sweep is writing.
+Read-only, through the one reader (sweep/landed/reader.py), so it is safe to run while a sweep is writing.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import polars as pl
 
 from actors.protocol import one_line
 from sweep.errors import MemsweepError
-from sweep.output import OutputNotFoundError, open_output
+from sweep.landed.reader import OutputNotFoundError, open_output
 
 OutputFormat = Literal["csv", "json", "parquet"]
 OUTPUT_FORMATS: tuple[str, ...] = ("csv", "json", "parquet")

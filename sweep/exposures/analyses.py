@@ -1,7 +1,7 @@
 """Memorization against how often, and how recently, each sequence was seen: the analyses that use exposure counts.
 
 Every function takes the `sequences` table (load_tables' scan, or any Frame with ckpt, chunk, row, full_match,
-score) and an `ExposureHistory` (sweep/exposure_history.py: `ExposureHistory.read(open_output(path))`), and returns
+score) and an `ExposureHistory` (sweep/exposures/history.py: `ExposureHistory.read(open_output(path))`), and returns
 a small collected DataFrame. A sequence's *exposures at checkpoint c* are the occurrences of its k + l window in
 the scanned chunk files <= c; only covered sequences (their own chunk file scanned) take part, so a partial scan
 leaves sequences out rather than counting them as never seen. *Memorized* means full_match.
@@ -13,7 +13,7 @@ leaves sequences out rather than counting them as never seen. *Memorized* means 
 - `forgetting_by_recency`: memorization against checkpoints since the last exposure, per exposure bin;
 - `memorization_profile` (and `profile_path`): Lesci et al. 2024's difference-in-differences profile;
 - `memorization_kinds`: Prashanth et al. 2024's recitation / reconstruction / recollection, per checkpoint
-  (sweep/memorization_kinds.py);
+  (sweep/exposures/kinds.py);
 - `exposure_analyses`: all five in one pass (what the report uses).
 
 Memory at 129.6M rows: checkpoints are read in order, one partition at a time (as analyses.first_memorized), and
@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from sweep.analyses import SEQUENCE_KEY, Frame, by_checkpoint, key_array
+from sweep.landed.partitions import SEQUENCE_KEY, Frame, by_checkpoint, key_array
 from sweep.errors import MemsweepError
-from sweep.exposure_history import NO_CHUNK, ExposureHistory, exposure_bin
-from sweep.memorization_kinds import KINDS, RECITATION_MIN_EXPOSURES, reconstructable
+from sweep.exposures.history import NO_CHUNK, ExposureHistory, exposure_bin
+from sweep.exposures.kinds import KINDS, RECITATION_MIN_EXPOSURES, reconstructable
 
 MAX_BINS = 64  # exposure bins 0..63 hold any int64 count
 PROFILE_METRICS = ("score", "full_match", "prefix_match", "nll", "tf_accuracy")
@@ -457,7 +457,7 @@ def memorization_kinds(sequences: Frame, history: ExposureHistory, probes: Frame
                        decode: Callable[[list[int]], str] | None = None,
                        recitation_min: int = RECITATION_MIN_EXPOSURES) -> pl.DataFrame:
     """The memorized sequences of every checkpoint as recitation, reconstruction and recollection (Prashanth et
-    al. 2024; definitions and where we differ: sweep/memorization_kinds.py).
+    al. 2024; definitions and where we differ: sweep/exposures/kinds.py).
 
     `probes`: the probe sets (chunk, row, tokens: the k + l window), read only for memorized sequences;
     `prompt_len`: k; `decode`: token ids -> text with the checkpoint's tokenizer (examples.TokenDecoder.text), or

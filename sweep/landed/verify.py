@@ -1,6 +1,6 @@
 """Integrity of a landed output: landed files against their ledger records, recovery after a crash, repair.
 
-Every landed file was recorded when it landed (size, sha256, rows; see sweep/ledger.py). Checking re-reads
+Every landed file was recorded when it landed (size, sha256, rows; see sweep/landed/ledger.py). Checking re-reads
 all of them (about 1.4 GB at 360 x 360 x 1000: seconds from the page cache) and reports, by name:
 
 - damaged: a listed file whose size, Parquet footer, row count or sha256 differs from its record;
@@ -29,15 +29,15 @@ from typing import Protocol
 import polars as pl
 
 from actors.protocol import one_line
-from sweep.ledger import TABLES, DamagedOutputError, FileRecord, Ledgers, OutputLayout, files_in, read_json
-from sweep.output import open_output
-from sweep.writer_lock import writer_lock
+from sweep.landed.ledger import TABLES, DamagedOutputError, FileRecord, Ledgers, OutputLayout, files_in, read_json
+from sweep.landed.reader import open_output
+from sweep.landed.writer_lock import writer_lock
 
 log = logging.getLogger("memsweep")
 
 
 class LedgeredOutput(Protocol):
-    """An output and its ledgers: the writer (sweep/store.py ResultStore) or a reader (sweep/output.py)."""
+    """An output and its ledgers: the writer (sweep/landed/store.py ResultStore) or a reader (sweep/landed/reader.py)."""
 
     layout: OutputLayout
     ledgers: Ledgers

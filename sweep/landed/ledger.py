@@ -17,8 +17,8 @@
     <output>/_tmp/                                  temp files of landings in progress
 
 The ledger is the single source of truth. A data file counts only if a ledger lists it, with its size,
-sha256 and row count: readers (sweep/output.py) read exactly the listed files, the writer (sweep/store.py)
-commits a landing by rewriting a ledger, and integrity (sweep/verify.py) checks files against their records.
+sha256 and row count: readers (sweep/landed/reader.py) read exactly the listed files, the writer (sweep/landed/store.py)
+commits a landing by rewriting a ledger, and integrity (sweep/landed/verify.py) checks files against their records.
 This module is what all three share: paths, records, reading ledgers and committing them.
 """
 
@@ -30,7 +30,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sweep.atomic_write import write_atomic
+from sweep.landed.atomic_write import write_atomic
 from sweep.errors import MemsweepError
 
 MANIFEST_FORMAT = 2

@@ -7,9 +7,9 @@ memorization score and of the full-match (k-extractable) rate, score trajectorie
 chunks, the per-sequence score distribution at the last checkpoint, a per-source breakdown,
 predictability of the final memorized set from earlier checkpoints, and when sequences were
 first memorized (and how many were forgotten: not reproduced at analyses.FORGET_MIN_MISSES
-consecutive checkpoints after the first full match). Numbers come from sweep/analyses.py. Once
-exposure counts have landed, sweep/exposure_report.py adds their sections (what they cover, then
-one figure per analysis of sweep/exposure_analyses.py), and each example says how often it was seen.
+consecutive checkpoints after the first full match). Numbers come from sweep/analysis/memorization.py. Once
+exposure counts have landed, sweep/report/exposure_sections.py adds their sections (what they cover, then
+one figure per analysis of sweep/exposures/analyses.py), and each example says how often it was seen.
 
 Figures are drawn on matplotlib `Figure` objects (Agg, no pyplot), so making a report neither
 needs a display nor touches global plotting state. Heatmaps give every cell whole pixels (3 x 3
@@ -33,10 +33,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from sweep import analyses
+from sweep.analysis import memorization as analyses
 from sweep.errors import MemsweepError
-from sweep.exposure_history import ExposureHistory
-from sweep.output import LandedOutput, open_output
+from sweep.exposures.history import ExposureHistory
+from sweep.landed.reader import LandedOutput, open_output
 
 # Every file name this module may write, so a rewrite removes figures that no longer apply.
 FIGURE_NAMES = (
@@ -99,7 +99,7 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
     cells = landed.cells().collect()
     if cells.height == 0:
         raise MemsweepError(f"{output / 'cells'}: the cells table is empty")
-    from sweep.exposure_report import EXPOSURE_FIGURE_NAMES, exposure_sections  # it imports this module
+    from sweep.report.exposure_sections import EXPOSURE_FIGURE_NAMES, exposure_sections  # it imports this module
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in FIGURE_NAMES + EXPOSURE_FIGURE_NAMES:
@@ -477,7 +477,7 @@ EXAMPLES_OVER_TIME = 5
 
 def _last_decoder(landed: LandedOutput, last_ckpt: int):
     """The last checkpoint's TokenDecoder (examples.py), shared by the examples and the exposure sections."""
-    from sweep.examples import TokenDecoder
+    from sweep.analysis.examples import TokenDecoder
 
     return TokenDecoder.for_checkpoint(landed, last_ckpt)
 
@@ -485,11 +485,11 @@ def _last_decoder(landed: LandedOutput, last_ckpt: int):
 def _example_sections(landed: LandedOutput, last_ckpt: int, first_memorized: pl.DataFrame,
                       example_cells: list[tuple[int, int]], last_decoder, history: ExposureHistory | None
                       ) -> list[Section]:
-    """What was memorized, as text (sweep/examples.py): the most memorized sequences per source at the last
+    """What was memorized, as text (sweep/analysis/examples.py): the most memorized sequences per source at the last
     checkpoint and in the chosen cells, the sequences memorized earliest that are still memorized at the end, and
     the earliest memorized ones that were forgotten (what the model says now), each with its exposures when a
     `history` is given. Every text is HTML-escaped."""
-    from sweep.examples import TokenDecoder, find_examples, render_html
+    from sweep.analysis.examples import TokenDecoder, find_examples, render_html
 
     title = "What was memorized, in words"
     if not landed.ledgers.probe_files():

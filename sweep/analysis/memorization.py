@@ -1,13 +1,13 @@
 """Analyses of a landed memsweep dataset: each one a Polars function, tables in, DataFrame out.
 
 The landed dataset (see docs/architecture.md) has two tables: `sequences`, one row per (ckpt, chunk, row), and
-`cells`, one row per (ckpt, chunk). `load_tables` opens them through the one reader (sweep/output.py).
+`cells`, one row per (ckpt, chunk). `load_tables` opens them through the one reader (sweep/landed/reader.py).
 Every other function
 takes those tables (LazyFrame or DataFrame) and returns a small, collected DataFrame. A sequence
 is identified by (chunk, row); checkpoint c has seen chunk x when x <= c (Amber saved checkpoint
 i after training on chunk i). "Memorized" means full_match: all l generated tokens are right.
 The same analyses as Polars SQL are in docs/queries.md; those that use exposure counts are in
-sweep/exposure_analyses.py.
+sweep/exposures/analyses.py.
 
 Scale: at full Amber size (360 x 360 cells x 1000 rows = 129.6M sequence rows, 1-2 GB of
 Parquet) nothing here holds the sequences table in memory. Whole-table analyses run on Polars'
@@ -25,15 +25,13 @@ import numpy as np
 import polars as pl
 
 from sweep.errors import MemsweepError
-from sweep.output import open_output
-from sweep.schema import CELL_METRICS
-
-Frame = pl.LazyFrame | pl.DataFrame
-
+from sweep.landed.reader import open_output
+from sweep.landed.partitions import SEQUENCE_KEY, Frame, by_checkpoint, key_array
+from sweep.landed.schema import CELL_METRICS
 
 def load_tables(output: Path | str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Open a landed dataset as (sequences, cells) LazyFrames, each with `ckpt` Int32 first, through the one
-    reader (sweep/output.py: only listed files, size-checked; columns a file lacks read as typed nulls).
+    reader (sweep/landed/reader.py: only listed files, size-checked; columns a file lacks read as typed nulls).
     Nothing is read until a query collects."""
     landed = open_output(output)
     return landed.sequences(), landed.cells()
@@ -359,39 +357,6 @@ class _SequenceHistory:
             (pl.col("longest_miss_run") >= min_misses).alias("forgotten"),
             (pl.col("first_memorized_ckpt") < pl.col("chunk")).fill_null(False).alias("memorized_before_seen"),
         ).select([pl.col(name).cast(dtype) for name, dtype in FIRST_MEMORIZED_SCHEMA.items()])
-
-
-# A sequence's key: chunk * 2**32 + row as one Int64, ordered like (chunk, row); null where the
-# row number does not fit in 32 bits (row numbers are line numbers in a chunk file).
-SEQUENCE_KEY = (
-    pl.when(pl.col("row").is_between(0, (1 << 32) - 1))
-    .then(pl.col("chunk").cast(pl.Int64) * (1 << 32) + pl.col("row").cast(pl.Int64))
-    .alias("key")
-)
-
-
-def key_array(frame: pl.DataFrame) -> np.ndarray:
-    """The `key` column (see SEQUENCE_KEY) as int64; raises if a row number did not fit."""
-    if frame["key"].null_count():
-        raise MemsweepError("sequences table: row numbers must lie in 0..2**32-1 to tell sequences apart")
-    return frame["key"].to_numpy()
-
-
-def by_checkpoint(sequences: Frame):
-    """(ckpt, that checkpoint's rows as a LazyFrame) for every checkpoint, ascending.
-
-    On load_tables' scan the `ckpt == c` filter prunes the scan to partition c's files, so a
-    consumer that collects one at a time holds one checkpoint's rows (360k at full Amber scale).
-    Any other LazyFrame is filtered once per checkpoint (fine for small, in-memory ones).
-    """
-    if isinstance(sequences, pl.DataFrame):
-        parts = sequences.partition_by("ckpt", as_dict=True)
-        for (ckpt,) in sorted(parts):
-            yield int(ckpt), parts[(ckpt,)].lazy()
-        return
-    ckpts = sequences.select(pl.col("ckpt").unique().sort()).collect(engine="streaming")["ckpt"]
-    for ckpt in ckpts.drop_nulls().to_list():
-        yield int(ckpt), sequences.filter(pl.col("ckpt") == ckpt)
 
 
 def is_extractable_mode(table: Frame) -> bool:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import polars as pl
 
-from sweep.plan import Plan
+from sweep.run.plan import Plan
 from actors.checkpoint_files import DISK_MARGIN_BYTES, checkpoint_download_size, is_local
 from actors.protocol import one_line
-from sweep.output import LandedOutput
-from sweep.sources import describe_chunks, resolve_commit
+from sweep.landed.reader import LandedOutput
+from sweep.data.sources import describe_chunks, resolve_commit
 from sweep.spec import SweepSpec
 
 AMBER_CKPT_BYTES = 27.0e9

@@ -42,7 +42,7 @@ class Plan:
         return sorted({chunk for w in self.work for chunk in w.chunks})
 
     def describe(self) -> str:
-        """A few lines for `memsweep plan` (what it costs: sweep/cost.py)."""
+        """A few lines for `memsweep plan` (what it costs: sweep/run/cost.py)."""
         lines = [
             f"cells: {self.total_cells} total, {self.done_cells} done, {self.cells_to_do} to do",
             f"checkpoint loads: {len(self.work)}; chunks to sample: {len(self.chunks_needed)}",

@@ -1,4 +1,4 @@
-"""The report's sections on exposure counts (sweep/exposure_analyses.py), shown only when counts have landed.
+"""The report's sections on exposure counts (sweep/exposures/analyses.py), shown only when counts have landed.
 
     exposure_sections(landed, history, sequences, last_ckpt, extractable, out_dir, decode) -> [Section, ...]
 
@@ -8,7 +8,7 @@ exposure bins (at the last checkpoint and over checkpoints), seen per sequence i
 had not trained on, forgetting against checkpoints since the last exposure, Lesci et al.'s memorization profile and
 its path, and Prashanth et al.'s recitation / reconstruction / recollection over checkpoints. The five analyses
 share one pass over the checkpoints (`exposure_analyses`). Figures are matplotlib `Figure` objects, as in
-sweep/report.py, whose page helpers these sections use.
+sweep/report/page.py, whose page helpers these sections use.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sweep import exposure_analyses as ea
-from sweep.exposure_history import ExposureHistory
-from sweep.memorization_kinds import KINDS, RECITATION_MIN_EXPOSURES
-from sweep.output import LandedOutput
-from sweep.report import DPI, Section, format_value, heatmap_figure, html_table, spread_rows
+from sweep.exposures import analyses as ea
+from sweep.exposures.history import ExposureHistory
+from sweep.exposures.kinds import KINDS, RECITATION_MIN_EXPOSURES
+from sweep.landed.reader import LandedOutput
+from sweep.report.page import DPI, Section, format_value, heatmap_figure, html_table, spread_rows
 
 EXPOSURE_FIGURE_NAMES = (
     "exposure_memorization.png",

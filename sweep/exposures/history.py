@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from sweep.output import LandedOutput
+from sweep.landed.reader import LandedOutput
 
 NO_CHUNK = -1  # "no occurrence yet" in first / last chunk arrays
 
@@ -100,7 +100,7 @@ def _ids(values: list[int], shown: int = 8) -> str:
 class ExposureHistory:
     """The exposures of every covered sequence, file by file in chunk order (see the module docstring).
 
-    Per covered sequence, arrays of length n in key order: `keys` int64 (chunk * 2**32 + row, analyses.SEQUENCE_KEY,
+    Per covered sequence, arrays of length n in key order: `keys` int64 (chunk * 2**32 + row, partitions.SEQUENCE_KEY,
     sorted), `chunks` int32, their totals over every scanned file: `window_count`, `prompt_count` int64, `first_chunk`
     and `last_chunk` int32 (the first and last scanned chunk holding the window: the sequence's own chunk or a copy;
     NO_CHUNK: none) and `chunks_scanned` int32 (files scanned for its probe chunk). The count rows holding the window,

@@ -18,8 +18,8 @@ from pathlib import Path
 import polars as pl
 
 from sweep.errors import MemsweepError
-from sweep.ledger import FileRecord, Ledgers, OutputLayout, parse_id_ranges, read_json, read_manifest
-from sweep.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, EXPOSURE_SCAN_SCHEMA, EXPOSURES_SCHEMA, PROBE_SCHEMA,
+from sweep.landed.ledger import FileRecord, Ledgers, OutputLayout, parse_id_ranges, read_json, read_manifest
+from sweep.landed.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, EXPOSURE_SCAN_SCHEMA, EXPOSURES_SCHEMA, PROBE_SCHEMA,
                           SEQUENCE_SCHEMA)
 from sweep.spec import identity_hash
 
@@ -113,7 +113,7 @@ class LandedOutput:
         """Failure records (ckpt, chunk, error, attempts, failed_at), ordered by (ckpt, chunk)."""
         return [read_json(path) for _, path in self.layout.failure_files()]
 
-    # ---- exposure counts (sweep/exposure_scans.py) ---------------------------------------------
+    # ---- exposure counts (sweep/exposures/scans.py) ---------------------------------------------
 
     def exposure_counts(self) -> pl.LazyFrame:
         """One row per (probe sequence, scanned chunk file) with an occurrence: EXPOSURE_COUNT_SCHEMA."""

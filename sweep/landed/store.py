@@ -1,10 +1,10 @@
 """ResultStore: the single writer of a landed output. It lands cells, probe sets and failure records, compacts,
-and keeps the manifest; the layout and the ledgers are sweep/ledger.py's, the readers sweep/output.py's.
+and keeps the manifest; the layout and the ledgers are sweep/landed/ledger.py's, the readers sweep/landed/reader.py's.
 
-Guarantees, for a single writer (sweep/writer_lock.py) that may be killed at any instruction:
-- Every file reaches its final name by rename from `_tmp/` after an fsync (sweep/atomic_write.py); a ledger
+Guarantees, for a single writer (sweep/landed/writer_lock.py) that may be killed at any instruction:
+- Every file reaches its final name by rename from `_tmp/` after an fsync (sweep/landed/atomic_write.py); a ledger
   update is the commit point of a landing, a compaction or a repair, and `open` recovers whatever a crash
-  left before anything lands (sweep/verify.py `recover`).
+  left before anything lands (sweep/landed/verify.py `recover`).
 - Landing cells that are already done is a no-op: nothing is ever duplicated.
 - Compaction writes the merged pair under a new name, commits the ledger, then deletes the old files, so a
   reader gets either the old files or the merged ones, never both.
@@ -26,16 +26,16 @@ from pathlib import Path
 
 import polars as pl
 
-from sweep.atomic_write import fsync_dir, write_atomic
+from sweep.landed.atomic_write import fsync_dir, write_atomic
 from sweep.errors import MemsweepError
-from sweep.ledger import (MANIFEST_FORMAT, TABLES, FileRecord, Ledgers, OutputLayout, files_in, id_ranges,
+from sweep.landed.ledger import (MANIFEST_FORMAT, TABLES, FileRecord, Ledgers, OutputLayout, files_in, id_ranges,
                           listed_chunks, read_manifest, write_json)
-from sweep.output import LandedOutput, scan_listed
-from sweep.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, PROBE_SCHEMA, SEQUENCE_SCHEMA, CellProvenance, conform,
+from sweep.landed.reader import LandedOutput, scan_listed
+from sweep.landed.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, PROBE_SCHEMA, SEQUENCE_SCHEMA, CellProvenance, conform,
                           conform_sequences, summarize_cell, utc_now)
 from sweep.spec import identity_hash
-from sweep.verify import file_problem, recover
-from sweep.writer_lock import LOCK_NAME
+from sweep.landed.verify import file_problem, recover
+from sweep.landed.writer_lock import LOCK_NAME
 
 # A checkpoint's loose landing files are merged once this many pairs have piled up (and when it finishes).
 COMPACT_AFTER_FILES = 64
@@ -98,7 +98,7 @@ class ResultStore:
         return self._ledgers
 
     def reader(self) -> LandedOutput:
-        """What has landed so far, through the one reader (sweep/output.py), without re-reading the ledgers."""
+        """What has landed so far, through the one reader (sweep/landed/reader.py), without re-reading the ledgers."""
         return LandedOutput(self.layout, read_manifest(self.layout), self.ledgers)
 
     # ---- manifest ----------------------------------------------------------------------------

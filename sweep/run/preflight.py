@@ -15,10 +15,10 @@ from pathlib import Path
 
 from actors.checkpoint_files import is_local
 from sweep.errors import MemsweepError
-from sweep.ledger import OutputLayout
-from sweep.probes import ProbeCache
+from sweep.landed.ledger import OutputLayout
+from sweep.data.probes import ProbeCache
 from sweep.spec import SweepSpec
-from sweep.store import ResultStore
+from sweep.landed.store import ResultStore
 
 DEFAULT_PROBE_CACHE = Path("~/.cache/memsweep/probes")
 

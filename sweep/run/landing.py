@@ -1,6 +1,6 @@
 """Scored cells on their way into the store: they wait in the driver's memory per checkpoint and land in batches.
 
-A checkpoint's results land as one pair of files (sweep/store.py `write_cells`) once LAND_BATCH_CELLS of them
+A checkpoint's results land as one pair of files (sweep/landed/store.py `write_cells`) once LAND_BATCH_CELLS of them
 are there, the oldest has waited LAND_MAX_WAIT_S, or they are all the checkpoint still needs. A landing costs a
 few milliseconds of driver time whatever its size (two Parquet files, a ledger, six fsyncs) and many GPUs finish
 many cells a second, one checkpoint each, so landing every cell alone would keep the driver busy
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from actors.protocol import CellOutput, one_line
-from sweep.schema import CellProvenance, score_columns
-from sweep.store import PinMismatchError, ResultStore, ScoredCell
+from sweep.landed.schema import CellProvenance, score_columns
+from sweep.landed.store import PinMismatchError, ResultStore, ScoredCell
 
 LAND_BATCH_CELLS = 32  # a checkpoint's waiting results land once this many are there ...
 LAND_MAX_WAIT_S = 10.0  # ... or the oldest has waited this long (or they finish the checkpoint)

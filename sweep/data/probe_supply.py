@@ -6,7 +6,7 @@ For every chunk the plan needs, in the order the plan needs them, the first of t
    If the file has changed since (Hub: another LFS sha256; local: another size or mtime), say so once:
    this output keeps the rows it sampled then, so its cells never mix two versions of a chunk;
 2. the driver's cache holds a probe set for this content (sha256, seed, n, k, l): land it;
-3. else a Ray task builds it (sweep/probes.py: one streaming pass unless the cache has the line index, then
+3. else a Ray task builds it (sweep/data/probes.py: one streaming pass unless the cache has the line index, then
    range reads of the chosen rows), at most `data.concurrent_builds` at a time; the driver caches the line
    index and the probe set and lands it in the output.
 
@@ -27,12 +27,11 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from actors.protocol import ProbeBatch, one_line
-from sweep.plan import Plan
-from sweep.probes import ProbeBuild, ProbeCache, ProbeSetError, build_probe_set_from, check_vocab
-from sweep.schema import tokens_array
-from sweep.sources import ChunkFile, IdentityMemo, describe_chunks
+from sweep.data.probes import ProbeBuild, ProbeCache, ProbeSetError, build_probe_set_from, check_vocab
+from sweep.landed.schema import tokens_array
+from sweep.data.sources import ChunkFile, IdentityMemo, describe_chunks
 from sweep.spec import SweepSpec
-from sweep.store import PinMismatchError, ResultStore
+from sweep.landed.store import PinMismatchError, ResultStore
 
 log = logging.getLogger("memsweep")
 
@@ -67,9 +66,9 @@ class SupplyStats:
 
 
 class ProbeSupply:
-    """`spec.data.cache_dir` must be resolved (sweep/preflight.py resolved_spec)."""
+    """`spec.data.cache_dir` must be resolved (sweep/run/preflight.py resolved_spec)."""
 
-    def __init__(self, spec: SweepSpec, store: ResultStore, plan: Plan, started: float,
+    def __init__(self, spec: SweepSpec, store: ResultStore, chunk_order: list[int], started: float,
                  environment: dict[str, str]):
         self.spec, self.store, self.started = spec, store, started
         self.stats = SupplyStats()
@@ -82,7 +81,7 @@ class ProbeSupply:
         self.failed: dict[int, str] = {}
         self.waiting: deque[tuple[int, ChunkFile, np.ndarray | None]] = deque()
         self.in_flight: dict[ray.ObjectRef, tuple[int, ChunkFile]] = {}
-        order = list(dict.fromkeys(chunk for work in plan.work for chunk in work.chunks))
+        order = list(dict.fromkeys(chunk_order))
         self.total = len(order)
         files = {chunk: spec.data.file_for(chunk) for chunk in order}
         try:

@@ -4,7 +4,7 @@ Amber itself is out of reach for a newcomer (27 GB per checkpoint, 20.8 GB per d
 file builds a miniature of it that reads and behaves like a real training run:
 
 - a corpus of ``chunks x rows_per_chunk`` rows. The documents are readable text written by
-  :mod:`sweep.demo_text` in five Amber sources' styles (web articles with cookie and newsletter
+  :mod:`sweep.demo.text` in five Amber sources' styles (web articles with cookie and newsletter
   notices, directory pages of FAKE personal records, Python files under licence headers, LaTeX
   papers, biographies), tokenized with a byte-level BPE tokenizer trained on them, and packed
   LLaMA-style (``BOS body EOS``, BOS 1, EOS 2) into one stream sliced into rows: a row may start
@@ -13,7 +13,7 @@ file builds a miniature of it that reads and behaves like a real training run:
 - the chunk files, in AmberDatasets' raw row format, ``data_dir/train/train_000.jsonl`` .. one JSON
   object per line, ``{"token_ids": [row_len ints], "source": "refinedweb"}``. As Amber's, they are
   the training stream: file i holds every row trained on while chunk i is the newest, in the order
-  trained on (its corpus rows once per epoch, and the rehearsed rows below; :mod:`sweep.demo_stream`),
+  trained on (its corpus rows once per epoch, and the rehearsed rows below; :mod:`sweep.demo.stream`),
   and ``data_dir/stream.parquet`` records where each line comes from (its corpus row, why it is
   there, the row it is a planted copy of), so a scan of the files can be checked against it.
 - the tokenizer, as a Hugging Face tokenizer directory (``tokenizer.json``,
@@ -67,9 +67,10 @@ import numpy as np
 from pydantic import Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from sweep import demo_stream, demo_text
+from sweep.demo import stream as demo_stream
+from sweep.demo import text as demo_text
 from sweep.errors import MemsweepError
-from sweep.probes import write_raw_chunk
+from sweep.data.probes import write_raw_chunk
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -200,7 +201,7 @@ def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
 
 def generate_corpus(config: DemoWorldConfig) -> Corpus:
     """The whole miniature corpus, deterministic in ``config``: readable documents from
-    :mod:`sweep.demo_text`, a BPE tokenizer trained on them, packed into rows, then duplicated."""
+    :mod:`sweep.demo.text`, a BPE tokenizer trained on them, packed into rows, then duplicated."""
     rng = random.Random(config.seed)
     stream_of_documents = demo_text.documents(rng)
     needed = config.chunks * config.rows_per_chunk * config.row_len

@@ -2,12 +2,12 @@
 
     summary = run_sweep(load_spec("configs/demo.yaml"))
 
-1. Preflight (sweep/preflight.py), before Ray starts: paths, cache, sources, CUDA, the output's identity.
-2. The writer lock (sweep/writer_lock.py), then the landed files the output holds are verified in full (their
+1. Preflight (sweep/run/preflight.py), before Ray starts: paths, cache, sources, CUDA, the output's identity.
+2. The writer lock (sweep/landed/writer_lock.py), then the landed files the output holds are verified in full (their
    cells will be skipped, so they must be intact), then Ray is joined or started.
 3. The store opens (recovering whatever a killed run left), the plan lists the cells not yet landed, the probe
-   supply (sweep/probe_supply.py) delivers probe sets while the scheduler (sweep/scheduler.py) keeps every actor
-   busy; results land through sweep/landing.py.
+   supply (sweep/data/probe_supply.py) delivers probe sets while the scheduler (sweep/run/scheduler.py) keeps every actor
+   busy; results land through sweep/run/landing.py.
 4. The summary says what happened: cells scored, failures (also in `failures/`), warnings.
 """
 
@@ -26,15 +26,15 @@ from pathlib import Path
 import ray
 
 from sweep.errors import MemsweepError
-from sweep.plan import make_plan
-from sweep.preflight import check_before_ray, resolved_spec
-from sweep.probe_supply import ProbeSupply, SupplyStats
-from sweep.exposure_scans import ExposureScans, ScanStats
-from sweep.scheduler import Scheduler, ScheduleStats, drain
+from sweep.run.plan import make_plan
+from sweep.run.preflight import check_before_ray, resolved_spec
+from sweep.data.probe_supply import ProbeSupply, SupplyStats
+from sweep.exposures.scans import ExposureScans, ScanStats
+from sweep.run.scheduler import Scheduler, ScheduleStats, drain
 from sweep.spec import SweepSpec
-from sweep.store import ResultStore
-from sweep.verify import refuse_damaged_output
-from sweep.writer_lock import writer_lock
+from sweep.landed.store import ResultStore
+from sweep.landed.verify import refuse_damaged_output
+from sweep.landed.writer_lock import writer_lock
 
 log = logging.getLogger("memsweep")
 
@@ -111,7 +111,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         plan = make_plan(spec, store.ledgers.done_cells())
         summary = SweepSummary(Path(spec.output), plan.total_cells, plan.done_cells)
         log.info("plan: %d cells, %d landed, %d to do", plan.total_cells, plan.done_cells, plan.cells_to_do)
-        supply = ProbeSupply(spec, store, plan, started, _forwarded_environment())
+        supply = ProbeSupply(spec, store, [chunk for work in plan.work for chunk in work.chunks], started, _forwarded_environment())
         scans = ExposureScans(spec, store, supply, _forwarded_environment())
         summary.supply, summary.scans = supply.stats, scans.stats
         if plan.work:

@@ -24,7 +24,7 @@ import huggingface_hub
 
 from actors.checkpoint_files import is_local
 from actors.protocol import CheckpointTarget, one_line
-from sweep.atomic_write import write_atomic
+from sweep.landed.atomic_write import write_atomic
 from sweep.errors import MemsweepError
 
 

@@ -1,5 +1,5 @@
 """Exposure scans during a sweep: each chunk file of `exposure.chunks` streamed once by a Ray task on CPUs,
-every probe sequence's occurrences counted (sweep/exposure_scan.py, exact), the counts landed in the output.
+every probe sequence's occurrences counted (sweep/exposures/kernel.py, exact), the counts landed in the output.
 
 What is missing is what gets scanned. A scan counts the probe sequences of some probe chunks (the chunks the
 sweep scores) in one chunk file; the ledger remembers, per chunk file, which probe chunks it has counted. So a
@@ -28,13 +28,13 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from actors.protocol import one_line
-from sweep.exposure_scan import ChunkExposure, build_probe_index, scan_chunk
-from sweep.probe_supply import ProbeSupply
-from sweep.probes import check_streamed, open_chunk
-from sweep.schema import tokens_array
-from sweep.sources import ChunkFile, describe_chunks
+from sweep.exposures.kernel import ChunkExposure, build_probe_index, scan_chunk
+from sweep.data.probe_supply import ProbeSupply
+from sweep.data.probes import check_streamed, open_chunk
+from sweep.landed.schema import tokens_array
+from sweep.data.sources import ChunkFile, describe_chunks
 from sweep.spec import SweepSpec
-from sweep.store import ResultStore
+from sweep.landed.store import ResultStore
 
 log = logging.getLogger("memsweep")
 

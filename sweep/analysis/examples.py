@@ -6,7 +6,7 @@ joins the two for a checkpoint, `TokenDecoder` turns ids into text with the chec
 way the weights are (the local checkpoint folder, or the Hub revision at the commit the output pinned: a few MB,
 kept in the Hugging Face cache), and `render_text` / `render_html` mark which positions the model got right.
 
-Given an ExposureHistory (sweep/exposure_history.py), each example carries its exposure counts (`SequenceExposures`)
+Given an ExposureHistory (sweep/exposures/history.py), each example carries its exposure counts (`SequenceExposures`)
 and the sequences can be filtered and ordered by them. Used by `memsweep show` and the report's examples section.
 Cost at 360 x 360 x 1000: one checkpoint partition (360k rows) is filtered and sorted, then only the chosen rows of
 the probe sets are read.
@@ -22,8 +22,8 @@ import polars as pl
 
 from actors.protocol import one_line
 from sweep.errors import MemsweepError
-from sweep.exposure_history import ExposureHistory
-from sweep.output import LandedOutput
+from sweep.exposures.history import ExposureHistory
+from sweep.landed.reader import LandedOutput
 
 log = logging.getLogger("memsweep")
 

@@ -1,10 +1,10 @@
 """Scheduling cells onto checkpoint actors on Ray: busy actors, prefetch where it is used, retries, a short tail.
 
-The slots and the tail policy are sweep/assignments.py's (pure); this module is the loop around them: it starts
+The slots and the tail policy are sweep/run/assignments.py's (pure); this module is the loop around them: it starts
 actors, submits cells (at most WINDOW in flight per actor: one scoring, one queued behind it, and only once the
 chunk's probe set is ready, so scoring starts with the first probe set), tells an actor to prefetch its reserved
 next checkpoint once its current one is loaded, collects results and errors, retries, and hands results to the
-landing buffer (sweep/landing.py). It returns what happened (`ScheduleStats`) instead of reporting it.
+landing buffer (sweep/run/landing.py). It returns what happened (`ScheduleStats`) instead of reporting it.
 
 Failures: a cell whose actor died (process killed, node lost) or that raised is re-queued, up to
 `resources.max_attempts` tries; then it is recorded in `failures/` and the sweep goes on. A checkpoint that
@@ -28,14 +28,14 @@ from tqdm import tqdm
 
 from actors.protocol import (CellInputError, CellOutput, CheckpointError, CheckpointTarget, CudaContextLost,
                              ScorerSettings, one_line)
-from sweep.assignments import STEAL_MIN_CELLS, Assignment, Slot, take_from_busy
+from sweep.run.assignments import STEAL_MIN_CELLS, Assignment, Slot, take_from_busy
 from sweep.errors import SweepAbortedError
-from sweep.landing import LAND_MAX_WAIT_S, Landing, scored_cell
-from sweep.plan import CheckpointWork, Plan
-from sweep.probe_supply import ProbeSupply
-from sweep.sources import CheckpointUnresolvedError, pin_checkpoint
+from sweep.run.landing import LAND_MAX_WAIT_S, Landing, scored_cell
+from sweep.run.plan import CheckpointWork, Plan
+from sweep.data.probe_supply import ProbeSupply
+from sweep.data.sources import CheckpointUnresolvedError, pin_checkpoint
 from sweep.spec import SweepSpec
-from sweep.store import ResultStore
+from sweep.landed.store import ResultStore
 
 log = logging.getLogger("memsweep")
 
@@ -65,7 +65,7 @@ class ScheduleStats:
 
 
 class BackgroundWork(Protocol):
-    """Ray tasks the loop waits on beside the actors' cells (sweep/probe_supply.py, sweep/exposure_scans.py)."""
+    """Ray tasks the loop waits on beside the actors' cells (sweep/data/probe_supply.py, sweep/exposures/scans.py)."""
 
     @property
     def done(self) -> bool: ...

@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sweep.atomic_write import write_atomic
+from sweep.landed.atomic_write import write_atomic
 from sweep.errors import MemsweepError
-from sweep.schema import probe_frame
-from sweep.sources import ChunkFile
+from sweep.landed.schema import probe_frame
+from sweep.data.sources import ChunkFile
 
 logger = logging.getLogger(__name__)
 

@@ -68,7 +68,7 @@ PROBE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-# Exposure counts (sweep/exposure_scans.py): one row per (probe sequence, scanned chunk file) with an occurrence.
+# Exposure counts (sweep/exposures/scans.py): one row per (probe sequence, scanned chunk file) with an occurrence.
 EXPOSURE_COUNT_SCHEMA: dict[str, pl.DataType] = {
     "chunk": pl.Int32(),  # the probe sequence: its chunk ...
     "row": pl.Int64(),  # ... and row
