@@ -6,12 +6,18 @@ The driver tells the actor that holds a checkpoint which one it will load next; 
 another actor took over. A load `_checkout`s its checkpoint: the prefetched copy, after waiting for a prefetch of
 that very checkpoint still under way (never fetching it twice), else a fetch of its own. What fetching and
 evicting mean is the subclass's (`_fetch`, `_evict`): a download to this node's disk, or a sleep.
+
+An actor downloads one checkpoint at a time, the one its GPU waits for first: a prefetch starts once the first
+load has its checkpoint, so the driver may send it as soon as it knows what comes next (for checkpoints that score
+in less time than a download takes, the downloads then follow each other with no gap), and the io group's one
+thread runs prefetches in turn.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import ray
 
@@ -26,6 +32,8 @@ class PrefetchingActor:
     def __init__(self) -> None:
         self.fetched: dict[CheckpointTarget, object] = {}  # on this node, not loaded yet
         self.fetching: dict[CheckpointTarget, threading.Event] = {}  # prefetches under way (io thread)
+        self.first_checkout = threading.Event()  # the first load has its checkpoint (or could not get it)
+        self.checkout_seconds = 0.0  # what the last load waited for its checkpoint: a download, or a prefetch's end
 
     def _fetch(self, target: CheckpointTarget, prefetch: bool) -> object:
         """Put `target` on this node; returns what `_evict` takes back. `prefetch`: called from the io group."""
@@ -39,8 +47,10 @@ class PrefetchingActor:
     def prefetch(self, target: CheckpointTarget) -> None:
         """Fetch a checkpoint onto this node while the current one is scoring.
 
-        Best effort: a failure is only logged; the load will meet (and report) it again.
+        Best effort: a failure is only logged; the load will meet (and report) it again. Starts once the first load
+        has its checkpoint, so that download has the node's link to itself.
         """
+        self.first_checkout.wait()
         if target in self.fetched or target in self.fetching:
             return
         done = self.fetching[target] = threading.Event()
@@ -65,13 +75,21 @@ class PrefetchingActor:
             in_progress.wait()
 
     def _checkout(self, target: CheckpointTarget) -> object:
-        """The fetched `target` for a load: its prefetched copy (once a prefetch under way ends), else fetched now."""
-        self._wait_for_prefetch(target)
-        fetched = self.fetched.pop(target, None)
-        return fetched if fetched is not None else self._fetch(target, prefetch=False)
+        """The fetched `target` for a load: its prefetched copy (once a prefetch under way ends), else fetched now.
+        Sets `checkout_seconds`."""
+        began = time.perf_counter()
+        try:
+            self._wait_for_prefetch(target)
+            fetched = self.fetched.pop(target, None)
+            return fetched if fetched is not None else self._fetch(target, prefetch=False)
+        finally:
+            self.checkout_seconds = time.perf_counter() - began
+            self.first_checkout.set()
 
     def _evict_all(self) -> None:
-        """The sweep is over for this actor: every prefetched copy goes."""
+        """The sweep is over for this actor: every prefetched copy goes (and a prefetch still waiting for a first
+        load stops waiting)."""
+        self.first_checkout.set()
         for fetched in list(self.fetched.values()):
             self._evict(fetched)
         self.fetched.clear()

@@ -163,6 +163,7 @@ class CheckpointScorer(PrefetchingActor):
             load_seconds=time.perf_counter() - start,
             downloaded_bytes=folder.bytes,
             host=socket.gethostname(),
+            checkout_seconds=self.checkout_seconds,
         )
         if self.settings.batch_size == "auto":
             self.batch_size = pick_batch_size(self.model, self.settings.options, self.device,
