@@ -115,6 +115,9 @@ class ModelSpec(_Section):
         return self.revision_overrides.get(ckpt) or self.revision.format(ckpt=ckpt)
 
 
+PositiveOrAuto = Union[Literal["auto"], Annotated[int, Field(ge=1)]]
+
+
 class DataSpec(_Section):
     source: str = Field(min_length=1)
     """A Hugging Face dataset repo id (`LLM360/AmberDatasets`) or a local directory."""
@@ -128,8 +131,9 @@ class DataSpec(_Section):
     """Sampling seed (numpy default_rng)."""
     cache_dir: str | None = None
     """Where line indexes and probe sets are cached (on the driver); default `~/.cache/memsweep/probes`."""
-    concurrent_builds: int = Field(default=4, ge=1)
-    """Probe sets built at once (each streams one chunk file: 20.8 GB for Amber)."""
+    concurrent_builds: PositiveOrAuto = "auto"
+    """Probe sets built at once (each streams one chunk file: 20.8 GB for Amber); auto = the streams the node links
+    carry beside the checkpoint downloads in flight (sweep/run/pacing.py)."""
     vocab_size: int | None = Field(default=None, ge=1)
     """If set, token ids outside [0, vocab_size) are an error."""
 
@@ -158,9 +162,6 @@ class MemorizationSpec(_Section):
     """Land the model's l greedy tokens per sequence (`generated`); auto = in greedy mode."""
 
 
-PositiveOrAuto = Union[Literal["auto"], Annotated[int, Field(ge=1)]]
-
-
 class ResourcesSpec(_Section):
     gpus_per_actor: Union[Literal["auto"], Annotated[float, Field(ge=0)]] = "auto"
     """0 = CPU actors (a laptop); auto = 1 when the cluster has GPUs, else 0."""
@@ -183,8 +184,9 @@ class ExposureSpec(_Section):
     chunks: list[int]
     """The chunk files of `data.file` to scan for exposure counts (ids and ranges, as `chunks`); may include chunks
     the sweep does not score."""
-    concurrent_scans: int = Field(default=2, ge=1)
-    """Chunk files scanned at once (each a Ray task streaming one file)."""
+    concurrent_scans: PositiveOrAuto = "auto"
+    """Chunk files scanned at once (each a Ray task streaming one file); auto = enough to end with the GPUs, on the
+    CPUs the actors leave (sweep/run/pacing.py)."""
     cpus_per_scan: Annotated[float, Field(gt=0)] = 1
     """Ray CPUs reserved per scan task (the scan itself runs on one core)."""
 

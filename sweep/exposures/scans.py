@@ -9,7 +9,8 @@ share one probe index, put once into Ray's object store.
 
 Scans need the probe sets of every scored chunk, so they start once the probe supply has settled (all probe sets
 built, landed or failed), which is after the first cells are handed out: they never delay scoring. They run beside
-the GPU actors, `exposure.concurrent_scans` at a time, `exposure.cpus_per_scan` Ray CPUs each, on any node; each
+the GPU actors, `limit` at a time (`exposure.concurrent_scans`, or what the scheduler paces for `auto` so that they
+end with the GPUs: sweep/run/pacing.py), `exposure.cpus_per_scan` Ray CPUs each, spread over the nodes; each
 streams its file (local or Hub) with bounded memory and stores nothing of it. A file that cannot be described,
 read or parsed fails its scan only, with one line (`failures/scan-chunk=<j>.json`); the next run tries again.
 Scanned files are pinned by content (sha256) like probe sets.
@@ -69,6 +70,13 @@ class ScanStats:
     failed: dict[int, str] = field(default_factory=dict)  # chunk file -> why its scan failed
     tokens: int = 0
     seconds: float = 0.0  # summed over scan tasks
+    file_bytes: list[int] = field(default_factory=list)  # each scanned file's size
+    wall_seconds: list[float] = field(default_factory=list)  # each scan from its start to its result, as the driver saw
+    last_landed_at: float | None = None  # time.perf_counter() of the last scan landed
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.file_bytes)
 
 
 class ExposureScans:
@@ -78,15 +86,23 @@ class ExposureScans:
         self.spec, self.store, self.supply = spec, store, supply
         self.stats = ScanStats()
         self.targets = list(spec.exposure.chunks) if spec.exposure is not None else []
-        self.task = _scan_task.options(num_cpus=spec.exposure.cpus_per_scan, runtime_env={"env_vars": environment}) \
-            if spec.exposure is not None else None
-        self.started = False
+        self.task = _scan_task.options(num_cpus=spec.exposure.cpus_per_scan, scheduling_strategy="SPREAD",
+                                       runtime_env={"env_vars": environment}) if spec.exposure is not None else None
+        scans = spec.exposure.concurrent_scans if spec.exposure is not None else 1
+        self.limit = scans if scans != "auto" else 1  # scans at once; the scheduler paces `auto`
+        self.planned = False  # the scans to do are known (once the probe supply settled)
         self.waiting: deque[tuple[int, ChunkFile, _ProbeGroup]] = deque()
         self.in_flight: dict[ray.ObjectRef, tuple[int, ChunkFile, _ProbeGroup]] = {}
+        self.started_at: dict[ray.ObjectRef, float] = {}  # perf_counter when each scan in flight started
 
     @property
     def done(self) -> bool:
-        return not self.targets or (self.started and not self.waiting and not self.in_flight)
+        return not self.targets or (self.planned and not self.waiting and not self.in_flight)
+
+    @property
+    def left(self) -> list[ChunkFile]:
+        """The chunk files still to scan, waiting or under way (known once the scans are planned)."""
+        return [chunk_file for _, chunk_file, _ in [*self.waiting, *self.in_flight.values()]]
 
     def refs(self) -> list[ray.ObjectRef]:
         return list(self.in_flight)
@@ -95,20 +111,23 @@ class ExposureScans:
         return ref in self.in_flight
 
     def pump(self) -> None:
-        """Plan the scans once the probe sets exist; start scans while fewer than exposure.concurrent_scans run."""
+        """Plan the scans once the probe sets exist; start scans while fewer than `limit` run."""
         if not self.targets:
             return
-        if not self.started:
+        if not self.planned:
             if not self.supply.done:
                 return
             self._plan()
-            self.started = True
-        while self.waiting and len(self.in_flight) < self.spec.exposure.concurrent_scans:
+            self.planned = True
+        while self.waiting and len(self.in_flight) < self.limit:
             seen_chunk, chunk_file, group = self.waiting.popleft()
-            self.in_flight[self.task.remote(chunk_file, group.index_ref)] = (seen_chunk, chunk_file, group)
+            ref = self.task.remote(chunk_file, group.index_ref)
+            self.in_flight[ref] = (seen_chunk, chunk_file, group)
+            self.started_at[ref] = time.perf_counter()
 
     def collect(self, ref: ray.ObjectRef) -> None:
         seen_chunk, chunk_file, group = self.in_flight.pop(ref)
+        self.stats.wall_seconds.append(time.perf_counter() - self.started_at.pop(ref))
         try:
             exposure, cpu_seconds = ray.get(ref)
         except RayTaskError as error:
@@ -132,6 +151,8 @@ class ExposureScans:
         self.stats.scanned += 1
         self.stats.tokens += exposure.tokens
         self.stats.seconds += exposure.seconds
+        self.stats.file_bytes.append(exposure.size)
+        self.stats.last_landed_at = time.perf_counter()
         log.info("chunk %d scanned: %d rows, %.0fM tokens in %.1f s", seen_chunk, exposure.rows,
                  exposure.tokens / 1e6, exposure.seconds)
 

@@ -159,6 +159,8 @@ class Assignment:
     in_flight: dict = field(default_factory=dict)  # call handle -> chunk
     reserved_by: int | None = None  # the slot that reserved (and prefetches) it
     prefetch_sent: bool = False
+    prefetched: bool = False  # its prefetch returned: the checkpoint is on the node
+    loaded: bool = False  # a cell of it came back: the checkpoint is in the actor
 
     @property
     def cells_left(self) -> int:
@@ -191,6 +193,30 @@ class Taken:
     prefetch_to_discard: CheckpointTarget | None = None
 
 
+def seconds_left(assignment: Assignment | None, cell_s: float, load_s: float) -> float:
+    """What an assignment still takes its actor: its cells left, and its load if no cell of it came back yet."""
+    if assignment is None:
+        return 0.0
+    return assignment.cells_left * cell_s + (0.0 if assignment.loaded else load_s)
+
+
+def busy_seconds(slot: Slot, cell_s: float, load_s: float) -> float:
+    """How long `slot` is still busy with what it holds: its current checkpoint, then its reserved next one."""
+    return seconds_left(slot.current, cell_s, load_s) + seconds_left(slot.next, cell_s, load_s)
+
+
+def pooled_shares(planned: Sequence[Sequence[Share]], chunk_order: dict[int, Sequence[int]]
+                  ) -> list[tuple[int, tuple[int, ...]]]:
+    """Every planned share put back together per checkpoint, for planning again: (checkpoint, chunks) in the order of
+    `chunk_order` (checkpoint -> its chunks in plan order; its keys in plan order)."""
+    pooled: dict[int, set[int]] = {}
+    for shares in planned:
+        for share in shares:
+            pooled.setdefault(share.ckpt, set()).update(share.chunks)
+    return [(ckpt, tuple(chunks) if len(pooled[ckpt]) == len(chunks) else tuple(c for c in chunks if c in pooled[ckpt]))
+            for ckpt, chunks in chunk_order.items() if ckpt in pooled]
+
+
 def cells_to_hand_over(todo: int, in_flight: int, cell_s: float, load_s: float) -> int:
     """How many of a busy actor's `todo` cells an idle actor should take so that both finish together.
 
@@ -216,7 +242,7 @@ def take_from_busy(slots: list[Slot], idle: Slot, cell_s: float, load_s: float) 
         if holder.current.cells_left * cell_s > load_s:
             taken, holder.next = holder.next, None
             discard = taken.target if taken.prefetch_sent else None
-            taken.reserved_by, taken.prefetch_sent = None, False
+            taken.reserved_by, taken.prefetch_sent, taken.prefetched = None, False, False
             return Taken(taken, holder, from_reservation=True, prefetch_to_discard=discard)
     # 2. a share of the largest remaining checkpoint, sized so that both actors finish together
     donors = [s for s in slots if s is not idle and s.current is not None]

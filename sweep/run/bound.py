@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 from sweep.run.cost import AMBER_BYTES_PER_TOKEN, COMPUTE_BOUND_RATE, SCAN_TOKENS_PER_CORE_S, CostEstimate
+from sweep.run.plan import Plan
 from sweep.spec import SweepSpec
 
 NETWORK_BYTES_PER_S = 2e9  # one node's link to the Hub (16 Gbit/s), shared by its downloads and streams
@@ -71,6 +72,7 @@ class Work:
     probe_bytes: tuple[float, ...] = ()  # chunk files to stream for probe sets
     scan_bytes: tuple[float, ...] = ()  # chunk files to stream for exposure scans
     scan_bytes_per_core_s: float = SCAN_BYTES_PER_CORE_S
+    download_s: float | None = None  # one checkpoint's download as measured (else from its bytes and the network)
 
     @property
     def checkpoints(self) -> int:
@@ -98,6 +100,7 @@ class Bound:
     actors: int = 0
     scans: int = 0  # exposure scans at once (0: none to do)
     builds: int = 0  # probe-set builds at once (0: none to do)
+    notes: list[str] = field(default_factory=list)  # what was assumed, the cluster, the concurrency chosen
 
     @property
     def binding(self) -> ResourceBound:
@@ -108,14 +111,16 @@ class Bound:
         return self.binding.seconds
 
     def describe(self) -> str:
-        lines = [f"bound: the makespan each resource allows on its own, with {self.actors} actors:"]
+        lines = [*self.notes, f"bound: the makespan each resource allows on its own, with {self.actors} actors:"]
         lines += [f"  {r.name}: {_duration(r.seconds)} ({r.why})" for r in self.resources]
         lines.append(f"binding: {self.binding.name}; the sweep cannot end before {_duration(self.seconds)}")
         return "\n".join(lines)
 
 
 def first_download_s(work: Work, cluster: Cluster, actors: int) -> float:
-    """Each actor's first checkpoint, fetched while every busy actor on its node fetches one too."""
+    """Each actor's first checkpoint, fetched while every busy actor on its node fetches one too (or as measured)."""
+    if work.download_s is not None:
+        return work.download_s
     at_once = max(1, math.ceil(min(actors, work.checkpoints) / cluster.nodes))
     rate = min(cluster.stream_bytes_per_s, cluster.network_bytes_per_s / max(1, at_once))
     return work.checkpoint_bytes / rate
@@ -168,7 +173,8 @@ def bound(work: Work, cluster: Cluster, actors: int, cpus_per_actor: float = 1.0
                       f"{work.load_s:.3g} s on {actors} actors, after a first download of {first:.0f} s"))
 
     after_last = work.load_s + work.cell_s  # what follows the last checkpoint's download
-    per_actor = math.ceil(work.checkpoints / max(1, actors)) * work.checkpoint_bytes / stream + after_last
+    one_download = work.download_s if work.download_s is not None else work.checkpoint_bytes / stream
+    per_actor = math.ceil(work.checkpoints / max(1, actors)) * one_download + after_last
     over_links = work.checkpoints * work.checkpoint_bytes / links + after_last
     if work.checkpoints:
         result.resources.append(ResourceBound(
@@ -235,6 +241,35 @@ def work_of(spec: SweepSpec, cells: list[int], estimate: CostEstimate, cell_s: f
     return Work(cells=tuple(cells), cell_s=cell_s or assumed_cell_seconds(spec, estimate.measured_rate),
                 load_s=load_s, checkpoint_bytes=estimate.largest_checkpoint,
                 probe_bytes=tuple(estimate.chunk_bytes.values()), scan_bytes=tuple(estimate.scan_bytes.values()))
+
+
+def plan_bound(spec: SweepSpec, plan: Plan, estimate: CostEstimate, cluster: Cluster) -> Bound:
+    """`memsweep plan`'s bound: the plan's cells on `cluster` (one actor per GPU unless the spec says otherwise), priced
+    by `estimate`, with the concurrency the spec names or the one `auto` chooses, and what was assumed."""
+    resources = spec.resources
+    per_actor = 1.0 if resources.gpus_per_actor == "auto" else float(resources.gpus_per_actor)
+    actors = int(cluster.gpus // per_actor) if per_actor else 1
+    actors = max(1, min(actors if resources.actors == "auto" else int(resources.actors), plan.cells_to_do))
+    work = work_of(spec, [len(w.chunks) for w in plan.work], estimate)
+    scans = spec.exposure.concurrent_scans if spec.exposure is not None else "auto"
+    builds = spec.data.concurrent_builds
+    result = bound(work, cluster, actors, float(resources.cpus_per_actor),
+                   spec.exposure.cpus_per_scan if spec.exposure is not None else 1.0,
+                   scans=None if scans == "auto" else scans, builds=None if builds == "auto" else builds)
+    rate = "measured here" if estimate.measured_rate else \
+        f"{ASSUMED_EFFICIENCY[spec.memorization.mode]:.0%} of the ~{COMPUTE_BOUND_RATE:.0f} seq/s compute bound"
+    result.notes = [f"cluster: {cluster.describe()}",
+                    f"assumed: a cell {work.cell_s:.3g} s ({rate}, {spec.memorization.mode}), a load "
+                    f"{work.load_s:.0f} s, a checkpoint download {work.checkpoint_bytes / cluster.stream_bytes_per_s:.0f} s "
+                    f"at one stream's rate"]
+    if work.probe_bytes:
+        result.notes.append(f"data.concurrent_builds: {builds}" + (
+            f" (up to {result.builds} at once: the streams the node links carry beside the checkpoint downloads, one "
+            "while every actor fetches its first checkpoint)" if builds == "auto" else ""))
+    if work.scan_bytes:
+        result.notes.append(f"exposure.concurrent_scans: {scans}" + (
+            f" ({result.scans} at once, to end with the GPUs on the CPUs the actors leave)" if scans == "auto" else ""))
+    return result
 
 
 def _duration(seconds: float) -> str:

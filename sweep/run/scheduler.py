@@ -1,10 +1,12 @@
-"""Scheduling cells onto checkpoint actors on Ray: busy actors, prefetch where it is used, retries, a short tail.
+"""Scheduling cells onto checkpoint actors on Ray: a planned assignment, prefetch where it is used, retries.
 
-The slots and the tail policy are sweep/run/assignments.py's (pure); this module is the loop around them: it starts
-actors, submits cells (at most WINDOW in flight per actor: one scoring, one queued behind it, and only once the
-chunk's probe set is ready, so scoring starts with the first probe set), tells an actor to prefetch its reserved
-next checkpoint once its current one is loaded, collects results and errors, retries, and hands results to the
-landing buffer (sweep/run/landing.py). It returns what happened (`ScheduleStats`) instead of reporting it.
+The plan, the slots and the tail policy are sweep/run/assignments.py's (pure), the pacing of prefetches, probe
+builds and scans sweep/run/pacing.py's (pure); this module is the loop around them: it starts actors, plans every
+slot's shares from the unit costs known so far and plans again as measured ones arrive (whenever a slot reserves
+its next share), submits cells (at most WINDOW in flight per actor: one scoring, one queued behind it, and only
+once the chunk's probe set is ready, so scoring starts with the first probe set), tells an actor to prefetch its
+reserved next share when that is due, collects results and errors, retries, and hands results to the landing
+buffer (sweep/run/landing.py). It returns what happened (`ScheduleStats`) instead of reporting it.
 
 Failures: a cell whose actor died (process killed, node lost) or that raised is re-queued, up to
 `resources.max_attempts` tries; then it is recorded in `failures/` and the sweep goes on. A checkpoint that
@@ -21,17 +23,19 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from tqdm import tqdm
 
 from actors.protocol import (CellInputError, CellOutput, CheckpointError, CheckpointTarget, CudaContextLost,
                              ScorerSettings, one_line)
-from sweep.run.assignments import STEAL_MIN_CELLS, Assignment, Slot, take_from_busy
+from sweep.run.assignments import (STEAL_MIN_CELLS, Assignment, Share, Slot, busy_seconds, plan_shares,
+                                   planned_end_s, pooled_shares, seconds_left, take_from_busy)
 from sweep.errors import SweepAbortedError
+from sweep.run.bound import SCAN_BYTES_PER_CORE_S, Cluster
 from sweep.run.landing import LAND_MAX_WAIT_S, Landing, scored_cell
-from sweep.run.plan import CheckpointWork, Plan
+from sweep.run.pacing import Pacing, UnitCosts
+from sweep.run.plan import Plan
 from sweep.data.probe_supply import ProbeSupply
 from sweep.data.sources import CheckpointUnresolvedError, pin_checkpoint
 from sweep.spec import SweepSpec
@@ -41,8 +45,6 @@ log = logging.getLogger("memsweep")
 
 ACTOR_MAX_RESTARTS = 3
 WINDOW = 2  # cells in flight per actor: the GPU never waits for the driver between two cells
-ESTIMATE_WINDOW = 256  # the tail estimates use the medians of the latest cells and loads (a full history's
-# median is recomputed for every idle actor at every wake-up in the tail: ~2 ms each at 129,600 cells)
 
 
 @dataclass
@@ -54,6 +56,11 @@ class ScheduleStats:
     loads: Counter = field(default_factory=Counter)  # ckpt -> times loaded
     prefetched_elsewhere: int = 0  # reservations loaded by another actor by accident (a bug if ever > 0)
     reservations_taken: int = 0  # reservations an idle actor took on purpose at the tail (holder's copy discarded)
+    actors: int = 0
+    splits: int = 0  # checkpoints split by the tail policy (beyond the plan's shares)
+    plans: int = 0  # times the shares were planned
+    planned_makespan_s: float | None = None  # the first plan's makespan (from its start, first download excluded)
+    costs: UnitCosts | None = None  # the unit costs measured (medians), for the summary's bound
     first_cell_landed_at: float | None = None  # seconds after the sweep started
     probe_sets_ready_at_first_cell: int | None = None  # how many existed when the first cell was handed out
     warnings: list[str] = field(default_factory=list)
@@ -99,25 +106,34 @@ class Scheduler:
     scans): pumped and collected while actors score, left to `drain` once the cells are done."""
 
     def __init__(self, spec: SweepSpec, plan: Plan, store: ResultStore, supply: ProbeSupply, started: float,
-                 progress: bool, scorer_cls, gpus_per_actor: float, environment: dict[str, str],
-                 background: list[BackgroundWork] = ()):
+                 progress: bool, scorer_cls, gpus_per_actor: float, environment: dict[str, str], cluster: Cluster,
+                 costs: UnitCosts, background: list[BackgroundWork] = (), scans=None):
         self.spec, self.store, self.supply, self.started = spec, store, supply, started
         self.background = [supply, *background]
+        self.scans = scans  # sweep/exposures/scans.py ExposureScans among `background`, paced here (or None)
         self.scorer_cls, self.gpus, self.environment = scorer_cls, gpus_per_actor, environment
-        self.stats = ScheduleStats()
+        self.stats = ScheduleStats(costs=costs)
+        self.costs = costs
         self.landing = Landing(store)
-        self.queue: deque[CheckpointWork] = deque(plan.work)
+        self.chunk_order = {w.ckpt: w.chunks for w in plan.work}  # plan order, for planning again
         self.remaining = Counter({w.ckpt: len(w.chunks) for w in plan.work})  # cells not yet settled
         self.attempts: Counter = Counter()  # (ckpt, chunk) -> failed tries
         self.load_failures: Counter = Counter()  # ckpt -> failed fetches/loads
         self.dead_checkpoints: dict[int, tuple[str, int]] = {}  # ckpt -> (error, tries): its cells all fail
+        self.targets: dict[int, CheckpointTarget | str] = {}  # ckpt -> pinned target, or why it cannot be pinned
         self.fingerprints = {pin["weights_fingerprint"]: ckpt for ckpt, pin in store.ledgers.pins().items()
                              if pin.get("weights_fingerprint")}
         self.owner: dict[ray.ObjectRef, tuple[Slot, Assignment]] = {}
-        self.cell_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
-        self.load_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
+        self.prefetching: dict[ray.ObjectRef, Assignment] = {}  # prefetch calls not yet returned
         self.settings = ScorerSettings.from_spec(spec, gpus_per_actor)
         self.slots = [Slot(i, self._new_actor()) for i in range(self._actor_count(plan))]
+        self.stats.actors = len(self.slots)
+        self.pacing = Pacing(spec, cluster, len(self.slots), float(spec.resources.cpus_per_actor))
+        self.planned: list[deque[Share]] = [deque() for _ in self.slots]
+        self.planned_at_cells = -1  # measured cells when the shares were last planned
+        self.plan_ends_at = started  # when the latest plan ends (perf_counter clock)
+        self._plan([(w.ckpt, w.chunks) for w in plan.work])
+        self.stats.planned_makespan_s = self.plan_ends_at - time.perf_counter()
         self.bar = tqdm(total=plan.cells_to_do, desc=spec.name, unit="cell", disable=not progress)
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -125,9 +141,11 @@ class Scheduler:
     def run(self) -> ScheduleStats:
         try:
             while True:
+                self._pace()
                 for work in self.background:
                     work.pump()
                 self._assign()
+                self._send_due_prefetches()
                 if not self._has_work():
                     # The cells are done: never wait here on background work alone (exposure scans may need the
                     # CPUs these actors hold); `drain` finishes it once the actors are released.
@@ -135,12 +153,17 @@ class Scheduler:
                 refs = list(self.owner) + [ref for work in self.background for ref in work.refs()]
                 if not refs:  # nothing in flight and nothing can start: a bug, not a wait
                     raise RuntimeError(f"scheduler stalled with {sum(self.remaining.values())} cells left")
+                refs += self.prefetching
                 timeout = LAND_MAX_WAIT_S if self.landing.cells_waiting else None
+                if any(s.next is not None and not s.next.prefetch_sent for s in self.slots):
+                    timeout = min(timeout or LAND_MAX_WAIT_S, self.costs.cell_s)  # a prefetch may come due
                 ray.wait(refs, num_returns=1, timeout=timeout)
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 for ref in ready:
                     if ref in self.owner:
                         self._collect(ref)
+                    elif ref in self.prefetching:
+                        self.prefetching.pop(ref).prefetched = True
                     else:
                         next(work for work in self.background if work.owns(ref)).collect(ref)
                 self._land()
@@ -156,7 +179,7 @@ class Scheduler:
         return self.stats
 
     def _has_work(self) -> bool:
-        return bool(self.queue or self.owner or any(s.current or s.next for s in self.slots))
+        return bool(self.owner or any(s.current or s.next for s in self.slots) or any(self.planned))
 
     # ---- handing out work ---------------------------------------------------------------------
 
@@ -178,35 +201,64 @@ class Scheduler:
                 return False
             if slot.current.reserved_by not in (None, slot.index):
                 self.stats.prefetched_elsewhere += 1
-        if slot.next is None and self.queue:
-            slot.next = self._pop_assignment()  # its prefetch starts once the current one is loaded
+        if slot.next is None:
+            slot.next = self._reserve(slot)  # its prefetch is sent when due (_send_due_prefetches)
             if slot.next is not None:
                 slot.next.reserved_by = slot.index
         self._drop_failed_chunks(slot.current)
         self._fill(slot)
         return slot.current.settled
 
-    def _pop_assignment(self) -> Assignment | None:
-        while self.queue:
-            work = self.queue.popleft()
-            model = self.spec.model
-            try:
-                pinned = pin_checkpoint(model.source, work.ckpt, model.revision_for(work.ckpt),
-                                        (self.store.ledgers.pin(work.ckpt) or {}).get("model_commit"))
-            except CheckpointUnresolvedError as error:
-                for chunk in work.chunks:
-                    self._fail_cell(work.ckpt, chunk, str(error), self.spec.resources.max_attempts)
-                continue
-            if pinned.warning:
-                self.stats.warn(pinned.warning)
-            return Assignment(pinned.target, list(work.chunks))
+    # ---- the plan -------------------------------------------------------------------------------
+
+    def _plan(self, pending: list[tuple[int, tuple[int, ...]]]) -> None:
+        """Every slot's shares of `pending`, from the unit costs known now (sweep/run/assignments.py plan_shares)."""
+        cell_s, load_s = self.costs.cell_s, self.costs.load_s
+        busy = [busy_seconds(slot, cell_s, load_s) for slot in self.slots]
+        shares = plan_shares(pending, busy, cell_s, load_s)
+        self.planned = [deque(slot_shares) for slot_shares in shares]
+        self.planned_at_cells = self.costs.measured_cells
+        self.stats.plans += 1
+        ends = [planned_end_s(slot_shares, b, cell_s, load_s) for slot_shares, b in zip(shares, busy)]
+        self.plan_ends_at = time.perf_counter() + max(ends, default=0.0)
+
+    def _reserve(self, slot: Slot) -> Assignment | None:
+        """The slot's next planned share, planned again first if costs were measured since the last plan (or the
+        slot has none left while others do)."""
+        if any(self.planned) and (self.costs.measured_cells > self.planned_at_cells or not self.planned[slot.index]):
+            self._plan(pooled_shares(self.planned, self.chunk_order))
+        while self.planned[slot.index]:
+            share = self.planned[slot.index].popleft()
+            target = self._target(share.ckpt, share.chunks)
+            if target is not None:
+                return Assignment(target, list(share.chunks))
         return None
 
+    def _target(self, ckpt: int, chunks: tuple[int, ...]) -> CheckpointTarget | None:
+        """The checkpoint pinned to its commit (once per checkpoint); None, with `chunks` failed, if it cannot be."""
+        if ckpt not in self.targets:
+            model = self.spec.model
+            try:
+                pinned = pin_checkpoint(model.source, ckpt, model.revision_for(ckpt),
+                                        (self.store.ledgers.pin(ckpt) or {}).get("model_commit"))
+                if pinned.warning:
+                    self.stats.warn(pinned.warning)
+                self.targets[ckpt] = pinned.target
+            except CheckpointUnresolvedError as error:
+                self.targets[ckpt] = str(error)
+        target = self.targets[ckpt]
+        if isinstance(target, str):
+            for chunk in chunks:
+                self._fail_cell(ckpt, chunk, target, self.spec.resources.max_attempts)
+            return None
+        return target
+
     def _take_work(self, idle: Slot) -> Assignment | None:
-        popped = self._pop_assignment()
-        if popped is not None:
-            return popped
-        taken = take_from_busy(self.slots, idle, self._cell_estimate(), self._load_estimate())
+        planned = self._reserve(idle)
+        if planned is not None:
+            return planned
+        handover_s = self.costs.handover_s or STEAL_MIN_CELLS * self.costs.cell_s
+        taken = take_from_busy(self.slots, idle, self.costs.cell_s, handover_s)
         if taken is None:
             return None
         if taken.from_reservation:
@@ -214,9 +266,43 @@ class Scheduler:
                 taken.holder.actor.discard.remote(taken.prefetch_to_discard)
             self.stats.reservations_taken += 1
         else:
+            self.stats.splits += 1
             log.info("splitting ckpt %d: %d of its %d cells to another actor", taken.assignment.target.ckpt,
                      len(taken.assignment.todo), len(taken.assignment.todo) + taken.holder.current.cells_left)
         return taken.assignment
+
+    # ---- pacing prefetches, probe builds and scans -------------------------------------------
+
+    def _send_due_prefetches(self) -> None:
+        """Tell each actor to fetch its reserved next share once that is due (sweep/run/pacing.py)."""
+        for slot in self.slots:
+            upcoming = slot.next
+            if upcoming is None or upcoming.prefetch_sent or slot.current is None:
+                continue
+            if self.pacing.prefetch_due(seconds_left(slot.current, self.costs.cell_s, self.costs.load_s), self.costs):
+                self.prefetching[slot.actor.prefetch.remote(upcoming.target)] = upcoming
+                upcoming.prefetch_sent = True
+
+    def _downloads_in_flight(self) -> int:
+        """Checkpoint downloads under way: first (or handed-over) loads not yet back, prefetches not yet done."""
+        loading = sum(1 for s in self.slots if s.current is not None and not s.current.loaded
+                      and not s.current.prefetch_sent)
+        return loading + len(self.prefetching)
+
+    def _pace(self) -> None:
+        self.supply.limit = self.pacing.builds(self.supply.builds_left, self._downloads_in_flight())
+        if self.scans is not None and self.scans.planned:
+            window = self.plan_ends_at - time.perf_counter()
+            self.scans.limit = self.pacing.scans(self._scan_seconds_left(), window)
+
+    def _scan_seconds_left(self) -> float:
+        """Task-seconds of the scans left: as long as the scans so far took each (start to result), else each file
+        at the slower of one stream and one core's hashing."""
+        left, took = self.scans.left, self.scans.stats.wall_seconds
+        if took:
+            return len(left) * sum(took) / len(took)
+        rate = min(self.pacing.cluster.stream_bytes_per_s, SCAN_BYTES_PER_CORE_S)
+        return sum(chunk_file.size or 0 for chunk_file in left) / rate
 
     def _fill(self, slot: Slot) -> None:
         assignment = slot.current
@@ -270,17 +356,13 @@ class Scheduler:
         probe = self.supply.ready[chunk]
         self.landing.add(ckpt, scored_cell(output, self.attempts[(ckpt, chunk)] + 1, probe.frame, probe.data_file,
                                            probe.sha256, self.spec.memorization.continuation_len))
-        self.cell_seconds.append(output.seconds)
-        upcoming = slot.next
-        if upcoming is not None and not upcoming.prefetch_sent and slot.current is assignment:
-            # The current checkpoint is loaded: download the next one now, on this actor's node. (Not earlier:
-            # at the start every actor fetches its first checkpoint, and a second download would halve that.)
-            slot.actor.prefetch.remote(upcoming.target)
-            upcoming.prefetch_sent = True
+        self.costs.add_cell(output.seconds)
+        assignment.loaded = True
         if output.loaded_now:
             self.stats.loads[ckpt] += 1
-            if assignment.reserved_by != slot.index:  # not prefetched here: the load downloaded it too
-                self.load_seconds.append(output.loaded.load_seconds)
+            prefetched = assignment.reserved_by == slot.index and assignment.prefetch_sent  # else: downloaded it too
+            self.costs.add_load(output.loaded.load_seconds, output.loaded.checkout_seconds, prefetched,
+                                output.loaded.downloaded_bytes)
             log.info("ckpt %d loaded on %s (%s) in %.1f s", ckpt, output.host, output.device,
                      output.loaded.load_seconds)
         self._check_fingerprint(ckpt, output.loaded.weights_fingerprint)
@@ -327,10 +409,10 @@ class Scheduler:
 
     def _assignments_of(self, ckpt: int) -> list[Assignment]:
         found = [a for s in self.slots for a in (s.current, s.next) if a is not None and a.target.ckpt == ckpt]
-        queued = [w for w in self.queue if w.ckpt == ckpt]
-        for work in queued:
-            self.queue.remove(work)
-            found.append(Assignment(CheckpointTarget(ckpt, "", None), list(work.chunks)))
+        for shares in self.planned:
+            for share in [share for share in shares if share.ckpt == ckpt]:
+                shares.remove(share)
+                found.append(Assignment(CheckpointTarget(ckpt, "", None), list(share.chunks)))
         return found
 
     def _fail_cell(self, ckpt: int, chunk: int, error: str, attempts: int) -> None:
@@ -365,18 +447,6 @@ class Scheduler:
                 scored = f"mean score {score:.4f}, " if score is not None else ""
                 self.bar.write(f"ckpt {ckpt}: {cells.height} cells landed, {scored}full-match rate "
                                f"{cells['full_match_rate'].mean():.4f}")
-
-    # ---- statistics for the tail --------------------------------------------------------------
-
-    def _cell_estimate(self) -> float:
-        return float(np.median(self.cell_seconds)) if self.cell_seconds else 1.0
-
-    def _load_estimate(self) -> float:
-        """What starting a checkpoint costs an actor that did not prefetch it (download + load): the price of
-        every tail hand-off, so only such loads are counted. A prefetched load skips the download (27 GB for
-        Amber); splitting on its price made idle actors download for longer than the half they took saved."""
-        # Before any load was measured, assume a load is worth STEAL_MIN_CELLS cells: splits stay rare.
-        return float(np.median(self.load_seconds)) if self.load_seconds else STEAL_MIN_CELLS * self._cell_estimate()
 
     # ---- actors -------------------------------------------------------------------------------
 

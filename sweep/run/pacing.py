@@ -1,0 +1,99 @@
+"""Pacing the work that shares the network and the CPUs with the actors: when a reserved checkpoint's prefetch is
+sent, how many probe-set builds and exposure scans run at once, from the unit costs measured so far. Pure: the
+scheduler (sweep/run/scheduler.py) asks, and does what it is told.
+
+- **Prefetch** when it is due: once the actor's current checkpoint has less work left than PREFETCH_LEAD downloads
+  take. Checkpoints shorter than that (a single-chunk sweep, the diagonal) prefetch as soon as they are reserved,
+  so an actor's downloads follow each other with no gap (the actor starts a prefetch once its first load has its
+  files: actors/prefetch.py). Longer ones leave the node's link to the probe builds and scans until then.
+- **Probe-set builds** (`data.concurrent_builds: auto`): as many streams as the node links carry beside the
+  checkpoint downloads in flight: one while every actor fetches its first checkpoint, every free stream after.
+- **Exposure scans** (`exposure.concurrent_scans: auto`): enough to end with the GPUs (the plan's makespan), on the
+  CPUs the actors leave, at most half the node links' streams (sweep/run/bound.py `scan_concurrency`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sweep.run.bound import Cluster, build_concurrency, scan_concurrency
+from sweep.spec import SweepSpec
+
+ESTIMATE_WINDOW = 256  # the estimates are medians of the latest cells and loads (a full history's median is
+# recomputed at every plan: ~2 ms each at 129,600 cells)
+PREFETCH_LEAD = 2.0  # prefetch once the current checkpoint has less left than this many downloads take
+
+
+@dataclass
+class UnitCosts:
+    """What a cell, a load and a download cost, in seconds on one actor: medians of the latest ESTIMATE_WINDOW
+    measurements, and the guesses until the first arrive."""
+
+    cell_guess: float
+    load_guess: float
+    download_guess: float
+    cells: deque = field(default_factory=lambda: deque(maxlen=ESTIMATE_WINDOW))
+    loads: deque = field(default_factory=lambda: deque(maxlen=ESTIMATE_WINDOW))  # the load alone, files on disk
+    downloads: deque = field(default_factory=lambda: deque(maxlen=ESTIMATE_WINDOW))  # a load's own download
+    handovers: deque = field(default_factory=lambda: deque(maxlen=ESTIMATE_WINDOW))  # download + load, unprefetched
+    measured_cells: int = 0
+    checkpoint_bytes: int = 0  # the largest download a load reported
+
+    def add_cell(self, seconds: float) -> None:
+        self.cells.append(seconds)
+        self.measured_cells += 1
+
+    def add_load(self, seconds: float, checkout_seconds: float, prefetched: bool, downloaded_bytes: int = 0) -> None:
+        """A load of `seconds`, of which `checkout_seconds` waited for the files (a download if not `prefetched`)."""
+        self.checkpoint_bytes = max(self.checkpoint_bytes, downloaded_bytes)
+        self.loads.append(max(0.0, seconds - checkout_seconds))
+        if not prefetched:
+            self.downloads.append(checkout_seconds)
+            self.handovers.append(seconds)
+
+    @property
+    def cell_s(self) -> float:
+        return float(np.median(self.cells)) if self.cells else self.cell_guess
+
+    @property
+    def load_s(self) -> float:
+        return float(np.median(self.loads)) if self.loads else self.load_guess
+
+    @property
+    def download_s(self) -> float:
+        """The slowest recent download: prefetches are timed for the worst the links gave."""
+        return float(max(self.downloads)) if self.downloads else self.download_guess
+
+    @property
+    def handover_s(self) -> float | None:
+        """What starting a checkpoint costs an actor that did not prefetch it (download + load): the price of a tail
+        hand-off. None before one was measured."""
+        return float(np.median(self.handovers)) if self.handovers else None
+
+
+class Pacing:
+    """The concurrency of builds and scans and the timing of prefetches for a sweep on `cluster` with `actors`."""
+
+    def __init__(self, spec: SweepSpec, cluster: Cluster, actors: int, cpus_per_actor: float):
+        self.spec, self.cluster = spec, cluster
+        self.cpus_left = cluster.nodes * cluster.cpus_per_node - actors * cpus_per_actor
+
+    def prefetch_due(self, current_left_s: float, costs: UnitCosts) -> bool:
+        return current_left_s <= PREFETCH_LEAD * costs.download_s
+
+    def builds(self, builds_left: int, downloads_in_flight: int) -> int:
+        wanted = self.spec.data.concurrent_builds
+        return wanted if wanted != "auto" else build_concurrency(self.cluster, builds_left, downloads_in_flight)
+
+    def scans(self, scan_seconds_left: float, window_s: float, actors_running: bool = True) -> int:
+        exposure = self.spec.exposure
+        if exposure is None:
+            return 0
+        if exposure.concurrent_scans != "auto":
+            return exposure.concurrent_scans
+        cpus = self.cpus_left if actors_running else self.cluster.nodes * self.cluster.cpus_per_node
+        return scan_concurrency(scan_seconds_left, window_s, int(max(0.0, cpus) // exposure.cpus_per_scan),
+                                self.cluster.link_streams)
