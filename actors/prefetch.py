@@ -7,10 +7,10 @@ another actor took over. A load `_checkout`s its checkpoint: the prefetched copy
 that very checkpoint still under way (never fetching it twice), else a fetch of its own. What fetching and
 evicting mean is the subclass's (`_fetch`, `_evict`): a download to this node's disk, or a sleep.
 
-An actor downloads one checkpoint at a time, the one its GPU waits for first: a prefetch starts once the first
-load has its checkpoint, so the driver may send it as soon as it knows what comes next (for checkpoints that score
-in less time than a download takes, the downloads then follow each other with no gap), and the io group's one
-thread runs prefetches in turn.
+The driver prefetches every checkpoint, the one an actor is about to load included, and hands the actor cells of
+it once its prefetch has returned: so every download runs on the io group's one thread, one at a time, in the
+order the driver asked for them (the checkpoint the GPU waits for first), and a load finds its files on the node.
+A load that finds none (a failed prefetch, a restarted actor) fetches them itself.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ class PrefetchingActor:
     def __init__(self) -> None:
         self.fetched: dict[CheckpointTarget, object] = {}  # on this node, not loaded yet
         self.fetching: dict[CheckpointTarget, threading.Event] = {}  # prefetches under way (io thread)
-        self.first_checkout = threading.Event()  # the first load has its checkpoint (or could not get it)
         self.checkout_seconds = 0.0  # what the last load waited for its checkpoint: a download, or a prefetch's end
 
     def _fetch(self, target: CheckpointTarget, prefetch: bool) -> object:
@@ -45,12 +44,10 @@ class PrefetchingActor:
 
     @ray.method(concurrency_group="io")
     def prefetch(self, target: CheckpointTarget) -> None:
-        """Fetch a checkpoint onto this node while the current one is scoring.
+        """Fetch a checkpoint onto this node: the next one while the current one scores, or the one about to load.
 
-        Best effort: a failure is only logged; the load will meet (and report) it again. Starts once the first load
-        has its checkpoint, so that download has the node's link to itself.
+        Best effort: a failure is only logged; the load will meet (and report) it again.
         """
-        self.first_checkout.wait()
         if target in self.fetched or target in self.fetching:
             return
         done = self.fetching[target] = threading.Event()
@@ -84,12 +81,9 @@ class PrefetchingActor:
             return fetched if fetched is not None else self._fetch(target, prefetch=False)
         finally:
             self.checkout_seconds = time.perf_counter() - began
-            self.first_checkout.set()
 
     def _evict_all(self) -> None:
-        """The sweep is over for this actor: every prefetched copy goes (and a prefetch still waiting for a first
-        load stops waiting)."""
-        self.first_checkout.set()
+        """The sweep is over for this actor: every prefetched copy goes."""
         for fetched in list(self.fetched.values()):
             self._evict(fetched)
         self.fetched.clear()

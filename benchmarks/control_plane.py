@@ -415,6 +415,35 @@ def cost_model_scorer(cost: CostModel):
     return ray.remote(concurrency_groups={"io": 1, "compute": 1})(bound)
 
 
+# ---- the actors, started before the sweep's clock -------------------------------------------------------
+
+
+class StartedActors:
+    """Stands in for the actor class passed to `run_sweep(scorer=...)`: `options(...).remote(settings)` hands out
+    actors started (and ready) before the sweep, in order, then starts new ones (a dead actor's replacement). They
+    start one after the other, so actor i sits on node i // 8 (`SimulatedNetwork.join`), as Ray tends to place
+    actors started in order on nodes of 8 GPUs.
+
+    64 actor processes starting at once on this 2-core VM took one to two minutes (Ray starts as many at a time as
+    the node has CPUs), a cost of the simulation, not of a cluster, where each node starts its own 8 in parallel; so
+    the sweep's clock starts with them up, and `seconds` says what starting them took here."""
+
+    def __init__(self, actor_class, count: int, settings, options: dict):
+        began = time.perf_counter()
+        self.actor_class, self.options_ = actor_class, options
+        self.ready = []
+        for _ in range(count):
+            self.ready.append(actor_class.options(**options).remote(settings))
+            ray.get(self.ready[-1].__ray_ready__.remote())  # it has joined its node
+        self.seconds = time.perf_counter() - began
+
+    def options(self, **options):
+        return self
+
+    def remote(self, settings):
+        return self.ready.pop(0) if self.ready else self.actor_class.options(**self.options_).remote(settings)
+
+
 # ---- the world ------------------------------------------------------------------------------------
 
 
@@ -496,6 +525,7 @@ class Measurement:
     makespan_s: float = 0.0
     ideal_s: float = 0.0  # the earlier table's: (cells x cell + checkpoints x load) / actors, no download
     bound_s: float = 0.0  # sweep/run/bound.py at the cost model's costs (scaled seconds)
+    actor_start_s: float | None = None  # starting the actors before the sweep's clock (None: started inside it)
     binding: str = ""
     bound_lines: str = ""
     summary_line: str = ""  # the run's own "makespan ... against a bound" line (measured costs)
@@ -559,7 +589,9 @@ class Measurement:
             f"landed: {self.cells_landed:,} cells, {self.failed} failed, {self.loads} checkpoint loads, "
             f"{self.scans_scanned} scans; {self.plans} plans, {self.splits} tail splits, {self.reservations_taken} "
             "reservations taken",
-            f"makespan: {self.makespan_s:.1f} s (x{scale:g} = {self.makespan_s * scale / 60:.1f} min real)",
+            f"makespan: {self.makespan_s:.1f} s (x{scale:g} = {self.makespan_s * scale / 60:.1f} min real); "
+            + (f"the {self.actors} actors were started before it, in {self.actor_start_s:.1f} s"
+               if self.actor_start_s is not None else "the actors started inside it"),
             f"bound: {self.bound_s:.1f} s (x{scale:g} = {self.bound_s * scale / 60:.1f} min real), binding: "
             f"{self.binding}; **overhead over the bound: {100 * self.overhead:.1f}%**",
             f"the earlier table's ideal (cells x cell + checkpoints x load) / actors: {self.ideal_s:.1f} s; over it "
@@ -643,12 +675,15 @@ def _descendants_cpu_s() -> float:
 
 
 def measure(spec, cost: CostModel, cluster, samples: int, probe_builds: str, progress: bool,
-            min_available_gb: float, shape: str = "") -> Measurement:
+            min_available_gb: float, shape: str = "", cold_actors: bool = False) -> Measurement:
     """One sweep of `spec` into an empty output on `cluster` (sweep.run.bound.Cluster, real rates), measured (see
-    the module docstring). The network actor must be running."""
+    the module docstring). The network actor must be running. Unless `cold_actors`, the actors are started before
+    the sweep's clock (`StartedActors`)."""
     import psutil
 
-    from sweep.run.driver import run_sweep
+    from actors.protocol import ScorerSettings
+    from sweep.run.driver import _forwarded_environment, run_sweep
+    from sweep.run.scheduler import actor_options
     from sweep.landed.reader import open_output
 
     stats = Path(spec.output).with_name(Path(spec.output).name + "-actors")
@@ -677,9 +712,14 @@ def measure(spec, cost: CostModel, cluster, samples: int, probe_builds: str, pro
     process = psutil.Process()
     ray_cpu_before = _descendants_cpu_s()
     cpu_before = process.cpu_times()
+    scorer = cost_model_scorer(cost)
+    if not cold_actors:
+        resources = spec.resources
+        scorer = StartedActors(scorer, result.actors, ScorerSettings.from_spec(spec, 1.0),
+                               actor_options(1.0, float(resources.cpus_per_actor), _forwarded_environment()))
+        result.actor_start_s = scorer.seconds
     reset_peak_rss()
     with _Watch(min_available_gb) as watch:
-        scorer = cost_model_scorer(cost)
         wall_start = time.time()
         began = time.perf_counter()
         with simulated_chunk_streams():
@@ -766,31 +806,39 @@ def steady_cpu_per_cell(store, cpu_samples: list[tuple[float, float]]) -> float 
 
 
 COMPUTE_KINDS = ("stall-download", "wait", "load", "cell")  # what the compute group (the GPU) does, in order
+# ("download" is the io group's: a prefetch, which the GPU waits for only when it has nothing else to do)
 
 
 def actor_time_budget(timelines: list[list], began: float, ended: float) -> dict[str, float]:
     """Where the actors' time went, summed over actors (seconds; the parts add up to actors x makespan).
 
-    before first call: sweep start to the actor's first work (driver start, actor process start-up);
-    download stalls: downloads the load had to do itself + waits for an unfinished prefetch;
     busy: load + scoring (the simulated GPU work);
-    gaps between calls: the actor had nothing to run (the driver had not yet handed it work, no probe set
-    was ready, or it waited for a tail hand-off);
+    download stalls: the GPU had nothing to do while a checkpoint it was about to load downloaded (its first one,
+    one handed over, a prefetch that came late), or waited in a load for a prefetch to end;
+    before first call: the rest of the time before the actor's first work (the driver's start-up, probe sets);
+    gaps between calls: the rest of the time between two works (no probe set was ready, the driver was late);
     after last call: its last work ended to the sweep's end (the tail, final compaction, release).
     """
     budget = dict.fromkeys(("before first call", "download stalls", "busy", "gaps between calls",
                             "after last call"), 0.0)
     for timeline in timelines:
         work = sorted((start, end, kind) for kind, start, end in timeline if kind in COMPUTE_KINDS)
+        downloads = [(start, end) for kind, start, end in timeline if kind in ("download", "stall-download")]
         if not work:
             budget["after last call"] += ended - began
             continue
-        budget["before first call"] += work[0][0] - began
         budget["after last call"] += ended - work[-1][1]
+        idle = [("before first call", began, work[0][0])]
         for index, (start, end, kind) in enumerate(work):
             budget["busy" if kind in ("load", "cell") else "download stalls"] += end - start
             if index:
-                budget["gaps between calls"] += max(0.0, start - work[index - 1][1])
+                idle.append(("gaps between calls", work[index - 1][1], start))
+        for name, start, end in idle:
+            if end <= start:
+                continue
+            stalled = sum(max(0.0, min(end, d_end) - max(start, d_start)) for d_start, d_end in downloads)
+            budget["download stalls"] += min(stalled, end - start)
+            budget[name] += end - start - min(stalled, end - start)
     return budget
 
 
@@ -846,6 +894,9 @@ def main() -> None:
     parser.add_argument("--worker-niceness", type=int, default=0,
                         help="nice value of the Ray workers (Ray's default 15 lets other users' processes on a shared "
                              "machine starve the simulated GPUs; default 0, like the driver)")
+    parser.add_argument("--cold-actors", action="store_true",
+                        help="start the actors inside the sweep, as `memsweep run` does (the earlier table's setting: "
+                             "on this 2-core VM, 64 take one to two minutes to start)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (`memsweep run` shows one)")
     parser.add_argument("--min-available-gb", type=float, default=4.0, help="memory guard (default 4 GB)")
     parser.add_argument("--json", type=Path, help="also write the measurement here")
@@ -886,7 +937,7 @@ def main() -> None:
             shutil.rmtree(cache, ignore_errors=True)
             probe_builds = "simulated"
         result = measure(spec, cost, cluster, args.samples, probe_builds, not args.no_progress, args.min_available_gb,
-                         label)
+                         label, args.cold_actors)
         result.worker_niceness = args.worker_niceness
     finally:
         ray.shutdown()

@@ -9,8 +9,8 @@ import random
 import pytest
 
 from actors.protocol import CheckpointTarget
-from sweep.run.assignments import (STEAL_MIN_CELLS, Assignment, Share, Slot, cells_to_hand_over, min_share_cells,
-                                   plan_shares, planned_end_s, take_from_busy)
+from sweep.run.assignments import (STEAL_MIN_CELLS, Assignment, Share, Slot, across_nodes, cells_to_hand_over,
+                                   min_share_cells, plan_shares, planned_end_s, take_from_busy)
 
 AMBER_CELL_S, AMBER_LOAD_S = 1.447, 40.0  # a cell of 1000 sequences at 75% of an H200's bound; a 27 GB load
 
@@ -202,3 +202,9 @@ def test_nothing_is_taken_from_an_idle_board_or_a_tail_too_short_to_split():
     nearly_done = busy(1, 10, todo=STEAL_MIN_CELLS)
     assert take_from_busy([idle, nearly_done], idle, 1.0, 0.0) is None
     assert nearly_done.current.todo == list(range(STEAL_MIN_CELLS))
+
+
+def test_slots_are_filled_one_per_node_before_a_second_on_any():
+    assert across_nodes(16, 8) == [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15]
+    assert sorted(across_nodes(64, 8)) == list(range(64)) and across_nodes(64, 8)[:8] == list(range(0, 64, 8))
+    assert across_nodes(3, 0) == [0, 1, 2]

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from sweep.run.assignments import plan_shares, planned_end_s
-from sweep.run.bound import Cluster, Work, bound, gpu_bound, largest_share, scan_concurrency
+from sweep.run.bound import Cluster, Work, bound, build_concurrency, gpu_bound, largest_share, scan_concurrency
 
 CELL_S, LOAD_S, CKPT, CHUNK = 1.447, 40.0, 27e9, 20.8e9
 CLUSTER = Cluster(nodes=8, gpus_per_node=8, cpus_per_node=96)  # 2 GB/s per node, 250 MB/s a transfer
@@ -96,3 +96,10 @@ def test_the_bound_says_which_resource_binds():
     assert "binding: GPUs" in text and "54.4 min" in text
     for name in ("GPUs:", "checkpoint downloads:", "probe-set streaming:", "exposure scans:", "node links"):
         assert name in text
+
+
+def test_probe_builds_take_the_streams_the_downloads_leave_on_the_busiest_node():
+    assert build_concurrency(CLUSTER, 360, downloads_in_flight=64) == 1  # every actor fetches its first checkpoint
+    assert build_concurrency(CLUSTER, 360, downloads_in_flight=0) == 64  # then every stream of the 8 links
+    assert build_concurrency(CLUSTER, 36, downloads_in_flight=36) == 24  # 5 downloads on some node: 3 streams each
+    assert build_concurrency(CLUSTER, 5, downloads_in_flight=0) == 5  # no more than are left

@@ -220,8 +220,11 @@ def scan_concurrency(scan_seconds: float, window_s: float, cpu_slots: int, link_
 
 def build_concurrency(cluster: Cluster, builds: int, downloads_in_flight: int) -> int:
     """Probe-set builds at once: the streams the node links carry beside the checkpoint downloads in flight (the
-    actors' first downloads at the start, prefetches later), at least one, at most the builds left."""
-    return max(1, min(builds, cluster.link_streams - downloads_in_flight))
+    actors' first downloads at the start, prefetches later), counted on the busiest node (the builds spread evenly,
+    the downloads may not), at least one, at most the builds left."""
+    per_node = max(1, int(cluster.network_bytes_per_s // cluster.stream_bytes_per_s))
+    busiest = math.ceil(downloads_in_flight / cluster.nodes)
+    return max(1, min(builds, cluster.nodes * (per_node - busiest)))
 
 
 # ---- from a spec ----------------------------------------------------------------------------------------

@@ -37,8 +37,7 @@ class UnitCosts:
     download_guess: float
     cells: deque = field(default_factory=lambda: deque(maxlen=ESTIMATE_WINDOW))
     loads: deque = field(default_factory=lambda: deque(maxlen=ESTIMATE_WINDOW))  # the load alone, files on disk
-    downloads: deque = field(default_factory=lambda: deque(maxlen=ESTIMATE_WINDOW))  # a load's own download
-    handovers: deque = field(default_factory=lambda: deque(maxlen=ESTIMATE_WINDOW))  # download + load, unprefetched
+    downloads: deque = field(default_factory=lambda: deque(maxlen=ESTIMATE_WINDOW))  # one checkpoint's download
     measured_cells: int = 0
     checkpoint_bytes: int = 0  # the largest download a load reported
 
@@ -46,13 +45,13 @@ class UnitCosts:
         self.cells.append(seconds)
         self.measured_cells += 1
 
-    def add_load(self, seconds: float, checkout_seconds: float, prefetched: bool, downloaded_bytes: int = 0) -> None:
-        """A load of `seconds`, of which `checkout_seconds` waited for the files (a download if not `prefetched`)."""
+    def add_load(self, seconds: float, checkout_seconds: float, downloaded_bytes: int = 0) -> None:
+        """A load of `seconds`, of which `checkout_seconds` waited for the files."""
         self.checkpoint_bytes = max(self.checkpoint_bytes, downloaded_bytes)
         self.loads.append(max(0.0, seconds - checkout_seconds))
-        if not prefetched:
-            self.downloads.append(checkout_seconds)
-            self.handovers.append(seconds)
+
+    def add_download(self, seconds: float) -> None:
+        self.downloads.append(seconds)
 
     @property
     def cell_s(self) -> float:
@@ -68,10 +67,9 @@ class UnitCosts:
         return float(max(self.downloads)) if self.downloads else self.download_guess
 
     @property
-    def handover_s(self) -> float | None:
-        """What starting a checkpoint costs an actor that did not prefetch it (download + load): the price of a tail
-        hand-off. None before one was measured."""
-        return float(np.median(self.handovers)) if self.handovers else None
+    def handover_s(self) -> float:
+        """What starting a checkpoint costs an actor that did not prefetch it: the price of a tail hand-off."""
+        return self.download_s + self.load_s
 
 
 class Pacing:
@@ -88,12 +86,12 @@ class Pacing:
         wanted = self.spec.data.concurrent_builds
         return wanted if wanted != "auto" else build_concurrency(self.cluster, builds_left, downloads_in_flight)
 
-    def scans(self, scan_seconds_left: float, window_s: float, actors_running: bool = True) -> int:
+    def scans(self, scan_seconds_left: float, window_s: float) -> int:
+        """Scans at once while the actors run, `window_s` before the plan ends."""
         exposure = self.spec.exposure
         if exposure is None:
             return 0
         if exposure.concurrent_scans != "auto":
             return exposure.concurrent_scans
-        cpus = self.cpus_left if actors_running else self.cluster.nodes * self.cluster.cpus_per_node
-        return scan_concurrency(scan_seconds_left, window_s, int(max(0.0, cpus) // exposure.cpus_per_scan),
+        return scan_concurrency(scan_seconds_left, window_s, int(max(0.0, self.cpus_left) // exposure.cpus_per_scan),
                                 self.cluster.link_streams)

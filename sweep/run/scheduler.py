@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from actors.protocol import (CellInputError, CellOutput, CheckpointError, CheckpointTarget, CudaContextLost,
                              ScorerSettings, one_line)
-from sweep.run.assignments import (STEAL_MIN_CELLS, Assignment, Share, Slot, busy_seconds, plan_shares,
+from sweep.run.assignments import (Assignment, Share, Slot, across_nodes, busy_seconds, plan_shares,
                                    planned_end_s, pooled_shares, seconds_left, take_from_busy)
 from sweep.errors import SweepAbortedError
 from sweep.run.bound import SCAN_BYTES_PER_CORE_S, Cluster
@@ -124,7 +124,7 @@ class Scheduler:
         self.fingerprints = {pin["weights_fingerprint"]: ckpt for ckpt, pin in store.ledgers.pins().items()
                              if pin.get("weights_fingerprint")}
         self.owner: dict[ray.ObjectRef, tuple[Slot, Assignment]] = {}
-        self.prefetching: dict[ray.ObjectRef, Assignment] = {}  # prefetch calls not yet returned
+        self.prefetching: dict[ray.ObjectRef, tuple[Assignment, float | None]] = {}  # prefetches not yet returned
         self.settings = ScorerSettings.from_spec(spec, gpus_per_actor)
         self.slots = [Slot(i, self._new_actor()) for i in range(self._actor_count(plan))]
         self.stats.actors = len(self.slots)
@@ -141,19 +141,18 @@ class Scheduler:
     def run(self) -> ScheduleStats:
         try:
             while True:
+                self._assign()
+                self._send_due_prefetches()
                 self._pace()
                 for work in self.background:
                     work.pump()
-                self._assign()
-                self._send_due_prefetches()
                 if not self._has_work():
                     # The cells are done: never wait here on background work alone (exposure scans may need the
                     # CPUs these actors hold); `drain` finishes it once the actors are released.
                     break
-                refs = list(self.owner) + [ref for work in self.background for ref in work.refs()]
+                refs = [*self.owner, *self.prefetching] + [ref for work in self.background for ref in work.refs()]
                 if not refs:  # nothing in flight and nothing can start: a bug, not a wait
                     raise RuntimeError(f"scheduler stalled with {sum(self.remaining.values())} cells left")
-                refs += self.prefetching
                 timeout = LAND_MAX_WAIT_S if self.landing.cells_waiting else None
                 if any(s.next is not None and not s.next.prefetch_sent for s in self.slots):
                     timeout = min(timeout or LAND_MAX_WAIT_S, self.costs.cell_s)  # a prefetch may come due
@@ -163,7 +162,7 @@ class Scheduler:
                     if ref in self.owner:
                         self._collect(ref)
                     elif ref in self.prefetching:
-                        self.prefetching.pop(ref).prefetched = True
+                        self._prefetched(ref)
                     else:
                         next(work for work in self.background if work.owns(ref)).collect(ref)
                 self._land()
@@ -199,6 +198,8 @@ class Scheduler:
             slot.current, slot.next = slot.next or self._take_work(slot), None
             if slot.current is None:
                 return False
+            if not slot.current.prefetch_sent:  # its first checkpoint, or one handed over: fetch it now
+                self._prefetch(slot, slot.current, for_load=True)
             if slot.current.reserved_by not in (None, slot.index):
                 self.stats.prefetched_elsewhere += 1
         if slot.next is None:
@@ -214,18 +215,23 @@ class Scheduler:
     def _plan(self, pending: list[tuple[int, tuple[int, ...]]]) -> None:
         """Every slot's shares of `pending`, from the unit costs known now (sweep/run/assignments.py plan_shares)."""
         cell_s, load_s = self.costs.cell_s, self.costs.load_s
-        busy = [busy_seconds(slot, cell_s, load_s) for slot in self.slots]
+        order = across_nodes(len(self.slots), self.pacing.cluster.gpus_per_node)
+        busy = [busy_seconds(self.slots[index], cell_s, load_s) for index in order]
         shares = plan_shares(pending, busy, cell_s, load_s)
-        self.planned = [deque(slot_shares) for slot_shares in shares]
+        self.planned = [deque() for _ in self.slots]
+        for index, slot_shares in zip(order, shares):
+            self.planned[index] = deque(slot_shares)
         self.planned_at_cells = self.costs.measured_cells
         self.stats.plans += 1
         ends = [planned_end_s(slot_shares, b, cell_s, load_s) for slot_shares, b in zip(shares, busy)]
         self.plan_ends_at = time.perf_counter() + max(ends, default=0.0)
 
     def _reserve(self, slot: Slot) -> Assignment | None:
-        """The slot's next planned share, planned again first if costs were measured since the last plan (or the
-        slot has none left while others do)."""
-        if any(self.planned) and (self.costs.measured_cells > self.planned_at_cells or not self.planned[slot.index]):
+        """The slot's next planned share. The shares are planned again first when a round of cells (one per slot)
+        was measured since the last plan, and this slot has a share planned or is idle (others may have some)."""
+        if not self.planned[slot.index] and slot.current is not None:
+            return None  # the end of this slot's plan: it finishes its current share
+        if any(self.planned) and self.costs.measured_cells - self.planned_at_cells >= len(self.slots):
             self._plan(pooled_shares(self.planned, self.chunk_order))
         while self.planned[slot.index]:
             share = self.planned[slot.index].popleft()
@@ -257,8 +263,7 @@ class Scheduler:
         planned = self._reserve(idle)
         if planned is not None:
             return planned
-        handover_s = self.costs.handover_s or STEAL_MIN_CELLS * self.costs.cell_s
-        taken = take_from_busy(self.slots, idle, self.costs.cell_s, handover_s)
+        taken = take_from_busy(self.slots, idle, self.costs.cell_s, self.costs.handover_s)
         if taken is None:
             return None
         if taken.from_reservation:
@@ -280,14 +285,25 @@ class Scheduler:
             if upcoming is None or upcoming.prefetch_sent or slot.current is None:
                 continue
             if self.pacing.prefetch_due(seconds_left(slot.current, self.costs.cell_s, self.costs.load_s), self.costs):
-                self.prefetching[slot.actor.prefetch.remote(upcoming.target)] = upcoming
-                upcoming.prefetch_sent = True
+                self._prefetch(slot, upcoming, for_load=False)
+
+    def _prefetch(self, slot: Slot, assignment: Assignment, for_load: bool) -> None:
+        """Tell the slot's actor to fetch `assignment`'s checkpoint onto its node (actors/prefetch.py); its cells go to
+        the actor once that returns. `for_load`: the checkpoint is the one it loads next, and nothing of the actor's
+        is queued before it, so the call's duration is a download's (measured)."""
+        ref = slot.actor.prefetch.remote(assignment.target)
+        self.prefetching[ref] = (assignment, time.perf_counter() if for_load else None)
+        assignment.prefetch_sent = True
+
+    def _prefetched(self, ref: ray.ObjectRef) -> None:
+        assignment, sent_at = self.prefetching.pop(ref)
+        assignment.prefetched = True
+        if sent_at is not None:
+            self.costs.add_download(time.perf_counter() - sent_at)
 
     def _downloads_in_flight(self) -> int:
-        """Checkpoint downloads under way: first (or handed-over) loads not yet back, prefetches not yet done."""
-        loading = sum(1 for s in self.slots if s.current is not None and not s.current.loaded
-                      and not s.current.prefetch_sent)
-        return loading + len(self.prefetching)
+        """Checkpoint downloads under way (every download is a prefetch)."""
+        return len(self.prefetching)
 
     def _pace(self) -> None:
         self.supply.limit = self.pacing.builds(self.supply.builds_left, self._downloads_in_flight())
@@ -306,6 +322,8 @@ class Scheduler:
 
     def _fill(self, slot: Slot) -> None:
         assignment = slot.current
+        if not assignment.prefetched:  # its checkpoint is not on the node yet: cells would wait in the actor
+            return
         while len(assignment.in_flight) < WINDOW:
             chunk = next((c for c in assignment.todo if c in self.supply.ready), None)
             if chunk is None:
@@ -360,8 +378,7 @@ class Scheduler:
         assignment.loaded = True
         if output.loaded_now:
             self.stats.loads[ckpt] += 1
-            prefetched = assignment.reserved_by == slot.index and assignment.prefetch_sent  # else: downloaded it too
-            self.costs.add_load(output.loaded.load_seconds, output.loaded.checkout_seconds, prefetched,
+            self.costs.add_load(output.loaded.load_seconds, output.loaded.checkout_seconds,
                                 output.loaded.downloaded_bytes)
             log.info("ckpt %d loaded on %s (%s) in %.1f s", ckpt, output.host, output.device,
                      output.loaded.load_seconds)
