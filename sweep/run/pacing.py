@@ -40,31 +40,44 @@ class UnitCosts:
     downloads: deque = field(default_factory=lambda: deque(maxlen=ESTIMATE_WINDOW))  # one checkpoint's download
     measured_cells: int = 0
     checkpoint_bytes: int = 0  # the largest download a load reported
+    _medians: dict = field(default_factory=dict)  # the medians, kept until a measurement changes them
 
     def add_cell(self, seconds: float) -> None:
         self.cells.append(seconds)
         self.measured_cells += 1
+        self._medians.pop("cells", None)
 
     def add_load(self, seconds: float, checkout_seconds: float, downloaded_bytes: int = 0) -> None:
         """A load of `seconds`, of which `checkout_seconds` waited for the files."""
         self.checkpoint_bytes = max(self.checkpoint_bytes, downloaded_bytes)
         self.loads.append(max(0.0, seconds - checkout_seconds))
+        self._medians.pop("loads", None)
 
     def add_download(self, seconds: float) -> None:
         self.downloads.append(seconds)
+        self._medians.pop("slowest download", None)
 
     @property
     def cell_s(self) -> float:
-        return float(np.median(self.cells)) if self.cells else self.cell_guess
+        return self._median("cells", self.cell_guess)
 
     @property
     def load_s(self) -> float:
-        return float(np.median(self.loads)) if self.loads else self.load_guess
+        return self._median("loads", self.load_guess)
+
+    def _median(self, name: str, guess: float) -> float:
+        """The median of the measurements `name`, computed once per change (the scheduler asks at every wake-up)."""
+        if name not in self._medians:
+            values = getattr(self, name)
+            self._medians[name] = float(np.median(values)) if values else guess
+        return self._medians[name]
 
     @property
     def download_s(self) -> float:
         """The slowest recent download: prefetches are timed for the worst the links gave."""
-        return float(max(self.downloads)) if self.downloads else self.download_guess
+        if "slowest download" not in self._medians:
+            self._medians["slowest download"] = float(max(self.downloads)) if self.downloads else self.download_guess
+        return self._medians["slowest download"]
 
     @property
     def handover_s(self) -> float:
