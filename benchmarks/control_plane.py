@@ -544,6 +544,7 @@ class Measurement:
     actor_busy_s: float = 0.0  # load + cell sleeps, summed over actors
     actor_download_stall_s: float = 0.0  # downloads inside a load (not prefetched) + waits for a prefetch
     actor_time: dict = field(default_factory=dict)  # actor_time_budget
+    idle_by_tenth: list = field(default_factory=list)  # idle_by_tenth
     steady_driver_ms_per_cell: float | None = None  # driver CPU per cell while the middle 80% of cells landed
     loads: int = 0
     cells_landed: int = 0
@@ -605,6 +606,8 @@ class Measurement:
             f"work ends at {self.last_actor_work_at_s:.1f} s",
             "actor time: " + ", ".join(f"{name} {100 * seconds / (self.makespan_s * self.actors):.1f}%"
                                        for name, seconds in self.actor_time.items()),
+            "actors neither busy nor downloading, by tenth of the makespan: "
+            + " ".join(f"{100 * share:.0f}%" for share in self.idle_by_tenth),
             f"first cell landed at {self.first_cell_landed_at_s or float('nan'):.1f} s; last probe set ready at "
             f"{self.last_probe_set_at_s or float('nan'):.1f} s; last scan landed at "
             f"{self.last_scan_at_s or float('nan'):.1f} s",
@@ -758,6 +761,7 @@ def measure(spec, cost: CostModel, cluster, samples: int, probe_builds: str, pro
         time.sleep(0.5)
     timelines = [json.loads(path.read_text()) for path in stats.glob("*.json")]
     result.actor_time = actor_time_budget(timelines, wall_start, wall_start + result.makespan_s)
+    result.idle_by_tenth = idle_by_tenth(timelines, wall_start, wall_start + result.makespan_s)
     result.actor_busy_s = result.actor_time["busy"]
     result.actor_download_stall_s = result.actor_time["download stalls"]
     compute = [(start, end) for timeline in timelines for kind, start, end in timeline if kind in COMPUTE_KINDS]
@@ -840,6 +844,26 @@ def actor_time_budget(timelines: list[list], began: float, ended: float) -> dict
             budget["download stalls"] += min(stalled, end - start)
             budget[name] += end - start - min(stalled, end - start)
     return budget
+
+
+def idle_by_tenth(timelines: list[list], began: float, ended: float) -> list[float]:
+    """For each tenth of the makespan, the share of actor time neither busy (load, cell) nor downloading: where the
+    gaps and the tail are."""
+    merged = []  # per actor, the union of its intervals of any kind
+    for timeline in timelines:
+        union: list[list[float]] = []
+        for start, end in sorted((start, end) for _, start, end in timeline):
+            if union and start <= union[-1][1]:
+                union[-1][1] = max(union[-1][1], end)
+            else:
+                union.append([start, end])
+        merged.append(union)
+    edges = np.linspace(began, ended, 11)
+    idle = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        occupied = sum(max(0.0, min(high, end) - max(low, start)) for union in merged for start, end in union)
+        idle.append(1 - occupied / ((high - low) * max(1, len(timelines))))
+    return idle
 
 
 def _check_landed(store, spec, result: Measurement) -> None:

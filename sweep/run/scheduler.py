@@ -45,6 +45,8 @@ log = logging.getLogger("memsweep")
 
 ACTOR_MAX_RESTARTS = 3
 WINDOW = 2  # cells in flight per actor: the GPU never waits for the driver between two cells
+REPLAN_SPREAD = 4  # cells: a slot that would end further than this from when the plan said is planned again ...
+REPLAN_COST_CHANGE = 0.02  # ... as are all when a measured unit cost moved this much (relative) since the plan
 
 
 @dataclass
@@ -130,7 +132,6 @@ class Scheduler:
         self.stats.actors = len(self.slots)
         self.pacing = Pacing(spec, cluster, len(self.slots), float(spec.resources.cpus_per_actor))
         self.planned: list[deque[Share]] = [deque() for _ in self.slots]
-        self.planned_at_cells = -1  # measured cells when the shares were last planned
         self.plan_ends_at = started  # when the latest plan ends (perf_counter clock)
         self._plan([(w.ckpt, w.chunks) for w in plan.work])
         self.stats.planned_makespan_s = self.plan_ends_at - time.perf_counter()
@@ -154,7 +155,7 @@ class Scheduler:
                 if not refs:  # nothing in flight and nothing can start: a bug, not a wait
                     raise RuntimeError(f"scheduler stalled with {sum(self.remaining.values())} cells left")
                 timeout = LAND_MAX_WAIT_S if self.landing.cells_waiting else None
-                if any(s.next is not None and not s.next.prefetch_sent for s in self.slots):
+                if any(s.current is not None and not (s.next and s.next.prefetch_sent) for s in self.slots):
                     timeout = min(timeout or LAND_MAX_WAIT_S, self.costs.cell_s)  # a prefetch may come due
                 ray.wait(refs, num_returns=1, timeout=timeout)
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
@@ -202,10 +203,6 @@ class Scheduler:
                 self._prefetch(slot, slot.current, for_load=True)
             if slot.current.reserved_by not in (None, slot.index):
                 self.stats.prefetched_elsewhere += 1
-        if slot.next is None:
-            slot.next = self._reserve(slot)  # its prefetch is sent when due (_send_due_prefetches)
-            if slot.next is not None:
-                slot.next.reserved_by = slot.index
         self._drop_failed_chunks(slot.current)
         self._fill(slot)
         return slot.current.settled
@@ -221,17 +218,22 @@ class Scheduler:
         self.planned = [deque() for _ in self.slots]
         for index, slot_shares in zip(order, shares):
             self.planned[index] = deque(slot_shares)
-        self.planned_at_cells = self.costs.measured_cells
         self.stats.plans += 1
         ends = [planned_end_s(slot_shares, b, cell_s, load_s) for slot_shares, b in zip(shares, busy)]
-        self.plan_ends_at = time.perf_counter() + max(ends, default=0.0)
+        now = time.perf_counter()
+        self.plan_ends_at = now + max(ends, default=0.0)
+        self.plan_costs = cell_s, load_s
+        self.planned_ends_at = [0.0] * len(self.slots)  # when each slot ends its plan (perf_counter clock)
+        for index, end in zip(order, ends):
+            self.planned_ends_at[index] = now + end
 
     def _reserve(self, slot: Slot) -> Assignment | None:
-        """The slot's next planned share. The shares are planned again first when a round of cells (one per slot)
-        was measured since the last plan, and this slot has a share planned or is idle (others may have some)."""
+        """The slot's next planned share. The shares are planned again first when the plan no longer ends together
+        at the costs measured since (see `_plan_holds`), and this slot has a share planned or is idle (others may
+        have some)."""
         if not self.planned[slot.index] and slot.current is not None:
             return None  # the end of this slot's plan: it finishes its current share
-        if any(self.planned) and self.costs.measured_cells - self.planned_at_cells >= len(self.slots):
+        if any(self.planned) and not self._plan_holds(slot):
             self._plan(pooled_shares(self.planned, self.chunk_order))
         while self.planned[slot.index]:
             share = self.planned[slot.index].popleft()
@@ -239,6 +241,21 @@ class Scheduler:
             if target is not None:
                 return Assignment(target, list(share.chunks))
         return None
+
+    def _plan_holds(self, slot: Slot) -> bool:
+        """Whether the plan still holds for `slot`: the unit costs are within REPLAN_COST_CHANGE of those it was made
+        with, and the slot ends within REPLAN_SPREAD cells of when it planned (nor is the slot idle with nothing
+        planned). A plan made again moves its split points, and a split is a load paid: planning again only when the
+        plan drifted keeps the splits to about one per slot."""
+        if slot.current is None and not self.planned[slot.index]:
+            return False
+        cell_s, load_s = self.costs.cell_s, self.costs.load_s
+        planned_cell_s, planned_load_s = self.plan_costs
+        if abs(cell_s / planned_cell_s - 1) > REPLAN_COST_CHANGE or abs(load_s / planned_load_s - 1) > REPLAN_COST_CHANGE:
+            return False
+        ends_at = time.perf_counter() + planned_end_s(self.planned[slot.index], busy_seconds(slot, cell_s, load_s),
+                                                      cell_s, load_s)
+        return abs(ends_at - self.planned_ends_at[slot.index]) <= REPLAN_SPREAD * cell_s
 
     def _target(self, ckpt: int, chunks: tuple[int, ...]) -> CheckpointTarget | None:
         """The checkpoint pinned to its commit (once per checkpoint); None, with `chunks` failed, if it cannot be."""
@@ -279,13 +296,20 @@ class Scheduler:
     # ---- pacing prefetches, probe builds and scans -------------------------------------------
 
     def _send_due_prefetches(self) -> None:
-        """Tell each actor to fetch its reserved next share once that is due (sweep/run/pacing.py)."""
+        """Once a slot's next share is due (sweep/run/pacing.py), reserve it from the plan and tell the actor to fetch
+        it. Reserving only then leaves the rest of the plan free to change until the last moment."""
         for slot in self.slots:
-            upcoming = slot.next
-            if upcoming is None or upcoming.prefetch_sent or slot.current is None:
+            if slot.current is None or (slot.next is not None and slot.next.prefetch_sent):
                 continue
-            if self.pacing.prefetch_due(seconds_left(slot.current, self.costs.cell_s, self.costs.load_s), self.costs):
-                self._prefetch(slot, upcoming, for_load=False)
+            if not self.pacing.prefetch_due(seconds_left(slot.current, self.costs.cell_s, self.costs.load_s),
+                                            self.costs):
+                continue
+            if slot.next is None:
+                slot.next = self._reserve(slot)
+                if slot.next is None:
+                    continue
+                slot.next.reserved_by = slot.index
+            self._prefetch(slot, slot.next, for_load=False)
 
     def _prefetch(self, slot: Slot, assignment: Assignment, for_load: bool) -> None:
         """Tell the slot's actor to fetch `assignment`'s checkpoint onto its node (actors/prefetch.py); its cells go to
