@@ -545,6 +545,7 @@ class Measurement:
     actor_download_stall_s: float = 0.0  # downloads inside a load (not prefetched) + waits for a prefetch
     actor_time: dict = field(default_factory=dict)  # actor_time_budget
     idle_by_tenth: list = field(default_factory=list)  # idle_by_tenth
+    timelines: list = field(default_factory=list)  # per actor: (kind, start, end) from the sweep's start (--json only)
     steady_driver_ms_per_cell: float | None = None  # driver CPU per cell while the middle 80% of cells landed
     loads: int = 0
     cells_landed: int = 0
@@ -762,6 +763,8 @@ def measure(spec, cost: CostModel, cluster, samples: int, probe_builds: str, pro
     timelines = [json.loads(path.read_text()) for path in stats.glob("*.json")]
     result.actor_time = actor_time_budget(timelines, wall_start, wall_start + result.makespan_s)
     result.idle_by_tenth = idle_by_tenth(timelines, wall_start, wall_start + result.makespan_s)
+    result.timelines = [[(kind, round(start - wall_start, 3), round(end - wall_start, 3)) for kind, start, end in t]
+                        for t in timelines]
     result.actor_busy_s = result.actor_time["busy"]
     result.actor_download_stall_s = result.actor_time["download stalls"]
     compute = [(start, end) for timeline in timelines for kind, start, end in timeline if kind in COMPUTE_KINDS]

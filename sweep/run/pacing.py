@@ -7,9 +7,11 @@ scheduler (sweep/run/scheduler.py) asks, and does what it is told.
   so an actor's downloads follow each other with no gap (the actor starts a prefetch once its first load has its
   files: actors/prefetch.py). Longer ones leave the node's link to the probe builds and scans until then.
 - **Probe-set builds** (`data.concurrent_builds: auto`): as many streams as the node links carry beside the
-  checkpoint downloads in flight: one while every actor fetches its first checkpoint, every free stream after.
+  downloads of checkpoints actors wait for: one while every actor fetches its first checkpoint, every free stream
+  after (the prefetches of next checkpoints share the links with them: the cells need the probe sets first).
 - **Exposure scans** (`exposure.concurrent_scans: auto`): enough to end with the GPUs (the plan's makespan), on the
-  CPUs the actors leave, at most half the node links' streams (sweep/run/bound.py `scan_concurrency`).
+  CPUs the actors leave, at most half the node links' streams (sweep/run/bound.py `scan_concurrency`), and no more
+  than the links carry beside the checkpoint downloads in flight.
 """
 
 from __future__ import annotations
@@ -99,12 +101,14 @@ class Pacing:
         wanted = self.spec.data.concurrent_builds
         return wanted if wanted != "auto" else build_concurrency(self.cluster, builds_left, downloads_in_flight)
 
-    def scans(self, scan_seconds_left: float, window_s: float) -> int:
-        """Scans at once while the actors run, `window_s` before the plan ends."""
+    def scans(self, scan_seconds_left: float, window_s: float, downloads_in_flight: int = 0) -> int:
+        """Scans at once while the actors run, `window_s` before the plan ends; no more than the node links carry
+        beside the checkpoint downloads in flight (the scans have until the GPUs end, the downloads do not)."""
         exposure = self.spec.exposure
         if exposure is None:
             return 0
         if exposure.concurrent_scans != "auto":
             return exposure.concurrent_scans
-        return scan_concurrency(scan_seconds_left, window_s, int(max(0.0, self.cpus_left) // exposure.cpus_per_scan),
-                                self.cluster.link_streams)
+        wanted = scan_concurrency(scan_seconds_left, window_s, int(max(0.0, self.cpus_left) // exposure.cpus_per_scan),
+                                  self.cluster.link_streams)
+        return min(wanted, build_concurrency(self.cluster, wanted, downloads_in_flight))

@@ -325,15 +325,17 @@ class Scheduler:
         if sent_at is not None:
             self.costs.add_download(time.perf_counter() - sent_at)
 
-    def _downloads_in_flight(self) -> int:
-        """Checkpoint downloads under way (every download is a prefetch)."""
-        return len(self.prefetching)
+    def _downloads_in_flight(self, next_ones: bool = True) -> int:
+        """Checkpoint downloads under way (every download is a prefetch): of checkpoints an actor waits for, and
+        (`next_ones`) of those it will load after the one it scores."""
+        return sum(1 for _, sent_at in self.prefetching.values() if next_ones or sent_at is not None)
 
     def _pace(self) -> None:
-        self.supply.limit = self.pacing.builds(self.supply.builds_left, self._downloads_in_flight())
-        if self.scans is not None and self.scans.planned:
+        # Probe builds yield to the downloads actors wait for, not to the next ones: the cells need the probe sets now.
+        self.supply.limit = self.pacing.builds(self.supply.builds_left, self._downloads_in_flight(next_ones=False))
+        if self.scans is not None and self.scans.planned:  # scans have until the GPUs end: they yield to every download
             window = self.plan_ends_at - time.perf_counter()
-            self.scans.limit = self.pacing.scans(self._scan_seconds_left(), window)
+            self.scans.limit = self.pacing.scans(self._scan_seconds_left(), window, self._downloads_in_flight())
 
     def _scan_seconds_left(self) -> float:
         """Task-seconds of the scans left: as long as the scans so far took each (start to result), else each file
