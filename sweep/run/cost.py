@@ -121,7 +121,7 @@ def _checkpoint_sizes(spec: SweepSpec, plan: Plan, estimate: CostEstimate, offli
     if is_local(model.source):
         estimate.sizes_from = "local folders"
         for ckpt in ckpts:
-            folder = Path(model.source) / model.revision_for(ckpt)
+            folder = Path(model.source) / spec.revision_for(ckpt)
             estimate.checkpoint_bytes[ckpt] = 0.0 if not folder.is_dir() else float(sum(
                 p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")))
         return
@@ -129,13 +129,13 @@ def _checkpoint_sizes(spec: SweepSpec, plan: Plan, estimate: CostEstimate, offli
         try:
             with ThreadPoolExecutor(16) as pool:
                 sizes = list(pool.map(lambda c: checkpoint_download_size(
-                    model.source, resolve_commit(model.source, model.revision_for(c))), ckpts))
+                    model.source, resolve_commit(model.source, spec.revision_for(c))), ckpts))
             estimate.checkpoint_bytes = {c: float(s) for c, s in zip(ckpts, sizes)}
             return
         except Exception as error:  # noqa: BLE001 - fall back to the published sizes, and say so
             estimate.notes.append(f"(could not list checkpoint sizes on the Hub: {one_line(error)})")
     estimate.sizes_from = "Amber's published sizes (offline)"
-    estimate.checkpoint_bytes = {c: AMBER_MAIN_BYTES if model.revision_for(c) == "main" else AMBER_CKPT_BYTES
+    estimate.checkpoint_bytes = {c: AMBER_MAIN_BYTES if spec.revision_for(c) == "main" else AMBER_CKPT_BYTES
                                  for c in ckpts}
 
 

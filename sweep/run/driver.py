@@ -18,7 +18,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -26,7 +26,7 @@ from pathlib import Path
 import ray
 
 from sweep.errors import MemsweepError
-from sweep.run.plan import make_plan
+from sweep.run.plan import Plan, make_plan
 from sweep.run.preflight import check_before_ray, resolved_spec
 from sweep.data.probe_supply import ProbeSupply, SupplyStats
 from sweep.exposures.scans import ExposureScans, ScanStats
@@ -72,6 +72,9 @@ class SweepSummary:
             f"{self.schedule.cells_scored} scored now, {len(self.failed)} failed",
             f"sequences scored: {scored:,} in {self.seconds:.1f} s ({rate:,.1f}/s)",
         ]
+        if self.supply.bytes_read:
+            lines.append(f"probe sets read from the stream: {self.supply.bytes_read / 1e6:,.2f} MB in "
+                         f"{self.supply.requests:,} reads ({self.supply.built} built)")
         if self.scans.scanned or self.failed_scans:
             lines.append(f"exposure scans: {self.scans.scanned} chunk files scanned now "
                          f"({self.scans.tokens / 1e6:,.1f}M tokens in {self.scans.seconds:.1f} task-seconds), "
@@ -112,6 +115,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         summary = SweepSummary(Path(spec.output), plan.total_cells, plan.done_cells)
         log.info("plan: %d cells, %d landed, %d to do", plan.total_cells, plan.done_cells, plan.cells_to_do)
         supply = ProbeSupply(spec, store, [chunk for work in plan.work for chunk in work.chunks], started, _forwarded_environment())
+        plan = _fail_checkpoints_beyond_the_stream(spec, plan, store, supply.stream_length)
         scans = ExposureScans(spec, store, supply, _forwarded_environment())
         summary.supply, summary.scans = supply.stats, scans.stats
         if plan.work:
@@ -125,6 +129,26 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         summary.failed, summary.failed_scans = landed.failures(), landed.scan_failures()
         summary.seconds = time.perf_counter() - started
         return summary
+
+
+def _fail_checkpoints_beyond_the_stream(spec: SweepSpec, plan: Plan, store: ResultStore,
+                                        stream_length: int | None) -> Plan:
+    """A checkpoint the timeline puts past the end of the stream (a step beyond the data: a wrong
+    timeline.sequences_per_step, or the wrong dataset) fails its cells, named in one line; the rest goes on."""
+    if stream_length is None:
+        return plan
+    timeline = spec.timeline_positions()
+    beyond = set(timeline.check_within(stream_length, [work.ckpt for work in plan.work], [])["checkpoints"])
+    if not beyond:
+        return plan
+    label = f"{spec.data.source}:{spec.data.file}"
+    for work in plan.work:
+        if work.ckpt in beyond:
+            reason = timeline.beyond_stream_message("checkpoint", [work.ckpt], stream_length, label)
+            log.error("%s", reason)
+            for chunk in work.chunks:
+                store.record_failure(work.ckpt, chunk, reason, attempts=0)
+    return replace(plan, work=[work for work in plan.work if work.ckpt not in beyond])
 
 
 def check_cluster(spec: SweepSpec) -> None:
