@@ -9,6 +9,9 @@
   the reader must ignore), and `numpy/global_indices.npy`, the raw uint32 order: position p is instance order[p],
   the instance holding sequence p.
 
+`build_stream_family` adds the checkpoints trained through the stream (a session fixture, tests/conftest.py), under
+two names each: Amber's (`model/ckpt_00c`, saved after chunk c) and Pythia's (`model/step{N}`, symlinks to them).
+
 The writers follow the formats' own descriptions (sweep/data/megatron.py's header table; OLMo's `MemMapDataset`),
 not memsweep's readers, so a reader that disagrees with the format fails the tests.
 """
@@ -52,6 +55,13 @@ def megatron_index(sizes: np.ndarray, pointers: np.ndarray, dtype_code: int, doc
     header = struct.pack("<9sQBQQ", magic, version, dtype_code, len(sizes), len(documents))
     return (header + np.asarray(sizes, dtype="<i4").tobytes() + np.asarray(pointers, dtype="<i8").tobytes()
             + np.asarray(documents, dtype="<i8").tobytes())
+
+
+def megatron_pointers(index: Path) -> np.ndarray:
+    """int64[n]: the byte pointer of every item of a Megatron `.idx`, read by the format's table."""
+    raw = index.read_bytes()
+    _, _, _, items, _ = struct.unpack("<9sQBQQ", raw[:34])
+    return np.frombuffer(raw, dtype="<i8", count=items, offset=34 + 4 * items).astype(np.int64)
 
 
 def write_megatron(folder: Path, items: list[np.ndarray], dtype=np.uint16, shard_bytes: int | None = None,
@@ -113,3 +123,44 @@ def write_stream_world(root: Path, sequences: np.ndarray, sequences_per_chunk: i
     write_megatron(root / "megatron", list(sequences), shard_bytes=shard_bytes)
     write_token_files(root / "numpy", sequences, token_files, seed)
     return StreamWorld(root, sequences, sequences_per_chunk)
+
+
+# The family: 96 sequences of 40 ids, 3 chunks of 4 steps x 8 sequences, k = l = 16.
+K = L = 16
+VOCAB = 64
+PER_STEP, STEPS_PER_CHUNK, CHUNKS = 8, 4, 3
+PER_CHUNK = PER_STEP * STEPS_PER_CHUNK
+SAMPLES = 16
+SEQUENCE_LEN = K + L + 8
+STEP_CHECKPOINTS = [0, 2, 4, 6, 8, 12]  # 4, 8, 12 end chunks 0, 1, 2; 2 and 6 lie inside chunks 0 and 1; 0 before all
+WEIGHTS_OF_STEP = {0: 0, 2: 0, 4: 0, 6: 1, 8: 1, 12: 2}  # the trained folder (ckpt_00c) each step's revision holds
+COPY_AT = 2 * PER_CHUNK + 5  # a position of chunk 2 that holds a copy of `copied` (a sampled sequence of chunk 0)
+
+
+@dataclass(frozen=True)
+class StreamFamily:
+    world: StreamWorld
+    model: Path  # ckpt_00c/ and step{N}/ (symlinks)
+    copied: int  # the stream position whose sequence is copied to COPY_AT
+
+
+def build_stream_family(root: Path) -> StreamFamily:
+    """The stream (with one planted copy) in three formats under `root`, and checkpoint c trained on chunks 0..c."""
+    import os
+
+    import torch
+
+    from sweep.data.probes import sample_rows
+    from tests.tiny_lm import make_sequences, train_memorizing_llama
+
+    sequences = make_sequences(CHUNKS * PER_CHUNK, SEQUENCE_LEN, VOCAB, seed=5).numpy()
+    copied = int(sample_rows(PER_CHUNK, SAMPLES, 42)[0])  # sampled in chunk 0 with the tests' seed
+    sequences[COPY_AT] = sequences[copied]
+    world = write_stream_world(root, sequences, PER_CHUNK, shard_bytes=1000)
+    model = root / "model"
+    for chunk in range(CHUNKS):
+        trained = torch.from_numpy(sequences[: (chunk + 1) * PER_CHUNK])
+        train_memorizing_llama(trained, VOCAB, steps=30, seed=chunk).save_pretrained(model / f"ckpt_{chunk:03d}")
+    for step, folder in WEIGHTS_OF_STEP.items():  # Pythia's names for the same weights
+        os.symlink(model / f"ckpt_{folder:03d}", model / f"step{step}")
+    return StreamFamily(world, model, copied)

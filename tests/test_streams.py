@@ -8,55 +8,68 @@ Pythia does (`step{N}`, N = 4 (c + 1) steps): the same weights under two names, 
 4 (c + 1)). Every landed score must be equal per (checkpoint weights, stream position), and on the step-indexed
 sweeps, which add checkpoints at steps 0, 2 and 6 (inside and at the edges of chunks), every cell's seen fraction and
 every sequence's seen flag must equal a brute-force walk of the timeline.
+
+The Megatron stream is also served by a local Hub laid out as Pythia's is (tests/hub_world.py `build_pythia_world`: a
+model repository with one branch `step{N}` per checkpoint, the last also on `main`; a dataset repository with one
+`document.idx` and the byte-range shards `document-0000k-of-0000N.bin`, all LFS; olah behind the conformance wrapper,
+tests/hub_world_server.py). A sweep from the Hub ids must land exactly the local sweep's rows, read every byte of the
+dataset by Range requests answered 206 (no file fetched whole) and nothing of the shards outside the sampled items'
+extent, and record in the probe ledger and the summary the bytes the server sent.
 """
 
 from __future__ import annotations
 
-import os
+import importlib.util
+import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
+from sweep.data.stream_chunks import describe_stream, open_stream
 from sweep.landed.reader import open_output
 from sweep.run.driver import run_sweep
 from sweep.spec import load_spec
-from tests.stream_world import write_stream_world
-from tests.sweeps import write_spec
-from tests.tiny_lm import make_sequences, train_memorizing_llama
+from tests.hub_world import apply_hub_client_env, build_pythia_world, hub_client_env, serve_hub
+from tests.stream_world import (CHUNKS, COPY_AT, K, L, PER_CHUNK, PER_STEP, SAMPLES, SEQUENCE_LEN, STEP_CHECKPOINTS,
+                                STEPS_PER_CHUNK, megatron_pointers)
+from tests.sweeps import landed, write_spec
 
 pytestmark = pytest.mark.ray
 
-K = L = 16
-VOCAB = 64
-PER_STEP, STEPS_PER_CHUNK, CHUNKS = 8, 4, 3
-PER_CHUNK = PER_STEP * STEPS_PER_CHUNK
-SAMPLES = 16
-STEP_CHECKPOINTS = [0, 2, 4, 6, 8, 12]  # 4, 8, 12 end chunks 0, 1, 2; 2 and 6 lie inside chunks 0 and 1; 0 before all
-WEIGHTS_OF_STEP = {0: 0, 2: 0, 4: 0, 6: 1, 8: 1, 12: 2}  # the trained folder each step's revision holds
+CAN_SERVE_HUB = shutil.which("git") is not None and importlib.util.find_spec("olah") is not None
+HUB_STEPS = [4, 6, 12]  # the end of chunk 0, inside chunk 1, the end of chunk 2 (also `main`)
 
 
 @pytest.fixture(scope="module")
-def stream(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream")
-    sequences = make_sequences(CHUNKS * PER_CHUNK, K + L + 8, VOCAB, seed=5).numpy()
-    world = write_stream_world(root, sequences, PER_CHUNK, shard_bytes=1000)
-    model = root / "model"
-    for chunk in range(CHUNKS):
-        trained = torch.from_numpy(sequences[: (chunk + 1) * PER_CHUNK])
-        train_memorizing_llama(trained, VOCAB, steps=30, seed=chunk).save_pretrained(model / f"ckpt_{chunk:03d}")
-    for step, folder in WEIGHTS_OF_STEP.items():  # Pythia's names for the same weights
-        os.symlink(model / f"ckpt_{folder:03d}", model / f"step{step}")
-    return world, model
+def hub(stream_family, tmp_path_factory):
+    """The Megatron stream and the step checkpoints on a local Hub in Pythia's layout (None without git and olah)."""
+    if not CAN_SERVE_HUB:
+        yield None
+        return
+    mirrors = tmp_path_factory.mktemp("pythia-mirrors")
+    megatron = stream_family.world.megatron
+    world = build_pythia_world(mirrors, {step: stream_family.model / f"step{step}" for step in HUB_STEPS},
+                               {path.name: path for path in sorted(megatron.iterdir())})
+    root = tmp_path_factory.mktemp("pythia-hub")
+    with serve_hub(mirrors, root / "server") as server, pytest.MonkeyPatch.context() as patch:
+        apply_hub_client_env(patch, hub_client_env(server.endpoint, root / "hf-home"))
+        yield server, world
+
+
+@pytest.fixture(scope="module")
+def module_ray(hub, module_ray):
+    """conftest's module Ray, started after the Hub environment is set (workers inherit it)."""
+    yield
 
 
 def _sweep(tmp_path: Path, name: str, model_dir: Path, data: dict, **extra):
     spec = load_spec(write_spec(tmp_path, Path("/unused"), tmp_path / name,
                                 model={"source": str(model_dir), **extra.pop("model", {})},
                                 data={"samples_per_chunk": SAMPLES, **data},
-                                memorization={"prompt_len": K, "continuation_len": L, "nll": False}, **extra))
+                                memorization={"prompt_len": K, "continuation_len": L, "nll": False},
+                                exposure={"chunks": f"0-{CHUNKS - 1}"}, **extra))
     summary = run_sweep(spec, progress=False)
     assert summary.ok, summary.describe()
     output = open_output(tmp_path / name)
@@ -64,8 +77,8 @@ def _sweep(tmp_path: Path, name: str, model_dir: Path, data: dict, **extra):
 
 
 @pytest.fixture(scope="module")
-def sweeps(stream, module_ray, tmp_path_factory):
-    world, model = stream
+def sweeps(stream_family, module_ray, tmp_path_factory):
+    world, model = stream_family.world, stream_family.model
     tmp = tmp_path_factory.mktemp("stream-sweeps")
     timeline = {"sequences_per_step": PER_STEP, "steps_per_chunk": STEPS_PER_CHUNK}
     steps = dict(model={"revision": "step{ckpt}"}, timeline=timeline, checkpoints=STEP_CHECKPOINTS,
@@ -75,7 +88,7 @@ def sweeps(stream, module_ray, tmp_path_factory):
         "megatron": _sweep(tmp, "megatron", model, {"source": str(world.megatron), "format": "megatron",
                                                     "file": "document"}, **steps),
         "numpy": _sweep(tmp, "numpy", model, {"source": str(world.numpy), "format": "numpy", "file": "tokens/*.npy",
-                                              "dtype": "uint16", "sequence_len": K + L + 8,
+                                              "dtype": "uint16", "sequence_len": SEQUENCE_LEN,
                                               "order": "global_indices.npy"}, **steps),
     }, world
 
@@ -105,6 +118,27 @@ def test_one_stream_in_three_formats_lands_identical_scores(sweeps):
         assert np.array_equal(tokens, world.sequences[probes["index"].to_numpy(), : K + L])
 
 
+def test_exposure_counts_are_the_same_on_every_format(sweeps, stream_family):
+    runs, _ = sweeps
+    copied = stream_family.copied
+    counts = {}
+    for name, (_, _, summary) in runs.items():
+        table = open_output(Path(summary.output)).exposure_counts().collect()
+        counts[name] = (table.with_columns(index=pl.col("chunk").cast(pl.Int64) * PER_CHUNK + pl.col("row"))
+                        .select("index", "seen_chunk", "window_count", "prompt_count").sort("index", "seen_chunk"))
+        assert summary.scans.scanned == CHUNKS, name
+    assert counts["megatron"].equals(counts["jsonl"]) and counts["numpy"].equals(counts["jsonl"])
+    assert counts["jsonl"].filter(pl.col("index") == copied).select("seen_chunk", "window_count").rows() == \
+        [(0, 1), (2, 1)]  # its own row, and the copy
+    for name in ("megatron", "numpy"):  # a stream chunk also says where on the timeline each occurrence lies
+        table = open_output(Path(runs[name][2].output)).exposure_counts().collect()
+        own = table.filter(pl.col("chunk") == 0, pl.col("row") == copied).sort("seen_chunk")
+        assert own["window_index"].to_list() == [[copied], [COPY_AT]], name
+        assert all(positions is not None and len(positions) == count for positions, count
+                   in zip(table["window_index"].to_list(), table["window_count"].to_list())), name
+    assert counts["jsonl"].height >= CHUNKS * SAMPLES  # every sampled sequence occurs at least in its own row
+
+
 def test_seen_fractions_and_flags_equal_a_brute_force_walk_of_the_timeline(sweeps):
     runs, _ = sweeps
     for name in ("megatron", "numpy"):
@@ -123,11 +157,50 @@ def test_seen_fractions_and_flags_equal_a_brute_force_walk_of_the_timeline(sweep
         assert inside["seen"].any() and not inside["seen"].all()
 
 
-def test_a_partly_seen_cell_is_seen_and_the_diagonal_is_the_newest_chunk(sweeps, stream, tmp_path):
-    world, model = stream
+def test_a_partly_seen_cell_is_seen_and_the_diagonal_is_the_newest_chunk(stream_family, tmp_path):
+    world, model = stream_family.world, stream_family.model
     spec = load_spec(write_spec(tmp_path, Path("/unused"), tmp_path / "diag", model={"source": str(model),
                                 "revision": "step{ckpt}"},
                                 data={"source": str(world.megatron), "format": "megatron"},
                                 timeline={"sequences_per_step": PER_STEP, "steps_per_chunk": STEPS_PER_CHUNK},
                                 checkpoints=STEP_CHECKPOINTS, chunks="0-2", cells="diagonal"))
     assert spec.cell_list() == [(2, 0), (4, 0), (6, 1), (8, 1), (12, 2)]
+
+
+def test_a_pythia_layout_hub_serves_a_sweep_that_reads_only_the_sampled_items(hub, sweeps, stream_family,
+                                                                              tmp_path):
+    if hub is None:
+        pytest.skip("needs `git` and olah (pip install olah, the dev extra) to serve local Hub repositories")
+    server, world = hub
+    since = len(server.requests())
+    spec = load_spec(write_spec(
+        tmp_path, Path("/unused"), tmp_path / "hub",
+        model={"source": world.model_id, "revision": "step{ckpt}", "download_dir": str(tmp_path / "downloads")},
+        data={"source": world.data_id, "format": "megatron", "file": "document", "samples_per_chunk": SAMPLES},
+        timeline={"sequences_per_step": PER_STEP, "steps_per_chunk": STEPS_PER_CHUNK}, checkpoints=HUB_STEPS,
+        chunks=f"0-{CHUNKS - 1}", memorization={"prompt_len": K, "continuation_len": L, "nll": False},
+        resources={"actors": 1, "batch_size": 16, "max_attempts": 2}))
+    summary = run_sweep(spec, progress=False)
+    assert summary.ok, summary.describe()
+
+    sequences, cells = landed(tmp_path / "hub")
+    local_sequences, local_cells = landed(Path(sweeps[0]["megatron"][2].output))
+    in_hub = pl.col("ckpt").is_in(HUB_STEPS)
+    assert sequences.height == len(HUB_STEPS) * CHUNKS * SAMPLES
+    assert sequences.equals(local_sequences.filter(in_hub))
+    assert cells.drop("model_commit").equals(local_cells.filter(in_hub).drop("model_commit"))
+    assert cells["model_commit"].to_list() == [world.sha(f"step{step}") for step in HUB_STEPS for _ in range(CHUNKS)]
+
+    # what the dataset cost: ranged reads only, within the sampled items, and recorded as sent
+    dataset = [r for r in server.requests(since) if r.path.startswith(f"/datasets/{world.data_id}/resolve/")]
+    assert dataset and all(r.method == "GET" and r.range and r.status == 206 for r in dataset), dataset
+    probes = open_output(tmp_path / "hub").ledgers.probes
+    recorded = sum(entry["source"]["bytes_read"] for entry in probes.values())
+    assert recorded == summary.supply.bytes_read > 0
+    assert sum(entry["source"]["requests"] for entry in probes.values()) == summary.supply.requests
+    opening = open_stream(describe_stream(spec.data))  # what describing the stream costs the driver, once
+    assert sum(r.length for r in dataset) == recorded + opening.bytes_read
+    pointers = megatron_pointers(stream_family.world.megatron / "document.idx")
+    index = open_output(tmp_path / "hub").probes().collect().partition_by("chunk")
+    extent = sum(int(pointers[part["index"]].max() + 2 * (K + L) - pointers[part["index"]].min()) for part in index)
+    assert sum(r.length for r in dataset if r.path.endswith(".bin")) <= extent

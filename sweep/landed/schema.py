@@ -80,6 +80,9 @@ EXPOSURE_COUNT_SCHEMA: dict[str, pl.DataType] = {
     "seen_chunk": pl.Int32(),  # the chunk file scanned
     "window_count": pl.Int64(),  # (row, offset) positions of that file holding the sequence's k + l ids
     "prompt_count": pl.Int64(),  # ... holding its first k ids
+    # megatron / numpy: the stream position of the item holding each window occurrence, ascending (window_count of
+    # them), which places every occurrence before or after a checkpoint inside the chunk; null for jsonl files
+    "window_index": pl.List(pl.Int64()),
 }
 # One row per scan of a chunk file (from its ledger): what it read and what it cost.
 EXPOSURE_SCAN_SCHEMA: dict[str, pl.DataType] = {
