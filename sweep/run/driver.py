@@ -115,7 +115,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         summary = SweepSummary(Path(spec.output), plan.total_cells, plan.done_cells)
         log.info("plan: %d cells, %d landed, %d to do", plan.total_cells, plan.done_cells, plan.cells_to_do)
         supply = ProbeSupply(spec, store, [chunk for work in plan.work for chunk in work.chunks], started, _forwarded_environment())
-        plan = _fail_checkpoints_beyond_the_stream(spec, plan, store, supply.stream_length)
+        plan = _fail_cells_known_to_fail(spec, plan, store, supply)
         scans = ExposureScans(spec, store, supply, _forwarded_environment())
         summary.supply, summary.scans = supply.stats, scans.stats
         if plan.work:
@@ -131,24 +131,30 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         return summary
 
 
-def _fail_checkpoints_beyond_the_stream(spec: SweepSpec, plan: Plan, store: ResultStore,
-                                        stream_length: int | None) -> Plan:
-    """A checkpoint the timeline puts past the end of the stream (a step beyond the data: a wrong
-    timeline.sequences_per_step, or the wrong dataset) fails its cells, named in one line; the rest goes on."""
-    if stream_length is None:
-        return plan
-    timeline = spec.timeline_positions()
-    beyond = set(timeline.check_within(stream_length, [work.ckpt for work in plan.work], [])["checkpoints"])
-    if not beyond:
-        return plan
+def _fail_cells_known_to_fail(spec: SweepSpec, plan: Plan, store: ResultStore, supply: ProbeSupply) -> Plan:
+    """Cells that cannot be scored, known before any actor starts, fail now (one line each, in `failures/`) and leave
+    the plan, so no checkpoint is fetched for them: a chunk the supply could not describe (a missing file, a stream
+    that cannot be read, a chunk past the end of the stream), and a checkpoint the timeline puts past the end of the
+    stream (a step beyond the data: a wrong timeline.sequences_per_step, or the wrong dataset)."""
+    timeline, length = spec.timeline_positions(), supply.stream_length
+    beyond = set(timeline.check_within(length, [w.ckpt for w in plan.work], [])["checkpoints"]) if length else set()
     label = f"{spec.data.source}:{spec.data.file}"
-    for work in plan.work:
-        if work.ckpt in beyond:
-            reason = timeline.beyond_stream_message("checkpoint", [work.ckpt], stream_length, label)
+    work = []
+    for item in plan.work:
+        if item.ckpt in beyond:
+            reason = timeline.beyond_stream_message("checkpoint", [item.ckpt], length, label)
             log.error("%s", reason)
-            for chunk in work.chunks:
-                store.record_failure(work.ckpt, chunk, reason, attempts=0)
-    return replace(plan, work=[work for work in plan.work if work.ckpt not in beyond])
+            failed = {chunk: reason for chunk in item.chunks}
+        else:
+            failed = {chunk: supply.failed[chunk] for chunk in item.chunks if chunk in supply.failed}
+        for chunk, reason in failed.items():
+            store.record_failure(item.ckpt, chunk, reason, attempts=1)
+        chunks = tuple(chunk for chunk in item.chunks if chunk not in failed)
+        if chunks:
+            work.append(replace(item, chunks=chunks))
+        else:  # every pending cell of it failed: it is settled, as the scheduler would have found it
+            store.write_cells(item.ckpt, [], finishes_checkpoint=True)
+    return replace(plan, work=work)
 
 
 def check_cluster(spec: SweepSpec) -> None:
