@@ -28,14 +28,15 @@ from sweep.landed.writer_lock import OutputLockedError, writer_lock
 
 # The landed-dataset contract (docs/architecture.md), spelled out independently of the store.
 SEQUENCE_COLUMNS = {
-    "ckpt": pl.Int32, "chunk": pl.Int32, "row": pl.Int64, "source": pl.String, "matches": pl.Int16,
+    "ckpt": pl.Int32, "chunk": pl.Int32, "row": pl.Int64, "index": pl.Int64, "source": pl.String, "seen": pl.Boolean,
+    "matches": pl.Int16,
     "score": pl.Float32, "full_match": pl.Boolean, "prefix_match": pl.Int16, "match_mask": pl.Binary,
     "nll": pl.Float32, "tf_accuracy": pl.Float32, "generated": pl.List(pl.UInt32),
 }
 CELL_COLUMNS = {
     "ckpt": pl.Int32, "chunk": pl.Int32, "n": pl.Int32, "score": pl.Float64, "full_match_rate": pl.Float64,
     "mean_prefix_match": pl.Float64, "nll": pl.Float64, "tf_accuracy": pl.Float64, "seen": pl.Boolean,
-    "seconds": pl.Float64, "sequences_per_s": pl.Float64, "device": pl.String, "dtype": pl.String,
+    "seen_fraction": pl.Float64, "seconds": pl.Float64, "sequences_per_s": pl.Float64, "device": pl.String, "dtype": pl.String,
     "batch_size": pl.Int32, "attempts": pl.Int32, "finished_at": pl.String, "model_revision": pl.String,
     "model_commit": pl.String, "weights_fingerprint": pl.String, "stored_dtype": pl.String,
     "data_file": pl.String, "data_sha256": pl.String,
