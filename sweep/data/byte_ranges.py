@@ -59,6 +59,9 @@ def coalesce(ranges: list[tuple[int, int]], gap: int, max_bytes: int) -> list[tu
 def _split(spans: list[tuple[int, int, list[int]]], bodies: list[bytes], ranges: list[tuple[int, int]]) -> list[bytes]:
     out: list[bytes] = [b""] * len(ranges)
     for (span_start, _, members), body in zip(spans, bodies):
+        if len(members) == 1 and ranges[members[0]] == (span_start, len(body)):  # the whole span: no copy
+            out[members[0]] = body
+            continue
         view = memoryview(body)
         for i in members:
             start, length = ranges[i]

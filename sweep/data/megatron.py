@@ -137,10 +137,10 @@ class MegatronStream(TokenStream):
             got = self.read(self.bin_files[int(f)], list(zip(lo[mine].tolist(), length[mine].tolist())))
             for slot, body in zip(mine, got):
                 parts[slot] = body
-        out = [b""] * len(starts)
+        pieces: list[list[bytes]] = [[] for _ in starts]
         for slot, i in enumerate(owner):
-            out[i] += parts[slot]
-        return out
+            pieces[i].append(parts[slot])
+        return [piece[0] if len(piece) == 1 else b"".join(piece) for piece in pieces]
 
     def read_items(self, positions: np.ndarray, width: int, within: tuple[int, int] | None = None) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
@@ -176,8 +176,13 @@ class MegatronStream(TokenStream):
             self._check_extent(positions, sizes, pointers)
             order = np.argsort(pointers, kind="stable")  # storage order (Megatron writes items in order: a no-op)
             for chosen in batches_of(order, sizes[order] * itemsize, batch_bytes):
-                bodies = self._read_spans(pointers[chosen], sizes[chosen] * itemsize)
-                tokens = np.frombuffer(b"".join(bodies), dtype=self.header.dtype)
+                nbytes = sizes[chosen] * itemsize
+                if np.array_equal(pointers[chosen[1:]], pointers[chosen[:-1]] + nbytes[:-1]):
+                    # back to back, as Megatron writes them: one range (the same bytes, so the same digest)
+                    bodies = self._read_spans(pointers[chosen[:1]], np.array([nbytes.sum()], dtype=np.int64))
+                else:
+                    bodies = self._read_spans(pointers[chosen], nbytes)
+                tokens = np.frombuffer(bodies[0] if len(bodies) == 1 else b"".join(bodies), dtype=self.header.dtype)
                 offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
                 np.cumsum(sizes[chosen], out=offsets[1:])
                 self._refuse_negative(tokens, positions[chosen], offsets)
