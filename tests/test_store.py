@@ -568,3 +568,30 @@ def test_id_ranges_round_trip_and_stay_short():
     for ids in ([], [4], [0, 1, 2, 5, 7, 8], list(range(360)), [3, 9, 10, 11, 40]):
         assert parse_id_ranges(id_ranges(ids)) == ids
     assert id_ranges(list(range(360))) == "0-359" and id_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+def test_an_output_landed_before_the_stream_columns_still_opens(tmp_path):
+    """Files without `index`, `seen` (sequences) and `seen_fraction` (cells), as every output landed before issue 22
+    has them: they read as typed nulls, and seen follows the only timeline such an output can have (chunk <= ckpt)."""
+    import hashlib
+
+    store = new_store(tmp_path / "out")
+    for ckpt, chunk in ((0, 0), (0, 1), (2, 1)):
+        write(store, ckpt, chunk)
+    for ckpt in (0, 2):  # rewrite each listed file as the old store wrote it, and its ledger record to match
+        ledger = store.ledgers.ledger(ckpt)
+        for entry in ledger["files"]:
+            for table, dropped in (("sequences", ["index", "seen"]), ("cells", ["seen_fraction"])):
+                path = tmp_path / "out" / entry[table]["path"]
+                pl.read_parquet(path).drop(dropped).write_parquet(path)
+                payload = path.read_bytes()
+                entry[table].update(bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
+        store.ledgers.commit(ckpt, ledger)
+    assert "index" not in pl.read_parquet(next((tmp_path / "out" / "sequences").rglob("*.parquet"))).columns
+    output = open_output(tmp_path / "out")
+    sequences, cells = output.sequences().collect(), output.cells().collect()
+    assert dict(sequences.schema) == SEQUENCE_COLUMNS and dict(cells.schema) == CELL_COLUMNS
+    assert sequences["index"].null_count() == sequences.height
+    assert sequences["seen"].to_list() == (sequences["chunk"] <= sequences["ckpt"]).to_list()
+    assert cells.sort("ckpt", "chunk")["seen_fraction"].to_list() == [1.0, 0.0, 1.0]
+    assert verify_output(tmp_path / "out").ok
