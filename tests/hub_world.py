@@ -191,13 +191,7 @@ def build_amber_world(mirrors: Path, checkpoint_dirs: Sequence[Path], chunk_file
     world = HubWorld(Path(mirrors), model_id, data_id,
                      revisions=(*(f"ckpt_{i:03d}" for i in range(len(checkpoint_dirs) - 1)), "main"),
                      chunk_files=tuple(f"train/train_{i:03d}.jsonl" for i in range(len(chunk_files))))
-    for repo in (world.model_repo, world.data_repo):
-        if repo.exists():
-            raise FileExistsError(f"repository folder already exists: {repo}")
-        repo.mkdir(parents=True)
-        _git(repo, "init", "--quiet", "--initial-branch", "main")
-        commit_files(repo, "main", {".gitattributes": GITATTRIBUTES}, "initial commit")
-    root = branch_sha(world.model_repo, "main")
+    root = _initial_commits(world)
     for index, (revision, folder) in enumerate(zip(world.revisions[:-1], checkpoint_dirs)):
         commit_files(world.model_repo, revision, _ckpt_files(Path(folder), SHARDS), f"Upload checkpoint {index}",
                      start_from=root)
@@ -224,23 +218,28 @@ def build_pythia_world(mirrors: Path, checkpoints: Mapping[int, Path], data_file
     steps = sorted(checkpoints)
     world = HubWorld(Path(mirrors), model_id, data_id, revisions=tuple(f"step{step}" for step in steps),
                      chunk_files=tuple(data_files))
+    root = _initial_commits(world)
+    def saved(folder: Path) -> dict[str, Path]:
+        return {path.name: path for path in sorted(Path(folder).iterdir()) if path.is_file()}
+
+    for step in steps:
+        commit_files(world.model_repo, f"step{step}", saved(checkpoints[step]), f"Upload step {step}", start_from=root)
+    commit_files(world.model_repo, "main", saved(checkpoints[steps[-1]]), "Upload final model")
+    commit_files(world.data_repo, "main", {path: Path(file) for path, file in data_files.items()},
+                 "Upload preshuffled data")
+    return world
+
+
+def _initial_commits(world: HubWorld) -> str:
+    """Create the world's two repositories, each with an "initial commit" holding `.gitattributes` as the Hub's
+    start; returns the model repository's root commit (every checkpoint branch grows from it)."""
     for repo in (world.model_repo, world.data_repo):
         if repo.exists():
             raise FileExistsError(f"repository folder already exists: {repo}")
         repo.mkdir(parents=True)
         _git(repo, "init", "--quiet", "--initial-branch", "main")
         commit_files(repo, "main", {".gitattributes": GITATTRIBUTES}, "initial commit")
-    root = branch_sha(world.model_repo, "main")
-    for step in steps:
-        folder = Path(checkpoints[step])
-        files = {path.name: path for path in sorted(folder.iterdir()) if path.is_file()}
-        commit_files(world.model_repo, f"step{step}", files, f"Upload step {step}", start_from=root)
-    last = Path(checkpoints[steps[-1]])
-    commit_files(world.model_repo, "main", {path.name: path for path in sorted(last.iterdir()) if path.is_file()},
-                 "Upload final model")
-    commit_files(world.data_repo, "main", {path: Path(file) for path, file in data_files.items()},
-                 "Upload preshuffled data")
-    return world
+    return branch_sha(world.model_repo, "main")
 
 
 def commit_files(repo: Path, branch: str, files: Mapping[str, bytes | Path | None], message: str, *,
