@@ -95,6 +95,13 @@ class Timeline:
             return None
         return (self.trained(ckpt) - 1) // self.chunk_sequences
 
+    def whole_chunks(self, ckpt: int) -> int:
+        """The last chunk checkpoint `ckpt` has trained on entirely (-1: none): `ckpt` on a chunk-indexed timeline;
+        for step N, the last chunk ending at or before position N P."""
+        if not self.step_indexed:
+            return ckpt
+        return self.trained(ckpt) // self.chunk_sequences - 1
+
     def sequences_seen(self, ckpt: int, chunk: int, index: np.ndarray | None) -> np.ndarray:
         """bool[n]: whether checkpoint `ckpt` has trained on each sequence of chunk `chunk`.
 

@@ -157,6 +157,36 @@ def test_seen_fractions_and_flags_equal_a_brute_force_walk_of_the_timeline(sweep
         assert inside["seen"].any() and not inside["seen"].all()
 
 
+def test_exposures_at_every_checkpoint_count_exactly_the_copies_before_it(sweeps):
+    """On a step-indexed output the history places each occurrence by its stream position: a checkpoint inside a
+    chunk counts the copies before it and not those after. Brute force: every probe's k + l window looked for in
+    every stream item before the checkpoint's position; and the seen split by cells follows the timeline."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from sweep.exposures.analyses import seen_per_sequence
+    from sweep.exposures.history import ExposureHistory
+    from sweep.timeline import Timeline
+
+    runs, world = sweeps
+    output = open_output(Path(runs["megatron"][2].output))
+    history = ExposureHistory.read(output)
+    timeline = Timeline(PER_STEP, STEPS_PER_CHUNK)
+    probes = output.probes().collect()
+    windows = {(c, r): np.array(t) for c, r, t in probes.select("chunk", "row", "tokens").rows()}
+    holding = {key: [q for q in range(len(world.sequences)) for _ in range(int(np.all(
+        sliding_window_view(world.sequences[q], K + L) == window, axis=1).sum()))] for key, window in windows.items()}
+    for ckpt in STEP_CHECKPOINTS:
+        exposures = history.exposures_at(ckpt)
+        expected = [sum(q < ckpt * PER_STEP for q in holding[(c, r)]) for c, r in exposures.select("chunk", "row").rows()]
+        assert exposures["exposures"].to_list() == expected, ckpt
+    split = seen_per_sequence(runs["megatron"][0], history)
+    assert split["chunk_seen"].to_list() == [timeline.is_seen(c, j) for c, j in split.select("ckpt", "chunk").rows()]
+    # a sequence of chunk 1 sampled after step 6's position is not seen by checkpoint 6, one before it is
+    at_six = history.exposures_at(6).filter(pl.col("chunk") == 1).with_columns(
+        index=PER_CHUNK + pl.col("row")).with_columns(before=pl.col("index") < 6 * PER_STEP)
+    assert at_six.filter("before")["exposures"].min() >= 1 and at_six.filter(~pl.col("before"))["exposures"].max() == 0
+
+
 def test_a_partly_seen_cell_is_seen_and_the_diagonal_is_the_newest_chunk(stream_family, tmp_path):
     world, model = stream_family.world, stream_family.model
     spec = load_spec(write_spec(tmp_path, Path("/unused"), tmp_path / "diag", model={"source": str(model),

@@ -48,6 +48,8 @@ def test_step_timeline_equals_a_brute_force_walk_of_the_stream(per_step, steps_p
     for ckpt in steps:
         seen = [chunk for chunk in range(8) if brute_force(per_step, steps_per_chunk, ckpt, chunk)[1].any()]
         assert timeline.newest_chunk(ckpt) == (max(seen) if seen else None), ckpt
+        whole = [chunk for chunk in range(8) if brute_force(per_step, steps_per_chunk, ckpt, chunk)[1].all()]
+        assert timeline.whole_chunks(ckpt) == (max(whole) if whole else -1), ckpt
         assert timeline.staircase(ckpt, list(chunks)) == pytest.approx(
             sum(brute_force(per_step, steps_per_chunk, ckpt, chunk)[0] for chunk in chunks))
 
@@ -58,7 +60,7 @@ def test_chunk_timeline_is_ambers():
     for ckpt, chunk in itertools.product(range(5), range(5)):
         assert timeline.seen_fraction(ckpt, chunk) == float(chunk <= ckpt)
         assert timeline.sequences_seen(ckpt, chunk, np.zeros(3)).tolist() == [chunk <= ckpt] * 3
-    assert [timeline.newest_chunk(c) for c in range(3)] == [0, 1, 2]
+    assert [timeline.newest_chunk(c) for c in range(3)] == [0, 1, 2] == [timeline.whole_chunks(c) for c in range(3)]
     assert Timeline.from_spec_dict({"name": "old manifest"}) == timeline
     assert Timeline.from_spec_dict({"timeline": {"sequences_per_step": 1024, "steps_per_chunk": 1000}}) == \
         Timeline(1024, 1000)

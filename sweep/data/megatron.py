@@ -100,8 +100,9 @@ class MegatronStream(TokenStream):
             sizes, pointers = self._entries(self.header.items - 1, self.header.items)
             end = int(pointers[0]) + int(sizes[0]) * self.header.dtype.itemsize
             if end != self.bin_bytes:
-                raise StreamError(f"{self._bins_label()}: the shards hold {self.bin_bytes:,} bytes, but the index's last "
-                                  f"item ends at byte {end:,} (a missing, truncated or foreign shard, or another index)")
+                raise StreamError(f"{self._bins_label()}: the shards hold {self.bin_bytes:,} bytes, but the index's "
+                                  f"last item ends at byte {end:,} (a missing, truncated or foreign shard, or another "
+                                  "index)")
 
     @property
     def length(self) -> int:

@@ -38,8 +38,8 @@ class TokenFilesStream(TokenStream):
         if self.order_file is not None:
             self.order_dtype = np.dtype(source.order_dtype).newbyteorder("<")
             if self.order_file.size % self.order_dtype.itemsize:
-                raise StreamError(f"{source.label_of(self.order_file)}: {self.order_file.size} bytes is no whole number of "
-                                  f"{self.order_dtype.name} entries (data.order_dtype)")
+                raise StreamError(f"{source.label_of(self.order_file)}: {self.order_file.size} bytes is no whole "
+                                  f"number of {self.order_dtype.name} entries (data.order_dtype)")
 
     @property
     def length(self) -> int:

@@ -134,7 +134,8 @@ class TokenStream:
 
     # ---- shared ------------------------------------------------------------------------------------
 
-    def iter_item_batches(self, start: int, stop: int, width: int, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_item_batches(self, start: int, stop: int, width: int,
+                          batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(positions int64[b], tokens int64[b, width]) for positions [start, stop) in stream order, `batch` items at
         a time: every sequence of a range, with memory bounded by one batch."""
         for first in range(start, stop, batch):
@@ -163,8 +164,8 @@ class TokenStream:
         file's listed size is an error naming the file."""
         for start, length in ranges:
             if start < 0 or start + length > file.size:
-                raise StreamError(f"{self.source.label_of(file)}: bytes {start}-{start + length - 1} asked, but it holds "
-                                  f"{file.size} bytes")
+                raise StreamError(f"{self.source.label_of(file)}: bytes {start}-{start + length - 1} asked, but it "
+                                  f"holds {file.size} bytes")
         reader = self._files.get(file.path)
         if reader is None:
             reader = self._files[file.path] = self.source.opener(file)

@@ -1,7 +1,10 @@
 """Each probe sequence's exposures as the output knows them, at any checkpoint, and what the counts cover.
 
-A sequence's **exposures at checkpoint c** are the occurrences of its k + l window in the chunk files <= c that were
-scanned (checkpoint c was saved after training on chunks 0..c, so these are the copies it has trained on). The
+A sequence's **exposures at checkpoint c** are the occurrences of its k + l window that checkpoint c has trained on,
+in the chunks that were scanned. On Amber's chunk-indexed timeline those are the occurrences in chunk files <= c
+(checkpoint c was saved after training on chunks 0..c); on a step-indexed one (sweep/timeline.py), the occurrences at
+stream positions before the checkpoint's, which a scan of a binary stream records (`window_index`), so a checkpoint
+inside a chunk counts exactly the copies before it. The
 landed counts (`exposure_counts`: one row per nonzero (sequence, scanned file) pair) hold them file by file;
 `ExposureHistory` orders them by file so that one pass over the checkpoints, in order, sees every sequence's
 exposures and the chunk of its latest one grow (`ExposureCursor`), and `exposures_at(ckpt)` gives them for one
@@ -26,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from sweep.landed.reader import LandedOutput
+from sweep.timeline import Timeline
 
 NO_CHUNK = -1  # "no occurrence yet" in first / last chunk arrays
 
@@ -109,8 +113,10 @@ class ExposureHistory:
     """
 
     def __init__(self, keys: np.ndarray, at: np.ndarray, seen: np.ndarray, window: np.ndarray, prompt: np.ndarray,
-                 coverage: ExposureCoverage):
+                 coverage: ExposureCoverage, timeline: Timeline = Timeline(), positions: list | None = None):
+        """`positions` (step-indexed timelines): per count row, the stream positions of its window occurrences."""
         n = keys.size
+        self.timeline = timeline
         self.keys = keys
         self.chunks = (keys >> 32).astype(np.int32)
         self.coverage = coverage
@@ -119,8 +125,20 @@ class ExposureHistory:
         by_sequence = np.lexsort((seen, at))
         self._rows = (at[by_sequence], seen[by_sequence], window[by_sequence], prompt[by_sequence])
         held = window > 0
-        order = np.argsort(seen[held], kind="stable")
-        self._at, self._seen, self._window = at[held][order], seen[held][order], window[held][order]
+        if timeline.step_indexed:  # one cursor row per occurrence, ordered by its stream position
+            if positions is None:
+                raise ValueError("a step-indexed history needs each count row's window positions (window_index)")
+            lengths = np.array([len(p) if p is not None else 0 for p in positions], dtype=np.int64)
+            when = np.concatenate([np.asarray(p, dtype=np.int64) for p in positions if p is not None]
+                                  + [np.zeros(0, dtype=np.int64)])
+            at_each, seen_each = np.repeat(at, lengths), np.repeat(seen, lengths)
+            order = np.argsort(when, kind="stable")
+            self._at, self._seen, self._when = at_each[order], seen_each[order], when[order]
+            self._window = np.ones(len(when), dtype=np.int64)
+        else:  # one cursor row per (sequence, chunk file), ordered by chunk
+            order = np.argsort(seen[held], kind="stable")
+            self._at, self._seen, self._window = at[held][order], seen[held][order], window[held][order]
+            self._when = self._seen
         first = np.full(n, np.iinfo(np.int32).max, dtype=np.int32)
         np.minimum.at(first, self._at, self._seen)
         self.first_chunk = np.where(first == np.iinfo(np.int32).max, NO_CHUNK, first).astype(np.int32)
@@ -136,18 +154,22 @@ class ExposureHistory:
 
     @classmethod
     def read(cls, landed: LandedOutput) -> ExposureHistory:
-        """The history of `landed`'s covered sequences (empty when nothing was scanned)."""
+        """The history of `landed`'s covered sequences (empty when nothing was scanned), on the output's timeline."""
         coverage = ExposureCoverage.read(landed)
         covered = coverage.covered_chunks
+        timeline = Timeline.from_spec_dict(landed.spec)
         # Filtering by chunk first lets Polars skip the other chunks' probe files by their statistics.
         keys = landed.probes().filter(pl.col("chunk").is_in(covered)).select("chunk", "row")
-        counts = landed.exposure_counts().select("chunk", "row", "seen_chunk", "window_count", "prompt_count")
-        return cls.from_tables(keys.collect(), counts.collect() if covered else counts.head(0).collect(), coverage)
+        columns = ["chunk", "row", "seen_chunk", "window_count", "prompt_count"]
+        counts = landed.exposure_counts().select(*columns, *(["window_index"] if timeline.step_indexed else []))
+        return cls.from_tables(keys.collect(), counts.collect() if covered else counts.head(0).collect(), coverage,
+                               timeline)
 
     @classmethod
-    def from_tables(cls, sequences: pl.DataFrame, counts: pl.DataFrame, coverage: ExposureCoverage) -> ExposureHistory:
+    def from_tables(cls, sequences: pl.DataFrame, counts: pl.DataFrame, coverage: ExposureCoverage,
+                    timeline: Timeline = Timeline()) -> ExposureHistory:
         """From the covered sequences (`chunk, row`) and their count rows (`chunk, row, seen_chunk, window_count,
-        prompt_count`; rows of other sequences are ignored)."""
+        prompt_count`, and on a step-indexed timeline `window_index`; rows of other sequences are ignored)."""
         keys = np.unique(_keys(sequences))
         count_keys = _keys(counts)
         at = np.searchsorted(keys, count_keys)
@@ -157,8 +179,11 @@ class ExposureHistory:
         def column(name: str, dtype) -> np.ndarray:
             return counts[name].to_numpy()[known].astype(dtype)
 
+        positions = None
+        if timeline.step_indexed:
+            positions = [p for p, keep in zip(counts["window_index"].to_list(), known) if keep]
         return cls(keys, at[known], column("seen_chunk", np.int32), column("window_count", np.int64),
-                   column("prompt_count", np.int64), coverage)
+                   column("prompt_count", np.int64), coverage, timeline, positions)
 
     def __len__(self) -> int:
         return int(self.keys.size)
@@ -192,8 +217,9 @@ class ExposureHistory:
                              "prompt_count": pl.Series(prompt[rows], dtype=pl.Int64)})
 
     def exposures_at(self, ckpt: int, chunk: int | None = None) -> pl.DataFrame:
-        """Per covered sequence (of `chunk` alone if given), sorted: `chunk, row`, `exposures` (occurrences in scanned
-        chunk files <= ckpt), `last_exposure_chunk` (the latest of those holding one), then the totals over every
+        """Per covered sequence (of `chunk` alone if given), sorted: `chunk, row`, `exposures` (occurrences the
+        checkpoint has trained on, in the scanned chunks), `last_exposure_chunk` (the latest of those holding one),
+        then the totals over every
         scanned file, as the reader's `exposures` table has them: `window_count, prompt_count, first_chunk,
         last_chunk, chunks_scanned` (chunks null where no file holds the window)."""
         cursor = self.cursor()
@@ -225,11 +251,16 @@ class ExposureCursor:
         self._next = 0  # the first count row not added yet
 
     def advance(self, ckpt: int) -> None:
-        """Add the occurrences in chunk files <= ckpt not added yet (ckpt must not go down)."""
+        """Add the occurrences checkpoint `ckpt` has trained on not added yet (ckpt must not go down): those in chunk
+        files <= ckpt, or on a step-indexed timeline those at positions before it."""
         if self.ckpt is not None and ckpt < self.ckpt:
             raise ValueError(f"an exposure cursor moves forward only (at {self.ckpt}, asked for {ckpt})")
         history = self.history
-        end = int(np.searchsorted(history._seen, ckpt, side="right"))
+        timeline = history.timeline
+        if timeline.step_indexed:
+            end = int(np.searchsorted(history._when, timeline.trained(ckpt), side="left"))
+        else:
+            end = int(np.searchsorted(history._when, ckpt, side="right"))
         rows = slice(self._next, end)
         np.add.at(self.exposures, history._at[rows], history._window[rows])
         np.maximum.at(self.last_chunk, history._at[rows], history._seen[rows])

@@ -92,8 +92,8 @@ class CostEstimate:
                     "nothing is streamed or stored)")
             indexes = "no line indexes (a stream's index finds its items)"
         else:
-            data = (f"{chunk_total / gb:,.1f} GB of {self.chunk_name} streamed once ({len(self.chunk_bytes)} probe sets "
-                    "to build; chunks are never stored)")
+            data = (f"{chunk_total / gb:,.1f} GB of {self.chunk_name} streamed once ({len(self.chunk_bytes)} probe "
+                    "sets to build; chunks are never stored)")
             indexes = f"~{rows * LINE_INDEX_BYTES_PER_ROW / gb:,.2f} GB of line indexes in the probe cache"
         lines = [
             f"downloads: {ckpt_total / gb:,.1f} GB of checkpoints ({self.checkpoints} loads, sizes from "

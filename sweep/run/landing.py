@@ -39,7 +39,8 @@ def scored_cell(output: CellOutput, attempts: int, probes: pl.DataFrame, data_fi
     ckpt = loaded.target.ckpt
     seen = timeline.sequences_seen(ckpt, output.chunk, probes["index"].to_numpy())
     sequences = (probes.select("chunk", "row", "index", "source")
-                 .with_columns(seen=pl.Series(seen, dtype=pl.Boolean), **score_columns(output.scores, continuation_len)))
+                 .with_columns(seen=pl.Series(seen, dtype=pl.Boolean),
+                               **score_columns(output.scores, continuation_len)))
     return ScoredCell(output.chunk, sequences, provenance, timeline.seen_fraction(ckpt, output.chunk))
 
 
