@@ -35,6 +35,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sweep.analysis import memorization as analyses
 from sweep.errors import MemsweepError
+from sweep.timeline import Timeline
 from sweep.exposures.history import ExposureHistory
 from sweep.landed.reader import LandedOutput, open_output
 
@@ -115,11 +116,12 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
         chunks = spread(all_chunks, DEFAULT_TRAJECTORY_CHUNKS)
     trajectories = analyses.chunk_trajectories(cells, chunks, metric=main_metric)
 
+    timeline = Timeline.from_spec_dict(landed.spec)
     sections = [_overview_section(landed, cells, extractable)]
-    sections.append(_heatmap_section(cells, main_metric, out_dir))
-    sections.append(_heatmap_section(cells, "full_match_rate", out_dir))
+    sections.append(_heatmap_section(cells, main_metric, out_dir, timeline))
+    sections.append(_heatmap_section(cells, "full_match_rate", out_dir, timeline))
     if cells["nll"].is_not_null().any():
-        sections.append(_heatmap_section(cells, "nll", out_dir))
+        sections.append(_heatmap_section(cells, "nll", out_dir, timeline))
     sections.append(_trajectory_section(trajectories, main_metric, out_dir))
     sections.append(_distribution_section(sequences, last_ckpt, extractable, out_dir))
     sections.append(_per_source_section(sequences, last_ckpt, extractable, out_dir))
@@ -235,21 +237,21 @@ class HeatmapLayout:
         return [x / figure_width, self.bottom / figure_height, width / figure_width, self.axes_height / figure_height]
 
 
-def _heatmap_section(cells: pl.DataFrame, metric: str, out_dir: Path) -> Section:
+def _heatmap_section(cells: pl.DataFrame, metric: str, out_dir: Path, timeline: Timeline) -> Section:
     matrix = analyses.score_matrix(cells, metric=metric)
     title = f"{METRIC_TITLES[metric]}, checkpoint x chunk"
     name = f"heatmap_{metric}.png"
-    figure, layout = heatmap_figure(matrix, title, METRIC_LABELS[metric])
+    figure, layout = heatmap_figure(matrix, title, METRIC_LABELS[metric], timeline=timeline)
     figure.savefig(out_dir / name, dpi=DPI)
 
     section = Section(title, image=name)
     section.notes.append(
         f"{matrix.height} checkpoints x {matrix.width - 1} chunks, {layout.cell_width} x {layout.cell_height} px "
         "per cell (click the image for full size); grey = cell not in the dataset. Cells left of the red line "
-        "were trained on by that checkpoint (chunk <= ckpt)."
+        f"were trained on by that checkpoint ({_seen_rule(timeline)})."
     )
-    seen = cells.filter(pl.col("chunk") <= pl.col("ckpt"))
-    unseen = cells.filter(pl.col("chunk") > pl.col("ckpt"))
+    seen = cells.filter(pl.col("seen"))  # the timeline's: the checkpoint trained on at least part of the chunk
+    unseen = cells.filter(~pl.col("seen"))
     means = [
         f"{label} cells: {format_value(part[metric].mean())}"
         for label, part in (("seen", seen), ("unseen", unseen))
@@ -259,9 +261,17 @@ def _heatmap_section(cells: pl.DataFrame, metric: str, out_dir: Path) -> Section
     return section
 
 
-def heatmap_figure(matrix: pl.DataFrame, title: str, colour_label: str,
-                   missing_label: str = "cell not in the dataset") -> tuple[Figure, HeatmapLayout]:
-    """Draw a score_matrix (`ckpt` + one column per chunk) as a heatmap with the seen/unseen staircase.
+def _seen_rule(timeline: Timeline) -> str:
+    if not timeline.step_indexed:
+        return "chunk <= ckpt"
+    return (f"checkpoint N has trained on sequences [0, {timeline.sequences_per_step:,} N); a checkpoint inside a "
+            "chunk crosses its cell at the share it trained on")
+
+
+def heatmap_figure(matrix: pl.DataFrame, title: str, colour_label: str, missing_label: str = "cell not in the dataset",
+                   timeline: Timeline = Timeline()) -> tuple[Figure, HeatmapLayout]:
+    """Draw a score_matrix (`ckpt` + one column per chunk) as a heatmap with the seen/unseen staircase of `timeline`
+    (sweep/timeline.py: a row's line lies after the chunks its checkpoint trained on, inside a chunk it is inside).
 
     The figure is layout.size pixels at DPI; the axes hold exactly the cells (HeatmapLayout), the
     legend sits below the x axis label and the colorbar right of the axes, so no cell is covered.
@@ -288,9 +298,9 @@ def heatmap_figure(matrix: pl.DataFrame, title: str, colour_label: str,
     axes.set_xlabel("data chunk")
     axes.set_ylabel("checkpoint")
     axes.set_title(title)
-    # Staircase between seen (chunk <= ckpt, left) and unseen (right) cells of each row, on the
-    # cell edges and thinner than a cell, so it marks the boundary without covering cells.
-    seen_counts = [sum(1 for chunk in chunk_ids if chunk <= ckpt) for ckpt in ckpts]
+    # Staircase between seen (left) and unseen (right) cells of each row, on the cell edges (inside the cell of a chunk
+    # its checkpoint is part way through) and thinner than a cell, so it marks the boundary without covering cells.
+    seen_counts = [timeline.staircase(ckpt, chunk_ids) for ckpt in ckpts]
     xs = [count - 0.5 for count in seen_counts for _ in (0, 1)]
     ys = [row + offset for row in range(len(ckpts)) for offset in (-0.5, 0.5)]
     line_px = min(2.0, max(1.0, min(layout.cell_width, layout.cell_height) / 4))
@@ -298,7 +308,8 @@ def heatmap_figure(matrix: pl.DataFrame, title: str, colour_label: str,
     axes.set_xlim(-0.5, len(chunk_ids) - 0.5)
     axes.set_ylim(-0.5, len(ckpts) - 0.5)
     handles = [boundary, Patch(facecolor=missing_colour, edgecolor="0.5", linewidth=0.5)]
-    labels = ["seen | unseen (left of the line: chunk <= ckpt)", missing_label]
+    labels = [f"seen | unseen (left of the line: {'chunk <= ckpt' if not timeline.step_indexed else 'trained on'})",
+              missing_label]
     figure.legend(
         handles, labels, loc="lower left", bbox_to_anchor=(layout.left / width, 4 / height),
         ncols=2, frameon=False, fontsize="small",
