@@ -113,6 +113,13 @@ class Timeline:
             raise ValueError("a step-indexed timeline needs each sequence's stream position")
         return np.asarray(index, dtype=np.int64) < self.trained(ckpt)
 
+    def first_trained_by(self, chunk: int, row: int) -> int:
+        """The first checkpoint id that has trained on row `row` of chunk `chunk`: the chunk's own checkpoint on a
+        chunk-indexed timeline; the step after the one holding its position on a step-indexed one."""
+        if not self.step_indexed:
+            return chunk
+        return (self.chunk_range(chunk)[0] + row) // self.sequences_per_step + 1
+
     def staircase(self, ckpt: int, chunks: list[int]) -> float:
         """How many of `chunks` (the sorted columns of a figure) checkpoint `ckpt` has trained on, a fraction
         counted for a chunk it is inside: where the seen | unseen line crosses its row."""

@@ -234,3 +234,28 @@ def test_a_pythia_layout_hub_serves_a_sweep_that_reads_only_the_sampled_items(hu
     index = open_output(tmp_path / "hub").probes().collect().partition_by("chunk")
     extent = sum(int(pointers[part["index"]].max() + 2 * (K + L) - pointers[part["index"]].min()) for part in index)
     assert sum(r.length for r in dataset if r.path.endswith(".bin")) <= extent
+
+
+def test_the_explorer_and_the_report_draw_the_step_timeline(sweeps, tmp_path):
+    """The heatmap's staircase crosses each row where its checkpoint is on the stream (inside chunk 1's cell for step
+    6), the sequence page marks the step that first trained on the row, and the report writes on this output."""
+    from starlette.testclient import TestClient
+
+    from sweep.explorer.app import create_app
+    from sweep.explorer.data import ExplorerData
+    from sweep.report.page import write_report
+    from sweep.timeline import Timeline
+
+    runs, _ = sweeps
+    output = Path(runs["megatron"][2].output)
+    client = TestClient(create_app(ExplorerData(output)), base_url="http://127.0.0.1")
+    matrix = client.get("/api/matrix").json()
+    timeline = Timeline(PER_STEP, STEPS_PER_CHUNK)
+    assert matrix["checkpoints"] == STEP_CHECKPOINTS and matrix["chunks"] == list(range(CHUNKS))
+    assert matrix["staircase"] == [timeline.staircase(c, list(range(CHUNKS))) for c in STEP_CHECKPOINTS]
+    assert matrix["staircase"][STEP_CHECKPOINTS.index(6)] == 1.5  # all of chunk 0, half of chunk 1
+    row = open_output(output).probes().collect().filter(pl.col("chunk") == 1).row(0, named=True)
+    first = (row["index"]) // PER_STEP + 1
+    page = client.get(f"/sequence/1/{row['row']}")
+    assert page.status_code == 200 and f"trained on (step {first})" in page.text
+    assert (write_report(output, out_dir=tmp_path / "report")).exists()

@@ -45,6 +45,10 @@ def test_step_timeline_equals_a_brute_force_walk_of_the_stream(per_step, steps_p
         assert timeline.seen_fraction(ckpt, chunk) == pytest.approx(fraction), (ckpt, chunk)
         assert timeline.is_seen(ckpt, chunk) == bool(flags.any())
         assert np.array_equal(timeline.sequences_seen(ckpt, chunk, np.arange(start, stop)), flags)
+    for chunk, row in itertools.product(chunks, range(0, per_step * steps_per_chunk, 3)):
+        first = timeline.first_trained_by(chunk, row)
+        assert brute_force(per_step, steps_per_chunk, first, chunk)[1][row]
+        assert first == 0 or not brute_force(per_step, steps_per_chunk, first - 1, chunk)[1][row]
     for ckpt in steps:
         seen = [chunk for chunk in range(8) if brute_force(per_step, steps_per_chunk, ckpt, chunk)[1].any()]
         assert timeline.newest_chunk(ckpt) == (max(seen) if seen else None), ckpt
@@ -61,6 +65,7 @@ def test_chunk_timeline_is_ambers():
         assert timeline.seen_fraction(ckpt, chunk) == float(chunk <= ckpt)
         assert timeline.sequences_seen(ckpt, chunk, np.zeros(3)).tolist() == [chunk <= ckpt] * 3
     assert [timeline.newest_chunk(c) for c in range(3)] == [0, 1, 2] == [timeline.whole_chunks(c) for c in range(3)]
+    assert timeline.first_trained_by(4, 123) == 4
     assert Timeline.from_spec_dict({"name": "old manifest"}) == timeline
     assert Timeline.from_spec_dict({"timeline": {"sequences_per_step": 1024, "steps_per_chunk": 1000}}) == \
         Timeline(1024, 1000)
