@@ -259,3 +259,13 @@ def test_the_explorer_and_the_report_draw_the_step_timeline(sweeps, tmp_path):
     page = client.get(f"/sequence/1/{row['row']}")
     assert page.status_code == 200 and f"trained on (step {first})" in page.text
     assert (write_report(output, out_dir=tmp_path / "report")).exists()
+    import contextlib
+    import io
+
+    from sweep.cli import main
+
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):  # binary streams carry no source label: show goes on without one
+        assert main(["show", str(output), "--top", "3", "--color", "never"]) == 0
+        assert main(["show", str(output), "--per-source", "2", "--sort", "exposures", "--color", "never"]) == 0
+    assert "ckpt 12" in shown.getvalue() and "chunk" in shown.getvalue()
