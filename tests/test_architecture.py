@@ -28,7 +28,6 @@ LAYERS = [
 KNOWN_EXCEPTIONS = {
     ("sweep.explorer.data", "sweep.report.page"),  # labels and run facts, and matplotlib with them
     ("sweep.report.page", "sweep.report.exposure_sections"),  # a circle: the sections import the page's figures
-    ("sweep.demo.stream", "sweep.demo.world"),  # a circle: the stream plan reads the world's config
 }
 
 
