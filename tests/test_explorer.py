@@ -9,6 +9,8 @@ import fnmatch
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -342,6 +344,28 @@ def test_serve_warns_what_a_non_local_bind_exposes(explorer_output, monkeypatch,
 def test_serve_refuses_a_folder_that_is_not_an_output(tmp_path, capsys):
     assert main(["serve", str(tmp_path)]) == 2
     assert "not a memsweep output" in capsys.readouterr().err
+
+
+SERVE_WITHOUT_PLOTTING = """
+import sys
+from starlette.testclient import TestClient
+import sweep.cli, sweep.explorer.server  # what `memsweep serve` imports
+from sweep.explorer.app import create_app
+from sweep.explorer.data import ExplorerData
+client = TestClient(create_app(ExplorerData(sys.argv[1])), base_url="http://127.0.0.1")
+for url in ("/", "/api/overview", "/api/matrix/exposures", "/cell/2/1", "/sequence/1/" + sys.argv[2]):
+    assert client.get(url).status_code == 200, url
+print(sorted(name for name in sys.modules if name.split(".")[0] == "matplotlib"))
+"""
+
+
+def test_serving_pages_never_loads_matplotlib(explorer_output):
+    # The explorer's labels and run facts live beside the analyses (sweep/analysis/labels.py), not in the report that
+    # draws with matplotlib: `memsweep serve` starts without it, and no page it serves loads it.
+    shown = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_PLOTTING, str(explorer_output), str(PLANTED_ROW)],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.splitlines()[-1] == "[]"
 
 
 def test_pages_and_scripts_ship_as_package_data():

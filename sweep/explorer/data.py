@@ -26,9 +26,9 @@ import numpy as np
 import polars as pl
 
 from sweep.analysis.examples import ORDER, Example, TokenDecoder, find_examples
+from sweep.analysis.labels import METRIC_LABELS, run_facts
 from sweep.explorer.exposures import (EXPOSURE_SORTS, ExposureCache, RowExposures, cell_exposures, cell_seen_summary,
                                       grids, row_exposures)
-from sweep.report.page import METRIC_LABELS, run_facts
 from sweep.spec import SweepSpec, parse_id_list
 from sweep.landed.reader import LandedOutput, open_output
 
@@ -53,7 +53,7 @@ CELL_METRICS = (
     Metric("full_match_rate", METRIC_LABELS["full_match_rate"]),
     Metric("mean_prefix_match", METRIC_LABELS["mean_prefix_match"]),
     Metric("nll", METRIC_LABELS["nll"], lower_is_memorized=True),
-    Metric("tf_accuracy", "mean teacher-forced next-token accuracy of the true continuation"),
+    Metric("tf_accuracy", METRIC_LABELS["tf_accuracy"]),
 )
 # Per cell, from exposure counts (seen_per_sequence, with seen_share = n_seen / n); loaded apart from the cell metrics,
 # since they take one pass over every checkpoint (kept in memory after).
