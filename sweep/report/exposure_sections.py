@@ -111,7 +111,9 @@ def _by_exposure_section(table: pl.DataFrame, last_ckpt: int, extractable: bool,
     bars.legend(fontsize="small", loc="upper left")
     colours = matplotlib.colormaps["viridis"]
     top = max(int(table["exposure_bin"].max() or 0), 1)
-    for (exposure_bin,), line in table.filter(pl.col("n") >= MIN_LINE_N).group_by(["exposure_bin"]):
+    # In bin order: group_by's own order varies run to run, and lines drawn later cover earlier ones.
+    for (exposure_bin,), line in sorted(table.filter(pl.col("n") >= MIN_LINE_N).group_by(["exposure_bin"]),
+                                        key=lambda item: item[0]):
         line = line.sort("ckpt")
         label = ea.bin_label(*line.select("exposures_min", "exposures_max").row(0))
         lines.plot(line["ckpt"], line["full_match_rate"], color=colours(exposure_bin / top), label=label,
