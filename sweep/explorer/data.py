@@ -283,7 +283,7 @@ class ExplorerData:
         seen = None
         if history is not None:
             sequences = sequences.join(cell_exposures(history, ckpt, chunk), on=["chunk", "row"], how="left")
-            seen = cell_seen_summary(sequences)
+            seen = cell_seen_summary(history, sequences)
         sources = sorted(sequences["source"].unique().drop_nulls().to_list())
         chosen = select_sequences(sequences.lazy(), query)
         total = chosen.select(pl.len()).collect().item()
@@ -329,10 +329,12 @@ class ExplorerData:
             if hits not in spans:
                 spans[hits] = decoder.spans(truth, list(hits))
             checkpoints.append(CheckpointPoint({"chunk": chunk, "row": row, **_plain_record(numbers)}, spans[hits]))
-        exposures = self._row_exposures(reader, chunk, row)
-        if exposures is not None:
-            for point in checkpoints:
-                point.numbers["exposures"] = exposures.exposures_by(point.numbers["ckpt"])
+        counts = self._exposures.history(reader)
+        exposures = None if counts is None else row_exposures(counts, chunk, row)
+        if counts is not None:
+            by_checkpoint = counts.exposures_by_checkpoint(chunk, row, [point.numbers["ckpt"] for point in checkpoints])
+            for point, exposed in zip(checkpoints, by_checkpoint or [None] * len(checkpoints)):
+                point.numbers["exposures"] = exposed
         memorized = history.filter(pl.col("full_match"))["ckpt"]
         return SequenceView(
             chunk=chunk, row=row, source=latest.source if latest else "", decoding=_decoding(last, decoder),
@@ -340,10 +342,6 @@ class ExplorerData:
             first_memorized=int(memorized.min()) if len(memorized) else None,
             last_memorized=int(memorized.max()) if len(memorized) else None,
             exposures=exposures, checkpoints=checkpoints)
-
-    def _row_exposures(self, reader: LandedOutput, chunk: int, row: int) -> RowExposures | None:
-        history = self._exposures.history(reader)
-        return None if history is None else row_exposures(history, chunk, row)
 
     def has_exposures(self) -> bool:
         """Whether any exposure count has landed (a cheap look at the ledgers)."""
