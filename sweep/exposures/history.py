@@ -189,12 +189,12 @@ class ExposureHistory:
     def exposures_by_checkpoint(self, chunk: int, row: int, ckpts: list[int]) -> list[int] | None:
         """One covered sequence's exposures at each of `ckpts` (ascending), counted as `exposures_at` counts every
         sequence's (a cursor over its own count rows), or None when it is not covered."""
-        files = self.files(chunk, row)
-        if files is None:
+        at = self._position(chunk, row)
+        if at is None:
             return None
-        own = files.select(pl.lit(chunk, pl.Int32).alias("chunk"), pl.lit(row, pl.Int64).alias("row"), pl.all())
-        cursor = ExposureHistory(self.totals.filter((pl.col("chunk") == chunk) & (pl.col("row") == row)), own,
-                                 self.coverage).cursor()
+        own = self.files(chunk, row).select(pl.lit(chunk, pl.Int32).alias("chunk"), pl.lit(row, pl.Int64).alias("row"),
+                                            pl.all())
+        cursor = ExposureHistory(self.totals.slice(at, 1), own, self.coverage).cursor()
         exposures = []
         for ckpt in ckpts:
             cursor.advance(ckpt)
