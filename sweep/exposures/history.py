@@ -124,8 +124,8 @@ class ExposureHistory:
         def column(name: str, dtype) -> np.ndarray:
             return counts[name].to_numpy()[found].astype(dtype)
 
-        seen, window, prompt = column("seen_chunk", np.int32), column("window_count", np.int64), \
-            column("prompt_count", np.int64)
+        seen = column("seen_chunk", np.int32)
+        window, prompt = column("window_count", np.int64), column("prompt_count", np.int64)
         by_sequence = np.lexsort((seen, at))
         self._rows = (at[by_sequence], seen[by_sequence], window[by_sequence], prompt[by_sequence])
         held = window > 0
