@@ -173,8 +173,9 @@ class ExposureHistory:
         """One covered sequence's count rows (`seen_chunk, window_count, prompt_count`, by chunk file: every scanned
         file holding its window or its prompt), or None when it is not covered."""
         at = self._position(chunk, row)
-        if at is None:
-            return None
+        return None if at is None else self._files_at(at)
+
+    def _files_at(self, at: int) -> pl.DataFrame:
         positions, seen, window, prompt = self._rows
         rows = slice(*np.searchsorted(positions, [at, at + 1]))
         return pl.DataFrame({"seen_chunk": pl.Series(seen[rows], dtype=pl.Int32),
@@ -192,8 +193,8 @@ class ExposureHistory:
         at = self._position(chunk, row)
         if at is None:
             return None
-        own = self.files(chunk, row).select(pl.lit(chunk, pl.Int32).alias("chunk"), pl.lit(row, pl.Int64).alias("row"),
-                                            pl.all())
+        own = self._files_at(at).select(pl.lit(chunk, pl.Int32).alias("chunk"), pl.lit(row, pl.Int64).alias("row"),
+                                        pl.all())
         cursor = ExposureHistory(self.totals.slice(at, 1), own, self.coverage).cursor()
         exposures = []
         for ckpt in ckpts:
