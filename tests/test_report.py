@@ -393,7 +393,7 @@ def heatmap_matrix(ckpts: list[int], chunks: list[int], seed: int = 0) -> pl.Dat
 def test_heatmap_shows_every_cell(ckpts: list[int], chunks: list[int]) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from sweep.report.page import DPI, heatmap_figure
+    from sweep.report.figures import DPI, heatmap_figure
 
     figure, layout = heatmap_figure(heatmap_matrix(ckpts, chunks), "title", "colour")
     FigureCanvasAgg(figure).draw()
@@ -421,7 +421,7 @@ def test_heatmap_shows_every_cell(ckpts: list[int], chunks: list[int]) -> None:
 
 @pytest.mark.parametrize("n_ckpts, step", [(8, 1), (60, 1), (61, 2), (360, 6)])
 def test_first_memorized_bars_stay_readable(n_ckpts: int, step: int) -> None:
-    from sweep.report.page import MAX_BARS, first_memorized_counts
+    from sweep.analysis.memorization import MAX_BARS, first_memorized_counts
 
     rng = np.random.default_rng(n_ckpts)
     first = np.concatenate([np.arange(n_ckpts), rng.integers(0, n_ckpts, 500)])  # every checkpoint, then more
@@ -594,7 +594,7 @@ def test_the_staircase_follows_a_step_timeline_into_a_partly_seen_cell():
     its checkpoint trained on, and inside the cell of the chunk it is half way through."""
     import polars as pl
 
-    from sweep.report.page import heatmap_figure
+    from sweep.report.figures import heatmap_figure
     from sweep.timeline import Timeline
 
     matrix = pl.DataFrame({"ckpt": [0, 2, 4, 6], "0": [0.1, 0.2, 0.3, 0.4], "1": [0.1] * 4, "2": [0.0] * 4})
