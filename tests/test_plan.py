@@ -103,7 +103,7 @@ def test_plan_prices_pythia_from_its_published_sizes(tmp_path):
     line = next(line for line in text.splitlines() if line.startswith("exposure scans:"))
     tokens = 143 * 1_024_000 * 2049  # the whole stream: 300B tokens
     assert f"143 stream chunks, {143 * 1_024_000 * (12 + 2 * 2049) / 1e9:,.1f} GB to stream" in line
-    assert f"~{tokens / 1e9:,.1f}B tokens), ~{tokens / 100e6 / 3600:,.1f} core-hours at 100M tokens/s" in line
+    assert f"~{tokens / 1e9:,.1f}B tokens), ~{tokens / 70e6 / 3600:,.1f} core-hours at 70M tokens/s" in line
 
 
 def test_plan_prices_k2_from_its_published_sizes(tmp_path):

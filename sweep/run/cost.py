@@ -43,7 +43,7 @@ COMPUTE_BOUND_RATE = 900.0  # a 7B forward at ~790 TFLOP/s bf16 on an H200, sequ
 ASSUMED_DOWNLOAD_BYTES_PER_S = 500e6  # a Hub download per node, for the load-time estimate only
 AMBER_BYTES_PER_TOKEN = 20.8e9 / (1_706_976 * 2049)  # a chunk file's JSON per token id (about 5.95)
 SCAN_TOKENS_PER_CORE_S = 50e6  # the exposure-scan kernel at 360k probes (BENCHMARKS.md, "Exposure counts")
-BINARY_SCAN_TOKENS_PER_CORE_S = 100e6  # the binary kernel's path on uint16 items (BENCHMARKS.md, "Exposure counts")
+BINARY_SCAN_TOKENS_PER_CORE_S = 70e6  # the binary path on uint16 items at 360k probes (BENCHMARKS.md, "Binary items")
 MEGATRON_ENTRY_BYTES = 12  # an item's int32 size and int64 pointer in the .idx
 
 
