@@ -166,7 +166,7 @@ class TokenDecoder:
         try:
             spec = SweepSpec.model_validate(landed.spec)
             pin = landed.checkpoint_pin(ckpt) or {}
-            folder = fetch_tokenizer(spec.model.source, spec.model.revision_for(ckpt), pin.get("model_commit"))
+            folder = fetch_tokenizer(spec.model.source, spec.revision_for(ckpt), pin.get("model_commit"))
             return cls(AutoTokenizer.from_pretrained(str(folder)))
         except Exception as error:  # noqa: BLE001 - examples still show, as ids, with the reason
             why = one_line(error)
