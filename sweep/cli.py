@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="print the plan and what it costs (downloads, disk, GPU-hours); runs nothing")
     _spec_arguments(plan)
-    plan.add_argument("--offline", action="store_true", help="do not ask the Hub for file sizes (use Amber's)")
+    plan.add_argument("--offline", action="store_true",
+                      help="do not ask the Hub for file sizes (use the release's published ones)")
     plan.add_argument("--gpus", type=_positive(int), default=64, help="GPUs of the cluster to plan for (default 64)")
     plan.add_argument("--gpus-per-node", type=_positive(int), default=8, help="GPUs per node (default 8)")
     plan.add_argument("--cpus-per-node", type=_positive(float), default=96, help="CPUs per node (default 96)")

@@ -111,6 +111,7 @@ class Scheduler:
                  progress: bool, scorer_cls, gpus_per_actor: float, environment: dict[str, str], cluster: Cluster,
                  costs: UnitCosts, background: list[BackgroundWork] = (), scans=None):
         self.spec, self.store, self.supply, self.started = spec, store, supply, started
+        self.timeline = spec.timeline_positions()
         self.background = [supply, *background]
         self.scans = scans  # sweep/exposures/scans.py ExposureScans among `background`, paced here (or None)
         self.scorer_cls, self.gpus, self.environment = scorer_cls, gpus_per_actor, environment
@@ -262,7 +263,7 @@ class Scheduler:
         if ckpt not in self.targets:
             model = self.spec.model
             try:
-                pinned = pin_checkpoint(model.source, ckpt, model.revision_for(ckpt),
+                pinned = pin_checkpoint(model.source, ckpt, self.spec.revision_for(ckpt),
                                         (self.store.ledgers.pin(ckpt) or {}).get("model_commit"))
                 if pinned.warning:
                     self.stats.warn(pinned.warning)
@@ -399,7 +400,7 @@ class Scheduler:
             return
         probe = self.supply.ready[chunk]
         self.landing.add(ckpt, scored_cell(output, self.attempts[(ckpt, chunk)] + 1, probe.frame, probe.data_file,
-                                           probe.sha256, self.spec.memorization.continuation_len))
+                                           probe.sha256, self.spec.memorization.continuation_len, self.timeline))
         self.costs.add_cell(output.seconds)
         assignment.loaded = True
         if output.loaded_now:
@@ -413,7 +414,7 @@ class Scheduler:
     def _check_fingerprint(self, ckpt: int, fingerprint: str) -> None:
         twin = self.fingerprints.setdefault(fingerprint, ckpt)
         if twin != ckpt:
-            revision_for = self.spec.model.revision_for
+            revision_for = self.spec.revision_for
             self.stats.warn(f"checkpoints {twin} and {ckpt} carry identical weights (fingerprint {fingerprint}): "
                             f"revisions {revision_for(twin)!r} and {revision_for(ckpt)!r} may be one checkpoint "
                             "published twice")
