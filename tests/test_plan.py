@@ -130,6 +130,8 @@ def test_plan_prices_pythia_from_its_published_sizes(tmp_path):
     hours = dict((label, float(value.replace(",", ""))) for value, label in
                  re.findall(r"([\d,.]+) at the (reference|compute bound)", text))
     assert hours["compute bound"] == round(22_022_000 / (900 * 6.74e9 / parameters) / 3600, 1)
+    cell_s = 1000 / (900 * 6.74e9 / parameters * 0.5)  # the bound's cell: greedy at 50% of the same compute bound
+    assert f"assumed: a cell {cell_s:.3g} s (50% of the ~{900 * 6.74e9 / parameters:,.0f} seq/s compute bound" in text
     line = next(line for line in text.splitlines() if line.startswith("exposure scans:"))
     tokens = 143 * 1_024_000 * 2049  # the whole stream: 300B tokens
     assert f"143 stream chunks, {143 * 1_024_000 * (12 + 2 * 2049) / 1e9:,.1f} GB to stream" in line

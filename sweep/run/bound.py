@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 from sweep.run.cost import AMBER_BYTES_PER_TOKEN, COMPUTE_BOUND_RATE, SCAN_TOKENS_PER_CORE_S, CostEstimate
+from sweep.run.releases import AMBER
 from sweep.run.plan import Plan
 from sweep.spec import SweepSpec
 
@@ -230,18 +231,22 @@ def build_concurrency(cluster: Cluster, builds: int, downloads_in_flight: int) -
 # ---- from a spec ----------------------------------------------------------------------------------------
 
 
-def assumed_cell_seconds(spec: SweepSpec, measured_rate: float | None = None) -> float:
+def assumed_cell_seconds(spec: SweepSpec, measured_rate: float | None = None,
+                         parameters: float = AMBER.parameters) -> float:
     """One cell on one GPU actor: at the rate measured in this output, else at ASSUMED_EFFICIENCY of the compute
-    bound of a 7B forward (COMPUTE_BOUND_RATE, for 64-token sequences; scaled to k + l)."""
+    bound of a forward (COMPUTE_BOUND_RATE for a 7B model and 64-token sequences; scaled to the model's `parameters`
+    and to k + l, as sweep/run/cost.py scales it)."""
     tokens = spec.memorization.prompt_len + spec.memorization.continuation_len
-    rate = measured_rate or COMPUTE_BOUND_RATE * 64 / tokens * ASSUMED_EFFICIENCY[spec.memorization.mode]
+    compute_bound = COMPUTE_BOUND_RATE * AMBER.parameters / parameters * 64 / tokens
+    rate = measured_rate or compute_bound * ASSUMED_EFFICIENCY[spec.memorization.mode]
     return spec.data.samples_per_chunk / rate
 
 
 def work_of(spec: SweepSpec, cells: list[int], estimate: CostEstimate, cell_s: float | None = None,
             load_s: float = ASSUMED_LOAD_S) -> Work:
     """The Work of a plan (`cells`: per checkpoint to load) priced by `estimate` (sweep/run/cost.py)."""
-    return Work(cells=tuple(cells), cell_s=cell_s or assumed_cell_seconds(spec, estimate.measured_rate),
+    return Work(cells=tuple(cells), cell_s=cell_s or assumed_cell_seconds(spec, estimate.measured_rate,
+                                                                          estimate.parameters),
                 load_s=load_s, checkpoint_bytes=estimate.largest_checkpoint,
                 probe_bytes=tuple(estimate.chunk_bytes.values()), scan_bytes=tuple(estimate.scan_bytes.values()))
 
@@ -259,8 +264,9 @@ def plan_bound(spec: SweepSpec, plan: Plan, estimate: CostEstimate, cluster: Clu
     result = bound(work, cluster, actors, float(resources.cpus_per_actor),
                    spec.exposure.cpus_per_scan if spec.exposure is not None else 1.0,
                    scans=None if scans == "auto" else scans, builds=None if builds == "auto" else builds)
+    compute_bound = COMPUTE_BOUND_RATE * AMBER.parameters / estimate.parameters
     rate = "measured here" if estimate.measured_rate else \
-        f"{ASSUMED_EFFICIENCY[spec.memorization.mode]:.0%} of the ~{COMPUTE_BOUND_RATE:.0f} seq/s compute bound"
+        f"{ASSUMED_EFFICIENCY[spec.memorization.mode]:.0%} of the ~{compute_bound:,.0f} seq/s compute bound"
     result.notes = [f"cluster: {cluster.describe()}",
                     f"assumed: a cell {work.cell_s:.3g} s ({rate}, {spec.memorization.mode}), a load "
                     f"{work.load_s:.0f} s, a checkpoint download {work.checkpoint_bytes / cluster.stream_bytes_per_s:.0f} s "

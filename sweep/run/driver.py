@@ -29,7 +29,8 @@ import ray
 from sweep.errors import MemsweepError
 from sweep.run.bound import (ASSUMED_LOAD_S, NETWORK_BYTES_PER_S, STREAM_BYTES_PER_S, Bound, Cluster, Work,
                              assumed_cell_seconds, bound)
-from sweep.run.cost import AMBER_CKPT_BYTES, measured_gpu_rate
+from sweep.run.cost import measured_gpu_rate
+from sweep.run.releases import AMBER, published_release
 from sweep.run.pacing import UnitCosts
 from sweep.run.plan import Plan, make_plan
 from sweep.run.preflight import check_before_ray, resolved_spec
@@ -135,8 +136,11 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         plan = _fail_cells_known_to_fail(spec, plan, store, supply)
         scans = ExposureScans(spec, store, supply, _forwarded_environment())
         summary.supply, summary.scans = supply.stats, scans.stats
-        costs = UnitCosts(cell_guess=assumed_cell_seconds(spec, measured_gpu_rate(store.reader())),
-                          load_guess=ASSUMED_LOAD_S, download_guess=AMBER_CKPT_BYTES / cluster.stream_bytes_per_s)
+        release = published_release(spec.model.source)
+        costs = UnitCosts(cell_guess=assumed_cell_seconds(spec, measured_gpu_rate(store.reader()),
+                                                          (release or AMBER).parameters),
+                          load_guess=ASSUMED_LOAD_S,
+                          download_guess=(release or AMBER).checkpoint_bytes / cluster.stream_bytes_per_s)
         if plan.work:
             summary.schedule = Scheduler(spec, plan, store, supply, started, progress, scorer, gpus_per_actor(spec),
                                          _forwarded_environment(), cluster, costs, background=[scans],
