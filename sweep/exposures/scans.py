@@ -69,6 +69,13 @@ def scan_stream_chunk(chunk: StreamChunk, index) -> tuple[ChunkExposure, float]:
 _scan_task = ray.remote(scan_chunk_file)
 
 
+@ray.remote(num_cpus=0)  # a second or two of one core, once per sweep: not worth a CPU the actors or scans hold
+def _probe_index_task(tokens: np.ndarray, prompt_len: int):
+    """The probe index built on a worker, not in the driver: its tables (~60 MB at 360,000 probes) and the build's
+    temporaries stay off the driver's memory, and the driver's loop does not stop for the build (~1-2 s)."""
+    return build_probe_index(tokens, prompt_len)
+
+
 @dataclass(frozen=True)
 class _ProbeGroup:
     """The probe sequences of some probe chunks, as one index: what a scan of a chunk file counts."""
@@ -104,6 +111,7 @@ class ExposureScans:
         self.targets = list(spec.exposure.chunks) if spec.exposure is not None else []
         self.task = _scan_task.options(num_cpus=spec.exposure.cpus_per_scan, scheduling_strategy="SPREAD",
                                        runtime_env={"env_vars": environment}) if spec.exposure is not None else None
+        self.index_task = _probe_index_task.options(runtime_env={"env_vars": environment})
         scans = spec.exposure.concurrent_scans if spec.exposure is not None else 1
         self.limit = scans if scans != "auto" else 1  # scans at once; the scheduler paces `auto`
         self.planned = False  # the scans to do are known (once the probe supply settled)
@@ -206,8 +214,8 @@ class ExposureScans:
         width = self.spec.memorization.prompt_len + self.spec.memorization.continuation_len
         frames = [self.store.read_probe_set(chunk) for chunk in probe_chunks]
         probes = pl.concat(frames)
-        index = build_probe_index(tokens_array(probes, width).astype(np.uint32), self.spec.memorization.prompt_len)
-        return _ProbeGroup(probe_chunks, probes.select("chunk", "row"), ray.put(index))
+        index = self.index_task.remote(tokens_array(probes, width).astype(np.uint32), self.spec.memorization.prompt_len)
+        return _ProbeGroup(probe_chunks, probes.select("chunk", "row"), index)
 
     def _fail(self, seen_chunk: int, reason: str) -> None:
         self.stats.failed[seen_chunk] = reason
