@@ -212,10 +212,13 @@ class ExposureScans:
 
     def _group(self, probe_chunks: tuple[int, ...]) -> _ProbeGroup:
         width = self.spec.memorization.prompt_len + self.spec.memorization.continuation_len
-        frames = [self.store.read_probe_set(chunk) for chunk in probe_chunks]
-        probes = pl.concat(frames)
-        index = self.index_task.remote(tokens_array(probes, width).astype(np.uint32), self.spec.memorization.prompt_len)
-        return _ProbeGroup(probe_chunks, probes.select("chunk", "row"), index)
+        keys, tokens = [], []
+        for chunk in probe_chunks:  # one probe set at a time: never all of them as frames (or int64) at once
+            frame = self.store.read_probe_set(chunk)
+            keys.append(frame.select("chunk", "row"))
+            tokens.append(tokens_array(frame, width).astype(np.uint32))
+        index = self.index_task.remote(np.concatenate(tokens), self.spec.memorization.prompt_len)
+        return _ProbeGroup(probe_chunks, pl.concat(keys), index)
 
     def _fail(self, seen_chunk: int, reason: str) -> None:
         self.stats.failed[seen_chunk] = reason
