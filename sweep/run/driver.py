@@ -111,7 +111,12 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         plan = make_plan(spec, store.ledgers.done_cells())
         summary = SweepSummary(Path(spec.output), plan.total_cells, plan.done_cells)
         log.info("plan: %d cells, %d landed, %d to do", plan.total_cells, plan.done_cells, plan.cells_to_do)
-        supply = ProbeSupply(spec, store, [chunk for work in plan.work for chunk in work.chunks], started, _forwarded_environment())
+        # the chunks still to score, then any whose probe set `verify --repair` removed after their cells had landed
+        # (the output keeps every probe set it sampled: `show`, the explorer and exposure scans read them)
+        probes = store.ledgers.probes
+        forgotten = [chunk for chunk in spec.chunks if chunk in probes and not probes[chunk].get("file")]
+        supply = ProbeSupply(spec, store, [chunk for work in plan.work for chunk in work.chunks] + forgotten, started,
+                             _forwarded_environment())
         scans = ExposureScans(spec, store, supply, _forwarded_environment())
         summary.supply, summary.scans = supply.stats, scans.stats
         if plan.work:
