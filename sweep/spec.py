@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sweep.errors import MemsweepError
+from sweep.timeline import Timeline
 
 
 class SpecError(MemsweepError):
@@ -78,13 +79,21 @@ def _check_one_to_one(ids: list[int], name_of, key: str, ids_key: str, field: st
         seen[name] = value
 
 
-def _check_template(value: str, field: str) -> str:
-    """A str.format template may use only `{field}` (with a format spec such as `:03d`)."""
+def _check_template(value: str, field: str, *others: str) -> str:
+    """A str.format template may use only `{field}` (and `others`), with format specs such as `:03d`."""
     try:
-        value.format(**{field: 0})
+        value.format(**{name: 0 for name in (field, *others)})
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"template {value!r} must only use {{{field}}} ({exc})") from None
+        named = " or ".join(f"{{{name}}}" for name in (field, *others))
+        raise ValueError(f"template {value!r} must only use {named} ({exc})") from None
     return value
+
+
+def _template_fields(template: str) -> set[str]:
+    """The field names a str.format template uses."""
+    import string
+
+    return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 class _Section(BaseModel):
@@ -111,17 +120,48 @@ class ModelSpec(_Section):
     @field_validator("revision")
     @classmethod
     def _revision_formats(cls, value: str) -> str:
-        return _check_template(value, "ckpt")
+        return _check_template(value, "ckpt", *REVISION_TOKEN_FIELDS)
 
-    def revision_for(self, ckpt: int) -> str:
-        return self.revision_overrides.get(ckpt) or self.revision.format(ckpt=ckpt)
+    def revision_for(self, ckpt: int, tokens: int | None = None) -> str:
+        """Checkpoint `ckpt`'s revision. `tokens`: tokens it has trained on, for templates that name them (OLMo's
+        `step{ckpt}-tokens{tokens_b}B`; SweepSpec.revision_for passes them)."""
+        if ckpt in self.revision_overrides:
+            return self.revision_overrides[ckpt]
+        counts = {} if tokens is None else {"tokens": tokens, "tokens_b": round(tokens / 1e9)}
+        return self.revision.format(ckpt=ckpt, **counts)
+
+
+# Revision template fields beside {ckpt}: tokens trained (exact) and in billions, rounded to the nearest (OLMo-1's
+# `step20000-tokens84B`: 20,000 steps x 2048 x 2048 tokens = 83.9B). Offered with a step-indexed timeline over numpy
+# token files (tokens a step = timeline.sequences_per_step x data.sequence_len).
+REVISION_TOKEN_FIELDS = ("tokens", "tokens_b")
+
+
+DATA_FORMATS = ("jsonl", "megatron", "numpy")
+# What `data.file` is when the spec leaves it out, by format.
+DEFAULT_DATA_FILE = {"jsonl": "train/train_{chunk:03d}.jsonl", "megatron": "document", "numpy": None}
+TOKEN_DTYPES = ("uint16", "uint32")
+ORDER_DTYPES = ("uint16", "uint32", "uint64", "int32", "int64")
 
 
 class DataSpec(_Section):
     source: str = Field(min_length=1)
     """A Hugging Face dataset repo id (`LLM360/AmberDatasets`) or a local directory."""
-    file: str = "train/train_{chunk:03d}.jsonl"
-    """Chunk file inside the source; a template over the chunk id."""
+    format: Literal["jsonl", "megatron", "numpy"] = "jsonl"
+    """How the training stream is stored: JSON-lines chunk files (Amber, K2), a Megatron / GPT-NeoX indexed dataset
+    (Pythia), or flat numpy token files with an optional order file (OLMo)."""
+    file: Union[str, list[str]] = None  # type: ignore[assignment] - filled by format in _default_file
+    """jsonl: the chunk file inside the source, a template over the chunk id; megatron: the dataset's prefix
+    (`document`: `document.idx` beside `document.bin` or its shards); numpy: the token files in stream order (a list,
+    or one glob sorted by name)."""
+    dtype: Literal["uint16", "uint32"] | None = None
+    """numpy: the token files' id type."""
+    sequence_len: int | None = Field(default=None, ge=1)
+    """numpy: tokens per instance; each file is cut into whole instances (a remainder is ignored, as OLMo does)."""
+    order: str | None = None
+    """numpy: a flat integer array file (OLMo's `global_indices.npy`): stream position p is instance order[p]."""
+    order_dtype: Literal["uint16", "uint32", "uint64", "int32", "int64"] = "uint32"
+    """numpy: the order file's integer type (OLMo: uint32)."""
     revision: str = "main"
     """Hub dataset revision the chunk files are read at (pinned to its commit on first use); ignored locally."""
     samples_per_chunk: int = Field(default=1000, ge=1)
@@ -135,13 +175,30 @@ class DataSpec(_Section):
     vocab_size: int | None = Field(default=None, ge=1)
     """If set, token ids outside [0, vocab_size) are an error."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_file(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("file") is None:
+            fmt = raw.get("format", "jsonl")
+            if DEFAULT_DATA_FILE.get(fmt) is not None:
+                return {**raw, "file": DEFAULT_DATA_FILE[fmt]}
+        return raw
+
     @field_validator("file")
     @classmethod
-    def _file_formats(cls, value: str) -> str:
-        return _check_template(value, "chunk")
+    def _file_is_named(cls, value: Union[str, list[str]]) -> Union[str, list[str]]:
+        if isinstance(value, list) and (not value or not all(isinstance(item, str) and item for item in value)):
+            raise ValueError("a list of token files needs at least one non-empty path")
+        return value
 
     def file_for(self, chunk: int) -> str:
+        """The chunk file of chunk `chunk` (jsonl only: in the other formats a chunk is a range of the stream)."""
         return self.file.format(chunk=chunk)
+
+    @property
+    def is_stream(self) -> bool:
+        """megatron or numpy: a chunk is a range of one stream, not a file."""
+        return self.format != "jsonl"
 
 
 class MemorizationSpec(_Section):
@@ -181,6 +238,13 @@ class ResourcesSpec(_Section):
     of the one-token step, CUDA only). Greedy mode without nll only; the static forms are unmeasured on a GPU."""
 
 
+class TimelineSpec(_Section):
+    sequences_per_step: int = Field(ge=1)
+    """Training sequences per optimizer step (Pythia: 1024, a batch of 1024 x 2049 tokens)."""
+    steps_per_chunk: int = Field(ge=1)
+    """Steps per chunk: chunk c is steps [c S, (c + 1) S) of the stream (Pythia: 1000)."""
+
+
 class ExposureSpec(_Section):
     chunks: list[int]
     """The chunk files of `data.file` to scan for exposure counts (ids and ranges, as `chunks`); may include chunks
@@ -203,7 +267,10 @@ class SweepSpec(_Section):
     checkpoints: list[int]
     chunks: list[int]
     cells: Literal["all", "seen", "unseen", "diagonal"] = "all"
-    """Which (checkpoint, chunk) pairs: all, seen (chunk <= ckpt), unseen, diagonal (chunk == ckpt)."""
+    """Which (checkpoint, chunk) pairs: all, seen (the checkpoint has trained on some of the chunk), unseen (on none
+    of it), diagonal (its newest chunk); sweep/timeline.py. Chunk-indexed: chunk <= ckpt, chunk > ckpt, ==."""
+    timeline: TimelineSpec | None = None
+    """Checkpoints as training steps and chunks as ranges of the stream (required for megatron and numpy data)."""
     memorization: MemorizationSpec = MemorizationSpec()
     resources: ResourcesSpec = ResourcesSpec()
     exposure: ExposureSpec | None = None
@@ -215,6 +282,48 @@ class SweepSpec(_Section):
     @classmethod
     def _ids(cls, value: Any) -> list[int]:
         return parse_id_list(value)
+
+    @model_validator(mode="after")
+    def _data_keys_fit_format(self) -> "SweepSpec":
+        """Each format's keys, and a timeline exactly where a chunk is a range of the stream."""
+        data = self.data
+        only_numpy = [key for key in ("dtype", "sequence_len", "order") if getattr(data, key) is not None]
+        if data.format != "numpy" and only_numpy:
+            raise ValueError(f"data.{only_numpy[0]}: applies to data.format numpy only (got format {data.format!r}"
+                             + ("; a Megatron index names its own dtype)" if data.format == "megatron" else ")"))
+        if data.format == "jsonl":
+            if not isinstance(data.file, str):
+                raise ValueError("data.file: a jsonl chunk file is one template over {chunk}, not a list")
+            _check_file_template(data.file)
+            if self.timeline is not None:
+                raise ValueError("timeline: applies to data.format megatron or numpy; a jsonl chunk is a file, and "
+                                 "checkpoint c is the one saved after chunk c")
+            return self
+        if self.timeline is None:
+            raise ValueError(f"timeline: required for data.format {data.format} (a chunk is a range of the stream: "
+                             "give timeline.sequences_per_step and timeline.steps_per_chunk)")
+        if data.format == "megatron":
+            if not isinstance(data.file, str) or "{" in data.file:
+                raise ValueError(f"data.file: a Megatron dataset is named by its prefix, e.g. 'document' for "
+                                 f"document.idx and document.bin or its shards (got {data.file!r})")
+            if data.file.endswith((".idx", ".bin")):
+                raise ValueError(f"data.file: name the prefix without .idx or .bin (got {data.file!r}; try "
+                                 f"{data.file.rsplit('.', 1)[0]!r})")
+        else:
+            if data.file is None:
+                raise ValueError("data.file: required for data.format numpy: the token files in stream order, a list "
+                                 "or a glob")
+            for key in ("dtype", "sequence_len"):
+                if getattr(data, key) is None:
+                    raise ValueError(f"data.{key}: required for data.format numpy")
+        return self
+
+    @model_validator(mode="after")
+    def _revision_names_what_it_can(self) -> "SweepSpec":
+        if _template_fields(self.model.revision) & set(REVISION_TOKEN_FIELDS) and self.tokens_per_step() is None:
+            raise ValueError("model.revision: {tokens} and {tokens_b} need the tokens of a step: a timeline section "
+                             "over data.format numpy (timeline.sequences_per_step x data.sequence_len)")
+        return self
 
     @model_validator(mode="after")
     def _has_cells(self) -> "SweepSpec":
@@ -249,20 +358,40 @@ class SweepSpec(_Section):
     def _one_revision_and_file_per_id(self) -> "SweepSpec":
         """Two checkpoints loading one revision (or two chunks reading one file) would land one model's numbers
         under another's id: the most silent wrong number there is."""
-        _check_one_to_one(self.checkpoints, self.model.revision_for, "model.revision", "checkpoints", "ckpt",
+        _check_one_to_one(self.checkpoints, self.revision_for, "model.revision", "checkpoints", "ckpt",
                           "model.revision_overrides")
+        if self.data.is_stream:  # chunks are ranges of one stream: no file per chunk to tell apart
+            return self
         _check_one_to_one(self.chunks, self.data.file_for, "data.file", "chunks", "chunk", None)
         if self.exposure is not None:
             _check_one_to_one(self.exposure.chunks, self.data.file_for, "data.file", "exposure.chunks", "chunk", None)
         return self
 
+    def timeline_positions(self) -> Timeline:
+        """Where each checkpoint and chunk lies on the training stream (sweep/timeline.py)."""
+        if self.timeline is None:
+            return Timeline()
+        return Timeline(self.timeline.sequences_per_step, self.timeline.steps_per_chunk)
+
+    def tokens_per_step(self) -> int | None:
+        """Tokens trained per step, where the spec knows them (a timeline over numpy instances of a fixed length)."""
+        if self.timeline is None or self.data.format != "numpy" or self.data.sequence_len is None:
+            return None
+        return self.timeline.sequences_per_step * self.data.sequence_len
+
+    def revision_for(self, ckpt: int) -> str:
+        """Checkpoint `ckpt`'s Hub revision (or local sub-folder), the template's token fields filled in."""
+        per_step = self.tokens_per_step()
+        return self.model.revision_for(ckpt, None if per_step is None else ckpt * per_step)
+
     def cell_list(self) -> list[tuple[int, int]]:
-        """Every (ckpt, chunk) cell the spec asks for, checkpoint-major."""
+        """Every (ckpt, chunk) cell the spec asks for, checkpoint-major (seen / unseen / diagonal: the timeline's)."""
+        timeline = self.timeline_positions()
         keep = {
             "all": lambda c, j: True,
-            "seen": lambda c, j: j <= c,
-            "unseen": lambda c, j: j > c,
-            "diagonal": lambda c, j: j == c,
+            "seen": timeline.is_seen,
+            "unseen": lambda c, j: not timeline.is_seen(c, j),
+            "diagonal": lambda c, j: timeline.newest_chunk(c) == j,
         }[self.cells]
         return [(c, j) for c in self.checkpoints for j in self.chunks if keep(c, j)]
 
@@ -287,7 +416,23 @@ class SweepSpec(_Section):
             "memorization.mode": self.memorization.mode,
             "memorization.eos": self.memorization.eos,
             "memorization.nll": self.memorization.nll,
+            # issue 22: the stream's format and timeline, named only where they differ from Amber's (jsonl files,
+            # checkpoint c after chunk c), so every output written before them keeps its identity hash.
+            **self._stream_identity(),
         }
+
+    def _stream_identity(self) -> dict[str, Any]:
+        """The identity keys of a non-default data format or a timeline (issue 22); {} for Amber-style specs."""
+        data, keys = self.data, {}
+        if data.format != "jsonl":
+            keys["data.format"] = data.format
+        if data.format == "numpy":
+            keys.update({"data.dtype": data.dtype, "data.sequence_len": data.sequence_len, "data.order": data.order,
+                         "data.order_dtype": data.order_dtype if data.order is not None else None})
+        if self.timeline is not None:
+            keys.update({"timeline.sequences_per_step": self.timeline.sequences_per_step,
+                         "timeline.steps_per_chunk": self.timeline.steps_per_chunk})
+        return keys
 
     def keeps_generated(self) -> bool:
         keep = self.memorization.keep_generated
@@ -295,6 +440,13 @@ class SweepSpec(_Section):
 
     def identity_hash(self) -> str:
         return identity_hash(self.identity())
+
+
+def _check_file_template(value: str) -> None:
+    try:
+        _check_template(value, "chunk")
+    except ValueError as error:
+        raise ValueError(f"data.file: {error}") from None
 
 
 def identity_hash(identity: dict[str, Any]) -> str:

@@ -57,6 +57,7 @@ class ScoredCell:
     chunk: int
     sequences: pl.DataFrame
     provenance: CellProvenance
+    seen_fraction: float | None = None  # the timeline's share of the chunk the checkpoint trained on (None: Amber's)
 
 
 def identity_differences(old: dict, new: dict) -> list[str]:
@@ -194,7 +195,7 @@ class ResultStore:
             self._check_pin(ckpt, ledger["pin"], cell)
             if ledger["pin"] is None:
                 ledger["pin"] = cell.provenance.pin()
-            record = summarize_cell(ckpt, cell.chunk, conformed, cell.provenance)
+            record = summarize_cell(ckpt, cell.chunk, conformed, cell.provenance, cell.seen_fraction)
             records[cell.chunk] = record
             fresh_rows.append({key: record[key] for key in CELL_SCHEMA})
             fresh_sequences.append(conformed)

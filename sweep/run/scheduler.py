@@ -102,6 +102,7 @@ class Scheduler:
                  progress: bool, scorer_cls, gpus_per_actor: float, environment: dict[str, str],
                  background: list[BackgroundWork] = ()):
         self.spec, self.store, self.supply, self.started = spec, store, supply, started
+        self.timeline = spec.timeline_positions()
         self.background = [supply, *background]
         self.scorer_cls, self.gpus, self.environment = scorer_cls, gpus_per_actor, environment
         self.stats = ScheduleStats()
@@ -191,7 +192,7 @@ class Scheduler:
             work = self.queue.popleft()
             model = self.spec.model
             try:
-                pinned = pin_checkpoint(model.source, work.ckpt, model.revision_for(work.ckpt),
+                pinned = pin_checkpoint(model.source, work.ckpt, self.spec.revision_for(work.ckpt),
                                         (self.store.ledgers.pin(work.ckpt) or {}).get("model_commit"))
             except CheckpointUnresolvedError as error:
                 for chunk in work.chunks:
@@ -269,7 +270,7 @@ class Scheduler:
             return
         probe = self.supply.ready[chunk]
         self.landing.add(ckpt, scored_cell(output, self.attempts[(ckpt, chunk)] + 1, probe.frame, probe.data_file,
-                                           probe.sha256, self.spec.memorization.continuation_len))
+                                           probe.sha256, self.spec.memorization.continuation_len, self.timeline))
         self.cell_seconds.append(output.seconds)
         upcoming = slot.next
         if upcoming is not None and not upcoming.prefetch_sent and slot.current is assignment:
@@ -288,7 +289,7 @@ class Scheduler:
     def _check_fingerprint(self, ckpt: int, fingerprint: str) -> None:
         twin = self.fingerprints.setdefault(fingerprint, ckpt)
         if twin != ckpt:
-            revision_for = self.spec.model.revision_for
+            revision_for = self.spec.revision_for
             self.stats.warn(f"checkpoints {twin} and {ckpt} carry identical weights (fingerprint {fingerprint}): "
                             f"revisions {revision_for(twin)!r} and {revision_for(ckpt)!r} may be one checkpoint "
                             "published twice")
