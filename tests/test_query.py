@@ -224,5 +224,5 @@ def test_tables_lists_what_this_output_has_with_its_columns(tmp_path):
         assert mine.select("column", "type").rows() == [(c, str(t)) for c, t in frame.collect_schema().items()]
     text = format_table_columns(listed)
     assert text.splitlines()[0] == f"sequences: {SQL_TABLES['sequences']}"
-    assert "    ckpt Int32, chunk Int32, row Int64, source String," in text
+    assert "    ckpt Int32, chunk Int32, row Int64, index Int64, source String," in text
     assert "failures" not in text and "exposure" not in text

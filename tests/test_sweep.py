@@ -205,4 +205,4 @@ def test_query_tables_lists_the_demo_outputs_tables_and_columns_with_and_without
     assert list(with_scans) == ["sequences", "cells", "probes", "exposures", "exposure_counts", "exposure_scans"]
     assert with_scans == expected(scanned)
     assert with_scans["exposure_counts"] == ["chunk Int32", "row Int64", "seen_chunk Int32", "window_count Int64",
-                                             "prompt_count Int64"]
+                                             "prompt_count Int64", "window_index List(Int64)"]
