@@ -11,8 +11,9 @@ first file holding its k + l ids; it is duplicated when its corpus row is a plan
 - mean memorization score per checkpoint, by chunk file (the heatmap's cells) and by the file that first holds
   each sampled line: before the newest file, the newest, not trained on yet; and the ratios over all cells;
 - persistence: of the sampled lines fully memorized at some checkpoint before the last, how many still are at the
-  last one (and the same counting the last checkpoint in "some"), and per checkpoint c the share of the lines
-  memorized at c still memorized at the last (Biderman et al.'s precision);
+  last one (and the same counting the last checkpoint in "some"), and per checkpoint c the share of the lines of
+  files 0..c memorized at c still memorized at the last (Biderman et al.'s precision, from
+  sweep/analysis/memorization.py's predictability, as the report shows it);
 - duplication: at the last checkpoint, duplicated lines against unique ones (all of them, and those first seen in the
   same files, weighted as the duplicated ones are).
 """
@@ -27,6 +28,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sweep.analysis.memorization import predictability  # noqa: E402
 from sweep.landed.reader import open_output  # noqa: E402
 from tests.demo_exposure import sampled_lines, same_age_means  # noqa: E402
 
@@ -79,13 +81,10 @@ def main() -> None:
     print(f"persistence: of the {before.height} sampled lines fully memorized at some checkpoint before the last, "
           f"{before['at_last'].sum()} ({before['at_last'].mean():.0%}) still are at checkpoint {last}; counting "
           f"checkpoint {last} too, {ever['at_last'].sum()} of {ever.height} ({ever['at_last'].mean():.0%})")
-    at_last = scored.filter(pl.col("ckpt") == last).select("chunk", "row", kept="full_match")
-    precision = []
-    for ckpt in checkpoints[:-1]:
-        memorized = scored.filter((pl.col("ckpt") == ckpt) & pl.col("full_match")).join(at_last, on=["chunk", "row"])
-        share = f"{memorized['kept'].mean():.0%}" if memorized.height else "-"  # none memorized at ckpt
-        precision.append(f"{ckpt}: {share} of {memorized.height}")
-    print(f"  memorized at checkpoint c and still at {last} (precision): " + ", ".join(precision))
+    precision = [f"{ckpt}: {share:.0%} of {n}" if n else f"{ckpt}: none"
+                 for ckpt, n, share in predictability(sequences).select("ckpt", "n_memorized", "precision").rows()]
+    print(f"  memorized at checkpoint c (files 0..c) and still at {last} (precision, as the report computes it): "
+          + ", ".join(precision))
 
     final = scored.filter(pl.col("ckpt") == last)
     duplicated, unique = final.filter("duplicated"), final.filter(~pl.col("duplicated"))
