@@ -226,12 +226,12 @@ def test_a_cpu_actor_on_a_gpu_node_sees_no_gpu():
 
 
 def test_a_cpu_actor_runs_on_the_cpu_whatever_the_device_key_says(tmp_path):
-    from actors.protocol import ScorerSettings
+    from sweep.run.scorer_settings import scorer_settings
 
     spec = load_spec(spec_file(tmp_path, {}))
-    assert ScorerSettings.from_spec(spec, gpus_per_actor=0).device == "cpu"
-    assert ScorerSettings.from_spec(spec, gpus_per_actor=1).device == "auto"
-    assert ScorerSettings.from_spec(spec, gpus_per_actor=0.5).gpus_per_actor == 0.5
+    assert scorer_settings(spec, gpus_per_actor=0).device == "cpu"
+    assert scorer_settings(spec, gpus_per_actor=1).device == "auto"
+    assert scorer_settings(spec, gpus_per_actor=0.5).gpus_per_actor == 0.5
 
 
 def test_actors_sharing_a_gpu_size_their_batches_to_fit_it_together(monkeypatch):

@@ -31,6 +31,7 @@ from sweep.run.preflight import check_before_ray, resolved_spec
 from sweep.data.probe_supply import ProbeSupply, SupplyStats
 from sweep.exposures.scans import ExposureScans, ScanStats
 from sweep.run.scheduler import Scheduler, ScheduleStats, drain
+from sweep.run.scorer_settings import scorer_settings
 from sweep.spec import SweepSpec
 from sweep.landed.store import ResultStore
 from sweep.landed.verify import refuse_damaged_output
@@ -115,7 +116,8 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         scans = ExposureScans(spec, store, supply, _forwarded_environment())
         summary.supply, summary.scans = supply.stats, scans.stats
         if plan.work:
-            summary.schedule = Scheduler(spec, plan, store, supply, started, progress, scorer, gpus_per_actor(spec),
+            settings = scorer_settings(spec, gpus_per_actor(spec))
+            summary.schedule = Scheduler(spec, plan, store, supply, started, progress, scorer, settings,
                                          _forwarded_environment(), background=[scans]).run()
         drain([supply, scans])  # scans still running once the cells are done (their actors are released)
         for ckpt in plan.finished_checkpoints:  # finished by an earlier run that was killed before it compacted

@@ -95,15 +95,17 @@ def drain(background: list[BackgroundWork]) -> None:
 
 
 class Scheduler:
-    """`supply` delivers the probe sets cells need; `background` is other work to keep going meanwhile (exposure
-    scans): pumped and collected while actors score, left to `drain` once the cells are done."""
+    """`supply` delivers the probe sets cells need; `settings` is what every actor is told (built from the spec by
+    sweep/run/scorer_settings.py, its `gpus_per_actor` resolved); `background` is other work to keep going meanwhile
+    (exposure scans): pumped and collected while actors score, left to `drain` once the cells are done."""
 
     def __init__(self, spec: SweepSpec, plan: Plan, store: ResultStore, supply: ProbeSupply, started: float,
-                 progress: bool, scorer_cls, gpus_per_actor: float, environment: dict[str, str],
+                 progress: bool, scorer_cls, settings: ScorerSettings, environment: dict[str, str],
                  background: list[BackgroundWork] = ()):
         self.spec, self.store, self.supply, self.started = spec, store, supply, started
         self.background = [supply, *background]
-        self.scorer_cls, self.gpus, self.environment = scorer_cls, gpus_per_actor, environment
+        self.scorer_cls, self.settings, self.environment = scorer_cls, settings, environment
+        self.gpus = settings.gpus_per_actor
         self.stats = ScheduleStats()
         self.landing = Landing(store)
         self.queue: deque[CheckpointWork] = deque(plan.work)
@@ -116,7 +118,6 @@ class Scheduler:
         self.owner: dict[ray.ObjectRef, tuple[Slot, Assignment]] = {}
         self.cell_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
         self.load_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
-        self.settings = ScorerSettings.from_spec(spec, gpus_per_actor)
         self.slots = [Slot(i, self._new_actor()) for i in range(self._actor_count(plan))]
         self.bar = tqdm(total=plan.cells_to_do, desc=spec.name, unit="cell", disable=not progress)
 
