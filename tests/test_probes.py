@@ -24,6 +24,7 @@ from sweep.data.probes import (
 )
 from sweep.landed.atomic_write import write_atomic
 from sweep.data.sources import ChunkFile, IdentityMemo, describe_chunks
+from sweep.errors import MemsweepError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = REPO.parent / "shared" / "amber-samples"
@@ -319,7 +320,7 @@ def _chunk(tmp_path: Path) -> Path:
 def test_an_unwritable_cache_is_named(tmp_path):
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the cache folder should be")
-    with pytest.raises(ValueError, match=f"data.cache_dir {blocked}"):
+    with pytest.raises(MemsweepError, match=f"data.cache_dir {blocked}"):
         ProbeCache(blocked / "cache").check_writable()
 
 

@@ -18,6 +18,7 @@ from polars.testing import assert_frame_equal
 
 import sweep.landed.atomic_write as atomic_write_module
 import sweep.landed.store as store_module
+from sweep.errors import MemsweepError
 from sweep.landed.ledger import DamagedOutputError
 from sweep.landed.reader import open_output
 from sweep.landed.schema import CellProvenance
@@ -153,7 +154,7 @@ def test_a_bulk_partition_lands_whole_and_refuses_cells_already_landed(tmp_path)
     assert open_output(store.output).sequences().filter(pl.col("ckpt") == 2).collect().height == 3 * 7
     before = data_files(tmp_path / "out")
     again = pl.concat([fake_sequences(2, chunk).drop("match_mask") for chunk in (4, 5)])
-    with pytest.raises(ValueError, match=r"ckpt 2: chunks \[5\] have landed already"):
+    with pytest.raises(MemsweepError, match=r"ckpt 2: chunks \[5\] have landed already"):
         store.import_checkpoint(2, again, pl.DataFrame({"chunk": [4, 5], "score": [0.0, 0.0]}))
     assert data_files(tmp_path / "out") == before and (2, 4) not in store.ledgers.done_cells()
 
@@ -486,21 +487,21 @@ def test_open_refuses_foreign_directory_bad_and_old_manifests(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="no manifest.json"):
+    with pytest.raises(MemsweepError, match="no manifest.json"):
         ResultStore(foreign).open(IDENTITY, {}, {})
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text("{\n  \"format\": 2,\n")
-    with pytest.raises(ValueError, match=r"manifest.json: not valid JSON \(line 3"):
+    with pytest.raises(MemsweepError, match=r"manifest.json: not valid JSON \(line 3"):
         ResultStore(broken).open(IDENTITY, {}, {})
     old = tmp_path / "old"
     old.mkdir()
     (old / "manifest.json").write_text(json.dumps({"format": 1, "identity": IDENTITY, "runs": []}))
-    with pytest.raises(ValueError, match="format 1"):
+    with pytest.raises(MemsweepError, match="format 1"):
         ResultStore(old).open(IDENTITY, {}, {})
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    with pytest.raises(ValueError, match="is a file"):
+    with pytest.raises(MemsweepError, match="is a file"):
         ResultStore(a_file).open(IDENTITY, {}, {})
 
 
@@ -521,17 +522,17 @@ def test_failures_recorded_listed_and_cleared(tmp_path):
 def test_bad_sequences_and_info_raise_clear_errors(tmp_path):
     store = new_store(tmp_path / "out")
     good = fake_sequences(0, 0)
-    with pytest.raises(ValueError, match=r"ckpt 0 chunk 0: missing column\(s\) \['prefix_match'\]"):
+    with pytest.raises(MemsweepError, match=r"ckpt 0 chunk 0: missing column\(s\) \['prefix_match'\]"):
         write_cell(store, 0, 0, good.drop("prefix_match"), cell_info(0, 0))
-    with pytest.raises(ValueError, match=r"unexpected column\(s\) \['tokens'\]"):
+    with pytest.raises(MemsweepError, match=r"unexpected column\(s\) \['tokens'\]"):
         write_cell(store, 0, 0, good.with_columns(tokens=pl.lit(1)), cell_info(0, 0))
-    with pytest.raises(ValueError, match="column 'chunk' holds values other than 4"):
+    with pytest.raises(MemsweepError, match="column 'chunk' holds values other than 4"):
         write_cell(store, 0, 4, good, cell_info(0, 4))
-    with pytest.raises(ValueError, match="column 'row'"):
+    with pytest.raises(MemsweepError, match="column 'row'"):
         write_cell(store, 0, 0, good.with_columns(row=pl.lit("x")), cell_info(0, 0))
-    with pytest.raises(ValueError, match="holds a row more than once"):
+    with pytest.raises(MemsweepError, match="holds a row more than once"):
         write_cell(store, 0, 0, pl.concat([good, good]), cell_info(0, 0))
-    with pytest.raises(ValueError, match=r"missing key\(s\) \['device'\]"):
+    with pytest.raises(MemsweepError, match=r"missing key\(s\) \['device'\]"):
         write_cell(store, 0, 0, good, {k: v for k, v in cell_info(0, 0).items() if k != "device"})
     assert store.ledgers.done_cells() == set()
     assert data_files(tmp_path / "out") == []

@@ -28,6 +28,7 @@ import polars as pl
 from sweep.analysis.examples import ORDER, Example, TokenDecoder, find_examples
 from sweep.explorer.exposures import (EXPOSURE_SORTS, ExposureCache, RowExposures, cell_exposures, cell_seen_summary,
                                       grids, row_exposures)
+from sweep.errors import MemsweepError
 from sweep.report.page import METRIC_LABELS, run_facts
 from sweep.spec import SweepSpec, parse_id_list
 from sweep.landed.reader import LandedOutput, open_output
@@ -305,7 +306,7 @@ class ExplorerData:
             return {}
         try:
             examples = find_examples(reader, ckpt, top=len(keys), rows=keys)
-        except ValueError:  # probe sets not landed (an old output): numbers without text
+        except MemsweepError:  # probe sets not landed (an old output): numbers without text
             return {}
         return {(example.chunk, example.row): example for example in examples}
 

@@ -34,7 +34,7 @@ from sweep.data.probes import check_streamed, open_chunk
 from sweep.landed.schema import tokens_array
 from sweep.data.sources import ChunkFile, describe_chunks
 from sweep.spec import SweepSpec
-from sweep.landed.store import ResultStore
+from sweep.landed.store import PinMismatchError, ResultStore
 
 log = logging.getLogger("memsweep")
 
@@ -125,7 +125,7 @@ class ExposureScans:
         scanned = chunk_file.with_sha256(exposure.sha256)
         try:
             self.store.write_exposure_scan(seen_chunk, scanned.to_dict(), list(group.probe_chunks), counts, stats)
-        except ValueError as error:  # the file changed since this output pinned it
+        except PinMismatchError as error:  # the file changed since this output pinned it
             self._fail(seen_chunk, one_line(error))
             return
         self.supply.memo.remember(scanned)
