@@ -31,8 +31,8 @@ from sweep.analysis.query import run_query
 from sweep.landed.reader import open_output
 from sweep.landed.schema import CellProvenance
 from sweep.landed.store import ResultStore, ScoredCell
-from sweep.landed.verify import forget_files
 from sweep.landed.writer_lock import writer_lock
+import sweep.run.driver as driver_module
 from tests.tiny_lm import train_memorizing_llama, write_tiny_world
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,9 +282,9 @@ def test_truncated_zero_byte_and_loose_files_are_refused_named_and_healed(clean_
     tables = open_output(output)
     rows = tables.sequences().filter(pl.col("ckpt") == 2).collect().drop("ckpt")  # checkpoint 2 as a loose landing
     record = tables.cells().filter(pl.col("ckpt") == 2).collect().row(0, named=True)
-    forget_files(store.ledgers, {r.path for r in store.ledgers.landed_files() if "/ckpt=2/" in r.path})
+    store.forget_files({r.path for r in store.ledgers.landed_files() if "/ckpt=2/" in r.path})
     store.write_cells(2, [ScoredCell(0, rows, CellProvenance.from_dict(record))])
-    assert store.ledgers.ledger(2)["files"][0]["name"].startswith("batch-")
+    assert store.ledgers.ledger(2).files[0].name.startswith("batch-")
     victims = {c: next(r for r in store.ledgers.landed_files() if r.path.startswith(f"sequences/ckpt={c}/"))
                for c in (0, 1, 2)}
     for ckpt, record in victims.items():

@@ -15,6 +15,7 @@ from sweep.run.driver import run_sweep
 from sweep.landed.reader import open_output
 from sweep.data.probes import write_raw_chunk
 from sweep.spec import load_spec
+from sweep.landed.store import repair_output
 from sweep.landed.verify import verify_output
 from tests.sweeps import write_spec
 
@@ -146,7 +147,7 @@ def test_an_extended_or_resumed_sweep_scans_only_what_is_missing_and_equals_a_fr
     victim.write_bytes(victim.read_bytes()[:20])
     report = verify_output(output)
     assert not report.ok and [path for path, _ in report.damaged] == [victim.relative_to(output).as_posix()]
-    verify_output(output, repair=True)
+    repair_output(output)
     healed = run_sweep(spec_for(tmp_path, world, data, "grown", "0-1", "0-4"), progress=False)
     assert healed.ok and healed.scans.scanned == 1
     assert landed_counts(output).equals(landed_counts(tmp_path / "fresh"))

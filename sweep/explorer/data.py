@@ -28,9 +28,8 @@ import polars as pl
 from sweep.analysis.examples import ORDER, Example, TokenDecoder, find_examples
 from sweep.explorer.exposures import (EXPOSURE_SORTS, ExposureCache, RowExposures, cell_exposures, cell_seen_summary,
                                       grids, row_exposures)
-from sweep.errors import MemsweepError
 from sweep.report.page import METRIC_LABELS, run_facts
-from sweep.spec import SweepSpec, parse_id_list
+from sweep.errors import MemsweepError
 from sweep.landed.reader import LandedOutput, open_output
 
 DECODERS_KEPT = 16  # tokenizers held in memory (one per checkpoint viewed; a few MB each)
@@ -252,24 +251,9 @@ class ExplorerData:
 
     def _axes(self, reader: LandedOutput, cells: pl.DataFrame) -> tuple[list[int], list[int]]:
         """The heatmap's checkpoints and chunks: the planned ones and any landed."""
-        planned = self._planned_cells(reader.manifest)
+        planned = reader.planned_cells()
         return (sorted({c for c, _ in planned} | set(cells["ckpt"].to_list())),
                 sorted({j for _, j in planned} | set(cells["chunk"].to_list())))
-
-    @staticmethod
-    def _planned_cells(manifest: dict) -> set[tuple[int, int]]:
-        """The cells the latest run's spec asks for (its `cells` selection applied); every checkpoint x chunk
-        it lists when it is not a whole spec (a synthetic output's); none when it lists none."""
-        spec = manifest.get("spec") if isinstance(manifest.get("spec"), dict) else {}
-        try:
-            return set(SweepSpec.model_validate(spec).cell_list())
-        except ValueError:  # pydantic's ValidationError is one
-            pass
-        try:
-            ckpts, chunks = parse_id_list(spec.get("checkpoints", [])), parse_id_list(spec.get("chunks", []))
-            return {(c, j) for c in ckpts for j in chunks}
-        except (ValueError, TypeError):
-            return set()
 
     # ---- a cell's sequences --------------------------------------------------------------------
 

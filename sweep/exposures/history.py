@@ -44,7 +44,7 @@ class ExposureCoverage:
         scanned = {seen: frozenset(landed.ledgers.scanned_probe_chunks(seen)) for seen in landed.ledgers.exposures}
         failed = {int(record["seen_chunk"]): " ".join(str(record.get("error")).split())
                   for record in landed.scan_failures()}
-        probe_chunks = tuple(sorted(chunk for chunk, entry in landed.ledgers.probes.items() if entry.get("file")))
+        probe_chunks = tuple(landed.ledgers.sampled_chunks())
         return cls(tuple(landed.exposure_chunks_listed()), {s: c for s, c in scanned.items() if c}, failed,
                    probe_chunks)
 

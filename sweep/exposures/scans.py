@@ -138,7 +138,8 @@ class ExposureScans:
     def _plan(self) -> None:
         """Which chunk files to scan for which probe chunks, and one probe index per distinct set of them."""
         ledgers = self.store.ledgers
-        available = sorted(chunk for chunk in self.spec.chunks if (ledgers.probes.get(chunk) or {}).get("file"))
+        sampled = set(ledgers.sampled_chunks())
+        available = sorted(chunk for chunk in self.spec.chunks if chunk in sampled)
         needs = {seen: tuple(c for c in available if c not in ledgers.scanned_probe_chunks(seen))
                  for seen in self.targets}
         needs = {seen: chunks for seen, chunks in needs.items() if chunks}

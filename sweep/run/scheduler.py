@@ -113,8 +113,8 @@ class Scheduler:
         self.attempts: Counter = Counter()  # (ckpt, chunk) -> failed tries
         self.load_failures: Counter = Counter()  # ckpt -> failed fetches/loads
         self.dead_checkpoints: dict[int, tuple[str, int]] = {}  # ckpt -> (error, tries): its cells all fail
-        self.fingerprints = {pin["weights_fingerprint"]: ckpt for ckpt, pin in store.ledgers.pins().items()
-                             if pin.get("weights_fingerprint")}
+        self.fingerprints = {pin.weights_fingerprint: ckpt for ckpt, pin in store.ledgers.pins().items()
+                             if pin.weights_fingerprint}
         self.owner: dict[ray.ObjectRef, tuple[Slot, Assignment]] = {}
         self.cell_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
         self.load_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
@@ -190,10 +190,10 @@ class Scheduler:
     def _pop_assignment(self) -> Assignment | None:
         while self.queue:
             work = self.queue.popleft()
-            model = self.spec.model
+            model, pin = self.spec.model, self.store.ledgers.pin(work.ckpt)
             try:
                 pinned = pin_checkpoint(model.source, work.ckpt, model.revision_for(work.ckpt),
-                                        (self.store.ledgers.pin(work.ckpt) or {}).get("model_commit"))
+                                        pin.model_commit if pin else None)
             except CheckpointUnresolvedError as error:
                 for chunk in work.chunks:
                     self._fail_cell(work.ckpt, chunk, str(error), self.spec.resources.max_attempts)
