@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
@@ -179,7 +178,6 @@ def test_unusable_output_or_cache_paths_are_named_before_ray_starts(world, tmp_p
     spec = spec_dict(world, output)
     if where == "cache under a file":
         spec["data"]["cache_dir"] = str(blocker / "cache")
-    began = time.perf_counter()
     result = memsweep("run", str(write_yaml(tmp_path / "s.yaml", spec)))
     assert result.returncode == 2
     expected = {
@@ -188,7 +186,7 @@ def test_unusable_output_or_cache_paths_are_named_before_ray_starts(world, tmp_p
         "cache under a file": f"data.cache_dir {blocker / 'cache'}: not writable (Not a directory)",
     }[where]
     assert error_line(result) == expected
-    assert "Started a local Ray" not in result.stderr and time.perf_counter() - began < 60
+    assert "Started a local Ray" not in result.stderr
 
 
 @pytest.mark.parametrize("key", ["model.source", "data.source"])
@@ -196,11 +194,10 @@ def test_a_local_source_that_does_not_exist_is_refused_before_ray_starts(world, 
     spec = spec_dict(world, tmp_path / "out")
     section = key.split(".")[0]
     spec[section]["source"] = str(tmp_path / "nowhere" / section)
-    began = time.perf_counter()
     result = memsweep("run", str(write_yaml(tmp_path / "s.yaml", spec)))
     assert result.returncode == 2 and not (tmp_path / "out").exists()
     assert error_line(result) == f"{key}: {tmp_path / 'nowhere' / section} does not exist"
-    assert "Started a local Ray" not in result.stderr and time.perf_counter() - began < 60
+    assert "Started a local Ray" not in result.stderr
 
 
 def test_inside_a_ray_job_a_missing_relative_source_says_where_it_was_looked_for(world, tmp_path, monkeypatch):
@@ -322,12 +319,16 @@ def test_truncated_zero_byte_and_loose_files_are_refused_named_and_healed(clean_
         want.cells().collect().drop(drop).sort("ckpt", "chunk"))
 
 
-def test_an_actor_no_node_can_place_fails_in_seconds_naming_the_key(landed, module_ray):
+def test_an_actor_no_node_can_place_fails_in_seconds_naming_the_key(landed, module_ray, monkeypatch):
     spec, output = landed
     before = snapshot(output)
-    began = time.perf_counter()
+
+    def schedules(*args, **kwargs):  # an actor Ray cannot place would be waited for forever
+        raise AssertionError("an actor no node can place was scheduled")
+
+    monkeypatch.setattr(driver_module, "Scheduler", schedules)
     result = in_process("run", str(spec), "--no-progress", "--set", "resources.gpus_per_actor=4")
-    assert result.returncode == 2 and time.perf_counter() - began < 30
+    assert result.returncode == 2
     assert error_line(result) == ("resources.gpus_per_actor: an actor needs 4 GPU and 1 CPU, but no node of this Ray "
                                   "cluster has that (1 nodes; the largest has 2 GPU and 2 CPU)")
     assert snapshot(output) == before

@@ -45,8 +45,8 @@ def ray_head(tmp_path_factory):
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     client_env = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}", "RAY_AUTH_MODE": "token"}
-    deadline = time.time() + 90
-    while time.time() < deadline:
+    deadline = time.monotonic() + 600  # a guard against a head that never answers; the wait is for its answer
+    while time.monotonic() < deadline:
         probe = subprocess.run([str(BIN / "ray"), "job", "list"], env=client_env, capture_output=True, text=True)
         if probe.returncode == 0:
             break

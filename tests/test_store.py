@@ -732,10 +732,10 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_tak
                 pass
     # A process that dies holding the lock releases it with its life (SIGKILL: no cleanup runs).
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, os; sys.path.insert(0, %r); from sweep.landed.writer_lock import writer_lock\n"
-        "with writer_lock(%r):\n    print('held', flush=True); time.sleep(60)") % (str(Path(__file__).parents[1]),
-                                                                                  str(output))],
-        stdout=subprocess.PIPE, text=True)
+        "import sys; sys.path.insert(0, %r); from sweep.landed.writer_lock import writer_lock\n"
+        "with writer_lock(%r):\n    print('held', flush=True); sys.stdin.read()") % (str(Path(__file__).parents[1]),
+                                                                                    str(output))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # it holds the lock until killed
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(OutputLockedError, match=f"pid {holder.pid}"):
         with writer_lock(output):
