@@ -187,7 +187,7 @@ class ExplorerData:
         """The report's run facts, how much of the planned grid has landed, and what exposure counts cover."""
         reader = self.open_reader(self.output)
         cells = reader.cells().collect()
-        planned = len(self._planned_cells(reader.manifest))
+        planned = len(reader.planned_cells())
         landed = f"{cells.height} of {planned} planned" if planned else str(cells.height)
         history = self._exposures.history(reader)
         counts = [("exposure counts", history.coverage.describe())] if history is not None else []
