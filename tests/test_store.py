@@ -428,6 +428,30 @@ def test_ctrl_c_inside_a_probe_set_landing_lets_it_commit(tmp_path, monkeypatch)
     assert verify_output(tmp_path / "out").ok
 
 
+def test_ctrl_c_before_a_landing_writes_leaves_its_cells_waiting_for_the_last_landing(tmp_path, monkeypatch):
+    """A Ctrl-C while a batch is being encoded (before its first write) writes nothing, and the cells wait again:
+    the scheduler's Ctrl-C path lands everything waiting (sweep/run/scheduler.py), this batch included."""
+    from sweep.run.landing import Landing
+
+    store = new_store(tmp_path / "out")
+    landing = Landing(store)
+    for chunk in (0, 1):
+        landing.add(0, ScoredCell(chunk, fake_sequences(0, chunk), CellProvenance.from_dict(cell_info(0, chunk))))
+    real = store_module.EncodedParquet.of
+
+    def encoded_then_interrupted(frame):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(frame)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module.EncodedParquet, "of", encoded_then_interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            landing.land({0: 2}, everything=True)
+    assert data_files(tmp_path / "out") == [] and landing.cells_waiting == 2
+    assert [chunk for _, cell in landing.land({0: 2}, everything=True).cells for chunk in [cell.chunk]] == [0, 1]
+    assert ResultStore(tmp_path / "out").ledgers.done_cells() == {(0, 0), (0, 1)} and verify_output(tmp_path / "out").ok
+
+
 # ---- ledgers in the form they have on disk -------------------------------------------------------
 
 def test_an_output_written_before_ledger_entries_were_typed_opens_and_keeps_its_bytes(tmp_path):

@@ -65,6 +65,22 @@ class ScoredCell:
     provenance: CellProvenance
 
 
+@dataclass(frozen=True)
+class EncodedParquet:
+    """A frame as the Parquet bytes a landing writes, made before the landing's writes begin."""
+
+    payload: bytes
+    sha256: str
+    rows: int
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame) -> EncodedParquet:
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, statistics=True)
+        payload = buffer.getvalue()
+        return cls(payload, hashlib.sha256(payload).hexdigest(), frame.height)
+
+
 def identity_differences(old: dict, new: dict) -> list[str]:
     """Lines like `memorization.prompt_len: 32 -> 16`, one per differing leaf key."""
     def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -268,11 +284,15 @@ class ResultStore:
     def _land_pair(self, ledger: CheckpointLedger, kind: str, chunks: list[int], sequences: pl.DataFrame,
                    cells: pl.DataFrame, replaces: tuple[LandedPair, ...] = ()) -> CheckpointLedger:
         """Write a sequences/cells pair (`kind` "batch" or "part", numbered by the ledger), commit `ledger` listing it
-        instead of `replaces`, then delete those; returns the committed ledger. A Ctrl-C meanwhile waits for the end."""
+        instead of `replaces`, then delete those; returns the committed ledger.
+
+        The Parquet bytes are made first; a Ctrl-C from the first file written to the last file deleted waits for
+        the end (BENCHMARKS.md, "Ctrl-C during a landing"), and one before it writes nothing."""
         name = f"{kind}-{ledger.next_file:06d}"
+        encoded = {"sequences": EncodedParquet.of(sequences), "cells": EncodedParquet.of(cells)}
         with uninterrupted():
-            records = {table: self._land_parquet(frame, self.layout.partition_dir(table, ledger.ckpt) / f"{name}.parquet")
-                       for table, frame in (("sequences", sequences), ("cells", cells))}
+            records = {table: self._land_file(payload, self.layout.partition_dir(table, ledger.ckpt) / f"{name}.parquet")
+                       for table, payload in encoded.items()}
             committed = ledger.with_pair(LandedPair(name, tuple(chunks), records["sequences"], records["cells"]),
                                          replaces)
             self.ledgers.commit(committed)  # the commit point
@@ -281,13 +301,9 @@ class ResultStore:
                     self.layout.absolute(old.record(table)).unlink(missing_ok=True)
         return committed
 
-    def _land_parquet(self, frame: pl.DataFrame, final: Path) -> FileRecord:
-        buffer = io.BytesIO()
-        frame.write_parquet(buffer, statistics=True)
-        payload = buffer.getvalue()
-        write_atomic(payload, final, temp_dir=self.layout.tmp_dir)
-        return FileRecord(self.layout.relative(final), len(payload), hashlib.sha256(payload).hexdigest(),
-                          frame.height)
+    def _land_file(self, encoded: EncodedParquet, final: Path) -> FileRecord:
+        write_atomic(encoded.payload, final, temp_dir=self.layout.tmp_dir)
+        return FileRecord(self.layout.relative(final), len(encoded.payload), encoded.sha256, encoded.rows)
 
     def _read_listed(self, record: FileRecord, table: str) -> pl.DataFrame:
         path = self.layout.absolute(record)
@@ -324,8 +340,9 @@ class ResultStore:
             raise PinMismatchError(
                 f"chunk {chunk}: {chunk_file.get('file')} has sha256 {chunk_file.get('sha256')}, but this output's "
                 f"cells of that chunk were sampled from sha256 {pinned.sha256}; use a new output directory")
+        encoded = EncodedParquet.of(conform(frame, PROBE_SCHEMA))
         with uninterrupted():
-            record = self._land_parquet(conform(frame, PROBE_SCHEMA), self.layout.probe_file(chunk))
+            record = self._land_file(encoded, self.layout.probe_file(chunk))
             self.ledgers.commit_probes({**self.ledgers.probes, chunk: ProbeEntry(chunk_file, record)})
 
     def read_probe_set(self, chunk: int) -> pl.DataFrame | None:
@@ -358,8 +375,9 @@ class ResultStore:
             raise MemsweepError(f"exposure scan of chunk {seen_chunk}: probe chunks {again[:5]} are counted already")
         name = f"scan-{1 + max((int(scan.name[5:]) for scan in entry.scans), default=-1):06d}"
         frame = conform(counts.with_columns(pl.lit(seen_chunk).alias("seen_chunk")), EXPOSURE_COUNT_SCHEMA)
+        encoded = EncodedParquet.of(frame.sort("chunk", "row"))
         with uninterrupted():
-            record = self._land_parquet(frame.sort("chunk", "row"), self.layout.scan_file(seen_chunk, name))
+            record = self._land_file(encoded, self.layout.scan_file(seen_chunk, name))
             scan = ScanRecord(name=name, probe_chunks=tuple(sorted({int(c) for c in probe_chunks})), file=record,
                               **stats, scanned_at=utc_now())
             source = entry.source if entry.sha256 else chunk_file
