@@ -22,30 +22,24 @@ import numpy as np
 import polars as pl
 
 import sweep.landed.store as store_module
-from sweep.landed.schema import CellProvenance
+from actors.protocol import ScoringOptions
+from control_plane import synthetic_scores
+from sweep.landed.schema import CellProvenance, score_columns
 from sweep.landed.store import ResultStore, ScoredCell
 
 CONTINUATION = 32
 
 
 def scored_cell(ckpt: int, chunk: int, rows: int) -> ScoredCell:
+    """A cell as the driver hands it to the store: the cost model's synthetic scores (benchmarks/control_plane.py)
+    joined with sampled rows, through the same columns a real actor's scores become (sweep/landed/schema.py)."""
+    scores = synthetic_scores(ckpt, chunk, rows, ScoringOptions(nll=True), keep_generated=True)
     rng = np.random.default_rng([ckpt, chunk])
-    matches = rng.integers(0, CONTINUATION + 1, rows)
-    sequences = pl.DataFrame({
-        "chunk": np.full(rows, chunk),
-        "row": np.sort(rng.choice(10 * rows, rows, replace=False)),
-        "source": rng.choice(["refinedweb", "starcoderdata", "arxiv"], rows),
-        "matches": matches,
-        "score": matches / CONTINUATION,
-        "full_match": matches == CONTINUATION,
-        "prefix_match": np.minimum(matches, rng.integers(0, CONTINUATION + 1, rows)),
-        "match_mask": rng.integers(0, 256, (rows, CONTINUATION // 8), dtype=np.uint8),
-        "nll": rng.random(rows).astype(np.float32),
-        "generated": rng.integers(0, 32000, (rows, CONTINUATION), dtype=np.uint32),
-    })
+    probes = pl.DataFrame({"chunk": np.full(rows, chunk), "row": np.sort(rng.choice(10 * rows, rows, replace=False)),
+                           "source": rng.choice(["refinedweb", "starcoderdata", "arxiv"], rows)})
     provenance = CellProvenance(seconds=1.0, device="cuda", dtype="bfloat16", batch_size=256,
                                 model_revision=f"ckpt_{ckpt:03d}", model_commit="a" * 40, weights_fingerprint="fp")
-    return ScoredCell(chunk, sequences, provenance)
+    return ScoredCell(chunk, probes.with_columns(**score_columns(scores, CONTINUATION)), provenance)
 
 
 def main() -> None:
