@@ -512,6 +512,18 @@ def test_an_output_written_before_ledger_entries_were_typed_opens_and_keeps_its_
     assert {name: (output / "ledger" / name).read_bytes() for name in ledgers} == written
 
 
+def test_a_pin_written_before_fingerprints_were_recorded_opens(tmp_path):
+    output = tmp_path / "out"
+    write(new_store(output), 0, 0)
+    ledger = output / "ledger" / "ckpt=0.json"
+    older = json.loads(ledger.read_text())
+    older["pin"] = {"model_revision": "ckpt_000", "model_commit": "c" * 40}
+    ledger.write_text(json.dumps(older))
+    pin = open_output(output).checkpoint_pin(0)
+    assert (pin.model_commit, pin.weights_fingerprint, pin.stored_dtype) == ("c" * 40, None, None)
+    assert verify_output(output).ok
+
+
 def test_a_ledger_not_in_the_form_memsweep_writes_is_named_as_damage(tmp_path):
     output = tmp_path / "out"
     write(new_store(output), 0, 0)

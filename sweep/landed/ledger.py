@@ -285,7 +285,10 @@ class CheckpointPin:
 
     @classmethod
     def from_json(cls, record: dict, entry: str = "pin") -> CheckpointPin:
-        return cls(**{key: _field(record, key, OPTIONAL_TEXT, entry) for key in cls.__dataclass_fields__})
+        """A key the pin lacks is None: pins written before memsweep recorded weights fingerprints and stored dtypes
+        hold fewer keys, and mean what they say."""
+        return cls(**{key: _field(record, key, OPTIONAL_TEXT, entry) for key in cls.__dataclass_fields__
+                      if key in record})
 
 
 @dataclass(frozen=True)
