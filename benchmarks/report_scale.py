@@ -15,8 +15,9 @@ Measurements:
   docs/queries.md), SQL through `sweep.analysis.query.run_query` as `memsweep query` runs it, Python
   blocks exec'd with `output` set (their printing goes to /dev/null);
 - `report`: `sweep.report.page.write_report(output, out_dir=<temp>)`, whole;
-- `report/<section>`: the same run, with every `_<name>_section(s)` function of sweep/report/page.py and
-  sweep/report/exposure_sections.py, `analyses.first_memorized` and `exposure_analyses.exposure_analyses` (the one pass
+- `report/<section>`: the same run, with every `_<name>_section(s)` function of
+  sweep/report/memorization_sections.py and sweep/report/exposure_sections.py, the examples
+  (sweep/report/example_sections.py), `analyses.first_memorized` and `exposure_analyses.exposure_analyses` (the one pass
   behind the exposure figures) timed, and its own peak (VmHWM reset through /proc/self/clear_refs before each): a
   section's peak includes what the report holds at the time. `report/setup` is everything before the
   first section (opening the tables, reading the cells);
@@ -141,13 +142,17 @@ def _child_report(task: dict) -> list[dict]:
         return wrapper
 
     if task.get("sections"):
+        from sweep.report import example_sections as example_report
         from sweep.report import exposure_sections as exposure_report
+        from sweep.report import memorization_sections as memorization_report
 
-        for module in (report, exposure_report):
+        for module in (memorization_report, exposure_report):
             for attribute in dir(module):
                 match = re.fullmatch(r"_(\w+)_sections?", attribute)
                 if match and callable(getattr(module, attribute)):
                     setattr(module, attribute, timed(match.group(1), getattr(module, attribute)))
+        # the examples are one group of sections, called by the page
+        report.example_sections = timed("example", example_report.example_sections)
         # the per-sequence folds behind the first-memorized figure (and the examples) and behind the exposure
         # figures run outside any section
         report.analyses.first_memorized = timed("first_memorized (analysis)", report.analyses.first_memorized)

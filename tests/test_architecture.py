@@ -24,12 +24,6 @@ LAYERS = [
     [("sweep.demo",)],  # the embedded default world
     [("sweep.cli", "sweep.__main__")],  # the command
 ]
-# Edges issue 24 is removing; each entry is one (importer, imported) module pair. Empty when the house is in order.
-KNOWN_EXCEPTIONS = {
-    ("sweep.explorer.data", "sweep.report.page"),  # labels and run facts, and matplotlib with them
-    ("sweep.report.page", "sweep.report.exposure_sections"),  # a circle: the sections import the page's figures
-    ("sweep.demo.stream", "sweep.demo.world"),  # a circle: the stream plan reads the world's config
-}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -82,7 +76,7 @@ def test_no_import_from_a_lower_layer_to_a_higher_one():
             continue
         rank, group = layer_of(importer)
         for target in sorted(imported):
-            if target == "sweep" or (importer, target) in KNOWN_EXCEPTIONS:
+            if target == "sweep":
                 continue
             target_rank, target_group = layer_of(target)
             if target_rank > rank or (target_rank == rank and target_group != group):
@@ -97,8 +91,6 @@ def test_the_import_graph_has_no_circles():
     def visit(node: str, path: list[str]) -> None:
         state[node] = "open"
         for target in sorted(graph[node]):
-            if (node, target) in KNOWN_EXCEPTIONS:
-                continue
             if state.get(target) == "open":
                 circles.append(" -> ".join(path[path.index(target):] + [node, target]) if target in path
                                else f"{node} -> {target}")

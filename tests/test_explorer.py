@@ -9,6 +9,8 @@ import fnmatch
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -24,6 +26,7 @@ from sweep.cli import main
 from sweep.analysis.examples import find_examples
 from sweep.explorer.app import create_app
 from sweep.explorer.data import ExplorerData
+from sweep.exposures.history import ExposureHistory
 from sweep.analysis.query import run_query
 from sweep.landed.reader import LandedOutput, open_output
 from sweep.landed.store import ResultStore, ScoredCell
@@ -268,6 +271,22 @@ def test_cell_page_shows_sorts_and_filters_exposures(client):
     assert "2 of the 6 sequences with known exposures were seen by checkpoint 0" in page
 
 
+@pytest.mark.parametrize("query, filters", [
+    ("sort=exposures", dict(sort="exposures")),
+    ("min_exposures=1&max_exposures=4&sort=exposures", dict(min_exposures=1, max_exposures=4, sort="exposures")),
+    ("full_match=no&min_prefix=1", dict(full_match=False, min_prefix=1)),
+    ("source=web", dict(source="web")),
+])
+def test_cell_page_selects_and_orders_as_show_does(client, explorer_output, query, filters):
+    # one selection (sweep/analysis/selection.py): the cell page lists what `memsweep show` would, in its order
+    landed = open_output(explorer_output)
+    history = ExposureHistory.read(landed)
+    for ckpt, chunk in ((0, 1), (1, 0), (2, 1), (3, 0)):
+        listed = [s["row"] for s in client.get(f"/cell/{ckpt}/{chunk}.json?{query}&limit=1000").json()["sequences"]]
+        shown = find_examples(landed, ckpt, chunk, top=1000, history=history, **filters)
+        assert listed == [example.row for example in shown], (ckpt, chunk)
+
+
 def test_sequence_page_shows_exposures_file_by_file(client):
     payload = client.get("/sequence/2/12.json").json()
     exposures = payload["exposures"]
@@ -342,6 +361,29 @@ def test_serve_warns_what_a_non_local_bind_exposes(explorer_output, monkeypatch,
 def test_serve_refuses_a_folder_that_is_not_an_output(tmp_path, capsys):
     assert main(["serve", str(tmp_path)]) == 2
     assert "not a memsweep output" in capsys.readouterr().err
+
+
+SERVE_WITHOUT_PLOTTING = """
+import sys
+from starlette.testclient import TestClient
+import sweep.cli, sweep.explorer.server  # what `memsweep serve` imports
+from sweep.explorer.app import create_app
+from sweep.explorer.data import ExplorerData
+from sweep.exposures.history import ExposureHistory
+client = TestClient(create_app(ExplorerData(sys.argv[1])), base_url="http://127.0.0.1")
+for url in ("/", "/api/overview", "/api/matrix/exposures", "/cell/2/1", "/sequence/1/" + sys.argv[2]):
+    assert client.get(url).status_code == 200, url
+print(sorted(name for name in sys.modules if name.split(".")[0] == "matplotlib"))
+"""
+
+
+def test_serving_pages_never_loads_matplotlib(explorer_output):
+    # The explorer's labels and run facts live beside the analyses (sweep/analysis/labels.py), not in the report that
+    # draws with matplotlib: `memsweep serve` starts without it, and no page it serves loads it.
+    shown = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_PLOTTING, str(explorer_output), str(PLANTED_ROW)],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.splitlines()[-1] == "[]"
 
 
 def test_pages_and_scripts_ship_as_package_data():

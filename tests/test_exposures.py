@@ -1,6 +1,7 @@
 """Exposure counts end to end: a sweep scans chunk files (scored and unscored) with Ray tasks and lands counts that
 equal a brute-force count row for row, on a corpus with planted copies of every awkward kind; a killed or
-extended sweep scans exactly what is missing and ends equal to a fresh run; scans are checked by `verify`."""
+extended sweep scans exactly what is missing and ends equal to a fresh run; scans are checked by `verify`; and every
+view of the numbers (the reader's tables, the history, the analyses, `show`, the explorer) gives one count."""
 
 from __future__ import annotations
 
@@ -11,12 +12,20 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sweep.run.driver import run_sweep
-from sweep.landed.reader import open_output
+from collections import Counter
+
+from sweep.analysis.examples import find_examples
 from sweep.data.probes import write_raw_chunk
-from sweep.spec import load_spec
+from sweep.demo.world import chunk_path
+from sweep.explorer.data import ExplorerData, SequenceQuery
+from sweep.exposures.analyses import memorization_by_exposure, seen_per_sequence
+from sweep.exposures.history import ExposureHistory
+from sweep.landed.reader import open_output
 from sweep.landed.store import repair_output
 from sweep.landed.verify import verify_output
+from sweep.run.driver import run_sweep
+from sweep.spec import load_spec
+from tests.sweeps import K as WORLD_K
 from tests.sweeps import write_spec
 
 pytestmark = pytest.mark.ray
@@ -171,3 +180,97 @@ def test_a_chunk_that_cannot_be_scanned_fails_only_its_scan(corpus, world, modul
     assert "train_003.jsonl" in failed[3]
     assert json.loads((tmp_path / "out" / "failures" / "scan-chunk=2.json").read_text())["seen_chunk"] == 2
     assert "FAILED exposure scan of chunk 2" in summary.describe()
+
+
+def counted_by_hand(probes: pl.DataFrame, data_dir: Path, files: list[int]) -> pl.DataFrame:
+    """`chunk, row, seen_chunk, window_count, prompt_count` of every probe in every file with an occurrence, from
+    every k + l and every k ids of every line of the demo world's chunk files, counted in Python dicts."""
+    rows = []
+    for seen in files:
+        windows, prompts = Counter(), Counter()
+        for line in chunk_path(data_dir, seen).read_text().splitlines():
+            ids = tuple(json.loads(line)["token_ids"])
+            windows.update(ids[i:i + 2 * WORLD_K] for i in range(len(ids) - 2 * WORLD_K + 1))
+            prompts.update(ids[i:i + WORLD_K] for i in range(len(ids) - WORLD_K + 1))
+        for chunk, row, tokens in probes.select("chunk", "row", "tokens").rows():
+            window, prompt = windows[tuple(tokens)], prompts[tuple(tokens[:WORLD_K])]
+            if window or prompt:
+                rows.append((chunk, row, seen, window, prompt))
+    return pl.DataFrame(rows, schema={"chunk": pl.Int32, "row": pl.Int64, "seen_chunk": pl.Int32,
+                                      "window_count": pl.Int64, "prompt_count": pl.Int64}, orient="row")
+
+
+def test_the_reader_the_analyses_show_and_the_explorer_give_one_count(world, module_ray, tmp_path):
+    # The demo world's files are its training stream: rows recur once per epoch, replayed in later files and as
+    # planted copies in other chunks, so exposures grow over checkpoints and some "unseen" cells hold seen rows.
+    spec = load_spec(write_spec(tmp_path, world, tmp_path / "out", exposure={"chunks": "0-2"},
+                                data={"samples_per_chunk": 32}))
+    assert run_sweep(spec, progress=False).ok
+    landed = open_output(tmp_path / "out")
+    ckpts = [0, 1, 2]
+    truth = counted_by_hand(landed.probes().collect(), world / "data", ckpts)
+    expected = landed.probes().collect().select("chunk", "row").join(
+        truth.group_by("chunk", "row").agg(
+            pl.col("window_count").sum(), pl.col("prompt_count").sum(),
+            pl.col("seen_chunk").filter(pl.col("window_count") > 0).min().alias("first_chunk"),
+            pl.col("seen_chunk").filter(pl.col("window_count") > 0).max().alias("last_chunk"),
+            *[pl.col("window_count").filter(pl.col("seen_chunk") <= c).sum().alias(f"at_{c}") for c in ckpts]),
+        on=["chunk", "row"], how="left").sort("chunk", "row")
+    assert expected["window_count"].min() >= 1  # every sampled row occurs in its own file (a true count, not 0)
+    exposed = {(c, chunk, row): n for chunk, row, *at in expected.select("chunk", "row", *[f"at_{c}" for c in ckpts])
+               .rows() for c, n in zip(ckpts, at)}
+    assert any(n > 1 for n in exposed.values()) and any(n == 0 for n in exposed.values())
+    assert any(exposed[(c, chunk, row)] > 0 for c, chunk, row in exposed if chunk > c)  # seen through a copy
+
+    # the reader's tables
+    totals = landed.exposures().collect().sort("chunk", "row")
+    assert totals.drop("chunks_scanned").equals(expected.select(totals.drop("chunks_scanned").columns))
+    assert totals["chunks_scanned"].to_list() == [3] * totals.height
+    # the history: its totals are the reader's, and its exposures at each checkpoint the files' up to it
+    history = ExposureHistory.read(landed)
+    for c in ckpts:
+        at = history.exposures_at(c)
+        assert at.drop("exposures", "last_exposure_chunk").equals(totals)
+        assert at["exposures"].to_list() == expected[f"at_{c}"].to_list()
+
+    # the analyses: every cell split into seen and never seen, and the exposure bins, against the hand count
+    sequences = landed.sequences().collect()
+    counted = sequences.with_columns(exposures=pl.struct("ckpt", "chunk", "row").map_elements(
+        lambda key: exposed[(key["ckpt"], key["chunk"], key["row"])], return_dtype=pl.Int64))
+    by_hand = counted.group_by("ckpt", "chunk").agg(
+        pl.len().cast(pl.Int64).alias("n"), (pl.col("exposures") > 0).sum().cast(pl.Int64).alias("n_seen"),
+        pl.col("full_match").filter(pl.col("exposures") > 0).mean().alias("full_match_rate_seen"),
+        pl.col("full_match").filter(pl.col("exposures") == 0).mean().alias("full_match_rate_never_seen"))
+    split = seen_per_sequence(landed.sequences(), history)
+    assert split.select(by_hand.columns).equals(by_hand.sort("ckpt", "chunk"))
+    assert int(counted["full_match"].sum()) > 0  # the world's model memorized some: the rates are not all 0
+    bins = memorization_by_exposure(landed.sequences(), history)
+    assert bins["n"].sum() == sequences.height
+    for c, chunk in [(0, 2), (2, 0)]:
+        # `memsweep show`: each example's counts
+        for example in find_examples(landed, c, chunk, top=10**6, history=history):
+            assert example.exposures.exposures == exposed[(c, chunk, example.row)]
+            row = totals.filter((pl.col("chunk") == chunk) & (pl.col("row") == example.row)).row(0, named=True)
+            assert {name: getattr(example.exposures, name) for name in row if name not in ("chunk", "row")} == \
+                {name: value for name, value in row.items() if name not in ("chunk", "row")}
+        # the explorer: a cell's sequences and its seen summary, the heatmap's seen share
+        explorer = ExplorerData(tmp_path / "out")
+        view = explorer.cell_view(c, chunk, SequenceQuery(limit=1000))
+        assert {s.numbers["row"]: s.numbers["exposures"] for s in view.sequences} == {
+            row: n for (ckpt, j, row), n in exposed.items() if (ckpt, j) == (c, chunk)}
+        cell = split.filter((pl.col("ckpt") == c) & (pl.col("chunk") == chunk)).row(0, named=True)
+        assert view.seen == {"covered": cell["n"], "n_seen": cell["n_seen"],
+                             "full_match_rate_seen": cell["full_match_rate_seen"],
+                             "full_match_rate_never_seen": cell["full_match_rate_never_seen"]}
+        matrix = explorer.exposure_matrix()
+        share = matrix.values["seen_share"][matrix.ckpts.index(c), matrix.chunks.index(chunk)]
+        assert share == pytest.approx(cell["n_seen"] / cell["n"])
+    # the explorer's sequence page: a row copied into other files, across checkpoints and file by file
+    chunk, row = expected.sort("window_count", "chunk", "row", descending=[True, False, False]).select("chunk", "row").row(0)
+    page = ExplorerData(tmp_path / "out").sequence_view(chunk, row)
+    assert [point.numbers["exposures"] for point in page.checkpoints] == [exposed[(c, chunk, row)] for c in ckpts]
+    assert page.exposures.totals == {name: value for name, value in totals.filter(
+        (pl.col("chunk") == chunk) & (pl.col("row") == row)).row(0, named=True).items() if name not in ("chunk", "row")}
+    assert page.exposures.files == truth.filter((pl.col("chunk") == chunk) & (pl.col("row") == row)).sort(
+        "seen_chunk").select("seen_chunk", "window_count", "prompt_count").to_dicts()
+

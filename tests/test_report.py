@@ -394,7 +394,7 @@ def heatmap_matrix(ckpts: list[int], chunks: list[int], seed: int = 0) -> pl.Dat
 def test_heatmap_shows_every_cell(ckpts: list[int], chunks: list[int]) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from sweep.report.page import DPI, heatmap_figure
+    from sweep.report.figures import DPI, heatmap_figure
 
     figure, layout = heatmap_figure(heatmap_matrix(ckpts, chunks), "title", "colour")
     FigureCanvasAgg(figure).draw()
@@ -422,7 +422,7 @@ def test_heatmap_shows_every_cell(ckpts: list[int], chunks: list[int]) -> None:
 
 @pytest.mark.parametrize("n_ckpts, step", [(8, 1), (60, 1), (61, 2), (360, 6)])
 def test_first_memorized_bars_stay_readable(n_ckpts: int, step: int) -> None:
-    from sweep.report.page import MAX_BARS, first_memorized_counts
+    from sweep.analysis.memorization import MAX_BARS, first_memorized_counts
 
     rng = np.random.default_rng(n_ckpts)
     first = np.concatenate([np.arange(n_ckpts), rng.integers(0, n_ckpts, 500)])  # every checkpoint, then more

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 import polars as pl
 
 from actors.protocol import one_line
+from sweep.analysis.selection import SequenceSelection, select_sequences
 from sweep.errors import MemsweepError
 from sweep.exposures.history import ExposureHistory
 from sweep.landed.reader import LandedOutput
 
 log = logging.getLogger("memsweep")
 
-ORDER = ("full_match", "prefix_match", "matches")  # most memorized first: all tokens, then the longest prefix
-SORTS = ("memorized", "exposures")  # ... or the most exposed first (then the most memorized)
+SORTS = ("memorized", "exposures")  # most memorized first, or the most exposed first (then the most memorized)
 EXPOSURE_COLUMNS = ("exposures", "window_count", "prompt_count", "first_chunk", "last_chunk", "chunks_scanned")
 
 
@@ -94,7 +94,8 @@ def find_examples(landed: LandedOutput, ckpt: int | None = None, chunk: int | No
     `min_exposures` / `max_exposures` (exposures at `ckpt` within them; sequences whose counts are unknown are left
     out). Order (`sort`): "memorized" (full matches first, then by exact prefix, then by matched tokens) or
     "exposures" (the most exposed first, then as "memorized"; needs a history); `top` rows in all, or `per_source` per
-    source. With a history each example carries its SequenceExposures (None where the counts do not cover it).
+    source (both as sweep/analysis/selection.py selects, as the explorer's cell page does). With a history each
+    example carries its SequenceExposures (None where the counts do not cover it).
     """
     if sort not in SORTS:
         raise MemsweepError(f"sort: {sort!r} is not one of {', '.join(SORTS)}")
@@ -102,30 +103,14 @@ def find_examples(landed: LandedOutput, ckpt: int | None = None, chunk: int | No
         raise MemsweepError(f"{landed.path}: no exposure counts to filter or sort by (none landed, or not asked for)")
     ckpt = landed.last_checkpoint() if ckpt is None else ckpt
     sequences = landed.sequences(ckpt)
-    if chunk is not None:
-        sequences = sequences.filter(pl.col("chunk") == chunk)
-    if source is not None:
-        sequences = sequences.filter(pl.col("source") == source)
-    if full_match is not None:
-        sequences = sequences.filter(pl.col("full_match") == full_match)
-    if min_prefix is not None:
-        sequences = sequences.filter(pl.col("prefix_match") >= min_prefix)
-    if rows is not None:
-        wanted = pl.DataFrame(rows, schema={"chunk": pl.Int32, "row": pl.Int64}, orient="row")
-        sequences = sequences.join(wanted.lazy(), on=["chunk", "row"], how="semi")
     columns = ["ckpt", "chunk", "row", "source", "matches", "prefix_match", "full_match", "generated"]
     if history is not None:
         counts = history.exposures_at(ckpt, chunk).select("chunk", "row", *EXPOSURE_COLUMNS)
         sequences = sequences.join(counts.lazy(), on=["chunk", "row"], how="left")
         columns += EXPOSURE_COLUMNS
-        if min_exposures is not None:
-            sequences = sequences.filter(pl.col("exposures") >= min_exposures)
-        if max_exposures is not None:
-            sequences = sequences.filter(pl.col("exposures") <= max_exposures)
-    keys = ([("exposures", True)] if sort == "exposures" else []) + [(name, True) for name in ORDER] + [
-        ("chunk", False), ("row", False)]
-    ranked = sequences.select(columns).sort([name for name, _ in keys], descending=[d for _, d in keys],
-                                            nulls_last=True)
+    selection = SequenceSelection(chunk=chunk, source=source, full_match=full_match, min_prefix=min_prefix, rows=rows,
+                                  min_exposures=min_exposures, max_exposures=max_exposures, sort=sort)
+    ranked = select_sequences(sequences, selection).select(columns)
     if per_source is not None:
         chosen = ranked.group_by("source", maintain_order=True).head(per_source).collect()
     else:

@@ -359,6 +359,39 @@ class _SequenceHistory:
         ).select([pl.col(name).cast(dtype) for name, dtype in FIRST_MEMORIZED_SCHEMA.items()])
 
 
+MAX_BARS = 60  # first_memorized_counts: more checkpoints than this are binned
+
+
+def first_memorized_counts(memorized: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Sequences first memorized per checkpoint bin, and the bin width in checkpoints.
+
+    `memorized`: first_memorized rows with a first_memorized_ckpt. One bin per checkpoint while
+    the first checkpoints span at most MAX_BARS; beyond, bins of `step` checkpoints (360
+    checkpoints: 60 bars of 6 instead of 360 hairlines). Returns (`bin`: first checkpoint of the
+    bin, `all`, `forgotten`) sorted by bin, and step.
+    """
+    first_ckpts = memorized["first_memorized_ckpt"]
+    step = max(1, -(-(int(first_ckpts.max()) - int(first_ckpts.min()) + 1) // MAX_BARS))
+    counts = (
+        memorized.group_by((pl.col("first_memorized_ckpt") // step * step).alias("bin"))
+        .agg(pl.len().alias("all"), pl.col("forgotten").sum().alias("forgotten"))
+        .sort("bin")
+    )
+    return counts, step
+
+
+def generated_length(sequences: pl.LazyFrame) -> int | None:
+    """l, the generated tokens per sequence, read off the data as matches / score of one scored row (None if none)."""
+    row = (
+        sequences.filter(pl.col("score") > 0)
+        .select((pl.col("matches").cast(pl.Float64) / pl.col("score").cast(pl.Float64)).round().cast(pl.Int64))
+        .drop_nulls()
+        .head(1)
+        .collect()
+    )
+    return int(row.item()) if row.height else None
+
+
 def is_extractable_mode(table: Frame) -> bool:
     """True when the table's `score` is null everywhere (a sweep run in extractable mode)."""
     return table.lazy().select(pl.col("score").is_not_null().any()).collect().item() is not True

@@ -32,13 +32,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-if TYPE_CHECKING:
-    from sweep.demo.world import DemoWorldConfig
+from sweep.demo.config import DemoWorldConfig
 
 RECORD_NAME = "stream.parquet"  # in the data directory, beside train/
 OWN, REPLAY = "own", "replay"

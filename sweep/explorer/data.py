@@ -1,8 +1,9 @@
 """Every read the explorer makes of a landed output, in one place.
 
 The pages never open a file: they ask `ExplorerData`, which reads through the one reader
-(`sweep.landed.reader.open_output`: `cells`, `sequences`, `probes`, `failures`, `manifest`, `checkpoint_pin`) and `sweep.analysis.examples`
-(`find_examples`, `TokenDecoder`: the ORDER and decoding of `memsweep show`). Swapping the reader is a change
+(`sweep.landed.reader.open_output`: `cells`, `sequences`, `probes`, `failures`, `manifest`, `checkpoint_pin`), and
+selects, orders and decodes a cell's sequences as `memsweep show` does (`sweep.analysis.selection.select_sequences`;
+`sweep.analysis.examples`: `find_examples`, `TokenDecoder`). Swapping the reader is a change
 to `open_reader` here. Nothing here writes, locks or recovers, so the server can run while a sweep lands: each
 call opens the reader afresh and sees the ledgers as they are at that moment.
 
@@ -25,10 +26,11 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from sweep.analysis.examples import ORDER, Example, TokenDecoder, find_examples
+from sweep.analysis.examples import Example, TokenDecoder, find_examples
+from sweep.analysis.labels import METRIC_LABELS, run_facts
+from sweep.analysis.selection import SequenceSelection, select_sequences
 from sweep.explorer.exposures import (EXPOSURE_SORTS, ExposureCache, RowExposures, cell_exposures, cell_seen_summary,
                                       grids, row_exposures)
-from sweep.report.page import METRIC_LABELS, run_facts
 from sweep.errors import MemsweepError
 from sweep.landed.reader import LandedOutput, open_output
 
@@ -53,7 +55,7 @@ CELL_METRICS = (
     Metric("full_match_rate", METRIC_LABELS["full_match_rate"]),
     Metric("mean_prefix_match", METRIC_LABELS["mean_prefix_match"]),
     Metric("nll", METRIC_LABELS["nll"], lower_is_memorized=True),
-    Metric("tf_accuracy", "mean teacher-forced next-token accuracy of the true continuation"),
+    Metric("tf_accuracy", METRIC_LABELS["tf_accuracy"]),
 )
 # Per cell, from exposure counts (seen_per_sequence, with seen_share = n_seen / n); loaded apart from the cell metrics,
 # since they take one pass over every checkpoint (kept in memory after).
@@ -62,8 +64,9 @@ EXPOSURE_METRICS = (
     Metric("full_match_rate_never_seen", "full-match rate of the cell's sequences not seen by its checkpoint"),
     Metric("full_match_rate_seen", "full-match rate of the cell's sequences seen by its checkpoint"),
 )
-# How a cell's sequences can be ordered: "memorized" is `memsweep show`'s order (full matches, then the longest
-# exact prefix, then the most matched tokens); the others are one column (EXPOSURE_SORTS once counts landed).
+# How a cell's sequences can be ordered (sweep/analysis/selection.py): "memorized" is `memsweep show`'s order (full
+# matches, then the longest exact prefix, then the most matched tokens); the others are one column, ties most
+# memorized first (EXPOSURE_SORTS too once counts landed).
 SEQUENCE_SORTS = ("memorized", "row", "source", "score", "matches", "prefix_match", "nll", "tf_accuracy")
 
 
@@ -76,16 +79,10 @@ class BadQuery(ValueError):
 
 
 @dataclass(frozen=True)
-class SequenceQuery:
-    """Which of a cell's sequences to show, and in what order (validated by the caller)."""
+class SequenceQuery(SequenceSelection):
+    """Which of a cell's sequences to show, in what order (sweep/analysis/selection.py: `memsweep show`'s filters and
+    order), and which page of them (validated by the caller)."""
 
-    source: str | None = None
-    full_match: bool | None = None
-    min_prefix: int | None = None
-    min_exposures: int | None = None  # exposures by the cell's checkpoint within these bounds (counts landed only)
-    max_exposures: int | None = None
-    sort: str = "memorized"
-    descending: bool = True
     limit: int = 50
     offset: int = 0
 
@@ -271,11 +268,11 @@ class ExplorerData:
         seen = None
         if history is not None:
             sequences = sequences.join(cell_exposures(history, ckpt, chunk), on=["chunk", "row"], how="left")
-            seen = cell_seen_summary(sequences)
+            seen = cell_seen_summary(history, sequences)
         sources = sorted(sequences["source"].unique().drop_nulls().to_list())
-        chosen = _filtered(sequences.lazy(), query)
+        chosen = select_sequences(sequences.lazy(), query)
         total = chosen.select(pl.len()).collect().item()
-        page = _ordered(chosen, query).slice(query.offset, query.limit).collect()
+        page = chosen.slice(query.offset, query.limit).collect()
         decoder = self.decoder(ckpt, reader)
         examples = self._examples(reader, ckpt, list(page.select("chunk", "row").iter_rows()))
         decoded = [_decoded(numbers, examples.get((numbers["chunk"], numbers["row"])), decoder)
@@ -317,10 +314,12 @@ class ExplorerData:
             if hits not in spans:
                 spans[hits] = decoder.spans(truth, list(hits))
             checkpoints.append(CheckpointPoint({"chunk": chunk, "row": row, **_plain_record(numbers)}, spans[hits]))
-        exposures = self._row_exposures(reader, chunk, row)
-        if exposures is not None:
-            for point in checkpoints:
-                point.numbers["exposures"] = exposures.exposures_by(point.numbers["ckpt"])
+        counts = self._exposures.history(reader)
+        exposures = None if counts is None else row_exposures(counts, chunk, row)
+        if counts is not None:
+            by_checkpoint = counts.exposures_by_checkpoint(chunk, row, [point.numbers["ckpt"] for point in checkpoints])
+            for point, exposed in zip(checkpoints, by_checkpoint or [None] * len(checkpoints)):
+                point.numbers["exposures"] = exposed
         memorized = history.filter(pl.col("full_match"))["ckpt"]
         return SequenceView(
             chunk=chunk, row=row, source=latest.source if latest else "", decoding=_decoding(last, decoder),
@@ -328,10 +327,6 @@ class ExplorerData:
             first_memorized=int(memorized.min()) if len(memorized) else None,
             last_memorized=int(memorized.max()) if len(memorized) else None,
             exposures=exposures, checkpoints=checkpoints)
-
-    def _row_exposures(self, reader: LandedOutput, chunk: int, row: int) -> RowExposures | None:
-        history = self._exposures.history(reader)
-        return None if history is None else row_exposures(history, chunk, row)
 
     def has_exposures(self) -> bool:
         """Whether any exposure count has landed (a cheap look at the ledgers)."""
@@ -351,31 +346,6 @@ class ExplorerData:
             while len(self._decoders) > DECODERS_KEPT:
                 self._decoders.popitem(last=False)
             return decoder
-
-
-def _filtered(sequences: pl.LazyFrame, query: SequenceQuery) -> pl.LazyFrame:
-    if query.source is not None:
-        sequences = sequences.filter(pl.col("source") == query.source)
-    if query.full_match is not None:
-        sequences = sequences.filter(pl.col("full_match") == query.full_match)
-    if query.min_prefix is not None:
-        sequences = sequences.filter(pl.col("prefix_match") >= query.min_prefix)
-    if query.min_exposures is not None:
-        sequences = sequences.filter(pl.col("exposures") >= query.min_exposures)
-    if query.max_exposures is not None:
-        sequences = sequences.filter(pl.col("exposures") <= query.max_exposures)
-    return sequences
-
-
-def _ordered(sequences: pl.LazyFrame, query: SequenceQuery) -> pl.LazyFrame:
-    """`memsweep show`'s order (most memorized first; ascending flips it) or one column; ties by row."""
-    if query.sort == "memorized":
-        keys, descending = [*ORDER], [query.descending] * len(ORDER)
-    else:
-        keys, descending = [query.sort], [query.descending]
-    if query.sort != "row":
-        keys, descending = keys + ["row"], descending + [False]
-    return sequences.sort(keys, descending=descending, nulls_last=True)
 
 
 def _decoded(numbers: dict, example: Example | None, decoder: TokenDecoder) -> DecodedSequence:

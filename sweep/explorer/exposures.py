@@ -37,12 +37,6 @@ class RowExposures:
     files: list[dict]  # per chunk file with an occurrence, by chunk: seen_chunk, window_count, prompt_count
     coverage: str  # ExposureCoverage.describe()
 
-    def exposures_by(self, ckpt: int) -> int | None:
-        """Window occurrences in the scanned chunk files <= ckpt (None when not covered)."""
-        if not self.covered:
-            return None
-        return sum(entry["window_count"] for entry in self.files if entry["seen_chunk"] <= ckpt)
-
     def as_record(self) -> dict:
         return {"covered": self.covered, **self.totals, "files": self.files, "coverage": self.coverage}
 
@@ -102,25 +96,22 @@ def cell_exposures(history: ExposureHistory, ckpt: int, chunk: int) -> pl.DataFr
     return history.exposures_at(ckpt, chunk).select("chunk", "row", *CELL_EXPOSURE_COLUMNS)
 
 
-def cell_seen_summary(sequences: pl.DataFrame) -> dict:
-    """A cell's sequences (with `exposures` and `full_match`) split into seen by its checkpoint and never seen:
-    `covered` (sequences with known exposures), `n_seen`, `full_match_rate_seen`, `full_match_rate_never_seen`."""
-    known = sequences.filter(pl.col("exposures").is_not_null())
-    seen = known.filter(pl.col("exposures") > 0)
-    never = known.filter(pl.col("exposures") == 0)
-
-    def rate(frame: pl.DataFrame) -> float | None:
-        return float(frame["full_match"].cast(pl.Float64).mean()) if frame.height else None
-
-    return {"covered": known.height, "n_seen": seen.height, "full_match_rate_seen": rate(seen),
-            "full_match_rate_never_seen": rate(never)}
+def cell_seen_summary(history: ExposureHistory, sequences: pl.DataFrame) -> dict:
+    """A cell's sequences (`ckpt, chunk, row, full_match, score`) split into seen by its checkpoint and never seen,
+    as seen_per_sequence splits every cell: `covered` (sequences with known exposures), `n_seen`,
+    `full_match_rate_seen`, `full_match_rate_never_seen`."""
+    split = seen_per_sequence(sequences, history)
+    if split.height == 0:
+        return {"covered": 0, "n_seen": 0, "full_match_rate_seen": None, "full_match_rate_never_seen": None}
+    cell = split.row(0, named=True)
+    return {"covered": cell["n"], "n_seen": cell["n_seen"], "full_match_rate_seen": cell["full_match_rate_seen"],
+            "full_match_rate_never_seen": cell["full_match_rate_never_seen"]}
 
 
 def row_exposures(history: ExposureHistory, chunk: int, row: int) -> RowExposures:
     """One training row's counts: its totals, and every scanned file holding its window or prompt."""
-    files = history.files(chunk, row)
+    totals = history.sequence_totals(chunk, row)
     coverage = history.coverage.describe()
-    if files is None:
+    if totals is None:
         return RowExposures(False, {}, [], coverage)
-    totals = history.exposures_at(0, chunk).filter(pl.col("row") == row).select(TOTAL_COLUMNS).row(0, named=True)
-    return RowExposures(True, totals, files.to_dicts(), coverage)
+    return RowExposures(True, totals, history.files(chunk, row).to_dicts(), coverage)

@@ -438,9 +438,7 @@ def template_classifier(history: ExposureHistory, probes: Frame, prompt_len: int
     def is_template(positions: np.ndarray) -> np.ndarray:
         if not positions.size:
             return np.zeros(0, dtype=bool)
-        keys = history.keys[positions]
-        wanted = pl.DataFrame({"chunk": pl.Series(keys >> 32, dtype=pl.Int32),
-                               "row": pl.Series(keys & 0xFFFFFFFF, dtype=pl.Int64)})
+        wanted = history.totals[positions].select("chunk", "row")
         found = (probes.lazy().filter(pl.col("chunk").is_in(wanted["chunk"].unique().to_list()))
                  .join(wanted.lazy(), on=["chunk", "row"], how="semi").select(SEQUENCE_KEY, "tokens").collect()
                  .sort("key"))

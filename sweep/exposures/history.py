@@ -5,7 +5,8 @@ scanned (checkpoint c was saved after training on chunks 0..c, so these are the 
 landed counts (`exposure_counts`: one row per nonzero (sequence, scanned file) pair) hold them file by file;
 `ExposureHistory` orders them by file so that one pass over the checkpoints, in order, sees every sequence's
 exposures and the chunk of its latest one grow (`ExposureCursor`), and `exposures_at(ckpt)` gives them for one
-checkpoint.
+checkpoint (`exposures_by_checkpoint`: for one sequence at many). Its totals over every scanned file are the
+reader's `exposures` table, computed once (sweep/landed/exposure_totals.py).
 
 What the counts cover is part of every answer (`ExposureCoverage`). A scan counts the sequences of some probe
 chunks in one chunk file, so each probe chunk has its own set of scanned files. A sequence is **covered** when its
@@ -14,8 +15,8 @@ exactly "exposures at c >= 1". The analyses use covered sequences only. A listed
 yet, or its scan failed) is a count not made: exposures are then lower bounds, and every view that shows them says
 how many of the listed files the counts cover.
 
-Memory: the count rows (a few bytes each) and one int64 key per covered sequence; the probe sets' tokens are never
-read. Costs at full size: BENCHMARKS.md, "Exposure analyses at full size".
+Memory: the count rows (a few bytes each), and per covered sequence its row of totals and an int64 key; the probe
+sets' tokens are never read. Costs at full size: BENCHMARKS.md, "Exposure analyses at full size".
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from sweep.landed.exposure_totals import files_scanned, sequence_totals
+from sweep.landed.partitions import SEQUENCE_KEY, key_array
 from sweep.landed.reader import LandedOutput
 
 NO_CHUNK = -1  # "no occurrence yet" in first / last chunk arrays
@@ -41,12 +44,10 @@ class ExposureCoverage:
 
     @classmethod
     def read(cls, landed: LandedOutput) -> ExposureCoverage:
-        scanned = {seen: frozenset(landed.ledgers.scanned_probe_chunks(seen)) for seen in landed.ledgers.exposures}
         failed = {int(record["seen_chunk"]): " ".join(str(record.get("error")).split())
                   for record in landed.scan_failures()}
-        probe_chunks = tuple(landed.ledgers.sampled_chunks())
-        return cls(tuple(landed.exposure_chunks_listed()), {s: c for s, c in scanned.items() if c}, failed,
-                   probe_chunks)
+        probe_chunks = tuple(chunk for chunk, _ in landed.ledgers.probe_files())
+        return cls(tuple(landed.exposure_chunks_listed()), landed.scanned_probe_chunks(), failed, probe_chunks)
 
     @property
     def has_counts(self) -> bool:
@@ -100,65 +101,48 @@ def _ids(values: list[int], shown: int = 8) -> str:
 class ExposureHistory:
     """The exposures of every covered sequence, file by file in chunk order (see the module docstring).
 
-    Per covered sequence, arrays of length n in key order: `keys` int64 (chunk * 2**32 + row, partitions.SEQUENCE_KEY,
-    sorted), `chunks` int32, their totals over every scanned file: `window_count`, `prompt_count` int64, `first_chunk`
-    and `last_chunk` int32 (the first and last scanned chunk holding the window: the sequence's own chunk or a copy;
-    NO_CHUNK: none) and `chunks_scanned` int32 (files scanned for its probe chunk). The count rows holding the window,
-    ordered by file, feed the cursor: `_at` int64[m] (position in `keys`), `_seen` int32[m] (the chunk file),
-    `_window` int64[m] (occurrences in it); every count row, ordered by sequence then file, answers `files`.
+    `totals`: one row per covered sequence, sorted by (chunk, row): `chunk, row` and its totals over every scanned
+    file, as the reader's `exposures` table has them (sweep/landed/exposure_totals.py: `window_count, prompt_count,
+    first_chunk, last_chunk, chunks_scanned`). In the same order, for the analyses' folds: `keys` int64
+    (partitions.SEQUENCE_KEY, sorted), `chunks` int32 and `first_chunk` int32 (NO_CHUNK: no scanned file holds the
+    window). The count rows holding the window, ordered by file, feed the cursor: `_at` int64[m] (position in
+    `keys`), `_seen` int32[m] (the chunk file), `_window` int64[m] (occurrences in it); every count row, ordered by
+    sequence then file, answers `files`.
     """
 
-    def __init__(self, keys: np.ndarray, at: np.ndarray, seen: np.ndarray, window: np.ndarray, prompt: np.ndarray,
-                 coverage: ExposureCoverage):
-        n = keys.size
-        self.keys = keys
-        self.chunks = (keys >> 32).astype(np.int32)
+    def __init__(self, totals: pl.DataFrame, counts: pl.DataFrame, coverage: ExposureCoverage):
+        """`totals`: exposure_totals.sequence_totals of the covered sequences; `counts`: their count rows (`chunk,
+        row, seen_chunk, window_count, prompt_count`; rows of other sequences are ignored)."""
+        self.totals = totals.sort("chunk", "row")
         self.coverage = coverage
-        self.window_count = np.bincount(at, weights=window, minlength=n).astype(np.int64)
-        self.prompt_count = np.bincount(at, weights=prompt, minlength=n).astype(np.int64)
+        self.keys = key_array(self.totals.select(SEQUENCE_KEY))
+        self.chunks = self.totals["chunk"].to_numpy().astype(np.int32)
+        self.first_chunk = self.totals["first_chunk"].fill_null(NO_CHUNK).to_numpy().astype(np.int32)
+        at, found = self.locate(key_array(counts.select(SEQUENCE_KEY)))
+        at = at[found]
+
+        def column(name: str, dtype) -> np.ndarray:
+            return counts[name].to_numpy()[found].astype(dtype)
+
+        seen = column("seen_chunk", np.int32)
+        window, prompt = column("window_count", np.int64), column("prompt_count", np.int64)
         by_sequence = np.lexsort((seen, at))
         self._rows = (at[by_sequence], seen[by_sequence], window[by_sequence], prompt[by_sequence])
         held = window > 0
         order = np.argsort(seen[held], kind="stable")
         self._at, self._seen, self._window = at[held][order], seen[held][order], window[held][order]
-        first = np.full(n, np.iinfo(np.int32).max, dtype=np.int32)
-        np.minimum.at(first, self._at, self._seen)
-        self.first_chunk = np.where(first == np.iinfo(np.int32).max, NO_CHUNK, first).astype(np.int32)
-        self.last_chunk = np.full(n, NO_CHUNK, dtype=np.int32)
-        np.maximum.at(self.last_chunk, self._at, self._seen)
-        files = {chunk: 0 for chunk in coverage.probe_chunks}
-        for probe_chunks in coverage.scanned.values():
-            for chunk in probe_chunks:
-                files[chunk] = files.get(chunk, 0) + 1
-        scanned = np.array(sorted(files.items()), dtype=np.int64).reshape(-1, 2)
-        where = np.searchsorted(scanned[:, 0], self.chunks) if scanned.size else np.zeros(n, dtype=np.int64)
-        self.chunks_scanned = scanned[where, 1].astype(np.int32) if n else np.zeros(0, dtype=np.int32)
 
     @classmethod
     def read(cls, landed: LandedOutput) -> ExposureHistory:
         """The history of `landed`'s covered sequences (empty when nothing was scanned)."""
         coverage = ExposureCoverage.read(landed)
-        covered = coverage.covered_chunks
+        covered = pl.col("chunk").is_in(coverage.covered_chunks)
         # Filtering by chunk first lets Polars skip the other chunks' probe files by their statistics.
-        keys = landed.probes().filter(pl.col("chunk").is_in(covered)).select("chunk", "row")
+        sequences = landed.probes().filter(covered).select("chunk", "row")
         counts = landed.exposure_counts().select("chunk", "row", "seen_chunk", "window_count", "prompt_count")
-        return cls.from_tables(keys.collect(), counts.collect() if covered else counts.head(0).collect(), coverage)
-
-    @classmethod
-    def from_tables(cls, sequences: pl.DataFrame, counts: pl.DataFrame, coverage: ExposureCoverage) -> ExposureHistory:
-        """From the covered sequences (`chunk, row`) and their count rows (`chunk, row, seen_chunk, window_count,
-        prompt_count`; rows of other sequences are ignored)."""
-        keys = np.unique(_keys(sequences))
-        count_keys = _keys(counts)
-        at = np.searchsorted(keys, count_keys)
-        known = at < keys.size
-        known[known] = keys[at[known]] == count_keys[known]
-
-        def column(name: str, dtype) -> np.ndarray:
-            return counts[name].to_numpy()[known].astype(dtype)
-
-        return cls(keys, at[known], column("seen_chunk", np.int32), column("window_count", np.int64),
-                   column("prompt_count", np.int64), coverage)
+        counts = counts.filter(covered).collect() if coverage.covered_chunks else counts.head(0).collect()
+        totals = sequence_totals(sequences, counts.lazy(), files_scanned(coverage.scanned).lazy())
+        return cls(totals.collect(), counts, coverage)
 
     def __len__(self) -> int:
         return int(self.keys.size)
@@ -179,38 +163,59 @@ class ExposureHistory:
     def cursor(self) -> ExposureCursor:
         return ExposureCursor(self)
 
+    def _position(self, chunk: int, row: int) -> int | None:
+        """Where sequence (chunk, row) sits in this history, or None when it is not covered."""
+        key = key_array(pl.DataFrame({"chunk": [chunk], "row": [row]}).select(SEQUENCE_KEY))
+        at, found = self.locate(key)
+        return int(at[0]) if found[0] else None
+
     def files(self, chunk: int, row: int) -> pl.DataFrame | None:
         """One covered sequence's count rows (`seen_chunk, window_count, prompt_count`, by chunk file: every scanned
         file holding its window or its prompt), or None when it is not covered."""
-        at, found = self.locate(np.array([(chunk << 32) + row], dtype=np.int64))
-        if not found[0]:
-            return None
+        at = self._position(chunk, row)
+        return None if at is None else self._files_at(at)
+
+    def _files_at(self, at: int) -> pl.DataFrame:
         positions, seen, window, prompt = self._rows
-        rows = slice(*np.searchsorted(positions, [at[0], at[0] + 1]))
+        rows = slice(*np.searchsorted(positions, [at, at + 1]))
         return pl.DataFrame({"seen_chunk": pl.Series(seen[rows], dtype=pl.Int32),
                              "window_count": pl.Series(window[rows], dtype=pl.Int64),
                              "prompt_count": pl.Series(prompt[rows], dtype=pl.Int64)})
 
+    def sequence_totals(self, chunk: int, row: int) -> dict | None:
+        """One covered sequence's row of `totals` (without chunk and row), or None when it is not covered."""
+        at = self._position(chunk, row)
+        return None if at is None else self.totals.drop("chunk", "row").row(at, named=True)
+
+    def exposures_by_checkpoint(self, chunk: int, row: int, ckpts: list[int]) -> list[int] | None:
+        """One covered sequence's exposures at each of `ckpts` (ascending), counted as `exposures_at` counts every
+        sequence's (a cursor over its own count rows), or None when it is not covered."""
+        at = self._position(chunk, row)
+        if at is None:
+            return None
+        own = self._files_at(at).select(pl.lit(chunk, pl.Int32).alias("chunk"), pl.lit(row, pl.Int64).alias("row"),
+                                        pl.all())
+        cursor = ExposureHistory(self.totals.slice(at, 1), own, self.coverage).cursor()
+        exposures = []
+        for ckpt in ckpts:
+            cursor.advance(ckpt)
+            exposures.append(int(cursor.exposures[0]))
+        return exposures
+
     def exposures_at(self, ckpt: int, chunk: int | None = None) -> pl.DataFrame:
         """Per covered sequence (of `chunk` alone if given), sorted: `chunk, row`, `exposures` (occurrences in scanned
-        chunk files <= ckpt), `last_exposure_chunk` (the latest of those holding one), then the totals over every
-        scanned file, as the reader's `exposures` table has them: `window_count, prompt_count, first_chunk,
-        last_chunk, chunks_scanned` (chunks null where no file holds the window)."""
+        chunk files <= ckpt), `last_exposure_chunk` (the latest of those holding one; null: none), then its `totals`
+        over every scanned file: `window_count, prompt_count, first_chunk, last_chunk, chunks_scanned`."""
         cursor = self.cursor()
         cursor.advance(ckpt)
-        keep = slice(None) if chunk is None else slice(*np.searchsorted(self.chunks, [chunk, chunk + 1]))
-        chunk_columns = ("last_exposure_chunk", "first_chunk", "last_chunk")
-        return pl.DataFrame({
-            "chunk": pl.Series(self.chunks[keep], dtype=pl.Int32),
-            "row": pl.Series(self.keys[keep] & 0xFFFFFFFF, dtype=pl.Int64),
-            "exposures": pl.Series(cursor.exposures[keep], dtype=pl.Int64),
-            "last_exposure_chunk": pl.Series(cursor.last_chunk[keep], dtype=pl.Int32),
-            "window_count": pl.Series(self.window_count[keep], dtype=pl.Int64),
-            "prompt_count": pl.Series(self.prompt_count[keep], dtype=pl.Int64),
-            "first_chunk": pl.Series(self.first_chunk[keep], dtype=pl.Int32),
-            "last_chunk": pl.Series(self.last_chunk[keep], dtype=pl.Int32),
-            "chunks_scanned": pl.Series(self.chunks_scanned[keep], dtype=pl.Int32),
-        }).with_columns(pl.when(pl.col(name) != NO_CHUNK).then(pl.col(name)).alias(name) for name in chunk_columns)
+        start, end = (0, len(self)) if chunk is None else np.searchsorted(self.chunks, [chunk, chunk + 1])
+        totals = self.totals.slice(int(start), int(end - start))
+        at_ckpt = pl.DataFrame({
+            "exposures": pl.Series(cursor.exposures[start:end], dtype=pl.Int64),
+            "last_exposure_chunk": pl.Series(cursor.last_chunk[start:end], dtype=pl.Int32),
+        }).with_columns(pl.when(pl.col("last_exposure_chunk") != NO_CHUNK).then(pl.col("last_exposure_chunk"))
+                        .alias("last_exposure_chunk"))
+        return pl.concat([totals.select("chunk", "row"), at_ckpt, totals.drop("chunk", "row")], how="horizontal")
 
 
 class ExposureCursor:
@@ -245,7 +250,3 @@ def exposure_bin(exposures: np.ndarray) -> np.ndarray:
     seen = exposures > 0
     bins[seen] = 1 + np.frexp(exposures[seen] - 1)[1]  # frexp's exponent of e - 1 is its bit length: ceil(log2(e))
     return bins
-
-
-def _keys(frame: pl.DataFrame) -> np.ndarray:
-    return (frame["chunk"].cast(pl.Int64).to_numpy() << 32) + frame["row"].cast(pl.Int64).to_numpy()

@@ -19,9 +19,10 @@ from pathlib import Path
 import polars as pl
 
 from sweep.errors import MemsweepError
+from sweep.landed.exposure_totals import files_scanned, sequence_totals
 from sweep.landed.ledger import CheckpointPin, FileRecord, Ledgers, OutputLayout, read_json, read_manifest
-from sweep.landed.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, EXPOSURE_SCAN_SCHEMA, EXPOSURES_SCHEMA, PROBE_SCHEMA,
-                          SEQUENCE_SCHEMA)
+from sweep.landed.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, EXPOSURE_SCAN_SCHEMA, PROBE_SCHEMA,
+                                 SEQUENCE_SCHEMA)
 from sweep.spec import SweepSpec, identity_hash, parse_id_list, recorded_spec
 
 
@@ -153,32 +154,24 @@ class LandedOutput:
                 for seen_chunk, entry in sorted(self.ledgers.exposures.items()) for scan in entry.scans]
         return pl.DataFrame(rows, schema=EXPOSURE_SCAN_SCHEMA)
 
+    def scanned_probe_chunks(self) -> dict[int, frozenset[int]]:
+        """Chunk file -> the probe chunks its landed scans counted (files with none left out), by file."""
+        scanned = {seen: frozenset(self.ledgers.scanned_probe_chunks(seen)) for seen in sorted(self.ledgers.exposures)}
+        return {seen: chunks for seen, chunks in scanned.items() if chunks}
+
     def exposure_coverage(self) -> pl.DataFrame:
         """Per probe chunk, how many chunk files have been scanned for its sequences: `chunk`, `chunks_scanned`."""
-        covered: dict[int, int] = {}
-        for entry in self.ledgers.exposures.values():
-            for chunk in entry.probe_chunks:
-                covered[chunk] = covered.get(chunk, 0) + 1
-        return pl.DataFrame({"chunk": list(covered), "chunks_scanned": list(covered.values())},
-                            schema={"chunk": pl.Int32(), "chunks_scanned": pl.Int32()})
+        return files_scanned(self.scanned_probe_chunks())
 
     def exposures(self) -> pl.LazyFrame:
-        """One row per probe sequence: its occurrences over every chunk file scanned for it (EXPOSURES_SCHEMA).
+        """One row per probe sequence: its occurrences over every chunk file scanned for it (EXPOSURES_SCHEMA; the
+        one computation of these totals, sweep/landed/exposure_totals.py).
 
         A sequence whose chunk no scan has covered yet has null counts and `chunks_scanned` null, never 0: a count
         not made is not a count of zero.
         """
-        counts = (self.exposure_counts().group_by("chunk", "row").agg(
-            pl.col("window_count").sum(), pl.col("prompt_count").sum(),
-            pl.col("seen_chunk").filter(pl.col("window_count") > 0).min().alias("first_chunk"),
-            pl.col("seen_chunk").filter(pl.col("window_count") > 0).max().alias("last_chunk")))
-        scanned = pl.col("chunks_scanned").is_not_null()
-        return (self.probes().select("chunk", "row")
-                .join(counts, on=["chunk", "row"], how="left")
-                .join(self.exposure_coverage().lazy(), on="chunk", how="left")
-                .with_columns(pl.when(scanned).then(pl.col(name).fill_null(0)).alias(name)
-                              for name in ("window_count", "prompt_count"))
-                .select([pl.col(name).cast(dtype) for name, dtype in EXPOSURES_SCHEMA.items()]))
+        return sequence_totals(self.probes().select("chunk", "row"), self.exposure_counts(),
+                               self.exposure_coverage().lazy())
 
     def exposure_chunks_listed(self) -> list[int]:
         """The chunk files the spec asks to scan (`exposure.chunks`), whether scanned yet or not."""

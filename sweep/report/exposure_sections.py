@@ -7,8 +7,8 @@ failed scans named, which sequences the analyses use), then one figure per analy
 exposure bins (at the last checkpoint and over checkpoints), seen per sequence in the cells whose chunk a checkpoint
 had not trained on, forgetting against checkpoints since the last exposure, Lesci et al.'s memorization profile and
 its path, and Prashanth et al.'s recitation / reconstruction / recollection over checkpoints. The five analyses
-share one pass over the checkpoints (`exposure_analyses`). Figures are matplotlib `Figure` objects, as in
-sweep/report/page.py, whose page helpers these sections use.
+share one pass over the checkpoints (`exposure_analyses`). Figures are drawn with sweep/report/figures.py, as every
+section's are.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from sweep.analysis.labels import format_value
 from sweep.exposures import analyses as ea
 from sweep.exposures.history import ExposureHistory
 from sweep.exposures.kinds import KINDS, RECITATION_MIN_EXPOSURES
 from sweep.landed.reader import LandedOutput
-from sweep.report.page import DPI, Section, format_value, heatmap_figure, html_table, spread_rows
+from sweep.report.figures import DPI, Section, heatmap_figure, html_table, lines_figure, spread_rows
 
 EXPOSURE_FIGURE_NAMES = (
     "exposure_memorization.png",
@@ -110,7 +111,9 @@ def _by_exposure_section(table: pl.DataFrame, last_ckpt: int, extractable: bool,
     bars.legend(fontsize="small", loc="upper left")
     colours = matplotlib.colormaps["viridis"]
     top = max(int(table["exposure_bin"].max() or 0), 1)
-    for (exposure_bin,), line in table.filter(pl.col("n") >= MIN_LINE_N).group_by(["exposure_bin"]):
+    # In bin order: group_by's own order varies run to run, and lines drawn later cover earlier ones.
+    for (exposure_bin,), line in sorted(table.filter(pl.col("n") >= MIN_LINE_N).group_by(["exposure_bin"]),
+                                        key=lambda item: item[0]):
         line = line.sort("ckpt")
         label = ea.bin_label(*line.select("exposures_min", "exposures_max").row(0))
         lines.plot(line["ckpt"], line["full_match_rate"], color=colours(exposure_bin / top), label=label,
@@ -145,7 +148,7 @@ def _seen_section(seen: pl.DataFrame, out_dir: Path) -> Section:
              f"{int(summary['n'].sum()):,} pairs were such copies. Per sequence, 'seen by checkpoint c' means "
              "exposures at c >= 1."]
     name = "seen_per_sequence.png"
-    figure = _lines_figure(summary, "ckpt", [("full_match_rate_never_seen", "tab:blue", "never seen"),
+    figure = lines_figure(summary, "ckpt", [("full_match_rate_never_seen", "tab:blue", "never seen"),
                                              ("full_match_rate_seen", "tab:red", "seen earlier through copies")],
                            "checkpoint", "full-match rate",
                            "Sequences of chunks not yet trained on, by whether a copy was")
@@ -204,7 +207,7 @@ def _profile_sections(profile: pl.DataFrame, metric: str, out_dir: Path) -> list
     figure.axes[0].set_xlabel("cohort (the chunk trained at its checkpoint)")
     figure.savefig(out_dir / "memorization_profile.png", dpi=DPI)
     path = ea.profile_path(profile)
-    figure = _lines_figure(path, "checkpoints_since", [("did", "tab:blue", "did (difference in differences)"),
+    figure = lines_figure(path, "checkpoints_since", [("did", "tab:blue", "did (difference in differences)"),
                                                        ("gap", "tab:gray", "gap (cohort - control at c)")],
                            "checkpoints since the cohort's chunk was trained on", what,
                            "Memorization path: the profile averaged over cohorts (weighted by their size)")
@@ -216,24 +219,6 @@ def _profile_sections(profile: pl.DataFrame, metric: str, out_dir: Path) -> list
     return [Section(title, image="memorization_profile.png", notes=[definition]),
             Section("Memorization path", image="profile_path.png", notes=[note] if note else [],
                     tables=[html_table(spread_rows(path))])]
-
-
-def _lines_figure(frame: pl.DataFrame, x: str, lines: list[tuple[str, str, str]], xlabel: str, ylabel: str,
-                  title: str) -> Figure:
-    """One line per (column, colour, label) of `frame` against its column `x` (integers); nulls leave gaps."""
-    figure = Figure(figsize=(8, 4.5), layout="constrained")
-    axes = figure.add_subplot()
-    marker = "o" if frame.height <= 40 else None
-    for column, colour, label in lines:
-        values = frame[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-        axes.plot(frame[x], values, color=colour, marker=marker, markersize=3, label=label)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_title(title)
-    axes.legend()
-    axes.grid(alpha=0.3)
-    return figure
 
 
 def _kinds_section(kinds: pl.DataFrame, decoded: bool, out_dir: Path) -> Section:

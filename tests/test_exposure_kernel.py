@@ -1,5 +1,6 @@
-"""Exposure counts: equal to a brute-force count probe for probe, on corpora built here with planted copies,
-in both row formats, any whitespace and key order, any block sizes; clear errors; bounded memory."""
+"""The exposure-scan kernel (sweep/exposures/kernel.py): counts equal to a brute-force count probe for probe, on
+corpora built here with planted copies, in both row formats, any whitespace and key order, any block sizes; clear
+errors; bounded memory."""
 
 from __future__ import annotations
 
