@@ -13,8 +13,13 @@ probes from other chunks mostly are). Then, in one process, reading the file fro
       the row, candidates by ``searchsorted`` in the sorted prompt hashes, each verified through dicts keyed
       by k-gram and (k + l)-gram tuples;
   (b) kernel: ``scan_chunk`` (sweep/exposures/kernel.py), 4 MB blocks as ``LocalChunkReader`` streams them;
+  (c) binary: the same rows as a Megatron dataset of uint16 items (Pythia's layout: ``document.idx`` and the tokens
+      in two byte-range shards), scanned as a sweep scans a stream chunk (``scan_stream_chunk``, sweep/exposures/
+      scans.py: the index slice and the items' bytes read in 8 MB batches, hashed with sha256, counted by
+      ``count_items``, which also logs each window occurrence's stream position);
+  (d) binary kernel alone: ``count_items`` over the same items already in memory (no reading, no hashing);
 
-and checks that both give identical counts for every probe. Methods take turns for --rounds rounds; the best
+and checks that all give identical counts for every probe. Methods take turns for --rounds rounds; the best
 and the spread are printed. Tokens/s per core = tokens / CPU seconds of this (single-threaded) process, so
 other load on the machine costs less than it would in wall time (printed too). Peak RSS: the process's VmHWM
 during each method's rounds, and how far above the RSS before the rounds. Compile time: fresh processes with
@@ -41,8 +46,12 @@ import psutil
 from numpy.lib.stride_tricks import sliding_window_view
 from peak_memory import peak_rss_bytes, reset_peak_rss  # benchmarks/ (this script's folder)
 
-from sweep.exposures.kernel import build_probe_index, scan_chunk
 from sweep.data.probes import LocalChunkReader
+from sweep.data.stream_chunks import describe_stream, open_stream, stream_chunk
+from sweep.exposures.kernel import build_probe_index, count_items, scan_chunk
+from sweep.exposures.scans import scan_stream_chunk
+from sweep.spec import DataSpec
+from sweep.timeline import Timeline
 
 ROW_LEN = 2049  # Amber rows hold 2049 token ids
 VOCAB = 32000
@@ -50,8 +59,8 @@ AMBER_TOKENS = 360 * 1_706_976 * ROW_LEN
 PLAIN_BASE = np.uint64(0x2545F4914F6CDD1D)  # the plain way's own hash, independent of the kernel's
 
 
-def write_chunk(path: Path, n_rows: int, n_probes: int, k: int, l: int, seed: int) -> np.ndarray:
-    """Write the chunk; return the probes, int64[n_probes, k + l]."""
+def write_chunk(path: Path, n_rows: int, n_probes: int, k: int, l: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Write the chunk; return the probes, int64[n_probes, k + l], and the rows, int64[n_rows, ROW_LEN]."""
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, VOCAB, (n_rows, ROW_LEN))
     own = rows[: min(n_rows, 1000, n_probes // 2), : k + l].copy()  # probes sampled from this chunk
@@ -70,7 +79,23 @@ def write_chunk(path: Path, n_rows: int, n_probes: int, k: int, l: int, seed: in
     with open(path, "w") as handle:
         for i, row in enumerate(rows.tolist()):
             handle.write(json.dumps({"token_ids": row, "source": sources[i % 4]}) + "\n")
-    return np.concatenate([own, planted, others])
+    return np.concatenate([own, planted, others]), rows
+
+
+def write_megatron(folder: Path, rows: np.ndarray) -> None:
+    """`rows` as a Megatron dataset of uint16 items: `document.idx` (the format's header, sizes, pointers, document
+    index) and the tokens cut into two shards inside an item, as Pythia's shards are cut."""
+    folder.mkdir()
+    tokens = rows.astype(np.uint16).tobytes()
+    n = len(rows)
+    header = b"MMIDIDX\x00\x00" + np.array([1], "<u8").tobytes() + bytes([8]) + np.array([n, n + 1], "<u8").tobytes()
+    sizes = np.full(n, ROW_LEN, dtype="<i4")
+    pointers = (np.arange(n, dtype="<i8") * ROW_LEN * 2).astype("<i8")
+    (folder / "document.idx").write_bytes(header + sizes.tobytes() + pointers.tobytes()
+                                          + np.arange(n + 1, dtype="<i8").tobytes())
+    cut = len(tokens) // 2 + 1  # an odd byte: inside an item, inside a token
+    (folder / "document-00000-of-00001.bin").write_bytes(tokens[:cut])
+    (folder / "document-00001-of-00001.bin").write_bytes(tokens[cut:])
 
 
 class PlainCounter:
@@ -179,7 +204,13 @@ def main() -> None:
               f"cache; {warm['import']:.2f} s + {warm['first call']:.2f} s loading it")
 
         path = Path(scratch) / "train_000.jsonl"
-        probes = write_chunk(path, args.rows, args.probes, k, l, args.seed)
+        probes, rows = write_chunk(path, args.rows, args.probes, k, l, args.seed)
+        write_megatron(Path(scratch) / "megatron", rows)
+        source = describe_stream(DataSpec(source=str(Path(scratch) / "megatron"), format="megatron", file="document"))
+        chunk = stream_chunk(source, Timeline(args.rows, 1), 0)
+        in_memory = [(batch.tokens.copy(), batch.offsets, batch.positions)
+                     for batch in open_stream(source).iter_items(0, args.rows)]
+        del rows
         size = path.stat().st_size
         np.save(Path(scratch) / "probes.npy", probes)
         alone = scan_alone_memory(Path(scratch) / "probes.npy", path, k)
@@ -190,18 +221,22 @@ def main() -> None:
               f"token); index: {index.n_probes:,} probes, {index.nbytes / 1e6:.1f} MB, built in {build_seconds:.2f} s")
 
         scan_chunk(LocalChunkReader(path).blocks(), index, str(path))  # page cache filled, nothing to compile
-        rates: dict[str, list[tuple[float, float]]] = {"plain": [], "kernel": []}
-        peaks = {"plain": 0, "kernel": 0}  # peak RSS, bytes
+        scan_stream_chunk(chunk, index)
+        count_items(in_memory, index)  # its own compile: writable arrays are another numba type than read buffers
+        methods = {
+            "plain": lambda: plain.scan(path),
+            "kernel": lambda: scan_chunk(LocalChunkReader(path).blocks(), index, str(path)),
+            "binary": lambda: scan_stream_chunk(chunk, index)[0],
+            "binary kernel": lambda: count_items(in_memory, index),
+        }
+        rates: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
+        peaks = dict.fromkeys(methods, 0)  # peak RSS, bytes
         results = {}
         before = psutil.Process().memory_info().rss
         for _ in range(args.rounds):
             for name in rates:
                 reset_peak_rss()
-                if name == "plain":
-                    results[name], wall, cpu = timed(lambda: plain.scan(path))
-                else:
-                    results[name], wall, cpu = timed(lambda: scan_chunk(LocalChunkReader(path).blocks(), index,
-                                                                        str(path)))
+                results[name], wall, cpu = timed(methods[name])
                 peaks[name] = max(peaks[name], peak_rss_bytes())
                 rates[name].append((tokens / cpu, tokens / wall))
 
@@ -211,6 +246,11 @@ def main() -> None:
     plain_window, plain_prompt, plain_tokens = results["plain"]
     identical = (np.array_equal(window, plain_window) and np.array_equal(prompt, plain_prompt)
                  and plain_tokens == exposure.tokens == tokens)
+    for name in ("binary", "binary kernel"):
+        counted = results[name]
+        identical &= (np.array_equal(counted.probe, exposure.probe) and counted.tokens == tokens
+                      and np.array_equal(counted.window_count, exposure.window_count)
+                      and np.array_equal(counted.prompt_count, exposure.prompt_count))
     print(f"identical counts: {'yes' if identical else 'NO'} ({len(exposure.probe):,} probes with a nonzero "
           f"count; {int(window.sum()):,} window and {int(prompt.sum()):,} prompt occurrences)")
     best = {name: max(cpu for cpu, _ in pairs) for name, pairs in rates.items()}
@@ -224,8 +264,12 @@ def main() -> None:
     print(f"a fresh process: RSS {alone['imported'] / 1e6:.0f} MB imported and compiled; building the index peaks "
           f"at {alone['build_peak'] / 1e6:.0f} MB; {alone['with_index'] / 1e6:.0f} MB holding it; the scan peaks at "
           f"{alone['scan_peak'] / 1e6:.0f} MB (+{(alone['scan_peak'] - alone['with_index']) / 1e6:.1f} MB)")
-    print(f"kernel / plain: {best['kernel'] / best['plain']:.1f}x (best CPU rates); load average now "
+    print(f"kernel / plain: {best['kernel'] / best['plain']:.1f}x; binary / kernel: "
+          f"{best['binary'] / best['kernel']:.1f}x; binary kernel alone / kernel: "
+          f"{best['binary kernel'] / best['kernel']:.1f}x (best CPU rates); load average now "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    digest, _, cpu = timed(lambda: hashlib.sha256(b"".join(t.tobytes() for t, _, _ in in_memory)).hexdigest())
+    print(f"sha256 of the binary items alone: {tokens / cpu / 1e6:.0f}M tokens per CPU-second (2 bytes a token)")
     if not identical:
         sys.exit("the kernel and the plain way disagree")
 

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="print the plan and what it costs (downloads, disk, GPU-hours); runs nothing")
     _spec_arguments(plan)
-    plan.add_argument("--offline", action="store_true", help="do not ask the Hub for file sizes (use Amber's)")
+    plan.add_argument("--offline", action="store_true", help="do not ask the Hub for file sizes (use the release's published ones)")
     plan.set_defaults(handler=_plan)
 
     verify = commands.add_parser("verify", help="check every landed file against its ledger record")

@@ -6,10 +6,11 @@ must be >= 1 (got 0)`.
 
 Every field of every section declares what it means for the numbers: IDENTITY (changing it changes what a landed
 number means, so an existing output refuses it), IDENTITY_UNLESS_DEFAULT (the same, for a key added after outputs
-exist: left out of the identity while it has its default, so their identity hash stays), or NOT_IDENTITY (which
-cells, or how they run). `SweepSpec.identity()` is derived from these declarations, so a new key is one line:
+exist: left out of the identity while it has its default, so their identity hash stays), a format's identity
+(NUMPY_IDENTITY: part of the identity in that data format only), or NOT_IDENTITY (which cells, or how they run).
+`SweepSpec.identity()` is derived from these declarations, so a new key is one line:
 
-    format: Annotated[Literal["jsonl", "tokens"], IDENTITY_UNLESS_DEFAULT] = "jsonl"
+    format: Annotated[Literal["jsonl", "megatron", "numpy"], IDENTITY_UNLESS_DEFAULT] = "jsonl"
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 
 from sweep.errors import MemsweepError
+from sweep.timeline import Timeline
 
 
 class SpecError(MemsweepError):
@@ -85,13 +87,21 @@ def _check_one_to_one(ids: list[int], name_of, key: str, ids_key: str, field: st
         seen[name] = value
 
 
-def _check_template(value: str, field: str) -> str:
-    """A str.format template may use only `{field}` (with a format spec such as `:03d`)."""
+def _check_template(value: str, field: str, *others: str) -> str:
+    """A str.format template may use only `{field}` (and `others`), with format specs such as `:03d`."""
     try:
-        value.format(**{field: 0})
+        value.format(**{name: 0 for name in (field, *others)})
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"template {value!r} must only use {{{field}}} ({exc})") from None
+        named = " or ".join(f"{{{name}}}" for name in (field, *others))
+        raise ValueError(f"template {value!r} must only use {named} ({exc})") from None
     return value
+
+
+def _template_fields(template: str) -> set[str]:
+    """The field names a str.format template uses."""
+    import string
+
+    return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 @dataclass(frozen=True)
@@ -100,10 +110,13 @@ class Meaning:
 
     identity: bool  # part of the output's identity: an output refuses a spec that changes it
     unless_default: bool = False  # ... except while it has its default value (a key added after outputs exist)
+    formats: tuple[str, ...] | None = None  # ... only in these data formats (its section's `format`), None included
+    counts_with: str | None = None  # ... and its value only while this key of its section is set (else None)
 
 
 IDENTITY = Meaning(identity=True)
 IDENTITY_UNLESS_DEFAULT = Meaning(identity=True, unless_default=True)
+NUMPY_IDENTITY = Meaning(identity=True, formats=("numpy",))
 NOT_IDENTITY = Meaning(identity=False)
 
 
@@ -139,10 +152,15 @@ def identity_of(section: SpecSection, prefix: str = "") -> dict[str, Any]:
             continue
         meaning = meaning_of(field)
         if meaning is None:
-            raise TypeError(f"spec key {prefix}{name} declares no Meaning (IDENTITY, IDENTITY_UNLESS_DEFAULT or "
-                            "NOT_IDENTITY)")
-        if meaning.identity and not (meaning.unless_default and value == field.default):
-            found[f"{prefix}{name}"] = _canonical(value)
+            raise TypeError(f"spec key {prefix}{name} declares no Meaning (IDENTITY, IDENTITY_UNLESS_DEFAULT, "
+                            "NUMPY_IDENTITY or NOT_IDENTITY)")
+        if not meaning.identity or (meaning.unless_default and value == field.default):
+            continue
+        if meaning.formats is not None and getattr(section, "format", None) not in meaning.formats:
+            continue
+        if meaning.counts_with is not None and getattr(section, meaning.counts_with) is None:
+            value = None
+        found[f"{prefix}{name}"] = _canonical(value)
     return found
 
 
@@ -176,17 +194,49 @@ class ModelSpec(SpecSection):
     @field_validator("revision")
     @classmethod
     def _revision_formats(cls, value: str) -> str:
-        return _check_template(value, "ckpt")
+        return _check_template(value, "ckpt", *REVISION_TOKEN_FIELDS)
 
-    def revision_for(self, ckpt: int) -> str:
-        return self.revision_overrides.get(ckpt) or self.revision.format(ckpt=ckpt)
+    def revision_for(self, ckpt: int, tokens: int | None = None) -> str:
+        """Checkpoint `ckpt`'s revision. `tokens`: tokens it has trained on, for templates that name them (OLMo's
+        `step{ckpt}-tokens{tokens_b}B`; SweepSpec.revision_for passes them)."""
+        if ckpt in self.revision_overrides:
+            return self.revision_overrides[ckpt]
+        counts = {} if tokens is None else {"tokens": tokens, "tokens_b": round(tokens / 1e9)}
+        return self.revision.format(ckpt=ckpt, **counts)
+
+
+# Revision template fields beside {ckpt}: tokens trained (exact) and in billions, rounded to the nearest (OLMo-1's
+# `step20000-tokens84B`: 20,000 steps x 2048 x 2048 tokens = 83.9B). Offered with a step-indexed timeline over numpy
+# token files (tokens a step = timeline.sequences_per_step x data.sequence_len).
+REVISION_TOKEN_FIELDS = ("tokens", "tokens_b")
+
+
+DATA_FORMATS = ("jsonl", "megatron", "numpy")
+# What `data.file` is when the spec leaves it out, by format.
+DEFAULT_DATA_FILE = {"jsonl": "train/train_{chunk:03d}.jsonl", "megatron": "document", "numpy": None}
+TOKEN_DTYPES = ("uint16", "uint32")
+ORDER_DTYPES = ("uint16", "uint32", "uint64", "int32", "int64")
 
 
 class DataSpec(SpecSection):
     source: Annotated[str, IDENTITY] = Field(min_length=1)
     """A Hugging Face dataset repo id (`LLM360/AmberDatasets`) or a local directory."""
-    file: Annotated[str, IDENTITY] = "train/train_{chunk:03d}.jsonl"
-    """Chunk file inside the source; a template over the chunk id."""
+    format: Annotated[Literal["jsonl", "megatron", "numpy"], IDENTITY_UNLESS_DEFAULT] = "jsonl"
+    """How the training stream is stored: JSON-lines chunk files (Amber, K2), a Megatron / GPT-NeoX indexed dataset
+    (Pythia), or flat numpy token files with an optional order file (OLMo)."""
+    file: Annotated[Union[str, list[str]], IDENTITY] = None  # type: ignore[assignment] - filled by format in _default_file
+    """jsonl: the chunk file inside the source, a template over the chunk id; megatron: the dataset's prefix
+    (`document`: `document.idx` beside `document.bin` or its shards); numpy: the token files in stream order (a list,
+    or one glob sorted by name)."""
+    dtype: Annotated[Literal["uint16", "uint32"] | None, NUMPY_IDENTITY] = None
+    """numpy: the token files' id type."""
+    sequence_len: Annotated[int | None, NUMPY_IDENTITY] = Field(default=None, ge=1)
+    """numpy: tokens per instance; each file is cut into whole instances (a remainder is ignored, as OLMo does)."""
+    order: Annotated[str | None, NUMPY_IDENTITY] = None
+    """numpy: a flat integer array file (OLMo's `global_indices.npy`): stream position p is instance order[p]."""
+    order_dtype: Annotated[Literal["uint16", "uint32", "uint64", "int32", "int64"],
+                           Meaning(identity=True, formats=("numpy",), counts_with="order")] = "uint32"
+    """numpy: the order file's integer type (OLMo: uint32); part of the identity only with an order file."""
     revision: Annotated[str, IDENTITY] = "main"
     """Hub dataset revision the chunk files are read at (pinned to its commit on first use); ignored locally."""
     samples_per_chunk: Annotated[int, IDENTITY] = Field(default=1000, ge=1)
@@ -200,13 +250,30 @@ class DataSpec(SpecSection):
     vocab_size: Annotated[int | None, NOT_IDENTITY] = Field(default=None, ge=1)
     """If set, token ids outside [0, vocab_size) are an error."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_file(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("file") is None:
+            fmt = raw.get("format", "jsonl")
+            if DEFAULT_DATA_FILE.get(fmt) is not None:
+                return {**raw, "file": DEFAULT_DATA_FILE[fmt]}
+        return raw
+
     @field_validator("file")
     @classmethod
-    def _file_formats(cls, value: str) -> str:
-        return _check_template(value, "chunk")
+    def _file_is_named(cls, value: Union[str, list[str]]) -> Union[str, list[str]]:
+        if isinstance(value, list) and (not value or not all(isinstance(item, str) and item for item in value)):
+            raise ValueError("a list of token files needs at least one non-empty path")
+        return value
 
     def file_for(self, chunk: int) -> str:
+        """The chunk file of chunk `chunk` (jsonl only: in the other formats a chunk is a range of the stream)."""
         return self.file.format(chunk=chunk)
+
+    @property
+    def is_stream(self) -> bool:
+        """megatron or numpy: a chunk is a range of one stream, not a file."""
+        return self.format != "jsonl"
 
 
 class MemorizationSpec(SpecSection):
@@ -248,6 +315,13 @@ class ResourcesSpec(SpecSection):
     of the one-token step, CUDA only). Greedy mode without nll only; the static forms are unmeasured on a GPU."""
 
 
+class TimelineSpec(SpecSection):
+    sequences_per_step: Annotated[int, IDENTITY] = Field(ge=1)
+    """Training sequences per optimizer step (Pythia: 1024, a batch of 1024 x 2049 tokens)."""
+    steps_per_chunk: Annotated[int, IDENTITY] = Field(ge=1)
+    """Steps per chunk: chunk c is steps [c S, (c + 1) S) of the stream (Pythia: 1000)."""
+
+
 class ExposureSpec(SpecSection):
     chunks: Annotated[list[int], NOT_IDENTITY]
     """The chunk files of `data.file` to scan for exposure counts (ids and ranges, as `chunks`); may include chunks
@@ -271,7 +345,10 @@ class SweepSpec(SpecSection):
     """Adding checkpoints or chunks extends a sweep; each cell's numbers do not depend on the others."""
     chunks: Annotated[list[int], NOT_IDENTITY]
     cells: Annotated[Literal["all", "seen", "unseen", "diagonal"], NOT_IDENTITY] = "all"
-    """Which (checkpoint, chunk) pairs: all, seen (chunk <= ckpt), unseen, diagonal (chunk == ckpt)."""
+    """Which (checkpoint, chunk) pairs: all, seen (the checkpoint has trained on some of the chunk), unseen (on none
+    of it), diagonal (its newest chunk); sweep/timeline.py. Chunk-indexed: chunk <= ckpt, chunk > ckpt, ==."""
+    timeline: TimelineSpec | None = None
+    """Checkpoints as training steps and chunks as ranges of the stream (required for megatron and numpy data)."""
     memorization: MemorizationSpec = MemorizationSpec()
     resources: ResourcesSpec = ResourcesSpec()
     exposure: ExposureSpec | None = None
@@ -283,6 +360,48 @@ class SweepSpec(SpecSection):
     @classmethod
     def _ids(cls, value: Any) -> list[int]:
         return parse_id_list(value)
+
+    @model_validator(mode="after")
+    def _data_keys_fit_format(self) -> "SweepSpec":
+        """Each format's keys, and a timeline exactly where a chunk is a range of the stream."""
+        data = self.data
+        only_numpy = [key for key in ("dtype", "sequence_len", "order") if getattr(data, key) is not None]
+        if data.format != "numpy" and only_numpy:
+            raise ValueError(f"data.{only_numpy[0]}: applies to data.format numpy only (got format {data.format!r}"
+                             + ("; a Megatron index names its own dtype)" if data.format == "megatron" else ")"))
+        if data.format == "jsonl":
+            if not isinstance(data.file, str):
+                raise ValueError("data.file: a jsonl chunk file is one template over {chunk}, not a list")
+            _check_file_template(data.file)
+            if self.timeline is not None:
+                raise ValueError("timeline: applies to data.format megatron or numpy; a jsonl chunk is a file, and "
+                                 "checkpoint c is the one saved after chunk c")
+            return self
+        if self.timeline is None:
+            raise ValueError(f"timeline: required for data.format {data.format} (a chunk is a range of the stream: "
+                             "give timeline.sequences_per_step and timeline.steps_per_chunk)")
+        if data.format == "megatron":
+            if not isinstance(data.file, str) or "{" in data.file:
+                raise ValueError(f"data.file: a Megatron dataset is named by its prefix, e.g. 'document' for "
+                                 f"document.idx and document.bin or its shards (got {data.file!r})")
+            if data.file.endswith((".idx", ".bin")):
+                raise ValueError(f"data.file: name the prefix without .idx or .bin (got {data.file!r}; try "
+                                 f"{data.file.rsplit('.', 1)[0]!r})")
+        else:
+            if data.file is None:
+                raise ValueError("data.file: required for data.format numpy: the token files in stream order, a list "
+                                 "or a glob")
+            for key in ("dtype", "sequence_len"):
+                if getattr(data, key) is None:
+                    raise ValueError(f"data.{key}: required for data.format numpy")
+        return self
+
+    @model_validator(mode="after")
+    def _revision_names_what_it_can(self) -> "SweepSpec":
+        if _template_fields(self.model.revision) & set(REVISION_TOKEN_FIELDS) and self.tokens_per_step() is None:
+            raise ValueError("model.revision: {tokens} and {tokens_b} need the tokens of a step: a timeline section "
+                             "over data.format numpy (timeline.sequences_per_step x data.sequence_len)")
+        return self
 
     @model_validator(mode="after")
     def _has_cells(self) -> "SweepSpec":
@@ -317,27 +436,49 @@ class SweepSpec(SpecSection):
     def _one_revision_and_file_per_id(self) -> "SweepSpec":
         """Two checkpoints loading one revision (or two chunks reading one file) would land one model's numbers
         under another's id: the most silent wrong number there is."""
-        _check_one_to_one(self.checkpoints, self.model.revision_for, "model.revision", "checkpoints", "ckpt",
+        _check_one_to_one(self.checkpoints, self.revision_for, "model.revision", "checkpoints", "ckpt",
                           "model.revision_overrides")
+        if self.data.is_stream:  # chunks are ranges of one stream: no file per chunk to tell apart
+            return self
         _check_one_to_one(self.chunks, self.data.file_for, "data.file", "chunks", "chunk", None)
         if self.exposure is not None:
             _check_one_to_one(self.exposure.chunks, self.data.file_for, "data.file", "exposure.chunks", "chunk", None)
         return self
 
+    def timeline_positions(self) -> Timeline:
+        """Where each checkpoint and chunk lies on the training stream (sweep/timeline.py)."""
+        if self.timeline is None:
+            return Timeline()
+        return Timeline(self.timeline.sequences_per_step, self.timeline.steps_per_chunk)
+
+    def tokens_per_step(self) -> int | None:
+        """Tokens trained per step, where the spec knows them (a timeline over numpy instances of a fixed length)."""
+        if self.timeline is None or self.data.format != "numpy" or self.data.sequence_len is None:
+            return None
+        return self.timeline.sequences_per_step * self.data.sequence_len
+
+    def revision_for(self, ckpt: int) -> str:
+        """Checkpoint `ckpt`'s Hub revision (or local sub-folder), the template's token fields filled in."""
+        per_step = self.tokens_per_step()
+        return self.model.revision_for(ckpt, None if per_step is None else ckpt * per_step)
+
     def cell_list(self) -> list[tuple[int, int]]:
-        """Every (ckpt, chunk) cell the spec asks for, checkpoint-major."""
+        """Every (ckpt, chunk) cell the spec asks for, checkpoint-major (seen / unseen / diagonal: the timeline's)."""
+        timeline = self.timeline_positions()
         keep = {
             "all": lambda c, j: True,
-            "seen": lambda c, j: j <= c,
-            "unseen": lambda c, j: j > c,
-            "diagonal": lambda c, j: j == c,
+            "seen": timeline.is_seen,
+            "unseen": lambda c, j: not timeline.is_seen(c, j),
+            "diagonal": lambda c, j: timeline.newest_chunk(c) == j,
         }[self.cells]
         return [(c, j) for c in self.checkpoints for j in self.chunks if keep(c, j)]
 
     def identity(self) -> dict[str, Any]:
         """What a number in the output means: every key declared IDENTITY (and IDENTITY_UNLESS_DEFAULT ones that are
-        set), dotted, e.g. {"model.source": "LLM360/Amber", ..., "memorization.nll": False}. Changing any of them needs
-        a new output directory; checkpoints, chunks, resources and paths are not in it (see docs/spec.md)."""
+        set, a format's keys in that format), dotted, e.g. {"model.source": "LLM360/Amber", ..., "memorization.nll":
+        False}. Changing any of them needs a new output directory; checkpoints, chunks, resources and paths are not in
+        it (see docs/spec.md). A stream's format and timeline join it only where they differ from Amber's (jsonl
+        files, checkpoint c after chunk c), so every output written before them keeps its identity hash."""
         return identity_of(self)
 
     def keeps_generated(self) -> bool:
@@ -346,6 +487,13 @@ class SweepSpec(SpecSection):
 
     def identity_hash(self) -> str:
         return identity_hash(self.identity())
+
+
+def _check_file_template(value: str) -> None:
+    try:
+        _check_template(value, "chunk")
+    except ValueError as error:
+        raise ValueError(f"data.file: {error}") from None
 
 
 def identity_hash(identity: dict[str, Any]) -> str:

@@ -1,5 +1,6 @@
-"""Fixtures shared by the test modules: the small demo world, a local Ray (helpers: tests/sweeps.py) and the explorer's
-tiny output and server (tests/explorer_world.py)."""
+"""Fixtures shared by the test modules: the small demo world, a local Ray (helpers: tests/sweeps.py), the explorer's
+tiny output and server (tests/explorer_world.py), and one training stream in three formats with the checkpoints
+trained through it (tests/stream_world.py)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,12 @@ def served_explorer(explorer_output, tmp_path_factory):
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="session")
+def stream_family(tmp_path_factory):
+    """One token stream as JSONL chunk files, a sharded Megatron dataset and numpy files with an order file, and a
+    family of checkpoints trained through it (tests/stream_world.py `build_stream_family`)."""
+    from tests.stream_world import build_stream_family
+
+    return build_stream_family(tmp_path_factory.mktemp("stream-family"))

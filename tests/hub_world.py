@@ -94,8 +94,9 @@ from pathlib import Path
 import torch
 
 LAUNCHER = Path(__file__).with_name("hub_world_server.py")
-# The Hub's default .gitattributes puts *.bin and *.safetensors in LFS; AmberDatasets' 20 GB chunks are LFS too.
-LFS_SUFFIXES = (".bin", ".safetensors", ".jsonl")
+# The Hub's default .gitattributes puts *.bin and *.safetensors in LFS; AmberDatasets' 20 GB chunks are LFS too, and so
+# are the Pythia datasets' document.idx and shards, and OLMo-style .npy token files.
+LFS_SUFFIXES = (".bin", ".safetensors", ".jsonl", ".idx", ".npy")
 GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES).encode()
 WEIGHT_FILE_SUFFIXES = (".bin", ".safetensors", ".index.json")
 SHARDS = 3  # Amber: 3 fp32 .bin shards per ckpt branch, 3 bf16 safetensors shards on main
@@ -190,13 +191,7 @@ def build_amber_world(mirrors: Path, checkpoint_dirs: Sequence[Path], chunk_file
     world = HubWorld(Path(mirrors), model_id, data_id,
                      revisions=(*(f"ckpt_{i:03d}" for i in range(len(checkpoint_dirs) - 1)), "main"),
                      chunk_files=tuple(f"train/train_{i:03d}.jsonl" for i in range(len(chunk_files))))
-    for repo in (world.model_repo, world.data_repo):
-        if repo.exists():
-            raise FileExistsError(f"repository folder already exists: {repo}")
-        repo.mkdir(parents=True)
-        _git(repo, "init", "--quiet", "--initial-branch", "main")
-        commit_files(repo, "main", {".gitattributes": GITATTRIBUTES}, "initial commit")
-    root = branch_sha(world.model_repo, "main")
+    root = _initial_commits(world)
     for index, (revision, folder) in enumerate(zip(world.revisions[:-1], checkpoint_dirs)):
         commit_files(world.model_repo, revision, _ckpt_files(Path(folder), SHARDS), f"Upload checkpoint {index}",
                      start_from=root)
@@ -208,6 +203,43 @@ def build_amber_world(mirrors: Path, checkpoint_dirs: Sequence[Path], chunk_file
                                             **_main_files(last)}, "Upload bf16 safetensors weights")
     commit_files(world.data_repo, "main", dict(zip(world.chunk_files, map(Path, chunk_files))), "Upload train chunks")
     return world
+
+
+def build_pythia_world(mirrors: Path, checkpoints: Mapping[int, Path], data_files: Mapping[str, Path], *,
+                       model_id: str = "EleutherAI/pythia-tiny-deduped",
+                       data_id: str = "EleutherAI/pile-tiny-pythia-preshuffled") -> HubWorld:
+    """A model repository and a dataset repository laid out as Pythia's are (../shared/FACTS.md), under `mirrors`.
+
+    `checkpoints`: step -> `save_pretrained` folder; each becomes branch `step{N}` (grown from the initial commit, its
+    files as saved), and the last step is also `main`, as `step143000` is Pythia's. `data_files`: path in the dataset
+    repository -> local file (Pythia: `document.idx` and `document-0000k-of-00020.bin` at the root), all LFS, on
+    `main`. `revisions` lists the step branches in step order.
+    """
+    steps = sorted(checkpoints)
+    world = HubWorld(Path(mirrors), model_id, data_id, revisions=tuple(f"step{step}" for step in steps),
+                     chunk_files=tuple(data_files))
+    root = _initial_commits(world)
+    def saved(folder: Path) -> dict[str, Path]:
+        return {path.name: path for path in sorted(Path(folder).iterdir()) if path.is_file()}
+
+    for step in steps:
+        commit_files(world.model_repo, f"step{step}", saved(checkpoints[step]), f"Upload step {step}", start_from=root)
+    commit_files(world.model_repo, "main", saved(checkpoints[steps[-1]]), "Upload final model")
+    commit_files(world.data_repo, "main", {path: Path(file) for path, file in data_files.items()},
+                 "Upload preshuffled data")
+    return world
+
+
+def _initial_commits(world: HubWorld) -> str:
+    """Create the world's two repositories, each with an "initial commit" holding `.gitattributes` as the Hub's
+    start; returns the model repository's root commit (every checkpoint branch grows from it)."""
+    for repo in (world.model_repo, world.data_repo):
+        if repo.exists():
+            raise FileExistsError(f"repository folder already exists: {repo}")
+        repo.mkdir(parents=True)
+        _git(repo, "init", "--quiet", "--initial-branch", "main")
+        commit_files(repo, "main", {".gitattributes": GITATTRIBUTES}, "initial commit")
+    return branch_sha(world.model_repo, "main")
 
 
 def commit_files(repo: Path, branch: str, files: Mapping[str, bytes | Path | None], message: str, *,

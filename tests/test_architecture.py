@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Lowest first. Each layer is a list of groups of module prefixes: a module may import its own group and the layers
 # below; two groups on one layer do not import each other (the report and the explorer are siblings).
 LAYERS = [
-    [("sweep.errors", "sweep.spec")],  # what a sweep is
+    [("sweep.errors", "sweep.spec", "sweep.timeline")],  # what a sweep is, and where it lies on the training stream
     [("sweep.landed",)],  # the landed output: the one writer, the one reader, ledgers, verify
     [("sweep.data",)],  # the training data: sources, probe sets
     [("sweep.exposures",)],  # exposure counts: kernel, scans, history, analyses

@@ -351,3 +351,64 @@ def test_memory_stays_bounded_on_a_large_file():
     assert result.rows == 40 * repeats and result.tokens == 40 * 2049 * repeats
     assert result.window_count.tolist() == [repeats] * 40
     assert peak < 2 * block_size + 2 * len(period) // 40 + 64 * 1024, peak  # a block, a line, the counts
+
+
+# ---------------------------------------------------------------- binary items (Megatron, numpy token files)
+
+def item_batches(rows: list[list[int]], dtype, per_batch: int, first_position: int = 1000
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`rows` as a binary stream reader hands them over: batches of (flat tokens, offsets, stream positions); row i
+    is at stream position first_position + i."""
+    for start in range(0, len(rows), per_batch):
+        part = rows[start:start + per_batch]
+        offsets = np.concatenate([[0], np.cumsum([len(row) for row in part])]).astype(np.int64)
+        positions = np.arange(first_position + start, first_position + start + len(part), dtype=np.int64)
+        yield np.array([token for row in part for token in row], dtype=dtype), offsets, positions
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int32])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_binary_items_count_exactly_what_brute_force_and_the_jsonl_kernel_count(seed, dtype):
+    from sweep.exposures.kernel import count_items
+
+    k, l = 4, 3
+    rows, probes = planted_corpus(seed, k, l, vocab=6)
+    index = build_probe_index(probes, k)
+    expected = brute_force(rows, probes, k)
+    # where each window occurs: the position of every row holding it, once per occurrence
+    positions = [[1000 + i for i, row in enumerate(rows) for _ in range(occurrences(row, probe))] for probe in probes]
+    for per_batch in (1, 7, len(rows)):  # an item never spans batches; any batch size counts the same
+        counted = count_items(item_batches(rows, dtype, per_batch), index)
+        assert [a.tolist() for a in dense_counts(counted, len(probes))] == [e.tolist() for e in expected]
+        assert counted.items == len(rows) and counted.tokens == sum(map(len, rows))
+        logged = {int(p): where.tolist() for p, where in zip(counted.probe, counted.window_positions)}
+        assert [logged.get(p, []) for p in range(len(probes))] == positions
+    jsonl = scan_chunk([chunk_bytes(rows, np.random.default_rng(seed), ["raw"])], index, "chunk")
+    assert [a.tolist() for a in dense_counts(jsonl, len(probes))] == [e.tolist() for e in expected]
+
+
+def test_binary_items_with_ids_beyond_uint16_and_occurrences_at_item_edges():
+    from sweep.exposures.kernel import count_items
+
+    k, l = 3, 2
+    probe = [70000, 1, 70001, 2, 3]
+    rows = [probe, [9, *probe], [9, 9, *probe[:4]], [*probe[:3]], probe[2:] + probe]  # ends, starts, cut short
+    index = build_probe_index(np.array([probe]), k)
+    counted = count_items(item_batches(rows, np.uint32, 2), index)
+    assert dense_counts(counted, 1) == ([3], [5])
+    assert counted.window_positions[0].tolist() == [1000, 1001, 1004]
+    # one id out of uint16's range read as uint16 would be another id: a uint32 stream keeps it
+    assert count_items(item_batches([[70000 % 65536, 1, 70001 % 65536, 2, 3]], np.uint16, 1), index).probe.size == 0
+
+
+def test_a_full_occurrence_log_is_emptied_between_items_without_losing_one(monkeypatch):
+    from sweep.exposures import kernel
+
+    k, l = 2, 1
+    probe = [1, 1, 1]
+    rows = [[1] * 20, [2, 1, 1, 1, 2], [1] * 7, [3] * 4, [1] * 30]  # overlapping runs: one occurrence per position
+    index = build_probe_index(np.array([probe]), k)
+    expected = [1000 + i for i, row in enumerate(rows) for _ in range(occurrences(row, np.array(probe)))]
+    monkeypatch.setattr(kernel, "_LOG_ENTRIES", 6)  # smaller than one row: the log grows, and empties many times
+    counted = kernel.count_items(item_batches(rows, np.uint16, 2), index)
+    assert counted.window_count.tolist() == [len(expected)] and counted.window_positions[0].tolist() == expected

@@ -83,3 +83,46 @@ def test_plan_prices_the_exposure_scan_of_the_whole_corpus(tmp_path):
     tokens = 360 * 1_706_976 * 2049  # 1.26T, FACTS.md
     assert f"~{tokens / 1e9:,.1f}B tokens" in line
     assert f"~{tokens / 50e6 / 3600:,.1f} core-hours" in line
+
+
+def test_plan_prices_pythia_from_its_published_sizes(tmp_path):
+    """154 fp16 checkpoints of 70,426,624 parameters (the Pythia README's 6 layers x 512, vocabulary 50,304); 143
+    chunks whose probe sets each read 1,024,000 index entries of 12 bytes and 1000 x 64 uint16 tokens."""
+    text = plan(str(REPO / "configs" / "pythia-deduped.yaml"), "--offline", "--output", str(tmp_path / "out"),
+                "--set", "exposure.chunks=0-142")
+    parameters = 2 * 50304 * 512 + 6 * (12 * 512 * 512 + 13 * 512) + 2 * 512
+    assert parameters == 70_426_624
+    assert "cells: 22022 total, 0 done, 22022 to do" in text and "checkpoint loads: 154; chunks to sample: 143" in text
+    assert f"downloads: {154 * 2 * parameters / 1e9:,.1f} GB of checkpoints (154 loads, sizes from Pythia 70M's" in text
+    read = 143 * (1_024_000 * 12 + 1000 * 64 * 2)
+    assert f"+ {read / 1e9:,.2f} GB read by Range requests (143 probe sets to build" in text
+    assert "no line indexes" in text
+    hours = dict((label, float(value.replace(",", ""))) for value, label in
+                 re.findall(r"([\d,.]+) at the (reference|compute bound)", text))
+    assert hours["compute bound"] == round(22_022_000 / (900 * 6.74e9 / parameters) / 3600, 1)
+    line = next(line for line in text.splitlines() if line.startswith("exposure scans:"))
+    tokens = 143 * 1_024_000 * 2049  # the whole stream: 300B tokens
+    assert f"143 stream chunks, {143 * 1_024_000 * (12 + 2 * 2049) / 1e9:,.1f} GB to stream" in line
+    assert f"~{tokens / 1e9:,.1f}B tokens), ~{tokens / 70e6 / 3600:,.1f} core-hours at 70M tokens/s" in line
+
+
+def test_plan_prices_k2_from_its_published_sizes(tmp_path):
+    text = plan(str(REPO / "configs" / "k2.yaml"), "--offline", "--output", str(tmp_path / "out"))
+    assert "downloads: 4,680.0 GB of checkpoints (36 loads, sizes from K2's published sizes (offline))" in text
+    assert f"+ {36 * 35.6:,.1f} GB of chunk files streamed once" in text
+    assert "8 GPUs: 520 GB" in text  # two actors of 4 GPUs on a node, each holding two 130 GB checkpoints
+
+
+def test_plan_reads_a_local_streams_own_sizes(stream_family, tmp_path):
+    from tests.stream_world import PER_CHUNK, SEQUENCE_LEN
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        f"name: s\nmodel: {{source: {stream_family.model}, revision: 'step{{ckpt}}'}}\n"
+        f"data: {{source: {stream_family.world.megatron}, format: megatron, samples_per_chunk: 16}}\n"
+        "timeline: {sequences_per_step: 8, steps_per_chunk: 4}\ncheckpoints: [4, 8]\nchunks: 0-2\n"
+        f"exposure: {{chunks: 0-2}}\nmemorization: {{prompt_len: 16, continuation_len: 16}}\noutput: {tmp_path / 'o'}\n")
+    text = plan(str(spec))
+    assert "the stream's own (96 items)" in text
+    assert f"+ {3 * (PER_CHUNK * 12 + 16 * 32 * 2) / 1e9:,.2f} GB read by Range requests" in text
+    assert f"3 stream chunks, {3 * PER_CHUNK * (12 + 2 * SEQUENCE_LEN) / 1e9:,.1f} GB to stream" in text

@@ -61,8 +61,9 @@ def test_picks_the_rows_datasets_shuffle_select_picks(tmp_path, caplog, n_rows, 
     assert probes["source"].to_list() == reference["source"]
     assert probes["tokens"].to_list() == [ids[: K + L] for ids in reference["token_ids"]]
     assert probes["chunk"].unique().to_list() == [5]
-    assert probes.schema == pl.Schema({"chunk": pl.Int32, "row": pl.Int64, "source": pl.String,
+    assert probes.schema == pl.Schema({"chunk": pl.Int32, "row": pl.Int64, "index": pl.Int64, "source": pl.String,
                                        "tokens": pl.List(pl.UInt32)})
+    assert probes["index"].null_count() == probes.height  # a stream position is a binary stream's (megatron, numpy)
     warned = any("fewer than" in record.getMessage() for record in caplog.records)
     assert warned == (n_rows < n)
 

@@ -588,3 +588,19 @@ def test_reads_what_the_result_store_writes(tmp_path: Path) -> None:
         frame.select("ckpt", "chunk").unique().sort("ckpt", "chunk").rows()
     page = write_report(store.output).read_text()
     assert "store-written" in page and "heatmap_score.png" in page
+
+
+def test_the_staircase_follows_a_step_timeline_into_a_partly_seen_cell():
+    """Checkpoints at steps 0, 2, 4, 6 of chunks of 4 steps: the seen | unseen line of each row lies after the chunks
+    its checkpoint trained on, and inside the cell of the chunk it is half way through."""
+    import polars as pl
+
+    from sweep.report.figures import heatmap_figure
+    from sweep.timeline import Timeline
+
+    matrix = pl.DataFrame({"ckpt": [0, 2, 4, 6], "0": [0.1, 0.2, 0.3, 0.4], "1": [0.1] * 4, "2": [0.0] * 4})
+    figure, _ = heatmap_figure(matrix, "t", "score", timeline=Timeline(8, 4))
+    line = figure.axes[0].lines[0]
+    assert list(line.get_xdata()) == [x - 0.5 for x in (0.0, 0.5, 1.0, 1.5) for _ in (0, 1)]
+    figure, _ = heatmap_figure(matrix.with_columns(pl.Series("ckpt", [0, 1, 2, 3])), "t", "score")  # Amber's rule
+    assert list(figure.axes[0].lines[0].get_xdata()) == [x - 0.5 for x in (1, 2, 3, 3) for _ in (0, 1)]

@@ -32,14 +32,15 @@ from sweep.landed.writer_lock import OutputLockedError, writer_lock
 
 # The landed-dataset contract (docs/architecture.md), spelled out independently of the store.
 SEQUENCE_COLUMNS = {
-    "ckpt": pl.Int32, "chunk": pl.Int32, "row": pl.Int64, "source": pl.String, "matches": pl.Int16,
+    "ckpt": pl.Int32, "chunk": pl.Int32, "row": pl.Int64, "index": pl.Int64, "source": pl.String, "seen": pl.Boolean,
+    "matches": pl.Int16,
     "score": pl.Float32, "full_match": pl.Boolean, "prefix_match": pl.Int16, "match_mask": pl.Binary,
     "nll": pl.Float32, "tf_accuracy": pl.Float32, "generated": pl.List(pl.UInt32),
 }
 CELL_COLUMNS = {
     "ckpt": pl.Int32, "chunk": pl.Int32, "n": pl.Int32, "score": pl.Float64, "full_match_rate": pl.Float64,
     "mean_prefix_match": pl.Float64, "nll": pl.Float64, "tf_accuracy": pl.Float64, "seen": pl.Boolean,
-    "seconds": pl.Float64, "sequences_per_s": pl.Float64, "device": pl.String, "dtype": pl.String,
+    "seen_fraction": pl.Float64, "seconds": pl.Float64, "sequences_per_s": pl.Float64, "device": pl.String, "dtype": pl.String,
     "batch_size": pl.Int32, "attempts": pl.Int32, "finished_at": pl.String, "model_revision": pl.String,
     "model_commit": pl.String, "weights_fingerprint": pl.String, "stored_dtype": pl.String,
     "data_file": pl.String, "data_sha256": pl.String,
@@ -788,3 +789,30 @@ def test_id_ranges_round_trip_and_stay_short():
     for ids in ([], [4], [0, 1, 2, 5, 7, 8], list(range(360)), [3, 9, 10, 11, 40]):
         assert parse_id_ranges(id_ranges(ids)) == ids
     assert id_ranges(list(range(360))) == "0-359" and id_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+def test_an_output_landed_before_the_stream_columns_still_opens(tmp_path):
+    """Files without `index`, `seen` (sequences) and `seen_fraction` (cells), as every output landed before issue 22
+    has them: they read as typed nulls, and seen follows the only timeline such an output can have (chunk <= ckpt)."""
+    import hashlib
+
+    store = new_store(tmp_path / "out")
+    for ckpt, chunk in ((0, 0), (0, 1), (2, 1)):
+        write(store, ckpt, chunk)
+    for ckpt in (0, 2):  # rewrite each listed file as the old store wrote it, and its ledger record to match
+        ledger = store.ledgers.ledger(ckpt)
+        for entry in ledger["files"]:
+            for table, dropped in (("sequences", ["index", "seen"]), ("cells", ["seen_fraction"])):
+                path = tmp_path / "out" / entry[table]["path"]
+                pl.read_parquet(path).drop(dropped).write_parquet(path)
+                payload = path.read_bytes()
+                entry[table].update(bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
+        store.ledgers.commit(ckpt, ledger)
+    assert "index" not in pl.read_parquet(next((tmp_path / "out" / "sequences").rglob("*.parquet"))).columns
+    output = open_output(tmp_path / "out")
+    sequences, cells = output.sequences().collect(), output.cells().collect()
+    assert dict(sequences.schema) == SEQUENCE_COLUMNS and dict(cells.schema) == CELL_COLUMNS
+    assert sequences["index"].null_count() == sequences.height
+    assert sequences["seen"].to_list() == (sequences["chunk"] <= sequences["ckpt"]).to_list()
+    assert cells.sort("ckpt", "chunk")["seen_fraction"].to_list() == [1.0, 0.0, 1.0]
+    assert verify_output(tmp_path / "out").ok

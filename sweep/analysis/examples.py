@@ -167,7 +167,7 @@ class TokenDecoder:
             if spec is None:
                 raise MemsweepError(f"{landed.path}/manifest.json holds no whole spec to find the model by")
             pin = landed.checkpoint_pin(ckpt)
-            folder = fetch_tokenizer(spec.model.source, spec.model.revision_for(ckpt), pin.model_commit if pin else None)
+            folder = fetch_tokenizer(spec.model.source, spec.revision_for(ckpt), pin.model_commit if pin else None)
             return cls(AutoTokenizer.from_pretrained(str(folder)))
         except Exception as error:  # noqa: BLE001 - examples still show, as ids, with the reason
             why = one_line(error)

@@ -28,8 +28,10 @@ from ray.exceptions import RayError, RayTaskError
 
 from actors.protocol import ProbeBatch, one_line
 from sweep.data.probes import ProbeBuild, ProbeCache, ProbeSetError, build_probe_set_from, check_vocab
-from sweep.landed.schema import tokens_array
-from sweep.data.sources import ChunkFile, IdentityMemo, describe_chunks
+from sweep.data.stream_chunks import StreamChunk, describe_spec_chunks, pinned_source
+from sweep.data.stream_probes import build_stream_probe_set
+from sweep.landed.schema import PROBE_SCHEMA, conform, tokens_array
+from sweep.data.sources import ChunkFile, IdentityMemo
 from sweep.spec import SweepSpec
 from sweep.landed.store import PinMismatchError, ResultStore
 
@@ -45,8 +47,10 @@ class ReadyProbeSet:
 
 
 @ray.remote(num_cpus=0)  # network/disk-bound; concurrency is capped by data.concurrent_builds, not by CPUs
-def _build_probe_set_task(chunk_file: ChunkFile, chunk: int, n: int, seed: int, k: int, l: int,
+def _build_probe_set_task(chunk_file: ChunkFile | StreamChunk, chunk: int, n: int, seed: int, k: int, l: int,
                           vocab_size: int | None, line_lengths: np.ndarray | None) -> ProbeBuild:
+    if isinstance(chunk_file, StreamChunk):
+        return build_stream_probe_set(chunk_file, n, seed, k, l, vocab_size)
     return build_probe_set_from(chunk_file, chunk, n, seed, k, l, vocab_size, line_lengths)
 
 
@@ -56,6 +60,8 @@ class SupplyStats:
 
     built: int = 0
     reused: int = 0  # from the output or the cache
+    bytes_read: int = 0  # by the builds of binary-stream probe sets (JSONL builds stream their chunk file)
+    requests: int = 0
     last_ready_at: float | None = None  # seconds after the sweep started that the last one was ready or failed
     warnings: list[str] = field(default_factory=list)
 
@@ -79,13 +85,13 @@ class ProbeSupply:
             else _build_probe_set_task
         self.ready: dict[int, ReadyProbeSet] = {}
         self.failed: dict[int, str] = {}
-        self.waiting: deque[tuple[int, ChunkFile, np.ndarray | None]] = deque()
-        self.in_flight: dict[ray.ObjectRef, tuple[int, ChunkFile]] = {}
+        self.waiting: deque[tuple[int, ChunkFile | StreamChunk, np.ndarray | None]] = deque()
+        self.in_flight: dict[ray.ObjectRef, tuple[int, ChunkFile | StreamChunk]] = {}
+        self.stream_length: int | None = None  # sequences in the stream (megatron, numpy), once described
         order = list(dict.fromkeys(chunk_order))
         self.total = len(order)
-        files = {chunk: spec.data.file_for(chunk) for chunk in order}
         try:
-            sources = describe_chunks(spec.data.source, files, spec.data.revision)
+            sources, self.stream_length = describe_spec_chunks(spec, order)
         except Exception as error:  # noqa: BLE001 - the dataset itself is unreachable: every chunk fails
             sources = {chunk: RuntimeError(f"data source {spec.data.source!r} (revision {spec.data.revision!r}): "
                                            f"{one_line(error)}") for chunk in order}
@@ -127,6 +133,12 @@ class ProbeSupply:
             self._fail(chunk, f"{chunk_file.label}: probe-set task lost ({one_line(error)})")
             return
         built = build.chunk_file
+        if isinstance(built, StreamChunk):  # a few MB read by ranges: nothing worth caching on the driver
+            self.stats.bytes_read += built.bytes_read or 0
+            self.stats.requests += built.requests or 0
+            self._land(chunk, build.frame, built)
+            self.stats.built += 1
+            return
         if build.line_lengths is not None:
             self.cache.put_line_lengths(built.sha256, build.line_lengths)
         self.memo.remember(built)
@@ -138,13 +150,14 @@ class ProbeSupply:
 
     # ---- internals ----------------------------------------------------------------------------
 
-    def _start(self, chunk: int, described: ChunkFile | Exception) -> None:
+    def _start(self, chunk: int, described: ChunkFile | StreamChunk | Exception) -> None:
         entry = self.store.ledgers.probes.get(chunk)
-        pinned = ChunkFile(**entry.source) if entry else None
+        pinned = pinned_source(entry.source) if entry else None
         if entry and entry.file is not None:  # landed: the output needs nothing from the file any more
             if isinstance(described, Exception):
                 self.stats.warn(f"chunk {chunk}: {one_line(described)}; this output keeps the rows it sampled before")
-            elif not described.stat_matches(pinned) and (described.kind == "local" or described.sha256):
+            elif not described.stat_matches(pinned) and (described.kind == "local" or described.sha256
+                                                          or isinstance(described, StreamChunk)):
                 self.stats.warn(f"chunk {chunk}: {described.label} changed since this output sampled it "
                                 f"({_describe_change(pinned, described)}); the output keeps the rows it sampled "
                                 "then; sweep into a new output to sample the new file")
@@ -153,6 +166,9 @@ class ProbeSupply:
             return
         if isinstance(described, Exception):
             self._fail(chunk, one_line(described))
+            return
+        if isinstance(described, StreamChunk):
+            self.waiting.append((chunk, described, None))
             return
         chunk_file = described
         sha256 = self.memo.lookup(chunk_file)
@@ -176,7 +192,7 @@ class ProbeSupply:
             return
         self.waiting.append((chunk, chunk_file, self.cache.line_lengths(sha256)))
 
-    def _land(self, chunk: int, frame: pl.DataFrame, chunk_file: ChunkFile) -> None:
+    def _land(self, chunk: int, frame: pl.DataFrame, chunk_file: ChunkFile | StreamChunk) -> None:
         try:
             self.store.write_probe_set(chunk, frame, chunk_file.to_dict())
         except PinMismatchError as error:  # the file changed since this output pinned it
@@ -184,7 +200,8 @@ class ProbeSupply:
             return
         self._ready(chunk, frame, chunk_file)
 
-    def _ready(self, chunk: int, frame: pl.DataFrame, chunk_file: ChunkFile) -> None:
+    def _ready(self, chunk: int, frame: pl.DataFrame, chunk_file: ChunkFile | StreamChunk) -> None:
+        frame = conform(frame, PROBE_SCHEMA)  # a probe set cached before `index` existed reads it as null
         batch = ProbeBatch(chunk=chunk, rows=frame["row"].to_numpy(), tokens=tokens_array(frame, self.width))
         self.ready[chunk] = ReadyProbeSet(frame.drop("tokens"), ray.put(batch), chunk_file.file, chunk_file.sha256)
         self.stats.last_ready_at = time.perf_counter() - self.started
@@ -194,7 +211,11 @@ class ProbeSupply:
         self.stats.last_ready_at = time.perf_counter() - self.started
 
 
-def _describe_change(pinned: ChunkFile, now: ChunkFile) -> str:
+def _describe_change(pinned: ChunkFile | StreamChunk, now: ChunkFile | StreamChunk) -> str:
+    if isinstance(now, StreamChunk):
+        if isinstance(pinned, StreamChunk) and (pinned.start, pinned.stop) != (now.start, now.stop):
+            return f"stream positions [{pinned.start}, {pinned.stop}) -> [{now.start}, {now.stop})"
+        return "the stream's files changed (their sizes, modification times or Hub sha256)"
     if now.kind == "local":
         return f"size {pinned.size} -> {now.size} bytes, mtime changed" if pinned.size != now.size else "mtime changed"
     return f"sha256 {(pinned.sha256 or '?')[:12]}.. -> {(now.sha256 or '?')[:12]}.."

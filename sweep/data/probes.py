@@ -35,7 +35,6 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,19 +44,13 @@ import polars as pl
 from sweep.landed.atomic_write import write_atomic
 from sweep.errors import MemsweepError
 from sweep.landed.schema import probe_frame
+from sweep.data.byte_ranges import HubFile, LocalFile, RangesIgnoredError, read_ranges_streaming
 from sweep.data.sources import ChunkFile
 
 logger = logging.getLogger(__name__)
 
 # Bumped whenever the probe-set layout changes, so old cache files are never reused.
 PROBE_SET_FORMAT_VERSION = 2
-# Scan buffer: big enough that numpy's per-call overhead vanishes, small enough that the scan's memory stays a
-# few tens of MB whatever the chunk size.
-SCAN_BLOCK_BYTES = 4 * 1024 * 1024
-# Hub range reads: rows closer than this are fetched in one request; requests run this many at a time.
-RANGE_GAP_BYTES = 256 * 1024
-RANGE_MAX_BYTES = 16 * 1024 * 1024
-RANGE_WORKERS = 8
 _NEWLINE = ord("\n")
 _INT32_MAX = 2**31 - 1
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -148,127 +141,22 @@ def scan_lines(blocks: Iterable[bytes], label: str) -> ScannedChunk:
     return ScannedChunk(index, digest.hexdigest(), size)
 
 
-def _file_blocks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            block = handle.read(SCAN_BLOCK_BYTES)
-            if not block:
-                return
-            yield block
+# ---- reading chunk files: local or Hub (sweep/data/byte_ranges.py) ------------------------------------------
 
 
-# ---- reading chunk files: local or Hub ---------------------------------------------------------------
-
-
-class LocalChunkReader:
+class LocalChunkReader(LocalFile):
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self.label = str(self.path)
+        super().__init__(path)
         if not self.path.is_file():
             raise ProbeSetError(f"{self.path}: chunk file not found")
 
-    def blocks(self) -> Iterator[bytes]:
-        return _file_blocks(self.path)
 
-    def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
-        out: list[bytes] = [b""] * len(ranges)
-        with open(self.path, "rb") as handle:
-            for i in sorted(range(len(ranges)), key=lambda i: ranges[i][0]):  # forward seeks only
-                handle.seek(ranges[i][0])
-                out[i] = handle.read(ranges[i][1])
-        return out
-
-
-class HubChunkReader:
+class HubChunkReader(HubFile):
     """A chunk file in a Hub dataset repository at a pinned commit: streamed once, then read by ranges."""
 
     def __init__(self, chunk_file: ChunkFile):
+        super().__init__(chunk_file.repo, chunk_file.commit, chunk_file.file, chunk_file.size, label=chunk_file.label)
         self.chunk_file = chunk_file
-        self.label = chunk_file.label
-
-    def blocks(self) -> Iterator[bytes]:
-        from huggingface_hub import HfFileSystem
-
-        hub = self.chunk_file
-        path = f"datasets/{hub.repo}@{hub.commit}/{hub.file}"
-        with HfFileSystem().open(path, "rb", block_size=0) as stream:  # block_size=0: a plain stream, no cache
-            while True:
-                block = stream.read(SCAN_BLOCK_BYTES)
-                if not block:
-                    return
-                yield block
-
-    def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """Bytes of each (start, length) through HTTP range requests; neighbours share a request."""
-        from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import build_hf_headers, http_stream_backoff
-
-        hub = self.chunk_file
-        url = hf_hub_url(hub.repo, hub.file, repo_type="dataset", revision=hub.commit)
-        order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
-        spans: list[tuple[int, int, list[int]]] = []  # (start, end, members)
-        for i in order:
-            start, length = ranges[i]
-            if spans and start - spans[-1][1] <= RANGE_GAP_BYTES and start + length - spans[-1][0] <= RANGE_MAX_BYTES:
-                spans[-1] = (spans[-1][0], max(spans[-1][1], start + length), spans[-1][2] + [i])
-            else:
-                spans.append((start, start + length, [i]))
-        headers = build_hf_headers()
-
-        def fetch(span: tuple[int, int, list[int]]) -> bytes:
-            start, end, _ = span
-            with http_stream_backoff("GET", url, headers={**headers, "Range": f"bytes={start}-{end - 1}"}) as response:
-                # The body is read only once the status says it is the range: a server that ignores Range
-                # answers 200 with the whole file (20.8 GB for Amber), which must not be read into memory.
-                content_range = response.headers.get("Content-Range", "")
-                if response.status_code == 200:
-                    raise RangesIgnoredError(f"{self.label}: the server ignores Range requests (HTTP 200)")
-                if response.status_code != 206 or not content_range.startswith(f"bytes {start}-"):
-                    raise ProbeSetError(f"{self.label}: the server answered a range request for bytes "
-                                        f"{start}-{end - 1} with HTTP {response.status_code} "
-                                        f"({content_range or 'no Content-Range'})")
-                body = response.read()
-            if len(body) != end - start:
-                raise ProbeSetError(f"{self.label}: range {start}-{end - 1} returned {len(body)} bytes")
-            return body
-
-        with ThreadPoolExecutor(RANGE_WORKERS) as pool:
-            bodies = list(pool.map(fetch, spans))
-        out: list[bytes] = [b""] * len(ranges)
-        for (span_start, _, members), body in zip(spans, bodies):
-            for i in members:
-                start, length = ranges[i]
-                out[i] = body[start - span_start : start - span_start + length]
-        return out
-
-
-class RangesIgnoredError(Exception):
-    """The server answered a Range request with the whole file (as some Hub mirrors do)."""
-
-
-def read_ranges_streaming(blocks: Iterable[bytes], ranges: list[tuple[int, int]]) -> tuple[list[bytes], str, int]:
-    """The bytes of each (start, length) of a file, picked in one pass over its blocks, for a server that ignores
-    Range requests; also the sha256 and size of everything streamed (to check it is still the same file).
-    Memory: the picked bytes and one block."""
-    order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
-    out: list[bytearray] = [bytearray() for _ in ranges]
-    digest, offset, first = hashlib.sha256(), 0, 0  # first: the earliest range not yet complete, in `order`
-    for block in blocks:
-        digest.update(block)
-        end = offset + len(block)
-        for position in range(first, len(order)):
-            i = order[position]
-            start, length = ranges[i]
-            if start >= end:
-                break
-            have = len(out[i])
-            if have < length:
-                lo = max(start + have, offset)
-                out[i] += block[lo - offset: min(start + length, end) - offset]
-            if len(out[i]) == length and position == first:
-                first += 1
-        offset = end
-    return [bytes(part) for part in out], digest.hexdigest(), offset
 
 
 def open_chunk(chunk_file: ChunkFile):

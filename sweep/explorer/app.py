@@ -221,10 +221,13 @@ class Pages:
             return frame_response(history, fmt, f"sequence-{chunk}-{row}")
         numbers = [point.numbers for point in view.checkpoints]
         length = self._continuation_len()
+        timeline = self.data.timeline()
         chart = trajectory(
             [n["ckpt"] for n in numbers], [n["score"] for n in numbers],
             [None if n["prefix_match"] is None or not length else n["prefix_match"] / length for n in numbers],
-            [bool(n["full_match"]) for n in numbers], chunk)
+            [bool(n["full_match"]) for n in numbers], timeline.first_trained_by(chunk, row),
+            f"trained on chunk {chunk}" if not timeline.step_indexed else
+            f"trained on (step {timeline.first_trained_by(chunk, row)})")
         return self.render("sequence.html", view=view, chart=chart)
 
     def _continuation_len(self) -> int | None:
@@ -261,6 +264,7 @@ def _grids(matrix: CellMatrix) -> dict:
         "encoding": "base64 of little-endian float32, row-major [checkpoint][chunk], NaN where no cell landed",
         "values": {name: base64.b64encode(grid.astype("<f4").tobytes()).decode()
                    for name, grid in matrix.values.items()},
+        "staircase": matrix.staircase,  # per checkpoint, where the seen | unseen line crosses its row (in columns)
     }
 
 

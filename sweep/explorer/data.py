@@ -32,6 +32,7 @@ from sweep.analysis.selection import SequenceSelection, select_sequences
 from sweep.explorer.exposures import (EXPOSURE_SORTS, ExposureCache, RowExposures, cell_exposures, cell_seen_summary,
                                       grids, row_exposures)
 from sweep.errors import MemsweepError
+from sweep.timeline import Timeline
 from sweep.landed.reader import LandedOutput, open_output
 
 DECODERS_KEPT = 16  # tokenizers held in memory (one per checkpoint viewed; a few MB each)
@@ -159,6 +160,8 @@ class CellMatrix:
     values: dict[str, np.ndarray]  # metric column -> float32[len(ckpts), len(chunks)], NaN where nothing landed
     landed: int
     metrics: list[Metric] = field(default_factory=list)  # those with a value somewhere
+    staircase: list[float] = field(default_factory=list)  # per checkpoint: chunks of `chunks` it trained on (a share
+    # for one it is inside; sweep/timeline.py), where the seen | unseen line crosses its row
 
 
 class ExplorerData:
@@ -227,7 +230,8 @@ class ExplorerData:
         ckpts, chunks = self._axes(reader, cells)
         columns = [metric.column for metric in CELL_METRICS] + ["n"]
         shown = [metric for metric in CELL_METRICS if cells[metric.column].is_not_null().any()]
-        return CellMatrix(ckpts, chunks, grids(cells, columns, ckpts, chunks), cells.height, shown)
+        return CellMatrix(ckpts, chunks, grids(cells, columns, ckpts, chunks), cells.height, shown,
+                          self._staircase(reader, ckpts, chunks))
 
     def exposure_matrix(self) -> CellMatrix | None:
         """The heatmap's EXPOSURE_METRICS on matrix()'s axes, or None before counts land (one pass over every
@@ -240,7 +244,17 @@ class ExplorerData:
         seen = seen.filter(pl.col("ckpt").is_in(ckpts) & pl.col("chunk").is_in(chunks))
         columns = [metric.column for metric in EXPOSURE_METRICS]
         shown = [metric for metric in EXPOSURE_METRICS if seen[metric.column].is_not_null().any()]
-        return CellMatrix(ckpts, chunks, grids(seen, columns, ckpts, chunks), seen.height, shown)
+        return CellMatrix(ckpts, chunks, grids(seen, columns, ckpts, chunks), seen.height, shown,
+                          self._staircase(reader, ckpts, chunks))
+
+    def timeline(self) -> Timeline:
+        """Where the output's checkpoints and chunks lie on the training stream (its spec's timeline)."""
+        return Timeline.from_spec_dict(self.open_reader(self.output).spec)
+
+    @staticmethod
+    def _staircase(reader: LandedOutput, ckpts: list[int], chunks: list[int]) -> list[float]:
+        timeline = Timeline.from_spec_dict(reader.spec)
+        return [timeline.staircase(ckpt, chunks) for ckpt in ckpts]
 
     def exposure_metric_names(self) -> list[str]:
         """The heatmap metrics exposure counts may add (a URL may name one before its grid is loaded)."""

@@ -21,14 +21,16 @@ class Trajectory:
     score: str  # polyline points, "" without scores (extractable mode)
     prefix: str  # exact prefix / l
     memorized: list[tuple[float, float]]  # markers at full matches
-    seen_x: float | None  # where the row's chunk was trained on (checkpoint == chunk), if in range
+    seen_x: float | None  # the first checkpoint that trained on the row (sweep/timeline.py), if in range
+    seen_label: str
     x_ticks: list[tuple[float, int]]
     y_ticks: list[tuple[float, str]]
 
 
 def trajectory(ckpts: list[int], scores: list[float | None], prefix_fractions: list[float | None],
-               full_matches: list[bool], chunk: int) -> Trajectory:
-    """ckpts ascending; the other lists are parallel to it (values in [0, 1], None where missing)."""
+               full_matches: list[bool], seen_at: int, seen_label: str) -> Trajectory:
+    """ckpts ascending; the other lists are parallel to it (values in [0, 1], None where missing). `seen_at`: the
+    first checkpoint that trained on the row, marked with `seen_label`."""
     left, top, right, bottom = LEFT, TOP, WIDTH - RIGHT, HEIGHT - BOTTOM
     low, high = ckpts[0], max(ckpts[-1], ckpts[0] + 1)
 
@@ -47,7 +49,7 @@ def trajectory(ckpts: list[int], scores: list[float | None], prefix_fractions: l
         width=WIDTH, height=HEIGHT, plot=(left, top, right, bottom),
         score=points(scores), prefix=points(prefix_fractions),
         memorized=[(x(c), y(1.0)) for c, hit in zip(ckpts, full_matches) if hit],
-        seen_x=x(chunk) if low <= chunk <= high else None,
+        seen_x=x(seen_at) if low <= seen_at <= high else None, seen_label=seen_label,
         x_ticks=[(x(t), t) for t in range(first, high + 1, step)],
         y_ticks=[(y(v), f"{v:g}") for v in (0, 0.25, 0.5, 0.75, 1)],
     )

@@ -32,6 +32,7 @@ import polars as pl
 
 from sweep.landed.partitions import SEQUENCE_KEY, Frame, by_checkpoint, key_array
 from sweep.errors import MemsweepError
+from sweep.timeline import Timeline
 from sweep.exposures.history import NO_CHUNK, ExposureHistory, exposure_bin
 from sweep.exposures.kinds import KINDS, RECITATION_MIN_EXPOSURES, reconstructable
 
@@ -68,13 +69,15 @@ class ScoredSequences:
     """One checkpoint's scored, covered sequences, as aligned arrays (what every tally adds up)."""
 
     ckpt: int
+    newest_chunk: int  # the last chunk it has trained on any of (the timeline's; NO_CHUNK: none)
+    whole_chunks: int  # the last chunk it has trained on entirely (NO_CHUNK: none); on Amber's timeline both are ckpt
     at: np.ndarray  # positions in the history
     chunk: np.ndarray  # int32
     memorized: np.ndarray  # bool
     score: np.ndarray  # float64, NaN where null (extractable mode)
     scored: np.ndarray | None  # bool: score not null (None: all are)
     value: np.ndarray | None  # float64, the profile's metric (NaN where null), when a tally asked for one
-    exposures: np.ndarray  # int64: occurrences in scanned chunk files <= ckpt
+    exposures: np.ndarray  # int64: occurrences it has trained on, in the scanned chunks
     bins: np.ndarray  # int32: exposure_bin(exposures)
     last_chunk: np.ndarray  # int32: the latest of those files holding one (NO_CHUNK: none)
     first_chunk: np.ndarray  # int32: the first scanned file holding one, whatever the checkpoint
@@ -98,11 +101,14 @@ def fold(sequences: Frame, history: ExposureHistory, tallies: list, metric: str 
         if not at.size:
             continue
         cursor.advance(ckpt)
+        newest = history.timeline.newest_chunk(ckpt)
         memorized = scored["full_match"].to_numpy()[found]
         score = _floats(scored["score"])[found]
         known = ~np.isnan(score)
         view = ScoredSequences(
-            ckpt=ckpt, at=at, chunk=history.chunks[at], memorized=memorized, score=score,
+            ckpt=ckpt, newest_chunk=NO_CHUNK if newest is None else newest,
+            whole_chunks=history.timeline.whole_chunks(ckpt), at=at, chunk=history.chunks[at], memorized=memorized,
+            score=score,
             scored=None if known.all() else known,
             value=None if metric is None else (score if metric == "score" else memorized.astype(np.float64)
                                                if metric == "full_match" else _floats(scored[metric])[found]),
@@ -191,10 +197,12 @@ SEEN_SCHEMA = {"ckpt": pl.Int32(), "chunk": pl.Int32(), "chunk_seen": pl.Boolean
 
 
 class _SeenSplit:
-    def __init__(self, max_chunk: int) -> None:
+    def __init__(self, max_chunk: int, timeline: Timeline) -> None:
         self.size = 2 * (max_chunk + 1)
+        self.timeline = timeline
         self.ckpts: list[np.ndarray] = []
         self.chunks: list[np.ndarray] = []
+        self.chunk_seen: list[np.ndarray] = []
         self.sums: list[np.ndarray] = []  # [4, 2 (never seen, seen), chunk] per checkpoint
 
     def add(self, scored: ScoredSequences) -> None:
@@ -203,6 +211,7 @@ class _SeenSplit:
         chunks = np.flatnonzero(sums[0].sum(axis=1))
         self.ckpts.append(np.full(chunks.size, scored.ckpt))
         self.chunks.append(chunks)
+        self.chunk_seen.append(np.array([self.timeline.is_seen(scored.ckpt, int(c)) for c in chunks], dtype=bool))
         self.sums.append(sums[:, chunks, :])
 
     def frame(self) -> pl.DataFrame:
@@ -212,7 +221,7 @@ class _SeenSplit:
         never, seen = _rates(sums[:, :, 0]), _rates(sums[:, :, 1])
         return pl.DataFrame({
             "ckpt": pl.Series(ckpts, dtype=pl.Int32), "chunk": pl.Series(chunks, dtype=pl.Int32),
-            "chunk_seen": pl.Series(chunks <= ckpts), "n": never["n"] + seen["n"], "n_seen": seen["n"],
+            "chunk_seen": pl.Series(np.concatenate(self.chunk_seen)), "n": never["n"] + seen["n"], "n_seen": seen["n"],
             "n_memorized": never["n_memorized"] + seen["n_memorized"], "n_memorized_seen": seen["n_memorized"],
             "full_match_rate_never_seen": never["full_match_rate"].fill_nan(None),
             "full_match_rate_seen": seen["full_match_rate"].fill_nan(None),
@@ -222,13 +231,14 @@ class _SeenSplit:
 def seen_per_sequence(sequences: Frame, history: ExposureHistory) -> pl.DataFrame:
     """Every cell's covered sequences split by whether each was seen (exposures >= 1) by the cell's checkpoint.
 
-    One row per (ckpt, chunk), sorted: `chunk_seen` (chunk <= ckpt: the per-chunk notion of seen), `n`, `n_seen`,
+    One row per (ckpt, chunk), sorted: `chunk_seen` (the checkpoint has trained on at least part of the chunk, by
+    the timeline: chunk <= ckpt on Amber's; the per-chunk notion of seen), `n`, `n_seen`,
     `n_memorized`, `n_memorized_seen`, and the full-match rate and mean score of the never-seen and of the seen
     sequences (null where there are none). In a cell with chunk_seen every sequence is seen (its own row); in the
     others, the seen ones were seen earlier through copies, so `n_memorized_seen` counts the memorized sequences
     of "unseen" cells that the model had in fact trained on.
     """
-    tally = _SeenSplit(history.max_chunk)
+    tally = _SeenSplit(history.max_chunk, history.timeline)
     fold(sequences, history, [tally])
     return tally.frame()
 
@@ -261,7 +271,7 @@ class _Recency:
 
     def add(self, scored: ScoredSequences) -> None:
         seen = scored.bins > 0
-        since = scored.ckpt - scored.last_chunk[seen].astype(np.int64)
+        since = scored.newest_chunk - scored.last_chunk[seen].astype(np.int64)
         width = int(since.max(initial=-1)) + 1
         if not width:
             return
@@ -284,8 +294,9 @@ def forgetting_by_recency(sequences: Frame, history: ExposureHistory) -> pl.Data
     """Memorization against checkpoints since the last exposure, per exposure bin.
 
     Every (sequence, checkpoint) with exposures >= 1 is one observation: its exposure bin at that checkpoint and
-    `checkpoints_since` = ckpt - the last chunk file <= ckpt holding a copy (0: the checkpoint saved right after
-    it). One row per (exposure_bin, checkpoints_since) observed, sorted, pooled over checkpoints: `n`
+    `checkpoints_since` = the checkpoint's newest chunk (sweep/timeline.py: ckpt on Amber's timeline) - the last
+    chunk holding a copy it has trained on (0: a copy in its newest chunk), counted in chunks. One row per
+    (exposure_bin, checkpoints_since) observed, sorted, pooled over checkpoints: `n`
     observations, `n_memorized`, `full_match_rate`, `score` (mean; null in extractable mode).
     """
     tally = _Recency()
@@ -308,6 +319,8 @@ class _Profile:
     def __init__(self, max_chunk: int) -> None:
         self.size = max_chunk + 2  # index max_chunk + 1: no scanned file holds the sequence (not possible when covered)
         self.ckpts: list[int] = []
+        self.newest: list[int] = []  # per checkpoint, its newest chunk and its last whole chunk (the timeline's)
+        self.whole: list[int] = []
         self.by_first: list[np.ndarray] = []  # [2, size] per checkpoint: sum, count
         self.cohorts: list[np.ndarray] = []
 
@@ -319,6 +332,8 @@ class _Profile:
         first[first == NO_CHUNK] = self.size - 1
         own = chunk == first
         self.ckpts.append(scored.ckpt)
+        self.newest.append(scored.newest_chunk)
+        self.whole.append(scored.whole_chunks)
         self.by_first.append(np.stack([np.bincount(first, weights=value, minlength=self.size),
                                        np.bincount(first, minlength=self.size)]))
         self.cohorts.append(np.stack([np.bincount(chunk[own], weights=value[own], minlength=self.size),
@@ -328,19 +343,21 @@ class _Profile:
         if not self.ckpts:
             return pl.DataFrame(schema=PROFILE_SCHEMA)
         ckpts = np.array(self.ckpts, dtype=np.int64)
+        newest, whole = np.array(self.newest, dtype=np.int64), np.array(self.whole, dtype=np.int64)
         cohorts = np.stack(self.cohorts)  # [t, 2, g]
         # control[t, 2, c]: the sum and count at checkpoint t over sequences first exposed after chunk c
         suffix = np.flip(np.cumsum(np.flip(np.stack(self.by_first), axis=2), axis=2), axis=2)
         control = np.concatenate([suffix[:, :, 1:], np.zeros_like(suffix[:, :, :1])], axis=2)
         rows: list[dict] = []
         for g in np.flatnonzero(cohorts[:, 1, :].sum(axis=0)):
-            base = int(np.searchsorted(ckpts, g)) - 1  # the last scored checkpoint before the cohort's chunk
-            for t in np.flatnonzero((ckpts >= g) & (cohorts[:, 1, g] > 0)):
+            base = int(np.searchsorted(newest, g)) - 1  # the last scored checkpoint that trained on none of chunk g
+            for t in np.flatnonzero((whole >= g) & (cohorts[:, 1, g] > 0)):  # those that trained on all of it
                 c = int(ckpts[t])
-                after = min(c, self.size - 1)  # control's index for "first exposed after chunk c"
+                after = min(max(int(newest[t]), 0), self.size - 1)  # control: first exposed after its newest chunk
                 treated = cohorts[t, 0, g] / cohorts[t, 1, g]
                 n_control = control[t, 1, after]
-                row = {"cohort": int(g), "ckpt": c, "checkpoints_since": c - int(g), "n_treated": cohorts[t, 1, g],
+                row = {"cohort": int(g), "ckpt": c, "checkpoints_since": int(whole[t]) - int(g),
+                       "n_treated": cohorts[t, 1, g],
                        "treated": treated, "n_control": n_control, "control": None, "gap": None,
                        "base_ckpt": int(ckpts[base]) if base >= 0 else None, "did": None}
                 if n_control > 0:
@@ -370,7 +387,9 @@ def memorization_profile(sequences: Frame, history: ExposureHistory, metric: str
 
     `did` is the paper's ATT(g, c) for the cohort, its parallel-trends baseline being the same two groups at b
     (null for a cohort with no earlier scored checkpoint, e.g. chunk 0). One row per (cohort, ckpt >= cohort) where
-    the cohort was scored, sorted: `checkpoints_since` = ckpt - cohort, `n_treated`, `treated`, `n_control`,
+    the cohort was scored, sorted: `checkpoints_since` = ckpt - cohort (on a step-indexed timeline, sweep/timeline.py,
+    a checkpoint counts for cohort g once it has trained on all of chunk g, its control is what its newest chunk has
+    not reached, and checkpoints_since is counted in whole chunks), `n_treated`, `treated`, `n_control`,
     `control`, `gap`, `base_ckpt`, `did` (gap and did null without a control: from the last scanned chunk on).
     The means are over the sequences scored at each checkpoint (the same ones in a full sweep). Lesci et al.'s
     profile is over training steps and sequence surprisal; `metric="nll"` is the closest here (lower is more
@@ -488,7 +507,8 @@ def exposure_analyses(sequences: Frame, history: ExposureHistory, probes: Frame,
     memorization_kinds, reading each checkpoint once."""
     if metric not in PROFILE_METRICS:
         raise MemsweepError(f"unknown profile metric {metric!r}; choose one of {', '.join(PROFILE_METRICS)}")
-    tallies = (_ByExposure(), _SeenSplit(history.max_chunk), _Recency(), _Profile(history.max_chunk),
+    tallies = (_ByExposure(), _SeenSplit(history.max_chunk, history.timeline), _Recency(),
+               _Profile(history.max_chunk),
                _Kinds(RECITATION_MIN_EXPOSURES, template_classifier(history, probes, prompt_len, decode)))
     fold(sequences, history, list(tallies), metric=metric)
     return ExposureAnalyses(*(tally.frame() for tally in tallies))

@@ -1,7 +1,10 @@
 """Each probe sequence's exposures as the output knows them, at any checkpoint, and what the counts cover.
 
-A sequence's **exposures at checkpoint c** are the occurrences of its k + l window in the chunk files <= c that were
-scanned (checkpoint c was saved after training on chunks 0..c, so these are the copies it has trained on). The
+A sequence's **exposures at checkpoint c** are the occurrences of its k + l window that checkpoint c has trained on,
+in the chunks that were scanned. On Amber's chunk-indexed timeline those are the occurrences in chunk files <= c
+(checkpoint c was saved after training on chunks 0..c); on a step-indexed one (sweep/timeline.py), the occurrences at
+stream positions before the checkpoint's, which a scan of a binary stream records (`window_index`), so a checkpoint
+inside a chunk counts exactly the copies before it. The
 landed counts (`exposure_counts`: one row per nonzero (sequence, scanned file) pair) hold them file by file;
 `ExposureHistory` orders them by file so that one pass over the checkpoints, in order, sees every sequence's
 exposures and the chunk of its latest one grow (`ExposureCursor`), and `exposures_at(ckpt)` gives them for one
@@ -29,6 +32,7 @@ import polars as pl
 from sweep.landed.exposure_totals import files_scanned, sequence_totals
 from sweep.landed.partitions import SEQUENCE_KEY, key_array
 from sweep.landed.reader import LandedOutput
+from sweep.timeline import Timeline
 
 NO_CHUNK = -1  # "no occurrence yet" in first / last chunk arrays
 
@@ -106,15 +110,19 @@ class ExposureHistory:
     first_chunk, last_chunk, chunks_scanned`). In the same order, for the analyses' folds: `keys` int64
     (partitions.SEQUENCE_KEY, sorted), `chunks` int32 and `first_chunk` int32 (NO_CHUNK: no scanned file holds the
     window). The count rows holding the window, ordered by file, feed the cursor: `_at` int64[m] (position in
-    `keys`), `_seen` int32[m] (the chunk file), `_window` int64[m] (occurrences in it); every count row, ordered by
-    sequence then file, answers `files`.
+    `keys`), `_seen` int32[m] (the chunk file), `_window` int64[m] (occurrences in it), `_when` (what the cursor
+    advances over: the chunk file, or on a step-indexed timeline one row per occurrence at its stream position); every
+    count row, ordered by sequence then file, answers `files`.
     """
 
-    def __init__(self, totals: pl.DataFrame, counts: pl.DataFrame, coverage: ExposureCoverage):
+    def __init__(self, totals: pl.DataFrame, counts: pl.DataFrame, coverage: ExposureCoverage,
+                 timeline: Timeline = Timeline()):
         """`totals`: exposure_totals.sequence_totals of the covered sequences; `counts`: their count rows (`chunk,
-        row, seen_chunk, window_count, prompt_count`; rows of other sequences are ignored)."""
+        row, seen_chunk, window_count, prompt_count`, and on a step-indexed `timeline` `window_index`; rows of other
+        sequences are ignored)."""
         self.totals = totals.sort("chunk", "row")
         self.coverage = coverage
+        self.timeline = timeline
         self.keys = key_array(self.totals.select(SEQUENCE_KEY))
         self.chunks = self.totals["chunk"].to_numpy().astype(np.int32)
         self.first_chunk = self.totals["first_chunk"].fill_null(NO_CHUNK).to_numpy().astype(np.int32)
@@ -129,20 +137,35 @@ class ExposureHistory:
         by_sequence = np.lexsort((seen, at))
         self._rows = (at[by_sequence], seen[by_sequence], window[by_sequence], prompt[by_sequence])
         held = window > 0
-        order = np.argsort(seen[held], kind="stable")
-        self._at, self._seen, self._window = at[held][order], seen[held][order], window[held][order]
+        if timeline.step_indexed:  # one cursor row per occurrence, ordered by its stream position
+            if "window_index" not in counts.columns:
+                raise ValueError("a step-indexed history needs each count row's window positions (window_index)")
+            positions = [p for p, keep in zip(counts["window_index"].to_list(), found) if keep]
+            self._row_positions = [positions[int(i)] for i in by_sequence]
+            lengths = np.array([0 if p is None else len(p) for p in positions], dtype=np.int64)
+            when = np.concatenate([np.zeros(0, dtype=np.int64)] + [np.asarray(p, dtype=np.int64) for p in positions
+                                                                   if p is not None and len(p)])
+            order = np.argsort(when, kind="stable")
+            self._at, self._seen = np.repeat(at, lengths)[order], np.repeat(seen, lengths)[order]
+            self._window, self._when = np.ones(len(when), dtype=np.int64), when[order]
+        else:  # one cursor row per (sequence, chunk file), ordered by chunk
+            order = np.argsort(seen[held], kind="stable")
+            self._at, self._seen, self._window = at[held][order], seen[held][order], window[held][order]
+            self._when = self._seen
 
     @classmethod
     def read(cls, landed: LandedOutput) -> ExposureHistory:
-        """The history of `landed`'s covered sequences (empty when nothing was scanned)."""
+        """The history of `landed`'s covered sequences (empty when nothing was scanned), on the output's timeline."""
         coverage = ExposureCoverage.read(landed)
+        timeline = Timeline.from_spec_dict(landed.spec)
         covered = pl.col("chunk").is_in(coverage.covered_chunks)
         # Filtering by chunk first lets Polars skip the other chunks' probe files by their statistics.
         sequences = landed.probes().filter(covered).select("chunk", "row")
-        counts = landed.exposure_counts().select("chunk", "row", "seen_chunk", "window_count", "prompt_count")
+        columns = ["chunk", "row", "seen_chunk", "window_count", "prompt_count"]
+        counts = landed.exposure_counts().select(*columns, *(["window_index"] if timeline.step_indexed else []))
         counts = counts.filter(covered).collect() if coverage.covered_chunks else counts.head(0).collect()
-        totals = sequence_totals(sequences, counts.lazy(), files_scanned(coverage.scanned).lazy())
-        return cls(totals.collect(), counts, coverage)
+        totals = sequence_totals(sequences, counts.lazy().select(columns), files_scanned(coverage.scanned).lazy())
+        return cls(totals.collect(), counts, coverage, timeline)
 
     def __len__(self) -> int:
         return int(self.keys.size)
@@ -178,9 +201,12 @@ class ExposureHistory:
     def _files_at(self, at: int) -> pl.DataFrame:
         positions, seen, window, prompt = self._rows
         rows = slice(*np.searchsorted(positions, [at, at + 1]))
-        return pl.DataFrame({"seen_chunk": pl.Series(seen[rows], dtype=pl.Int32),
-                             "window_count": pl.Series(window[rows], dtype=pl.Int64),
-                             "prompt_count": pl.Series(prompt[rows], dtype=pl.Int64)})
+        files = pl.DataFrame({"seen_chunk": pl.Series(seen[rows], dtype=pl.Int32),
+                              "window_count": pl.Series(window[rows], dtype=pl.Int64),
+                              "prompt_count": pl.Series(prompt[rows], dtype=pl.Int64)})
+        if self.timeline.step_indexed:
+            files = files.with_columns(window_index=pl.Series(self._row_positions[rows], dtype=pl.List(pl.Int64)))
+        return files
 
     def sequence_totals(self, chunk: int, row: int) -> dict | None:
         """One covered sequence's row of `totals` (without chunk and row), or None when it is not covered."""
@@ -195,7 +221,7 @@ class ExposureHistory:
             return None
         own = self._files_at(at).select(pl.lit(chunk, pl.Int32).alias("chunk"), pl.lit(row, pl.Int64).alias("row"),
                                         pl.all())
-        cursor = ExposureHistory(self.totals.slice(at, 1), own, self.coverage).cursor()
+        cursor = ExposureHistory(self.totals.slice(at, 1), own, self.coverage, self.timeline).cursor()
         exposures = []
         for ckpt in ckpts:
             cursor.advance(ckpt)
@@ -203,9 +229,10 @@ class ExposureHistory:
         return exposures
 
     def exposures_at(self, ckpt: int, chunk: int | None = None) -> pl.DataFrame:
-        """Per covered sequence (of `chunk` alone if given), sorted: `chunk, row`, `exposures` (occurrences in scanned
-        chunk files <= ckpt), `last_exposure_chunk` (the latest of those holding one; null: none), then its `totals`
-        over every scanned file: `window_count, prompt_count, first_chunk, last_chunk, chunks_scanned`."""
+        """Per covered sequence (of `chunk` alone if given), sorted: `chunk, row`, `exposures` (occurrences the
+        checkpoint has trained on, in the scanned chunks), `last_exposure_chunk` (the latest of those holding one;
+        null: none), then its `totals` over every scanned file: `window_count, prompt_count, first_chunk, last_chunk,
+        chunks_scanned`."""
         cursor = self.cursor()
         cursor.advance(ckpt)
         start, end = (0, len(self)) if chunk is None else np.searchsorted(self.chunks, [chunk, chunk + 1])
@@ -230,11 +257,16 @@ class ExposureCursor:
         self._next = 0  # the first count row not added yet
 
     def advance(self, ckpt: int) -> None:
-        """Add the occurrences in chunk files <= ckpt not added yet (ckpt must not go down)."""
+        """Add the occurrences checkpoint `ckpt` has trained on not added yet (ckpt must not go down): those in chunk
+        files <= ckpt, or on a step-indexed timeline those at positions before it."""
         if self.ckpt is not None and ckpt < self.ckpt:
             raise ValueError(f"an exposure cursor moves forward only (at {self.ckpt}, asked for {ckpt})")
         history = self.history
-        end = int(np.searchsorted(history._seen, ckpt, side="right"))
+        timeline = history.timeline
+        if timeline.step_indexed:
+            end = int(np.searchsorted(history._when, timeline.trained(ckpt), side="left"))
+        else:
+            end = int(np.searchsorted(history._when, ckpt, side="right"))
         rows = slice(self._next, end)
         np.add.at(self.exposures, history._at[rows], history._window[rows])
         np.maximum.at(self.last_chunk, history._at[rows], history._seen[rows])

@@ -1,6 +1,7 @@
-"""Exposure counts: how often each probe sequence, and its prompt, occurs in one chunk file. Exact.
+"""Exposure counts: how often each probe sequence, and its prompt, occurs in one chunk of training data. Exact.
 
-For every probe (a row's first k + l token ids) and one chunk file, ``scan_chunk`` counts over all rows:
+For every probe (a row's first k + l token ids) and one chunk, ``scan_chunk`` (a JSONL chunk file) and
+``count_items`` (the items of a binary stream chunk: Megatron, numpy token files) count over all rows:
 
 - ``window_count``: the (row, offset) positions where the probe's k + l ids occur;
 - ``prompt_count``: the same for its first k ids.
@@ -8,7 +9,7 @@ For every probe (a row's first k + l token ids) and one chunk file, ``scan_chunk
 Occurrences may overlap; none crosses from one row into the next (rows are separate training sequences).
 A probe's own row counts at offset 0 when its own chunk is scanned.
 
-How (one pass over the file's bytes, in compiled code, no per-token Python):
+How (one pass over the data, in compiled code, no per-token Python; binary items skip step 1, having no text):
 
 1. each line is parsed into a scratch buffer of ids by a strict JSON reader for the two row formats
    (``{"token_ids": [...], ...}`` and ``{"prompt": [...], "continuation": [...], ...}``). A line it does
@@ -201,8 +202,10 @@ def _same(ids, start, reference, length):
 
 
 @njit(cache=True, nogil=True)
-def _count_at(ids, n, start, value, tables, prompt_counts, window_counts):
-    """The window of k ids at ``start`` has hash ``value`` and passed the bitmap: verify and count it."""
+def _count_at(ids, n, start, value, tables, prompt_counts, window_counts, log, item):
+    """The window of k ids at ``start`` has hash ``value`` and passed the bitmap: verify and count it. A window
+    occurrence is also logged as (window, item) in ``log`` (int64[1 + 2 cap]: log[0] entries used) unless ``log`` is
+    the one-slot no-log array; the caller keeps room for a whole row (see _count_items)."""
     k, l, _, _, prompt_hash, prompt_tokens, group_start, window_hash, continuation_tokens = tables
     prompt = np.searchsorted(prompt_hash, value)
     while prompt < len(prompt_hash) and prompt_hash[prompt] == value:
@@ -215,6 +218,11 @@ def _count_at(ids, n, start, value, tables, prompt_counts, window_counts):
                 while window < high and window_hash[window] == continuation:
                     if _same(ids, start + k, continuation_tokens[window], l):
                         window_counts[window] += 1
+                        if log.shape[0] > 1:
+                            used = log[0]
+                            log[1 + 2 * used] = window
+                            log[2 + 2 * used] = item
+                            log[0] = used + 1
                         break
                     window += 1
             return  # distinct prompts: no other one can match these ids
@@ -222,8 +230,9 @@ def _count_at(ids, n, start, value, tables, prompt_counts, window_counts):
 
 
 @njit(cache=True, nogil=True)
-def _count_row(ids, n, tables, prompt_counts, window_counts):
-    """Count every verified prompt and window occurrence in the row ids[:n] (uint32)."""
+def _count_row(ids, n, tables, prompt_counts, window_counts, log, item):
+    """Count every verified prompt and window occurrence in the row ids[:n] (any unsigned ids); window occurrences
+    are logged as row ``item`` (see _count_at)."""
     k, _, filter_bits, shift = tables[0], tables[1], tables[2], tables[3]
     if n < k:
         return
@@ -235,11 +244,25 @@ def _count_row(ids, n, tables, prompt_counts, window_counts):
     while True:
         bit = value >> shift
         if (filter_bits[bit >> np.uint64(6)] >> (bit & np.uint64(63))) & np.uint64(1):
-            _count_at(ids, n, start, value, tables, prompt_counts, window_counts)
+            _count_at(ids, n, start, value, tables, prompt_counts, window_counts, log, item)
         if start + k >= n:
             return
         value = value * _HASH_BASE + np.uint64(ids[start + k]) - np.uint64(ids[start]) * top
         start += 1
+
+
+@njit(cache=True, nogil=True)
+def _count_items(tokens, offsets, first, tables, prompt_counts, window_counts, log):
+    """Count every verified occurrence in each item tokens[offsets[i]:offsets[i + 1]] (any unsigned id type) from
+    item ``first`` on, logging window occurrences as (window, i). Returns the item it stopped before: the end, or an
+    item the log might not have room for (a row holds at most one window occurrence per position)."""
+    room = (log.shape[0] - 1) // 2
+    for i in range(first, len(offsets) - 1):
+        start, stop = offsets[i], offsets[i + 1]
+        if room - log[0] < stop - start:
+            return i
+        _count_row(tokens[start:stop], stop - start, tables, prompt_counts, window_counts, log, i)
+    return len(offsets) - 1
 
 
 # ---- reading lines (compiled fast path) -------------------------------------------------------------------
@@ -378,7 +401,7 @@ def _line_end(buf, pos):
 
 
 @njit(cache=True, nogil=True)
-def _scan_lines(buf, pos, ids, tables, prompt_counts, window_counts, state):
+def _scan_lines(buf, pos, ids, tables, prompt_counts, window_counts, state, no_log):
     """Read and count the lines of ``buf`` (complete lines: it ends with a newline) from ``pos`` on.
 
     Returns (status, line start, line end): _OK; _FALLBACK for a line the slow path must read;
@@ -397,7 +420,7 @@ def _scan_lines(buf, pos, ids, tables, prompt_counts, window_counts, state):
         status, count, end = _read_row(buf, pos, ids)
         if status != _OK:
             return status, pos, _line_end(buf, pos)
-        _count_row(ids, count, tables, prompt_counts, window_counts)
+        _count_row(ids, count, tables, prompt_counts, window_counts, no_log, 0)
         state[_ROWS] += 1
         state[_TOKENS] += count
         state[_LINES] += 1
@@ -421,6 +444,7 @@ class ChunkExposure:
     size: int  # bytes in the file
     sha256: str  # of all bytes: the file's content identity
     seconds: float  # wall time of the scan
+    window_positions: list[np.ndarray] | None = None  # binary streams: per listed probe, its occurrences' positions
 
 
 def _slow_row(label: str, line_number: int, line: bytes) -> np.ndarray:
@@ -438,14 +462,29 @@ def _slow_row(label: str, line_number: int, line: bytes) -> np.ndarray:
     return np.array(ids, dtype=np.uint32)
 
 
-class _LineCounter:
-    """The counts and scratch of one scan; fed buffers of complete lines."""
+class _Counts:
+    """Per distinct prompt and window counts of one scan, handed back per probe."""
 
-    def __init__(self, index: ProbeIndex, label: str):
-        self.index, self.label = index, label
+    def __init__(self, index: ProbeIndex):
+        self.index = index
         self.tables = index.tables()
         self.prompt_counts = np.zeros(len(index.prompt_hash), dtype=np.int64)
         self.window_counts = np.zeros(len(index.window_hash), dtype=np.int64)
+        self.no_log = np.zeros(1, dtype=np.int64)  # the one-slot log: occurrences are counted, not logged
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probe, window_count, prompt_count) of the probes with a nonzero count."""
+        prompt_count = self.prompt_counts[self.index.probe_prompt()]
+        probe = np.flatnonzero(prompt_count)  # a window occurrence is a prompt occurrence too
+        return probe, self.window_counts[self.index.probe_window[probe]], prompt_count[probe]
+
+
+class _LineCounter(_Counts):
+    """The counts and scratch of one scan; fed buffers of complete lines."""
+
+    def __init__(self, index: ProbeIndex, label: str):
+        super().__init__(index)
+        self.label = label
         self.ids = np.empty(_SCRATCH_IDS, dtype=np.uint32)
         self.state = np.zeros(4, dtype=np.int64)
 
@@ -456,7 +495,7 @@ class _LineCounter:
         pos = 0
         while True:
             status, start, end = _scan_lines(buf, pos, self.ids, self.tables, self.prompt_counts,
-                                             self.window_counts, self.state)
+                                             self.window_counts, self.state, self.no_log)
             if status == _OK:
                 return
             if status == _BLANK:
@@ -467,15 +506,9 @@ class _LineCounter:
                 pos = start
                 continue
             ids = _slow_row(self.label, int(self.state[_LINES]) + 1, bytes(buf[start:end]))
-            _count_row(ids, len(ids), self.tables, self.prompt_counts, self.window_counts)
+            _count_row(ids, len(ids), self.tables, self.prompt_counts, self.window_counts, self.no_log, 0)
             self.state[[_ROWS, _TOKENS, _LINES]] += (1, len(ids), 1)
             pos = end + 1
-
-    def counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(probe, window_count, prompt_count) of the probes with a nonzero count."""
-        prompt_count = self.prompt_counts[self.index.probe_prompt()]
-        probe = np.flatnonzero(prompt_count)  # a window occurrence is a prompt occurrence too
-        return probe, self.window_counts[self.index.probe_window[probe]], prompt_count[probe]
 
 
 def scan_chunk(blocks: Iterable[bytes], index: ProbeIndex, label: str) -> ChunkExposure:
@@ -520,3 +553,63 @@ def scan_chunk(blocks: Iterable[bytes], index: ProbeIndex, label: str) -> ChunkE
     return ChunkExposure(label, probe, window_count, prompt_count, rows=int(counter.state[_ROWS]),
                          tokens=int(counter.state[_TOKENS]), size=size, sha256=digest.hexdigest(),
                          seconds=time.perf_counter() - began)
+
+
+# ---- binary items ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemCounts:
+    """Exposure counts over the items of a binary stream chunk; only probes with a nonzero count are listed."""
+
+    probe: np.ndarray  # int64[m]: indices into the probe tokens the index was built from, ascending
+    window_count: np.ndarray  # int64[m]
+    prompt_count: np.ndarray  # int64[m]
+    window_positions: list[np.ndarray]  # per listed probe, int64[window_count]: the stream position of the item
+    # holding each window occurrence, ascending (what places an occurrence before or after a checkpoint)
+    items: int  # items (training sequences) counted
+    tokens: int  # tokens in them
+
+
+# Room for this many logged window occurrences at a time (16 bytes each); at least one item's worth is kept free.
+_LOG_ENTRIES = 1 << 20
+
+
+def count_items(batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], index: ProbeIndex) -> ItemCounts:
+    """Exposure counts of every probe in ``index`` over items given as batches of (tokens, offsets, positions): item
+    i of a batch is tokens[offsets[i]:offsets[i + 1]] (a 1-D unsigned integer array: uint16 for Pythia; offsets
+    int64) at stream position positions[i]. Occurrences do not cross from one item into the next. The caller reads
+    (and hashes) the bytes."""
+    counter = _Counts(index)
+    log = np.zeros(1 + 2 * _LOG_ENTRIES, dtype=np.int64)
+    logged_windows: list[np.ndarray] = []
+    logged_positions: list[np.ndarray] = []
+    items = tokens_total = 0
+    for tokens, offsets, positions in batches:
+        if len(offsets) < 2:
+            continue
+        if tokens.dtype.kind == "i":  # a signed Megatron dtype, already checked for negative ids by its reader
+            tokens = tokens.astype(np.uint32)
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        if int(np.diff(offsets).max()) > _LOG_ENTRIES:  # an item longer than the log: give it room
+            log = np.zeros(1 + 2 * int(np.diff(offsets).max()), dtype=np.int64)
+        first = 0
+        while first < len(offsets) - 1:
+            first = _count_items(tokens, offsets, first, counter.tables, counter.prompt_counts,
+                                 counter.window_counts, log)
+            used = int(log[0])
+            entries = log[1:1 + 2 * used].reshape(used, 2)
+            logged_windows.append(entries[:, 0].copy())
+            logged_positions.append(np.asarray(positions, dtype=np.int64)[entries[:, 1]])
+            log[0] = 0
+        items += len(offsets) - 1
+        tokens_total += int(offsets[-1] - offsets[0])
+    probe, window_count, prompt_count = counter.counts()
+    windows = np.concatenate(logged_windows) if logged_windows else np.zeros(0, dtype=np.int64)
+    where = np.concatenate(logged_positions) if logged_positions else np.zeros(0, dtype=np.int64)
+    order = np.lexsort((where, windows))
+    windows, where = windows[order], where[order]
+    bounds = np.searchsorted(windows, index.probe_window[probe].astype(np.int64), side="left")
+    ends = np.searchsorted(windows, index.probe_window[probe].astype(np.int64), side="right")
+    return ItemCounts(probe, window_count, prompt_count, [where[lo:hi] for lo, hi in zip(bounds, ends)], items,
+                      tokens_total)

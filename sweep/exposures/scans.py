@@ -28,25 +28,41 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from actors.protocol import one_line
-from sweep.exposures.kernel import ChunkExposure, build_probe_index, scan_chunk
+from sweep.exposures.kernel import ChunkExposure, build_probe_index, count_items, scan_chunk
 from sweep.data.probe_supply import ProbeSupply
 from sweep.data.probes import check_streamed, open_chunk
+from sweep.data.stream_chunks import StreamChunk, describe_spec_chunks, open_stream
 from sweep.landed.schema import tokens_array
-from sweep.data.sources import ChunkFile, describe_chunks
+from sweep.data.sources import ChunkFile
 from sweep.spec import SweepSpec
 from sweep.landed.store import PinMismatchError, ResultStore
 
 log = logging.getLogger("memsweep")
 
 
-def scan_chunk_file(chunk_file: ChunkFile, index) -> tuple[ChunkExposure, float]:
-    """Stream one chunk file through the scan kernel; (counts, CPU seconds). Raises if its bytes are not what
-    `chunk_file` says (sha256, size)."""
+def scan_chunk_file(chunk_file: ChunkFile | StreamChunk, index) -> tuple[ChunkExposure, float]:
+    """Stream one chunk file (or the items of one stream chunk) through the scan kernel; (counts, CPU seconds).
+    Raises if a file's bytes are not what `chunk_file` says (sha256, size)."""
+    if isinstance(chunk_file, StreamChunk):
+        return scan_stream_chunk(chunk_file, index)
     began = time.process_time()
     reader = open_chunk(chunk_file)
     exposure = scan_chunk(reader.blocks(), index, reader.label)
     check_streamed(chunk_file, exposure.sha256, exposure.size, reader.label)
     return exposure, time.process_time() - began
+
+
+def scan_stream_chunk(chunk: StreamChunk, index) -> tuple[ChunkExposure, float]:
+    """Every item of one stream chunk through the binary kernel, read in the order its bytes lie (the index slice,
+    then the items' bytes, all hashed: `sha256` pins what was scanned); (counts, CPU seconds)."""
+    began, began_cpu = time.perf_counter(), time.process_time()
+    stream = open_stream(chunk.stream)
+    batches = ((batch.tokens, batch.offsets, batch.positions) for batch in stream.iter_items(chunk.start, chunk.stop))
+    counts = count_items(batches, index)
+    exposure = ChunkExposure(chunk.label, counts.probe, counts.window_count, counts.prompt_count, rows=counts.items,
+                             tokens=counts.tokens, size=stream.bytes_read, sha256=stream.digest(),
+                             seconds=time.perf_counter() - began, window_positions=counts.window_positions)
+    return exposure, time.process_time() - began_cpu
 
 
 _scan_task = ray.remote(scan_chunk_file)
@@ -81,8 +97,8 @@ class ExposureScans:
         self.task = _scan_task.options(num_cpus=spec.exposure.cpus_per_scan, runtime_env={"env_vars": environment}) \
             if spec.exposure is not None else None
         self.started = False
-        self.waiting: deque[tuple[int, ChunkFile, _ProbeGroup]] = deque()
-        self.in_flight: dict[ray.ObjectRef, tuple[int, ChunkFile, _ProbeGroup]] = {}
+        self.waiting: deque[tuple[int, ChunkFile | StreamChunk, _ProbeGroup]] = deque()
+        self.in_flight: dict[ray.ObjectRef, tuple[int, ChunkFile | StreamChunk, _ProbeGroup]] = {}
 
     @property
     def done(self) -> bool:
@@ -120,6 +136,9 @@ class ExposureScans:
         counts = group.keys[exposure.probe].with_columns(
             window_count=pl.Series(exposure.window_count, dtype=pl.Int64),
             prompt_count=pl.Series(exposure.prompt_count, dtype=pl.Int64))
+        if exposure.window_positions is not None:  # a stream chunk: where each occurrence lies on the timeline
+            counts = counts.with_columns(window_index=pl.Series([where.tolist() for where in exposure.window_positions],
+                                                                dtype=pl.List(pl.Int64)))
         stats = {"probes": group.keys.height, "rows": exposure.rows, "tokens": exposure.tokens,
                  "bytes": exposure.size, "seconds": exposure.seconds, "cpu_seconds": cpu_seconds}
         scanned = chunk_file.with_sha256(exposure.sha256)
@@ -128,7 +147,8 @@ class ExposureScans:
         except PinMismatchError as error:  # the file changed since this output pinned it
             self._fail(seen_chunk, one_line(error))
             return
-        self.supply.memo.remember(scanned)
+        if isinstance(scanned, ChunkFile):
+            self.supply.memo.remember(scanned)
         self.stats.scanned += 1
         self.stats.tokens += exposure.tokens
         self.stats.seconds += exposure.seconds
@@ -147,7 +167,7 @@ class ExposureScans:
             return
         data = self.spec.data
         try:
-            described = describe_chunks(data.source, {seen: data.file_for(seen) for seen in needs}, data.revision)
+            described, _ = describe_spec_chunks(self.spec, list(needs))
         except Exception as error:  # noqa: BLE001 - the dataset itself is unreachable: every scan fails
             described = {seen: RuntimeError(f"data source {data.source!r} (revision {data.revision!r}): "
                                             f"{one_line(error)}") for seen in needs}
@@ -159,7 +179,7 @@ class ExposureScans:
                 continue
             if probe_chunks not in groups:
                 groups[probe_chunks] = self._group(probe_chunks)
-            sha256 = self.supply.memo.lookup(chunk_file)
+            sha256 = self.supply.memo.lookup(chunk_file) if isinstance(chunk_file, ChunkFile) else None
             self.waiting.append((seen, chunk_file.with_sha256(sha256) if sha256 else chunk_file, groups[probe_chunks]))
 
     def _group(self, probe_chunks: tuple[int, ...]) -> _ProbeGroup:

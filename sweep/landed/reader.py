@@ -120,14 +120,20 @@ class LandedOutput:
         return int(self.manifest["identity"].get("memorization.prompt_len") or 32)
 
     def sequences(self, ckpt: int | None = None) -> pl.LazyFrame:
-        """One row per (ckpt, chunk, row) (of checkpoint `ckpt` alone if given): `ckpt` then SEQUENCE_SCHEMA."""
+        """One row per (ckpt, chunk, row) (of checkpoint `ckpt` alone if given): `ckpt` then SEQUENCE_SCHEMA.
+
+        A file landed before `seen` existed reads it as `chunk <= ckpt`: such an output has no timeline section, and
+        on a chunk-indexed timeline that is exactly what seen is (sweep/timeline.py)."""
         records = [record for _, record in self.ledgers.table_files("sequences", ckpt)]
-        return scan_listed(self.layout, records, SEQUENCE_SCHEMA, partitioned=True)
+        return scan_listed(self.layout, records, SEQUENCE_SCHEMA, partitioned=True).with_columns(
+            pl.coalesce("seen", pl.col("chunk") <= pl.col("ckpt")).alias("seen"))
 
     def cells(self, ckpt: int | None = None) -> pl.LazyFrame:
-        """One row per landed cell (of checkpoint `ckpt` alone if given): `ckpt` then CELL_SCHEMA."""
+        """One row per landed cell (of checkpoint `ckpt` alone if given): `ckpt` then CELL_SCHEMA (a file landed
+        before `seen_fraction` existed reads it from `seen`: 1.0 or 0.0, as on Amber's timeline)."""
         records = [record for _, record in self.ledgers.table_files("cells", ckpt)]
-        return scan_listed(self.layout, records, CELL_SCHEMA, partitioned=True)
+        return scan_listed(self.layout, records, CELL_SCHEMA, partitioned=True).with_columns(
+            pl.coalesce("seen_fraction", pl.col("seen").cast(pl.Float64)).alias("seen_fraction"))
 
     def probes(self) -> pl.LazyFrame:
         """One row per sampled (chunk, row): PROBE_SCHEMA (tokens = prompt followed by the true continuation)."""

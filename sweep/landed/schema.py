@@ -22,8 +22,10 @@ from sweep.landed.ledger import CheckpointPin
 
 SEQUENCE_SCHEMA: dict[str, pl.DataType] = {
     "chunk": pl.Int32(),
-    "row": pl.Int64(),
-    "source": pl.String(),  # the row's corpus label in the chunk file (refinedweb, starcoderdata, ...)
+    "row": pl.Int64(),  # jsonl: the line of the chunk file; megatron / numpy: the position inside the chunk
+    "index": pl.Int64(),  # the global stream position (megatron / numpy, as Pythia's datasets call it); null for jsonl
+    "source": pl.String(),  # the row's corpus label in the chunk file (refinedweb, starcoderdata, ...); null if none
+    "seen": pl.Boolean(),  # the checkpoint has trained on this very sequence (sweep/timeline.py)
     "matches": pl.Int16(),  # null in extractable mode
     "score": pl.Float32(),  # matches / l; null in extractable mode
     "full_match": pl.Boolean(),
@@ -34,7 +36,8 @@ SEQUENCE_SCHEMA: dict[str, pl.DataType] = {
     "generated": pl.List(pl.UInt32()),  # the model's l greedy tokens (memorization.keep_generated)
 }
 # Columns a caller may leave out; they land as nulls.
-OPTIONAL_SEQUENCE_COLUMNS = frozenset({"matches", "score", "match_mask", "nll", "tf_accuracy", "generated"})
+OPTIONAL_SEQUENCE_COLUMNS = frozenset({"index", "seen", "matches", "score", "match_mask", "nll", "tf_accuracy",
+                                       "generated"})
 
 CELL_SCHEMA: dict[str, pl.DataType] = {
     "chunk": pl.Int32(),
@@ -44,7 +47,8 @@ CELL_SCHEMA: dict[str, pl.DataType] = {
     "mean_prefix_match": pl.Float64(),
     "nll": pl.Float64(),
     "tf_accuracy": pl.Float64(),
-    "seen": pl.Boolean(),  # chunk <= ckpt: checkpoint c was saved after training on chunks 0..c
+    "seen": pl.Boolean(),  # the checkpoint has trained on at least part of the chunk (Amber: chunk <= ckpt)
+    "seen_fraction": pl.Float64(),  # the share of the chunk it has trained on (sweep/timeline.py): 0, 1, or between
     "seconds": pl.Float64(),  # wall time spent scoring the cell
     "sequences_per_s": pl.Float64(),
     "device": pl.String(),
@@ -63,7 +67,8 @@ CELL_METRICS = ("score", "full_match_rate", "mean_prefix_match", "nll", "tf_accu
 
 PROBE_SCHEMA: dict[str, pl.DataType] = {
     "chunk": pl.Int32(),
-    "row": pl.Int64(),  # 0-based line number in the chunk file
+    "row": pl.Int64(),  # 0-based line number in the chunk file, or position inside the chunk (megatron / numpy)
+    "index": pl.Int64(),  # the global stream position (megatron / numpy); null for jsonl
     "source": pl.String(),
     "tokens": pl.List(pl.UInt32()),  # the first k + l token ids: prompt, then true continuation
 }
@@ -76,6 +81,9 @@ EXPOSURE_COUNT_SCHEMA: dict[str, pl.DataType] = {
     "seen_chunk": pl.Int32(),  # the chunk file scanned
     "window_count": pl.Int64(),  # (row, offset) positions of that file holding the sequence's k + l ids
     "prompt_count": pl.Int64(),  # ... holding its first k ids
+    # megatron / numpy: the stream position of the item holding each window occurrence, ascending (window_count of
+    # them), which places every occurrence before or after a checkpoint inside the chunk; null for jsonl files
+    "window_index": pl.List(pl.Int64()),
 }
 # One row per scan of a chunk file (from its ledger): what it read and what it cost.
 EXPOSURE_SCAN_SCHEMA: dict[str, pl.DataType] = {
@@ -180,8 +188,13 @@ def conform_sequences(sequences: pl.DataFrame, ckpt: int, chunk: int) -> pl.Data
     return conformed
 
 
-def summarize_cell(ckpt: int, chunk: int, sequences: pl.DataFrame, provenance: CellProvenance) -> dict:
-    """One cell row (`ckpt` first, then CELL_SCHEMA's keys) from its conformed sequences and provenance."""
+def summarize_cell(ckpt: int, chunk: int, sequences: pl.DataFrame, provenance: CellProvenance,
+                   seen_fraction: float | None = None) -> dict:
+    """One cell row (`ckpt` first, then CELL_SCHEMA's keys) from its conformed sequences and provenance.
+    `seen_fraction`: the timeline's share of the chunk the checkpoint has trained on (default: Amber's, chunk <=
+    ckpt)."""
+    if seen_fraction is None:
+        seen_fraction = float(chunk <= ckpt)
     n = sequences.height
     means = sequences.select(
         pl.col("score").cast(pl.Float64).mean(),
@@ -197,7 +210,8 @@ def summarize_cell(ckpt: int, chunk: int, sequences: pl.DataFrame, provenance: C
         "chunk": chunk,
         "n": n,
         **means,
-        "seen": chunk <= ckpt,
+        "seen": seen_fraction > 0,
+        "seen_fraction": float(seen_fraction),
         "seconds": seconds,
         "sequences_per_s": n / seconds if seconds > 0 else None,
         "device": str(provenance.device),
@@ -230,14 +244,17 @@ def score_columns(scores: BatchScores, continuation_len: int) -> dict[str, pl.Se
     }
 
 
-def probe_frame(chunk: int, rows: np.ndarray, sources: list[str], tokens: np.ndarray) -> pl.DataFrame:
-    """A probe set (PROBE_SCHEMA, sample order) from row numbers, corpus labels and int[n, k+l] tokens."""
+def probe_frame(chunk: int, rows: np.ndarray, sources: list[str | None], tokens: np.ndarray,
+                index: np.ndarray | None = None) -> pl.DataFrame:
+    """A probe set (PROBE_SCHEMA, sample order) from row numbers, corpus labels, int[n, k+l] tokens and (megatron,
+    numpy) the rows' global stream positions."""
     width = tokens.shape[1] if tokens.ndim == 2 else 0
     token_series = (pl.Series("tokens", tokens.astype(np.uint32).reshape(-1))
                     .reshape((len(rows), width)).cast(pl.List(pl.UInt32)))
     return pl.DataFrame({
         "chunk": pl.Series("chunk", [chunk] * len(rows), dtype=pl.Int32),
         "row": pl.Series("row", rows, dtype=pl.Int64),
+        "index": pl.Series("index", index if index is not None else [None] * len(rows), dtype=pl.Int64),
         "source": pl.Series("source", sources, dtype=pl.String),
         "tokens": token_series,
     })

@@ -63,6 +63,7 @@ class ScoredCell:
     chunk: int
     sequences: pl.DataFrame
     provenance: CellProvenance
+    seen_fraction: float | None = None  # the timeline's share of the chunk the checkpoint trained on (None: Amber's)
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ class ResultStore:
             conformed = conform_sequences(cell.sequences, ckpt, cell.chunk)
             self._check_pin(ckpt, pin, cell)
             pin = pin or cell.provenance.pin()
-            record = summarize_cell(ckpt, cell.chunk, conformed, cell.provenance)
+            record = summarize_cell(ckpt, cell.chunk, conformed, cell.provenance, cell.seen_fraction)
             records[cell.chunk] = record
             fresh_rows.append({key: record[key] for key in CELL_SCHEMA})
             fresh_sequences.append(conformed)

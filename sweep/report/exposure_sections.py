@@ -25,6 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from sweep.analysis.labels import format_value
 from sweep.exposures import analyses as ea
 from sweep.exposures.history import ExposureHistory
+from sweep.timeline import Timeline
 from sweep.exposures.kinds import KINDS, RECITATION_MIN_EXPOSURES
 from sweep.landed.reader import LandedOutput
 from sweep.report.figures import DPI, Section, heatmap_figure, html_table, lines_figure, spread_rows
@@ -57,7 +58,7 @@ def exposure_sections(landed: LandedOutput, history: ExposureHistory, sequences:
     sections = [_by_exposure_section(results.by_exposure, last_ckpt, extractable, out_dir),
                 _seen_section(results.seen, out_dir),
                 _recency_section(results.recency, out_dir),
-                *_profile_sections(results.profile, metric, out_dir),
+                *_profile_sections(results.profile, metric, out_dir, history.timeline),
                 _kinds_section(results.kinds, decode is not None, out_dir)]
     if not coverage.is_complete:  # a partial scan is never presented as complete
         for section in sections:
@@ -187,7 +188,7 @@ def _recency_section(recency: pl.DataFrame, out_dir: Path) -> Section:
 PROFILE_LABELS = {"score": "memorization score", "full_match": "full-match rate"}
 
 
-def _profile_sections(profile: pl.DataFrame, metric: str, out_dir: Path) -> list[Section]:
+def _profile_sections(profile: pl.DataFrame, metric: str, out_dir: Path, timeline: Timeline) -> list[Section]:
     title = "Memorization profile (Lesci et al. 2024)"
     what = PROFILE_LABELS.get(metric, metric)
     definition = (f"Difference in differences of the mean {what}: for the sequences of chunk g not seen before it "
@@ -203,7 +204,7 @@ def _profile_sections(profile: pl.DataFrame, metric: str, out_dir: Path) -> list
     matrix = known.pivot(on="cohort", index="ckpt", values="did", sort_columns=True).sort("ckpt")
     matrix = matrix.select("ckpt", *sorted(matrix.columns[1:], key=int))
     figure, _ = heatmap_figure(matrix, f"Memorization profile: did of the {what}", f"did ({what})",
-                               missing_label="no estimate")
+                               missing_label="no estimate", timeline=timeline)
     figure.axes[0].set_xlabel("cohort (the chunk trained at its checkpoint)")
     figure.savefig(out_dir / "memorization_profile.png", dpi=DPI)
     path = ea.profile_path(profile)

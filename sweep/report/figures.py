@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from sweep.timeline import Timeline
 from sweep.analysis.labels import format_value
 
 MAX_TABLE_ROWS = 15  # spread_rows: longer tables show this many rows, spread over them
@@ -95,9 +96,10 @@ class HeatmapLayout:
         return [x / figure_width, self.bottom / figure_height, width / figure_width, self.axes_height / figure_height]
 
 
-def heatmap_figure(matrix: pl.DataFrame, title: str, colour_label: str,
-                   missing_label: str = "cell not in the dataset") -> tuple[Figure, HeatmapLayout]:
-    """Draw a score_matrix (`ckpt` + one column per chunk) as a heatmap with the seen/unseen staircase.
+def heatmap_figure(matrix: pl.DataFrame, title: str, colour_label: str, missing_label: str = "cell not in the dataset",
+                   timeline: Timeline = Timeline()) -> tuple[Figure, HeatmapLayout]:
+    """Draw a score_matrix (`ckpt` + one column per chunk) as a heatmap with the seen/unseen staircase of `timeline`
+    (sweep/timeline.py: a row's line lies after the chunks its checkpoint trained on, inside a chunk it is inside).
 
     The figure is layout.size pixels at DPI; the axes hold exactly the cells (HeatmapLayout), the
     legend sits below the x axis label and the colorbar right of the axes, so no cell is covered.
@@ -124,9 +126,9 @@ def heatmap_figure(matrix: pl.DataFrame, title: str, colour_label: str,
     axes.set_xlabel("data chunk")
     axes.set_ylabel("checkpoint")
     axes.set_title(title)
-    # Staircase between seen (chunk <= ckpt, left) and unseen (right) cells of each row, on the
-    # cell edges and thinner than a cell, so it marks the boundary without covering cells.
-    seen_counts = [sum(1 for chunk in chunk_ids if chunk <= ckpt) for ckpt in ckpts]
+    # Staircase between seen (left) and unseen (right) cells of each row, on the cell edges (inside the cell of a chunk
+    # its checkpoint is part way through) and thinner than a cell, so it marks the boundary without covering cells.
+    seen_counts = [timeline.staircase(ckpt, chunk_ids) for ckpt in ckpts]
     xs = [count - 0.5 for count in seen_counts for _ in (0, 1)]
     ys = [row + offset for row in range(len(ckpts)) for offset in (-0.5, 0.5)]
     line_px = min(2.0, max(1.0, min(layout.cell_width, layout.cell_height) / 4))
@@ -134,7 +136,8 @@ def heatmap_figure(matrix: pl.DataFrame, title: str, colour_label: str,
     axes.set_xlim(-0.5, len(chunk_ids) - 0.5)
     axes.set_ylim(-0.5, len(ckpts) - 0.5)
     handles = [boundary, Patch(facecolor=missing_colour, edgecolor="0.5", linewidth=0.5)]
-    labels = ["seen | unseen (left of the line: chunk <= ckpt)", missing_label]
+    labels = [f"seen | unseen (left of the line: {'trained on' if timeline.step_indexed else 'chunk <= ckpt'})",
+              missing_label]
     figure.legend(
         handles, labels, loc="lower left", bbox_to_anchor=(layout.left / width, 4 / height),
         ncols=2, frameon=False, fontsize="small",

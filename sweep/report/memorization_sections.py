@@ -20,6 +20,7 @@ import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from sweep.timeline import Timeline
 from sweep.analysis import memorization as analyses
 from sweep.analysis.labels import METRIC_LABELS, METRIC_TITLES, format_value, run_facts
 from sweep.landed.reader import LandedOutput
@@ -45,11 +46,12 @@ def memorization_sections(landed: LandedOutput, cells: pl.DataFrame, sequences: 
     """The run's facts, then one section per figure of the scores. `cells`: the landed cells table (collected);
     `trajectories`: analyses.chunk_trajectories of the chunks to draw, in `main_metric` (the score, or in
     extractable mode the mean exact prefix); `first_memorized`: analyses.first_memorized(sequences)."""
+    timeline = Timeline.from_spec_dict(landed.spec)
     sections = [_overview_section(landed, cells, extractable)]
-    sections.append(_heatmap_section(cells, main_metric, out_dir))
-    sections.append(_heatmap_section(cells, "full_match_rate", out_dir))
+    sections.append(_heatmap_section(cells, main_metric, out_dir, timeline))
+    sections.append(_heatmap_section(cells, "full_match_rate", out_dir, timeline))
     if cells["nll"].is_not_null().any():
-        sections.append(_heatmap_section(cells, "nll", out_dir))
+        sections.append(_heatmap_section(cells, "nll", out_dir, timeline))
     sections.append(_trajectory_section(trajectories, main_metric, out_dir))
     sections.append(_distribution_section(sequences, last_ckpt, extractable, out_dir))
     sections.append(_per_source_section(sequences, last_ckpt, extractable, out_dir))
@@ -71,21 +73,21 @@ def _overview_section(landed: LandedOutput, cells: pl.DataFrame, extractable: bo
     return section
 
 
-def _heatmap_section(cells: pl.DataFrame, metric: str, out_dir: Path) -> Section:
+def _heatmap_section(cells: pl.DataFrame, metric: str, out_dir: Path, timeline: Timeline) -> Section:
     matrix = analyses.score_matrix(cells, metric=metric)
     title = f"{METRIC_TITLES[metric]}, checkpoint x chunk"
     name = f"heatmap_{metric}.png"
-    figure, layout = heatmap_figure(matrix, title, METRIC_LABELS[metric])
+    figure, layout = heatmap_figure(matrix, title, METRIC_LABELS[metric], timeline=timeline)
     figure.savefig(out_dir / name, dpi=DPI)
 
     section = Section(title, image=name)
     section.notes.append(
         f"{matrix.height} checkpoints x {matrix.width - 1} chunks, {layout.cell_width} x {layout.cell_height} px "
         "per cell (click the image for full size); grey = cell not in the dataset. Cells left of the red line "
-        "were trained on by that checkpoint (chunk <= ckpt)."
+        f"were trained on by that checkpoint ({_seen_rule(timeline)})."
     )
-    seen = cells.filter(pl.col("chunk") <= pl.col("ckpt"))
-    unseen = cells.filter(pl.col("chunk") > pl.col("ckpt"))
+    seen = cells.filter(pl.col("seen"))  # the timeline's: the checkpoint trained on at least part of the chunk
+    unseen = cells.filter(~pl.col("seen"))
     means = [
         f"{label} cells: {format_value(part[metric].mean())}"
         for label, part in (("seen", seen), ("unseen", unseen))
@@ -93,6 +95,13 @@ def _heatmap_section(cells: pl.DataFrame, metric: str, out_dir: Path) -> Section
     ]
     section.notes.append(f"Mean over {'; over '.join(means)}.")
     return section
+
+
+def _seen_rule(timeline: Timeline) -> str:
+    if not timeline.step_indexed:
+        return "chunk <= ckpt"
+    return (f"checkpoint N has trained on sequences [0, {timeline.sequences_per_step:,} N); a checkpoint inside a "
+            "chunk crosses its cell at the share it trained on")
 
 
 def _trajectory_section(trajectories: pl.DataFrame, metric: str, out_dir: Path) -> Section:

@@ -19,7 +19,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -27,7 +27,7 @@ from pathlib import Path
 import ray
 
 from sweep.errors import MemsweepError
-from sweep.run.plan import make_plan
+from sweep.run.plan import Plan, make_plan
 from sweep.run.preflight import check_before_ray, resolved_spec
 from sweep.data.probe_supply import ProbeSupply, SupplyStats
 from sweep.exposures.scans import ExposureScans, ScanStats
@@ -74,6 +74,9 @@ class SweepSummary:
             f"{self.schedule.cells_scored} scored now, {len(self.failed)} failed",
             f"sequences scored: {scored:,} in {self.seconds:.1f} s ({rate:,.1f}/s)",
         ]
+        if self.supply.bytes_read:
+            lines.append(f"probe sets read from the stream: {self.supply.bytes_read / 1e6:,.2f} MB in "
+                         f"{self.supply.requests:,} reads ({self.supply.built} built)")
         if self.scans.scanned or self.failed_scans:
             lines.append(f"exposure scans: {self.scans.scanned} chunk files scanned now "
                          f"({self.scans.tokens / 1e6:,.1f}M tokens in {self.scans.seconds:.1f} task-seconds), "
@@ -115,6 +118,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         summary = SweepSummary(Path(spec.output), plan.total_cells, plan.done_cells)
         log.info("plan: %d cells, %d landed, %d to do", plan.total_cells, plan.done_cells, plan.cells_to_do)
         supply = ProbeSupply(spec, store, [chunk for work in plan.work for chunk in work.chunks], started, _forwarded_environment())
+        plan = _fail_cells_known_to_fail(spec, plan, store, supply)
         scans = ExposureScans(spec, store, supply, _forwarded_environment())
         summary.supply, summary.scans = supply.stats, scans.stats
         if plan.work:
@@ -129,6 +133,32 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         summary.failed, summary.failed_scans = landed.failures(), landed.scan_failures()
         summary.seconds = time.perf_counter() - started
         return summary
+
+
+def _fail_cells_known_to_fail(spec: SweepSpec, plan: Plan, store: ResultStore, supply: ProbeSupply) -> Plan:
+    """Cells that cannot be scored, known before any actor starts, fail now (one line each, in `failures/`) and leave
+    the plan, so no checkpoint is fetched for them: a chunk the supply could not describe (a missing file, a stream
+    that cannot be read, a chunk past the end of the stream), and a checkpoint the timeline puts past the end of the
+    stream (a step beyond the data: a wrong timeline.sequences_per_step, or the wrong dataset)."""
+    timeline, length = spec.timeline_positions(), supply.stream_length
+    beyond = set(timeline.check_within(length, [w.ckpt for w in plan.work], [])["checkpoints"]) if length else set()
+    label = f"{spec.data.source}:{spec.data.file}"
+    work = []
+    for item in plan.work:
+        if item.ckpt in beyond:
+            reason = timeline.beyond_stream_message("checkpoint", [item.ckpt], length, label)
+            log.error("%s", reason)
+            failed = {chunk: reason for chunk in item.chunks}
+        else:
+            failed = {chunk: supply.failed[chunk] for chunk in item.chunks if chunk in supply.failed}
+        for chunk, reason in failed.items():
+            store.record_failure(item.ckpt, chunk, reason, attempts=1)
+        chunks = tuple(chunk for chunk in item.chunks if chunk not in failed)
+        if chunks:
+            work.append(replace(item, chunks=chunks))
+        else:  # every pending cell of it failed: it is settled, as the scheduler would have found it
+            store.write_cells(item.ckpt, [], finishes_checkpoint=True)
+    return replace(plan, work=work)
 
 
 def check_cluster(spec: SweepSpec) -> None:

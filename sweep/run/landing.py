@@ -21,22 +21,28 @@ import polars as pl
 from actors.protocol import CellOutput, one_line
 from sweep.landed.schema import CellProvenance, score_columns
 from sweep.landed.store import PinMismatchError, ResultStore, ScoredCell
+from sweep.timeline import Timeline
 
 LAND_BATCH_CELLS = 32  # a checkpoint's waiting results land once this many are there ...
 LAND_MAX_WAIT_S = 10.0  # ... or the oldest has waited this long (or they finish the checkpoint)
 
 
 def scored_cell(output: CellOutput, attempts: int, probes: pl.DataFrame, data_file: str,
-                data_sha256: str | None, continuation_len: int) -> ScoredCell:
-    """An actor's output joined with its probe set (`chunk`, `row`, `source`, in sample order) as a ScoredCell."""
+                data_sha256: str | None, continuation_len: int, timeline: Timeline = Timeline()) -> ScoredCell:
+    """An actor's output joined with its probe set (`chunk`, `row`, `index`, `source`, in sample order) as a
+    ScoredCell; each sequence's `seen` and the cell's seen fraction are the timeline's."""
     loaded = output.loaded
     provenance = CellProvenance(
         seconds=output.seconds, device=output.device, dtype=output.dtype, batch_size=output.batch_size,
         attempts=attempts, model_revision=loaded.target.revision, model_commit=loaded.target.commit,
         weights_fingerprint=loaded.weights_fingerprint, stored_dtype=loaded.stored_dtype, data_file=data_file,
         data_sha256=data_sha256)
-    sequences = probes.select("chunk", "row", "source").with_columns(**score_columns(output.scores, continuation_len))
-    return ScoredCell(output.chunk, sequences, provenance)
+    ckpt = loaded.target.ckpt
+    seen = timeline.sequences_seen(ckpt, output.chunk, probes["index"].to_numpy())
+    sequences = (probes.select("chunk", "row", "index", "source")
+                 .with_columns(seen=pl.Series(seen, dtype=pl.Boolean),
+                               **score_columns(output.scores, continuation_len)))
+    return ScoredCell(output.chunk, sequences, provenance, timeline.seen_fraction(ckpt, output.chunk))
 
 
 @dataclass

@@ -103,6 +103,7 @@ class Scheduler:
                  progress: bool, scorer_cls, settings: ScorerSettings, environment: dict[str, str],
                  background: list[BackgroundWork] = ()):
         self.spec, self.store, self.supply, self.started = spec, store, supply, started
+        self.timeline = spec.timeline_positions()
         self.background = [supply, *background]
         self.scorer_cls, self.settings, self.environment = scorer_cls, settings, environment
         self.gpus = settings.gpus_per_actor
@@ -192,7 +193,7 @@ class Scheduler:
             work = self.queue.popleft()
             model, pin = self.spec.model, self.store.ledgers.pin(work.ckpt)
             try:
-                pinned = pin_checkpoint(model.source, work.ckpt, model.revision_for(work.ckpt),
+                pinned = pin_checkpoint(model.source, work.ckpt, self.spec.revision_for(work.ckpt),
                                         pin.model_commit if pin else None)
             except CheckpointUnresolvedError as error:
                 for chunk in work.chunks:
@@ -270,7 +271,7 @@ class Scheduler:
             return
         probe = self.supply.ready[chunk]
         self.landing.add(ckpt, scored_cell(output, self.attempts[(ckpt, chunk)] + 1, probe.frame, probe.data_file,
-                                           probe.sha256, self.spec.memorization.continuation_len))
+                                           probe.sha256, self.spec.memorization.continuation_len, self.timeline))
         self.cell_seconds.append(output.seconds)
         upcoming = slot.next
         if upcoming is not None and not upcoming.prefetch_sent and slot.current is assignment:
@@ -289,7 +290,7 @@ class Scheduler:
     def _check_fingerprint(self, ckpt: int, fingerprint: str) -> None:
         twin = self.fingerprints.setdefault(fingerprint, ckpt)
         if twin != ckpt:
-            revision_for = self.spec.model.revision_for
+            revision_for = self.spec.revision_for
             self.stats.warn(f"checkpoints {twin} and {ckpt} carry identical weights (fingerprint {fingerprint}): "
                             f"revisions {revision_for(twin)!r} and {revision_for(ckpt)!r} may be one checkpoint "
                             "published twice")

@@ -108,7 +108,8 @@
     }
   }
 
-  // The seen/unseen boundary: in each row, the edge after the last chunk that checkpoint has trained on.
+  // The seen/unseen boundary: in each row, after the chunks that checkpoint has trained on, inside the cell of a chunk
+  // it is part way through (the server's staircase, sweep/timeline.py).
   function drawStaircase(p) {
     const cw = p.w / (view.c1 - view.c0), rh = p.h / (view.r1 - view.r0);
     ctx.save();
@@ -117,7 +118,7 @@
     ctx.clip();
     ctx.beginPath();
     for (let r = view.r0; r < view.r1; r++) {
-      const seen = matrix.seenCounts[r];
+      const seen = matrix.staircase[r];
       const x = p.x + (seen - view.c0) * cw, bottom = p.y + (view.r1 - r) * rh, top = bottom - rh;
       if (r === view.r0) ctx.moveTo(x, bottom); else ctx.lineTo(x, bottom);
       ctx.lineTo(x, top);
@@ -234,11 +235,19 @@
 
   // ---- interaction -------------------------------------------------------------------------------------
 
+  // A cell's share of its chunk the checkpoint trained on: the staircase crosses the row in column order, so it is
+  // the part of the row's crossing that lies in this column.
+  function seenText(share) {
+    if (share >= 1) return "trained on (seen)";
+    if (share <= 0) return "not yet trained on (unseen)";
+    return `partly trained on (seen: ${Math.round(share * 100)}% of the chunk)`;
+  }
+
   function showTooltip(point, cell) {
     const cols = matrix.chunks.length, at = cell.r * cols + cell.c;
     const ckpt = matrix.ckpts[cell.r], chunk = matrix.chunks[cell.c];
     const lines = [[`ckpt ${ckpt} · chunk ${chunk}`, "title"],
-      [chunk <= ckpt ? "trained on (seen)" : "not yet trained on (unseen)", "muted"]];
+      [seenText(Math.min(Math.max(matrix.staircase[cell.r] - cell.c, 0), 1)), "muted"]];
     if (Number.isFinite(matrix.grids.n[at])) {
       for (const column of Object.keys(matrix.metrics)) lines.push([`${LABELS[column]}: ${format(matrix.grids[column][at])}`, ""]);
       lines.push([`sequences: ${format(matrix.grids.n[at])}`, ""]);
@@ -381,7 +390,7 @@
     matrix = {
       ckpts: payload.checkpoints, chunks: payload.chunks, grids, metrics,
       failed: new Set(payload.failed.filter(([c, j]) => rowOf.has(c) && colOf.has(j)).map(([c, j]) => rowOf.get(c) * cols + colOf.get(j))),
-      seenCounts: payload.checkpoints.map((ckpt) => payload.chunks.filter((chunk) => chunk <= ckpt).length),
+      staircase: payload.staircase,
     };
     const wanted = metric;
     if (!(metric in metrics)) metric = payload.metrics[0].column;
