@@ -113,7 +113,23 @@ def identity_as_kept_by_hand(spec: SweepSpec) -> dict:
         "memorization.mode": spec.memorization.mode,
         "memorization.eos": spec.memorization.eos,
         "memorization.nll": spec.memorization.nll,
+        **stream_identity_as_kept_by_hand(spec),
     }
+
+
+def stream_identity_as_kept_by_hand(spec: SweepSpec) -> dict:
+    """The training-stream keys (issue 22) as they joined the identity before the keys declared their meaning: only
+    where a spec differs from Amber's JSONL files and chunk-per-checkpoint timeline."""
+    data, keys = spec.data, {}
+    if data.format != "jsonl":
+        keys["data.format"] = data.format
+    if data.format == "numpy":
+        keys.update({"data.dtype": data.dtype, "data.sequence_len": data.sequence_len, "data.order": data.order,
+                     "data.order_dtype": data.order_dtype if data.order is not None else None})
+    if spec.timeline is not None:
+        keys.update({"timeline.sequences_per_step": spec.timeline.sequences_per_step,
+                     "timeline.steps_per_chunk": spec.timeline.steps_per_chunk})
+    return keys
 
 
 IDENTITY_CASES = [
@@ -154,7 +170,7 @@ def test_every_key_of_every_section_declares_what_it_means():
                     if section_of(field) is None and meaning_of(field) is None]
     assert unclassified == []
     sections = [prefix for prefix, _ in _sections(SweepSpec)]
-    assert sections == ["", "model.", "data.", "memorization.", "resources.", "exposure."]
+    assert sections == ["", "model.", "data.", "timeline.", "memorization.", "resources.", "exposure."]
 
 
 def test_a_key_added_after_outputs_exist_joins_the_identity_only_when_set():
@@ -258,3 +274,21 @@ def test_every_spec_key_is_documented():
     documented = (REPO / "docs/spec.md").read_text()
     missing = [key for key in _keys(SweepSpec) if f"`{key}`" not in documented]
     assert not missing, f"keys missing from docs/spec.md: {missing}"
+
+
+STREAM_CASES = [
+    {"data__format": "megatron", "data__file": "document", "model__revision": "step{ckpt}",
+     "timeline": {"sequences_per_step": 1024, "steps_per_chunk": 1000}},
+    {"data__format": "numpy", "data__file": ["part-0.npy", "part-1.npy"], "data__dtype": "uint16",
+     "data__sequence_len": 2048, "timeline": {"sequences_per_step": 2048, "steps_per_chunk": 1000}},
+    {"data__format": "numpy", "data__file": ["part-0.npy"], "data__dtype": "uint32", "data__sequence_len": 4096,
+     "data__order": "global_indices.npy", "data__order_dtype": "uint64",
+     "timeline": {"sequences_per_step": 512, "steps_per_chunk": 100}},
+]
+
+
+@pytest.mark.parametrize("changes", STREAM_CASES, ids=["megatron", "numpy", "numpy with an order file"])
+def test_the_derived_identity_of_a_stream_is_the_one_its_outputs_carry(tmp_path, changes):
+    spec = load_spec(write(tmp_path, edited(**changes)))
+    assert spec.identity() == identity_as_kept_by_hand(spec)
+    assert spec.identity_hash() == identity_hash(identity_as_kept_by_hand(spec))
