@@ -3,6 +3,7 @@ pins, probe sets, integrity (verify / repair) and the one-writer lock."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -801,13 +802,18 @@ def test_an_output_landed_before_the_stream_columns_still_opens(tmp_path):
         write(store, ckpt, chunk)
     for ckpt in (0, 2):  # rewrite each listed file as the old store wrote it, and its ledger record to match
         ledger = store.ledgers.ledger(ckpt)
-        for entry in ledger["files"]:
+        pairs = []
+        for pair in ledger.files:
+            records = {}
             for table, dropped in (("sequences", ["index", "seen"]), ("cells", ["seen_fraction"])):
-                path = tmp_path / "out" / entry[table]["path"]
+                record = pair.record(table)
+                path = tmp_path / "out" / record.path
                 pl.read_parquet(path).drop(dropped).write_parquet(path)
                 payload = path.read_bytes()
-                entry[table].update(bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
-        store.ledgers.commit(ckpt, ledger)
+                records[table] = dataclasses.replace(record, bytes=len(payload),
+                                                     sha256=hashlib.sha256(payload).hexdigest())
+            pairs.append(dataclasses.replace(pair, **records))
+        store.ledgers.commit(dataclasses.replace(ledger, files=tuple(pairs)))
     assert "index" not in pl.read_parquet(next((tmp_path / "out" / "sequences").rglob("*.parquet"))).columns
     output = open_output(tmp_path / "out")
     sequences, cells = output.sequences().collect(), output.cells().collect()
