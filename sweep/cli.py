@@ -194,14 +194,11 @@ def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from sweep.run.cost import estimate_cost
-    from sweep.landed.reader import open_output
     from sweep.run.plan import make_plan
-    from sweep.run.preflight import resolved_spec
-    from sweep.landed.store import ResultStore
+    from sweep.run.preflight import landed_for_plan, resolved_spec
 
     spec = resolved_spec(_load(args))
-    ResultStore(Path(spec.output)).check_identity(spec.identity())  # `run` would refuse this output: say so here
-    landed = open_output(spec.output) if (Path(spec.output) / "manifest.json").exists() else None
+    landed = landed_for_plan(spec)  # `run` would refuse another sweep's output: say so here
     plan = make_plan(spec, landed.done_cells() if landed is not None else set())
     print(f"spec: {args.spec} ({spec.name}, identity {spec.identity_hash()})")
     print(f"output: {spec.output}")
@@ -211,9 +208,10 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from sweep.landed.store import repair_output
     from sweep.landed.verify import verify_output
 
-    report = verify_output(args.output, repair=args.repair)
+    report = repair_output(args.output) if args.repair else verify_output(args.output)
     print(report.describe())
     return 0 if report.ok or report.repaired else 1
 

@@ -21,6 +21,7 @@ from sweep.explorer.data import ExplorerData, SequenceQuery
 from sweep.exposures.analyses import memorization_by_exposure, seen_per_sequence
 from sweep.exposures.history import ExposureHistory
 from sweep.landed.reader import open_output
+from sweep.landed.store import repair_output
 from sweep.landed.verify import verify_output
 from sweep.run.driver import run_sweep
 from sweep.spec import load_spec
@@ -158,7 +159,7 @@ def test_an_extended_or_resumed_sweep_scans_only_what_is_missing_and_equals_a_fr
     report = verify_output(output)
     assert not report.ok and [path for path, _ in report.damaged] == [victim.relative_to(output).as_posix()]
     assert "(the next run redoes the exposure scan of chunk file 3 for the sequences of chunks 0-1)" in report.describe()
-    verify_output(output, repair=True)
+    repair_output(output)
     healed = run_sweep(spec_for(tmp_path, world, data, "grown", "0-1", "0-4"), progress=False)
     assert healed.ok and healed.scans.scanned == 1
     assert landed_counts(output).equals(landed_counts(tmp_path / "fresh"))

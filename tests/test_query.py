@@ -116,7 +116,7 @@ def test_write_frame_formats_round_trip(tmp_path, fmt):
 
 
 def test_write_frame_rejects_unknown_format(tmp_path):
-    with pytest.raises(ValueError, match="unknown output format 'xlsx'"):
+    with pytest.raises(QueryError, match="unknown output format 'xlsx'"):
         write_frame(pl.DataFrame({"a": [1]}), tmp_path / "x.xlsx", "xlsx")
 
 

@@ -128,16 +128,20 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+def committed_cells(output: Path) -> set[tuple[int, int]]:
+    """The cells the output's ledgers list: a landed file is data only once its ledger commits (it is written first)."""
+    return open_output(output).done_cells() if (output / "manifest.json").exists() else set()
+
+
 def test_interrupted_driver_resumes_to_the_same_rows(clean_run, world, tmp_path):
     output = tmp_path / "out"
     spec_path = write_spec(tmp_path, world, output)
     first = _cli("run", str(spec_path), "--num-cpus", "2", "--num-gpus", "1", "--no-progress")
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((output / "cells").glob("ckpt=*/*.parquet")):
+    while not committed_cells(output):  # the state to interrupt in: a cell landed and committed
         assert first.poll() is None, first.communicate()[0]
-        time.sleep(0.2)
+        time.sleep(0.2)  # how often to look, not how long to wait
     first.send_signal(signal.SIGINT)  # Ctrl-C mid-sweep
-    log, _ = first.communicate(timeout=120)
+    log, _ = first.communicate(timeout=300)  # a guard against a hang: the driver lands, releases its actors, exits
     partial = ResultStore(output).ledgers.done_cells()
     assert 0 < len(partial) < 9 or first.returncode == 0, log
     second = _cli("run", str(spec_path), "--num-cpus", "2", "--no-progress")

@@ -161,12 +161,13 @@ class TokenDecoder:
         from transformers import AutoTokenizer
 
         from actors.checkpoint_files import fetch_tokenizer
-        from sweep.spec import SweepSpec
 
         try:
-            spec = SweepSpec.model_validate(landed.spec)
-            pin = landed.checkpoint_pin(ckpt) or {}
-            folder = fetch_tokenizer(spec.model.source, spec.revision_for(ckpt), pin.get("model_commit"))
+            spec = landed.sweep_spec
+            if spec is None:
+                raise MemsweepError(f"{landed.path}/manifest.json holds no whole spec to find the model by")
+            pin = landed.checkpoint_pin(ckpt)
+            folder = fetch_tokenizer(spec.model.source, spec.revision_for(ckpt), pin.model_commit if pin else None)
             return cls(AutoTokenizer.from_pretrained(str(folder)))
         except Exception as error:  # noqa: BLE001 - examples still show, as ids, with the reason
             why = one_line(error)

@@ -450,7 +450,7 @@ def ensure_demo_world(config: DemoWorldConfig, model_dir: Path, data_dir: Path,
     """Build the miniature Amber into ``data_dir`` (chunks) and ``model_dir`` (checkpoints), once.
 
     A no-op when both directories already hold this config's world (their ``world.json`` markers,
-    written last, say so); raises ValueError naming the directory when one holds another config.
+    written last, say so); raises MemsweepError naming the directory when one holds another config.
     What building costs is in BENCHMARKS.md ("The demo").
     """
     model_dir, data_dir = Path(model_dir).expanduser(), Path(data_dir).expanduser()

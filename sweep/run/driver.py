@@ -2,9 +2,10 @@
 
     summary = run_sweep(load_spec("configs/demo.yaml"))
 
-1. Preflight (sweep/run/preflight.py), before Ray starts: paths, cache, sources, CUDA, the output's identity.
-2. The writer lock (sweep/landed/writer_lock.py), then the landed files the output holds are verified in full (their
-   cells will be skipped, so they must be intact), then Ray is joined or started.
+1. Preflight (sweep/run/preflight.py), before Ray starts: paths, cache, sources, CUDA.
+2. The writer lock (sweep/landed/writer_lock.py); holding it, the output's identity is checked (once) and the landed
+   files it holds are verified in full (their cells will be skipped, so they must be intact); then Ray is joined or
+   started.
 3. The store opens (recovering whatever a killed run left), the plan lists the cells not yet landed, the probe
    supply (sweep/data/probe_supply.py) delivers probe sets while the scheduler (sweep/run/scheduler.py) keeps every actor
    busy; results land through sweep/run/landing.py.
@@ -31,6 +32,7 @@ from sweep.run.preflight import check_before_ray, resolved_spec
 from sweep.data.probe_supply import ProbeSupply, SupplyStats
 from sweep.exposures.scans import ExposureScans, ScanStats
 from sweep.run.scheduler import Scheduler, ScheduleStats, drain
+from sweep.run.scorer_settings import scorer_settings
 from sweep.spec import SweepSpec
 from sweep.landed.store import ResultStore
 from sweep.landed.verify import refuse_damaged_output
@@ -104,6 +106,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
     check_before_ray(spec, actors_run_here)
     store = ResultStore(Path(spec.output))
     with writer_lock(Path(spec.output)):
+        store.check_identity(spec.identity())  # the one check: `open` below goes by it
         if store.layout.manifest.exists():
             refuse_damaged_output(store)
         connect(address, num_cpus, num_gpus)
@@ -117,14 +120,16 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         # the chunks still to score, then any whose probe set `verify --repair` removed after their cells had landed
         # (the output keeps every probe set it sampled: `show`, the explorer and exposure scans read them)
         probes = store.ledgers.probes
-        forgotten = [chunk for chunk in spec.chunks if chunk in probes and not probes[chunk].get("file")]
-        supply = ProbeSupply(spec, store, [chunk for work in plan.work for chunk in work.chunks] + forgotten, started,
-                             _forwarded_environment())
+        to_score = [chunk for work in plan.work for chunk in work.chunks]
+        forgotten = [chunk for chunk in spec.chunks
+                     if chunk in probes and probes[chunk].file is None and chunk not in to_score]
+        supply = ProbeSupply(spec, store, to_score + forgotten, started, _forwarded_environment())
         plan = _fail_cells_known_to_fail(spec, plan, store, supply)
         scans = ExposureScans(spec, store, supply, _forwarded_environment())
         summary.supply, summary.scans = supply.stats, scans.stats
         if plan.work:
-            summary.schedule = Scheduler(spec, plan, store, supply, started, progress, scorer, gpus_per_actor(spec),
+            settings = scorer_settings(spec, gpus_per_actor(spec))
+            summary.schedule = Scheduler(spec, plan, store, supply, started, progress, scorer, settings,
                                          _forwarded_environment(), background=[scans]).run()
         drain([supply, scans])  # scans still running once the cells are done (their actors are released)
         for ckpt in plan.finished_checkpoints:  # finished by an earlier run that was killed before it compacted

@@ -95,16 +95,18 @@ def drain(background: list[BackgroundWork]) -> None:
 
 
 class Scheduler:
-    """`supply` delivers the probe sets cells need; `background` is other work to keep going meanwhile (exposure
-    scans): pumped and collected while actors score, left to `drain` once the cells are done."""
+    """`supply` delivers the probe sets cells need; `settings` is what every actor is told (built from the spec by
+    sweep/run/scorer_settings.py, its `gpus_per_actor` resolved); `background` is other work to keep going meanwhile
+    (exposure scans): pumped and collected while actors score, left to `drain` once the cells are done."""
 
     def __init__(self, spec: SweepSpec, plan: Plan, store: ResultStore, supply: ProbeSupply, started: float,
-                 progress: bool, scorer_cls, gpus_per_actor: float, environment: dict[str, str],
+                 progress: bool, scorer_cls, settings: ScorerSettings, environment: dict[str, str],
                  background: list[BackgroundWork] = ()):
         self.spec, self.store, self.supply, self.started = spec, store, supply, started
         self.timeline = spec.timeline_positions()
         self.background = [supply, *background]
-        self.scorer_cls, self.gpus, self.environment = scorer_cls, gpus_per_actor, environment
+        self.scorer_cls, self.settings, self.environment = scorer_cls, settings, environment
+        self.gpus = settings.gpus_per_actor
         self.stats = ScheduleStats()
         self.landing = Landing(store)
         self.queue: deque[CheckpointWork] = deque(plan.work)
@@ -112,12 +114,11 @@ class Scheduler:
         self.attempts: Counter = Counter()  # (ckpt, chunk) -> failed tries
         self.load_failures: Counter = Counter()  # ckpt -> failed fetches/loads
         self.dead_checkpoints: dict[int, tuple[str, int]] = {}  # ckpt -> (error, tries): its cells all fail
-        self.fingerprints = {pin["weights_fingerprint"]: ckpt for ckpt, pin in store.ledgers.pins().items()
-                             if pin.get("weights_fingerprint")}
+        self.fingerprints = {pin.weights_fingerprint: ckpt for ckpt, pin in store.ledgers.pins().items()
+                             if pin.weights_fingerprint}
         self.owner: dict[ray.ObjectRef, tuple[Slot, Assignment]] = {}
         self.cell_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
         self.load_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
-        self.settings = ScorerSettings.from_spec(spec, gpus_per_actor)
         self.slots = [Slot(i, self._new_actor()) for i in range(self._actor_count(plan))]
         self.bar = tqdm(total=plan.cells_to_do, desc=spec.name, unit="cell", disable=not progress)
 
@@ -190,10 +191,10 @@ class Scheduler:
     def _pop_assignment(self) -> Assignment | None:
         while self.queue:
             work = self.queue.popleft()
-            model = self.spec.model
+            model, pin = self.spec.model, self.store.ledgers.pin(work.ckpt)
             try:
                 pinned = pin_checkpoint(model.source, work.ckpt, self.spec.revision_for(work.ckpt),
-                                        (self.store.ledgers.pin(work.ckpt) or {}).get("model_commit"))
+                                        pin.model_commit if pin else None)
             except CheckpointUnresolvedError as error:
                 for chunk in work.chunks:
                     self._fail_cell(work.ckpt, chunk, str(error), self.spec.resources.max_attempts)
