@@ -168,7 +168,7 @@ def test_an_extended_or_resumed_sweep_scans_only_what_is_missing_and_equals_a_fr
     probes = open_output(output).probes().collect()
     [victim] = [path for path in (output / "probes").iterdir() if path.name == "probe-00001.parquet"]
     victim.unlink()
-    repaired = verify_output(output, repair=True)
+    repaired = repair_output(output)
     assert "(the next run redoes the probe set of chunk 1, sampled again from its pinned chunk file)" in \
         repaired.describe() and repaired.repaired_cells == []
     again = run_sweep(spec_for(tmp_path, world, data, "grown", "0-1", "0-4"), progress=False)

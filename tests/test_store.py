@@ -655,7 +655,7 @@ def test_verify_says_what_the_next_run_redoes_for_each_damaged_file(tmp_path):
            "scan of chunk file 1 for the sequences of chunks 0-2)" in lines
     assert lines[-1] == ("run `memsweep verify OUTPUT --repair` to remove them; the next run of the spec then redoes "
                          "what each damaged or missing file held (said above)")
-    repaired = verify_output(output, repair=True).describe().splitlines()[-1]
+    repaired = repair_output(output).describe().splitlines()[-1]
     assert repaired == ("repaired: 3 cells will be recomputed by the next run: (1, 0), (1, 1), (1, 2); it also redoes "
                         "the probe set of chunk 2, sampled again from its pinned chunk file; the exposure scan of chunk "
                         "file 1 for the sequences of chunks 0-2; 0 foreign files removed")
