@@ -15,9 +15,11 @@ exist: left out of the identity while it has its default, so their identity hash
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
@@ -583,8 +585,51 @@ _DOTTED_MESSAGE = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$")
 
 
 def _describe(path: Path, root: yaml.Node | None, exc: ValidationError, overridden: dict[str, Any] | None = None) -> str:
-    """One line for the first bad key: file:line: dotted.key: what is wrong."""
+    """One line for the first bad key: `file:line: dotted.key: what is wrong` (or `--set KEY=VALUE: ...`).
+
+    Unknown keys come first, each with the valid key it is closest to: for `exposure: {chunk: [0]}` pydantic lists the
+    missing `exposure.chunks` before the unknown `exposure.chunk`, and the typo is what the user has to fix. A missing
+    key that one of them was meant to be is not repeated; the first other problem follows on the same line."""
     errors = exc.errors()
+    unknown = [error for error in errors if error["type"] == "extra_forbidden" and _key_path(error)]
+    if not unknown:
+        loc, message = _first_problem(errors)
+        return _locate(path, root, loc, message, overridden or {})
+    messages, meant = [], set()
+    for error in unknown:
+        message, suggested = _unknown_key(_key_path(error))
+        messages.append(message)
+        meant.add(suggested)
+    rest = [error for error in errors if error["type"] != "extra_forbidden"
+            and not (error["type"] == "missing" and _dotted(_key_path(error)) in meant)]
+    if rest:
+        messages.append(_first_problem(rest)[1])
+    return _locate(path, root, _key_path(unknown[0]), "; ".join(messages), overridden or {})
+
+
+def _unknown_key(loc: list) -> tuple[str, str | None]:
+    """(`section.key: unknown key (did you mean KEY?)`, the dotted key it suggests) for an unknown key at `loc`; without
+    a close valid key the message lists the section's keys and nothing is suggested."""
+    *section, key = [str(part) for part in loc]
+    valid = _section_keys(section)
+    closest = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if closest:
+        return f"{_dotted(loc)}: unknown key (did you mean {closest[0]}?)", _dotted([*section, closest[0]])
+    return f"{_dotted(loc)}: unknown key ({_dotted(section) or 'a spec'} has {', '.join(valid)})", None
+
+
+def _section_keys(section: list[str]) -> list[str]:
+    """The keys a spec section (`[]`: the top level, `["exposure"]`, ...) may hold, in the order they are declared."""
+    model: type[BaseModel] = SweepSpec
+    for name in section:
+        annotation = model.model_fields[name].annotation
+        model = next(member for member in (annotation, *typing.get_args(annotation))
+                     if isinstance(member, type) and issubclass(member, BaseModel))
+    return list(model.model_fields)
+
+
+def _first_problem(errors: list[dict]) -> tuple[list, str]:
+    """(where, `dotted.key: what is wrong`) for the first of `errors`."""
     loc = _key_path(errors[0])
     # A union (e.g. 'auto' or an int >= 1) reports one error per member: say them together.
     alternatives = [e for e in errors if _key_path(e) == loc]
@@ -606,13 +651,21 @@ def _describe(path: Path, root: yaml.Node | None, exc: ValidationError, overridd
         named = _DOTTED_MESSAGE.match(message)
         if named:
             loc, message = named.group(1).split("."), named.group(2)
-    key = ".".join(str(part) for part in loc) or "(top level)"
-    for dotted, value in (overridden or {}).items():
+    return loc, f"{_dotted(loc) or '(top level)'}: {message}"
+
+
+def _locate(path: Path, root: yaml.Node | None, loc: list, message: str, overridden: dict[str, Any]) -> str:
+    """`message` prefixed by where the key at `loc` came from: the --set that gave it, else the file and line."""
+    key = _dotted(loc)
+    for dotted, value in overridden.items():
         if key == dotted or key.startswith(dotted + "."):
-            return f"--set {dotted}={value!r}: {key}: {message}"
+            return f"--set {dotted}={value!r}: {message}"
     line = _line_of(root, loc)
-    where = f"{path}:{line}" if line else str(path)
-    return f"{where}: {key}: {message}"
+    return f"{path}:{line}: {message}" if line else f"{path}: {message}"
+
+
+def _dotted(loc: list) -> str:
+    return ".".join(str(part) for part in loc)
 
 
 def _key_path(error: dict) -> list:

@@ -295,7 +295,7 @@ def test_truncated_zero_byte_and_loose_files_are_refused_named_and_healed(clean_
     refused = memsweep("run", str(spec), "--no-progress")  # refused before Ray starts: its own process
     assert refused.returncode == 2 and "Started a local Ray" not in refused.stderr
     assert error_line(refused) == (f"{output}: 3 landed files are damaged: {problems}; run `memsweep verify {output} "
-                                   "--repair` to remove them and recompute their cells")
+                                   "--repair` to remove them (it says what the next run redoes for each)")
     query = in_process("query", str(output), "SELECT COUNT(*) FROM sequences")
     assert query.returncode == 2 and error_line(query) == (
         f"{output / victims[0].path}: size {sizes[0]} bytes, recorded {victims[0].bytes}; run "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import math
 import random
 import re
 from dataclasses import replace
@@ -100,7 +101,7 @@ def test_chunks_are_raw_amber_rows(world):
     for chunk in range(WORLD.chunks):
         path = data_dir / "train" / f"train_{chunk:03d}.jsonl"
         lines = path.read_text().splitlines()
-        assert len(lines) == demo_stream.rows_per_stream_chunk(WORLD) == 216, path  # 96 own + 120 replayed
+        assert len(lines) == demo_stream.rows_per_stream_chunk(WORLD) == 384, path  # 96 own + 288 replayed
         for line in lines:
             row = json.loads(line)
             assert set(row) == {"token_ids", "source"}
@@ -166,6 +167,19 @@ def test_each_file_is_its_chunks_training_stream(files, record, corpus):
         assert lines["planted_copy"].to_list() == (originals != slots).tolist()
     last = record.filter((pl.col("chunk") == WORLD.chunks - 1) & (pl.col("reason") == demo_stream.REPLAY))
     assert last["corpus_chunk"].n_unique() == WORLD.chunks  # rehearsal reaches back to chunk 0
+
+
+def test_replays_bring_every_row_seen_so_far_back_at_an_even_pace(record):
+    """Replays come in passes over the rows seen so far (sweep/demo/stream.py), so within a file every seen row is
+    replayed about equally often. Drawn with replacement, some would come back twice as often as the mean or more
+    and others not at all (a burst memorizes a row for a checkpoint, a drought forgets it)."""
+    for chunk in range(WORLD.chunks):
+        seen_rows = (chunk + 1) * WORLD.rows_per_chunk
+        again = record.filter((pl.col("chunk") == chunk) & (pl.col("reason") == demo_stream.REPLAY))
+        counts = np.bincount(_corpus_slot(again["corpus_chunk"], again["corpus_row"]), minlength=seen_rows)
+        mean = again.height / seen_rows
+        assert len(counts) == seen_rows and mean >= 1  # replays of chunks 0..i only, each seen row due at least once
+        assert math.floor(mean) - 1 <= counts.min() and counts.max() <= math.ceil(mean) + 1, (chunk, mean, counts)
 
 
 def test_corpus_has_duplicates_within_and_across_chunks(corpus, record):
@@ -317,13 +331,13 @@ def test_the_files_are_what_training_consumes(tmp_path, monkeypatch):
         return forward(self, *args, input_ids=input_ids, **kwargs)
 
     monkeypatch.setattr(LlamaForCausalLM, "forward", recording)
-    config = replace(TINY, chunks=3, batch_size=5)  # batches straddle the epochs: 18 lines a file, 4 batches
+    config = replace(TINY, chunks=3, batch_size=5)  # 32 lines a file (8 own, 24 replayed): 7 batches, the last short
     ensure_demo_world(config, tmp_path / "model", tmp_path / "data", progress=False)
     expected = []
     for chunk in range(config.chunks):
         lines = demo.read_chunk(demo.chunk_path(tmp_path / "data", chunk), config.row_len, config.vocab_size).tokens
         expected += np.array_split(lines, range(config.batch_size, len(lines), config.batch_size))
-    assert len(trained) == len(expected) == demo_stream.total_steps(config) == 12
+    assert len(trained) == len(expected) == demo_stream.total_steps(config) == 21
     assert all(np.array_equal(got, want) for got, want in zip(trained, expected))
 
 

@@ -276,6 +276,44 @@ def test_every_spec_key_is_documented():
     assert not missing, f"keys missing from docs/spec.md: {missing}"
 
 
+def test_an_unknown_key_inside_a_section_is_named_before_the_key_it_leaves_missing(tmp_path):
+    spec = edited()
+    spec["exposure"] = {"chunk": [0]}
+    path = write(tmp_path, spec)
+    line = path.read_text().splitlines().index("  chunk:") + 1
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value) == f"{path}:{line}: exposure.chunk: unknown key (did you mean chunks?)"
+    with pytest.raises(SpecError) as info:  # the same from --set, and with another problem on the same line
+        load_spec(write(tmp_path, edited(model__source=None)), {"resources.batchsize": 8})
+    assert str(info.value) == ("--set resources.batchsize=8: resources.batchsize: unknown key (did you mean "
+                               "batch_size?); model.source: required key is missing")
+    with pytest.raises(SpecError) as info:  # nothing close: the section's keys
+        load_spec(write(tmp_path, edited(memorization__zzz=1)))
+    assert str(info.value).endswith("memorization.zzz: unknown key (memorization has prompt_len, continuation_len, "
+                                    "mode, eos, nll, keep_generated)")
+
+
+def _section_keys():
+    """(section name, its keys) for the top level ("") and every section of a spec."""
+    return [(prefix.rstrip("."), list(section.model_fields)) for prefix, section in _sections(SweepSpec)]
+
+
+@pytest.mark.parametrize("section,keys", _section_keys(), ids=[name or "top" for name, _ in _section_keys()])
+def test_a_misspelt_key_anywhere_names_the_key_it_is_closest_to(tmp_path, section, keys):
+    for key in keys:
+        typo = key[:-1]  # the last letter dropped: `chunk` for `chunks`
+        spec = edited()
+        node = spec.setdefault(section, {}) if section else spec
+        node[typo] = node.pop(key, 1)
+        path = write(tmp_path, spec)
+        with pytest.raises(SpecError) as info:
+            load_spec(path)
+        message, dotted = str(info.value), f"{section}.{typo}".lstrip(".")
+        assert "\n" not in message and message.startswith(f"{path}:"), message
+        assert f": {dotted}: unknown key (did you mean {key}?)" in message, message
+
+
 STREAM_CASES = [
     {"data__format": "megatron", "data__file": "document", "model__revision": "step{ckpt}",
      "timeline": {"sequences_per_step": 1024, "steps_per_chunk": 1000}},

@@ -30,6 +30,7 @@ from sweep.spec import identity_hash
 from sweep.landed.store import PinMismatchError, ResultStore, ScoredCell, StoreMismatchError, repair_output
 from sweep.landed.verify import check_landed, file_sha256, verify_output
 from sweep.landed.writer_lock import OutputLockedError, writer_lock
+from tests.landed_world import synthetic_sequences, write_landed
 
 # The landed-dataset contract (docs/architecture.md), spelled out independently of the store.
 SEQUENCE_COLUMNS = {
@@ -633,6 +634,35 @@ def test_verify_finds_and_repair_heals_damaged_files(tmp_path, how, compacted):
         write(store, ckpt, chunk)
     for want, got in zip(healthy, read_sorted(ResultStore(output))):
         assert_frame_equal(got.drop("finished_at", strict=False), want.drop("finished_at", strict=False))
+
+
+def test_verify_says_what_the_next_run_redoes_for_each_damaged_file(tmp_path):
+    output = write_landed(tmp_path / "out", synthetic_sequences(2, 3, 4), exposures=True)
+    ledgers = ResultStore(output).ledgers
+    cells = next(record.path for record in ledgers.landed_files() if record.path.startswith("cells/ckpt=1/"))
+    probes = next(record.path for record in ledgers.landed_files() if record.path.startswith("probes/probe-00002"))
+    [scan] = [record.path for chunk, record in ledgers.scan_files() if chunk == 1]
+    (output / cells).write_bytes(b"")
+    (output / probes).unlink()
+    (output / scan).write_bytes((output / scan).read_bytes()[:20])
+
+    lines = verify_output(output).describe().splitlines()
+    assert f"DAMAGED {cells}: size 0 bytes, recorded {_recorded(ledgers, cells)} (the next run redoes its 3 cells: " \
+           "checkpoint 1 x chunks 0-2)" in lines
+    assert f"MISSING {probes} (the next run redoes the probe set of chunk 2, sampled again from its pinned chunk " \
+           "file)" in lines
+    assert f"DAMAGED {scan}: size 20 bytes, recorded {_recorded(ledgers, scan)} (the next run redoes the exposure " \
+           "scan of chunk file 1 for the sequences of chunks 0-2)" in lines
+    assert lines[-1] == ("run `memsweep verify OUTPUT --repair` to remove them; the next run of the spec then redoes "
+                         "what each damaged or missing file held (said above)")
+    repaired = repair_output(output).describe().splitlines()[-1]
+    assert repaired == ("repaired: 3 cells will be recomputed by the next run: (1, 0), (1, 1), (1, 2); it also redoes "
+                        "the probe set of chunk 2, sampled again from its pinned chunk file; the exposure scan of chunk "
+                        "file 1 for the sequences of chunks 0-2; 0 foreign files removed")
+
+
+def _recorded(ledgers, path: str) -> int:
+    return next(record.bytes for record in ledgers.landed_files() if record.path == path)
 
 
 def test_a_stray_copy_is_never_data_and_repair_removes_it(tmp_path):

@@ -8,6 +8,7 @@ dataset equal, row for row, to the uninterrupted run.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,3 +170,43 @@ def test_landed_parquet_shows_real_memorization(clean_run, world):
     assert last.height == 3 * SAMPLES and last["duplicated"].sum() > 5
     duplicated, unique = same_age_means(last)
     assert duplicated > 1.5 * unique, (duplicated, unique)
+
+
+def test_query_tables_lists_the_demo_outputs_tables_and_columns_with_and_without_exposure_scans(clean_run, world,
+                                                                                               tmp_path):
+    """`memsweep query OUT --tables` as a user runs it, on the demo world's output; then on a copy of it after a run
+    that adds an `exposure:` section to the spec (it scores nothing, and scans the three chunk files)."""
+    spec, _, output = clean_run
+
+    def listed(out: Path) -> dict[str, list[str]]:
+        done = _cli("query", str(out), "--tables")
+        text, _ = done.communicate(timeout=120)
+        assert done.returncode == 0, text
+        tables = {}
+        for line in text.splitlines():  # "name: what one row is", then "    column type, column type, ..."
+            if not line.startswith(" "):
+                name = line.split(":", 1)[0]
+                tables[name] = []
+            else:
+                tables[name] += [column.strip() for column in line.split(",") if column.strip()]
+        return tables
+
+    def expected(out: Path) -> dict[str, list[str]]:
+        return {name: [f"{column} {dtype}" for column, dtype in frame.collect_schema().items()]
+                for name, frame in open_output(out).tables().items()}
+
+    plain = listed(output)
+    assert list(plain) == ["sequences", "cells", "probes"] and plain == expected(output)
+    assert "generated List(UInt32)" in plain["sequences"] and "tokens List(UInt32)" in plain["probes"]
+
+    scanned = tmp_path / "scanned"
+    shutil.copytree(output, scanned)
+    extended = load_spec(write_spec(tmp_path, world, scanned, exposure={"chunks": "0-2"}))
+    assert extended.identity_hash() == spec.identity_hash()  # the same numbers: the run only scans
+    summary = run_sweep(extended, progress=False)
+    assert summary.ok and summary.schedule.cells_scored == 0 and summary.scans.scanned == 3
+    with_scans = listed(scanned)
+    assert list(with_scans) == ["sequences", "cells", "probes", "exposures", "exposure_counts", "exposure_scans"]
+    assert with_scans == expected(scanned)
+    assert with_scans["exposure_counts"] == ["chunk Int32", "row Int64", "seen_chunk Int32", "window_count Int64",
+                                             "prompt_count Int64", "window_index List(Int64)"]

@@ -257,9 +257,13 @@ def examples_as_frame(examples: list[Example], decoder: TokenDecoder, exposures:
         return {name: None if known is None else getattr(known, name) for name in EXPOSURE_COLUMNS} if exposures \
             else {}
 
+    schema = {**{name: pl.Int64 for name in ("ckpt", "chunk", "row")}, "source": pl.String, "matches": pl.Int64,
+              "prefix_match": pl.Int64, "full_match": pl.Boolean,
+              **({name: pl.Int64 for name in EXPOSURE_COLUMNS} if exposures else {}),
+              "prompt": pl.String, "truth": pl.String, "model": pl.String}  # given: no examples is an empty table
     return pl.DataFrame([{
         "ckpt": e.ckpt, "chunk": e.chunk, "row": e.row, "source": e.source, "matches": e.matches,
         "prefix_match": e.prefix_match, "full_match": e.full_match, **counts(e), "prompt": decoder.text(e.prompt),
         "truth": decoder.text(e.truth), "model": decoder.text(e.generated) if e.generated is not None else None,
-    } for e in examples], schema_overrides={name: pl.Int64 for name in EXPOSURE_COLUMNS} if exposures else None)
+    } for e in examples], schema=schema)
 

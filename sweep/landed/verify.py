@@ -23,12 +23,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import polars as pl
 
 from actors.protocol import one_line
-from sweep.landed.ledger import DamagedOutputError, FileRecord, Ledgers, OutputLayout, read_manifest
+from sweep.landed.ledger import (TABLES, DamagedOutputError, FileRecord, Ledgers, OutputLayout, id_ranges,
+                                  read_manifest)
 from sweep.landed.reader import open_output, output_layout
 
 log = logging.getLogger("memsweep")
@@ -92,7 +93,8 @@ def refuse_damaged_output(output: LedgeredOutput) -> None:
         named = "; ".join(f"{record.path}: {problem}" for record, problem in problems[:3])
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise DamagedOutputError(f"{root}: {len(problems)} landed files are damaged: {named}{more}; run "
-                                 f"`memsweep verify {root} --repair` to remove them and recompute their cells")
+                                 f"`memsweep verify {root} --repair` to remove them (it says what the next run "
+                                 "redoes for each)")
 
 
 def foreign_files(output: LedgeredOutput) -> list[Path]:
@@ -107,6 +109,37 @@ def foreign_files(output: LedgeredOutput) -> list[Path]:
     return sorted(foreign)
 
 
+@dataclass(frozen=True)
+class Redo:
+    """What the next `memsweep run` of the spec redoes for one removed file."""
+
+    kind: Literal["cells", "probe set", "exposure scan"]
+    what: str  # e.g. "its 2 cells: checkpoint 3 x chunks 0-1"
+
+
+def what_the_next_run_redoes(ledgers: Ledgers, path: str) -> Redo | None:
+    """What the next run redoes once the listed file `path` (relative) is removed: for a sequences or cells file, its
+    cells; for a probe set, the sampling of its chunk from the pinned chunk file; for an exposure scan, that scan.
+    None when no ledger lists `path`."""
+    for ckpt, ledger in sorted(ledgers.checkpoints.items()):
+        for pair in ledger.files:
+            if path in (pair.record(table).path for table in TABLES):
+                chunks = sorted(pair.chunks)
+                plural = "s" if len(chunks) != 1 else ""
+                return Redo("cells", f"its {len(chunks)} cell{plural}: checkpoint {ckpt} x chunk{plural} "
+                                     f"{id_ranges(chunks)}")
+    for chunk, entry in sorted(ledgers.probes.items()):
+        if entry.file is not None and entry.file.path == path:
+            return Redo("probe set", f"the probe set of chunk {chunk}, sampled again from its pinned chunk file")
+    for seen_chunk, entry in sorted(ledgers.exposures.items()):
+        for scan in entry.scans:
+            if scan.file.path == path:
+                plural = "s" if len(scan.probe_chunks) != 1 else ""
+                return Redo("exposure scan", f"the exposure scan of chunk file {seen_chunk} for the sequences of "
+                                             f"chunk{plural} {id_ranges(list(scan.probe_chunks))}")
+    return None
+
+
 @dataclass
 class VerifyReport:
     output: Path
@@ -116,6 +149,7 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
     broken_ledgers: list[str] = field(default_factory=list)
+    redo: dict[str, Redo] = field(default_factory=dict)  # damaged or missing file -> what the next run redoes
     repaired_cells: list[tuple[int, int]] = field(default_factory=list)
     removed_foreign: list[str] = field(default_factory=list)
     repaired: bool = False
@@ -127,20 +161,28 @@ class VerifyReport:
     def describe(self) -> str:
         lines = [f"{self.output}: {self.files_checked} landed files checked "
                  f"({self.bytes_checked / 1e6:,.1f} MB)"]
-        lines += [f"DAMAGED {path}: {why}" for path, why in self.damaged]
-        lines += [f"MISSING {path}" for path in self.missing]
+        lines += [f"DAMAGED {path}: {why}{self._redone(path)}" for path, why in self.damaged]
+        lines += [f"MISSING {path}{self._redone(path)}" for path in self.missing]
         lines += [f"FOREIGN {path} (not listed in any ledger; never read as data)" for path in self.foreign]
         lines += [f"BROKEN LEDGER {path}" for path in self.broken_ledgers]
         if self.repaired:
             cells = ", ".join(f"({c}, {j})" for c, j in self.repaired_cells[:10])
             more = f" and {len(self.repaired_cells) - 10} more" if len(self.repaired_cells) > 10 else ""
+            besides = [redo.what for redo in self.redo.values() if redo.kind != "cells"]
             lines.append(f"repaired: {len(self.repaired_cells)} cells will be recomputed by the next run"
-                         + (f": {cells}{more}" if cells else "") + f"; {len(self.removed_foreign)} foreign files removed")
+                         + (f": {cells}{more}" if cells else "")
+                         + (f"; it also redoes {'; '.join(besides)}" if besides else "")
+                         + f"; {len(self.removed_foreign)} foreign files removed")
         elif self.ok:
             lines.append("ok: every landed file matches its record")
         else:
-            lines.append("run `memsweep verify OUTPUT --repair` to remove them; the next run recomputes their cells")
+            lines.append("run `memsweep verify OUTPUT --repair` to remove them; the next run of the spec then redoes "
+                         "what each damaged or missing file held (said above)"
+                         if self.damaged or self.missing else "run `memsweep verify OUTPUT --repair` to remove them")
         return "\n".join(lines)
+
+    def _redone(self, path: str) -> str:
+        return f" (the next run redoes {self.redo[path].what})" if path in self.redo else ""
 
 
 def verify_output(output: Path) -> VerifyReport:
@@ -165,5 +207,8 @@ def check_output(output: Path) -> VerifyReport:
             report.missing.append(record.path)
         else:
             report.damaged.append((record.path, problem))
+        redo = what_the_next_run_redoes(landed.ledgers, record.path)
+        if redo is not None:
+            report.redo[record.path] = redo
     report.foreign = [layout.relative(path) for path in foreign_files(landed)]
     return report

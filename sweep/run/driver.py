@@ -117,7 +117,13 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         plan = make_plan(spec, store.ledgers.done_cells())
         summary = SweepSummary(Path(spec.output), plan.total_cells, plan.done_cells)
         log.info("plan: %d cells, %d landed, %d to do", plan.total_cells, plan.done_cells, plan.cells_to_do)
-        supply = ProbeSupply(spec, store, [chunk for work in plan.work for chunk in work.chunks], started, _forwarded_environment())
+        # the chunks still to score, then any whose probe set `verify --repair` removed after their cells had landed
+        # (the output keeps every probe set it sampled: `show`, the explorer and exposure scans read them)
+        probes = store.ledgers.probes
+        to_score = [chunk for work in plan.work for chunk in work.chunks]
+        forgotten = [chunk for chunk in spec.chunks
+                     if chunk in probes and probes[chunk].file is None and chunk not in to_score]
+        supply = ProbeSupply(spec, store, to_score + forgotten, started, _forwarded_environment())
         plan = _fail_cells_known_to_fail(spec, plan, store, supply)
         scans = ExposureScans(spec, store, supply, _forwarded_environment())
         summary.supply, summary.scans = supply.stats, scans.stats
