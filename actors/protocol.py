@@ -123,7 +123,8 @@ class CellOutput:
 
 @dataclass(frozen=True)
 class ScorerSettings:
-    """Everything an actor needs that is the same for every cell of a sweep (built from the spec: `from_spec`)."""
+    """Everything an actor needs that is the same for every cell of a sweep; the control plane builds it from the spec
+    (sweep/run/scorer_settings.py), so nothing here knows the spec's shape."""
 
     model_source: str
     dtype: str
@@ -136,24 +137,6 @@ class ScorerSettings:
     download_dir: str | None = None
     keep_downloads: bool = False
     keep_generated: bool = False
-
-    @classmethod
-    def from_spec(cls, spec, gpus_per_actor: float) -> ScorerSettings:
-        """The settings a sweep spec (sweep/spec.py `SweepSpec`) gives its actors, `gpus_per_actor` being the spec's
-        `resources.gpus_per_actor` resolved against the cluster ("auto" is the driver's to decide). The spec is read
-        by attribute, so the data plane imports nothing of the control plane.
-
-        An actor without a GPU runs on the CPU whatever `resources.device` says ("auto"): Ray reserves it no GPU but
-        no longer hides the node's GPUs from it (ray-project/ray#54868; seen with Ray 2.60)."""
-        model, memorization, resources = spec.model, spec.memorization, spec.resources
-        options = ScoringOptions(prompt_len=memorization.prompt_len, continuation_len=memorization.continuation_len,
-                                 mode=memorization.mode, eos=memorization.eos, nll=memorization.nll,
-                                 decode=resources.decode)
-        return cls(model_source=model.source, dtype=model.dtype, attn_implementation=model.attn_implementation,
-                   options=options, batch_size=resources.batch_size,
-                   device="cpu" if gpus_per_actor == 0 else resources.device, gpus_per_actor=gpus_per_actor,
-                   torch_threads=max(1, int(resources.cpus_per_actor)), download_dir=model.download_dir,
-                   keep_downloads=model.keep_downloads, keep_generated=spec.keeps_generated())
 
 
 class CheckpointError(RuntimeError):

@@ -685,8 +685,8 @@ def measure(spec, cost: CostModel, cluster, samples: int, probe_builds: str, pro
     the sweep's clock (`StartedActors`)."""
     import psutil
 
-    from actors.protocol import ScorerSettings
     from sweep.run.driver import _forwarded_environment, run_sweep
+    from sweep.run.scorer_settings import scorer_settings
     from sweep.run.scheduler import actor_options
     from sweep.landed.reader import open_output
 
@@ -719,7 +719,7 @@ def measure(spec, cost: CostModel, cluster, samples: int, probe_builds: str, pro
     scorer = cost_model_scorer(cost)
     if not cold_actors:
         resources = spec.resources
-        scorer = StartedActors(scorer, result.actors, ScorerSettings.from_spec(spec, 1.0),
+        scorer = StartedActors(scorer, result.actors, scorer_settings(spec, 1.0),
                                actor_options(1.0, float(resources.cpus_per_actor), _forwarded_environment()))
         result.actor_start_s = scorer.seconds
     reset_peak_rss()

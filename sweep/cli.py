@@ -3,6 +3,7 @@
     memsweep run SPEC.yaml [--output DIR] [--set KEY=VALUE ...] [--address ADDR] [--report]
     memsweep plan SPEC.yaml [--offline] [--gpus 64] [--gpus-per-node 8] [--cpus-per-node 96] [--network-gb-s 2]
     memsweep query OUTPUT "SQL" [--format table|csv|json|parquet] [--out FILE]
+    memsweep query OUTPUT --tables
     memsweep verify OUTPUT [--repair]
     memsweep show OUTPUT [--ckpt C] [--chunk J] [--top N] [--source S] [--full-match] [--min-prefix K]
                          [--min-exposures N] [--max-exposures N] [--sort memorized|exposures]
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ import yaml
 
 from actors.protocol import one_line
 from sweep.errors import MemsweepError
+from sweep.landed.catalog import SQL_TABLES
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -34,7 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("memsweep").setLevel(logging.INFO)
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone by now is the BrokenPipeError below
+        return status
+    except BrokenPipeError:
+        # The reader stopped early (`memsweep query ... | head -3`): that is not an error, and there is nothing left to
+        # say. Point stdout at /dev/null so that Python's own flush at exit does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted: landed cells are kept; run the same command again to resume", file=sys.stderr)
         return 130
@@ -73,11 +83,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="remove damaged, missing and foreign files so the next run recomputes their cells")
     verify.set_defaults(handler=_verify)
 
-    query = commands.add_parser("query", help="Polars SQL over tables `sequences` and `cells`")
+    query = commands.add_parser("query", help=f"Polars SQL over an output's tables ({', '.join(SQL_TABLES)}); "
+                                              "`--tables` lists those it has, with their columns")
     query.add_argument("output", type=Path, help="a sweep's output directory")
-    query.add_argument("sql", help='e.g. "SELECT ckpt, AVG(score) FROM cells GROUP BY ckpt ORDER BY ckpt"')
-    query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
-    query.add_argument("--out", type=Path, help="file to write (required for csv/json/parquet)")
+    query.add_argument("sql", nargs="?", help='e.g. "SELECT ckpt, AVG(score) FROM cells GROUP BY ckpt ORDER BY ckpt"')
+    query.add_argument("--tables", action="store_true",
+                       help="list the tables this output has, what one row of each is, and their columns")
+    query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
+                       help="table (printed), csv, json (one array of row objects) or parquet; to --out FILE, "
+                            "else to stdout (parquet only when stdout is not a terminal)")
+    query.add_argument("--out", type=Path, help="file for csv/json/parquet (default: stdout)")
     query.add_argument("--max-rows", type=int, default=40, help="rows printed in table format")
     query.set_defaults(handler=_query)
 
@@ -99,8 +114,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="most memorized first (default), or most exposed first")
     show.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                       help="mark misses in red (auto: when printing to a terminal); plain text marks them ⟦ ⟧")
-    show.add_argument("--format", choices=["text", "csv", "json"], default="text")
-    show.add_argument("--out", type=Path, help="file for csv/json")
+    show.add_argument("--format", choices=["text", "csv", "json", "parquet"], default="text",
+                      help="text, or csv, json (one array of objects) or parquet: to --out FILE, else to stdout "
+                           "(parquet only when stdout is not a terminal)")
+    show.add_argument("--out", type=Path, help="file for csv/json/parquet (default: stdout)")
     show.set_defaults(handler=_show)
 
     report = commands.add_parser("report", help="figures + index.html from a landed output")
@@ -206,14 +223,11 @@ def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from sweep.run.bound import plan_bound
     from sweep.run.cost import estimate_cost
-    from sweep.landed.reader import open_output
     from sweep.run.plan import make_plan
-    from sweep.run.preflight import resolved_spec
-    from sweep.landed.store import ResultStore
+    from sweep.run.preflight import landed_for_plan, resolved_spec
 
     spec = resolved_spec(_load(args))
-    ResultStore(Path(spec.output)).check_identity(spec.identity())  # `run` would refuse this output: say so here
-    landed = open_output(spec.output) if (Path(spec.output) / "manifest.json").exists() else None
+    landed = landed_for_plan(spec)  # `run` would refuse another sweep's output: say so here
     plan = make_plan(spec, landed.done_cells() if landed is not None else set())
     print(f"spec: {args.spec} ({spec.name}, identity {spec.identity_hash()})")
     print(f"output: {spec.output}")
@@ -247,52 +261,73 @@ def _planned_cluster(args: argparse.Namespace):
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from sweep.landed.store import repair_output
     from sweep.landed.verify import verify_output
 
-    report = verify_output(args.output, repair=args.repair)
+    report = repair_output(args.output) if args.repair else verify_output(args.output)
     print(report.describe())
     return 0 if report.ok or report.repaired else 1
 
 
 def _query(args: argparse.Namespace) -> int:
-    from sweep.analysis.query import format_table, run_query, write_frame
+    from sweep.analysis.query import format_table, format_table_columns, run_query, table_columns
 
-    frame = run_query(args.output, args.sql)
+    if args.tables == bool(args.sql):
+        raise MemsweepError("memsweep query: give an SQL statement, or --tables to list the tables (not both)"
+                            if args.tables else "memsweep query: give an SQL statement, e.g. \"SELECT * FROM cells\", "
+                                                "or --tables to list the tables and their columns")
+    _refuse_binary_to_terminal(args.format, args.out)
+    frame = table_columns(args.output) if args.tables else run_query(args.output, args.sql)
     if args.format == "table":
-        print(format_table(frame, args.max_rows))
+        print(format_table_columns(frame) if args.tables else format_table(frame, args.max_rows))
         return 0
-    if args.out is None:
-        raise MemsweepError(f"--format {args.format} needs --out FILE")
-    write_frame(frame, args.out, args.format)
-    print(f"wrote {frame.height} rows to {args.out}")
+    _write_result(frame, args.format, args.out, "rows")
     return 0
+
+
+def _refuse_binary_to_terminal(fmt: str, out: Path | None) -> None:
+    """Parquet goes to stdout only when stdout is a pipe or a file: its bytes would garble a terminal."""
+    if fmt == "parquet" and out is None and sys.stdout.isatty():
+        raise MemsweepError("--format parquet is binary and stdout is a terminal: give --out FILE, or redirect "
+                            "stdout (> result.parquet) or pipe it")
+
+
+def _write_result(frame, fmt: str, out: Path | None, what: str) -> None:
+    """`frame` as csv, json or parquet: to the file `out`, else to stdout."""
+    from sweep.analysis.query import write_frame, write_frame_to_stream
+
+    if out is not None:
+        write_frame(frame, out, fmt)
+        print(f"wrote {frame.height} {what} to {out}")
+        return
+    write_frame_to_stream(frame, sys.stdout, fmt)
 
 
 def _show(args: argparse.Namespace) -> int:
     from sweep.analysis.examples import TokenDecoder, examples_as_frame, find_examples, render_text
     from sweep.exposures.history import ExposureHistory
     from sweep.landed.reader import open_output
-    from sweep.analysis.query import write_frame
 
+    _refuse_binary_to_terminal(args.format, args.out)
     landed = open_output(args.output)
     ckpt = args.ckpt if args.ckpt is not None else landed.last_checkpoint()
     full_match = True if args.full_match else (False if args.not_full_match else None)
     history = ExposureHistory.read(landed)
     counted = history.coverage.has_counts
+    # csv or json on stdout is data for a program: the notes for the reader go to stderr
+    notes = sys.stderr if args.format != "text" and args.out is None else sys.stdout
     if counted:  # a partial scan is never presented as complete
-        print(f"({history.coverage.describe()})")
+        print(f"({history.coverage.describe()})", file=notes)
     examples = find_examples(landed, ckpt, args.chunk, args.top, args.source, full_match, args.min_prefix,
                              args.per_source, history=history if counted else None, min_exposures=args.min_exposures,
                              max_exposures=args.max_exposures, sort=args.sort)
     if not examples:
-        print(f"no landed sequence of checkpoint {ckpt} matches these filters")
-        return 0
-    decoder = TokenDecoder.for_checkpoint(landed, ckpt)
+        print(f"no landed sequence of checkpoint {ckpt} matches these filters", file=notes)
+        if args.format == "text":
+            return 0
+    decoder = TokenDecoder.for_checkpoint(landed, ckpt) if examples else TokenDecoder()
     if args.format != "text":
-        if args.out is None:
-            raise MemsweepError(f"--format {args.format} needs --out FILE")
-        write_frame(examples_as_frame(examples, decoder, exposures=counted), args.out, args.format)
-        print(f"wrote {len(examples)} examples to {args.out}")
+        _write_result(examples_as_frame(examples, decoder, exposures=counted), args.format, args.out, "examples")
         return 0
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     if decoder.tokenizer is None:

@@ -4,15 +4,15 @@ The CLI turns a `MemsweepError` (and only that) into `memsweep: error: <message>
 other exception is a bug (in memsweep or a library) and keeps its traceback. Messages are one line naming the
 file, line, key, checkpoint or chunk: build them with `one_line` when they quote another error.
 
-`MemsweepError` is a ValueError: a refused input is a bad value, and callers that catch ValueError (tests,
-notebooks) keep working.
+`MemsweepError` is not a ValueError (nor any other built-in error a library raises): `except MemsweepError` catches
+memsweep's refusals and nothing else, and `except ValueError` around a library call catches the library's errors
+and none of memsweep's.
 """
 
 from __future__ import annotations
 
 
-
-class MemsweepError(ValueError):
+class MemsweepError(Exception):
     """A problem memsweep can name; `exit_status` is what the CLI exits with (2: refused, nothing was done)."""
 
     exit_status = 2

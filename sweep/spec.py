@@ -3,18 +3,30 @@
 Every key is documented in docs/spec.md. Validation errors are one line that names the file, the
 key (dotted path) and, where the YAML has it, the line: `configs/x.yaml:12: memorization.prompt_len:
 must be >= 1 (got 0)`.
+
+Every field of every section declares what it means for the numbers: IDENTITY (changing it changes what a landed
+number means, so an existing output refuses it), IDENTITY_UNLESS_DEFAULT (the same, for a key added after outputs
+exist: left out of the identity while it has its default, so their identity hash stays), a format's identity
+(NUMPY_IDENTITY: part of the identity in that data format only), or NOT_IDENTITY (which cells, or how they run).
+`SweepSpec.identity()` is derived from these declarations, so a new key is one line:
+
+    format: Annotated[Literal["jsonl", "megatron", "numpy"], IDENTITY_UNLESS_DEFAULT] = "jsonl"
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from sweep.errors import MemsweepError
 from sweep.timeline import Timeline
@@ -94,25 +106,91 @@ def _template_fields(template: str) -> set[str]:
     return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
-class _Section(BaseModel):
+@dataclass(frozen=True)
+class Meaning:
+    """What a spec field means for the landed numbers; every field of every section declares one (in `Annotated`)."""
+
+    identity: bool  # part of the output's identity: an output refuses a spec that changes it
+    unless_default: bool = False  # ... except while it has its default value (a key added after outputs exist)
+    formats: tuple[str, ...] | None = None  # ... only in these data formats (its section's `format`), None included
+    counts_with: str | None = None  # ... and its value only while this key of its section is set (else None)
+
+
+IDENTITY = Meaning(identity=True)
+IDENTITY_UNLESS_DEFAULT = Meaning(identity=True, unless_default=True)
+NUMPY_IDENTITY = Meaning(identity=True, formats=("numpy",))
+NOT_IDENTITY = Meaning(identity=False)
+
+
+class SpecSection(BaseModel):
+    """A section of the spec (and the spec itself): unknown keys refused, frozen; each key declares its Meaning."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSpec(_Section):
-    source: str = Field(min_length=1)
+def section_of(field: FieldInfo) -> type[SpecSection] | None:
+    """The section a field holds (`model: ModelSpec`, `exposure: ExposureSpec | None`), or None for a key."""
+    for candidate in (field.annotation, *get_args(field.annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, SpecSection):
+            return candidate
+    return None
+
+
+def meaning_of(field: FieldInfo) -> Meaning | None:
+    """The Meaning a key declares (None: it declares none, which tests/test_spec.py refuses)."""
+    declared = [item for item in field.metadata if isinstance(item, Meaning)]
+    return declared[0] if len(declared) == 1 else None
+
+
+def identity_of(section: SpecSection, prefix: str = "") -> dict[str, Any]:
+    """The identity keys of `section` and the sections inside it, dotted (`model.source`), in declaration order; an
+    absent optional section contributes none."""
+    found: dict[str, Any] = {}
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if section_of(field) is not None:
+            if value is not None:
+                found.update(identity_of(value, f"{prefix}{name}."))
+            continue
+        meaning = meaning_of(field)
+        if meaning is None:
+            raise TypeError(f"spec key {prefix}{name} declares no Meaning (IDENTITY, IDENTITY_UNLESS_DEFAULT, "
+                            "NUMPY_IDENTITY or NOT_IDENTITY)")
+        if not meaning.identity or (meaning.unless_default and value == field.default):
+            continue
+        if meaning.formats is not None and getattr(section, "format", None) not in meaning.formats:
+            continue
+        if meaning.counts_with is not None and getattr(section, meaning.counts_with) is None:
+            value = None
+        found[f"{prefix}{name}"] = _canonical(value)
+    return found
+
+
+def _canonical(value: Any) -> Any:
+    """A value as the identity holds it: JSON's types, a mapping's keys as text in the order of the keys' own sort
+    (`revision_overrides` {9: .., 10: ..} stays in numeric order)."""
+    if isinstance(value, dict):
+        return {str(key): _canonical(item) for key, item in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    return value
+
+
+class ModelSpec(SpecSection):
+    source: Annotated[str, IDENTITY] = Field(min_length=1)
     """A Hugging Face model repo id (`LLM360/Amber`) or a local directory."""
-    revision: str = "ckpt_{ckpt:03d}"
+    revision: Annotated[str, IDENTITY] = "ckpt_{ckpt:03d}"
     """Hub revision, or sub-directory of a local source; a template over the checkpoint id."""
-    dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
-    """Weights and compute dtype."""
-    revision_overrides: dict[int, str] = {}
+    revision_overrides: Annotated[dict[int, str], IDENTITY] = {}
     """Per-checkpoint revisions that break the template (Amber: the last checkpoint is `main`)."""
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    dtype: Annotated[Literal["float32", "float16", "bfloat16"], IDENTITY] = "bfloat16"
+    """Weights and compute dtype."""
+    attn_implementation: Annotated[Literal["auto", "sdpa", "eager", "flash_attention_2"], NOT_IDENTITY] = "auto"
     """auto = sdpa; flash_attention_2 only by name (needs flash-attn, CUDA and a 16-bit dtype; its benefit is
     unmeasured)."""
-    download_dir: str | None = None
+    download_dir: Annotated[str | None, NOT_IDENTITY] = None
     """Where Hub checkpoints are downloaded on each node; default `~/.cache/memsweep/checkpoints`."""
-    keep_downloads: bool = False
+    keep_downloads: Annotated[bool, NOT_IDENTITY] = False
     """Keep downloaded Hub checkpoints after loading (default: delete each once its weights are in memory)."""
 
     @field_validator("revision")
@@ -145,36 +223,37 @@ ORDER_DTYPES = ("uint16", "uint32", "uint64", "int32", "int64")
 PositiveOrAuto = Union[Literal["auto"], Annotated[int, Field(ge=1)]]
 
 
-class DataSpec(_Section):
-    source: str = Field(min_length=1)
+class DataSpec(SpecSection):
+    source: Annotated[str, IDENTITY] = Field(min_length=1)
     """A Hugging Face dataset repo id (`LLM360/AmberDatasets`) or a local directory."""
-    format: Literal["jsonl", "megatron", "numpy"] = "jsonl"
+    format: Annotated[Literal["jsonl", "megatron", "numpy"], IDENTITY_UNLESS_DEFAULT] = "jsonl"
     """How the training stream is stored: JSON-lines chunk files (Amber, K2), a Megatron / GPT-NeoX indexed dataset
     (Pythia), or flat numpy token files with an optional order file (OLMo)."""
-    file: Union[str, list[str]] = None  # type: ignore[assignment] - filled by format in _default_file
+    file: Annotated[Union[str, list[str]], IDENTITY] = None  # type: ignore[assignment] - filled by format in _default_file
     """jsonl: the chunk file inside the source, a template over the chunk id; megatron: the dataset's prefix
     (`document`: `document.idx` beside `document.bin` or its shards); numpy: the token files in stream order (a list,
     or one glob sorted by name)."""
-    dtype: Literal["uint16", "uint32"] | None = None
+    dtype: Annotated[Literal["uint16", "uint32"] | None, NUMPY_IDENTITY] = None
     """numpy: the token files' id type."""
-    sequence_len: int | None = Field(default=None, ge=1)
+    sequence_len: Annotated[int | None, NUMPY_IDENTITY] = Field(default=None, ge=1)
     """numpy: tokens per instance; each file is cut into whole instances (a remainder is ignored, as OLMo does)."""
-    order: str | None = None
+    order: Annotated[str | None, NUMPY_IDENTITY] = None
     """numpy: a flat integer array file (OLMo's `global_indices.npy`): stream position p is instance order[p]."""
-    order_dtype: Literal["uint16", "uint32", "uint64", "int32", "int64"] = "uint32"
-    """numpy: the order file's integer type (OLMo: uint32)."""
-    revision: str = "main"
+    order_dtype: Annotated[Literal["uint16", "uint32", "uint64", "int32", "int64"],
+                           Meaning(identity=True, formats=("numpy",), counts_with="order")] = "uint32"
+    """numpy: the order file's integer type (OLMo: uint32); part of the identity only with an order file."""
+    revision: Annotated[str, IDENTITY] = "main"
     """Hub dataset revision the chunk files are read at (pinned to its commit on first use); ignored locally."""
-    samples_per_chunk: int = Field(default=1000, ge=1)
+    samples_per_chunk: Annotated[int, IDENTITY] = Field(default=1000, ge=1)
     """Rows sampled per chunk (the probe set), as `shuffle(seed).select(range(n))` picks them."""
-    seed: int = Field(default=42, ge=0)
+    seed: Annotated[int, IDENTITY] = Field(default=42, ge=0)
     """Sampling seed (numpy default_rng)."""
-    cache_dir: str | None = None
+    cache_dir: Annotated[str | None, NOT_IDENTITY] = None
     """Where line indexes and probe sets are cached (on the driver); default `~/.cache/memsweep/probes`."""
-    concurrent_builds: PositiveOrAuto = "auto"
+    concurrent_builds: Annotated[PositiveOrAuto, NOT_IDENTITY] = "auto"
     """Probe sets built at once (each streams one chunk file: 20.8 GB for Amber); auto = the streams the node links
     carry beside the checkpoint downloads in flight (sweep/run/pacing.py)."""
-    vocab_size: int | None = Field(default=None, ge=1)
+    vocab_size: Annotated[int | None, NOT_IDENTITY] = Field(default=None, ge=1)
     """If set, token ids outside [0, vocab_size) are an error."""
 
     @model_validator(mode="before")
@@ -203,55 +282,57 @@ class DataSpec(_Section):
         return self.format != "jsonl"
 
 
-class MemorizationSpec(_Section):
-    prompt_len: int = Field(default=32, ge=1)
+class MemorizationSpec(SpecSection):
+    prompt_len: Annotated[int, IDENTITY] = Field(default=32, ge=1)
     """k: prompt tokens."""
-    continuation_len: int = Field(default=32, ge=1)
+    continuation_len: Annotated[int, IDENTITY] = Field(default=32, ge=1)
     """l: greedy tokens compared with the true continuation."""
-    mode: Literal["greedy", "extractable"] = "greedy"
+    mode: Annotated[Literal["greedy", "extractable"], IDENTITY] = "greedy"
     """greedy: decode l tokens (matches, score, prefix_match, full_match);
     extractable: one teacher-forced pass (exact prefix_match and full_match only)."""
-    eos: Literal["ordinary", "reference"] = "ordinary"
+    eos: Annotated[Literal["ordinary", "reference"], IDENTITY] = "ordinary"
     """ordinary: EOS is a token like any other; reference: stop at EOS and pad, like the reference tool."""
-    nll: bool = False
+    nll: Annotated[bool, IDENTITY] = False
     """Also record mean NLL and teacher-forced accuracy of the true continuation."""
-    keep_generated: Union[Literal["auto"], bool] = "auto"
+    keep_generated: Annotated[Union[Literal["auto"], bool], NOT_IDENTITY] = "auto"
     """Land the model's l greedy tokens per sequence (`generated`); auto = in greedy mode."""
 
 
-class ResourcesSpec(_Section):
-    gpus_per_actor: Union[Literal["auto"], Annotated[float, Field(ge=0)]] = "auto"
+class ResourcesSpec(SpecSection):
+    """How cells are scored, never what they mean (fp32 results do not depend on it; bf16: README, "Exactness")."""
+
+    gpus_per_actor: Annotated[Union[Literal["auto"], Annotated[float, Field(ge=0)]], NOT_IDENTITY] = "auto"
     """0 = CPU actors (a laptop); auto = 1 when the cluster has GPUs, else 0."""
-    actors: PositiveOrAuto = "auto"
+    actors: Annotated[PositiveOrAuto, NOT_IDENTITY] = "auto"
     """Checkpoint actors at once; auto = cluster GPUs / gpus_per_actor (1 on CPU)."""
-    batch_size: PositiveOrAuto = "auto"
+    batch_size: Annotated[PositiveOrAuto, NOT_IDENTITY] = "auto"
     """Sequences per forward; auto = the largest that fits on CUDA, a measured default on CPU."""
-    cpus_per_actor: Annotated[float, Field(gt=0)] = 1
+    cpus_per_actor: Annotated[float, Field(gt=0), NOT_IDENTITY] = 1
     """Ray CPUs reserved per actor."""
-    max_attempts: Annotated[int, Field(ge=1)] = 3
+    max_attempts: Annotated[int, Field(ge=1), NOT_IDENTITY] = 3
     """Tries per cell before it is recorded as failed and the sweep goes on."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Annotated[Literal["auto", "cpu", "cuda"], NOT_IDENTITY] = "auto"
     """Where actors run the model; auto = CUDA when present, else CPU."""
-    decode: Literal["growing", "static", "static-compiled"] = "growing"
+    decode: Annotated[Literal["growing", "static", "static-compiled"], NOT_IDENTITY] = "growing"
     """The greedy loop's KV cache: growing (appended per step), static (preallocated), static-compiled (+ torch.compile
     of the one-token step, CUDA only). Greedy mode without nll only; the static forms are unmeasured on a GPU."""
 
 
-class TimelineSpec(_Section):
-    sequences_per_step: int = Field(ge=1)
+class TimelineSpec(SpecSection):
+    sequences_per_step: Annotated[int, IDENTITY] = Field(ge=1)
     """Training sequences per optimizer step (Pythia: 1024, a batch of 1024 x 2049 tokens)."""
-    steps_per_chunk: int = Field(ge=1)
+    steps_per_chunk: Annotated[int, IDENTITY] = Field(ge=1)
     """Steps per chunk: chunk c is steps [c S, (c + 1) S) of the stream (Pythia: 1000)."""
 
 
-class ExposureSpec(_Section):
-    chunks: list[int]
+class ExposureSpec(SpecSection):
+    chunks: Annotated[list[int], NOT_IDENTITY]
     """The chunk files of `data.file` to scan for exposure counts (ids and ranges, as `chunks`); may include chunks
-    the sweep does not score."""
-    concurrent_scans: PositiveOrAuto = "auto"
+    the sweep does not score. Extends the counts: a scan of a file counts the same whenever it is made."""
+    concurrent_scans: Annotated[PositiveOrAuto, NOT_IDENTITY] = "auto"
     """Chunk files scanned at once (each a Ray task streaming one file); auto = enough to end with the GPUs, on the
     CPUs the actors leave (sweep/run/pacing.py)."""
-    cpus_per_scan: Annotated[float, Field(gt=0)] = 1
+    cpus_per_scan: Annotated[float, Field(gt=0), NOT_IDENTITY] = 1
     """Ray CPUs reserved per scan task (the scan itself runs on one core)."""
 
     @field_validator("chunks", mode="before")
@@ -260,13 +341,14 @@ class ExposureSpec(_Section):
         return parse_id_list(value)
 
 
-class SweepSpec(_Section):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+class SweepSpec(SpecSection):
+    name: Annotated[str, NOT_IDENTITY] = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     model: ModelSpec
     data: DataSpec
-    checkpoints: list[int]
-    chunks: list[int]
-    cells: Literal["all", "seen", "unseen", "diagonal"] = "all"
+    checkpoints: Annotated[list[int], NOT_IDENTITY]
+    """Adding checkpoints or chunks extends a sweep; each cell's numbers do not depend on the others."""
+    chunks: Annotated[list[int], NOT_IDENTITY]
+    cells: Annotated[Literal["all", "seen", "unseen", "diagonal"], NOT_IDENTITY] = "all"
     """Which (checkpoint, chunk) pairs: all, seen (the checkpoint has trained on some of the chunk), unseen (on none
     of it), diagonal (its newest chunk); sweep/timeline.py. Chunk-indexed: chunk <= ckpt, chunk > ckpt, ==."""
     timeline: TimelineSpec | None = None
@@ -275,7 +357,7 @@ class SweepSpec(_Section):
     resources: ResourcesSpec = ResourcesSpec()
     exposure: ExposureSpec | None = None
     """Count every probe sequence's occurrences in these chunk files (none: no exposure counts)."""
-    output: str = Field(min_length=1)
+    output: Annotated[str, NOT_IDENTITY] = Field(min_length=1)
     """Results directory; a relative path is relative to the directory memsweep runs in."""
 
     @field_validator("checkpoints", "chunks", mode="before")
@@ -396,43 +478,12 @@ class SweepSpec(_Section):
         return [(c, j) for c in self.checkpoints for j in self.chunks if keep(c, j)]
 
     def identity(self) -> dict[str, Any]:
-        """What a number in the output means: changing any of these needs a new output directory.
-
-        Checkpoint/chunk lists, resources and output are not here: adding cells extends a sweep,
-        and batch size or hardware do not change greedy results (fp32; see docs/spec.md for bf16).
-        """
-        return {
-            "model.source": self.model.source,
-            "model.revision": self.model.revision,
-            "model.revision_overrides": {str(k): v for k, v in sorted(self.model.revision_overrides.items())},
-            "model.dtype": self.model.dtype,
-            "data.source": self.data.source,
-            "data.file": self.data.file,
-            "data.revision": self.data.revision,
-            "data.samples_per_chunk": self.data.samples_per_chunk,
-            "data.seed": self.data.seed,
-            "memorization.prompt_len": self.memorization.prompt_len,
-            "memorization.continuation_len": self.memorization.continuation_len,
-            "memorization.mode": self.memorization.mode,
-            "memorization.eos": self.memorization.eos,
-            "memorization.nll": self.memorization.nll,
-            # issue 22: the stream's format and timeline, named only where they differ from Amber's (jsonl files,
-            # checkpoint c after chunk c), so every output written before them keeps its identity hash.
-            **self._stream_identity(),
-        }
-
-    def _stream_identity(self) -> dict[str, Any]:
-        """The identity keys of a non-default data format or a timeline (issue 22); {} for Amber-style specs."""
-        data, keys = self.data, {}
-        if data.format != "jsonl":
-            keys["data.format"] = data.format
-        if data.format == "numpy":
-            keys.update({"data.dtype": data.dtype, "data.sequence_len": data.sequence_len, "data.order": data.order,
-                         "data.order_dtype": data.order_dtype if data.order is not None else None})
-        if self.timeline is not None:
-            keys.update({"timeline.sequences_per_step": self.timeline.sequences_per_step,
-                         "timeline.steps_per_chunk": self.timeline.steps_per_chunk})
-        return keys
+        """What a number in the output means: every key declared IDENTITY (and IDENTITY_UNLESS_DEFAULT ones that are
+        set, a format's keys in that format), dotted, e.g. {"model.source": "LLM360/Amber", ..., "memorization.nll":
+        False}. Changing any of them needs a new output directory; checkpoints, chunks, resources and paths are not in
+        it (see docs/spec.md). A stream's format and timeline join it only where they differ from Amber's (jsonl
+        files, checkpoint c after chunk c), so every output written before them keeps its identity hash."""
+        return identity_of(self)
 
     def keeps_generated(self) -> bool:
         keep = self.memorization.keep_generated
@@ -457,6 +508,16 @@ def identity_hash(identity: dict[str, Any]) -> str:
     """
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def recorded_spec(raw: Any) -> SweepSpec | None:
+    """A spec as an output's manifest recorded it (`SweepSpec.model_dump(mode="json")`), validated again, or None when
+    it is not a whole spec (a synthetic output records only some keys). Readers get it once per opening, from
+    sweep/landed/reader.py `LandedOutput.sweep_spec`."""
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError:
+        return None
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
@@ -526,8 +587,51 @@ _DOTTED_MESSAGE = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$")
 
 
 def _describe(path: Path, root: yaml.Node | None, exc: ValidationError, overridden: dict[str, Any] | None = None) -> str:
-    """One line for the first bad key: file:line: dotted.key: what is wrong."""
+    """One line for the first bad key: `file:line: dotted.key: what is wrong` (or `--set KEY=VALUE: ...`).
+
+    Unknown keys come first, each with the valid key it is closest to: for `exposure: {chunk: [0]}` pydantic lists the
+    missing `exposure.chunks` before the unknown `exposure.chunk`, and the typo is what the user has to fix. A missing
+    key that one of them was meant to be is not repeated; the first other problem follows on the same line."""
     errors = exc.errors()
+    unknown = [error for error in errors if error["type"] == "extra_forbidden" and _key_path(error)]
+    if not unknown:
+        loc, message = _first_problem(errors)
+        return _locate(path, root, loc, message, overridden or {})
+    messages, meant = [], set()
+    for error in unknown:
+        message, suggested = _unknown_key(_key_path(error))
+        messages.append(message)
+        meant.add(suggested)
+    rest = [error for error in errors if error["type"] != "extra_forbidden"
+            and not (error["type"] == "missing" and _dotted(_key_path(error)) in meant)]
+    if rest:
+        messages.append(_first_problem(rest)[1])
+    return _locate(path, root, _key_path(unknown[0]), "; ".join(messages), overridden or {})
+
+
+def _unknown_key(loc: list) -> tuple[str, str | None]:
+    """(`section.key: unknown key (did you mean KEY?)`, the dotted key it suggests) for an unknown key at `loc`; without
+    a close valid key the message lists the section's keys and nothing is suggested."""
+    *section, key = [str(part) for part in loc]
+    valid = _section_keys(section)
+    closest = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if closest:
+        return f"{_dotted(loc)}: unknown key (did you mean {closest[0]}?)", _dotted([*section, closest[0]])
+    return f"{_dotted(loc)}: unknown key ({_dotted(section) or 'a spec'} has {', '.join(valid)})", None
+
+
+def _section_keys(section: list[str]) -> list[str]:
+    """The keys a spec section (`[]`: the top level, `["exposure"]`, ...) may hold, in the order they are declared."""
+    model: type[BaseModel] = SweepSpec
+    for name in section:
+        annotation = model.model_fields[name].annotation
+        model = next(member for member in (annotation, *typing.get_args(annotation))
+                     if isinstance(member, type) and issubclass(member, BaseModel))
+    return list(model.model_fields)
+
+
+def _first_problem(errors: list[dict]) -> tuple[list, str]:
+    """(where, `dotted.key: what is wrong`) for the first of `errors`."""
     loc = _key_path(errors[0])
     # A union (e.g. 'auto' or an int >= 1) reports one error per member: say them together.
     alternatives = [e for e in errors if _key_path(e) == loc]
@@ -549,13 +653,21 @@ def _describe(path: Path, root: yaml.Node | None, exc: ValidationError, overridd
         named = _DOTTED_MESSAGE.match(message)
         if named:
             loc, message = named.group(1).split("."), named.group(2)
-    key = ".".join(str(part) for part in loc) or "(top level)"
-    for dotted, value in (overridden or {}).items():
+    return loc, f"{_dotted(loc) or '(top level)'}: {message}"
+
+
+def _locate(path: Path, root: yaml.Node | None, loc: list, message: str, overridden: dict[str, Any]) -> str:
+    """`message` prefixed by where the key at `loc` came from: the --set that gave it, else the file and line."""
+    key = _dotted(loc)
+    for dotted, value in overridden.items():
         if key == dotted or key.startswith(dotted + "."):
-            return f"--set {dotted}={value!r}: {key}: {message}"
+            return f"--set {dotted}={value!r}: {message}"
     line = _line_of(root, loc)
-    where = f"{path}:{line}" if line else str(path)
-    return f"{where}: {key}: {message}"
+    return f"{path}:{line}: {message}" if line else f"{path}: {message}"
+
+
+def _dotted(loc: list) -> str:
+    return ".".join(str(part) for part in loc)
 
 
 def _key_path(error: dict) -> list:

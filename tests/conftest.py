@@ -68,7 +68,11 @@ def served_explorer(explorer_output, tmp_path_factory):
     url = next(word for word in line.split() if word.startswith("http://")).rstrip("/")
     yield url, line, log
     process.terminate()
-    process.wait(timeout=10)
+    try:
+        process.wait(timeout=30)  # uvicorn stops gracefully in well under a second, unless the machine is loaded
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="session")

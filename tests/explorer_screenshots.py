@@ -1,9 +1,11 @@
 """The README's explorer screenshots, taken in headless Chromium against a running `memsweep serve`.
 
-    .venv/bin/memsweep serve results/demo --port 8765 &
-    .venv/bin/python tests/explorer_screenshots.py http://127.0.0.1:8765 docs/
+    make demo                                                  # results/demo, in the clone
+    .venv/bin/memsweep serve results/demo --port 8765 &        # the output as a user names it: the page header shows it
+    .venv/bin/python -m tests.explorer_screenshots http://127.0.0.1:8765 docs/
 
-Writes docs/explorer-overview.png (the heatmap with a cell's tooltip showing) and docs/explorer-cell.png.
+Writes docs/explorer-overview.png (the heatmap with a cell's tooltip showing) and docs/explorer-cell.png. Serve the
+output by its relative path, from the clone: the header of every page shows the path `serve` was given.
 """
 
 from __future__ import annotations

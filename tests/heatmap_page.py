@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 
 
-def wait_for(condition, timeout: float = 10.0):
+def wait_for(condition, timeout: float = 120.0):
+    """Poll `condition` until it holds (the page's state); `timeout` only turns a page that never gets there into a
+    failure instead of a hang, so it is generous: a browser on a loaded machine can take tens of seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()

@@ -458,7 +458,7 @@ class HubServer:
 
 
 @contextmanager
-def serve_hub(mirrors: Path, workdir: Path, start_timeout_s: float = 60.0, conformance: bool = True
+def serve_hub(mirrors: Path, workdir: Path, start_timeout_s: float = 300.0, conformance: bool = True
               ) -> Iterator[HubServer]:
     """Serve `mirrors` (olah's mirror layout) on a free localhost port until the block ends; yields the server.
 

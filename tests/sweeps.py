@@ -5,7 +5,9 @@ Fixtures built on these live in tests/conftest.py.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 import ray
@@ -14,13 +16,30 @@ import yaml
 from sweep.landed.reader import open_output
 
 K = L = 32
-SAMPLES = 96  # lines of each chunk file of the session's world (conftest.py), which holds 864
+SAMPLES = 96  # lines of each chunk file of the session's world (conftest.py), which holds 768
 TIMING = ["seconds", "sequences_per_s", "finished_at", "attempts", "device", "batch_size"]
 
 
 def start_local_ray() -> None:
     """A private local Ray with two logical GPUs (two actors on this CPU machine), quiet."""
     ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+
+
+@contextmanager
+def ray_of_its_own(num_cpus: int, num_gpus: int) -> Iterator[None]:
+    """A private local Ray of this shape for the block, whatever ran before. A process holds one Ray at a time: the one
+    it is connected to (the session's or a module's, both `start_local_ray`'s) is shut down for the block and started
+    again after it, so the tests after this one find what they left."""
+    connected = ray.is_initialized()
+    if connected:
+        ray.shutdown()
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if connected:
+            start_local_ray()
 
 
 def write_spec(tmp_path: Path, world: Path, output: Path, **extra) -> Path:

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
@@ -31,8 +30,8 @@ from sweep.analysis.query import run_query
 from sweep.landed.reader import open_output
 from sweep.landed.schema import CellProvenance
 from sweep.landed.store import ResultStore, ScoredCell
-from sweep.landed.verify import forget_files
 from sweep.landed.writer_lock import writer_lock
+import sweep.run.driver as driver_module
 from tests.tiny_lm import train_memorizing_llama, write_tiny_world
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +178,6 @@ def test_unusable_output_or_cache_paths_are_named_before_ray_starts(world, tmp_p
     spec = spec_dict(world, output)
     if where == "cache under a file":
         spec["data"]["cache_dir"] = str(blocker / "cache")
-    began = time.perf_counter()
     result = memsweep("run", str(write_yaml(tmp_path / "s.yaml", spec)))
     assert result.returncode == 2
     expected = {
@@ -188,7 +186,7 @@ def test_unusable_output_or_cache_paths_are_named_before_ray_starts(world, tmp_p
         "cache under a file": f"data.cache_dir {blocker / 'cache'}: not writable (Not a directory)",
     }[where]
     assert error_line(result) == expected
-    assert "Started a local Ray" not in result.stderr and time.perf_counter() - began < 60
+    assert "Started a local Ray" not in result.stderr
 
 
 @pytest.mark.parametrize("key", ["model.source", "data.source"])
@@ -196,11 +194,10 @@ def test_a_local_source_that_does_not_exist_is_refused_before_ray_starts(world, 
     spec = spec_dict(world, tmp_path / "out")
     section = key.split(".")[0]
     spec[section]["source"] = str(tmp_path / "nowhere" / section)
-    began = time.perf_counter()
     result = memsweep("run", str(write_yaml(tmp_path / "s.yaml", spec)))
     assert result.returncode == 2 and not (tmp_path / "out").exists()
     assert error_line(result) == f"{key}: {tmp_path / 'nowhere' / section} does not exist"
-    assert "Started a local Ray" not in result.stderr and time.perf_counter() - began < 60
+    assert "Started a local Ray" not in result.stderr
 
 
 def test_inside_a_ray_job_a_missing_relative_source_says_where_it_was_looked_for(world, tmp_path, monkeypatch):
@@ -282,9 +279,9 @@ def test_truncated_zero_byte_and_loose_files_are_refused_named_and_healed(clean_
     tables = open_output(output)
     rows = tables.sequences().filter(pl.col("ckpt") == 2).collect().drop("ckpt")  # checkpoint 2 as a loose landing
     record = tables.cells().filter(pl.col("ckpt") == 2).collect().row(0, named=True)
-    forget_files(store.ledgers, {r.path for r in store.ledgers.landed_files() if "/ckpt=2/" in r.path})
+    store.forget_files({r.path for r in store.ledgers.landed_files() if "/ckpt=2/" in r.path})
     store.write_cells(2, [ScoredCell(0, rows, CellProvenance.from_dict(record))])
-    assert store.ledgers.ledger(2)["files"][0]["name"].startswith("batch-")
+    assert store.ledgers.ledger(2).files[0].name.startswith("batch-")
     victims = {c: next(r for r in store.ledgers.landed_files() if r.path.startswith(f"sequences/ckpt={c}/"))
                for c in (0, 1, 2)}
     for ckpt, record in victims.items():
@@ -298,7 +295,7 @@ def test_truncated_zero_byte_and_loose_files_are_refused_named_and_healed(clean_
     refused = memsweep("run", str(spec), "--no-progress")  # refused before Ray starts: its own process
     assert refused.returncode == 2 and "Started a local Ray" not in refused.stderr
     assert error_line(refused) == (f"{output}: 3 landed files are damaged: {problems}; run `memsweep verify {output} "
-                                   "--repair` to remove them and recompute their cells")
+                                   "--repair` to remove them (it says what the next run redoes for each)")
     query = in_process("query", str(output), "SELECT COUNT(*) FROM sequences")
     assert query.returncode == 2 and error_line(query) == (
         f"{output / victims[0].path}: size {sizes[0]} bytes, recorded {victims[0].bytes}; run "
@@ -322,12 +319,16 @@ def test_truncated_zero_byte_and_loose_files_are_refused_named_and_healed(clean_
         want.cells().collect().drop(drop).sort("ckpt", "chunk"))
 
 
-def test_an_actor_no_node_can_place_fails_in_seconds_naming_the_key(landed, module_ray):
+def test_an_actor_no_node_can_place_fails_in_seconds_naming_the_key(landed, module_ray, monkeypatch):
     spec, output = landed
     before = snapshot(output)
-    began = time.perf_counter()
+
+    def schedules(*args, **kwargs):  # an actor Ray cannot place would be waited for forever
+        raise AssertionError("an actor no node can place was scheduled")
+
+    monkeypatch.setattr(driver_module, "Scheduler", schedules)
     result = in_process("run", str(spec), "--no-progress", "--set", "resources.gpus_per_actor=4")
-    assert result.returncode == 2 and time.perf_counter() - began < 30
+    assert result.returncode == 2
     assert error_line(result) == ("resources.gpus_per_actor: an actor needs 4 GPU and 1 CPU, but no node of this Ray "
                                   "cluster has that (1 nodes; the largest has 2 GPU and 2 CPU)")
     assert snapshot(output) == before

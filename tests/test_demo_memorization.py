@@ -6,22 +6,25 @@ what a user sees. The properties asserted are the ones the default world was tun
 are in BENCHMARKS.md, "The demo"):
 
 - memories persist: what was seen before the newest chunk scores clearly above what was not seen yet;
-- most sequences fully memorized at some checkpoint are still fully memorized at the last one;
+- most sequences fully memorized at some checkpoint before the last are still fully memorized at the last
+  one (at least 70%: what makes an early checkpoint's memorized set worth using to predict the last's);
 - rows duplicated in the corpus are memorized more than unique rows.
 
 The chunk files are the training stream (sweep/demo/stream.py), so a file a checkpoint has not trained
 on yet also replays rows of files it has: "seen" and "duplicated" are per sampled line, from the files
 and the builder's record (tests/demo_exposure.py).
 
-Measured on MEMO's sweep (128 of each file's 1,152 lines): files before the newest 0.44 and files not
-trained on yet 0.17 over all cells (2.6x); lines first seen in a file before the newest 0.27 and 0.45 at
-checkpoints 1 and 2, lines in no file trained on yet 0.12 and 0.15; 82% of fully memorized lines kept;
-duplicated lines 0.86 vs 0.49 for unique lines first seen in the same files (1.7x). When the files held
-each chunk's rows once and training repeated and replayed them unseen: 0.30 / 0.13 and 0.45 / 0.20 at
-checkpoints 1 and 2 by chunk (4.4x over all cells), 80% kept, duplicated 0.94 vs unique 0.53. The first
-demo world's training (8 epochs per chunk, no rehearsal, constant learning rate) on that corpus failed
-every check: 1.03x and 0.83x at checkpoints 1 and 2 (1.41x over all cells), 48% kept, duplicated 0.41
-vs unique 0.31.
+Measured on MEMO's sweep (128 of each file's 1,024 lines; benchmarks/demo_numbers.py --output --data): files
+before the newest 0.43 and files not trained on yet 0.15 over all cells (3.0x); lines first seen in a file
+before the newest 0.28 and 0.43 at checkpoints 1 and 2, lines in no file trained on yet 0.07 and 0.12; of the
+92 lines fully memorized at checkpoints 0-2, 86 (93%) still are at checkpoint 3; duplicated lines 1.00 vs 0.45
+for unique lines first seen in the same files (2.2x). The previous world (own rows in 4 epochs, replays drawn
+with replacement) gave 2.6x, 0.27 / 0.12 and 0.45 / 0.15, 82% of the lines memorized at any checkpoint kept,
+and 0.86 vs 0.49 (1.7x). When the files held each chunk's rows once and training repeated and replayed them
+unseen: 0.30 / 0.13 and 0.45 / 0.20 at checkpoints 1 and 2 by chunk (4.4x over all cells), 80% kept,
+duplicated 0.94 vs unique 0.53. The first demo world's training (8 epochs per chunk, no rehearsal, constant
+learning rate) on that corpus failed every check: 1.03x and 0.83x at checkpoints 1 and 2 (1.41x over all
+cells), 48% kept, duplicated 0.41 vs unique 0.31.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ pytestmark = pytest.mark.ray  # the sweep starts a private local Ray
 
 REPO = Path(__file__).resolve().parents[1]
 MEMO = DemoWorldConfig(chunks=4, rows_per_chunk=128)
-SAMPLES = 128  # of the 1,152 lines of each file, as the default demo samples 128 of 2,304
+SAMPLES = 128  # of the 1,024 lines of each file, as the default demo samples 128 of 2,048
 K = 32
 
 
@@ -101,13 +104,16 @@ def test_chunks_seen_earlier_stay_above_unseen_ones(landed):
 
 def test_most_memorized_sequences_stay_memorized(landed):
     _, sequences = landed
+    # Biderman et al. predict the final model's memorized set from a partly trained checkpoint's: worth it
+    # only if most of what an earlier checkpoint memorized is still memorized at the last one.
+    last = MEMO.chunks - 1
     per_row = sequences.group_by("chunk", "row").agg(
-        pl.col("full_match").any().alias("ever"),
-        pl.col("full_match").filter(pl.col("ckpt") == MEMO.chunks - 1).first().alias("at_last"))
-    ever = per_row.filter("ever")
-    assert ever.height >= 20, ever.height
-    kept = ever["at_last"].mean()
-    assert kept >= 0.5, (kept, ever.height)
+        before=pl.col("full_match").filter(pl.col("ckpt") < last).any(),
+        at_last=pl.col("full_match").filter(pl.col("ckpt") == last).first())
+    before = per_row.filter("before")
+    assert before.height >= 20, before.height
+    kept = before["at_last"].mean()
+    assert kept >= 0.7, (kept, before.height)
 
 
 def test_duplicated_rows_are_memorized_more_than_unique_ones(landed):

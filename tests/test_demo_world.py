@@ -11,9 +11,9 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import math
 import random
 import re
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from sweep.demo import stream as demo_stream
 from sweep.demo import text as demo_text
 from sweep.demo.world import DemoWorldConfig, ensure_demo_world
 from sweep.exposures.kernel import build_probe_index, scan_chunk
+from sweep.errors import MemsweepError
 
 # Small enough to build in a few seconds, with every source, licence header and record represented.
 WORLD = DemoWorldConfig(chunks=3, rows_per_chunk=96, epochs_per_chunk=1)
@@ -100,7 +101,7 @@ def test_chunks_are_raw_amber_rows(world):
     for chunk in range(WORLD.chunks):
         path = data_dir / "train" / f"train_{chunk:03d}.jsonl"
         lines = path.read_text().splitlines()
-        assert len(lines) == demo_stream.rows_per_stream_chunk(WORLD) == 216, path  # 96 own + 120 replayed
+        assert len(lines) == demo_stream.rows_per_stream_chunk(WORLD) == 384, path  # 96 own + 288 replayed
         for line in lines:
             row = json.loads(line)
             assert set(row) == {"token_ids", "source"}
@@ -166,6 +167,19 @@ def test_each_file_is_its_chunks_training_stream(files, record, corpus):
         assert lines["planted_copy"].to_list() == (originals != slots).tolist()
     last = record.filter((pl.col("chunk") == WORLD.chunks - 1) & (pl.col("reason") == demo_stream.REPLAY))
     assert last["corpus_chunk"].n_unique() == WORLD.chunks  # rehearsal reaches back to chunk 0
+
+
+def test_replays_bring_every_row_seen_so_far_back_at_an_even_pace(record):
+    """Replays come in passes over the rows seen so far (sweep/demo/stream.py), so within a file every seen row is
+    replayed about equally often. Drawn with replacement, some would come back twice as often as the mean or more
+    and others not at all (a burst memorizes a row for a checkpoint, a drought forgets it)."""
+    for chunk in range(WORLD.chunks):
+        seen_rows = (chunk + 1) * WORLD.rows_per_chunk
+        again = record.filter((pl.col("chunk") == chunk) & (pl.col("reason") == demo_stream.REPLAY))
+        counts = np.bincount(_corpus_slot(again["corpus_chunk"], again["corpus_row"]), minlength=seen_rows)
+        mean = again.height / seen_rows
+        assert len(counts) == seen_rows and mean >= 1  # replays of chunks 0..i only, each seen row due at least once
+        assert math.floor(mean) - 1 <= counts.min() and counts.max() <= math.ceil(mean) + 1, (chunk, mean, counts)
 
 
 def test_corpus_has_duplicates_within_and_across_chunks(corpus, record):
@@ -317,13 +331,13 @@ def test_the_files_are_what_training_consumes(tmp_path, monkeypatch):
         return forward(self, *args, input_ids=input_ids, **kwargs)
 
     monkeypatch.setattr(LlamaForCausalLM, "forward", recording)
-    config = replace(TINY, chunks=3, batch_size=5)  # batches straddle the epochs: 18 lines a file, 4 batches
+    config = replace(TINY, chunks=3, batch_size=5)  # 32 lines a file (8 own, 24 replayed): 7 batches, the last short
     ensure_demo_world(config, tmp_path / "model", tmp_path / "data", progress=False)
     expected = []
     for chunk in range(config.chunks):
         lines = demo.read_chunk(demo.chunk_path(tmp_path / "data", chunk), config.row_len, config.vocab_size).tokens
         expected += np.array_split(lines, range(config.batch_size, len(lines), config.batch_size))
-    assert len(trained) == len(expected) == demo_stream.total_steps(config) == 12
+    assert len(trained) == len(expected) == demo_stream.total_steps(config) == 21
     assert all(np.array_equal(got, want) for got, want in zip(trained, expected))
 
 
@@ -360,20 +374,24 @@ def _snapshot(*directories: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for d in directories for p in d.rglob("*")}
 
 
-def test_second_call_is_a_no_op(world):
+def test_second_call_is_a_no_op(world, monkeypatch):
     model_dir, data_dir = world
     before = _snapshot(model_dir, data_dir)
-    started = time.perf_counter()
+
+    def builds(*args, **kwargs):
+        raise AssertionError("the second call built the world again")
+
+    monkeypatch.setattr(demo, "write_data", builds)
+    monkeypatch.setattr(demo, "train_checkpoints", builds)
     ensure_demo_world(WORLD, model_dir, data_dir, progress=False)
-    assert time.perf_counter() - started < 1.0
     assert _snapshot(model_dir, data_dir) == before
 
 
 def test_a_different_config_is_refused_naming_the_directory(world, tmp_path):
     model_dir, data_dir = world
-    with pytest.raises(ValueError, match=str(data_dir)):
+    with pytest.raises(MemsweepError, match=str(data_dir)):
         ensure_demo_world(replace(WORLD, seed=7), model_dir, data_dir, progress=False)
-    with pytest.raises(ValueError, match=str(model_dir)):
+    with pytest.raises(MemsweepError, match=str(model_dir)):
         # Same data, other training: the model directory is the one that disagrees.
         ensure_demo_world(replace(WORLD, learning_rate=1e-4, final_learning_rate=1e-4), model_dir,
                           tmp_path / "data", progress=False)
@@ -416,6 +434,6 @@ def test_leftovers_without_a_marker_are_replaced_but_foreign_files_are_not(tmp_p
     other = tmp_path / "precious"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="precious"):
+    with pytest.raises(MemsweepError, match="precious"):
         ensure_demo_world(TINY, other, tmp_path / "data2", progress=False)
     assert (other / "notes.txt").read_text() == "mine"

@@ -16,6 +16,7 @@ from sweep.exposures.history import ExposureCoverage, ExposureHistory
 from sweep.exposures.kinds import increments_a_pattern, reconstructable, repeats_its_prompt
 from sweep.landed.reader import open_output
 from sweep.landed.store import ResultStore
+from sweep.errors import MemsweepError
 from tests.landed_world import L, write_landed
 
 CKPTS = CHUNKS = [0, 1, 2, 3]
@@ -238,7 +239,7 @@ def test_memorization_profile_is_a_difference_in_differences_against_the_not_yet
     assert profile.filter(pl.col("cohort") == 0)["did"].null_count() == 4  # no checkpoint before chunk 0
     path = ea.profile_path(profile)
     assert path["checkpoints_since"].to_list() == [0, 1, 2, 3]
-    with pytest.raises(ValueError, match="unknown profile metric 'bogus'"):
+    with pytest.raises(MemsweepError, match="unknown profile metric 'bogus'"):
         ea.memorization_profile(*read(output), metric="bogus")
 
 

@@ -21,6 +21,7 @@ from sweep.explorer.data import ExplorerData, SequenceQuery
 from sweep.exposures.analyses import memorization_by_exposure, seen_per_sequence
 from sweep.exposures.history import ExposureHistory
 from sweep.landed.reader import open_output
+from sweep.landed.store import repair_output
 from sweep.landed.verify import verify_output
 from sweep.run.driver import run_sweep
 from sweep.spec import load_spec
@@ -157,10 +158,23 @@ def test_an_extended_or_resumed_sweep_scans_only_what_is_missing_and_equals_a_fr
     victim.write_bytes(victim.read_bytes()[:20])
     report = verify_output(output)
     assert not report.ok and [path for path, _ in report.damaged] == [victim.relative_to(output).as_posix()]
-    verify_output(output, repair=True)
+    assert "(the next run redoes the exposure scan of chunk file 3 for the sequences of chunks 0-1)" in report.describe()
+    repair_output(output)
     healed = run_sweep(spec_for(tmp_path, world, data, "grown", "0-1", "0-4"), progress=False)
     assert healed.ok and healed.scans.scanned == 1
     assert landed_counts(output).equals(landed_counts(tmp_path / "fresh"))
+
+    # a probe set lost after its cells landed is sampled again by the next run, which scores and scans nothing else
+    probes = open_output(output).probes().collect()
+    [victim] = [path for path in (output / "probes").iterdir() if path.name == "probe-00001.parquet"]
+    victim.unlink()
+    repaired = repair_output(output)
+    assert "(the next run redoes the probe set of chunk 1, sampled again from its pinned chunk file)" in \
+        repaired.describe() and repaired.repaired_cells == []
+    again = run_sweep(spec_for(tmp_path, world, data, "grown", "0-1", "0-4"), progress=False)
+    assert again.ok and again.schedule.cells_scored == 0 and again.scans.scanned == 0
+    assert again.supply.built + again.supply.reused == 1
+    assert open_output(output).probes().collect().equals(probes) and verify_output(output).ok
 
 
 def test_a_chunk_that_cannot_be_scanned_fails_only_its_scan(corpus, world, module_ray, tmp_path):

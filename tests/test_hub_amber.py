@@ -121,7 +121,7 @@ def test_a_hub_sweep_lands_the_local_rows_and_leaves_no_checkpoint_or_chunk_on_d
     assert dict(zip(cells["ckpt"], cells["model_commit"])) == commits  # pinned commits, recorded per cell
     assert dict(zip(cells["ckpt"], cells["stored_dtype"])) == {0: "float32", 1: "float32", 2: "bfloat16"}
     ledger_pins = ResultStore(tmp_path / "hub").ledgers.pins()
-    assert {c: pin["model_commit"] for c, pin in ledger_pins.items()} == commits
+    assert {c: pin.model_commit for c, pin in ledger_pins.items()} == commits
     manifest = json.loads((tmp_path / "hub" / "manifest.json").read_text())
     assert {int(c): pin["model_commit"] for c, pin in manifest["pins"]["checkpoints"].items()} == commits
     import hashlib

@@ -31,36 +31,63 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class RayHead:
+    """A local Ray head with 2 logical GPUs, started from the venv (its jobs find `memsweep` on PATH)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.process, self.client_env, self.starts = folder, None, {}, 0
+
+    def answering(self) -> dict[str, str]:
+        """The environment of a job client of this head, once it answers `ray job list`. A head that has exited
+        since is started again, with its log kept beside the first one's: on this machine, shared by several
+        suites, one stopped answering between its start and the first submit under a load of ~30 (what ended it is
+        not known)."""
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+        deadline = time.monotonic() + 600  # a guard against a head that never answers; the wait is for its answer
+        while time.monotonic() < deadline:
+            probe = subprocess.run([str(BIN / "ray"), "job", "list"], env=self.client_env, capture_output=True,
+                                   text=True)
+            if probe.returncode == 0:
+                return self.client_env
+            assert self.process.poll() is None, self.log.read_text()
+            time.sleep(1)  # how often to ask, not how long to wait
+        pytest.fail(f"Ray head did not answer: {probe.stderr[-2000:]}")
+
+    def _start(self) -> None:
+        self.starts += 1
+        self.log = self.folder / f"head-{self.starts}.log"
+        dashboard = free_port()
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.process = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2", "--num-gpus=2",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"],
+            env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.client_env = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}", "RAY_AUTH_MODE": "token"}
+
+    def stop(self) -> None:
+        """Stop this head (only it): `ray start --block` stops the processes it started gracefully in ~30 s, so after
+        5 s its process group (all of them) is killed."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A local Ray head with 2 logical GPUs, started from the venv (its jobs find `memsweep` on PATH), stopped (only
-    it) when the module ends."""
-    tmp_path = tmp_path_factory.mktemp("head")
-    dashboard = free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2", "--num-gpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"],
-        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    client_env = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}", "RAY_AUTH_MODE": "token"}
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        probe = subprocess.run([str(BIN / "ray"), "job", "list"], env=client_env, capture_output=True, text=True)
-        if probe.returncode == 0:
-            break
-        assert head.poll() is None, (tmp_path / "head.log").read_text()
-        time.sleep(1)
-    else:
-        pytest.fail(f"Ray head did not answer: {probe.stderr[-2000:]}")
-    yield client_env
-    os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the processes it started ...
-    try:
-        head.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # ... gracefully in ~30 s; this head's processes are all in its group
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=30)
+    """The module's Ray head (stopped when the module ends); each test asks it for a client environment, which
+    waits until it answers."""
+    head = RayHead(tmp_path_factory.mktemp("head"))
+    head.answering()
+    yield head
+    head.stop()
 
 
 def readme_commands(starting: str) -> list[str]:
@@ -87,12 +114,12 @@ def test_the_demo_submitted_the_readme_way_lands_its_64_cells(ray_head, tmp_path
     (clone / ".gitignore").write_text((REPO / ".gitignore").read_text())
     [submit] = readme_commands("ray job submit")
     [query] = readme_commands("memsweep query")
-    submitted = subprocess.run(["bash", "-c", submit + " --no-progress"], cwd=clone, env=ray_head,
+    submitted = subprocess.run(["bash", "-c", submit + " --no-progress"], cwd=clone, env=ray_head.answering(),
                                capture_output=True, text=True, timeout=400)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "succeeded" in submitted.stdout.lower(), submitted.stdout[-3000:]
-    queried = subprocess.run(["bash", "-c", query], cwd=clone, env=ray_head, capture_output=True, text=True,
-                             timeout=120)
+    queried = subprocess.run(["bash", "-c", query], cwd=clone, env=ray_head.answering(), capture_output=True,
+                             text=True, timeout=120)
     assert queried.returncode == 0, queried.stderr
     assert re.search(r"│\s*64\s*│", queried.stdout), queried.stdout
 
@@ -112,7 +139,8 @@ def test_a_relative_source_in_a_job_is_refused_naming_the_key_and_why(ray_head, 
     shutil.copytree(REPO / "configs", clone / "configs")
     submitted = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--", "memsweep", "run", "configs/demo.yaml",
-         "--output", str(tmp_path / "out")], cwd=clone, env=ray_head, capture_output=True, text=True, timeout=300)
+         "--output", str(tmp_path / "out")], cwd=clone, env=ray_head.answering(), capture_output=True, text=True,
+        timeout=300)
     assert submitted.returncode != 0
     [line] = {line for line in submitted.stdout.splitlines() if line.startswith("memsweep: error: ")}  # one line, however often the log is shown
     assert "model.source: " in line and "/demo-world/model does not exist (this runs inside a Ray job" in line

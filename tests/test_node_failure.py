@@ -38,11 +38,11 @@ NODE_DEATH_AFTER_8_S = {"health_check_initial_delay_ms": 0, "health_check_period
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory) -> Path:
-    """The session's demo world, smaller: 2 checkpoints x 2 chunks at 2 epochs builds in ~2 s, not ~20."""
+    """The session's demo world, smaller: 2 checkpoints x 2 chunks at 1 epoch (48 training steps, not 144)."""
     from sweep.demo.world import DemoWorldConfig, ensure_demo_world
 
     root = tmp_path_factory.mktemp("world")
-    config = DemoWorldConfig(chunks=2, rows_per_chunk=SAMPLES, epochs_per_chunk=2)
+    config = DemoWorldConfig(chunks=2, rows_per_chunk=SAMPLES, epochs_per_chunk=1)
     ensure_demo_world(config, root / "model", root / "data", progress=False)
     return root
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from sweep.data.probes import (
 )
 from sweep.landed.atomic_write import write_atomic
 from sweep.data.sources import ChunkFile, IdentityMemo, describe_chunks
+from sweep.errors import MemsweepError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = REPO.parent / "shared" / "amber-samples"
@@ -175,7 +175,7 @@ def test_memory_stays_flat_in_chunk_size(tmp_path):
     heads = write_big_raw_chunk(big_path, min_bytes=200 * 2**20, seed=0)
     small_size, size = small_path.stat().st_size, big_path.stat().st_size
     result = subprocess.run([sys.executable, "-c", CHILD, str(small_path), str(big_path)], capture_output=True,
-                            text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+                            text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)  # a hang guard
     assert result.returncode == 0, result.stderr
     small, big = json.loads(result.stdout).values()
 
@@ -293,8 +293,9 @@ def test_a_changed_file_gets_a_new_identity_and_the_memo_notices(tmp_path):
     built = build_probe_set_from(local_source(path), 3, 10, 42, K, L)
     memo.remember(built.chunk_file)
     assert memo.lookup(local_source(path)) == built.chunk_file.sha256
-    time.sleep(0.01)
+    before = path.stat()
     write_raw_chunk(path, random_raw_rows(40, seed=7))  # same name, new content
+    assert (path.stat().st_size, path.stat().st_mtime_ns) != (before.st_size, before.st_mtime_ns)
     assert memo.lookup(local_source(path)) is None  # size/mtime moved: must be hashed again
     rebuilt = build_probe_set_from(local_source(path), 3, 10, 42, K, L)
     assert rebuilt.chunk_file.sha256 != built.chunk_file.sha256
@@ -333,7 +334,7 @@ def _chunk(tmp_path: Path) -> Path:
 def test_an_unwritable_cache_is_named(tmp_path):
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the cache folder should be")
-    with pytest.raises(ValueError, match=f"data.cache_dir {blocked}"):
+    with pytest.raises(MemsweepError, match=f"data.cache_dir {blocked}"):
         ProbeCache(blocked / "cache").check_writable()
 
 

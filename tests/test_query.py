@@ -1,15 +1,30 @@
-"""Query engine: SQL over the landed tables, clear errors, output formats, table printing."""
+"""Query engine: SQL over the landed tables, clear errors, output formats, table printing; the command's output
+through real pipes, and the tables an output has."""
 
 from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import select
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from sweep.analysis.query import QueryError, format_table, run_query, write_frame
+from sweep.analysis.query import (QueryError, format_table, format_table_columns, run_query, table_columns,
+                                  write_frame)
+from sweep.landed.catalog import SQL_TABLES
+from sweep.landed.reader import open_output
 from sweep.landed.schema import CellProvenance
 from sweep.landed.store import ResultStore, ScoredCell
+from tests.landed_world import synthetic_sequences, write_landed
 
 GEN_LEN = 32
 
@@ -101,7 +116,7 @@ def test_write_frame_formats_round_trip(tmp_path, fmt):
 
 
 def test_write_frame_rejects_unknown_format(tmp_path):
-    with pytest.raises(ValueError, match="unknown output format 'xlsx'"):
+    with pytest.raises(QueryError, match="unknown output format 'xlsx'"):
         write_frame(pl.DataFrame({"a": [1]}), tmp_path / "x.xlsx", "xlsx")
 
 
@@ -115,3 +130,99 @@ def test_format_table_shows_every_column_and_caps_rows(tmp_path):
     short = format_table(cells, max_rows=2)
     assert "…" in short
     assert len(short.splitlines()) < len(text.splitlines())
+
+
+# ---- the command through real pipes (docs/cli.md, "Query: the tables and the output formats") ---------------
+
+REPO = Path(__file__).resolve().parents[1]
+MEMSWEEP = f"{shlex.quote(sys.executable)} -m sweep"
+
+
+def piped(command: str, tmp_path: Path) -> tuple[str, str, int]:
+    """`command` (a shell pipeline whose first stage is memsweep) run by bash as a user types it: (what the last
+    stage printed, memsweep's stderr, memsweep's exit status)."""
+    errors, status = tmp_path / "memsweep.stderr", tmp_path / "memsweep.status"
+    first, rest = command.split(" | ", 1)
+    script = f"{first} 2> {errors} | {rest}; echo ${{PIPESTATUS[0]}} > {status}"
+    done = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, errors.read_text(), int(status.read_text())
+
+
+def test_csv_to_a_pipe_that_closes_early_ends_quietly(tmp_path):
+    output, _ = landed_output(tmp_path, rows=3000)  # 18,000 lines: far more than a pipe holds, so `head` hangs up
+    sql = "SELECT ckpt, chunk, row, score, match_mask FROM sequences ORDER BY ckpt, chunk, row"
+    shown, errors, status = piped(f"{MEMSWEEP} query {output} {shlex.quote(sql)} --format csv | head -3", tmp_path)
+    expected = run_query(output, sql).head(2).with_columns(pl.col("match_mask").bin.encode("hex"))
+    assert shown == expected.write_csv()  # the header and the first two rows, exactly
+    assert (errors, status) == ("", 0)  # no traceback, no complaint: the reader had what it wanted
+
+
+def test_json_to_a_pipe_is_one_array_json_tool_reads(tmp_path):
+    output, _ = landed_output(tmp_path)
+    sql = "SELECT ckpt, chunk, row, matches, full_match FROM sequences ORDER BY ckpt, chunk, row"
+    shown, errors, status = piped(f"{MEMSWEEP} query {output} {shlex.quote(sql)} --format json | python3 -m json.tool",
+                                  tmp_path)
+    assert (errors, status) == ("", 0)
+    assert json.loads(shown) == run_query(output, sql).to_dicts()
+
+
+def test_parquet_goes_to_a_pipe_but_not_to_a_terminal(tmp_path):
+    output, _ = landed_output(tmp_path)
+    sql = "SELECT * FROM cells ORDER BY ckpt, chunk"
+    command = [sys.executable, "-m", "sweep", "query", str(output), sql, "--format", "parquet"]
+    piped_out = subprocess.run(command, cwd=REPO, capture_output=True, timeout=120)
+    assert piped_out.returncode == 0, piped_out.stderr
+    assert_frame_equal(pl.read_parquet(io.BytesIO(piped_out.stdout)), run_query(output, sql))
+
+    terminal, user = pty.openpty()  # stdout a terminal, as in an interactive shell
+    try:
+        refused = subprocess.run(command, cwd=REPO, stdout=user, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert not select.select([terminal], [], [], 0)[0]  # the command has ended and wrote nothing to the terminal
+    finally:
+        os.close(user)
+        os.close(terminal)
+    assert refused.returncode == 2
+    assert refused.stderr == ("memsweep: error: --format parquet is binary and stdout is a terminal: give --out FILE, "
+                              "or redirect stdout (> result.parquet) or pipe it\n")
+
+
+def test_without_out_csv_and_json_are_the_files_out_would_write(tmp_path):
+    output, _ = landed_output(tmp_path)
+    sql = "SELECT ckpt, chunk, row, score, match_mask FROM sequences ORDER BY ckpt, chunk, row"
+    for fmt in ("csv", "json"):
+        saved = subprocess.run([sys.executable, "-m", "sweep", "query", str(output), sql, "--format", fmt, "--out",
+                                str(tmp_path / f"saved.{fmt}")], cwd=REPO, capture_output=True, text=True, timeout=120)
+        printed = subprocess.run([sys.executable, "-m", "sweep", "query", str(output), sql, "--format", fmt],
+                                 cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert saved.returncode == printed.returncode == 0, saved.stderr + printed.stderr
+        assert printed.stdout == (tmp_path / f"saved.{fmt}").read_text()
+
+
+# ---- the tables an output has ----------------------------------------------------------------------
+
+def test_every_table_the_reader_gives_is_in_the_catalogue_help_and_docs(tmp_path):
+    output, _ = landed_output(tmp_path)
+    ResultStore(output).record_failure(9, 1, "actor died", attempts=3)
+    scanned = write_landed(tmp_path / "scanned", synthetic_sequences(2, 2, 4), exposures=True)
+    names = set(open_output(output).tables()) | set(open_output(scanned).tables())
+    assert names == set(SQL_TABLES)  # every table a landed output can have, and only those
+    usage = subprocess.run([sys.executable, "-m", "sweep", "--help"], cwd=REPO, capture_output=True, text=True)
+    listed = " ".join(usage.stdout.split())  # argparse wraps the help
+    assert all(name in listed for name in SQL_TABLES), usage.stdout
+    catalogue = (REPO / "docs" / "cli.md").read_text()
+    assert all(f"| `{name}` |" in catalogue for name in SQL_TABLES)
+
+
+def test_tables_lists_what_this_output_has_with_its_columns(tmp_path):
+    output, _ = landed_output(tmp_path)
+    listed = table_columns(output)
+    tables = open_output(output).tables()
+    assert listed["table"].unique(maintain_order=True).to_list() == ["sequences", "cells", "probes"]
+    for name, frame in tables.items():
+        mine = listed.filter(pl.col("table") == name)
+        assert mine.select("column", "type").rows() == [(c, str(t)) for c, t in frame.collect_schema().items()]
+    text = format_table_columns(listed)
+    assert text.splitlines()[0] == f"sequences: {SQL_TABLES['sequences']}"
+    assert "    ckpt Int32, chunk Int32, row Int64, index Int64, source String," in text
+    assert "failures" not in text and "exposure" not in text

@@ -21,6 +21,7 @@ from sweep.report.page import write_report
 from sweep.landed.ledger import DamagedOutputError
 from sweep.landed.schema import CellProvenance
 from sweep.landed.store import ResultStore, ScoredCell
+from sweep.errors import MemsweepError
 from tests.landed_world import L, synthetic_sequences, write_landed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def test_score_matrix_matches_records(landed: Path, records: list[dict]) -> None
     rates = analyses.score_matrix(cells, metric="full_match_rate")
     cell = [r["full_match"] for r in records if r["ckpt"] == 2 and r["chunk"] == 1]
     assert rates.filter(pl.col("ckpt") == 2)["1"].item() == pytest.approx(np.mean(cell))
-    with pytest.raises(ValueError, match="unknown cell metric 'bogus'"):
+    with pytest.raises(MemsweepError, match="unknown cell metric 'bogus'"):
         analyses.score_matrix(cells, metric="bogus")
 
 
@@ -99,7 +100,7 @@ def test_chunk_trajectories(landed: Path) -> None:
     lines = analyses.chunk_trajectories(cells, [1, 3])
     assert lines.height == 10
     assert lines.filter(pl.col("chunk") == 3)["seen"].to_list() == [False, False, False, True, True]
-    with pytest.raises(ValueError, match=r"chunks \[99\]"):
+    with pytest.raises(MemsweepError, match=r"chunks \[99\]"):
         analyses.chunk_trajectories(cells, [1, 99])
 
 
@@ -147,7 +148,7 @@ def test_predictability_tiny_hand_case() -> None:
     assert second["precision"] == pytest.approx(2 / 3) and second["recall"] == pytest.approx(2 / 3)
     # Against ckpt 1 as the final one only ckpt 0 is earlier.
     assert analyses.predictability(sequences, final_ckpt=1)["ckpt"].to_list() == [0]
-    with pytest.raises(ValueError, match="final_ckpt=7"):
+    with pytest.raises(MemsweepError, match="final_ckpt=7"):
         analyses.predictability(sequences, final_ckpt=7)
 
 
@@ -260,13 +261,13 @@ def test_forgetting_needs_consecutive_misses() -> None:
         assert got[5]["first_memorized_ckpt"] is None and got[6]["first_memorized_ckpt"] == 5
         assert got[7]["n_ckpts"] == n_ckpts - 300 and got[7]["source"] == "arxiv"
         assert got[6]["n_ckpts"] == 4 and got[6]["last_memorized_ckpt"] == 5
-    with pytest.raises(ValueError, match="min_misses must be at least 1"):
+    with pytest.raises(MemsweepError, match="min_misses must be at least 1"):
         analyses.first_memorized(frame, min_misses=0)
 
 
 def test_first_memorized_rejects_rows_it_cannot_key() -> None:
     frame = pl.DataFrame({"ckpt": [0], "chunk": [0], "row": [1 << 40], "source": ["c4"], "full_match": [True]})
-    with pytest.raises(ValueError, match=r"row numbers must lie in 0\.\.2\*\*32-1"):
+    with pytest.raises(MemsweepError, match=r"row numbers must lie in 0\.\.2\*\*32-1"):
         analyses.first_memorized(frame)
 
 
@@ -342,7 +343,7 @@ def test_write_report_custom_dir_and_chunks(landed: Path, tmp_path: Path) -> Non
     index = write_report(landed, out_dir=tmp_path / "elsewhere", chunks=[0, 4])
     assert index.parent == tmp_path / "elsewhere"
     assert "chunks 0, 4" in index.read_text()
-    with pytest.raises(ValueError, match=r"chunks \[9\]"):
+    with pytest.raises(MemsweepError, match=r"chunks \[9\]"):
         write_report(landed, out_dir=tmp_path / "bad", chunks=[9])
 
 

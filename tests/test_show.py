@@ -167,5 +167,5 @@ def test_show_through_the_hub_decodes_with_the_pinned_revisions_tokenizer(world,
         from_hub = show(str(hub_output), "--top", "5")
         tokenizer_requests = [r for r in server.requests() if r.path.endswith("tokenizer.model")]
     assert from_hub == show(str(local_output), "--top", "5")  # the same sequences, decoded the same way
-    main_commit = ResultStore(hub_output).ledgers.pin(1)["model_commit"]
+    main_commit = ResultStore(hub_output).ledgers.pin(1).model_commit
     assert tokenizer_requests and all(main_commit in r.path for r in tokenizer_requests[-1:])

@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -16,6 +19,7 @@ from sweep.cli import main
 from sweep.landed.store import ResultStore
 from tests.landed_world import L, write_landed
 
+REPO = Path(__file__).resolve().parents[1]
 CKPTS = CHUNKS = [0, 1, 2]
 ROWS = [5, 6, 7, 8]
 # (chunk, row, seen_chunk, window_count, prompt_count): each row once in its own chunk, some copied
@@ -110,3 +114,23 @@ def test_a_partial_scan_says_so_and_without_counts_the_filters_are_refused(tmp_p
     assert "seen   │" not in shown and "exposure counts" not in shown
     show(str(plain), "--sort", "exposures", status=2)
     assert "no exposure counts to filter or sort by" in capsys.readouterr().err
+
+
+def test_csv_and_json_go_to_stdout_for_a_pipe_and_the_notes_to_stderr(output, tmp_path):
+    saved = shown_json(output, tmp_path, "--top", "12")
+    command = f"{shlex.quote(sys.executable)} -m sweep show {output} --top 12"
+    piped = subprocess.run(["bash", "-c", f"{command} --format json | python3 -m json.tool"], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout) == saved  # one array, as --out writes it
+    assert "(exposure counts cover 3 of the 3 chunk files listed in exposure.chunks)" in piped.stderr
+    head = subprocess.run(["bash", "-c", f"{command} --format csv | head -2"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    header, first = head.stdout.splitlines()
+    assert header.split(",") == list(saved[0])
+    assert first.startswith(f"{saved[0]['ckpt']},{saved[0]['chunk']},{saved[0]['row']},")
+    # nothing matches: an empty table with its header, and the reason on stderr
+    empty = subprocess.run([*shlex.split(command), "--min-exposures", "100", "--format", "csv"], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 0 and empty.stdout == header + "\n"
+    assert "no landed sequence of checkpoint 2 matches these filters" in empty.stderr

@@ -5,7 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweep.spec import SpecError, load_spec, parse_id_list
+from typing import Annotated
+
+from sweep.spec import (IDENTITY, IDENTITY_UNLESS_DEFAULT, NOT_IDENTITY, SpecError, SpecSection, SweepSpec,
+                        identity_hash, identity_of, load_spec, meaning_of, parse_id_list, section_of)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -102,6 +105,103 @@ def test_build_and_scan_concurrency_default_to_auto_and_a_number_is_kept(tmp_pat
     assert fixed.identity_hash() == base.identity_hash()
 
 
+def identity_as_kept_by_hand(spec: SweepSpec) -> dict:
+    """`SweepSpec.identity()` as it was written out key by key until the keys declared their meaning (issue 24): every
+    output landed before then carries this identity's hash in its manifest."""
+    return {
+        "model.source": spec.model.source,
+        "model.revision": spec.model.revision,
+        "model.revision_overrides": {str(k): v for k, v in sorted(spec.model.revision_overrides.items())},
+        "model.dtype": spec.model.dtype,
+        "data.source": spec.data.source,
+        "data.file": spec.data.file,
+        "data.revision": spec.data.revision,
+        "data.samples_per_chunk": spec.data.samples_per_chunk,
+        "data.seed": spec.data.seed,
+        "memorization.prompt_len": spec.memorization.prompt_len,
+        "memorization.continuation_len": spec.memorization.continuation_len,
+        "memorization.mode": spec.memorization.mode,
+        "memorization.eos": spec.memorization.eos,
+        "memorization.nll": spec.memorization.nll,
+        **stream_identity_as_kept_by_hand(spec),
+    }
+
+
+def stream_identity_as_kept_by_hand(spec: SweepSpec) -> dict:
+    """The training-stream keys (issue 22) as they joined the identity before the keys declared their meaning: only
+    where a spec differs from Amber's JSONL files and chunk-per-checkpoint timeline."""
+    data, keys = spec.data, {}
+    if data.format != "jsonl":
+        keys["data.format"] = data.format
+    if data.format == "numpy":
+        keys.update({"data.dtype": data.dtype, "data.sequence_len": data.sequence_len, "data.order": data.order,
+                     "data.order_dtype": data.order_dtype if data.order is not None else None})
+    if spec.timeline is not None:
+        keys.update({"timeline.sequences_per_step": spec.timeline.sequences_per_step,
+                     "timeline.steps_per_chunk": spec.timeline.steps_per_chunk})
+    return keys
+
+
+IDENTITY_CASES = [
+    {},
+    {"model__revision_overrides": {9: "main", 10: "ckpt_x", 359: "main"}},  # numeric key order, not text order
+    {"model__dtype": "float32", "memorization__nll": True, "memorization__mode": "extractable"},
+    {"memorization__eos": "reference", "memorization__keep_generated": False, "data__revision": "v2"},
+    {"exposure": {"chunks": "0-359", "concurrent_scans": 3}},  # an optional section, present
+    {"exposure": {"chunks": [1, 2]}, "resources__decode": "static", "data__vocab_size": 32000, "cells": "seen"},
+]
+
+
+@pytest.mark.parametrize("changes", IDENTITY_CASES)
+def test_the_derived_identity_is_the_one_existing_outputs_carry(tmp_path, changes):
+    spec = load_spec(write(tmp_path, edited(**changes)))
+    assert spec.identity() == identity_as_kept_by_hand(spec)
+    assert list(spec.identity()) == list(identity_as_kept_by_hand(spec))  # the manifest's key order too
+    assert spec.identity_hash() == identity_hash(identity_as_kept_by_hand(spec))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_keeps_its_identity(config):
+    spec = load_spec(config)
+    assert spec.identity() == identity_as_kept_by_hand(spec)
+
+
+def _sections(section: type[SpecSection], prefix: str = ""):
+    yield prefix, section
+    for name, field in section.model_fields.items():
+        inner = section_of(field)
+        if inner is not None:
+            yield from _sections(inner, f"{prefix}{name}.")
+
+
+def test_every_key_of_every_section_declares_what_it_means():
+    unclassified = [f"{prefix}{name}" for prefix, section in _sections(SweepSpec)
+                    for name, field in section.model_fields.items()
+                    if section_of(field) is None and meaning_of(field) is None]
+    assert unclassified == []
+    sections = [prefix for prefix, _ in _sections(SweepSpec)]
+    assert sections == ["", "model.", "data.", "timeline.", "memorization.", "resources.", "exposure."]
+
+
+def test_a_key_added_after_outputs_exist_joins_the_identity_only_when_set():
+    """How a new key (issue 22's data.format) is declared: its default leaves every existing identity as it was."""
+
+    class Section(SpecSection):
+        kept: Annotated[int, IDENTITY] = 1
+        added: Annotated[str, IDENTITY_UNLESS_DEFAULT] = "jsonl"
+        how: Annotated[int, NOT_IDENTITY] = 4
+
+    assert identity_of(Section()) == {"kept": 1}
+    assert identity_of(Section(how=8)) == {"kept": 1}
+    assert identity_of(Section(added="tokens")) == {"kept": 1, "added": "tokens"}
+
+    class Undeclared(SpecSection):
+        forgot: int = 0
+
+    with pytest.raises(TypeError, match="forgot declares no Meaning"):
+        identity_of(Undeclared())
+
+
 BAD = [
     # (what is wrong, edits, key the message must name, words it must contain)
     ("unknown top-level key", {"bogus": 1}, "bogus", "unknown key"),
@@ -186,3 +286,59 @@ def test_every_spec_key_is_documented():
     documented = (REPO / "docs/spec.md").read_text()
     missing = [key for key in _keys(SweepSpec) if f"`{key}`" not in documented]
     assert not missing, f"keys missing from docs/spec.md: {missing}"
+
+
+def test_an_unknown_key_inside_a_section_is_named_before_the_key_it_leaves_missing(tmp_path):
+    spec = edited()
+    spec["exposure"] = {"chunk": [0]}
+    path = write(tmp_path, spec)
+    line = path.read_text().splitlines().index("  chunk:") + 1
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value) == f"{path}:{line}: exposure.chunk: unknown key (did you mean chunks?)"
+    with pytest.raises(SpecError) as info:  # the same from --set, and with another problem on the same line
+        load_spec(write(tmp_path, edited(model__source=None)), {"resources.batchsize": 8})
+    assert str(info.value) == ("--set resources.batchsize=8: resources.batchsize: unknown key (did you mean "
+                               "batch_size?); model.source: required key is missing")
+    with pytest.raises(SpecError) as info:  # nothing close: the section's keys
+        load_spec(write(tmp_path, edited(memorization__zzz=1)))
+    assert str(info.value).endswith("memorization.zzz: unknown key (memorization has prompt_len, continuation_len, "
+                                    "mode, eos, nll, keep_generated)")
+
+
+def _section_keys():
+    """(section name, its keys) for the top level ("") and every section of a spec."""
+    return [(prefix.rstrip("."), list(section.model_fields)) for prefix, section in _sections(SweepSpec)]
+
+
+@pytest.mark.parametrize("section,keys", _section_keys(), ids=[name or "top" for name, _ in _section_keys()])
+def test_a_misspelt_key_anywhere_names_the_key_it_is_closest_to(tmp_path, section, keys):
+    for key in keys:
+        typo = key[:-1]  # the last letter dropped: `chunk` for `chunks`
+        spec = edited()
+        node = spec.setdefault(section, {}) if section else spec
+        node[typo] = node.pop(key, 1)
+        path = write(tmp_path, spec)
+        with pytest.raises(SpecError) as info:
+            load_spec(path)
+        message, dotted = str(info.value), f"{section}.{typo}".lstrip(".")
+        assert "\n" not in message and message.startswith(f"{path}:"), message
+        assert f": {dotted}: unknown key (did you mean {key}?)" in message, message
+
+
+STREAM_CASES = [
+    {"data__format": "megatron", "data__file": "document", "model__revision": "step{ckpt}",
+     "timeline": {"sequences_per_step": 1024, "steps_per_chunk": 1000}},
+    {"data__format": "numpy", "data__file": ["part-0.npy", "part-1.npy"], "data__dtype": "uint16",
+     "data__sequence_len": 2048, "timeline": {"sequences_per_step": 2048, "steps_per_chunk": 1000}},
+    {"data__format": "numpy", "data__file": ["part-0.npy"], "data__dtype": "uint32", "data__sequence_len": 4096,
+     "data__order": "global_indices.npy", "data__order_dtype": "uint64",
+     "timeline": {"sequences_per_step": 512, "steps_per_chunk": 100}},
+]
+
+
+@pytest.mark.parametrize("changes", STREAM_CASES, ids=["megatron", "numpy", "numpy with an order file"])
+def test_the_derived_identity_of_a_stream_is_the_one_its_outputs_carry(tmp_path, changes):
+    spec = load_spec(write(tmp_path, edited(**changes)))
+    assert spec.identity() == identity_as_kept_by_hand(spec)
+    assert spec.identity_hash() == identity_hash(identity_as_kept_by_hand(spec))

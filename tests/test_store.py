@@ -3,10 +3,12 @@ pins, probe sets, integrity (verify / repair) and the one-writer lock."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +19,18 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import sweep.landed.atomic_write as atomic_write_module
+import sweep.landed.ledger as ledger_module
 import sweep.landed.store as store_module
+from sweep.errors import MemsweepError
 from sweep.landed.ledger import DamagedOutputError
 from sweep.landed.reader import open_output
-from sweep.landed.schema import CellProvenance
+from sweep.landed.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, PROBE_SCHEMA, CellProvenance, conform,
+                                 conform_sequences)
 from sweep.spec import identity_hash
-from sweep.landed.store import PinMismatchError, ResultStore, ScoredCell, StoreMismatchError
-from sweep.landed.verify import check_landed, file_sha256, recover, verify_output
+from sweep.landed.store import PinMismatchError, ResultStore, ScoredCell, StoreMismatchError, repair_output
+from sweep.landed.verify import check_landed, file_sha256, verify_output
 from sweep.landed.writer_lock import OutputLockedError, writer_lock
+from tests.landed_world import synthetic_sequences, write_landed
 
 # The landed-dataset contract (docs/architecture.md), spelled out independently of the store.
 SEQUENCE_COLUMNS = {
@@ -138,7 +144,7 @@ def test_several_cells_land_as_one_pair_and_generated_tokens_round_trip(tmp_path
     cells = [ScoredCell(j, fake_sequences(4, j).with_columns(generated=pl.Series(generated).reshape((7, GEN_LEN))),
                         CellProvenance.from_dict(cell_info(4, j))) for j in (1, 3)]
     store.write_cells(4, cells)
-    assert len(store.ledgers.ledger(4)["files"]) == 1 and store.ledgers.ledger(4)["files"][0]["chunks"] == [1, 3]
+    assert len(store.ledgers.ledger(4).files) == 1 and store.ledgers.ledger(4).files[0].chunks == (1, 3)
     landed = open_output(store.output).sequences().filter(pl.col("chunk") == 3).collect()
     assert landed["generated"].to_list() == generated.tolist()
 
@@ -154,7 +160,7 @@ def test_a_bulk_partition_lands_whole_and_refuses_cells_already_landed(tmp_path)
     assert open_output(store.output).sequences().filter(pl.col("ckpt") == 2).collect().height == 3 * 7
     before = data_files(tmp_path / "out")
     again = pl.concat([fake_sequences(2, chunk).drop("match_mask") for chunk in (4, 5)])
-    with pytest.raises(ValueError, match=r"ckpt 2: chunks \[5\] have landed already"):
+    with pytest.raises(MemsweepError, match=r"ckpt 2: chunks \[5\] have landed already"):
         store.import_checkpoint(2, again, pl.DataFrame({"chunk": [4, 5], "score": [0.0, 0.0]}))
     assert data_files(tmp_path / "out") == before and (2, 4) not in store.ledgers.done_cells()
 
@@ -199,7 +205,7 @@ def test_many_loose_landings_are_merged_as_they_pile_up(tmp_path, monkeypatch):
     store = new_store(tmp_path / "out")
     for chunk in range(8):
         write(store, 0, chunk)
-    assert len(store.ledgers.ledger(0)["files"]) <= 4
+    assert len(store.ledgers.ledger(0).files) <= 4
     assert store.ledgers.done_cells() == {(0, j) for j in range(8)}
     assert open_output(store.output).sequences().collect().height == 8 * 7
 
@@ -322,7 +328,7 @@ def test_crash_at_every_step_recovers_exactly(tmp_path, monkeypatch, operation):
         assert check_landed(ResultStore(output), deep=True) == []
 
         fresh = ResultStore(output)
-        recover(fresh)
+        fresh.recover()
         assert not (output / "_tmp").exists() or not any((output / "_tmp").iterdir())
         assert_listed_files_whole(output)
         sequences, cells = read_sorted(fresh)
@@ -354,11 +360,228 @@ def test_recover_drops_unlisted_files_and_stale_failures(tmp_path):
     (output / "_tmp" / "cell-00002.abc.parquet").write_bytes(b"partial")
     store.record_failure(3, 0, "boom", 2)
     fresh = ResultStore(output)
-    recover(fresh)
+    fresh.recover()
     assert not orphan.exists()
     assert list((output / "_tmp").iterdir()) == []
     assert open_output(fresh.output).failures() == []
     assert open_output(fresh.output).sequences().collect()["chunk"].unique().to_list() == [0]
+
+
+# ---- Ctrl-C inside a landing ------------------------------------------------------------------
+
+def interrupt_at(monkeypatch, step: str, nth: int = 1) -> list[str]:
+    """Send this process a SIGINT (Ctrl-C) just before the store's `nth` file write ("write": a Parquet file or a
+    ledger, through write_atomic) or file deletion ("delete"), from inside its write path; returns a log of the
+    steps that ran."""
+    steps: list[str] = []
+
+    def interrupting(kind: str, real):
+        def step_with_interrupt(*args, **kwargs):
+            steps.append(kind)
+            if kind == step and steps.count(kind) == nth:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kwargs)
+        return step_with_interrupt
+
+    for module in (store_module, ledger_module):
+        monkeypatch.setattr(module, "write_atomic", interrupting("write", module.write_atomic))
+    monkeypatch.setattr(Path, "unlink", interrupting("delete", Path.unlink))
+    return steps
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3], ids=["sequences file", "cells file", "ledger"])
+def test_ctrl_c_inside_a_landing_lets_it_commit_then_interrupts(tmp_path, monkeypatch, nth):
+    output = tmp_path / "out"
+    store = new_store(output)
+    write(store, 0, 0)
+    steps = interrupt_at(monkeypatch, "write", nth)
+    with pytest.raises(KeyboardInterrupt):
+        write(store, 0, 1)
+    monkeypatch.undo()
+    assert steps[:3] == ["write", "write", "write"]  # both files and the ledger commit ran before the interrupt
+    assert ResultStore(output).ledgers.done_cells() == {(0, 0), (0, 1)}
+    assert open_output(output).sequences().filter(pl.col("chunk") == 1).collect().height == 7
+    assert verify_output(output).ok
+
+
+def test_ctrl_c_inside_a_compaction_finishes_its_deletes(tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    store = new_store(output)
+    for chunk in (0, 1):
+        write(store, 0, chunk)
+    before = read_sorted(store)
+    interrupt_at(monkeypatch, "delete")
+    with pytest.raises(KeyboardInterrupt):
+        store.compact_checkpoint(0)
+    monkeypatch.undo()
+    assert [name for name in os.listdir(output / "sequences" / "ckpt=0")] == ["part-000002.parquet"]
+    assert verify_output(output).ok  # no old file left behind as a foreign one
+    for want, got in zip(before, read_sorted(ResultStore(output))):
+        assert_frame_equal(got, want)
+
+
+def test_ctrl_c_inside_a_probe_set_landing_lets_it_commit(tmp_path, monkeypatch):
+    store = new_store(tmp_path / "out")
+    frame = pl.DataFrame({"chunk": [5, 5], "row": [3, 9], "source": ["c4", "arxiv"], "tokens": [[1, 2], [3, 4]]})
+    interrupt_at(monkeypatch, "write")
+    with pytest.raises(KeyboardInterrupt):
+        store.write_probe_set(5, frame, {"file": "train_005.jsonl", "sha256": "a" * 64})
+    monkeypatch.undo()
+    assert ResultStore(tmp_path / "out").read_probe_set(5)["tokens"].to_list() == [[1, 2], [3, 4]]
+    assert verify_output(tmp_path / "out").ok
+
+
+def test_ctrl_c_before_a_landing_writes_leaves_its_cells_waiting_for_the_last_landing(tmp_path, monkeypatch):
+    """A Ctrl-C while a batch is being encoded (before its first write) writes nothing, and the cells wait again:
+    the scheduler's Ctrl-C path lands everything waiting (sweep/run/scheduler.py), this batch included."""
+    from sweep.run.landing import Landing
+
+    store = new_store(tmp_path / "out")
+    landing = Landing(store)
+    for chunk in (0, 1):
+        landing.add(0, ScoredCell(chunk, fake_sequences(0, chunk), CellProvenance.from_dict(cell_info(0, chunk))))
+    real = store_module.EncodedParquet.of
+
+    def encoded_then_interrupted(frame):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(frame)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module.EncodedParquet, "of", encoded_then_interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            landing.land({0: 2}, everything=True)
+    assert data_files(tmp_path / "out") == [] and landing.cells_waiting == 2
+    assert [chunk for _, cell in landing.land({0: 2}, everything=True).cells for chunk in [cell.chunk]] == [0, 1]
+    assert ResultStore(tmp_path / "out").ledgers.done_cells() == {(0, 0), (0, 1)} and verify_output(tmp_path / "out").ok
+
+
+# ---- ledgers in the form they have on disk -------------------------------------------------------
+
+def test_an_output_written_before_ledger_entries_were_typed_opens_and_keeps_its_bytes(tmp_path):
+    """Ledgers exactly as memsweep wrote them before issue 24 (its typed entries read and write the same JSON): the
+    output opens, reads and verifies, and a ledger read and committed again is the same file, byte for byte."""
+    output = tmp_path / "out"
+    (output / "ledger").mkdir(parents=True)
+    files = {}
+    for table, frame in (("sequences", conform_sequences(fake_sequences(3, 1).with_columns(chunk=pl.lit(1)), 3, 1)),
+                         ("cells", conform(pl.DataFrame({"chunk": [1], "n": [7], "score": [0.5]}), CELL_SCHEMA))):
+        path = output / table / "ckpt=3" / "batch-000000.parquet"
+        path.parent.mkdir(parents=True)
+        frame.write_parquet(path)
+        files[table] = {"path": f"{table}/ckpt=3/batch-000000.parquet", "bytes": path.stat().st_size,
+                        "sha256": file_sha256(path), "rows": frame.height}
+    probe = output / "probes" / "probe-00001.parquet"
+    probe.parent.mkdir()
+    conform(pl.DataFrame({"chunk": [1], "row": [4], "source": ["c4"], "tokens": [[1, 2]]}), PROBE_SCHEMA).write_parquet(probe)
+    scan = output / "exposures" / "seen=2" / "scan-000000.parquet"
+    scan.parent.mkdir(parents=True)
+    conform(pl.DataFrame({"chunk": [1], "row": [4], "seen_chunk": [2], "window_count": [3], "prompt_count": [4]}),
+            EXPOSURE_COUNT_SCHEMA).write_parquet(scan)
+
+    def record(path: Path) -> dict:
+        return {"path": path.relative_to(output).as_posix(), "bytes": path.stat().st_size,
+                "sha256": file_sha256(path), "rows": pl.read_parquet(path).height}
+
+    chunk_file = {"kind": "local", "data_source": "/data", "file": "train_001.jsonl", "size": 10, "sha256": "c" * 64,
+                  "path": "/data/train_001.jsonl", "mtime_ns": 5, "repo": None, "commit": None}
+    ledgers = {
+        "ckpt=3.json": {"format": 1, "ckpt": 3, "next_file": 1,
+                        "pin": {"model_revision": "ckpt_003", "model_commit": "a" * 40, "weights_fingerprint": "fp",
+                                "stored_dtype": "bfloat16"},
+                        "files": [{"name": "batch-000000", "chunks": [1], **files}]},
+        "probes.json": {"format": 1, "chunks": {"1": {"source": chunk_file, "file": record(probe)},
+                                                 "7": {"source": {**chunk_file, "file": "train_007.jsonl"}, "file": None}}},
+        "exposures.json": {"format": 1, "chunks": {"2": {"source": {**chunk_file, "file": "train_002.jsonl"}, "scans": [
+            {"name": "scan-000000", "probe_chunks": "0-1,3", "file": record(scan), "probes": 1, "rows": 100,
+             "tokens": 6400, "bytes": 40000, "seconds": 0.5, "cpu_seconds": 0.25, "scanned_at": "2026-01-01T00:00:00+00:00"}]}}},
+    }
+    for name, ledger in ledgers.items():
+        (output / "ledger" / name).write_text(json.dumps(ledger, indent=1) + "\n")
+    (output / "manifest.json").write_text(json.dumps({"format": 2, "identity": IDENTITY, "runs": [], "spec": {}}))
+    written = {name: (output / "ledger" / name).read_bytes() for name in ledgers}
+
+    landed = open_output(output)
+    assert landed.done_cells() == {(3, 1)} and landed.checkpoint_pin(3).model_commit == "a" * 40
+    assert landed.sequences().collect().height == 7 and landed.probes().collect()["row"].to_list() == [4]
+    assert landed.exposure_scans().row(0, named=True)["probe_chunks"] == [0, 1, 3]
+    assert landed.exposure_scans().row(0, named=True)["cpus"] == 0.5
+    assert landed.exposure_coverage().sort("chunk").rows() == [(0, 1), (1, 1), (3, 1)]
+    assert verify_output(output).ok
+
+    store = ResultStore(output)
+    store.ledgers.commit(store.ledgers.ledger(3))
+    store.ledgers.commit_probes(store.ledgers.probes)
+    store.ledgers.commit_exposures(store.ledgers.exposures)
+    assert {name: (output / "ledger" / name).read_bytes() for name in ledgers} == written
+
+
+def test_a_pin_written_before_fingerprints_were_recorded_opens(tmp_path):
+    output = tmp_path / "out"
+    write(new_store(output), 0, 0)
+    ledger = output / "ledger" / "ckpt=0.json"
+    older = json.loads(ledger.read_text())
+    older["pin"] = {"model_revision": "ckpt_000", "model_commit": "c" * 40}
+    ledger.write_text(json.dumps(older))
+    pin = open_output(output).checkpoint_pin(0)
+    assert (pin.model_commit, pin.weights_fingerprint, pin.stored_dtype) == ("c" * 40, None, None)
+    assert verify_output(output).ok
+
+
+def test_a_ledger_not_in_the_form_memsweep_writes_is_named_as_damage(tmp_path):
+    output = tmp_path / "out"
+    write(new_store(output), 0, 0)
+    ledger = output / "ledger" / "ckpt=0.json"
+    broken = json.loads(ledger.read_text())
+    del broken["files"][0]["cells"]["sha256"]
+    ledger.write_text(json.dumps(broken))
+    with pytest.raises(DamagedOutputError, match=re.escape(f"{ledger}: files[] batch-000000: missing key 'sha256'")):
+        open_output(output)
+    assert verify_output(output).broken_ledgers == ["ledger/ckpt=0.json"]
+
+
+# ---- the identity, checked once -----------------------------------------------------------------
+
+def test_a_run_checks_the_identity_once_holding_the_writer_lock_before_ray(tmp_path, monkeypatch):
+    import ray
+
+    from sweep.run.driver import run_sweep
+    from sweep.spec import SweepSpec
+
+    output = tmp_path / "out"
+    write(new_store(output), 0, 0)  # results of another sweep
+    for folder in ("model", "data"):
+        (tmp_path / folder).mkdir()
+    spec = SweepSpec.model_validate({
+        "name": "t", "model": {"source": str(tmp_path / "model")},
+        "data": {"source": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache")},
+        "checkpoints": [0], "chunks": [0], "output": str(output)})
+    checks, real = [], store_module.refuse_other_identity
+
+    def check_holding_the_lock(*args):
+        with pytest.raises(OutputLockedError):  # held by the run
+            with writer_lock(output):
+                pass
+        checks.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(store_module, "refuse_other_identity", check_holding_the_lock)
+    ray_before = ray.is_initialized()
+    with pytest.raises(StoreMismatchError, match="different sweep"):
+        run_sweep(spec, progress=False)
+    assert checks == [spec.identity()] and ray.is_initialized() == ray_before  # once, before any Ray starts
+
+
+def test_open_goes_by_the_identity_check_it_was_given(tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    write(new_store(output), 0, 0)
+    checks, real = [], store_module.refuse_other_identity
+    monkeypatch.setattr(store_module, "refuse_other_identity", lambda *args: checks.append(args) or real(*args))
+    store = ResultStore(output)
+    with writer_lock(output):
+        store.check_identity(IDENTITY)
+        store.open(IDENTITY, {"spec": "demo"}, {"device": "cpu"})
+    assert len(checks) == 1
+    assert len(json.loads((output / "manifest.json").read_text())["runs"]) == 2
 
 
 # ---- integrity ------------------------------------------------------------------------------
@@ -399,7 +622,7 @@ def test_verify_finds_and_repair_heals_damaged_files(tmp_path, how, compacted):
         with pytest.raises(DamagedOutputError, match=re.escape(str(path))):
             open_output(output).sequences().collect()
 
-    repaired = verify_output(output, repair=True)
+    repaired = repair_output(output)
     lost = {(0, 0), (0, 1)} if compacted else {(0, 0)}
     assert set(repaired.repaired_cells) == lost
     store = ResultStore(output)
@@ -413,6 +636,35 @@ def test_verify_finds_and_repair_heals_damaged_files(tmp_path, how, compacted):
         assert_frame_equal(got.drop("finished_at", strict=False), want.drop("finished_at", strict=False))
 
 
+def test_verify_says_what_the_next_run_redoes_for_each_damaged_file(tmp_path):
+    output = write_landed(tmp_path / "out", synthetic_sequences(2, 3, 4), exposures=True)
+    ledgers = ResultStore(output).ledgers
+    cells = next(record.path for record in ledgers.landed_files() if record.path.startswith("cells/ckpt=1/"))
+    probes = next(record.path for record in ledgers.landed_files() if record.path.startswith("probes/probe-00002"))
+    [scan] = [record.path for chunk, record in ledgers.scan_files() if chunk == 1]
+    (output / cells).write_bytes(b"")
+    (output / probes).unlink()
+    (output / scan).write_bytes((output / scan).read_bytes()[:20])
+
+    lines = verify_output(output).describe().splitlines()
+    assert f"DAMAGED {cells}: size 0 bytes, recorded {_recorded(ledgers, cells)} (the next run redoes its 3 cells: " \
+           "checkpoint 1 x chunks 0-2)" in lines
+    assert f"MISSING {probes} (the next run redoes the probe set of chunk 2, sampled again from its pinned chunk " \
+           "file)" in lines
+    assert f"DAMAGED {scan}: size 20 bytes, recorded {_recorded(ledgers, scan)} (the next run redoes the exposure " \
+           "scan of chunk file 1 for the sequences of chunks 0-2)" in lines
+    assert lines[-1] == ("run `memsweep verify OUTPUT --repair` to remove them; the next run of the spec then redoes "
+                         "what each damaged or missing file held (said above)")
+    repaired = repair_output(output).describe().splitlines()[-1]
+    assert repaired == ("repaired: 3 cells will be recomputed by the next run: (1, 0), (1, 1), (1, 2); it also redoes "
+                        "the probe set of chunk 2, sampled again from its pinned chunk file; the exposure scan of chunk "
+                        "file 1 for the sequences of chunks 0-2; 0 foreign files removed")
+
+
+def _recorded(ledgers, path: str) -> int:
+    return next(record.bytes for record in ledgers.landed_files() if record.path == path)
+
+
 def test_a_stray_copy_is_never_data_and_repair_removes_it(tmp_path):
     output = tmp_path / "out"
     store = new_store(output)
@@ -423,7 +675,7 @@ def test_a_stray_copy_is_never_data_and_repair_removes_it(tmp_path):
     assert open_output(store.output).sequences().collect().height == 7  # not 14
     report = verify_output(output)
     assert report.foreign == ["sequences/ckpt=0/part-0 (copy).parquet"] and not report.damaged
-    verify_output(output, repair=True)
+    repair_output(output)
     assert not part.with_name("part-0 (copy).parquet").exists() and verify_output(output).ok
 
 
@@ -432,7 +684,7 @@ def test_a_stray_copy_is_never_data_and_repair_removes_it(tmp_path):
 def test_a_cell_from_another_commit_or_weights_is_refused(tmp_path):
     store = new_store(tmp_path / "out")
     write(store, 2, 0)
-    assert store.ledgers.pin(2)["model_commit"] == f"{2:040d}"
+    assert store.ledgers.pin(2).model_commit == f"{2:040d}"
     with pytest.raises(PinMismatchError, match="model_commit"):
         write_cell(store, 2, 1, fake_sequences(2, 1), cell_info(2, 1, model_commit="f" * 40))
     with pytest.raises(PinMismatchError, match="weights_fingerprint"):
@@ -487,21 +739,21 @@ def test_open_refuses_foreign_directory_bad_and_old_manifests(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="no manifest.json"):
+    with pytest.raises(MemsweepError, match="no manifest.json"):
         ResultStore(foreign).open(IDENTITY, {}, {})
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text("{\n  \"format\": 2,\n")
-    with pytest.raises(ValueError, match=r"manifest.json: not valid JSON \(line 3"):
+    with pytest.raises(MemsweepError, match=r"manifest.json: not valid JSON \(line 3"):
         ResultStore(broken).open(IDENTITY, {}, {})
     old = tmp_path / "old"
     old.mkdir()
     (old / "manifest.json").write_text(json.dumps({"format": 1, "identity": IDENTITY, "runs": []}))
-    with pytest.raises(ValueError, match="format 1"):
+    with pytest.raises(MemsweepError, match="format 1"):
         ResultStore(old).open(IDENTITY, {}, {})
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    with pytest.raises(ValueError, match="is a file"):
+    with pytest.raises(MemsweepError, match="is a file"):
         ResultStore(a_file).open(IDENTITY, {}, {})
 
 
@@ -522,17 +774,17 @@ def test_failures_recorded_listed_and_cleared(tmp_path):
 def test_bad_sequences_and_info_raise_clear_errors(tmp_path):
     store = new_store(tmp_path / "out")
     good = fake_sequences(0, 0)
-    with pytest.raises(ValueError, match=r"ckpt 0 chunk 0: missing column\(s\) \['prefix_match'\]"):
+    with pytest.raises(MemsweepError, match=r"ckpt 0 chunk 0: missing column\(s\) \['prefix_match'\]"):
         write_cell(store, 0, 0, good.drop("prefix_match"), cell_info(0, 0))
-    with pytest.raises(ValueError, match=r"unexpected column\(s\) \['tokens'\]"):
+    with pytest.raises(MemsweepError, match=r"unexpected column\(s\) \['tokens'\]"):
         write_cell(store, 0, 0, good.with_columns(tokens=pl.lit(1)), cell_info(0, 0))
-    with pytest.raises(ValueError, match="column 'chunk' holds values other than 4"):
+    with pytest.raises(MemsweepError, match="column 'chunk' holds values other than 4"):
         write_cell(store, 0, 4, good, cell_info(0, 4))
-    with pytest.raises(ValueError, match="column 'row'"):
+    with pytest.raises(MemsweepError, match="column 'row'"):
         write_cell(store, 0, 0, good.with_columns(row=pl.lit("x")), cell_info(0, 0))
-    with pytest.raises(ValueError, match="holds a row more than once"):
+    with pytest.raises(MemsweepError, match="holds a row more than once"):
         write_cell(store, 0, 0, pl.concat([good, good]), cell_info(0, 0))
-    with pytest.raises(ValueError, match=r"missing key\(s\) \['device'\]"):
+    with pytest.raises(MemsweepError, match=r"missing key\(s\) \['device'\]"):
         write_cell(store, 0, 0, good, {k: v for k, v in cell_info(0, 0).items() if k != "device"})
     assert store.ledgers.done_cells() == set()
     assert data_files(tmp_path / "out") == []
@@ -548,10 +800,10 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_tak
                 pass
     # A process that dies holding the lock releases it with its life (SIGKILL: no cleanup runs).
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, os; sys.path.insert(0, %r); from sweep.landed.writer_lock import writer_lock\n"
-        "with writer_lock(%r):\n    print('held', flush=True); time.sleep(60)") % (str(Path(__file__).parents[1]),
-                                                                                  str(output))],
-        stdout=subprocess.PIPE, text=True)
+        "import sys; sys.path.insert(0, %r); from sweep.landed.writer_lock import writer_lock\n"
+        "with writer_lock(%r):\n    print('held', flush=True); sys.stdin.read()") % (str(Path(__file__).parents[1]),
+                                                                                    str(output))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # it holds the lock until killed
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(OutputLockedError, match=f"pid {holder.pid}"):
         with writer_lock(output):
@@ -580,13 +832,18 @@ def test_an_output_landed_before_the_stream_columns_still_opens(tmp_path):
         write(store, ckpt, chunk)
     for ckpt in (0, 2):  # rewrite each listed file as the old store wrote it, and its ledger record to match
         ledger = store.ledgers.ledger(ckpt)
-        for entry in ledger["files"]:
+        pairs = []
+        for pair in ledger.files:
+            records = {}
             for table, dropped in (("sequences", ["index", "seen"]), ("cells", ["seen_fraction"])):
-                path = tmp_path / "out" / entry[table]["path"]
+                record = pair.record(table)
+                path = tmp_path / "out" / record.path
                 pl.read_parquet(path).drop(dropped).write_parquet(path)
                 payload = path.read_bytes()
-                entry[table].update(bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
-        store.ledgers.commit(ckpt, ledger)
+                records[table] = dataclasses.replace(record, bytes=len(payload),
+                                                     sha256=hashlib.sha256(payload).hexdigest())
+            pairs.append(dataclasses.replace(pair, **records))
+        store.ledgers.commit(dataclasses.replace(ledger, files=tuple(pairs)))
     assert "index" not in pl.read_parquet(next((tmp_path / "out" / "sequences").rglob("*.parquet"))).columns
     output = open_output(tmp_path / "out")
     sequences, cells = output.sequences().collect(), output.cells().collect()

@@ -225,9 +225,9 @@ def test_a_pythia_layout_hub_serves_a_sweep_that_reads_only_the_sampled_items(hu
     dataset = [r for r in server.requests(since) if r.path.startswith(f"/datasets/{world.data_id}/resolve/")]
     assert dataset and all(r.method == "GET" and r.range and r.status == 206 for r in dataset), dataset
     probes = open_output(tmp_path / "hub").ledgers.probes
-    recorded = sum(entry["source"]["bytes_read"] for entry in probes.values())
+    recorded = sum(entry.source["bytes_read"] for entry in probes.values())
     assert recorded == summary.supply.bytes_read > 0
-    assert sum(entry["source"]["requests"] for entry in probes.values()) == summary.supply.requests
+    assert sum(entry.source["requests"] for entry in probes.values()) == summary.supply.requests
     opening = open_stream(describe_stream(spec.data))  # what describing the stream costs the driver, once
     assert sum(r.length for r in dataset) == recorded + opening.bytes_read
     pointers = megatron_pointers(stream_family.world.megatron / "document.idx")

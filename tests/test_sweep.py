@@ -8,6 +8,7 @@ dataset equal, row for row, to the uninterrupted run.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,16 +128,20 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+def committed_cells(output: Path) -> set[tuple[int, int]]:
+    """The cells the output's ledgers list: a landed file is data only once its ledger commits (it is written first)."""
+    return open_output(output).done_cells() if (output / "manifest.json").exists() else set()
+
+
 def test_interrupted_driver_resumes_to_the_same_rows(clean_run, world, tmp_path):
     output = tmp_path / "out"
     spec_path = write_spec(tmp_path, world, output)
     first = _cli("run", str(spec_path), "--num-cpus", "2", "--num-gpus", "1", "--no-progress")
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((output / "cells").glob("ckpt=*/*.parquet")):
+    while not committed_cells(output):  # the state to interrupt in: a cell landed and committed
         assert first.poll() is None, first.communicate()[0]
-        time.sleep(0.2)
+        time.sleep(0.2)  # how often to look, not how long to wait
     first.send_signal(signal.SIGINT)  # Ctrl-C mid-sweep
-    log, _ = first.communicate(timeout=120)
+    log, _ = first.communicate(timeout=300)  # a guard against a hang: the driver lands, releases its actors, exits
     partial = ResultStore(output).ledgers.done_cells()
     assert 0 < len(partial) < 9 or first.returncode == 0, log
     second = _cli("run", str(spec_path), "--num-cpus", "2", "--no-progress")
@@ -165,3 +170,43 @@ def test_landed_parquet_shows_real_memorization(clean_run, world):
     assert last.height == 3 * SAMPLES and last["duplicated"].sum() > 5
     duplicated, unique = same_age_means(last)
     assert duplicated > 1.5 * unique, (duplicated, unique)
+
+
+def test_query_tables_lists_the_demo_outputs_tables_and_columns_with_and_without_exposure_scans(clean_run, world,
+                                                                                               tmp_path):
+    """`memsweep query OUT --tables` as a user runs it, on the demo world's output; then on a copy of it after a run
+    that adds an `exposure:` section to the spec (it scores nothing, and scans the three chunk files)."""
+    spec, _, output = clean_run
+
+    def listed(out: Path) -> dict[str, list[str]]:
+        done = _cli("query", str(out), "--tables")
+        text, _ = done.communicate(timeout=120)
+        assert done.returncode == 0, text
+        tables = {}
+        for line in text.splitlines():  # "name: what one row is", then "    column type, column type, ..."
+            if not line.startswith(" "):
+                name = line.split(":", 1)[0]
+                tables[name] = []
+            else:
+                tables[name] += [column.strip() for column in line.split(",") if column.strip()]
+        return tables
+
+    def expected(out: Path) -> dict[str, list[str]]:
+        return {name: [f"{column} {dtype}" for column, dtype in frame.collect_schema().items()]
+                for name, frame in open_output(out).tables().items()}
+
+    plain = listed(output)
+    assert list(plain) == ["sequences", "cells", "probes"] and plain == expected(output)
+    assert "generated List(UInt32)" in plain["sequences"] and "tokens List(UInt32)" in plain["probes"]
+
+    scanned = tmp_path / "scanned"
+    shutil.copytree(output, scanned)
+    extended = load_spec(write_spec(tmp_path, world, scanned, exposure={"chunks": "0-2"}))
+    assert extended.identity_hash() == spec.identity_hash()  # the same numbers: the run only scans
+    summary = run_sweep(extended, progress=False)
+    assert summary.ok and summary.schedule.cells_scored == 0 and summary.scans.scanned == 3
+    with_scans = listed(scanned)
+    assert list(with_scans) == ["sequences", "cells", "probes", "exposures", "exposure_counts", "exposure_scans"]
+    assert with_scans == expected(scanned)
+    assert with_scans["exposure_counts"] == ["chunk Int32", "row Int64", "seen_chunk Int32", "window_count Int64",
+                                             "prompt_count Int64", "window_index List(Int64)"]

@@ -161,12 +161,13 @@ class TokenDecoder:
         from transformers import AutoTokenizer
 
         from actors.checkpoint_files import fetch_tokenizer
-        from sweep.spec import SweepSpec
 
         try:
-            spec = SweepSpec.model_validate(landed.spec)
-            pin = landed.checkpoint_pin(ckpt) or {}
-            folder = fetch_tokenizer(spec.model.source, spec.revision_for(ckpt), pin.get("model_commit"))
+            spec = landed.sweep_spec
+            if spec is None:
+                raise MemsweepError(f"{landed.path}/manifest.json holds no whole spec to find the model by")
+            pin = landed.checkpoint_pin(ckpt)
+            folder = fetch_tokenizer(spec.model.source, spec.revision_for(ckpt), pin.model_commit if pin else None)
             return cls(AutoTokenizer.from_pretrained(str(folder)))
         except Exception as error:  # noqa: BLE001 - examples still show, as ids, with the reason
             why = one_line(error)
@@ -256,9 +257,13 @@ def examples_as_frame(examples: list[Example], decoder: TokenDecoder, exposures:
         return {name: None if known is None else getattr(known, name) for name in EXPOSURE_COLUMNS} if exposures \
             else {}
 
+    schema = {**{name: pl.Int64 for name in ("ckpt", "chunk", "row")}, "source": pl.String, "matches": pl.Int64,
+              "prefix_match": pl.Int64, "full_match": pl.Boolean,
+              **({name: pl.Int64 for name in EXPOSURE_COLUMNS} if exposures else {}),
+              "prompt": pl.String, "truth": pl.String, "model": pl.String}  # given: no examples is an empty table
     return pl.DataFrame([{
         "ckpt": e.ckpt, "chunk": e.chunk, "row": e.row, "source": e.source, "matches": e.matches,
         "prefix_match": e.prefix_match, "full_match": e.full_match, **counts(e), "prompt": decoder.text(e.prompt),
         "truth": decoder.text(e.truth), "model": decoder.text(e.generated) if e.generated is not None else None,
-    } for e in examples], schema_overrides={name: pl.Int64 for name in EXPOSURE_COLUMNS} if exposures else None)
+    } for e in examples], schema=schema)
 

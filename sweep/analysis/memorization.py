@@ -67,7 +67,7 @@ def chunk_trajectories(cells: Frame, chunks: list[int], metric: str = "score") -
     """How one cell metric of the given chunks moves over checkpoints.
 
     Returns long rows (`chunk`, `ckpt`, `<metric>`, `seen`) sorted by chunk then checkpoint, for
-    plotting one line per chunk. Raises ValueError naming any requested chunk with no cells.
+    plotting one line per chunk. Raises MemsweepError naming any requested chunk with no cells.
     """
     _check_metric(metric)
     rows = (

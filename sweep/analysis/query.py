@@ -1,17 +1,21 @@
-"""Polars SQL over a landed dataset: tables `sequences`, `cells`, `probes` and (when any) `failures`.
+"""Polars SQL over a landed dataset: the tables sweep/landed/catalog.py names, those this output has.
 
-Read-only, through the one reader (sweep/landed/reader.py), so it is safe to run while a sweep is writing.
+Read-only, through the one reader (sweep/landed/reader.py), so it is safe to run while a sweep is writing. A result
+is printed as a table, or written as csv, json (one array of row objects) or parquet to a file or to a stream
+(`memsweep query ... --format csv | head`).
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal, TextIO
 
 import polars as pl
 
 from actors.protocol import one_line
 from sweep.errors import MemsweepError
+from sweep.landed.catalog import SQL_TABLES
 from sweep.landed.reader import OutputNotFoundError, open_output
 
 OutputFormat = Literal["csv", "json", "parquet"]
@@ -61,24 +65,86 @@ def _text_safe(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def write_frame(frame: pl.DataFrame, path: Path, fmt: OutputFormat) -> None:
-    """Write `frame` to `path` as csv, json (an array of row objects) or parquet.
+    """Write `frame` to the file `path` as csv, json (one array of row objects) or parquet.
 
     In csv and json, binary columns become lowercase hex strings; parquet keeps every type.
     """
     path = Path(path)
+    _check_writable(frame, fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(frame, path, fmt)
+
+
+def write_frame_to_stream(frame: pl.DataFrame, stream: BinaryIO | TextIO, fmt: OutputFormat) -> None:
+    """Write `frame` to a stream (stdout, often a pipe) as `write_frame` writes a file. A text stream is written
+    through its binary buffer, after what was printed to it before; one without a buffer (stdout captured in
+    memory) takes csv and json as text.
+
+    The bytes are made in memory first and written by Python, so a reader that stops early (`| head`) raises
+    BrokenPipeError here, as any other write to a closed pipe does (Polars' own writers raise a bare OSError).
+    """
+    _check_writable(frame, fmt)
+    data = io.BytesIO()
+    _write(frame, data, fmt)
+    binary = getattr(stream, "buffer", None) if isinstance(stream, io.TextIOBase) else stream
+    if binary is None:
+        if fmt == "parquet":
+            raise QueryError("parquet is binary: this stream takes text only; give --out FILE")
+        stream.write(data.getvalue().decode())
+    else:
+        stream.flush()
+        binary.write(data.getbuffer())
+        binary.flush()
+
+
+def _check_writable(frame: pl.DataFrame, fmt: str) -> None:
     if fmt not in OUTPUT_FORMATS:
         raise QueryError(f"unknown output format {fmt!r}; expected one of {', '.join(OUTPUT_FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "parquet":
-        frame.write_parquet(path)
-    elif fmt == "csv":
-        frame = _text_safe(frame)
+    if fmt == "csv":
         nested = [name for name, dtype in frame.schema.items() if dtype.is_nested()]
         if nested:
-            raise QueryError(f"columns {nested} are nested and cannot be written to csv; use json or parquet")
-        frame.write_csv(path)
+            raise QueryError(f"columns {nested} hold lists, which csv cannot: select the other columns, or use "
+                             "--format json or parquet")
+
+
+def _write(frame: pl.DataFrame, target: Path | BinaryIO, fmt: str) -> None:
+    if fmt == "parquet":
+        frame.write_parquet(target)
+    elif fmt == "csv":
+        _text_safe(frame).write_csv(target)
     else:
-        _text_safe(frame).write_json(path)
+        _text_safe(frame).write_json(target)
+
+
+def table_columns(output: Path) -> pl.DataFrame:
+    """The tables this output has, in the catalogue's order, and their columns: one row per (table, column) with
+    `table`, `column`, `type` (Polars' name) and `table_holds` (what one row of the table is)."""
+    try:
+        tables = open_output(output).tables()
+    except OutputNotFoundError as error:
+        raise QueryError(str(error)) from None
+    rows = []
+    for name in sorted(tables, key=list(SQL_TABLES).index):
+        rows += [{"table": name, "column": column, "type": str(dtype), "table_holds": SQL_TABLES[name]}
+                 for column, dtype in tables[name].collect_schema().items()]
+    return pl.DataFrame(rows, schema={"table": pl.String, "column": pl.String, "type": pl.String,
+                                      "table_holds": pl.String})
+
+
+def format_table_columns(columns: pl.DataFrame, width: int = 110) -> str:
+    """`table_columns`' result for a reader: each table, what one row is, then its columns and their types."""
+    lines = []
+    for (name,), group in columns.group_by("table", maintain_order=True):
+        lines.append(f"{name}: {group['table_holds'][0]}")
+        entries = [f"{column} {dtype}" for column, dtype in group.select("column", "type").iter_rows()]
+        line = ""
+        for entry in entries:  # wrapped between columns, never between a column and its type
+            if line and len(line) + len(entry) + 2 > width:
+                lines.append(line + ",")
+                line = ""
+            line = f"{line}, {entry}" if line else f"    {entry}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def format_table(frame: pl.DataFrame, max_rows: int = 50) -> str:

@@ -163,8 +163,8 @@ class ProbeSupply:
 
     def _start(self, chunk: int, described: ChunkFile | StreamChunk | Exception) -> None:
         entry = self.store.ledgers.probes.get(chunk)
-        pinned = pinned_source(entry["source"]) if entry else None
-        if entry and entry.get("file"):  # landed: the output needs nothing from the file any more
+        pinned = pinned_source(entry.source) if entry else None
+        if entry and entry.file is not None:  # landed: the output needs nothing from the file any more
             if isinstance(described, Exception):
                 self.stats.warn(f"chunk {chunk}: {one_line(described)}; this output keeps the rows it sampled before")
             elif not described.stat_matches(pinned) and (described.kind == "local" or described.sha256

@@ -25,22 +25,23 @@ class DemoWorldConfig:
     num_layers: int = Field(default=2, ge=1)
     num_heads: int = Field(default=4, ge=1)
     """Attention heads; must divide hidden_size."""
-    epochs_per_chunk: int = Field(default=4, ge=1)
+    epochs_per_chunk: int = Field(default=2, ge=1)
     """Passes over each chunk's rows before its checkpoint is saved, each written into its file
     (Amber: 1; a tiny model needs more).
     With replay, a row is trained on about ``epochs_per_chunk * (1 + replay_fraction / (i + 1))``
     times while chunk i is the newest, and about ``epochs_per_chunk * replay_fraction / (j + 1)``
-    times more during each later chunk j."""
+    times more during each later chunk j, at an even pace (sweep/demo/stream.py)."""
     batch_size: int = Field(default=16, ge=1)
     """Rows per optimizer step."""
     learning_rate: float = Field(default=5e-3, gt=0)
     """AdamW peak learning rate (reached after a short linear warmup)."""
     final_learning_rate: float = Field(default=1e-3, gt=0)
     """Learning rate at the last step; cosine decay from the peak over the whole run."""
-    replay_fraction: float = Field(default=1.25, ge=0, le=4)
-    """Rehearsal: each epoch of chunk i also trains on ``replay_fraction * rows_per_chunk`` rows drawn
-    at random from chunks 0..i (never later ones), written into file i. Amber sees each row once;
-    this stands in for the slow forgetting of a large model (see sweep/demo/world.py's docstring). 0 turns it off."""
+    replay_fraction: float = Field(default=3.0, ge=0, le=4)
+    """Rehearsal: each epoch of chunk i also trains on ``replay_fraction * rows_per_chunk`` rows of
+    chunks 0..i (never later ones), in passes that replay every row seen so far once before any
+    again (sweep/demo/stream.py), written into file i. Amber sees each row once; this stands in for
+    the slow forgetting of a large model (see sweep/demo/world.py's docstring). 0 turns it off."""
     duplicate_fraction: float = Field(default=0.1, ge=0, le=0.5)
     """Share of rows that are verbatim copies of another row (half in its chunk, half elsewhere)."""
     seed: int = Field(default=0, ge=0)

@@ -4,9 +4,15 @@ Amber's chunk files are its training stream: each row is trained on once, in fil
 the files finds every time the model saw a sequence. The demo's small model trains on more than its
 corpus (sweep/demo/world.py says why): each chunk's rows once per epoch, and rehearsal, rows replayed from
 chunks 0..i. So the demo writes that stream itself as its chunk files: chunk file i holds, for each
-epoch k of chunk i, the chunk's own corpus rows and ``replayed_per_epoch`` rows drawn uniformly, with
-replacement, from the corpus rows of chunks 0..i (never a later one), shuffled together. Training reads
-each file in consecutive batches, nothing else, and the files are its stream as Amber's are.
+epoch k of chunk i, the chunk's own corpus rows and ``replayed_per_epoch`` replayed rows of chunks 0..i (never
+a later one), shuffled together. Training reads each file in consecutive batches, nothing else, and the files
+are its stream as Amber's are.
+
+Replays come in passes: a pass visits every corpus row seen so far once, in random order, before any row is
+replayed again, and a new chunk's rows join the pass in progress. So every row comes back at a steady pace, about
+once per pass, where drawing with replacement brought some back three times within one chunk and left others out
+for several: a burst memorizes a row for a checkpoint or two, a drought then forgets it, and the memorized set
+churned (sweep/demo/world.py, "Why it retains").
 
 The plan is index arithmetic only (which corpus row goes where), deterministic in the config's sizes
 and seed and independent of what the rows say.
@@ -75,11 +81,14 @@ def plan_stream(config: DemoWorldConfig) -> list[ChunkStream]:
     rng = np.random.default_rng([config.seed, 0x57EA])
     rows, replayed = config.rows_per_chunk, replayed_per_epoch(config)
     streams = []
+    pass_left = np.zeros(0, dtype=np.int64)  # corpus rows the replay pass in progress has yet to visit
     for chunk in range(config.chunks):
         own = chunk * rows + np.arange(rows)
+        pass_left = rng.permutation(np.concatenate([pass_left, own]))  # the new chunk joins the pass in progress
         slots, epochs, replays = [], [], []
         for epoch in range(config.epochs_per_chunk):
-            drawn = np.concatenate([own, rng.integers((chunk + 1) * rows, size=replayed)])
+            replay, pass_left = _next_replays(rng, pass_left, replayed, (chunk + 1) * rows)
+            drawn = np.concatenate([own, replay])
             order = rng.permutation(len(drawn))
             slots.append(drawn[order])
             epochs.append(np.full(len(drawn), epoch, dtype=np.int32))
@@ -87,6 +96,20 @@ def plan_stream(config: DemoWorldConfig) -> list[ChunkStream]:
         streams.append(ChunkStream(np.concatenate(slots).astype(np.int64), np.concatenate(epochs),
                                    np.concatenate(replays)))
     return streams
+
+
+def _next_replays(rng: np.random.Generator, pass_left: np.ndarray, count: int,
+                  seen_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the next ``count`` replayed corpus rows, what the pass then has left): the rest of the pass in progress, then
+    new passes over all ``seen_rows`` rows seen so far (corpus rows 0 .. seen_rows - 1), each in a fresh random order."""
+    taken = [np.zeros(0, dtype=np.int64)]
+    while count:
+        if not len(pass_left):
+            pass_left = rng.permutation(seen_rows)
+        taken.append(pass_left[:count])
+        count -= len(taken[-1])
+        pass_left = pass_left[len(taken[-1]):]
+    return np.concatenate(taken).astype(np.int64), pass_left
 
 
 def origin_record(streams: list[ChunkStream], original: np.ndarray, rows_per_chunk: int) -> pl.DataFrame:

@@ -31,7 +31,7 @@ from sweep.analysis.labels import METRIC_LABELS, run_facts
 from sweep.analysis.selection import SequenceSelection, select_sequences
 from sweep.explorer.exposures import (EXPOSURE_SORTS, ExposureCache, RowExposures, cell_exposures, cell_seen_summary,
                                       grids, row_exposures)
-from sweep.spec import SweepSpec, parse_id_list
+from sweep.errors import MemsweepError
 from sweep.timeline import Timeline
 from sweep.landed.reader import LandedOutput, open_output
 
@@ -187,7 +187,7 @@ class ExplorerData:
         """The report's run facts, how much of the planned grid has landed, and what exposure counts cover."""
         reader = self.open_reader(self.output)
         cells = reader.cells().collect()
-        planned = len(self._planned_cells(reader.manifest))
+        planned = len(reader.planned_cells())
         landed = f"{cells.height} of {planned} planned" if planned else str(cells.height)
         history = self._exposures.history(reader)
         counts = [("exposure counts", history.coverage.describe())] if history is not None else []
@@ -262,24 +262,9 @@ class ExplorerData:
 
     def _axes(self, reader: LandedOutput, cells: pl.DataFrame) -> tuple[list[int], list[int]]:
         """The heatmap's checkpoints and chunks: the planned ones and any landed."""
-        planned = self._planned_cells(reader.manifest)
+        planned = reader.planned_cells()
         return (sorted({c for c, _ in planned} | set(cells["ckpt"].to_list())),
                 sorted({j for _, j in planned} | set(cells["chunk"].to_list())))
-
-    @staticmethod
-    def _planned_cells(manifest: dict) -> set[tuple[int, int]]:
-        """The cells the latest run's spec asks for (its `cells` selection applied); every checkpoint x chunk
-        it lists when it is not a whole spec (a synthetic output's); none when it lists none."""
-        spec = manifest.get("spec") if isinstance(manifest.get("spec"), dict) else {}
-        try:
-            return set(SweepSpec.model_validate(spec).cell_list())
-        except ValueError:  # pydantic's ValidationError is one
-            pass
-        try:
-            ckpts, chunks = parse_id_list(spec.get("checkpoints", [])), parse_id_list(spec.get("chunks", []))
-            return {(c, j) for c in ckpts for j in chunks}
-        except (ValueError, TypeError):
-            return set()
 
     # ---- a cell's sequences --------------------------------------------------------------------
 
@@ -316,7 +301,7 @@ class ExplorerData:
             return {}
         try:
             examples = find_examples(reader, ckpt, top=len(keys), rows=keys)
-        except ValueError:  # probe sets not landed (an old output): numbers without text
+        except MemsweepError:  # probe sets not landed (an old output): numbers without text
             return {}
         return {(example.chunk, example.row): example for example in examples}
 

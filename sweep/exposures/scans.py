@@ -36,7 +36,7 @@ from sweep.data.stream_chunks import StreamChunk, describe_spec_chunks, open_str
 from sweep.landed.schema import tokens_array
 from sweep.data.sources import ChunkFile
 from sweep.spec import SweepSpec
-from sweep.landed.store import ResultStore
+from sweep.landed.store import PinMismatchError, ResultStore
 
 log = logging.getLogger("memsweep")
 
@@ -171,7 +171,7 @@ class ExposureScans:
         scanned = chunk_file.with_sha256(exposure.sha256)
         try:
             self.store.write_exposure_scan(seen_chunk, scanned.to_dict(), list(group.probe_chunks), counts, stats)
-        except ValueError as error:  # the file changed since this output pinned it
+        except PinMismatchError as error:  # the file changed since this output pinned it
             self._fail(seen_chunk, one_line(error))
             return
         if isinstance(scanned, ChunkFile):
@@ -187,7 +187,8 @@ class ExposureScans:
     def _plan(self) -> None:
         """Which chunk files to scan for which probe chunks, and one probe index per distinct set of them."""
         ledgers = self.store.ledgers
-        available = sorted(chunk for chunk in self.spec.chunks if (ledgers.probes.get(chunk) or {}).get("file"))
+        sampled = set(ledgers.sampled_chunks())
+        available = sorted(chunk for chunk in self.spec.chunks if chunk in sampled)
         needs = {seen: tuple(c for c in available if c not in ledgers.scanned_probe_chunks(seen))
                  for seen in self.targets}
         needs = {seen: chunks for seen, chunks in needs.items() if chunks}

@@ -13,16 +13,17 @@ Cost at 360 x 360 x 1000: opening reads 361 small ledgers; `cells()` scans 360 f
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
 
 from sweep.errors import MemsweepError
 from sweep.landed.exposure_totals import files_scanned, sequence_totals
-from sweep.landed.ledger import FileRecord, Ledgers, OutputLayout, parse_id_ranges, read_json, read_manifest
+from sweep.landed.ledger import CheckpointPin, FileRecord, Ledgers, OutputLayout, read_json, read_manifest
 from sweep.landed.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, EXPOSURE_SCAN_SCHEMA, PROBE_SCHEMA,
                                  SEQUENCE_SCHEMA)
-from sweep.spec import identity_hash
+from sweep.spec import SweepSpec, identity_hash, parse_id_list, recorded_spec
 
 
 class OutputNotFoundError(MemsweepError, FileNotFoundError):
@@ -31,13 +32,19 @@ class OutputNotFoundError(MemsweepError, FileNotFoundError):
 
 def open_output(path: str | Path) -> LandedOutput:
     """The landed output at `path`, read-only; raises OutputNotFoundError if it is not one."""
+    layout = output_layout(path)
+    return LandedOutput(layout, read_manifest(layout), Ledgers.read(layout))
+
+
+def output_layout(path: str | Path) -> OutputLayout:
+    """The layout of the memsweep output at `path` (its ledgers unread); OutputNotFoundError if it is not one."""
     output = Path(path)
     if not output.is_dir():
         raise OutputNotFoundError(f"{output}: no such output folder (the directory does not exist)")
     layout = OutputLayout(output)
     if not layout.manifest.exists():
         raise OutputNotFoundError(f"{output}: no manifest.json (not a memsweep output)")
-    return LandedOutput(layout, read_manifest(layout), Ledgers.read(layout))
+    return layout
 
 
 def scan_listed(layout: OutputLayout, records: list[FileRecord], schema: dict[str, pl.DataType],
@@ -82,6 +89,23 @@ class LandedOutput:
     def spec(self) -> dict:
         """The spec of the latest run, as it was written into the manifest."""
         return self.manifest.get("spec") or {}
+
+    @cached_property
+    def sweep_spec(self) -> SweepSpec | None:
+        """The latest run's spec validated again (sweep/spec.py `recorded_spec`), once per opening; None when the
+        manifest holds no whole spec (a synthetic output's)."""
+        return recorded_spec(self.spec)
+
+    def planned_cells(self) -> set[tuple[int, int]]:
+        """The cells the latest run's spec asks for (its `cells` selection applied); every checkpoint x chunk it
+        lists when it is not a whole spec; none when it lists none."""
+        if self.sweep_spec is not None:
+            return set(self.sweep_spec.cell_list())
+        try:
+            ckpts, chunks = parse_id_list(self.spec.get("checkpoints", [])), parse_id_list(self.spec.get("chunks", []))
+        except (ValueError, TypeError):
+            return set()
+        return {(c, j) for c in ckpts for j in chunks}
 
     @property
     def name(self) -> str:
@@ -129,15 +153,11 @@ class LandedOutput:
 
     def exposure_scans(self) -> pl.DataFrame:
         """One row per landed scan of a chunk file: EXPOSURE_SCAN_SCHEMA."""
-        rows = []
-        for seen_chunk, entry in sorted(self.ledgers.exposures.items()):
-            source = entry.get("source") or {}
-            for scan in entry.get("scans", []):
-                seconds = scan.get("seconds") or 0.0
-                rows.append({"seen_chunk": seen_chunk, "data_file": source.get("file"), "data_sha256": source.get("sha256"),
-                             "probe_chunks": parse_id_ranges(scan["probe_chunks"]), "cpus": scan.get("cpu_seconds", 0.0) / seconds
-                             if seconds else None, **{key: scan.get(key) for key in EXPOSURE_SCAN_SCHEMA
-                                                      if key in scan and key != "probe_chunks"}})
+        rows = [{"seen_chunk": seen_chunk, "data_file": entry.source.get("file"), "data_sha256": entry.sha256,
+                 "probe_chunks": list(scan.probe_chunks), "probes": scan.probes, "rows": scan.rows,
+                 "tokens": scan.tokens, "bytes": scan.bytes, "seconds": scan.seconds, "cpu_seconds": scan.cpu_seconds,
+                 "cpus": scan.cpu_seconds / scan.seconds if scan.seconds else None, "scanned_at": scan.scanned_at}
+                for seen_chunk, entry in sorted(self.ledgers.exposures.items()) for scan in entry.scans]
         return pl.DataFrame(rows, schema=EXPOSURE_SCAN_SCHEMA)
 
     def scanned_probe_chunks(self) -> dict[int, frozenset[int]]:
@@ -161,8 +181,6 @@ class LandedOutput:
 
     def exposure_chunks_listed(self) -> list[int]:
         """The chunk files the spec asks to scan (`exposure.chunks`), whether scanned yet or not."""
-        from sweep.spec import parse_id_list
-
         exposure = self.spec.get("exposure") or {}
         return parse_id_list(exposure["chunks"]) if exposure.get("chunks") is not None else []
 
@@ -185,12 +203,12 @@ class LandedOutput:
     def done_cells(self) -> set[tuple[int, int]]:
         return self.ledgers.done_cells()
 
-    def checkpoint_pin(self, ckpt: int) -> dict | None:
+    def checkpoint_pin(self, ckpt: int) -> CheckpointPin | None:
         return self.ledgers.pin(ckpt)
 
     def last_checkpoint(self) -> int:
         """The last checkpoint with a landed cell."""
-        landed = [ckpt for ckpt, ledger in self.ledgers.checkpoints.items() if ledger["files"]]
+        landed = [ckpt for ckpt, ledger in self.ledgers.checkpoints.items() if ledger.files]
         if not landed:
             raise MemsweepError(f"{self.path}: no landed cells")
         return max(landed)

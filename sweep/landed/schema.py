@@ -18,6 +18,7 @@ import polars as pl
 
 from actors.protocol import BatchScores, one_line
 from sweep.errors import MemsweepError
+from sweep.landed.ledger import CheckpointPin
 
 SEQUENCE_SCHEMA: dict[str, pl.DataType] = {
     "chunk": pl.Int32(),
@@ -128,10 +129,9 @@ class CellProvenance:
     data_file: str | None = None
     data_sha256: str | None = None
 
-    def pin(self) -> dict:
+    def pin(self) -> CheckpointPin:
         """What the checkpoint's ledger pins when its first cell lands."""
-        return {"model_revision": self.model_revision, "model_commit": self.model_commit,
-                "weights_fingerprint": self.weights_fingerprint, "stored_dtype": self.stored_dtype}
+        return CheckpointPin(self.model_revision, self.model_commit, self.weights_fingerprint, self.stored_dtype)
 
     @classmethod
     def from_dict(cls, record: dict) -> CellProvenance:

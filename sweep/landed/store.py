@@ -1,10 +1,13 @@
-"""ResultStore: the single writer of a landed output. It lands cells, probe sets and failure records, compacts,
-and keeps the manifest; the layout and the ledgers are sweep/landed/ledger.py's, the readers sweep/landed/reader.py's.
+"""ResultStore: the single writer of a landed output. It lands cells, probe sets, exposure scans and failure records,
+compacts, keeps the manifest, recovers what a killed run left and repairs what `memsweep verify` found
+(`repair_output`); the layout and the ledgers are sweep/landed/ledger.py's, the readers sweep/landed/reader.py's, the
+checks sweep/landed/verify.py's. Nothing else writes into an output.
 
 Guarantees, for a single writer (sweep/landed/writer_lock.py) that may be killed at any instruction:
 - Every file reaches its final name by rename from `_tmp/` after an fsync (sweep/landed/atomic_write.py); a ledger
   update is the commit point of a landing, a compaction or a repair, and `open` recovers whatever a crash
-  left before anything lands (sweep/landed/verify.py `recover`).
+  left before anything lands (`recover`).
+- A Ctrl-C inside a landing waits for its commit (sweep/landed/uninterrupted.py): what was being landed is kept.
 - Landing cells that are already done is a no-op: nothing is ever duplicated.
 - Compaction writes the merged pair under a new name, commits the ledger, then deletes the old files, so a
   reader gets either the old files or the merged ones, never both.
@@ -21,21 +24,24 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
 
-from sweep.landed.atomic_write import fsync_dir, write_atomic
 from sweep.errors import MemsweepError
-from sweep.landed.ledger import (MANIFEST_FORMAT, TABLES, FileRecord, Ledgers, OutputLayout, files_in, id_ranges,
-                          listed_chunks, read_manifest, write_json)
-from sweep.landed.reader import LandedOutput, scan_listed
-from sweep.landed.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, PROBE_SCHEMA, SEQUENCE_SCHEMA, CellProvenance, conform,
-                          conform_sequences, summarize_cell, utc_now)
+from sweep.landed.atomic_write import fsync_dir, write_atomic
+from sweep.landed.ledger import (MANIFEST_FORMAT, TABLES, CheckpointLedger, CheckpointPin, ExposureEntry, FileRecord,
+                                 LandedPair, Ledgers, OutputLayout, ProbeEntry, ScanRecord, files_in, read_manifest,
+                                 write_json)
+from sweep.landed.reader import LandedOutput, output_layout, scan_listed
+from sweep.landed.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, PROBE_SCHEMA, SEQUENCE_SCHEMA, CellProvenance,
+                                 conform, conform_sequences, summarize_cell, utc_now)
+from sweep.landed.uninterrupted import uninterrupted
+from sweep.landed.verify import VerifyReport, check_output, file_problem, foreign_files
+from sweep.landed.writer_lock import LOCK_NAME, writer_lock
 from sweep.spec import identity_hash
-from sweep.landed.verify import file_problem, recover
-from sweep.landed.writer_lock import LOCK_NAME
 
 # A checkpoint's loose landing files are merged once this many pairs have piled up (and when it finishes).
 COMPACT_AFTER_FILES = 64
@@ -58,6 +64,22 @@ class ScoredCell:
     sequences: pl.DataFrame
     provenance: CellProvenance
     seen_fraction: float | None = None  # the timeline's share of the chunk the checkpoint trained on (None: Amber's)
+
+
+@dataclass(frozen=True)
+class EncodedParquet:
+    """A frame as the Parquet bytes a landing writes, made before the landing's writes begin."""
+
+    payload: bytes
+    sha256: str
+    rows: int
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame) -> EncodedParquet:
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, statistics=True)
+        payload = buffer.getvalue()
+        return cls(payload, hashlib.sha256(payload).hexdigest(), frame.height)
 
 
 def identity_differences(old: dict, new: dict) -> list[str]:
@@ -84,6 +106,18 @@ def identity_differences(old: dict, new: dict) -> list[str]:
     return lines
 
 
+def refuse_other_identity(output: Path, manifest: dict | None, ledgers: Ledgers, identity: dict) -> None:
+    """Raise StoreMismatchError if the output at `output` (its `manifest`, None when it has none, and `ledgers`, as
+    read) holds landed results of another identity. The one identity check: the writer's (`check_identity`, under
+    the lock) and `memsweep plan`'s (sweep/run/preflight.py, on a reader) both make it."""
+    if manifest is None or identity_hash(manifest["identity"]) == identity_hash(identity):
+        return
+    if ledgers.has_landed_results():
+        changes = identity_differences(manifest["identity"], identity)
+        raise StoreMismatchError(f"{output} holds results of a different sweep ({'; '.join(changes) or 'identity changed'}); "
+                                 f"use a new output directory for this spec")
+
+
 class ResultStore:
     """The writer of the output at `output`; see the module docstring."""
 
@@ -91,6 +125,7 @@ class ResultStore:
         self.layout = OutputLayout(Path(output))
         self.output = self.layout.output
         self._ledgers: Ledgers | None = None  # read once: no one else writes them while we hold the lock
+        self._checked: tuple[str, dict | None] | None = None  # (identity hash, manifest) as `check_identity` found them
 
     @property
     def ledgers(self) -> Ledgers:
@@ -105,19 +140,18 @@ class ResultStore:
     # ---- manifest ----------------------------------------------------------------------------
 
     def check_identity(self, identity: dict) -> None:
-        """Raise StoreMismatchError if the output holds landed results of another identity (no writes)."""
-        if not self.layout.manifest.exists():
-            return
-        manifest = read_manifest(self.layout)
-        if identity_hash(manifest["identity"]) != identity_hash(identity) and self.ledgers.has_landed_results():
-            changes = identity_differences(manifest["identity"], identity)
-            raise StoreMismatchError(
-                f"{self.output} holds results of a different sweep ({'; '.join(changes) or 'identity changed'}); "
-                f"use a new output directory for this spec")
+        """Raise StoreMismatchError if the output holds landed results of another identity (no writes).
+
+        A run checks once, holding the writer lock, before Ray starts (sweep/run/driver.py); `open` then goes by
+        what this check read instead of checking again.
+        """
+        manifest = read_manifest(self.layout) if self.layout.manifest.exists() else None
+        refuse_other_identity(self.output, manifest, self.ledgers, identity)
+        self._checked = (identity_hash(identity), manifest)
 
     def open(self, identity: dict, spec: dict, run_info: dict) -> None:
-        """Create the store, or check `identity` against the existing one; recover from any interrupted
-        operation; record this run.
+        """Create the store, or take the existing one for `identity` (checked by `check_identity`, unless it already
+        was); recover from any interrupted operation; record this run.
 
         Raises StoreMismatchError if the output holds landed results of a different identity; an output where
         nothing landed yet (a run that failed early) takes the new identity, and its probe sets and failure
@@ -125,12 +159,12 @@ class ResultStore:
         settings such as batch size may change between runs); `run_info` is appended to `runs` with
         `started_at` (UTC ISO) added if absent.
         """
-        run = {"started_at": utc_now(), **run_info}
-        if self.layout.manifest.exists():
+        if self._checked is None or self._checked[0] != identity_hash(identity):
             self.check_identity(identity)
-            manifest = read_manifest(self.layout)
-            self._ledgers = None
-            recover(self)
+        manifest = self._checked[1]
+        run = {"started_at": utc_now(), **run_info}
+        if manifest is not None:
+            self.recover()
             if identity_hash(manifest["identity"]) != identity_hash(identity):
                 self._forget_unlanded_identity()
                 manifest = {"format": MANIFEST_FORMAT, "identity": identity, "runs": manifest["runs"]}
@@ -145,19 +179,20 @@ class ResultStore:
                 raise MemsweepError(f"{self.output} is not empty and has no manifest.json "
                                     f"(holds {sorted(leftovers)[:5]}); use an empty or new output directory")
             os.makedirs(self.output, exist_ok=True)
-            recover(self)
+            self.recover()
             manifest = {"format": MANIFEST_FORMAT, "identity": identity, "identity_hash": identity_hash(identity),
                         "spec": spec, "runs": [run]}
         # The manifest lands before any result, so a directory with results always has one.
         write_json(self.layout, manifest, self.layout.manifest)
+        self._checked = None  # the manifest has changed: a later `open` checks again
 
     def record_pins_in_manifest(self) -> None:
         """Copy the pins (checkpoint -> commit, fingerprint, stored dtype; chunk -> file, sha256) into
         manifest.json, for a reader who opens only that file. The ledgers stay the authority."""
         manifest = read_manifest(self.layout)
         manifest["pins"] = {
-            "checkpoints": {str(c): pin for c, pin in sorted(self.ledgers.pins().items())},
-            "chunks": {str(c): {key: entry["source"].get(key) for key in ("file", "sha256", "size", "commit")}
+            "checkpoints": {str(c): pin.to_json() for c, pin in sorted(self.ledgers.pins().items())},
+            "chunks": {str(c): {key: entry.source.get(key) for key in ("file", "sha256", "size", "commit")}
                        for c, entry in sorted(self.ledgers.probes.items())},
         }
         write_json(self.layout, manifest, self.layout.manifest)
@@ -185,27 +220,26 @@ class ResultStore:
         # Only this checkpoint's cells can collide, and its ledger lists them (all 129,600 done cells would be
         # walked per landing at full scale); the probe pins are read once per landing, not per cell.
         ledger = self.ledgers.ledger(ckpt)
-        done = listed_chunks(ledger)
+        done = ledger.chunks
+        pin = ledger.pin
         records: dict[int, dict] = {}
         fresh_rows, fresh_sequences = [], []
         for cell in cells:
             if cell.chunk in done or cell.chunk in records:
                 continue
             conformed = conform_sequences(cell.sequences, ckpt, cell.chunk)
-            self._check_pin(ckpt, ledger["pin"], cell)
-            if ledger["pin"] is None:
-                ledger["pin"] = cell.provenance.pin()
+            self._check_pin(ckpt, pin, cell)
+            pin = pin or cell.provenance.pin()
             record = summarize_cell(ckpt, cell.chunk, conformed, cell.provenance, cell.seen_fraction)
             records[cell.chunk] = record
             fresh_rows.append({key: record[key] for key in CELL_SCHEMA})
             fresh_sequences.append(conformed)
         if records:
-            name = f"batch-{ledger['next_file']:06d}"
-            self._land_pair(ckpt, ledger, name, sorted(records), pl.concat(fresh_sequences),
-                            pl.DataFrame(fresh_rows, schema=CELL_SCHEMA))
+            ledger = self._land_pair(replace(ledger, pin=pin), "batch", sorted(records), pl.concat(fresh_sequences),
+                                     pl.DataFrame(fresh_rows, schema=CELL_SCHEMA))
             for chunk in records:
                 self._clear_failure(ckpt, chunk)
-        loose = sum(entry["name"].startswith("batch-") for entry in ledger["files"])  # as committed above
+        loose = sum(pair.name.startswith("batch-") for pair in ledger.files)  # as committed above
         if finishes_checkpoint or loose > COMPACT_AFTER_FILES:
             self.compact_checkpoint(ckpt)
         if all(cell.chunk in records for cell in cells):
@@ -215,7 +249,7 @@ class ResultStore:
         return [records.get(cell.chunk) or existing.get(cell.chunk) for cell in cells]
 
     def import_checkpoint(self, ckpt: int, sequences: pl.DataFrame, cells: pl.DataFrame,
-                          pin: dict | None = None) -> None:
+                          pin: CheckpointPin | None = None) -> None:
         """Land a whole checkpoint's precomputed tables as given, WITHOUT summarizing or checking the numbers:
         a bulk import for synthetic outputs (benchmarks) and tables computed elsewhere; the caller owns them.
 
@@ -226,15 +260,13 @@ class ResultStore:
         chunks = sorted(int(c) for c in cells["chunk"].to_list())
         if sorted(int(c) for c in sequences["chunk"].unique().to_list()) != chunks or len(set(chunks)) != len(chunks):
             raise MemsweepError(f"ckpt {ckpt}: sequences and cells must cover the same chunks, once each")
-        overlap = sorted(chunk for chunk in chunks if chunk in listed_chunks(ledger))
+        overlap = sorted(chunk for chunk in chunks if chunk in ledger.chunks)
         if overlap:
             raise MemsweepError(f"ckpt {ckpt}: chunks {overlap[:5]} have landed already")
-        if ledger["pin"] is None and pin is not None:
-            ledger["pin"] = dict(pin)
         sequences = conform(sequences.drop("ckpt", strict=False), SEQUENCE_SCHEMA)
         cells = conform(cells.drop("ckpt", strict=False), CELL_SCHEMA)
-        self._land_pair(ckpt, ledger, f"part-{ledger['next_file']:06d}", chunks,
-                        sequences.sort("chunk", "row"), cells.sort("chunk"))
+        self._land_pair(replace(ledger, pin=ledger.pin or pin), "part", chunks, sequences.sort("chunk", "row"),
+                        cells.sort("chunk"))
 
     def compact_checkpoint(self, ckpt: int) -> None:
         """Merge every landed file of `ckpt` into one pair `part-NNNNNN` (rows sorted by chunk, row).
@@ -243,38 +275,36 @@ class ResultStore:
         deletes any of them a crash left behind. A checkpoint held in a single `part-` pair is left as it is.
         """
         ledger = self.ledgers.ledger(ckpt)
-        if len(ledger["files"]) <= 1 and all(e["name"].startswith("part-") for e in ledger["files"]):
+        if len(ledger.files) <= 1 and all(pair.name.startswith("part-") for pair in ledger.files):
             return
-        frames = {table: [self._read_listed(FileRecord(**entry[table]), table) for entry in ledger["files"]]
-                  for table in TABLES}
-        chunks = sorted(chunk for entry in ledger["files"] for chunk in entry["chunks"])
+        frames = {table: [self._read_listed(pair.record(table), table) for pair in ledger.files] for table in TABLES}
         sequences = pl.concat(frames["sequences"], how="vertical").sort("chunk", "row")
         cells = pl.concat(frames["cells"], how="vertical").sort("chunk")
-        self._land_pair(ckpt, ledger, f"part-{ledger['next_file']:06d}", chunks, sequences, cells,
-                        replaces=list(ledger["files"]))
+        self._land_pair(ledger, "part", sorted(ledger.chunks), sequences, cells, replaces=ledger.files)
 
-    def _land_pair(self, ckpt: int, ledger: dict, name: str, chunks: list[int], sequences: pl.DataFrame,
-                   cells: pl.DataFrame, replaces: list[dict] | None = None) -> None:
-        """Write a sequences/cells pair named `name`, then commit the ledger listing it (minus `replaces`)."""
-        entry = {"name": name, "chunks": chunks}
-        for table, frame in (("sequences", sequences), ("cells", cells)):
-            record = self._land_parquet(frame, self.layout.partition_dir(table, ckpt) / f"{name}.parquet")
-            entry[table] = record.to_dict()
-        replaced = {old["name"] for old in replaces or []}
-        ledger["files"] = [old for old in ledger["files"] if old["name"] not in replaced] + [entry]
-        ledger["next_file"] += 1
-        self.ledgers.commit(ckpt, ledger)  # the commit point
-        for old in replaces or []:
-            for table in TABLES:
-                (self.output / old[table]["path"]).unlink(missing_ok=True)
+    def _land_pair(self, ledger: CheckpointLedger, kind: str, chunks: list[int], sequences: pl.DataFrame,
+                   cells: pl.DataFrame, replaces: tuple[LandedPair, ...] = ()) -> CheckpointLedger:
+        """Write a sequences/cells pair (`kind` "batch" or "part", numbered by the ledger), commit `ledger` listing it
+        instead of `replaces`, then delete those; returns the committed ledger.
 
-    def _land_parquet(self, frame: pl.DataFrame, final: Path) -> FileRecord:
-        buffer = io.BytesIO()
-        frame.write_parquet(buffer, statistics=True)
-        payload = buffer.getvalue()
-        write_atomic(payload, final, temp_dir=self.layout.tmp_dir)
-        return FileRecord(self.layout.relative(final), len(payload), hashlib.sha256(payload).hexdigest(),
-                          frame.height)
+        The Parquet bytes are made first; a Ctrl-C from the first file written to the last file deleted waits for
+        the end (BENCHMARKS.md, "Ctrl-C during a landing"), and one before it writes nothing."""
+        name = f"{kind}-{ledger.next_file:06d}"
+        encoded = {"sequences": EncodedParquet.of(sequences), "cells": EncodedParquet.of(cells)}
+        with uninterrupted():
+            records = {table: self._land_file(payload, self.layout.partition_dir(table, ledger.ckpt) / f"{name}.parquet")
+                       for table, payload in encoded.items()}
+            committed = ledger.with_pair(LandedPair(name, tuple(chunks), records["sequences"], records["cells"]),
+                                         replaces)
+            self.ledgers.commit(committed)  # the commit point
+            for old in replaces:
+                for table in TABLES:
+                    self.layout.absolute(old.record(table)).unlink(missing_ok=True)
+        return committed
+
+    def _land_file(self, encoded: EncodedParquet, final: Path) -> FileRecord:
+        write_atomic(encoded.payload, final, temp_dir=self.layout.tmp_dir)
+        return FileRecord(self.layout.relative(final), len(encoded.payload), encoded.sha256, encoded.rows)
 
     def _read_listed(self, record: FileRecord, table: str) -> pl.DataFrame:
         path = self.layout.absolute(record)
@@ -283,20 +313,20 @@ class ResultStore:
             raise self.layout.damaged(path, problem)
         return conform(pl.read_parquet(path), SEQUENCE_SCHEMA if table == "sequences" else CELL_SCHEMA)
 
-    def _check_pin(self, ckpt: int, pin: dict | None, cell: ScoredCell) -> None:
-        if pin is None:
-            return
-        new = cell.provenance.pin()
-        for key in ("model_commit", "weights_fingerprint"):
-            if pin.get(key) and new.get(key) and pin[key] != new[key]:
-                raise PinMismatchError(
-                    f"ckpt {ckpt} chunk {cell.chunk}: {key} {new[key]} differs from the {pin[key]} its landed cells "
-                    f"were scored with (revision {pin.get('model_revision')!r}); refusing to mix them in {self.output}")
+    def _check_pin(self, ckpt: int, pin: CheckpointPin | None, cell: ScoredCell) -> None:
+        if pin is not None:
+            new = cell.provenance.pin()
+            for key in ("model_commit", "weights_fingerprint"):
+                pinned, got = getattr(pin, key), getattr(new, key)
+                if pinned and got and pinned != got:
+                    raise PinMismatchError(
+                        f"ckpt {ckpt} chunk {cell.chunk}: {key} {got} differs from the {pinned} its landed cells "
+                        f"were scored with (revision {pin.model_revision!r}); refusing to mix them in {self.output}")
         probe = self.ledgers.probes.get(cell.chunk)
         sha256 = cell.provenance.data_sha256
-        if probe and sha256 and probe["source"].get("sha256") not in (None, sha256):
+        if probe and sha256 and probe.sha256 not in (None, sha256):
             raise PinMismatchError(f"ckpt {ckpt} chunk {cell.chunk}: data sha256 {sha256} differs from "
-                                   f"the pinned {probe['source']['sha256']}")
+                                   f"the pinned {probe.sha256}")
 
     # ---- probe sets --------------------------------------------------------------------------
 
@@ -306,58 +336,58 @@ class ResultStore:
         A chunk whose pinned identity differs raises PinMismatchError: an output never mixes rows sampled
         from two versions of a chunk file.
         """
-        entries = dict(self.ledgers.probes)
-        pinned = entries.get(chunk, {}).get("source")
-        if pinned and pinned.get("sha256") != chunk_file.get("sha256"):
+        pinned = self.ledgers.probes.get(chunk)
+        if pinned and pinned.sha256 != chunk_file.get("sha256"):
             raise PinMismatchError(
                 f"chunk {chunk}: {chunk_file.get('file')} has sha256 {chunk_file.get('sha256')}, but this output's "
-                f"cells of that chunk were sampled from sha256 {pinned.get('sha256')}; use a new output directory")
-        record = self._land_parquet(conform(frame, PROBE_SCHEMA), self.layout.probe_file(chunk))
-        entries[chunk] = {"source": chunk_file, "file": record.to_dict()}
-        self.ledgers.commit_probes(entries)
+                f"cells of that chunk were sampled from sha256 {pinned.sha256}; use a new output directory")
+        encoded = EncodedParquet.of(conform(frame, PROBE_SCHEMA))
+        with uninterrupted():
+            record = self._land_file(encoded, self.layout.probe_file(chunk))
+            self.ledgers.commit_probes({**self.ledgers.probes, chunk: ProbeEntry(chunk_file, record)})
 
     def read_probe_set(self, chunk: int) -> pl.DataFrame | None:
         """The landed probe set of `chunk`, checked against its record in full (sha256), or None if none landed."""
         entry = self.ledgers.probes.get(chunk)
-        if not entry or not entry.get("file"):
+        if not entry or entry.file is None:
             return None
-        record = FileRecord(**entry["file"])
-        problem = file_problem(self.layout, record, deep=True)
+        problem = file_problem(self.layout, entry.file, deep=True)
         if problem:
-            raise self.layout.damaged(self.layout.absolute(record), problem)
-        return scan_listed(self.layout, [record], PROBE_SCHEMA, partitioned=False).collect()
+            raise self.layout.damaged(self.layout.absolute(entry.file), problem)
+        return scan_listed(self.layout, [entry.file], PROBE_SCHEMA, partitioned=False).collect()
 
     # ---- exposure scans ----------------------------------------------------------------------
 
     def write_exposure_scan(self, seen_chunk: int, chunk_file: dict, probe_chunks: list[int], counts: pl.DataFrame,
                             stats: dict) -> None:
         """Land one scan of chunk file `seen_chunk`: the nonzero counts (EXPOSURE_COUNT_SCHEMA) of the probe
-        sequences of `probe_chunks`, and `stats` (probes, rows, tokens, bytes, seconds, cpu_seconds).
+        sequences of `probe_chunks`, and `stats` (ScanRecord's probes, rows, tokens, bytes, seconds, cpu_seconds).
 
         The file is pinned by content like a probe set (PinMismatchError if a scan of another version of it landed);
         probe chunks it has counted already are refused (MemsweepError): a count is never landed twice.
         """
-        entries = dict(self.ledgers.exposures)
-        entry = entries.get(seen_chunk) or {"source": chunk_file, "scans": []}
-        pinned = entry["source"].get("sha256")
-        if pinned and pinned != chunk_file.get("sha256"):
+        entry = self.ledgers.exposures.get(seen_chunk) or ExposureEntry(chunk_file)
+        if entry.sha256 and entry.sha256 != chunk_file.get("sha256"):
             raise PinMismatchError(
                 f"exposure scan of chunk {seen_chunk}: {chunk_file.get('file')} has sha256 {chunk_file.get('sha256')}, "
-                f"but this output's counts of it were scanned from sha256 {pinned}; use a new output directory")
-        again = sorted(set(probe_chunks) & self.ledgers.scanned_probe_chunks(seen_chunk))
+                f"but this output's counts of it were scanned from sha256 {entry.sha256}; use a new output directory")
+        again = sorted(set(probe_chunks) & entry.probe_chunks)
         if again:
             raise MemsweepError(f"exposure scan of chunk {seen_chunk}: probe chunks {again[:5]} are counted already")
-        name = f"scan-{1 + max((int(scan['name'][5:]) for scan in entry['scans']), default=-1):06d}"
+        name = f"scan-{1 + max((int(scan.name[5:]) for scan in entry.scans), default=-1):06d}"
         frame = conform(counts.with_columns(pl.lit(seen_chunk).alias("seen_chunk")), EXPOSURE_COUNT_SCHEMA)
-        record = self._land_parquet(frame.sort("chunk", "row"), self.layout.scan_file(seen_chunk, name))
-        scan = {"name": name, "probe_chunks": id_ranges([int(c) for c in probe_chunks]), "file": record.to_dict(),
-                **stats, "scanned_at": utc_now()}
-        entries[seen_chunk] = {"source": entry["source"] if pinned else chunk_file, "scans": entry["scans"] + [scan]}
-        self.ledgers.commit_exposures(entries)  # the commit point
-        path = self.layout.scan_failure_file(seen_chunk)
-        if path.exists():
-            os.unlink(path)
-            fsync_dir(path.parent)
+        encoded = EncodedParquet.of(frame.sort("chunk", "row"))
+        with uninterrupted():
+            record = self._land_file(encoded, self.layout.scan_file(seen_chunk, name))
+            scan = ScanRecord(name=name, probe_chunks=tuple(sorted({int(c) for c in probe_chunks})), file=record,
+                              **stats, scanned_at=utc_now())
+            source = entry.source if entry.sha256 else chunk_file
+            self.ledgers.commit_exposures({**self.ledgers.exposures,
+                                           seen_chunk: ExposureEntry(source, entry.scans + (scan,))})  # the commit point
+            path = self.layout.scan_failure_file(seen_chunk)
+            if path.exists():
+                os.unlink(path)
+                fsync_dir(path.parent)
 
     def record_scan_failure(self, seen_chunk: int, error: str) -> None:
         """Remember that chunk file `seen_chunk` could not be scanned; the next run tries again."""
@@ -377,3 +407,91 @@ class ResultStore:
         if path.exists():
             os.unlink(path)
             fsync_dir(path.parent)
+
+    # ---- recovery and repair -----------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Bring the directory back to a consistent state after a crash at any point (`open` runs it first).
+
+        1. Leftover temp files are deleted.
+        2. Data files of ours (`batch-*`, `part-*`, `probe-*`, `scan-*`) that no ledger lists are deleted: a landing
+           or compaction cut short before (or after) its ledger commit.
+        3. Failure records of cells that have since landed are deleted.
+        Files with other names are left alone (sweep/landed/verify.py `foreign_files` reports them).
+        """
+        layout = self.layout
+        if layout.tmp_dir.is_dir():
+            for entry in layout.tmp_dir.iterdir():
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    os.unlink(entry)
+        listed = {record.path for record in self.ledgers.landed_files()}
+        for path in layout.named_like_data():
+            if layout.relative(path) not in listed:
+                os.unlink(path)
+        done = self.ledgers.done_cells()
+        for cell, path in layout.failure_files():
+            if cell in done:
+                os.unlink(path)
+
+    def forget_files(self, paths: set[str]) -> list[tuple[int, int]]:
+        """Remove every ledger entry holding one of `paths` (relative to the output) and delete its files: the cells it
+        carried become to-do again (a probe set is sampled again from its pinned chunk file; an exposure scan is made
+        again). Returns those cells."""
+        ledgers, layout = self.ledgers, self.layout
+        dropped: list[tuple[int, int]] = []
+        with uninterrupted():
+            for ckpt, ledger in sorted(ledgers.checkpoints.items()):
+                doomed = [pair for pair in ledger.files if {pair.sequences.path, pair.cells.path} & paths]
+                if not doomed:
+                    continue
+                ledgers.commit(ledger.without({pair.name for pair in doomed}))
+                for pair in doomed:
+                    dropped += [(ckpt, chunk) for chunk in pair.chunks]
+                    for table in TABLES:
+                        layout.absolute(pair.record(table)).unlink(missing_ok=True)
+            hit = [chunk for chunk, entry in ledgers.probes.items() if entry.file is not None and entry.file.path in paths]
+            if hit:
+                gone = [ledgers.probes[chunk].file for chunk in hit]
+                ledgers.commit_probes({**ledgers.probes, **{chunk: replace(ledgers.probes[chunk], file=None)
+                                                             for chunk in hit}})
+                for record in gone:
+                    layout.absolute(record).unlink(missing_ok=True)
+            doomed_scans = [scan.file for entry in ledgers.exposures.values() for scan in entry.scans
+                            if scan.file.path in paths]
+            if doomed_scans:
+                ledgers.commit_exposures({chunk: replace(entry, scans=tuple(scan for scan in entry.scans
+                                                                            if scan.file.path not in paths))
+                                          for chunk, entry in ledgers.exposures.items()})
+                for record in doomed_scans:
+                    layout.absolute(record).unlink(missing_ok=True)
+        return sorted(dropped)
+
+    def repair(self, report: VerifyReport) -> None:
+        """Heal what `report` (sweep/landed/verify.py `check_output`, made under the writer lock) found: unreadable
+        ledgers are dropped (their files become unlisted, and recovery deletes them), damaged and missing files are
+        forgotten with their twins, foreign files deleted; the next run recomputes exactly the cells they carried."""
+        for ledger in report.broken_ledgers:
+            # A ledger we cannot parse: its files can no longer be trusted, so drop it; recovery then deletes the
+            # files it listed (they are ours and unlisted), and their cells are recomputed.
+            (self.output / ledger).unlink()
+        self._ledgers = None
+        self.recover()
+        lost = {path for path, _ in report.damaged} | set(report.missing)
+        report.repaired_cells = self.forget_files(lost) if lost else []
+        for path in foreign_files(self):
+            path.unlink()
+            report.removed_foreign.append(self.layout.relative(path))
+        report.repaired = True
+
+
+def repair_output(output: Path) -> VerifyReport:
+    """`memsweep verify OUTPUT --repair`: under the writer lock, check every landed file (sweep/landed/verify.py) and
+    let the store remove what is damaged, missing or foreign, so the next run recomputes exactly their cells."""
+    output = Path(output)
+    read_manifest(output_layout(output))  # a memsweep output with a manifest this memsweep reads, or a refusal
+    with writer_lock(output):
+        report = check_output(output)
+        ResultStore(output).repair(report)
+    return report

@@ -39,7 +39,7 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
     """Write figures and index.html for the landed dataset in `output`; returns index.html's path.
 
     out_dir defaults to `<output>/report`. `chunks` picks the chunks whose score trajectories are
-    drawn (default: a few spread over the chunk range); an unknown chunk raises ValueError.
+    drawn (default: a few spread over the chunk range); an unknown chunk raises MemsweepError.
     `example_cells` picks (ckpt, chunk) cells whose most memorized sequences are shown as text (default:
     the oldest and the newest chunk at the last checkpoint).
     """

@@ -2,9 +2,10 @@
 
     summary = run_sweep(load_spec("configs/demo.yaml"))
 
-1. Preflight (sweep/run/preflight.py), before Ray starts: paths, cache, sources, CUDA, the output's identity.
-2. The writer lock (sweep/landed/writer_lock.py), then the landed files the output holds are verified in full (their
-   cells will be skipped, so they must be intact), then Ray is joined or started.
+1. Preflight (sweep/run/preflight.py), before Ray starts: paths, cache, sources, CUDA.
+2. The writer lock (sweep/landed/writer_lock.py); holding it, the output's identity is checked (once) and the landed
+   files it holds are verified in full (their cells will be skipped, so they must be intact); then Ray is joined or
+   started.
 3. The store opens (recovering whatever a killed run left), the plan lists the cells not yet landed, the probe
    supply (sweep/data/probe_supply.py) delivers probe sets while the scheduler (sweep/run/scheduler.py) keeps every actor
    busy; results land through sweep/run/landing.py.
@@ -37,6 +38,7 @@ from sweep.run.preflight import check_before_ray, resolved_spec
 from sweep.data.probe_supply import ProbeSupply, SupplyStats
 from sweep.exposures.scans import ExposureScans, ScanStats
 from sweep.run.scheduler import Scheduler, ScheduleStats, drain
+from sweep.run.scorer_settings import scorer_settings
 from sweep.spec import SweepSpec
 from sweep.landed.store import ResultStore
 from sweep.landed.verify import refuse_damaged_output
@@ -120,6 +122,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
     check_before_ray(spec, actors_run_here)
     store = ResultStore(Path(spec.output))
     with writer_lock(Path(spec.output)):
+        store.check_identity(spec.identity())  # the one check: `open` below goes by it
         if store.layout.manifest.exists():
             refuse_damaged_output(store)
         connect(address, num_cpus, num_gpus)
@@ -132,7 +135,13 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         log.info("plan: %d cells, %d landed, %d to do", plan.total_cells, plan.done_cells, plan.cells_to_do)
         cluster = cluster or cluster_from_ray(network_bytes_per_s, stream_bytes_per_s)
         swept = time.perf_counter()
-        supply = ProbeSupply(spec, store, [chunk for work in plan.work for chunk in work.chunks], started, _forwarded_environment())
+        # the chunks still to score, then any whose probe set `verify --repair` removed after their cells had landed
+        # (the output keeps every probe set it sampled: `show`, the explorer and exposure scans read them)
+        probes = store.ledgers.probes
+        to_score = [chunk for work in plan.work for chunk in work.chunks]
+        forgotten = [chunk for chunk in spec.chunks
+                     if chunk in probes and probes[chunk].file is None and chunk not in to_score]
+        supply = ProbeSupply(spec, store, to_score + forgotten, started, _forwarded_environment())
         plan = _fail_cells_known_to_fail(spec, plan, store, supply)
         scans = ExposureScans(spec, store, supply, _forwarded_environment())
         summary.supply, summary.scans = supply.stats, scans.stats
@@ -142,7 +151,8 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
                           load_guess=ASSUMED_LOAD_S,
                           download_guess=(release or AMBER).checkpoint_bytes / cluster.stream_bytes_per_s)
         if plan.work:
-            summary.schedule = Scheduler(spec, plan, store, supply, started, progress, scorer, gpus_per_actor(spec),
+            settings = scorer_settings(spec, gpus_per_actor(spec))
+            summary.schedule = Scheduler(spec, plan, store, supply, started, progress, scorer, settings,
                                          _forwarded_environment(), cluster, costs, background=[scans],
                                          scans=scans).run()
         _pace_after_the_cells(spec, cluster, supply, scans)

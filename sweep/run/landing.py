@@ -6,7 +6,8 @@ few milliseconds of driver time whatever its size (two Parquet files, a ledger, 
 many cells a second, one checkpoint each, so landing every cell alone would keep the driver busy
 (BENCHMARKS.md, "The control plane at 129,600 cells"). What waits is lost if the driver is killed (at most
 LAND_MAX_WAIT_S of GPU time per actor, recomputed on resume); on Ctrl-C or an error it lands before the driver
-exits.
+exits, a batch whose landing the Ctrl-C interrupted included (the store lets a landing that has begun writing
+finish its commit, sweep/landed/uninterrupted.py; one interrupted before puts its cells back to wait).
 """
 
 from __future__ import annotations
@@ -77,18 +78,27 @@ class Landing:
         landed = Landed()
         for ckpt in due:
             cells = self.waiting.pop(ckpt)
-            del self.waiting_since[ckpt]
+            since = self.waiting_since.pop(ckpt)
             try:
-                self.store.write_cells(ckpt, cells)
-                landed.cells += [(ckpt, cell) for cell in cells]
-            except PinMismatchError:  # one cell disagrees with the checkpoint's pin: land the others alone
-                for cell in cells:
-                    try:
-                        self.store.write_cells(ckpt, [cell])
-                        landed.cells.append((ckpt, cell))
-                    except PinMismatchError as error:
-                        landed.refused.append((ckpt, cell.chunk, one_line(error), cell.provenance.attempts))
+                self._land_checkpoint(ckpt, cells, landed)
+            except KeyboardInterrupt:
+                # Ctrl-C: the cells wait again, for the landing of everything waiting that follows (the store skips
+                # any of them that landed before the interrupt was delivered: nothing lands twice).
+                self.waiting[ckpt], self.waiting_since[ckpt] = cells + self.waiting.get(ckpt, []), since
+                raise
         return landed
+
+    def _land_checkpoint(self, ckpt: int, cells: list[ScoredCell], landed: Landed) -> None:
+        try:
+            self.store.write_cells(ckpt, cells)
+            landed.cells += [(ckpt, cell) for cell in cells]
+        except PinMismatchError:  # one cell disagrees with the checkpoint's pin: land the others alone
+            for cell in cells:
+                try:
+                    self.store.write_cells(ckpt, [cell])
+                    landed.cells.append((ckpt, cell))
+                except PinMismatchError as error:
+                    landed.refused.append((ckpt, cell.chunk, one_line(error), cell.provenance.attempts))
 
     def finish(self, ckpt: int) -> None:
         """Every cell of `ckpt` has settled (landed or failed): let the store compact its files."""

@@ -1,10 +1,12 @@
-"""What `memsweep run` can refuse before Ray starts (a local Ray start costs 10-20 s): one pass, each check once.
+"""What `memsweep run` and `memsweep plan` can refuse before Ray starts (a local Ray start costs 10-20 s): one pass,
+each check once.
 
 `resolved_spec` makes local sources, the output and the cache absolute (Ray workers run elsewhere);
-`check_before_ray` refuses, in one line naming the key or path, an output that cannot be written or holds another
-sweep's results, a cache that cannot be written, a local source that does not exist (saying why when this runs as
-a Ray job in a copy of its working directory), and a CUDA request on a machine that has none when the actors
-would run on it. Needs neither Ray nor (unless CUDA is asked for) torch.
+`check_before_ray` refuses, in one line naming the key or path, an output that cannot be written, a cache that
+cannot be written, a local source that does not exist (saying why when this runs as a Ray job in a copy of its
+working directory), and a CUDA request on a machine that has none when the actors would run on it. Needs neither
+Ray nor (unless CUDA is asked for) torch. An output holding another sweep's results is refused by the store, once:
+`run` holding the writer lock (sweep/run/driver.py), `plan` on what it reads (`landed_for_plan`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import os
 from pathlib import Path
 
 from actors.checkpoint_files import is_local
+from sweep.data.probes import ProbeCache
 from sweep.errors import MemsweepError
 from sweep.landed.ledger import OutputLayout
-from sweep.data.probes import ProbeCache
+from sweep.landed.reader import LandedOutput, open_output
+from sweep.landed.store import refuse_other_identity
 from sweep.spec import SweepSpec
-from sweep.landed.store import ResultStore
 
 DEFAULT_PROBE_CACHE = Path("~/.cache/memsweep/probes")
 
@@ -59,7 +62,17 @@ def check_before_ray(spec: SweepSpec, actors_run_here: bool) -> None:
         if not torch.cuda.is_available():
             raise RefusedError("resources.device: cuda, but this machine has no CUDA device (and no Ray cluster "
                                "address was given: the actors would run here)")
-    ResultStore(Path(spec.output)).check_identity(spec.identity())
+
+
+def landed_for_plan(spec: SweepSpec) -> LandedOutput | None:
+    """What `memsweep plan` plans against: the output of a resolved `spec` as landed, read once (None when it has no
+    manifest yet), refused as `run` would refuse it when it holds another sweep's results."""
+    output = Path(spec.output)
+    if not OutputLayout(output).manifest.exists():
+        return None
+    landed = open_output(output)
+    refuse_other_identity(output, landed.manifest, landed.ledgers, spec.identity())
+    return landed
 
 
 def _ray_job_hint(key: str, source: str) -> str:

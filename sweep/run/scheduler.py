@@ -104,17 +104,19 @@ def drain(background: list[BackgroundWork]) -> None:
 
 
 class Scheduler:
-    """`supply` delivers the probe sets cells need; `background` is other work to keep going meanwhile (exposure
-    scans): pumped and collected while actors score, left to `drain` once the cells are done."""
+    """`supply` delivers the probe sets cells need; `settings` is what every actor is told (built from the spec by
+    sweep/run/scorer_settings.py, its `gpus_per_actor` resolved); `background` is other work to keep going meanwhile
+    (exposure scans): pumped and collected while actors score, left to `drain` once the cells are done."""
 
     def __init__(self, spec: SweepSpec, plan: Plan, store: ResultStore, supply: ProbeSupply, started: float,
-                 progress: bool, scorer_cls, gpus_per_actor: float, environment: dict[str, str], cluster: Cluster,
+                 progress: bool, scorer_cls, settings: ScorerSettings, environment: dict[str, str], cluster: Cluster,
                  costs: UnitCosts, background: list[BackgroundWork] = (), scans=None):
         self.spec, self.store, self.supply, self.started = spec, store, supply, started
         self.timeline = spec.timeline_positions()
         self.background = [supply, *background]
         self.scans = scans  # sweep/exposures/scans.py ExposureScans among `background`, paced here (or None)
-        self.scorer_cls, self.gpus, self.environment = scorer_cls, gpus_per_actor, environment
+        self.scorer_cls, self.settings, self.environment = scorer_cls, settings, environment
+        self.gpus = settings.gpus_per_actor
         self.stats = ScheduleStats(costs=costs)
         self.costs = costs
         self.landing = Landing(store)
@@ -124,11 +126,10 @@ class Scheduler:
         self.load_failures: Counter = Counter()  # ckpt -> failed fetches/loads
         self.dead_checkpoints: dict[int, tuple[str, int]] = {}  # ckpt -> (error, tries): its cells all fail
         self.targets: dict[int, CheckpointTarget | str] = {}  # ckpt -> pinned target, or why it cannot be pinned
-        self.fingerprints = {pin["weights_fingerprint"]: ckpt for ckpt, pin in store.ledgers.pins().items()
-                             if pin.get("weights_fingerprint")}
+        self.fingerprints = {pin.weights_fingerprint: ckpt for ckpt, pin in store.ledgers.pins().items()
+                             if pin.weights_fingerprint}
         self.owner: dict[ray.ObjectRef, tuple[Slot, Assignment]] = {}
         self.prefetching: dict[ray.ObjectRef, tuple[Assignment, float | None]] = {}  # prefetches not yet returned
-        self.settings = ScorerSettings.from_spec(spec, gpus_per_actor)
         self.slots = [Slot(i, self._new_actor()) for i in range(self._actor_count(plan))]
         self.stats.actors = len(self.slots)
         self.pacing = Pacing(spec, cluster, len(self.slots), float(spec.resources.cpus_per_actor))
@@ -261,10 +262,10 @@ class Scheduler:
     def _target(self, ckpt: int, chunks: tuple[int, ...]) -> CheckpointTarget | None:
         """The checkpoint pinned to its commit (once per checkpoint); None, with `chunks` failed, if it cannot be."""
         if ckpt not in self.targets:
-            model = self.spec.model
+            model, pin = self.spec.model, self.store.ledgers.pin(ckpt)
             try:
                 pinned = pin_checkpoint(model.source, ckpt, self.spec.revision_for(ckpt),
-                                        (self.store.ledgers.pin(ckpt) or {}).get("model_commit"))
+                                        pin.model_commit if pin else None)
                 if pinned.warning:
                     self.stats.warn(pinned.warning)
                 self.targets[ckpt] = pinned.target
