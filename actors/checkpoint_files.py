@@ -3,7 +3,9 @@
 A Hub checkpoint (27 GB of fp32 ``.bin`` for Amber) is downloaded into
 ``<download_dir>/<org>--<name>/<commit>/`` by the actor that will load it (``fetch_checkpoint``), and deleted
 as soon as its weights are loaded into memory (``evict_checkpoint``) unless the user keeps downloads; a
-checkpoint already complete in the Hugging Face cache is used from there and never deleted. A local source is
+checkpoint already complete in the Hugging Face cache is used from there and never deleted. Two actors of one node
+that want the same checkpoint at once (the shares of a split checkpoint) share one folder and one download: each
+holds a shared lock on ``<commit>.lock`` beside it while it uses the folder, and the last one to let go deletes it. A local source is
 used in place. Everything that touches the network goes through ``huggingface_hub`` (looked up at call time,
 so tests can point ``HF_ENDPOINT`` at a local server).
 
@@ -14,10 +16,12 @@ repository id (checkpoints are Hub revisions).
 from __future__ import annotations
 
 import errno
+import fcntl
 import fnmatch
 import json
+import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import huggingface_hub
@@ -75,11 +79,39 @@ def model_file_patterns(source: str, revision: str) -> list[str]:
 
 @dataclass(frozen=True)
 class CheckpointFolder:
-    """A checkpoint on this node's disk. `downloaded`: memsweep put it there, so it may delete it."""
+    """A checkpoint on this node's disk. `downloaded`: memsweep put it there, so it may delete it (once no other
+    process of this node uses it: `users` is this process's shared lock on it, an open file descriptor)."""
 
     path: Path
     downloaded: bool
     bytes: int = 0
+    users: int | None = field(default=None, compare=False, repr=False)
+
+
+def _join_users(folder: Path) -> int:
+    """A shared lock on `folder`'s users file (waits while another process deletes the folder)."""
+    descriptor = os.open(folder.with_name(folder.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(descriptor, fcntl.LOCK_SH)
+    return descriptor
+
+
+def _leave_users(descriptor: int | None, delete: Path | None = None) -> int:
+    """Let go of a folder; if this process is its last user, delete `delete` first, under an exclusive lock (so no
+    other process starts using it meanwhile). Returns the bytes deleted (0 while another process uses it)."""
+    try:
+        if descriptor is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # granted only when no other process holds it
+            except BlockingIOError:
+                return 0
+        if delete is None or not delete.exists():
+            return 0
+        freed = sum(p.stat().st_size for p in delete.rglob("*") if p.is_file())
+        shutil.rmtree(delete, ignore_errors=True)
+        return freed
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
 
 
 def checkpoint_download_size(source: str, commit: str) -> int:
@@ -101,7 +133,9 @@ def fetch_checkpoint(source: str, revision: str, commit: str | None, download_di
     snapshot (never deleted by memsweep), else a download into ``<download_dir>/<org>--<name>/<commit>``
     after checking the free space (InsufficientDiskError names the folder, the bytes needed and free). A
     disk that fills during the download raises the same error. Either way the folder is deleted, shards already
-    complete included: a checkpoint that does not fit is not resumed, and its shards would otherwise stay.
+    complete included (unless another process of this node uses it): a checkpoint that does not fit is not
+    resumed, and its shards would otherwise stay. A second process that asks for the same commit meanwhile shares
+    the folder (see the module docstring).
     """
     if is_local(source):
         return CheckpointFolder(local_checkpoint(source, revision), downloaded=False)
@@ -116,6 +150,19 @@ def fetch_checkpoint(source: str, revision: str, commit: str | None, download_di
     except (huggingface_hub.errors.LocalEntryNotFoundError, FileNotFoundError, OSError):
         pass
     target = Path(download_dir or DEFAULT_DOWNLOAD_DIR).expanduser() / source.replace("/", "--") / commit
+    target.parent.mkdir(parents=True, exist_ok=True)
+    users = _join_users(target)
+    try:
+        return _download(source, revision, commit, patterns, target, users)
+    except BaseException:
+        _leave_users(users)  # a refused or failed download deleted its folder already, if it was alone in it
+        raise
+
+
+def _download(source: str, revision: str, commit: str, patterns: list[str], target: Path, users: int
+              ) -> CheckpointFolder:
+    """Download into `target` (another process of this node may be downloading or using it too: the Hub client's
+    own file locks make the second one wait for the first one's files instead of fetching them again)."""
     target.mkdir(parents=True, exist_ok=True)
     marker = target / DOWNLOAD_MARKER
     marker.write_text(json.dumps({"source": source, "revision": revision, "commit": commit}))
@@ -124,7 +171,7 @@ def fetch_checkpoint(source: str, revision: str, commit: str | None, download_di
     needed = sum(item.file_size or 0 for item in plan if item.will_download)
     free = shutil.disk_usage(target).free
     if needed + DISK_MARGIN_BYTES > free:
-        shutil.rmtree(target, ignore_errors=True)  # shards of an earlier, interrupted try would stay for good
+        _delete_if_alone(target, users)  # shards of an earlier, interrupted try would stay for good
         raise InsufficientDiskError(errno.ENOSPC, f"not enough disk space in {target} for {source}@{revision} "
                                     f"({commit[:12]}): needs {human_bytes(needed)} (+{human_bytes(DISK_MARGIN_BYTES)} margin), "
                                     f"{human_bytes(free)} free")
@@ -133,11 +180,21 @@ def fetch_checkpoint(source: str, revision: str, commit: str | None, download_di
     except OSError as error:
         if error.errno == errno.ENOSPC or "No space left" in str(error):
             free = shutil.disk_usage(target).free
-            shutil.rmtree(target, ignore_errors=True)  # the shards already complete: nobody would delete them
+            _delete_if_alone(target, users)  # the shards already complete: nobody would delete them
             raise InsufficientDiskError(errno.ENOSPC, f"disk full in {target} while downloading {source}@{revision} "
                                         f"({commit[:12]}, {human_bytes(needed)}); {human_bytes(free)} free now") from None
         raise
-    return CheckpointFolder(target, downloaded=True, bytes=needed)
+    return CheckpointFolder(target, downloaded=True, bytes=needed, users=users)
+
+
+def _delete_if_alone(target: Path, users: int) -> None:
+    """Delete a folder no other process of this node uses, keeping the shared lock (the caller lets go of it)."""
+    try:
+        fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    fcntl.flock(users, fcntl.LOCK_SH)
 
 
 def human_bytes(count: float) -> str:
@@ -159,12 +216,10 @@ def _has_weights(folder: Path) -> bool:
 
 
 def evict_checkpoint(folder: CheckpointFolder) -> int:
-    """Delete a checkpoint memsweep downloaded (never a local source or the user's HF cache); returns bytes freed."""
-    if not folder.downloaded or not (folder.path / DOWNLOAD_MARKER).exists():
-        return 0
-    freed = sum(p.stat().st_size for p in folder.path.rglob("*") if p.is_file())
-    shutil.rmtree(folder.path, ignore_errors=True)
-    return freed
+    """Delete a checkpoint memsweep downloaded (never a local source or the user's HF cache) unless another process
+    of this node still uses it (then the last one deletes it); returns bytes freed."""
+    mine = folder.downloaded and (folder.path / DOWNLOAD_MARKER).exists()
+    return _leave_users(folder.users, folder.path if mine else None)
 
 
 def fetch_tokenizer(source: str, revision: str, commit: str | None = None) -> Path:

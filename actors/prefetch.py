@@ -6,12 +6,18 @@ The driver tells the actor that holds a checkpoint which one it will load next; 
 another actor took over. A load `_checkout`s its checkpoint: the prefetched copy, after waiting for a prefetch of
 that very checkpoint still under way (never fetching it twice), else a fetch of its own. What fetching and
 evicting mean is the subclass's (`_fetch`, `_evict`): a download to this node's disk, or a sleep.
+
+The driver prefetches every checkpoint, the one an actor is about to load included, and hands the actor cells of
+it once its prefetch has returned: so every download runs on the io group's one thread, one at a time, in the
+order the driver asked for them (the checkpoint the GPU waits for first), and a load finds its files on the node.
+A load that finds none (a failed prefetch, a restarted actor) fetches them itself.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import ray
 
@@ -26,6 +32,7 @@ class PrefetchingActor:
     def __init__(self) -> None:
         self.fetched: dict[CheckpointTarget, object] = {}  # on this node, not loaded yet
         self.fetching: dict[CheckpointTarget, threading.Event] = {}  # prefetches under way (io thread)
+        self.checkout_seconds = 0.0  # what the last load waited for its checkpoint: a download, or a prefetch's end
 
     def _fetch(self, target: CheckpointTarget, prefetch: bool) -> object:
         """Put `target` on this node; returns what `_evict` takes back. `prefetch`: called from the io group."""
@@ -37,7 +44,7 @@ class PrefetchingActor:
 
     @ray.method(concurrency_group="io")
     def prefetch(self, target: CheckpointTarget) -> None:
-        """Fetch a checkpoint onto this node while the current one is scoring.
+        """Fetch a checkpoint onto this node: the next one while the current one scores, or the one about to load.
 
         Best effort: a failure is only logged; the load will meet (and report) it again.
         """
@@ -65,10 +72,15 @@ class PrefetchingActor:
             in_progress.wait()
 
     def _checkout(self, target: CheckpointTarget) -> object:
-        """The fetched `target` for a load: its prefetched copy (once a prefetch under way ends), else fetched now."""
-        self._wait_for_prefetch(target)
-        fetched = self.fetched.pop(target, None)
-        return fetched if fetched is not None else self._fetch(target, prefetch=False)
+        """The fetched `target` for a load: its prefetched copy (once a prefetch under way ends), else fetched now.
+        Sets `checkout_seconds`."""
+        began = time.perf_counter()
+        try:
+            self._wait_for_prefetch(target)
+            fetched = self.fetched.pop(target, None)
+            return fetched if fetched is not None else self._fetch(target, prefetch=False)
+        finally:
+            self.checkout_seconds = time.perf_counter() - began
 
     def _evict_all(self) -> None:
         """The sweep is over for this actor: every prefetched copy goes."""

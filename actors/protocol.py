@@ -99,9 +99,10 @@ class LoadedCheckpoint:
     weights_fingerprint: str
     stored_dtype: str
     vocab_size: int  # rows of the input embedding: a token id must be below this
-    load_seconds: float
+    load_seconds: float  # the whole load, its checkout included
     downloaded_bytes: int
     host: str
+    checkout_seconds: float = 0.0  # what the load waited for the files: its own download, or a prefetch's end
 
 
 @dataclass

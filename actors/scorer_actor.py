@@ -4,8 +4,8 @@ A cell is (checkpoint, chunk): every probe sequence of the chunk scored against 
 `score_cell` names the checkpoint it wants (a `CheckpointTarget`: id, revision, pinned commit), so the actor is
 stateless from the driver's point of view: after a restart (the process died, the node went away) the first
 call simply fetches and loads the checkpoint again. The driver hands an actor all chunks of a checkpoint in a
-row and tells the SAME actor to `prefetch` the checkpoint it will load next, so downloads land on the node that
-uses them.
+row and tells the SAME actor to `prefetch` each checkpoint it will load (the next one while it scores, its first
+one before any cell), so downloads land on the node that uses them, one at a time (actors/prefetch.py).
 
 Disk: a Hub checkpoint is downloaded by `prefetch` (or by the load itself) and deleted as soon as its weights
 are in memory (unless `keep_downloads`): on a node, at most one checkpoint per actor waits on disk (the
@@ -163,6 +163,7 @@ class CheckpointScorer(PrefetchingActor):
             load_seconds=time.perf_counter() - start,
             downloaded_bytes=folder.bytes,
             host=socket.gethostname(),
+            checkout_seconds=self.checkout_seconds,
         )
         if self.settings.batch_size == "auto":
             self.batch_size = pick_batch_size(self.model, self.settings.options, self.device,

@@ -1,45 +1,55 @@
-"""The control plane at full Amber scale: the real driver and store over 360 x 360 cells, the GPUs simulated.
+"""The whole job at full Amber scale: the real driver and store, the GPUs, the network and the scans simulated.
 
-    python benchmarks/control_plane.py                                # 360 x 360 x 1000 rows, 64 GPUs, ~15 min
-    python benchmarks/control_plane.py --checkpoints 36 --chunks 36  # a quick check (~1 min)
-    python benchmarks/control_plane.py --simulate-probe-builds       # the probe-set ramp, builds simulated too
+    python benchmarks/control_plane.py --shape full                 # 360 x 360 x 1000 + exposure scans, ~30 min
+    python benchmarks/control_plane.py --shape diagonal             # every 10th checkpoint x every 10th chunk
+    python benchmarks/control_plane.py --shape single-chunk         # 360 checkpoints x chunk 355
+    python benchmarks/control_plane.py --checkpoints 0-35 --chunks 0-35 --exposure 0-35   # a quick check (~1 min)
 
-`run_sweep` (sweep/run/driver.py) runs unchanged: plan, probe supply, scheduler, ResultStore landing and
-compaction, on a local Ray with 64 logical GPUs. Only the checkpoint actor is replaced, by
-`CostModelScorer`: CheckpointScorer's interface (`prefetch`, `score_cell`, `release`; concurrency groups io
-and compute) without torch, which sleeps what a GPU would spend and returns synthetic scores (deterministic
-per cell) so that the landed Parquet has the real schema and a plausible size.
+`run_sweep` (sweep/run/driver.py) runs unchanged: plan, probe supply, exposure scans, scheduler, ResultStore
+landing and compaction, on a local Ray with 64 logical GPUs. Three things are replaced by stand-ins that cost what
+the hardware would and then do the real work on a tiny world, so the landed output has the real schema:
 
-The cost model (`CostModel`, real seconds, all divided by --time-scale so the run fits here):
+- the checkpoint actor, by `CostModelScorer`: CheckpointScorer's interface (`prefetch`, `discard`, `score_cell`,
+  `release`; concurrency groups io and compute; the same prefetch protocol, actors/prefetch.py) without torch: it
+  sleeps what a GPU would spend and returns synthetic scores (deterministic per cell);
+- the network, by `SimulatedNetwork` (one async actor): every node has one link (--network-gb-s) shared equally by
+  the transfers on it, each at most one stream's rate (--stream-mb-s); actors sit on nodes of 8 in the order they
+  start, and two actors of one node fetching one checkpoint at once share one download, as the real download folder
+  does (actors/checkpoint_files.py);
+- the probe-set build and exposure-scan tasks, by methods of that actor: on the node SPREAD would pick (round
+  robin), a build streams its 20.8 GB chunk file over the link, a scan streams it while one core hashes it (the
+  slower of the two), then each runs the real code on the tiny chunk file.
+
+The cost model (`CostModel`, real seconds; every duration divided by --time-scale so the run fits here):
 
 - cell: 1000 sequences at a fraction of the compute bound. A 7B forward is ~2 x 6.7e9 FLOP per token, 64
   tokens a sequence (k = l = 32), so at 790 TFLOP/s (bf16, practical H200 matmul rate, ../shared/FACTS.md)
   ~921 sequences/s. Assumed: extractable (+ NLL; one teacher-forced pass of 64 tokens at batch ~1024, large
   GEMMs) reaches 75% of that, greedy (32 sequential decode steps) 50%;
 - load: 40 s (27 GB of fp32 .bin shards read from local disk, cast to bf16, 13.5 GB copied to the GPU);
-- download: 27 GB at 250 MB/s per actor (2 GB/s per 8-GPU node). The scheduler prefetches the next
-  checkpoint while the current one scores, so only each actor's first download is not hidden;
-- probe-set build: a 20.8 GB chunk streamed at 250 MB/s (one stream), data.concurrent_builds at once. By
-  default the probe sets are pre-built into the cache (the main measurement isolates the control plane);
-  --simulate-probe-builds builds them during the sweep, each after a sleep of the stream time.
+- a checkpoint: 27 GB; a chunk file: 20.8 GB; a scan hashes ~300 MB/s on one core (sweep/run/bound.py);
+- the cluster: 8 GPUs, 96 CPUs and one 2 GB/s link per node, 250 MB/s per transfer (sweep/run/bound.py defaults).
 
-Ideal makespan = total simulated GPU work / actors, where the work is cells x cell time + checkpoints x
-load time (one load per checkpoint; downloads and probe builds excluded: they overlap with it when the
-scheduler works as designed). Overhead = makespan / ideal - 1; it includes each actor's first download,
-actor start-up, the tail, extra loads of split checkpoints, and any time the driver kept a GPU waiting.
+The bound is sweep/run/bound.py's on that cluster at these costs (each actor's first download included): the
+largest of what the GPUs, the checkpoint downloads, probe-set streaming, the exposure scans and the node links each
+allow. Overhead = makespan / bound - 1, the makespan being the whole `run_sweep` (preflight, Ray's actor start-up,
+the tail, every extra load and stall, the last scan). The old "ideal" (GPU work / actors, no download) is printed
+too, for the earlier table.
 
 Measured on the driver process: CPU seconds (user + system, Ray's threads in it included) per cell, peak
 RSS (VmHWM, reset when the sweep starts); on the output: landed Parquet bytes (ledger records); on the
 actors: seconds busy (load + scoring sleeps) / (makespan x actors), and what they waited for.
 
-Memory: 64 Ray worker processes of ~60-80 MB each (numpy + ray, no torch) plus the driver; a watchdog stops
-the run if the machine's available memory drops below --min-available-gb.
+Memory: 64 Ray worker processes of ~60-80 MB each (numpy + ray, no torch), the network actor and the driver; a
+watchdog stops the run if the machine's available memory drops below --min-available-gb.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -68,11 +78,17 @@ from actors.protocol import (BatchScores, CellOutput, CheckpointTarget, LoadedCh
 
 PARAMETERS = 6.7e9  # Amber (LLaMA-7B): FLOP per token ~ 2 x parameters
 BF16_FLOPS = 790e12  # practical dense bf16 matmul rate of an H200 (FACTS.md)
-CHECKPOINT_GB = 27.0  # an Amber ckpt_* revision: 3 fp32 .bin shards
-CHUNK_GB = 20.8  # an AmberDatasets chunk file
+CHECKPOINT_BYTES = 27.0e9  # an Amber ckpt_* revision: 3 fp32 .bin shards
+CHUNK_BYTES = 20.8e9  # an AmberDatasets chunk file
 ROWS_PER_CHUNK = 1_706_976  # rows of a real chunk (the landed `row` ids are drawn from this range)
 AMBER_SOURCES = {"refinedweb": 536, "starcoderdata": 221, "c4": 163, "arxiv": 31, "book": 18,
                  "wikipedia": 18, "stackexchange": 13}  # per 1000 sampled rows (FACTS.md)
+NETWORK_NAME = "simulated-network"
+SHAPES = {  # issue 25's three shapes: (checkpoints, chunks, exposure chunks)
+    "full": ("0-359", "0-359", "0-359"),
+    "diagonal": ("0-359:10", "0-359:10", None),  # configs/amber-diagonal.yaml
+    "single-chunk": ("0-359", "355", None),
+}
 
 
 def compute_bound_sequences_per_s(tokens_per_sequence: int) -> float:
@@ -82,12 +98,13 @@ def compute_bound_sequences_per_s(tokens_per_sequence: int) -> float:
 
 @dataclass(frozen=True)
 class CostModel:
-    """What one simulated GPU spends, in real seconds; every sleep is divided by `time_scale`."""
+    """What the simulated hardware spends, in real seconds and bytes; every sleep is divided by `time_scale`."""
 
     cell_seconds: float  # scoring one cell (1000 sequences)
     load_seconds: float  # a checkpoint from local disk into GPU memory
-    download_seconds: float  # a checkpoint from the Hub onto the node's disk
-    probe_build_seconds: float  # one chunk streamed to build its probe set (used with --simulate-probe-builds)
+    checkpoint_bytes: float = CHECKPOINT_BYTES  # one download from the Hub
+    chunk_bytes: float = CHUNK_BYTES  # one chunk file streamed (a probe-set build, an exposure scan)
+    scan_bytes_per_core_s: float = 0.0  # one core hashing a chunk file (0: free)
     time_scale: float = 1.0
     stats_dir: str | None = None  # where each actor writes its timeline when released
 
@@ -97,14 +114,173 @@ class CostModel:
 
 
 def default_cost_model(mode: str, samples: int, tokens_per_sequence: int, efficiency: float | None,
-                       load_s: float, download_mb_s: float, build_mb_s: float, time_scale: float) -> CostModel:
+                       load_s: float, time_scale: float) -> CostModel:
     """The assumptions of the module docstring as numbers (efficiency: fraction of the compute bound)."""
+    from sweep.run.bound import SCAN_BYTES_PER_CORE_S
+
     if efficiency is None:
         efficiency = 0.75 if mode == "extractable" else 0.5
     rate = compute_bound_sequences_per_s(tokens_per_sequence) * efficiency
-    return CostModel(cell_seconds=samples / rate, load_seconds=load_s,
-                     download_seconds=CHECKPOINT_GB * 1000 / download_mb_s,
-                     probe_build_seconds=CHUNK_GB * 1000 / build_mb_s, time_scale=time_scale)
+    return CostModel(cell_seconds=samples / rate, load_seconds=load_s, scan_bytes_per_core_s=SCAN_BYTES_PER_CORE_S,
+                     time_scale=time_scale)
+
+
+# ---- the network ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Flow:
+    bytes_left: float
+    done: asyncio.Future
+    key: object = None
+
+
+class SimulatedNetwork:
+    """Every node's link as a fluid: the transfers on a link share it equally, each at most one stream's rate, and
+    the rates change whenever a transfer starts or ends. Time is simulated (real seconds x time_scale)."""
+
+    def __init__(self, nodes: int, gpus_per_node: int, link_bytes_per_s: float, stream_bytes_per_s: float,
+                 cost: CostModel):
+        self.nodes, self.gpus_per_node = nodes, gpus_per_node
+        self.link, self.stream, self.cost = link_bytes_per_s, stream_bytes_per_s, cost
+        self.flows: list[list[_Flow]] = [[] for _ in range(nodes)]
+        self.joined = 0
+        self.spread = itertools.cycle(range(nodes))  # where SPREAD puts the next task
+        self.began = time.monotonic()
+        self.updated = 0.0  # simulated seconds at the last update
+        self.moved: dict[str, float] = {}  # bytes per kind of transfer
+        self.wake: asyncio.Event | None = None
+        self.runner = None
+
+    # ---- the fluid ----
+
+    def _now(self) -> float:
+        return (time.monotonic() - self.began) * self.cost.time_scale
+
+    def _rate(self, node: int) -> float:
+        count = len(self.flows[node])
+        return min(self.stream, self.link / count) if count else 0.0
+
+    def _advance(self) -> None:
+        now = self._now()
+        elapsed, self.updated = now - self.updated, now
+        for node, flows in enumerate(self.flows):
+            rate = self._rate(node)
+            for flow in flows:
+                flow.bytes_left -= rate * elapsed
+            finished = [flow for flow in flows if flow.bytes_left <= rate * 1e-3]
+            for flow in finished:
+                flows.remove(flow)
+                if not flow.done.done():
+                    flow.done.set_result(None)
+
+    async def _run(self) -> None:
+        while True:
+            self._advance()
+            waits = [flow.bytes_left / self._rate(node) for node, flows in enumerate(self.flows) for flow in flows]
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), min(waits) / self.cost.time_scale if waits else None)
+            except asyncio.TimeoutError:
+                pass
+
+    async def transfer(self, node: int, nbytes: float, kind: str, key=None) -> None:
+        """Move `nbytes` over `node`'s link; a transfer of the same `key` under way on it is joined instead."""
+        if self.runner is None:
+            self.wake = asyncio.Event()
+            self.runner = asyncio.get_running_loop().create_task(self._run())
+        self._advance()
+        shared = next((flow for flow in self.flows[node] if key is not None and flow.key == key), None)
+        if shared is None:
+            shared = _Flow(nbytes, asyncio.get_running_loop().create_future(), key)
+            self.flows[node].append(shared)
+            self.moved[kind] = self.moved.get(kind, 0.0) + nbytes
+            self.wake.set()
+        await asyncio.shield(shared.done)
+
+    # ---- who sits where ----
+
+    async def join(self) -> int:
+        """The node of the next actor to start: 8 to a node, in order."""
+        node = min(self.joined // self.gpus_per_node, self.nodes - 1)
+        self.joined += 1
+        return node
+
+    async def moved_bytes(self) -> dict[str, float]:
+        return dict(self.moved)
+
+    # ---- the tasks that stream chunk files ----
+
+    async def build(self, chunk_file, chunk, n, seed, k, l, vocab_size, line_lengths):
+        """sweep.data.probe_supply's build task: the chunk streamed over a node's link, then the real build."""
+        from sweep.data.probes import build_probe_set_from
+
+        await self.transfer(next(self.spread), self.cost.chunk_bytes, "probe builds")
+        return build_probe_set_from(chunk_file, chunk, n, seed, k, l, vocab_size, line_lengths)
+
+    async def scan(self, chunk_file, index):
+        """sweep.exposures.scans' scan task: the chunk streamed while one core hashes it, then the real scan."""
+        from sweep.exposures.scans import scan_chunk_file
+
+        hashing = self.cost.chunk_bytes / self.cost.scan_bytes_per_core_s if self.cost.scan_bytes_per_core_s else 0.0
+        await asyncio.gather(self.transfer(next(self.spread), self.cost.chunk_bytes, "exposure scans"),
+                             asyncio.sleep(hashing / self.cost.time_scale))
+        return scan_chunk_file(chunk_file, index)
+
+    async def warm(self) -> None:
+        """Compile the scan kernel now (numba, a few seconds), not inside the first scan."""
+        import numpy
+
+        from sweep.exposures.kernel import build_probe_index, scan_chunk
+
+        index = build_probe_index(numpy.arange(64, dtype=numpy.uint32).reshape(1, 64), 32)
+        scan_chunk(iter([b'{"token_ids": [1, 2, 3]}\n']), index, "warm-up")
+
+
+_network_handles: list = []  # a Ray actor lives while a handle does, named or not
+
+
+def start_network(cluster, cost: CostModel):
+    """The named network actor for `cluster` (sweep.run.bound.Cluster), alive until Ray shuts down."""
+    _ship_by_value()
+    actor = ray.remote(SimulatedNetwork).options(name=NETWORK_NAME, max_concurrency=10_000).remote(
+        cluster.nodes, int(cluster.gpus_per_node), cluster.network_bytes_per_s, cluster.stream_bytes_per_s, cost)
+    ray.get(actor.warm.remote())
+    _network_handles[:] = [actor]
+    return actor
+
+
+class _TaskOnTheNetwork:
+    """Stands in for a Ray remote function (`.options(...).remote(...)`) by calling a method of the network actor."""
+
+    def __init__(self, method: str):
+        self.method = method
+
+    def options(self, **options):
+        return self
+
+    def remote(self, *args):
+        return getattr(ray.get_actor(NETWORK_NAME), self.method).remote(*args)
+
+
+@contextmanager
+def simulated_chunk_streams():
+    """Probe-set builds and exposure scans go through the network actor while this holds."""
+    from sweep.data import probe_supply
+    from sweep.exposures import scans
+
+    real = probe_supply._build_probe_set_task, scans._scan_task
+    probe_supply._build_probe_set_task, scans._scan_task = _TaskOnTheNetwork("build"), _TaskOnTheNetwork("scan")
+    try:
+        yield
+    finally:
+        probe_supply._build_probe_set_task, scans._scan_task = real
+
+
+def _ship_by_value() -> None:
+    module = sys.modules[CostModelScorer.__module__]
+    if module.__name__ != "__main__":  # imported (a test): ship the classes by value, workers cannot import them
+        ray.cloudpickle.register_pickle_by_value(module)
 
 
 # ---- synthetic scores ---------------------------------------------------------------------------
@@ -155,10 +331,10 @@ def synthetic_scores(ckpt: int, chunk: int, n: int, options: ScoringOptions, kee
 
 class CostModelScorer(PrefetchingActor):
     """CheckpointScorer's interface, concurrency and prefetch protocol (actors/prefetch.py, the same code), with
-    sleeps for the GPU work (see `cost_model_scorer`).
+    sleeps for the GPU work and transfers over the simulated network for the downloads (see `cost_model_scorer`).
 
     A load waits for an in-flight prefetch of the same target, else fetches it itself, then loads; a checkpoint
-    stays loaded until another is asked for. Every sleep is recorded (kind, start, end; wall clock) and the
+    stays loaded until another is asked for. Every wait is recorded (kind, start, end; wall clock) and the
     timeline is written to `cost.stats_dir` on `release` (kinds: download, stall-download, wait, load, cell).
     """
 
@@ -170,14 +346,19 @@ class CostModelScorer(PrefetchingActor):
         self.loaded: LoadedCheckpoint | None = None
         self.timeline: list[tuple[str, float, float]] = []  # (kind, start, end): download/load/cell/wait
         self.host = socket.gethostname()
+        self.network = ray.get_actor(NETWORK_NAME)
+        self.node = ray.get(self.network.join.remote())
 
     def _fetch(self, target: CheckpointTarget, prefetch: bool) -> CheckpointTarget:
         # not prefetched (each actor's first checkpoint, or a reservation taken over): the GPU waits for it
-        self._timed("download" if prefetch else "stall-download", self.cost.download_seconds)
+        start = time.time()
+        ray.get(self.network.transfer.remote(self.node, self.cost.checkpoint_bytes, "checkpoint downloads",
+                                             key=(target.ckpt, target.revision)))
+        self.timeline.append(("download" if prefetch else "stall-download", start, time.time()))
         return target
 
     def _evict(self, fetched: CheckpointTarget) -> int:
-        return int(CHECKPOINT_GB * 1e9)
+        return int(self.cost.checkpoint_bytes)
 
     def _wait_for_prefetch(self, target: CheckpointTarget) -> None:
         if target in self.fetching:
@@ -217,7 +398,8 @@ class CostModelScorer(PrefetchingActor):
         fingerprint = hashlib.sha256(f"cost-model {target.ckpt} {target.revision}".encode()).hexdigest()[:16]
         self.loaded = LoadedCheckpoint(target=target, weights_fingerprint=fingerprint, stored_dtype="float32",
                                        vocab_size=32000, load_seconds=time.time() - start,
-                                       downloaded_bytes=int(CHECKPOINT_GB * 1e9), host=self.host)
+                                       downloaded_bytes=int(self.cost.checkpoint_bytes), host=self.host,
+                                       checkout_seconds=self.checkout_seconds)
 
     def _timed(self, kind: str, seconds: float) -> None:
         start = time.time()
@@ -226,51 +408,55 @@ class CostModelScorer(PrefetchingActor):
 
 
 def cost_model_scorer(cost: CostModel):
-    """A Ray actor class for `run_sweep(..., scorer=...)` with `cost` bound (same groups as CheckpointScorer)."""
-    module = sys.modules[CostModelScorer.__module__]
-    if module.__name__ != "__main__":  # imported (a test): ship the class by value, workers cannot import it
-        ray.cloudpickle.register_pickle_by_value(module)
+    """A Ray actor class for `run_sweep(..., scorer=...)` with `cost` bound (same groups as CheckpointScorer). The
+    network actor (`start_network`) must be running."""
+    _ship_by_value()
     bound = type("CostModelScorer", (CostModelScorer,), {"cost": cost})
     return ray.remote(concurrency_groups={"io": 1, "compute": 1})(bound)
 
 
-def slow_probe_build_task(cost: CostModel):
-    """sweep.data.probe_supply's build task, preceded by a sleep of one chunk's stream time (same signature)."""
-
-    def build(source, chunk, n, seed, k, l, vocab_size, line_lengths):
-        from sweep.data.probes import build_probe_set_from
-
-        cost.sleep(cost.probe_build_seconds)
-        return build_probe_set_from(source, chunk, n, seed, k, l, vocab_size, line_lengths)
-
-    return ray.remote(num_cpus=0)(build)
+# ---- the actors, started before the sweep's clock -------------------------------------------------------
 
 
-@contextmanager
-def simulated_probe_builds(cost: CostModel):
-    from sweep.data import probe_supply
+class StartedActors:
+    """Stands in for the actor class passed to `run_sweep(scorer=...)`: `options(...).remote(settings)` hands out
+    actors started (and ready) before the sweep, in order, then starts new ones (a dead actor's replacement). They
+    start one after the other, so actor i sits on node i // 8 (`SimulatedNetwork.join`), as Ray tends to place
+    actors started in order on nodes of 8 GPUs.
 
-    real = probe_supply._build_probe_set_task
-    probe_supply._build_probe_set_task = slow_probe_build_task(cost)
-    try:
-        yield
-    finally:
-        probe_supply._build_probe_set_task = real
+    64 actor processes starting at once on this 2-core VM took one to two minutes (Ray starts as many at a time as
+    the node has CPUs), a cost of the simulation, not of a cluster, where each node starts its own 8 in parallel; so
+    the sweep's clock starts with them up, and `seconds` says what starting them took here."""
+
+    def __init__(self, actor_class, count: int, settings, options: dict):
+        began = time.perf_counter()
+        self.actor_class, self.options_ = actor_class, options
+        self.ready = []
+        for _ in range(count):
+            self.ready.append(actor_class.options(**options).remote(settings))
+            ray.get(self.ready[-1].__ray_ready__.remote())  # it has joined its node
+        self.seconds = time.perf_counter() - began
+
+    def options(self, **options):
+        return self
+
+    def remote(self, settings):
+        return self.ready.pop(0) if self.ready else self.actor_class.options(**self.options_).remote(settings)
 
 
 # ---- the world ------------------------------------------------------------------------------------
 
 
-def build_world(root: Path, checkpoints: int, chunks: int, rows: int, row_tokens: int = 64) -> None:
+def build_world(root: Path, checkpoints: list[int], chunks: list[int], rows: int, row_tokens: int = 64) -> None:
     """`root/model/ckpt_NNN/` (empty: the cost model never reads them) and `root/data/train/train_NNN.jsonl`
     (raw Amber format, `rows` rows of `row_tokens` ids; ~350 bytes a row). Existing files are kept."""
-    for ckpt in range(checkpoints):
+    for ckpt in checkpoints:
         (root / "model" / f"ckpt_{ckpt:03d}").mkdir(parents=True, exist_ok=True)
     folder = root / "data" / "train"
     folder.mkdir(parents=True, exist_ok=True)
     names = list(AMBER_SOURCES)
     weights = np.array(list(AMBER_SOURCES.values()), dtype=float)
-    for chunk in range(chunks):
+    for chunk in chunks:
         path = folder / f"train_{chunk:03d}.jsonl"
         if path.exists():
             continue
@@ -284,8 +470,8 @@ def build_world(root: Path, checkpoints: int, chunks: int, rows: int, row_tokens
         os.replace(temp, path)
 
 
-def make_spec(world: Path, output: Path, cache: Path, checkpoints: int, chunks: int, samples: int, mode: str,
-              actors: int, concurrent_builds: int):
+def make_spec(world: Path, output: Path, cache: Path, checkpoints: str, chunks: str, samples: int, mode: str,
+              actors: int, exposure: str | None = None, concurrent_builds="auto", concurrent_scans="auto"):
     from sweep.spec import SweepSpec
 
     return SweepSpec.model_validate({
@@ -294,25 +480,26 @@ def make_spec(world: Path, output: Path, cache: Path, checkpoints: int, chunks: 
         "data": {"source": str(world / "data"), "file": "train/train_{chunk:03d}.jsonl",
                  "samples_per_chunk": samples, "seed": 42, "vocab_size": 32000, "cache_dir": str(cache),
                  "concurrent_builds": concurrent_builds},
-        "checkpoints": f"0-{checkpoints - 1}",
-        "chunks": f"0-{chunks - 1}",
+        "checkpoints": checkpoints,
+        "chunks": chunks,
         "memorization": {"prompt_len": 32, "continuation_len": 32, "mode": mode, "nll": True},
         "resources": {"gpus_per_actor": 1, "actors": actors, "cpus_per_actor": 0.01, "batch_size": "auto",
                       "max_attempts": 3},
+        **({"exposure": {"chunks": exposure, "concurrent_scans": concurrent_scans}} if exposure else {}),
         "output": str(output),
     })
 
 
 def prebuild_probe_sets(spec, cost: CostModel) -> float:
-    """Fill the probe cache through the real path: a throw-away sweep of checkpoint 0 on one free actor."""
+    """Fill the probe cache through the real path: a throw-away sweep of one checkpoint on one free actor."""
     from sweep.run.driver import run_sweep
 
     began = time.perf_counter()
     output = Path(spec.output).with_name("prebuild")
     shutil.rmtree(output, ignore_errors=True)
-    warm = spec.model_copy(update={"checkpoints": [0], "output": str(output),
+    warm = spec.model_copy(update={"checkpoints": spec.checkpoints[:1], "output": str(output), "exposure": None,
                                    "resources": spec.resources.model_copy(update={"actors": 1})})
-    free = replace(cost, cell_seconds=0, load_seconds=0, download_seconds=0, stats_dir=None)
+    free = replace(cost, cell_seconds=0, load_seconds=0, checkpoint_bytes=0, stats_dir=None)
     summary = run_sweep(warm, progress=False, scorer=cost_model_scorer(free))
     shutil.rmtree(output, ignore_errors=True)
     if not summary.ok:
@@ -332,9 +519,22 @@ class Measurement:
     time_scale: float
     cost: dict
     probe_builds: str  # "pre-built" or "simulated"
+    shape: str = ""
+    scans: int = 0  # chunk files of exposure.chunks
     worker_niceness: int = 15
     makespan_s: float = 0.0
-    ideal_s: float = 0.0
+    ideal_s: float = 0.0  # the earlier table's: (cells x cell + checkpoints x load) / actors, no download
+    bound_s: float = 0.0  # sweep/run/bound.py at the cost model's costs (scaled seconds)
+    actor_start_s: float | None = None  # starting the actors before the sweep's clock (None: started inside it)
+    binding: str = ""
+    bound_lines: str = ""
+    summary_line: str = ""  # the run's own "makespan ... against a bound" line (measured costs)
+    moved_bytes: dict = field(default_factory=dict)  # per kind of transfer, over the simulated network
+    scans_scanned: int = 0
+    last_scan_at_s: float | None = None
+    splits: int = 0  # tail-policy splits beyond the plan
+    reservations_taken: int = 0
+    plans: int = 0
     driver_cpu_s: float = 0.0
     driver_peak_rss_mb: float = 0.0
     ray_processes_cpu_s: float = 0.0  # raylet, GCS, workers (the actors' own CPU competes with the driver here)
@@ -344,6 +544,8 @@ class Measurement:
     actor_busy_s: float = 0.0  # load + cell sleeps, summed over actors
     actor_download_stall_s: float = 0.0  # downloads inside a load (not prefetched) + waits for a prefetch
     actor_time: dict = field(default_factory=dict)  # actor_time_budget
+    idle_by_tenth: list = field(default_factory=list)  # idle_by_tenth
+    timelines: list = field(default_factory=list)  # per actor: (kind, start, end) from the sweep's start (--json only)
     steady_driver_ms_per_cell: float | None = None  # driver CPU per cell while the middle 80% of cells landed
     loads: int = 0
     cells_landed: int = 0
@@ -359,6 +561,10 @@ class Measurement:
 
     @property
     def overhead(self) -> float:
+        return self.makespan_s / self.bound_s - 1
+
+    @property
+    def over_ideal(self) -> float:
         return self.makespan_s / self.ideal_s - 1
 
     @property
@@ -373,30 +579,43 @@ class Measurement:
         scale = self.time_scale
         c = self.cost
         lines = [
-            f"cells: {self.cells:,} ({self.checkpoints} checkpoints x {self.chunks} chunks x "
-            f"{c['samples']} rows), {self.actors} actors (nice {self.worker_niceness}), time scale {scale:g} "
-            f"(sleeps are real seconds / {scale:g})",
+            f"shape {self.shape}: {self.cells:,} cells ({self.checkpoints} checkpoints x {self.chunks} chunks x "
+            f"{c['samples']} rows), {self.scans} chunk files to scan, {self.actors} actors (nice "
+            f"{self.worker_niceness}), time scale {scale:g} (sleeps are real seconds / {scale:g})",
             f"cost model (real seconds): cell {c['cell_seconds']:.3f} ({c['mode']}, {c['sequences_per_s']:.0f} seq/s), "
-            f"load {c['load_seconds']:g}, download {c['download_seconds']:.1f} (prefetched), probe build "
-            f"{c['probe_build_seconds']:.1f} x {c['concurrent_builds']} at once ({self.probe_builds})",
-            f"landed: {self.cells_landed:,} cells, {self.failed} failed, {self.loads} checkpoint loads",
-            f"makespan: {self.makespan_s:.1f} s (x{scale:g} = {self.makespan_s * scale / 60:.1f} min real)",
-            f"ideal (cells x cell + checkpoints x load) / actors: {self.ideal_s:.1f} s "
-            f"(x{scale:g} = {self.ideal_s * scale / 60:.1f} min real)",
-            f"overhead: {100 * self.overhead:.1f}% (one unhidden download per actor alone is "
-            f"{100 * c['download_seconds'] / scale / self.ideal_s:.1f}%)",
+            f"load {c['load_seconds']:g}, checkpoint {c['checkpoint_bytes'] / 1e9:g} GB, chunk file "
+            f"{c['chunk_bytes'] / 1e9:g} GB, a scan hashes {c['scan_bytes_per_core_s'] / 1e6:.0f} MB/s; probe sets "
+            f"{self.probe_builds}, data.concurrent_builds {c['concurrent_builds']}, exposure.concurrent_scans "
+            f"{c['concurrent_scans']}",
+            self.bound_lines,
+            f"landed: {self.cells_landed:,} cells, {self.failed} failed, {self.loads} checkpoint loads, "
+            f"{self.scans_scanned} scans; {self.plans} plans, {self.splits} tail splits, {self.reservations_taken} "
+            "reservations taken",
+            f"makespan: {self.makespan_s:.1f} s (x{scale:g} = {self.makespan_s * scale / 60:.1f} min real); "
+            + (f"the {self.actors} actors were started before it, in {self.actor_start_s:.1f} s"
+               if self.actor_start_s is not None else "the actors started inside it"),
+            f"bound: {self.bound_s:.1f} s (x{scale:g} = {self.bound_s * scale / 60:.1f} min real), binding: "
+            f"{self.binding}; **overhead over the bound: {100 * self.overhead:.1f}%**",
+            f"the earlier table's ideal (cells x cell + checkpoints x load) / actors: {self.ideal_s:.1f} s; over it "
+            f"{100 * self.over_ideal:.1f}%",
+            f"the run's summary: {self.summary_line}",
+            "moved over the simulated network: " + ", ".join(f"{kind} {moved / 1e12:.2f} TB"
+                                                             for kind, moved in sorted(self.moved_bytes.items())),
             f"actors busy: {100 * self.busy_fraction:.1f}% of makespan x actors; download stalls "
             f"{self.actor_download_stall_s / self.actors:.1f} s per actor; first actor work at "
             f"{self.first_actor_work_at_s:.1f} s, every actor working by {self.last_actor_started_at_s:.1f} s, last "
             f"work ends at {self.last_actor_work_at_s:.1f} s",
             "actor time: " + ", ".join(f"{name} {100 * seconds / (self.makespan_s * self.actors):.1f}%"
                                        for name, seconds in self.actor_time.items()),
-            f"first cell landed at {self.first_cell_landed_at_s:.1f} s; last probe set ready at "
-            f"{self.last_probe_set_at_s:.1f} s",
+            "actors neither busy nor downloading, by tenth of the makespan: "
+            + " ".join(f"{100 * share:.0f}%" for share in self.idle_by_tenth),
+            f"first cell landed at {self.first_cell_landed_at_s or float('nan'):.1f} s; last probe set ready at "
+            f"{self.last_probe_set_at_s or float('nan'):.1f} s; last scan landed at "
+            f"{self.last_scan_at_s or float('nan'):.1f} s",
             f"driver CPU: {self.driver_cpu_s:.1f} s = {self.driver_ms_per_cell:.2f} ms per cell "
             f"({100 * self.driver_cpu_s / self.makespan_s:.0f}% of one core over the makespan); "
             f"{self.steady_driver_ms_per_cell or float('nan'):.2f} ms per cell while the middle 80% landed",
-            f"Ray processes (raylet, GCS, 64 actor workers) CPU: {self.ray_processes_cpu_s:.1f} s "
+            f"Ray processes (raylet, GCS, actor workers, the network actor) CPU: {self.ray_processes_cpu_s:.1f} s "
             f"({1000 * self.ray_processes_cpu_s / max(1, self.cells_landed):.2f} ms per cell)",
             f"peak driver RSS: {self.driver_peak_rss_mb:.0f} MB",
             f"landed Parquet: sequences {self.sequences_parquet_bytes / 1e6:,.1f} MB "
@@ -459,12 +678,16 @@ def _descendants_cpu_s() -> float:
     return total
 
 
-def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bool,
-            min_available_gb: float) -> Measurement:
-    """One sweep of `spec` into an empty output, measured (see the module docstring)."""
+def measure(spec, cost: CostModel, cluster, samples: int, probe_builds: str, progress: bool,
+            min_available_gb: float, shape: str = "", cold_actors: bool = False) -> Measurement:
+    """One sweep of `spec` into an empty output on `cluster` (sweep.run.bound.Cluster, real rates), measured (see
+    the module docstring). The network actor must be running. Unless `cold_actors`, the actors are started before
+    the sweep's clock (`StartedActors`)."""
     import psutil
 
-    from sweep.run.driver import run_sweep
+    from sweep.run.driver import _forwarded_environment, run_sweep
+    from sweep.run.scorer_settings import scorer_settings
+    from sweep.run.scheduler import actor_options
     from sweep.landed.reader import open_output
 
     stats = Path(spec.output).with_name(Path(spec.output).name + "-actors")
@@ -474,38 +697,54 @@ def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bo
     cells = len(spec.cell_list())
     options = spec.memorization
     sequences_per_s = samples / cost.cell_seconds
+    scans = len(spec.exposure.chunks) if spec.exposure is not None else 0
     result = Measurement(
         cells=cells, checkpoints=len(spec.checkpoints), chunks=len(spec.chunks), actors=int(spec.resources.actors),
-        time_scale=cost.time_scale, probe_builds=probe_builds,
+        time_scale=cost.time_scale, probe_builds=probe_builds, shape=shape, scans=scans,
         cost={**{k: v for k, v in asdict(cost).items() if k != "stats_dir"}, "samples": samples,
               "mode": options.mode, "sequences_per_s": sequences_per_s,
-              "concurrent_builds": spec.data.concurrent_builds})
+              "concurrent_builds": spec.data.concurrent_builds,
+              "concurrent_scans": spec.exposure.concurrent_scans if spec.exposure is not None else None})
     result.ideal_s = (cells * cost.cell_seconds + len(spec.checkpoints) * cost.load_seconds) \
         / cost.time_scale / result.actors
+    hardware = the_bound(spec, cost, cluster, result.actors, probe_builds == "simulated")
+    result.bound_s, result.binding = hardware.seconds / cost.time_scale, hardware.binding.name
+    result.bound_lines = hardware.describe()
+    scaled = replace(cluster, network_bytes_per_s=cluster.network_bytes_per_s * cost.time_scale,
+                     stream_bytes_per_s=cluster.stream_bytes_per_s * cost.time_scale)  # what the driver sees
     result.loadavg_before = os.getloadavg()
     process = psutil.Process()
     ray_cpu_before = _descendants_cpu_s()
     cpu_before = process.cpu_times()
+    scorer = cost_model_scorer(cost)
+    if not cold_actors:
+        resources = spec.resources
+        scorer = StartedActors(scorer, result.actors, scorer_settings(spec, 1.0),
+                               actor_options(1.0, float(resources.cpus_per_actor), _forwarded_environment()))
+        result.actor_start_s = scorer.seconds
     reset_peak_rss()
     with _Watch(min_available_gb) as watch:
-        scorer = cost_model_scorer(cost)
         wall_start = time.time()
         began = time.perf_counter()
-        if probe_builds == "simulated":
-            with simulated_probe_builds(cost):
-                summary = run_sweep(spec, progress=progress, scorer=scorer)
-        else:
-            summary = run_sweep(spec, progress=progress, scorer=scorer)
+        with simulated_chunk_streams():
+            summary = run_sweep(spec, progress=progress, scorer=scorer, cluster=scaled)
         result.makespan_s = time.perf_counter() - began
     cpu_after = process.cpu_times()
     result.driver_peak_rss_mb = peak_rss_bytes() / 1e6
     result.driver_cpu_s = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
     result.ray_processes_cpu_s = _descendants_cpu_s() - ray_cpu_before  # actors still alive: counted
     result.loadavg_during, result.min_available_gb = watch.loadavg, watch.lowest
-    result.cells_landed, result.failed = summary.schedule.cells_scored, len(summary.failed)
+    result.cells_landed, result.failed = summary.schedule.cells_scored, len(summary.failed) + len(summary.failed_scans)
     result.loads = sum(summary.schedule.loads.values())
     result.first_cell_landed_at_s = summary.schedule.first_cell_landed_at
     result.last_probe_set_at_s = summary.supply.last_ready_at
+    result.scans_scanned = summary.scans.scanned
+    if summary.scans.last_landed_at is not None:
+        result.last_scan_at_s = summary.scans.last_landed_at - began
+    result.splits, result.reservations_taken = summary.schedule.splits, summary.schedule.reservations_taken
+    result.plans = summary.schedule.plans
+    result.summary_line = next((line for line in summary.describe().splitlines() if line.startswith("makespan")), "")
+    result.moved_bytes = ray.get(ray.get_actor(NETWORK_NAME).moved_bytes.remote())
 
     store = open_output(Path(spec.output))
     for record in store.ledgers.landed_files():
@@ -513,7 +752,7 @@ def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bo
             result.sequences_parquet_bytes += record.bytes
         elif record.path.startswith("cells/"):
             result.cells_parquet_bytes += record.bytes
-        else:
+        elif record.path.startswith("probes/"):
             result.probes_parquet_bytes += record.bytes
     _check_landed(store, spec, result)
     result.steady_driver_ms_per_cell = steady_cpu_per_cell(store, watch.cpu)
@@ -523,6 +762,9 @@ def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bo
         time.sleep(0.5)
     timelines = [json.loads(path.read_text()) for path in stats.glob("*.json")]
     result.actor_time = actor_time_budget(timelines, wall_start, wall_start + result.makespan_s)
+    result.idle_by_tenth = idle_by_tenth(timelines, wall_start, wall_start + result.makespan_s)
+    result.timelines = [[(kind, round(start - wall_start, 3), round(end - wall_start, 3)) for kind, start, end in t]
+                        for t in timelines]
     result.actor_busy_s = result.actor_time["busy"]
     result.actor_download_stall_s = result.actor_time["download stalls"]
     compute = [(start, end) for timeline in timelines for kind, start, end in timeline if kind in COMPUTE_KINDS]
@@ -533,6 +775,24 @@ def measure(spec, cost: CostModel, samples: int, probe_builds: str, progress: bo
                                              for timeline in timelines if timeline) - wall_start
     shutil.rmtree(stats, ignore_errors=True)
     return result
+
+
+def the_bound(spec, cost: CostModel, cluster, actors: int, builds_probe_sets: bool):
+    """sweep/run/bound.py's bound of this sweep at the cost model's costs (real seconds)."""
+    from sweep.run.bound import Work, bound
+
+    cells = [sum(1 for c, _ in spec.cell_list() if c == ckpt) for ckpt in spec.checkpoints]
+    exposure = spec.exposure
+    work = Work(cells=tuple(cells), cell_s=cost.cell_seconds, load_s=cost.load_seconds,
+                checkpoint_bytes=cost.checkpoint_bytes,
+                probe_bytes=(cost.chunk_bytes,) * len(spec.chunks) if builds_probe_sets else (),
+                scan_bytes=(cost.chunk_bytes,) * (len(exposure.chunks) if exposure is not None else 0),
+                scan_bytes_per_core_s=cost.scan_bytes_per_core_s or float("inf"))
+    scans = exposure.concurrent_scans if exposure is not None else "auto"
+    builds = spec.data.concurrent_builds
+    return bound(work, cluster, actors, float(spec.resources.cpus_per_actor),
+                 exposure.cpus_per_scan if exposure is not None else 1.0,
+                 scans=None if scans == "auto" else scans, builds=None if builds == "auto" else builds)
 
 
 def steady_cpu_per_cell(store, cpu_samples: list[tuple[float, float]]) -> float | None:
@@ -553,32 +813,60 @@ def steady_cpu_per_cell(store, cpu_samples: list[tuple[float, float]]) -> float 
 
 
 COMPUTE_KINDS = ("stall-download", "wait", "load", "cell")  # what the compute group (the GPU) does, in order
+# ("download" is the io group's: a prefetch, which the GPU waits for only when it has nothing else to do)
 
 
 def actor_time_budget(timelines: list[list], began: float, ended: float) -> dict[str, float]:
     """Where the actors' time went, summed over actors (seconds; the parts add up to actors x makespan).
 
-    before first call: sweep start to the actor's first work (driver start, actor process start-up);
-    download stalls: downloads the load had to do itself + waits for an unfinished prefetch;
     busy: load + scoring (the simulated GPU work);
-    gaps between calls: the actor had nothing to run (the driver had not yet handed it work, no probe set
-    was ready, or it waited for a tail hand-off);
+    download stalls: the GPU had nothing to do while a checkpoint it was about to load downloaded (its first one,
+    one handed over, a prefetch that came late), or waited in a load for a prefetch to end;
+    before first call: the rest of the time before the actor's first work (the driver's start-up, probe sets);
+    gaps between calls: the rest of the time between two works (no probe set was ready, the driver was late);
     after last call: its last work ended to the sweep's end (the tail, final compaction, release).
     """
     budget = dict.fromkeys(("before first call", "download stalls", "busy", "gaps between calls",
                             "after last call"), 0.0)
     for timeline in timelines:
         work = sorted((start, end, kind) for kind, start, end in timeline if kind in COMPUTE_KINDS)
+        downloads = [(start, end) for kind, start, end in timeline if kind in ("download", "stall-download")]
         if not work:
             budget["after last call"] += ended - began
             continue
-        budget["before first call"] += work[0][0] - began
         budget["after last call"] += ended - work[-1][1]
+        idle = [("before first call", began, work[0][0])]
         for index, (start, end, kind) in enumerate(work):
             budget["busy" if kind in ("load", "cell") else "download stalls"] += end - start
             if index:
-                budget["gaps between calls"] += max(0.0, start - work[index - 1][1])
+                idle.append(("gaps between calls", work[index - 1][1], start))
+        for name, start, end in idle:
+            if end <= start:
+                continue
+            stalled = sum(max(0.0, min(end, d_end) - max(start, d_start)) for d_start, d_end in downloads)
+            budget["download stalls"] += min(stalled, end - start)
+            budget[name] += end - start - min(stalled, end - start)
     return budget
+
+
+def idle_by_tenth(timelines: list[list], began: float, ended: float) -> list[float]:
+    """For each tenth of the makespan, the share of actor time neither busy (load, cell) nor downloading: where the
+    gaps and the tail are."""
+    merged = []  # per actor, the union of its intervals of any kind
+    for timeline in timelines:
+        union: list[list[float]] = []
+        for start, end in sorted((start, end) for _, start, end in timeline):
+            if union and start <= union[-1][1]:
+                union[-1][1] = max(union[-1][1], end)
+            else:
+                union.append([start, end])
+        merged.append(union)
+    edges = np.linspace(began, ended, 11)
+    idle = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        occupied = sum(max(0.0, min(high, end) - max(low, start)) for union in merged for start, end in union)
+        idle.append(1 - occupied / ((high - low) * max(1, len(timelines))))
+    return idle
 
 
 def _check_landed(store, spec, result: Measurement) -> None:
@@ -604,73 +892,91 @@ def _check_landed(store, spec, result: Measurement) -> None:
 
 
 def main() -> None:
+    from sweep.run.bound import CPUS_PER_NODE, GPUS_PER_NODE, Cluster
+    from sweep.spec import parse_id_list
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world", type=Path, default=Path("/tmp/memsweep-control-plane"),
                         help="where the chunk files, model folders, probe cache and output live")
-    parser.add_argument("--checkpoints", type=int, default=360)
-    parser.add_argument("--chunks", type=int, default=360)
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="one of issue 25's shapes (sets the three below)")
+    parser.add_argument("--checkpoints", default="0-359", help="checkpoint ids (spec syntax, default 0-359)")
+    parser.add_argument("--chunks", default="0-359", help="chunk ids (default 0-359)")
+    parser.add_argument("--exposure", default=None, help="exposure.chunks to scan (default: none)")
     parser.add_argument("--samples", type=int, default=1000, help="rows per chunk file and per probe set")
-    parser.add_argument("--actors", type=int, default=64, help="logical GPUs = checkpoint actors")
+    parser.add_argument("--actors", type=int, default=64, help="logical GPUs = checkpoint actors, 8 to a node")
     parser.add_argument("--mode", choices=("extractable", "greedy"), default="extractable",
-                        help="memorization.mode (the full-matrix config uses extractable)")
+                        help="the cell cost's memorization.mode (the full-matrix config uses extractable)")
     parser.add_argument("--efficiency", type=float, default=None,
                         help="fraction of the 921 seq/s compute bound (default 0.75 extractable, 0.5 greedy)")
     parser.add_argument("--load-s", type=float, default=40.0, help="checkpoint load, disk to GPU (default 40 s)")
-    parser.add_argument("--download-mb-s", type=float, default=250.0,
-                        help="per-actor Hub download rate for a 27 GB checkpoint (default 250 MB/s: 108 s)")
-    parser.add_argument("--build-mb-s", type=float, default=250.0,
-                        help="stream rate of one probe-set build of a 20.8 GB chunk (default 250 MB/s: 83 s)")
-    parser.add_argument("--concurrent-builds", type=int, default=4, help="data.concurrent_builds (default 4)")
-    parser.add_argument("--simulate-probe-builds", action="store_true",
-                        help="build the probe sets during the sweep (cold cache), each after its stream time")
-    parser.add_argument("--time-scale", type=float, default=4.0,
-                        help="divide every simulated duration by this (default 4: the full run takes ~15 min)")
+    parser.add_argument("--network-gb-s", type=float, default=2.0, help="each node's link (default 2 GB/s)")
+    parser.add_argument("--stream-mb-s", type=float, default=250.0, help="one transfer at most (default 250 MB/s)")
+    parser.add_argument("--concurrent-builds", default="auto", help="data.concurrent_builds (default auto)")
+    parser.add_argument("--concurrent-scans", default="auto", help="exposure.concurrent_scans (default auto)")
+    parser.add_argument("--prebuilt-probe-sets", action="store_true",
+                        help="build the probe sets before the sweep, free (the earlier table's setting); by default "
+                             "they are built during it, streamed over the simulated network (a cold cache)")
+    parser.add_argument("--time-scale", type=float, default=2.0,
+                        help="divide every simulated duration by this (default 2: the full run takes ~30 min)")
     parser.add_argument("--worker-niceness", type=int, default=0,
                         help="nice value of the Ray workers (Ray's default 15 lets other users' processes on a shared "
                              "machine starve the simulated GPUs; default 0, like the driver)")
+    parser.add_argument("--cold-actors", action="store_true",
+                        help="start the actors inside the sweep, as `memsweep run` does (the earlier table's setting: "
+                             "on this 2-core VM, 64 take one to two minutes to start)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (`memsweep run` shows one)")
     parser.add_argument("--min-available-gb", type=float, default=4.0, help="memory guard (default 4 GB)")
     parser.add_argument("--json", type=Path, help="also write the measurement here")
     parser.add_argument("--keep-output", action="store_true", help="keep the landed output (GBs at full size)")
     args = parser.parse_args()
+    if args.shape:
+        args.checkpoints, args.chunks, args.exposure = SHAPES[args.shape]
 
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     world = args.world.expanduser().resolve()
     began = time.perf_counter()
-    build_world(world, args.checkpoints, args.chunks, args.samples)
+    checkpoints, chunks = parse_id_list(args.checkpoints), parse_id_list(args.chunks)
+    scanned = parse_id_list(args.exposure) if args.exposure else []
+    build_world(world, checkpoints, sorted(set(chunks) | set(scanned)), args.samples)
     print(f"world ready in {time.perf_counter() - began:.1f} s: {world}", flush=True)
-    cost = default_cost_model(args.mode, args.samples, 64, args.efficiency, args.load_s, args.download_mb_s,
-                              args.build_mb_s, args.time_scale)
-    label = f"{args.checkpoints}x{args.chunks}-{args.mode}-s{args.time_scale:g}"
-    cache = world / ("probe-cache" if not args.simulate_probe_builds else f"probe-cache-cold-{os.getpid()}")
-    output = world / "runs" / label
+    cost = default_cost_model(args.mode, args.samples, 64, args.efficiency, args.load_s, args.time_scale)
+    cluster = Cluster(nodes=math.ceil(args.actors / GPUS_PER_NODE), gpus_per_node=GPUS_PER_NODE,
+                      cpus_per_node=CPUS_PER_NODE, network_bytes_per_s=args.network_gb_s * 1e9,
+                      stream_bytes_per_s=args.stream_mb_s * 1e6)
+    label = args.shape or f"{len(checkpoints)}x{len(chunks)}"
+    cache = world / ("probe-cache" if args.prebuilt_probe_sets else f"probe-cache-cold-{os.getpid()}")
+    output = world / "runs" / f"{label}-{args.mode}-s{args.time_scale:g}"
     shutil.rmtree(output, ignore_errors=True)
+    auto_or_int = lambda text: text if text == "auto" else int(text)  # noqa: E731
     spec = make_spec(world, output, cache, args.checkpoints, args.chunks, args.samples, args.mode, args.actors,
-                     args.concurrent_builds)
+                     args.exposure, auto_or_int(args.concurrent_builds), auto_or_int(args.concurrent_scans))
 
     os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # read by the raylet ray.init starts
     ray.init(address="local", num_cpus=2, num_gpus=args.actors, include_dashboard=False, log_to_driver=False,
              object_store_memory=2 * 1024**3)
     try:
-        if args.simulate_probe_builds:
-            shutil.rmtree(cache, ignore_errors=True)
-            probe_builds = "simulated"
-        else:
+        start_network(cluster, cost)
+        if args.prebuilt_probe_sets:
             print(f"probe sets pre-built (or found) in the cache in {prebuild_probe_sets(spec, cost):.1f} s",
                   flush=True)
             probe_builds = "pre-built"
-        result = measure(spec, cost, args.samples, probe_builds, not args.no_progress, args.min_available_gb)
+        else:
+            shutil.rmtree(cache, ignore_errors=True)
+            probe_builds = "simulated"
+        result = measure(spec, cost, cluster, args.samples, probe_builds, not args.no_progress, args.min_available_gb,
+                         label, args.cold_actors)
         result.worker_niceness = args.worker_niceness
     finally:
         ray.shutdown()
-        if args.simulate_probe_builds:
+        if not args.prebuilt_probe_sets:
             shutil.rmtree(cache, ignore_errors=True)
         if not args.keep_output:
             shutil.rmtree(output, ignore_errors=True)
     print(result.describe(), flush=True)
     if args.json:
-        payload = {**asdict(result), "overhead": result.overhead, "busy_fraction": result.busy_fraction,
-                   "driver_ms_per_cell": result.driver_ms_per_cell, "host_cpus": os.cpu_count()}
+        payload = {**asdict(result), "overhead": result.overhead, "over_ideal": result.over_ideal,
+                   "busy_fraction": result.busy_fraction, "driver_ms_per_cell": result.driver_ms_per_cell,
+                   "host_cpus": os.cpu_count()}
         args.json.write_text(json.dumps(payload, indent=1, default=str) + "\n")
 
 

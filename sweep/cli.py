@@ -1,7 +1,7 @@
 """`memsweep` (also `python -m sweep`): a thin command line over spec -> plan -> driver -> store -> query/report.
 
     memsweep run SPEC.yaml [--output DIR] [--set KEY=VALUE ...] [--address ADDR] [--report]
-    memsweep plan SPEC.yaml [--offline]
+    memsweep plan SPEC.yaml [--offline] [--gpus 64] [--gpus-per-node 8] [--cpus-per-node 96] [--network-gb-s 2]
     memsweep query OUTPUT "SQL" [--format table|csv|json|parquet] [--out FILE]
     memsweep query OUTPUT --tables
     memsweep verify OUTPUT [--repair]
@@ -61,13 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="score every cell of a spec not yet in its output (resumes)")
     _spec_arguments(run)
     _cluster_arguments(run)
+    _network_arguments(run)
     run.add_argument("--report", action="store_true", help="write the report when the sweep ends")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     run.set_defaults(handler=_run)
 
     plan = commands.add_parser("plan", help="print the plan and what it costs (downloads, disk, GPU-hours); runs nothing")
     _spec_arguments(plan)
-    plan.add_argument("--offline", action="store_true", help="do not ask the Hub for file sizes (use the release's published ones)")
+    plan.add_argument("--offline", action="store_true",
+                      help="do not ask the Hub for file sizes (use the release's published ones)")
+    plan.add_argument("--gpus", type=_positive(int), default=64, help="GPUs of the cluster to plan for (default 64)")
+    plan.add_argument("--gpus-per-node", type=_positive(int), default=8, help="GPUs per node (default 8)")
+    plan.add_argument("--cpus-per-node", type=_positive(float), default=96, help="CPUs per node (default 96)")
+    plan.add_argument("--address", help="plan for this Ray cluster's nodes instead (GPUs and CPUs as Ray reports them)")
+    _network_arguments(plan)
     plan.set_defaults(handler=_plan)
 
     verify = commands.add_parser("verify", help="check every landed file against its ledger record")
@@ -147,6 +154,26 @@ def _spec_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _network_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--network-gb-s", type=_positive(float), default=2.0,
+                        help="each node's network bandwidth from the Hub, GB/s, shared by its downloads and streams "
+                             "(default 2)")
+    parser.add_argument("--stream-mb-s", type=_positive(float), default=250.0,
+                        help="one download or chunk stream on its own, MB/s (default 250)")
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0 (got {text})")
+        return value
+    return parse
+
+
 def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start Ray locally)")
     parser.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to offer")
@@ -180,8 +207,9 @@ def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
     from sweep.run.driver import run_sweep
 
     started = time.perf_counter()
+    network = getattr(args, "network_gb_s", 2.0) * 1e9, getattr(args, "stream_mb_s", 250.0) * 1e6
     summary = run_sweep(spec, progress=not args.no_progress, address=args.address, num_cpus=args.num_cpus,
-                        num_gpus=args.num_gpus)
+                        num_gpus=args.num_gpus, network_bytes_per_s=network[0], stream_bytes_per_s=network[1])
     print(summary.describe())
     if report:
         from sweep.report.page import write_report
@@ -193,6 +221,7 @@ def _sweep(spec, args: argparse.Namespace, report: bool) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from sweep.run.bound import plan_bound
     from sweep.run.cost import estimate_cost
     from sweep.run.plan import make_plan
     from sweep.run.preflight import landed_for_plan, resolved_spec
@@ -203,8 +232,32 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"spec: {args.spec} ({spec.name}, identity {spec.identity_hash()})")
     print(f"output: {spec.output}")
     print(plan.describe())
-    print(estimate_cost(spec, plan, landed, offline=args.offline).describe())
+    estimate = estimate_cost(spec, plan, landed, offline=args.offline)
+    print(estimate.describe())
+    if plan.work:
+        print(plan_bound(spec, plan, estimate, _planned_cluster(args)).describe())
     return 0
+
+
+def _planned_cluster(args: argparse.Namespace):
+    """The cluster `memsweep plan` plans for: the flags' (documented in docs/cli.md), or a Ray cluster's nodes."""
+    from sweep.run.bound import Cluster
+
+    network, stream = args.network_gb_s * 1e9, args.stream_mb_s * 1e6
+    if args.address:
+        import ray
+
+        from sweep.run.driver import cluster_from_ray, connect
+
+        connect(args.address)
+        try:
+            return cluster_from_ray(network, stream)
+        finally:
+            ray.shutdown()
+    if args.gpus % args.gpus_per_node:
+        raise MemsweepError(f"--gpus {args.gpus}: not a multiple of --gpus-per-node {args.gpus_per_node}")
+    return Cluster(nodes=args.gpus // args.gpus_per_node, gpus_per_node=args.gpus_per_node,
+                   cpus_per_node=args.cpus_per_node, network_bytes_per_s=network, stream_bytes_per_s=stream)
 
 
 def _verify(args: argparse.Namespace) -> int:

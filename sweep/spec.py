@@ -220,6 +220,9 @@ TOKEN_DTYPES = ("uint16", "uint32")
 ORDER_DTYPES = ("uint16", "uint32", "uint64", "int32", "int64")
 
 
+PositiveOrAuto = Union[Literal["auto"], Annotated[int, Field(ge=1)]]
+
+
 class DataSpec(SpecSection):
     source: Annotated[str, IDENTITY] = Field(min_length=1)
     """A Hugging Face dataset repo id (`LLM360/AmberDatasets`) or a local directory."""
@@ -247,8 +250,9 @@ class DataSpec(SpecSection):
     """Sampling seed (numpy default_rng)."""
     cache_dir: Annotated[str | None, NOT_IDENTITY] = None
     """Where line indexes and probe sets are cached (on the driver); default `~/.cache/memsweep/probes`."""
-    concurrent_builds: Annotated[int, NOT_IDENTITY] = Field(default=4, ge=1)
-    """Probe sets built at once (each streams one chunk file: 20.8 GB for Amber)."""
+    concurrent_builds: Annotated[PositiveOrAuto, NOT_IDENTITY] = "auto"
+    """Probe sets built at once (each streams one chunk file: 20.8 GB for Amber); auto = the streams the node links
+    carry beside the checkpoint downloads in flight (sweep/run/pacing.py)."""
     vocab_size: Annotated[int | None, NOT_IDENTITY] = Field(default=None, ge=1)
     """If set, token ids outside [0, vocab_size) are an error."""
 
@@ -294,9 +298,6 @@ class MemorizationSpec(SpecSection):
     """Land the model's l greedy tokens per sequence (`generated`); auto = in greedy mode."""
 
 
-PositiveOrAuto = Union[Literal["auto"], Annotated[int, Field(ge=1)]]
-
-
 class ResourcesSpec(SpecSection):
     """How cells are scored, never what they mean (fp32 results do not depend on it; bf16: README, "Exactness")."""
 
@@ -328,8 +329,9 @@ class ExposureSpec(SpecSection):
     chunks: Annotated[list[int], NOT_IDENTITY]
     """The chunk files of `data.file` to scan for exposure counts (ids and ranges, as `chunks`); may include chunks
     the sweep does not score. Extends the counts: a scan of a file counts the same whenever it is made."""
-    concurrent_scans: Annotated[int, NOT_IDENTITY] = Field(default=2, ge=1)
-    """Chunk files scanned at once (each a Ray task streaming one file)."""
+    concurrent_scans: Annotated[PositiveOrAuto, NOT_IDENTITY] = "auto"
+    """Chunk files scanned at once (each a Ray task streaming one file); auto = enough to end with the GPUs, on the
+    CPUs the actors leave (sweep/run/pacing.py)."""
     cpus_per_scan: Annotated[float, Field(gt=0), NOT_IDENTITY] = 1
     """Ray CPUs reserved per scan task (the scan itself runs on one core)."""
 

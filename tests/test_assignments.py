@@ -1,12 +1,142 @@
-"""The tail policy of sweep/run/assignments.py, without Ray: who takes which reservation or share once the queue is
-dry, and how many cells a split hands over."""
+"""sweep/run/assignments.py without Ray: the planned shares of every slot (every cell once, slots that end together,
+no share that does not pay for its load), and the tail policy for what the plan did not foresee: who takes which
+reservation or share, and how many cells a split hands over."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 
 from actors.protocol import CheckpointTarget
-from sweep.run.assignments import STEAL_MIN_CELLS, Assignment, Slot, cells_to_hand_over, take_from_busy
+from sweep.run.assignments import (STEAL_MIN_CELLS, Assignment, Share, Slot, across_nodes, cells_to_hand_over,
+                                   min_share_cells, plan_shares, planned_end_s, take_from_busy)
+
+AMBER_CELL_S, AMBER_LOAD_S = 1.447, 40.0  # a cell of 1000 sequences at 75% of an H200's bound; a 27 GB load
+
+
+def matrix(checkpoints: int, chunks: int) -> list[tuple[int, range]]:
+    return [(ckpt, range(chunks)) for ckpt in range(checkpoints)]
+
+
+def ends(plan, busy_s, cell_s, load_s) -> list[float]:
+    """Each slot's planned end, for the slots that have shares."""
+    return [planned_end_s(shares, busy, cell_s, load_s) for shares, busy in zip(plan, busy_s) if shares]
+
+
+def assert_every_cell_once(plan, pending) -> None:
+    placed = [(share.ckpt, chunk) for shares in plan for share in shares for chunk in share.chunks]
+    assert sorted(placed) == sorted((ckpt, chunk) for ckpt, chunks in pending for chunk in chunks)
+
+
+@pytest.mark.parametrize("slots", [64, 48, 8])
+def test_the_amber_matrix_is_planned_so_that_every_slot_ends_within_a_cell(slots):
+    pending, busy = matrix(360, 360), [0.0] * slots
+    plan = plan_shares(pending, busy, AMBER_CELL_S, AMBER_LOAD_S)
+    assert_every_cell_once(plan, pending)
+    planned = ends(plan, busy, AMBER_CELL_S, AMBER_LOAD_S)
+    assert len(planned) == slots and max(planned) - min(planned) <= AMBER_CELL_S
+    smallest = min_share_cells(AMBER_CELL_S, AMBER_LOAD_S)  # 28 cells: 40.5 s of scoring for a 40 s load
+    shares = [share for shares in plan for share in shares]
+    assert all(len(share.chunks) >= smallest for share in shares)
+    assert len(shares) - 360 <= slots - 1  # McNaughton: at most one split where each slot ends
+
+
+@pytest.mark.parametrize("checkpoints,chunks,slots", [(359, 360, 64), (300, 360, 64), (70, 360, 64),
+                                                      (360, 360, 100), (200, 120, 64)])
+def test_a_slot_ends_early_only_where_no_share_worth_its_load_fits(checkpoints, chunks, slots):
+    """Where a slot's time left after its whole checkpoints is shorter than a load and a share worth it, a split
+    would cost more GPU time than it fills: that slot ends early and the others take its time (the last slot takes
+    what is left). Their time is shared by every slot: the makespan stays within one such share of the ideal with one
+    split per slot (0.13% at most for these shapes)."""
+    pending, busy = matrix(checkpoints, chunks), [0.0] * slots
+    plan = plan_shares(pending, busy, AMBER_CELL_S, AMBER_LOAD_S)
+    assert_every_cell_once(plan, pending)
+    planned = ends(plan, busy, AMBER_CELL_S, AMBER_LOAD_S)
+    makespan, worth_its_load = max(planned), AMBER_LOAD_S + min_share_cells(AMBER_CELL_S, AMBER_LOAD_S) * AMBER_CELL_S
+    assert all(makespan - end < max(AMBER_CELL_S, worth_its_load) for end in planned[:-1])
+    ideal = (checkpoints * (AMBER_LOAD_S + chunks * AMBER_CELL_S) + (slots - 1) * AMBER_LOAD_S) / slots
+    assert makespan <= ideal + worth_its_load and makespan <= 1.0015 * ideal
+
+
+def test_a_plan_made_while_slots_are_busy_ends_them_together():
+    """A re-plan mid-sweep: each slot still busy for a while; what is left of the matrix uneven. Every slot but the
+    last ends within a cell, or early where no share worth its load fits."""
+    rng = random.Random(7)
+    busy = [rng.uniform(0, 500) for _ in range(64)]
+    pending = [(ckpt, range(rng.randint(60, 360))) for ckpt in range(150)]
+    plan = plan_shares(pending, busy, AMBER_CELL_S, AMBER_LOAD_S)
+    assert_every_cell_once(plan, pending)
+    planned = ends(plan, busy, AMBER_CELL_S, AMBER_LOAD_S)
+    worth_its_load = AMBER_LOAD_S + min_share_cells(AMBER_CELL_S, AMBER_LOAD_S) * AMBER_CELL_S
+    assert all(max(planned) - end < worth_its_load for end in planned[:-1])
+    assert sum(max(planned) - end <= AMBER_CELL_S for end in planned) >= 48  # most end within a cell
+
+
+def test_whole_checkpoints_come_first_and_split_shares_last():
+    pending = matrix(360, 360)
+    plan = plan_shares(pending, [0.0] * 64, AMBER_CELL_S, AMBER_LOAD_S)
+    for shares in plan:
+        whole = [len(share.chunks) == 360 for share in shares]
+        assert whole == sorted(whole, reverse=True)
+        assert [s.ckpt for s in shares if len(s.chunks) == 360] == sorted(s.ckpt for s in shares if len(s.chunks) == 360)
+
+
+def test_checkpoints_too_small_to_split_are_never_split():
+    """A single-chunk sweep: 360 one-cell checkpoints on 64 slots, 6 or fewer each."""
+    pending = matrix(360, 1)
+    plan = plan_shares(pending, [0.0] * 64, AMBER_CELL_S, AMBER_LOAD_S)
+    assert_every_cell_once(plan, pending)
+    assert all(len(share.chunks) == 1 for shares in plan for share in shares)
+    assert max(len(shares) for shares in plan) == 6  # ceil(360 / 64)
+
+
+def test_a_share_smaller_than_its_load_is_made_only_for_a_slot_that_would_have_nothing_to_do():
+    """36 checkpoints of 36 cells on 64 slots: a share of 18 cells (26 s) costs a 40 s load, so splitting a checkpoint
+    cannot pay in GPU time; but 28 slots would idle, and with 32 checkpoints every one can be halved."""
+    smallest = min_share_cells(AMBER_CELL_S, AMBER_LOAD_S)
+    diagonal = plan_shares(matrix(36, 36), [0.0] * 64, AMBER_CELL_S, AMBER_LOAD_S)
+    assert all(len(share.chunks) == 36 for shares in diagonal for share in shares)  # halving all would need 72 slots
+    halves = plan_shares(matrix(32, 36), [0.0] * 64, AMBER_CELL_S, AMBER_LOAD_S)
+    assert_every_cell_once(halves, matrix(32, 36))
+    assert sorted({len(share.chunks) for shares in halves for share in shares}) == [18]
+    assert 18 < smallest
+    planned = ends(halves, [0.0] * 64, AMBER_CELL_S, AMBER_LOAD_S)
+    assert max(planned) == pytest.approx(AMBER_LOAD_S + 18 * AMBER_CELL_S)  # sooner than a whole checkpoint
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_plans_place_every_cell_once_within_a_share_of_the_water_level(seed):
+    """Any sizes, costs and busy slots: every cell once, no share under STEAL_MIN_CELLS, and the plan ends at most a
+    load and a share worth its load after the water level (every slot busy to the same moment, no split paid)."""
+    rng = random.Random(seed)
+    slots = rng.randint(1, 64)
+    cell_s, load_s = rng.uniform(0.2, 3.0), rng.uniform(1.0, 150.0)
+    pending = [(ckpt, range(rng.randint(1, 400))) for ckpt in range(rng.randint(1, 6 * slots))]
+    busy = [rng.uniform(0, 300) if seed % 2 else 0.0 for _ in range(slots)]
+    plan = plan_shares(pending, busy, cell_s, load_s)
+    assert_every_cell_once(plan, pending)
+    sizes = {ckpt: len(chunks) for ckpt, chunks in pending}
+    assert all(len(share.chunks) >= STEAL_MIN_CELLS for shares in plan for share in shares
+               if len(share.chunks) < sizes[share.ckpt])
+    work = sum(load_s + len(chunks) * cell_s for _, chunks in pending)
+    level = water_level(busy, work)
+    worst = load_s + min_share_cells(cell_s, load_s) * cell_s
+    assert max(planned_end_s(shares, b, cell_s, load_s) for shares, b in zip(plan, busy)) <= level + load_s + worst
+
+
+def water_level(busy, work):
+    low, high = 0.0, max(busy) + work
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if sum(max(0.0, middle - b) for b in busy) < work else (low, middle)
+    return high
+
+
+def test_a_plan_of_nothing_is_empty():
+    assert plan_shares([], [0.0, 0.0], 1.0, 1.0) == [[], []]
+    assert plan_shares([(3, [])], [0.0], 1.0, 1.0) == [[]]
+    assert plan_shares([(3, [0, 1])], [5.0], 1.0, 1.0) == [[Share(3, (0, 1))]]
 
 
 @pytest.mark.parametrize("todo,in_flight,cell_s,load_s", [(300, 2, 1.45, 148.0), (359, 1, 0.7, 40.0),
@@ -72,3 +202,9 @@ def test_nothing_is_taken_from_an_idle_board_or_a_tail_too_short_to_split():
     nearly_done = busy(1, 10, todo=STEAL_MIN_CELLS)
     assert take_from_busy([idle, nearly_done], idle, 1.0, 0.0) is None
     assert nearly_done.current.todo == list(range(STEAL_MIN_CELLS))
+
+
+def test_slots_are_filled_one_per_node_before_a_second_on_any():
+    assert across_nodes(16, 8) == [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15]
+    assert sorted(across_nodes(64, 8)) == list(range(64)) and across_nodes(64, 8)[:8] == list(range(0, 64, 8))
+    assert across_nodes(3, 0) == [0, 1, 2]

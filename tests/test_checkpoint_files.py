@@ -74,6 +74,33 @@ def test_a_hub_checkpoint_is_downloaded_once_with_one_kind_of_weights(tmp_path, 
     assert evict_checkpoint(folder) > 0 and not folder.path.exists()
 
 
+def test_two_actors_of_a_node_share_one_download_and_the_last_one_deletes_it(tmp_path, monkeypatch):
+    """The shares of a split checkpoint may load on one node at once: one folder, deleted only by its last user
+    (a lock per user: flock locks of two open() calls conflict like two processes' do)."""
+    downloads = []
+
+    def fake_snapshot(repo_id, revision=None, allow_patterns=None, local_dir=None, local_files_only=False,
+                      dry_run=False):
+        if local_files_only:
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        if dry_run:
+            return [SimpleNamespace(file_size=0 if Path(local_dir, "model.safetensors").exists() else 1000,
+                                    will_download=not Path(local_dir, "model.safetensors").exists())]
+        downloads.append(local_dir)
+        Path(local_dir, "model.safetensors").write_bytes(b"w" * 1000)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id, revision=None: ["model.safetensors"])
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    first = fetch_checkpoint("LLM360/Amber", "ckpt_010", "d" * 40, tmp_path / "downloads")
+    second = fetch_checkpoint("LLM360/Amber", "ckpt_010", "d" * 40, tmp_path / "downloads")
+    assert first.path == second.path
+    assert evict_checkpoint(first) == 0 and (second.path / "model.safetensors").exists()  # the other one loads it
+    assert evict_checkpoint(second) > 0 and not second.path.exists()
+    third = fetch_checkpoint("LLM360/Amber", "ckpt_010", "d" * 40, tmp_path / "downloads")  # later: fetched again
+    assert (third.path / "model.safetensors").exists() and evict_checkpoint(third) > 0
+
+
 def test_a_download_that_does_not_fit_is_refused_naming_folder_and_sizes(tmp_path, monkeypatch):
     def fake_snapshot(repo_id, revision=None, allow_patterns=None, local_dir=None, local_files_only=False,
                       dry_run=False):

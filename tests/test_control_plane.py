@@ -31,7 +31,7 @@ def test_cost_model_actor_has_checkpoint_scorers_interface():
     from actors.scorer_actor import CheckpointScorer
 
     real = CheckpointScorer.__ray_metadata__
-    stand_in = control_plane.cost_model_scorer(control_plane.CostModel(0, 0, 0, 0)).__ray_metadata__
+    stand_in = control_plane.cost_model_scorer(control_plane.CostModel(0, 0)).__ray_metadata__
     assert stand_in.concurrency_groups == real.concurrency_groups
     assert stand_in.method_meta.concurrency_group_for_methods == real.method_meta.concurrency_group_for_methods
     public = {name for name in real.method_meta.signatures if not name.startswith("_")}
@@ -70,19 +70,29 @@ def test_synthetic_scores_are_deterministic_and_consistent():
 
 @pytest.mark.ray
 def test_cost_model_sweep_lands_every_cell_once(tmp_path):
-    """12 checkpoints x 8 chunks on 6 logical GPUs, no sleeps: every cell once, its own synthetic scores."""
+    """12 checkpoints x 8 chunks on 6 logical GPUs (3 simulated nodes), chunk files 0-9 streamed and scanned over the
+    simulated network in next to no time: every cell once with its own synthetic scores, every scan landed."""
+    import ray
+
     from actors.protocol import ScoringOptions
+    from sweep.run.bound import Cluster
     from sweep.run.driver import run_sweep
     from sweep.landed.reader import open_output
 
-    control_plane.build_world(tmp_path / "world", checkpoints=12, chunks=8, rows=40)
-    spec = control_plane.make_spec(tmp_path / "world", tmp_path / "out", tmp_path / "cache", checkpoints=12,
-                                   chunks=8, samples=40, mode="extractable", actors=6, concurrent_builds=2)
-    cost = control_plane.CostModel(cell_seconds=0.01, load_seconds=0.02, download_seconds=0.02,
-                                   probe_build_seconds=0)
+    control_plane.build_world(tmp_path / "world", checkpoints=list(range(12)), chunks=list(range(10)), rows=40)
+    spec = control_plane.make_spec(tmp_path / "world", tmp_path / "out", tmp_path / "cache", checkpoints="0-11",
+                                   chunks="0-7", samples=40, mode="extractable", actors=6, exposure="0-9")
+    cluster = Cluster(nodes=3, gpus_per_node=2, cpus_per_node=4, network_bytes_per_s=4e9, stream_bytes_per_s=1e9)
+    cost = control_plane.CostModel(cell_seconds=0.01, load_seconds=0.02, checkpoint_bytes=2e7, chunk_bytes=1e7,
+                                   scan_bytes_per_core_s=1e9)
     with ray_of_its_own(num_cpus=2, num_gpus=6):
-        summary = run_sweep(spec, progress=False, scorer=control_plane.cost_model_scorer(cost))
-    assert summary.ok and summary.schedule.cells_scored == 96
+        control_plane.start_network(cluster, cost)
+        with control_plane.simulated_chunk_streams():
+            summary = run_sweep(spec, progress=False, scorer=control_plane.cost_model_scorer(cost), cluster=cluster)
+        moved = ray.get(ray.get_actor(control_plane.NETWORK_NAME).moved_bytes.remote())
+    assert summary.ok and summary.schedule.cells_scored == 96 and summary.scans.scanned == 10
+    assert moved["probe builds"] == 8 * 1e7 and moved["exposure scans"] == 10 * 1e7  # every chunk file once each
+    assert moved["checkpoint downloads"] >= 12 * 2e7  # every checkpoint at least once
     assert summary.schedule.prefetched_elsewhere == 0  # a reservation is loaded by the actor that prefetched it
     store = open_output(tmp_path / "out")
     sequences = store.sequences().collect()

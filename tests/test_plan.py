@@ -85,6 +85,36 @@ def test_plan_prices_the_exposure_scan_of_the_whole_corpus(tmp_path):
     assert f"~{tokens / 50e6 / 3600:,.1f} core-hours" in line
 
 
+def test_plan_names_the_binding_resource_the_bound_and_the_scan_concurrency(tmp_path):
+    """Issue 25: for the default cluster (64 GPUs, 8 to a node, 96 CPUs and 2 GB/s each) the full matrix is bound by
+    its GPUs, and `auto` sizes the scans to end with them."""
+    text = plan(str(REPO / "configs" / "amber-full-matrix.yaml"), "--offline", "--output", str(tmp_path / "out"))
+    assert "cluster: 64 GPUs on 8 nodes (8 GPUs, 96 CPUs and 2 GB/s of network each" in text
+    cell_s = 1000 / (900 * 0.75)  # extractable, 75% of the compute bound
+    gpus = 108 + (129_600 * cell_s + 360 * 40) / 64
+    assert f"GPUs: {gpus / 60:.1f} min" in text
+    assert f"binding: GPUs; the sweep cannot end before {gpus / 60:.1f} min" in text
+    scans = int(re.search(r"exposure.concurrent_scans: auto \((\d+) at once", text).group(1))
+    assert 8 <= scans <= 16
+    scan_line = next(line for line in text.splitlines() if line.startswith("  exposure scans:"))
+    assert float(re.search(r"([\d.]+) min", scan_line).group(1)) <= gpus / 60
+
+
+def test_plan_flags_describe_another_cluster(tmp_path):
+    spec = str(REPO / "configs" / "amber-full-matrix.yaml")
+    few = plan(spec, "--offline", "--output", str(tmp_path / "out"), "--cpus-per-node", "9",
+               "--set", "exposure.concurrent_scans=2")
+    assert "exposure.concurrent_scans: 2\n" in few and "binding: exposure scans" in few  # hours after the GPUs
+    diagonal = plan(str(REPO / "configs" / "amber-diagonal.yaml"), "--offline", "--output", str(tmp_path / "d"),
+                    "--gpus", "8", "--network-gb-s", "0.5")
+    assert "8 GPUs on 1 nodes" in diagonal  # 36 x 27 GB of checkpoints and 36 x 20.8 GB of chunks over one link:
+    assert "binding: node links, every transfer; the sweep cannot end before 57.4 min" in diagonal
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["plan", spec, "--offline", "--gpus", "60"]) == 2
+    assert err.getvalue().strip() == "memsweep: error: --gpus 60: not a multiple of --gpus-per-node 8"
+
+
 def test_plan_prices_pythia_from_its_published_sizes(tmp_path):
     """154 fp16 checkpoints of 70,426,624 parameters (the Pythia README's 6 layers x 512, vocabulary 50,304); 143
     chunks whose probe sets each read 1,024,000 index entries of 12 bytes and 1000 x 64 uint16 tokens."""
@@ -100,6 +130,8 @@ def test_plan_prices_pythia_from_its_published_sizes(tmp_path):
     hours = dict((label, float(value.replace(",", ""))) for value, label in
                  re.findall(r"([\d,.]+) at the (reference|compute bound)", text))
     assert hours["compute bound"] == round(22_022_000 / (900 * 6.74e9 / parameters) / 3600, 1)
+    cell_s = 1000 / (900 * 6.74e9 / parameters * 0.5)  # the bound's cell: greedy at 50% of the same compute bound
+    assert f"assumed: a cell {cell_s:.3g} s (50% of the ~{900 * 6.74e9 / parameters:,.0f} seq/s compute bound" in text
     line = next(line for line in text.splitlines() if line.startswith("exposure scans:"))
     tokens = 143 * 1_024_000 * 2049  # the whole stream: 300B tokens
     assert f"143 stream chunks, {143 * 1_024_000 * (12 + 2 * 2049) / 1e9:,.1f} GB to stream" in line

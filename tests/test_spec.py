@@ -95,6 +95,16 @@ def test_identity_ignores_resources_but_not_meaning(tmp_path):
     assert base.identity_hash() != other_k.identity_hash()
 
 
+def test_build_and_scan_concurrency_default_to_auto_and_a_number_is_kept(tmp_path):
+    """Issue 25: `auto` paces them to the cluster; a spec that names a number keeps it; neither is identity."""
+    base = load_spec(write(tmp_path, edited(exposure={"chunks": "0-3"})))
+    assert base.data.concurrent_builds == "auto" and base.exposure.concurrent_scans == "auto"
+    fixed = load_spec(write(tmp_path, edited(exposure={"chunks": "0-3", "concurrent_scans": 2},
+                                             data__concurrent_builds=4)))
+    assert fixed.data.concurrent_builds == 4 and fixed.exposure.concurrent_scans == 2
+    assert fixed.identity_hash() == base.identity_hash()
+
+
 def identity_as_kept_by_hand(spec: SweepSpec) -> dict:
     """`SweepSpec.identity()` as it was written out key by key until the keys declared their meaning (issue 24): every
     output landed before then carries this identity's hash in its manifest."""
@@ -208,6 +218,8 @@ BAD = [
     ("bad data template", {"data__file": "train_{ckpt}.jsonl"}, "data.file", "{chunk}"),
     ("negative gpus", {"resources__gpus_per_actor": -1}, "resources.gpus_per_actor", ""),
     ("zero batch", {"resources__batch_size": 0}, "resources.batch_size", ""),
+    ("zero scans", {"exposure": {"chunks": "0-3", "concurrent_scans": 0}}, "exposure.concurrent_scans", ""),
+    ("builds neither auto nor a number", {"data__concurrent_builds": "many"}, "data.concurrent_builds", ""),
     ("bad mode", {"memorization__mode": "beam"}, "memorization.mode", "greedy"),
     ("junk range", {"checkpoints": "1..5"}, "checkpoints", "'1..5'"),
     ("bad name", {"name": "my sweep!"}, "name", ""),

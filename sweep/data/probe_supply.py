@@ -7,8 +7,9 @@ For every chunk the plan needs, in the order the plan needs them, the first of t
    this output keeps the rows it sampled then, so its cells never mix two versions of a chunk;
 2. the driver's cache holds a probe set for this content (sha256, seed, n, k, l): land it;
 3. else a Ray task builds it (sweep/data/probes.py: one streaming pass unless the cache has the line index, then
-   range reads of the chosen rows), at most `data.concurrent_builds` at a time; the driver caches the line
-   index and the probe set and lands it in the output.
+   range reads of the chosen rows), at most `limit` at a time (`data.concurrent_builds`, or what the scheduler
+   paces for `auto`: sweep/run/pacing.py), spread over the nodes so that the streams share every node's link;
+   the driver caches the line index and the probe set and lands it in the output.
 
 A chunk that cannot be described, fetched or parsed is `failed` with a one-line reason; the scheduler fails
 its cells and goes on. What the supply did (built, reused, warnings) is in `stats`, for the sweep's summary.
@@ -46,7 +47,7 @@ class ReadyProbeSet:
     sha256: str | None
 
 
-@ray.remote(num_cpus=0)  # network/disk-bound; concurrency is capped by data.concurrent_builds, not by CPUs
+@ray.remote(num_cpus=0)  # network/disk-bound; concurrency is capped by `ProbeSupply.limit`, not by CPUs
 def _build_probe_set_task(chunk_file: ChunkFile | StreamChunk, chunk: int, n: int, seed: int, k: int, l: int,
                           vocab_size: int | None, line_lengths: np.ndarray | None) -> ProbeBuild:
     if isinstance(chunk_file, StreamChunk):
@@ -59,6 +60,7 @@ class SupplyStats:
     """What the supply did, for the sweep's summary."""
 
     built: int = 0
+    built_bytes: list[int] = field(default_factory=list)  # each chunk file streamed for a build
     reused: int = 0  # from the output or the cache
     bytes_read: int = 0  # by the builds of binary-stream probe sets (JSONL builds stream their chunk file)
     requests: int = 0
@@ -81,8 +83,11 @@ class ProbeSupply:
         self.width = spec.memorization.prompt_len + spec.memorization.continuation_len
         self.cache = ProbeCache(spec.data.cache_dir)
         self.memo = IdentityMemo(self.cache.root)
-        self.task = _build_probe_set_task.options(runtime_env={"env_vars": environment}) if environment \
-            else _build_probe_set_task
+        # SPREAD: a task that asks for no CPU would otherwise run where the driver is, every stream on one link
+        self.task = _build_probe_set_task.options(scheduling_strategy="SPREAD",
+                                                  **({"runtime_env": {"env_vars": environment}} if environment else {}))
+        builds = spec.data.concurrent_builds
+        self.limit = builds if builds != "auto" else 1  # builds at once; the scheduler paces `auto`
         self.ready: dict[int, ReadyProbeSet] = {}
         self.failed: dict[int, str] = {}
         self.waiting: deque[tuple[int, ChunkFile | StreamChunk, np.ndarray | None]] = deque()
@@ -105,6 +110,10 @@ class ProbeSupply:
         """Every probe set the plan needs is ready or failed."""
         return not self.waiting and not self.in_flight
 
+    @property
+    def builds_left(self) -> int:
+        return len(self.waiting) + len(self.in_flight)
+
     def refs(self) -> list[ray.ObjectRef]:
         return list(self.in_flight)
 
@@ -114,9 +123,9 @@ class ProbeSupply:
     # ---- work ---------------------------------------------------------------------------------
 
     def pump(self) -> None:
-        """Start builds while fewer than data.concurrent_builds run."""
+        """Start builds while fewer than `limit` run."""
         data, memorization = self.spec.data, self.spec.memorization
-        while self.waiting and len(self.in_flight) < data.concurrent_builds:
+        while self.waiting and len(self.in_flight) < self.limit:
             chunk, chunk_file, lengths = self.waiting.popleft()
             ref = self.task.remote(chunk_file, chunk, data.samples_per_chunk, data.seed, memorization.prompt_len,
                                    memorization.continuation_len, data.vocab_size, lengths)
@@ -138,6 +147,7 @@ class ProbeSupply:
             self.stats.requests += built.requests or 0
             self._land(chunk, build.frame, built)
             self.stats.built += 1
+            self.stats.built_bytes.append(built.bytes_read or 0)
             return
         if build.line_lengths is not None:
             self.cache.put_line_lengths(built.sha256, build.line_lengths)
@@ -147,6 +157,7 @@ class ProbeSupply:
                                  memorization.continuation_len, build.frame)
         self._land(chunk, build.frame, built)
         self.stats.built += 1
+        self.stats.built_bytes.append(built.size or 0)
 
     # ---- internals ----------------------------------------------------------------------------
 

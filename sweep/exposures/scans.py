@@ -9,7 +9,8 @@ share one probe index, put once into Ray's object store.
 
 Scans need the probe sets of every scored chunk, so they start once the probe supply has settled (all probe sets
 built, landed or failed), which is after the first cells are handed out: they never delay scoring. They run beside
-the GPU actors, `exposure.concurrent_scans` at a time, `exposure.cpus_per_scan` Ray CPUs each, on any node; each
+the GPU actors, `limit` at a time (`exposure.concurrent_scans`, or what the scheduler paces for `auto` so that they
+end with the GPUs: sweep/run/pacing.py), `exposure.cpus_per_scan` Ray CPUs each, spread over the nodes; each
 streams its file (local or Hub) with bounded memory and stores nothing of it. A file that cannot be described,
 read or parsed fails its scan only, with one line (`failures/scan-chunk=<j>.json`); the next run tries again.
 Scanned files are pinned by content (sha256) like probe sets.
@@ -68,6 +69,13 @@ def scan_stream_chunk(chunk: StreamChunk, index) -> tuple[ChunkExposure, float]:
 _scan_task = ray.remote(scan_chunk_file)
 
 
+@ray.remote(num_cpus=0)  # a second or two of one core, once per sweep: not worth a CPU the actors or scans hold
+def _probe_index_task(tokens: np.ndarray, prompt_len: int):
+    """The probe index built on a worker, not in the driver: its tables (~60 MB at 360,000 probes) and the build's
+    temporaries stay off the driver's memory, and the driver's loop does not stop for the build (~1-2 s)."""
+    return build_probe_index(tokens, prompt_len)
+
+
 @dataclass(frozen=True)
 class _ProbeGroup:
     """The probe sequences of some probe chunks, as one index: what a scan of a chunk file counts."""
@@ -85,6 +93,13 @@ class ScanStats:
     failed: dict[int, str] = field(default_factory=dict)  # chunk file -> why its scan failed
     tokens: int = 0
     seconds: float = 0.0  # summed over scan tasks
+    file_bytes: list[int] = field(default_factory=list)  # each scanned file's size
+    wall_seconds: list[float] = field(default_factory=list)  # each scan from its start to its result, as the driver saw
+    last_landed_at: float | None = None  # time.perf_counter() of the last scan landed
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.file_bytes)
 
 
 class ExposureScans:
@@ -94,15 +109,24 @@ class ExposureScans:
         self.spec, self.store, self.supply = spec, store, supply
         self.stats = ScanStats()
         self.targets = list(spec.exposure.chunks) if spec.exposure is not None else []
-        self.task = _scan_task.options(num_cpus=spec.exposure.cpus_per_scan, runtime_env={"env_vars": environment}) \
-            if spec.exposure is not None else None
-        self.started = False
+        self.task = _scan_task.options(num_cpus=spec.exposure.cpus_per_scan, scheduling_strategy="SPREAD",
+                                       runtime_env={"env_vars": environment}) if spec.exposure is not None else None
+        self.index_task = _probe_index_task.options(runtime_env={"env_vars": environment})
+        scans = spec.exposure.concurrent_scans if spec.exposure is not None else 1
+        self.limit = scans if scans != "auto" else 1  # scans at once; the scheduler paces `auto`
+        self.planned = False  # the scans to do are known (once the probe supply settled)
         self.waiting: deque[tuple[int, ChunkFile | StreamChunk, _ProbeGroup]] = deque()
         self.in_flight: dict[ray.ObjectRef, tuple[int, ChunkFile | StreamChunk, _ProbeGroup]] = {}
+        self.started_at: dict[ray.ObjectRef, float] = {}  # perf_counter when each scan in flight started
 
     @property
     def done(self) -> bool:
-        return not self.targets or (self.started and not self.waiting and not self.in_flight)
+        return not self.targets or (self.planned and not self.waiting and not self.in_flight)
+
+    @property
+    def left(self) -> list[ChunkFile]:
+        """The chunk files still to scan, waiting or under way (known once the scans are planned)."""
+        return [chunk_file for _, chunk_file, _ in [*self.waiting, *self.in_flight.values()]]
 
     def refs(self) -> list[ray.ObjectRef]:
         return list(self.in_flight)
@@ -111,20 +135,23 @@ class ExposureScans:
         return ref in self.in_flight
 
     def pump(self) -> None:
-        """Plan the scans once the probe sets exist; start scans while fewer than exposure.concurrent_scans run."""
+        """Plan the scans once the probe sets exist; start scans while fewer than `limit` run."""
         if not self.targets:
             return
-        if not self.started:
+        if not self.planned:
             if not self.supply.done:
                 return
             self._plan()
-            self.started = True
-        while self.waiting and len(self.in_flight) < self.spec.exposure.concurrent_scans:
+            self.planned = True
+        while self.waiting and len(self.in_flight) < self.limit:
             seen_chunk, chunk_file, group = self.waiting.popleft()
-            self.in_flight[self.task.remote(chunk_file, group.index_ref)] = (seen_chunk, chunk_file, group)
+            ref = self.task.remote(chunk_file, group.index_ref)
+            self.in_flight[ref] = (seen_chunk, chunk_file, group)
+            self.started_at[ref] = time.perf_counter()
 
     def collect(self, ref: ray.ObjectRef) -> None:
         seen_chunk, chunk_file, group = self.in_flight.pop(ref)
+        self.stats.wall_seconds.append(time.perf_counter() - self.started_at.pop(ref))
         try:
             exposure, cpu_seconds = ray.get(ref)
         except RayTaskError as error:
@@ -152,6 +179,8 @@ class ExposureScans:
         self.stats.scanned += 1
         self.stats.tokens += exposure.tokens
         self.stats.seconds += exposure.seconds
+        self.stats.file_bytes.append(exposure.size)
+        self.stats.last_landed_at = time.perf_counter()
         log.info("chunk %d scanned: %d rows, %.0fM tokens in %.1f s", seen_chunk, exposure.rows,
                  exposure.tokens / 1e6, exposure.seconds)
 
@@ -184,10 +213,13 @@ class ExposureScans:
 
     def _group(self, probe_chunks: tuple[int, ...]) -> _ProbeGroup:
         width = self.spec.memorization.prompt_len + self.spec.memorization.continuation_len
-        frames = [self.store.read_probe_set(chunk) for chunk in probe_chunks]
-        probes = pl.concat(frames)
-        index = build_probe_index(tokens_array(probes, width).astype(np.uint32), self.spec.memorization.prompt_len)
-        return _ProbeGroup(probe_chunks, probes.select("chunk", "row"), ray.put(index))
+        keys, tokens = [], []
+        for chunk in probe_chunks:  # one probe set at a time: never all of them as frames (or int64) at once
+            frame = self.store.read_probe_set(chunk)
+            keys.append(frame.select("chunk", "row"))
+            tokens.append(tokens_array(frame, width).astype(np.uint32))
+        index = self.index_task.remote(np.concatenate(tokens), self.spec.memorization.prompt_len)
+        return _ProbeGroup(probe_chunks, pl.concat(keys), index)
 
     def _fail(self, seen_chunk: int, reason: str) -> None:
         self.stats.failed[seen_chunk] = reason

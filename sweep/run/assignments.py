@@ -1,22 +1,162 @@
-"""Who scores what: each actor slot's current and reserved checkpoint, and the tail policy. Pure Python, no Ray.
+"""Who scores what: the planned shares of every actor slot, each slot's current and reserved checkpoint, and the
+tail policy for what the plan did not foresee. Pure Python, no Ray.
+
+**The plan** (`plan_shares`): from the known cell and load costs, every slot gets an ordered list of shares (a
+checkpoint and some of its chunks) so that all slots end together: whole checkpoints first, then the last partial
+round's checkpoints split at plan time into shares that end with the others (McNaughton's wrap-around, with a load
+paid for every share). A share is prefetched like any other checkpoint, so no actor waits for an unplanned download.
+The scheduler plans again from what is left whenever a slot reserves its next share, with the costs measured so far
+(sweep/run/scheduler.py), so a plan made from guesses corrects itself as measured costs arrive.
 
 Each actor slot holds a `current` checkpoint (the one loaded, or loading) and a `next` one reserved for it, which
-only that actor prefetches, once its current checkpoint is loaded: a download lands on the node that loads it
-and never competes with the download the actor is waiting for.
+only that actor prefetches: a download lands on the node that loads it.
 
-When the queue runs dry (`take_from_busy`), an idle actor first takes a reservation from an actor that is still
-busy for longer than a load takes (that reservation's prefetch is wasted, its wait is not), then splits the
-largest remaining checkpoint so that both actors finish together (`cells_to_hand_over`). With 360 checkpoints on
-64 GPUs that turns the last partial round (40 of 64 actors busy for a whole checkpoint) into about one load.
+**The tail policy** (`take_from_busy`), for what the plan could not foresee (an actor that died, a slow node): once
+an idle slot has no planned share left, it takes a reservation from an actor busy for longer than a load takes, or
+splits the largest remaining checkpoint so that both actors finish together (`cells_to_hand_over`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from actors.protocol import CheckpointTarget
 
 STEAL_MIN_CELLS = 8  # never split a checkpoint with fewer cells left (each half would not amortise a load)
+PLAN_LOOKAHEAD = 16  # checkpoints a slot looks through for one that fills its room (the plan order bends that far)
+
+
+@dataclass(frozen=True)
+class Share:
+    """Some chunks of one checkpoint, for one slot: a whole checkpoint, or a share of a split one."""
+
+    ckpt: int
+    chunks: tuple[int, ...]
+
+
+def min_share_cells(cell_s: float, load_s: float) -> int:
+    """The fewest cells a share may have: enough that scoring them takes at least as long as loading their checkpoint
+    (a split never more than doubles the GPU time of what it moves), and never under STEAL_MIN_CELLS."""
+    return max(STEAL_MIN_CELLS, math.ceil(load_s / max(cell_s, 1e-9) - 1e-9))
+
+
+def plan_shares(pending: Sequence[tuple[int, Sequence[int]]], busy_s: Sequence[float], cell_s: float,
+                load_s: float) -> list[list[Share]]:
+    """Every pending cell exactly once, as an ordered list of shares per slot, so that the slots end together.
+
+    `pending`: (checkpoint, chunks) in plan order, a checkpoint at most once; `busy_s[i]`: seconds until slot i is
+    done with what it already holds. A share costs `load_s + cells x cell_s`. The plan searches the smallest makespan
+    T at which the wrap-around fill below places everything: each slot, in order, takes whole checkpoints while they
+    fit before T, then the share of the next one that ends within a cell of T; the rest of that checkpoint goes on to
+    the next slot. A share is never smaller than `min_share_cells` (where it would be, the slot ends early instead and
+    the others take its time), except that when that plan leaves slots with nothing to do, their loads cost nothing
+    else, so shares down to STEAL_MIN_CELLS are used where they end the plan sooner. Each slot's list has its whole
+    checkpoints first, then its shares: the split ones run last, with every cost measured by then.
+    """
+    work = [(ckpt, tuple(chunks)) for ckpt, chunks in pending if chunks]
+    if not work or not busy_s:
+        return [[] for _ in busy_s]
+    strict = min_share_cells(cell_s, load_s)
+    makespan, plan = _smallest_makespan(work, busy_s, cell_s, load_s, strict)
+    if strict > STEAL_MIN_CELLS and any(not shares for shares in plan):
+        relaxed_makespan, relaxed = _smallest_makespan(work, busy_s, cell_s, load_s, STEAL_MIN_CELLS)
+        if relaxed_makespan < makespan - cell_s:
+            plan = relaxed
+    return [_whole_first(shares, work) for shares in plan]
+
+
+def across_nodes(slots: int, per_node: int) -> list[int]:
+    """Slot indices in the order the plan fills them: one slot of every node before a second of any. Ray starts the
+    actors in slot order and places them on nodes of `per_node` GPUs, so slot i is on node i // per_node as a rule:
+    when the plan leaves slots idle, or splits shares at the ends of neighbouring slots, their downloads then share
+    fewer links. Where the rule does not hold, nothing is lost."""
+    per_node = max(1, int(per_node))
+    return sorted(range(slots), key=lambda index: (index % per_node, index // per_node))
+
+
+def planned_end_s(shares: Sequence[Share], busy_s: float, cell_s: float, load_s: float) -> float:
+    """When a slot that is busy for `busy_s` ends its planned shares."""
+    return busy_s + sum(load_s + len(share.chunks) * cell_s for share in shares)
+
+
+def _smallest_makespan(work, busy_s, cell_s, load_s, min_cells) -> tuple[float, list[list[Share]]]:
+    """Bisect the makespan between the water level (every slot busy until the same moment, no split paid for) and
+    one that fits, down to a tenth of a cell."""
+    costs = [load_s + len(chunks) * cell_s for _, chunks in work]
+    low = _water_level(busy_s, sum(costs))
+    high = low + load_s + max(costs)  # usually fits: every slot's room ends within one checkpoint and a load
+    plan = _fill(work, busy_s, high, cell_s, load_s, min_cells)
+    if plan is None:  # e.g. shares too small to split: everything fits on the least busy slot
+        high = min(busy_s) + sum(costs) + cell_s
+        plan = _fill(work, busy_s, high, cell_s, load_s, min_cells)
+    while high - low > cell_s / 10:
+        middle = (low + high) / 2
+        attempt = _fill(work, busy_s, middle, cell_s, load_s, min_cells)
+        if attempt is None:
+            low = middle
+        else:
+            high, plan = middle, attempt
+    return max(planned_end_s(shares, busy, cell_s, load_s) for shares, busy in zip(plan, busy_s)), plan
+
+
+def _water_level(busy_s: Sequence[float], work_s: float) -> float:
+    """The moment T at which the slots' free time before T, sum(max(0, T - busy)), equals `work_s`."""
+    level, free = 0.0, sorted(busy_s)
+    for count in range(1, len(free) + 1):
+        level = (sum(free[:count]) + work_s) / count
+        if count == len(free) or level <= free[count]:
+            return level
+    return level
+
+
+def _fill(work, busy_s, makespan, cell_s, load_s, min_cells) -> list[list[Share]] | None:
+    """The wrap-around fill at `makespan`; None if something is left over."""
+    plan: list[list[Share]] = [[] for _ in busy_s]
+    queue = list(work)  # (checkpoint, chunks not yet placed); queue[:position] is placed
+    position = 0
+    for slot, busy in enumerate(busy_s):
+        room = makespan - busy
+        while position < len(queue):
+            taken = _next_share(queue, position, room, cell_s, load_s, min_cells)
+            if taken is None:
+                break  # nothing worth its load fits: this slot ends early, the others take its time
+            index, cells = taken
+            queue[position], queue[index] = queue[index], queue[position]
+            ckpt, chunks = queue[position]
+            plan[slot].append(Share(ckpt, chunks[:cells]))
+            room -= load_s + cells * cell_s
+            if cells < len(chunks):  # a split fills the slot; the rest goes on with the next one
+                queue[position] = (ckpt, chunks[cells:])
+                break
+            position += 1
+    return plan if position == len(queue) else None
+
+
+def _next_share(queue, position, room, cell_s, load_s, min_cells) -> tuple[int, int] | None:
+    """What a slot with `room` seconds left takes next, as (queue index, cells): the front checkpoint whole if it
+    fits; else, among the next PLAN_LOOKAHEAD, the first that fits whole or splits where the room ends (leaving a
+    share worth its load); else the front less a share worth its load. None: no share worth its load fits."""
+    fits = int((room - load_s) / cell_s + 1e-9)  # the most cells that end before the makespan
+    front = len(queue[position][1])
+    if front <= fits:
+        return position, front
+    window = range(position, min(len(queue), position + PLAN_LOOKAHEAD))
+    for index in window:
+        cells = len(queue[index][1])
+        if cells <= fits:
+            return index, cells
+        if fits >= min_cells and cells - fits >= min_cells:
+            return index, fits
+    clipped = front - min_cells  # the front's rest would be too small to pay for its load: leave it that much
+    return (position, clipped) if min_cells <= clipped <= fits else None
+
+
+def _whole_first(shares: list[Share], work) -> list[Share]:
+    """Whole checkpoints in plan order, then split shares in plan order."""
+    order = {ckpt: (index, len(chunks)) for index, (ckpt, chunks) in enumerate(work)}
+    return sorted(shares, key=lambda share: (len(share.chunks) != order[share.ckpt][1], order[share.ckpt][0]))
 
 
 @dataclass
@@ -28,6 +168,8 @@ class Assignment:
     in_flight: dict = field(default_factory=dict)  # call handle -> chunk
     reserved_by: int | None = None  # the slot that reserved (and prefetches) it
     prefetch_sent: bool = False
+    prefetched: bool = False  # its prefetch returned: the checkpoint is on the node (cells go to it from then on)
+    loaded: bool = False  # a cell of it came back: the checkpoint is in the actor
 
     @property
     def cells_left(self) -> int:
@@ -60,6 +202,30 @@ class Taken:
     prefetch_to_discard: CheckpointTarget | None = None
 
 
+def seconds_left(assignment: Assignment | None, cell_s: float, load_s: float) -> float:
+    """What an assignment still takes its actor: its cells left, and its load if no cell of it came back yet."""
+    if assignment is None:
+        return 0.0
+    return assignment.cells_left * cell_s + (0.0 if assignment.loaded else load_s)
+
+
+def busy_seconds(slot: Slot, cell_s: float, load_s: float) -> float:
+    """How long `slot` is still busy with what it holds: its current checkpoint, then its reserved next one."""
+    return seconds_left(slot.current, cell_s, load_s) + seconds_left(slot.next, cell_s, load_s)
+
+
+def pooled_shares(planned: Sequence[Sequence[Share]], chunk_order: dict[int, Sequence[int]]
+                  ) -> list[tuple[int, tuple[int, ...]]]:
+    """Every planned share put back together per checkpoint, for planning again: (checkpoint, chunks) in the order of
+    `chunk_order` (checkpoint -> its chunks in plan order; its keys in plan order)."""
+    pooled: dict[int, set[int]] = {}
+    for shares in planned:
+        for share in shares:
+            pooled.setdefault(share.ckpt, set()).update(share.chunks)
+    return [(ckpt, tuple(chunks) if len(pooled[ckpt]) == len(chunks) else tuple(c for c in chunks if c in pooled[ckpt]))
+            for ckpt, chunks in chunk_order.items() if ckpt in pooled]
+
+
 def cells_to_hand_over(todo: int, in_flight: int, cell_s: float, load_s: float) -> int:
     """How many of a busy actor's `todo` cells an idle actor should take so that both finish together.
 
@@ -85,7 +251,7 @@ def take_from_busy(slots: list[Slot], idle: Slot, cell_s: float, load_s: float) 
         if holder.current.cells_left * cell_s > load_s:
             taken, holder.next = holder.next, None
             discard = taken.target if taken.prefetch_sent else None
-            taken.reserved_by, taken.prefetch_sent = None, False
+            taken.reserved_by, taken.prefetch_sent, taken.prefetched = None, False, False
             return Taken(taken, holder, from_reservation=True, prefetch_to_discard=discard)
     # 2. a share of the largest remaining checkpoint, sized so that both actors finish together
     donors = [s for s in slots if s is not idle and s.current is not None]

@@ -140,12 +140,17 @@ def estimate_cost(spec: SweepSpec, plan: Plan, landed: LandedOutput | None = Non
     else:
         _chunk_sizes(spec, plan, landed, estimate, offline, release)
         _scan_sizes(spec, landed, estimate, offline, release)
-    if landed is not None and landed.done_cells():
-        cells = landed.cells().filter(pl.col("device") != "cpu").select("sequences_per_s").collect()
-        rates = [r for r in cells["sequences_per_s"].to_list() if r]
-        if rates:
-            estimate.measured_rate = statistics.median(rates)
+    estimate.measured_rate = measured_gpu_rate(landed)
     return estimate
+
+
+def measured_gpu_rate(landed: LandedOutput | None) -> float | None:
+    """Sequences/s per actor on a GPU: the median over the cells this output landed from GPUs (None: none yet)."""
+    if landed is None or not landed.done_cells():
+        return None
+    cells = landed.cells().filter(pl.col("device") != "cpu").select("sequences_per_s").collect()
+    rates = [r for r in cells["sequences_per_s"].to_list() if r]
+    return statistics.median(rates) if rates else None
 
 
 def _checkpoint_sizes(spec: SweepSpec, plan: Plan, estimate: CostEstimate, offline: bool,

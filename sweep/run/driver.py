@@ -9,7 +9,8 @@
 3. The store opens (recovering whatever a killed run left), the plan lists the cells not yet landed, the probe
    supply (sweep/data/probe_supply.py) delivers probe sets while the scheduler (sweep/run/scheduler.py) keeps every actor
    busy; results land through sweep/run/landing.py.
-4. The summary says what happened: cells scored, failures (also in `failures/`), warnings.
+4. The summary says what happened: cells scored, failures (also in `failures/`), warnings, and the makespan
+   against the bound (sweep/run/bound.py) computed from the unit costs this run measured.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from pathlib import Path
 import ray
 
 from sweep.errors import MemsweepError
+from sweep.run.bound import (ASSUMED_LOAD_S, NETWORK_BYTES_PER_S, STREAM_BYTES_PER_S, Bound, Cluster, Work,
+                             assumed_cell_seconds, bound)
+from sweep.run.cost import measured_gpu_rate
+from sweep.run.releases import AMBER, published_release
+from sweep.run.pacing import UnitCosts
 from sweep.run.plan import Plan, make_plan
 from sweep.run.preflight import check_before_ray, resolved_spec
 from sweep.data.probe_supply import ProbeSupply, SupplyStats
@@ -54,6 +60,8 @@ class SweepSummary:
     supply: SupplyStats = field(default_factory=SupplyStats)
     scans: ScanStats = field(default_factory=ScanStats)
     seconds: float = 0.0
+    makespan_s: float = 0.0  # from the first actor started to the last scan landed
+    bound: Bound | None = None  # what the hardware allowed, at the unit costs this run measured
     failed: list[dict] = field(default_factory=list)
     failed_scans: list[dict] = field(default_factory=list)
 
@@ -81,6 +89,10 @@ class SweepSummary:
             lines.append(f"exposure scans: {self.scans.scanned} chunk files scanned now "
                          f"({self.scans.tokens / 1e6:,.1f}M tokens in {self.scans.seconds:.1f} task-seconds), "
                          f"{len(self.failed_scans)} failed")
+        if self.bound is not None and self.bound.resources:
+            over = self.makespan_s / self.bound.seconds - 1 if self.bound.seconds else 0.0
+            lines.append(f"makespan: {self.makespan_s:,.1f} s against a bound of {self.bound.seconds:,.1f} s "
+                         f"({over:+.1%}; binding: {self.bound.binding.name}: {self.bound.binding.why})")
         lines += [f"WARNING {warning}" for warning in self.warnings]
         for failure in self.failed:
             lines.append(
@@ -93,12 +105,16 @@ class SweepSummary:
 
 
 def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str | None = None,
-              num_cpus: int | None = None, num_gpus: int | None = None) -> SweepSummary:
+              num_cpus: int | None = None, num_gpus: int | None = None, cluster: Cluster | None = None,
+              network_bytes_per_s: float = NETWORK_BYTES_PER_S,
+              stream_bytes_per_s: float = STREAM_BYTES_PER_S) -> SweepSummary:
     """Score every cell of `spec` not yet in its output; returns the summary.
 
     Joins the Ray cluster at `address` (else RAY_ADDRESS), or the one this process is connected to already,
     else starts a private local Ray (`num_cpus`, `num_gpus`). `scorer` is the actor class (default
-    actors/scorer_actor.py CheckpointScorer; a cost-model stand-in in benchmarks/control_plane.py).
+    actors/scorer_actor.py CheckpointScorer; a cost-model stand-in in benchmarks/control_plane.py). `cluster`:
+    the hardware the pacing and the bound assume (default: the nodes Ray reports, with `network_bytes_per_s` per
+    node and `stream_bytes_per_s` per transfer, which Ray cannot know).
     """
     started = time.perf_counter()
     spec = resolved_spec(spec)
@@ -117,6 +133,8 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         plan = make_plan(spec, store.ledgers.done_cells())
         summary = SweepSummary(Path(spec.output), plan.total_cells, plan.done_cells)
         log.info("plan: %d cells, %d landed, %d to do", plan.total_cells, plan.done_cells, plan.cells_to_do)
+        cluster = cluster or cluster_from_ray(network_bytes_per_s, stream_bytes_per_s)
+        swept = time.perf_counter()
         # the chunks still to score, then any whose probe set `verify --repair` removed after their cells had landed
         # (the output keeps every probe set it sampled: `show`, the explorer and exposure scans read them)
         probes = store.ledgers.probes
@@ -127,18 +145,64 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         plan = _fail_cells_known_to_fail(spec, plan, store, supply)
         scans = ExposureScans(spec, store, supply, _forwarded_environment())
         summary.supply, summary.scans = supply.stats, scans.stats
+        release = published_release(spec.model.source)
+        costs = UnitCosts(cell_guess=assumed_cell_seconds(spec, measured_gpu_rate(store.reader()),
+                                                          (release or AMBER).parameters),
+                          load_guess=ASSUMED_LOAD_S,
+                          download_guess=(release or AMBER).checkpoint_bytes / cluster.stream_bytes_per_s)
         if plan.work:
             settings = scorer_settings(spec, gpus_per_actor(spec))
             summary.schedule = Scheduler(spec, plan, store, supply, started, progress, scorer, settings,
-                                         _forwarded_environment(), background=[scans]).run()
+                                         _forwarded_environment(), cluster, costs, background=[scans],
+                                         scans=scans).run()
+        _pace_after_the_cells(spec, cluster, supply, scans)
         drain([supply, scans])  # scans still running once the cells are done (their actors are released)
+        summary.makespan_s = time.perf_counter() - swept
         for ckpt in plan.finished_checkpoints:  # finished by an earlier run that was killed before it compacted
             store.write_cells(ckpt, [], finishes_checkpoint=True)
         store.record_pins_in_manifest()
         landed = store.reader()
         summary.failed, summary.failed_scans = landed.failures(), landed.scan_failures()
+        summary.bound = measured_bound(spec, plan, summary, cluster)
         summary.seconds = time.perf_counter() - started
         return summary
+
+
+def cluster_from_ray(network_bytes_per_s: float = NETWORK_BYTES_PER_S,
+                     stream_bytes_per_s: float = STREAM_BYTES_PER_S) -> Cluster:
+    """The cluster Ray reports (its live nodes, their GPUs and CPUs averaged per node), with the network given."""
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")] or [{}]
+    return Cluster(nodes=len(nodes), gpus_per_node=sum(n.get("GPU", 0) for n in nodes) / len(nodes),
+                   cpus_per_node=sum(n.get("CPU", 0) for n in nodes) / len(nodes),
+                   network_bytes_per_s=network_bytes_per_s, stream_bytes_per_s=stream_bytes_per_s)
+
+
+def _pace_after_the_cells(spec: SweepSpec, cluster: Cluster, supply: ProbeSupply, scans: ExposureScans) -> None:
+    """Once the actors are gone, what is left of the probe builds and scans may use every stream and CPU."""
+    if spec.data.concurrent_builds == "auto":
+        supply.limit = max(1, cluster.link_streams)
+    if spec.exposure is not None and spec.exposure.concurrent_scans == "auto":
+        cpus = int(cluster.nodes * cluster.cpus_per_node // spec.exposure.cpus_per_scan)
+        scans.limit = max(1, min(cpus, cluster.link_streams))
+
+
+def measured_bound(spec: SweepSpec, plan: Plan, summary: SweepSummary, cluster: Cluster) -> Bound | None:
+    """The bound of what this run did (sweep/run/bound.py), at the unit costs it measured: its cells and loads, its
+    actors' downloads, the chunk files it streamed for probe sets and scans."""
+    costs = summary.schedule.costs
+    if costs is None or not costs.cells:
+        return None
+    work = Work(cells=tuple(len(w.chunks) for w in plan.work), cell_s=costs.cell_s, load_s=costs.load_s,
+                checkpoint_bytes=float(costs.checkpoint_bytes),
+                download_s=float(sorted(costs.downloads)[len(costs.downloads) // 2]) if costs.downloads else 0.0,
+                probe_bytes=tuple(map(float, summary.supply.built_bytes)),
+                scan_bytes=tuple(map(float, summary.scans.file_bytes)))
+    actors = max(1, summary.schedule.actors)
+    scans = spec.exposure.concurrent_scans if spec.exposure is not None else None
+    builds = spec.data.concurrent_builds
+    return bound(work, cluster, actors, float(spec.resources.cpus_per_actor),
+                 spec.exposure.cpus_per_scan if spec.exposure is not None else 1.0,
+                 scans=None if scans == "auto" else scans, builds=None if builds == "auto" else builds)
 
 
 def _fail_cells_known_to_fail(spec: SweepSpec, plan: Plan, store: ResultStore, supply: ProbeSupply) -> Plan:

@@ -1,10 +1,12 @@
-"""Scheduling cells onto checkpoint actors on Ray: busy actors, prefetch where it is used, retries, a short tail.
+"""Scheduling cells onto checkpoint actors on Ray: a planned assignment, prefetch where it is used, retries.
 
-The slots and the tail policy are sweep/run/assignments.py's (pure); this module is the loop around them: it starts
-actors, submits cells (at most WINDOW in flight per actor: one scoring, one queued behind it, and only once the
-chunk's probe set is ready, so scoring starts with the first probe set), tells an actor to prefetch its reserved
-next checkpoint once its current one is loaded, collects results and errors, retries, and hands results to the
-landing buffer (sweep/run/landing.py). It returns what happened (`ScheduleStats`) instead of reporting it.
+The plan, the slots and the tail policy are sweep/run/assignments.py's (pure), the pacing of prefetches, probe
+builds and scans sweep/run/pacing.py's (pure); this module is the loop around them: it starts actors, plans every
+slot's shares from the unit costs known so far and plans again as measured ones arrive (whenever a slot reserves
+its next share), submits cells (at most WINDOW in flight per actor: one scoring, one queued behind it, and only
+once the chunk's probe set is ready, so scoring starts with the first probe set), tells an actor to prefetch its
+reserved next share when that is due, collects results and errors, retries, and hands results to the landing
+buffer (sweep/run/landing.py). It returns what happened (`ScheduleStats`) instead of reporting it.
 
 Failures: a cell whose actor died (process killed, node lost) or that raised is re-queued, up to
 `resources.max_attempts` tries; then it is recorded in `failures/` and the sweep goes on. A checkpoint that
@@ -21,17 +23,19 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from tqdm import tqdm
 
 from actors.protocol import (CellInputError, CellOutput, CheckpointError, CheckpointTarget, CudaContextLost,
                              ScorerSettings, one_line)
-from sweep.run.assignments import STEAL_MIN_CELLS, Assignment, Slot, take_from_busy
+from sweep.run.assignments import (Assignment, Share, Slot, across_nodes, busy_seconds, plan_shares,
+                                   planned_end_s, pooled_shares, seconds_left, take_from_busy)
 from sweep.errors import SweepAbortedError
+from sweep.run.bound import SCAN_BYTES_PER_CORE_S, Cluster
 from sweep.run.landing import LAND_MAX_WAIT_S, Landing, scored_cell
-from sweep.run.plan import CheckpointWork, Plan
+from sweep.run.pacing import Pacing, UnitCosts
+from sweep.run.plan import Plan
 from sweep.data.probe_supply import ProbeSupply
 from sweep.data.sources import CheckpointUnresolvedError, pin_checkpoint
 from sweep.spec import SweepSpec
@@ -41,8 +45,8 @@ log = logging.getLogger("memsweep")
 
 ACTOR_MAX_RESTARTS = 3
 WINDOW = 2  # cells in flight per actor: the GPU never waits for the driver between two cells
-ESTIMATE_WINDOW = 256  # the tail estimates use the medians of the latest cells and loads (a full history's
-# median is recomputed for every idle actor at every wake-up in the tail: ~2 ms each at 129,600 cells)
+REPLAN_SPREAD = 4  # cells: a slot that would end further than this from when the plan said is planned again ...
+REPLAN_COST_CHANGE = 0.02  # ... as are all when a measured unit cost moved this much (relative) since the plan
 
 
 @dataclass
@@ -54,6 +58,11 @@ class ScheduleStats:
     loads: Counter = field(default_factory=Counter)  # ckpt -> times loaded
     prefetched_elsewhere: int = 0  # reservations loaded by another actor by accident (a bug if ever > 0)
     reservations_taken: int = 0  # reservations an idle actor took on purpose at the tail (holder's copy discarded)
+    actors: int = 0
+    splits: int = 0  # checkpoints split by the tail policy (beyond the plan's shares)
+    plans: int = 0  # times the shares were planned
+    planned_makespan_s: float | None = None  # the first plan's makespan (from its start, first download excluded)
+    costs: UnitCosts | None = None  # the unit costs measured (medians), for the summary's bound
     first_cell_landed_at: float | None = None  # seconds after the sweep started
     probe_sets_ready_at_first_cell: int | None = None  # how many existed when the first cell was handed out
     warnings: list[str] = field(default_factory=list)
@@ -100,26 +109,34 @@ class Scheduler:
     (exposure scans): pumped and collected while actors score, left to `drain` once the cells are done."""
 
     def __init__(self, spec: SweepSpec, plan: Plan, store: ResultStore, supply: ProbeSupply, started: float,
-                 progress: bool, scorer_cls, settings: ScorerSettings, environment: dict[str, str],
-                 background: list[BackgroundWork] = ()):
+                 progress: bool, scorer_cls, settings: ScorerSettings, environment: dict[str, str], cluster: Cluster,
+                 costs: UnitCosts, background: list[BackgroundWork] = (), scans=None):
         self.spec, self.store, self.supply, self.started = spec, store, supply, started
         self.timeline = spec.timeline_positions()
         self.background = [supply, *background]
+        self.scans = scans  # sweep/exposures/scans.py ExposureScans among `background`, paced here (or None)
         self.scorer_cls, self.settings, self.environment = scorer_cls, settings, environment
         self.gpus = settings.gpus_per_actor
-        self.stats = ScheduleStats()
+        self.stats = ScheduleStats(costs=costs)
+        self.costs = costs
         self.landing = Landing(store)
-        self.queue: deque[CheckpointWork] = deque(plan.work)
+        self.chunk_order = {w.ckpt: w.chunks for w in plan.work}  # plan order, for planning again
         self.remaining = Counter({w.ckpt: len(w.chunks) for w in plan.work})  # cells not yet settled
         self.attempts: Counter = Counter()  # (ckpt, chunk) -> failed tries
         self.load_failures: Counter = Counter()  # ckpt -> failed fetches/loads
         self.dead_checkpoints: dict[int, tuple[str, int]] = {}  # ckpt -> (error, tries): its cells all fail
+        self.targets: dict[int, CheckpointTarget | str] = {}  # ckpt -> pinned target, or why it cannot be pinned
         self.fingerprints = {pin.weights_fingerprint: ckpt for ckpt, pin in store.ledgers.pins().items()
                              if pin.weights_fingerprint}
         self.owner: dict[ray.ObjectRef, tuple[Slot, Assignment]] = {}
-        self.cell_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
-        self.load_seconds: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
+        self.prefetching: dict[ray.ObjectRef, tuple[Assignment, float | None]] = {}  # prefetches not yet returned
         self.slots = [Slot(i, self._new_actor()) for i in range(self._actor_count(plan))]
+        self.stats.actors = len(self.slots)
+        self.pacing = Pacing(spec, cluster, len(self.slots), float(spec.resources.cpus_per_actor))
+        self.planned: list[deque[Share]] = [deque() for _ in self.slots]
+        self.plan_ends_at = started  # when the latest plan ends (perf_counter clock)
+        self._plan([(w.ckpt, w.chunks) for w in plan.work])
+        self.stats.planned_makespan_s = self.plan_ends_at - time.perf_counter()
         self.bar = tqdm(total=plan.cells_to_do, desc=spec.name, unit="cell", disable=not progress)
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -127,22 +144,28 @@ class Scheduler:
     def run(self) -> ScheduleStats:
         try:
             while True:
+                self._assign()
+                self._send_due_prefetches()
+                self._pace()
                 for work in self.background:
                     work.pump()
-                self._assign()
                 if not self._has_work():
                     # The cells are done: never wait here on background work alone (exposure scans may need the
                     # CPUs these actors hold); `drain` finishes it once the actors are released.
                     break
-                refs = list(self.owner) + [ref for work in self.background for ref in work.refs()]
+                refs = [*self.owner, *self.prefetching] + [ref for work in self.background for ref in work.refs()]
                 if not refs:  # nothing in flight and nothing can start: a bug, not a wait
                     raise RuntimeError(f"scheduler stalled with {sum(self.remaining.values())} cells left")
                 timeout = LAND_MAX_WAIT_S if self.landing.cells_waiting else None
+                if any(s.current is not None and not (s.next and s.next.prefetch_sent) for s in self.slots):
+                    timeout = min(timeout or LAND_MAX_WAIT_S, self.costs.cell_s)  # a prefetch may come due
                 ray.wait(refs, num_returns=1, timeout=timeout)
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 for ref in ready:
                     if ref in self.owner:
                         self._collect(ref)
+                    elif ref in self.prefetching:
+                        self._prefetched(ref)
                     else:
                         next(work for work in self.background if work.owns(ref)).collect(ref)
                 self._land()
@@ -158,7 +181,7 @@ class Scheduler:
         return self.stats
 
     def _has_work(self) -> bool:
-        return bool(self.queue or self.owner or any(s.current or s.next for s in self.slots))
+        return bool(self.owner or any(s.current or s.next for s in self.slots) or any(self.planned))
 
     # ---- handing out work ---------------------------------------------------------------------
 
@@ -178,37 +201,88 @@ class Scheduler:
             slot.current, slot.next = slot.next or self._take_work(slot), None
             if slot.current is None:
                 return False
+            if not slot.current.prefetch_sent:  # its first checkpoint, or one handed over: fetch it now
+                self._prefetch(slot, slot.current, for_load=True)
             if slot.current.reserved_by not in (None, slot.index):
                 self.stats.prefetched_elsewhere += 1
-        if slot.next is None and self.queue:
-            slot.next = self._pop_assignment()  # its prefetch starts once the current one is loaded
-            if slot.next is not None:
-                slot.next.reserved_by = slot.index
         self._drop_failed_chunks(slot.current)
         self._fill(slot)
         return slot.current.settled
 
-    def _pop_assignment(self) -> Assignment | None:
-        while self.queue:
-            work = self.queue.popleft()
-            model, pin = self.spec.model, self.store.ledgers.pin(work.ckpt)
-            try:
-                pinned = pin_checkpoint(model.source, work.ckpt, self.spec.revision_for(work.ckpt),
-                                        pin.model_commit if pin else None)
-            except CheckpointUnresolvedError as error:
-                for chunk in work.chunks:
-                    self._fail_cell(work.ckpt, chunk, str(error), self.spec.resources.max_attempts)
-                continue
-            if pinned.warning:
-                self.stats.warn(pinned.warning)
-            return Assignment(pinned.target, list(work.chunks))
+    # ---- the plan -------------------------------------------------------------------------------
+
+    def _plan(self, pending: list[tuple[int, tuple[int, ...]]]) -> None:
+        """Every slot's shares of `pending`, from the unit costs known now (sweep/run/assignments.py plan_shares)."""
+        cell_s, load_s = self.costs.cell_s, self.costs.load_s
+        order = across_nodes(len(self.slots), self.pacing.cluster.gpus_per_node)
+        busy = [busy_seconds(self.slots[index], cell_s, load_s) for index in order]
+        shares = plan_shares(pending, busy, cell_s, load_s)
+        self.planned = [deque() for _ in self.slots]
+        for index, slot_shares in zip(order, shares):
+            self.planned[index] = deque(slot_shares)
+        self.stats.plans += 1
+        ends = [planned_end_s(slot_shares, b, cell_s, load_s) for slot_shares, b in zip(shares, busy)]
+        now = time.perf_counter()
+        self.plan_ends_at = now + max(ends, default=0.0)
+        self.plan_costs = cell_s, load_s
+        self.planned_ends_at = [0.0] * len(self.slots)  # when each slot ends its plan (perf_counter clock)
+        for index, end in zip(order, ends):
+            self.planned_ends_at[index] = now + end
+
+    def _reserve(self, slot: Slot) -> Assignment | None:
+        """The slot's next planned share. The shares are planned again first when the plan no longer ends together
+        at the costs measured since (see `_plan_holds`), and this slot has a share planned or is idle (others may
+        have some)."""
+        if not self.planned[slot.index] and slot.current is not None:
+            return None  # the end of this slot's plan: it finishes its current share
+        if any(self.planned) and not self._plan_holds(slot):
+            self._plan(pooled_shares(self.planned, self.chunk_order))
+        while self.planned[slot.index]:
+            share = self.planned[slot.index].popleft()
+            target = self._target(share.ckpt, share.chunks)
+            if target is not None:
+                return Assignment(target, list(share.chunks))
         return None
 
+    def _plan_holds(self, slot: Slot) -> bool:
+        """Whether the plan still holds for `slot`: the unit costs are within REPLAN_COST_CHANGE of those it was made
+        with, and the slot ends within REPLAN_SPREAD cells of when it planned (nor is the slot idle with nothing
+        planned). A plan made again moves its split points, and a split is a load paid: planning again only when the
+        plan drifted keeps the splits to about one per slot."""
+        if slot.current is None and not self.planned[slot.index]:
+            return False
+        cell_s, load_s = self.costs.cell_s, self.costs.load_s
+        planned_cell_s, planned_load_s = self.plan_costs
+        if abs(cell_s / planned_cell_s - 1) > REPLAN_COST_CHANGE or abs(load_s / planned_load_s - 1) > REPLAN_COST_CHANGE:
+            return False
+        ends_at = time.perf_counter() + planned_end_s(self.planned[slot.index], busy_seconds(slot, cell_s, load_s),
+                                                      cell_s, load_s)
+        return abs(ends_at - self.planned_ends_at[slot.index]) <= REPLAN_SPREAD * cell_s
+
+    def _target(self, ckpt: int, chunks: tuple[int, ...]) -> CheckpointTarget | None:
+        """The checkpoint pinned to its commit (once per checkpoint); None, with `chunks` failed, if it cannot be."""
+        if ckpt not in self.targets:
+            model, pin = self.spec.model, self.store.ledgers.pin(ckpt)
+            try:
+                pinned = pin_checkpoint(model.source, ckpt, self.spec.revision_for(ckpt),
+                                        pin.model_commit if pin else None)
+                if pinned.warning:
+                    self.stats.warn(pinned.warning)
+                self.targets[ckpt] = pinned.target
+            except CheckpointUnresolvedError as error:
+                self.targets[ckpt] = str(error)
+        target = self.targets[ckpt]
+        if isinstance(target, str):
+            for chunk in chunks:
+                self._fail_cell(ckpt, chunk, target, self.spec.resources.max_attempts)
+            return None
+        return target
+
     def _take_work(self, idle: Slot) -> Assignment | None:
-        popped = self._pop_assignment()
-        if popped is not None:
-            return popped
-        taken = take_from_busy(self.slots, idle, self._cell_estimate(), self._load_estimate())
+        planned = self._reserve(idle)
+        if planned is not None:
+            return planned
+        taken = take_from_busy(self.slots, idle, self.costs.cell_s, self.costs.handover_s)
         if taken is None:
             return None
         if taken.from_reservation:
@@ -216,12 +290,68 @@ class Scheduler:
                 taken.holder.actor.discard.remote(taken.prefetch_to_discard)
             self.stats.reservations_taken += 1
         else:
+            self.stats.splits += 1
             log.info("splitting ckpt %d: %d of its %d cells to another actor", taken.assignment.target.ckpt,
                      len(taken.assignment.todo), len(taken.assignment.todo) + taken.holder.current.cells_left)
         return taken.assignment
 
+    # ---- pacing prefetches, probe builds and scans -------------------------------------------
+
+    def _send_due_prefetches(self) -> None:
+        """Once a slot's next share is due (sweep/run/pacing.py), reserve it from the plan and tell the actor to fetch
+        it. Reserving only then leaves the rest of the plan free to change until the last moment."""
+        for slot in self.slots:
+            if slot.current is None or (slot.next is not None and slot.next.prefetch_sent):
+                continue
+            if not self.pacing.prefetch_due(seconds_left(slot.current, self.costs.cell_s, self.costs.load_s),
+                                            self.costs):
+                continue
+            if slot.next is None:
+                slot.next = self._reserve(slot)
+                if slot.next is None:
+                    continue
+                slot.next.reserved_by = slot.index
+            self._prefetch(slot, slot.next, for_load=False)
+
+    def _prefetch(self, slot: Slot, assignment: Assignment, for_load: bool) -> None:
+        """Tell the slot's actor to fetch `assignment`'s checkpoint onto its node (actors/prefetch.py); its cells go to
+        the actor once that returns. `for_load`: the checkpoint is the one it loads next, and nothing of the actor's
+        is queued before it, so the call's duration is a download's (measured)."""
+        ref = slot.actor.prefetch.remote(assignment.target)
+        self.prefetching[ref] = (assignment, time.perf_counter() if for_load else None)
+        assignment.prefetch_sent = True
+
+    def _prefetched(self, ref: ray.ObjectRef) -> None:
+        assignment, sent_at = self.prefetching.pop(ref)
+        assignment.prefetched = True
+        if sent_at is not None:
+            self.costs.add_download(time.perf_counter() - sent_at)
+
+    def _downloads_in_flight(self, next_ones: bool = True) -> int:
+        """Checkpoint downloads under way (every download is a prefetch): of checkpoints an actor waits for, and
+        (`next_ones`) of those it will load after the one it scores."""
+        return sum(1 for _, sent_at in self.prefetching.values() if next_ones or sent_at is not None)
+
+    def _pace(self) -> None:
+        # Probe builds yield to the downloads actors wait for, not to the next ones: the cells need the probe sets now.
+        self.supply.limit = self.pacing.builds(self.supply.builds_left, self._downloads_in_flight(next_ones=False))
+        if self.scans is not None and self.scans.planned:  # scans have until the GPUs end: they yield to every download
+            window = self.plan_ends_at - time.perf_counter()
+            self.scans.limit = self.pacing.scans(self._scan_seconds_left(), window, self._downloads_in_flight())
+
+    def _scan_seconds_left(self) -> float:
+        """Task-seconds of the scans left: as long as the scans so far took each (start to result), else each file
+        at the slower of one stream and one core's hashing."""
+        left, took = self.scans.left, self.scans.stats.wall_seconds
+        if took:
+            return len(left) * sum(took) / len(took)
+        rate = min(self.pacing.cluster.stream_bytes_per_s, SCAN_BYTES_PER_CORE_S)
+        return sum(chunk_file.size or 0 for chunk_file in left) / rate
+
     def _fill(self, slot: Slot) -> None:
         assignment = slot.current
+        if not assignment.prefetched:  # its checkpoint is not on the node yet: cells would wait in the actor
+            return
         while len(assignment.in_flight) < WINDOW:
             chunk = next((c for c in assignment.todo if c in self.supply.ready), None)
             if chunk is None:
@@ -272,17 +402,12 @@ class Scheduler:
         probe = self.supply.ready[chunk]
         self.landing.add(ckpt, scored_cell(output, self.attempts[(ckpt, chunk)] + 1, probe.frame, probe.data_file,
                                            probe.sha256, self.spec.memorization.continuation_len, self.timeline))
-        self.cell_seconds.append(output.seconds)
-        upcoming = slot.next
-        if upcoming is not None and not upcoming.prefetch_sent and slot.current is assignment:
-            # The current checkpoint is loaded: download the next one now, on this actor's node. (Not earlier:
-            # at the start every actor fetches its first checkpoint, and a second download would halve that.)
-            slot.actor.prefetch.remote(upcoming.target)
-            upcoming.prefetch_sent = True
+        self.costs.add_cell(output.seconds)
+        assignment.loaded = True
         if output.loaded_now:
             self.stats.loads[ckpt] += 1
-            if assignment.reserved_by != slot.index:  # not prefetched here: the load downloaded it too
-                self.load_seconds.append(output.loaded.load_seconds)
+            self.costs.add_load(output.loaded.load_seconds, output.loaded.checkout_seconds,
+                                output.loaded.downloaded_bytes)
             log.info("ckpt %d loaded on %s (%s) in %.1f s", ckpt, output.host, output.device,
                      output.loaded.load_seconds)
         self._check_fingerprint(ckpt, output.loaded.weights_fingerprint)
@@ -329,10 +454,10 @@ class Scheduler:
 
     def _assignments_of(self, ckpt: int) -> list[Assignment]:
         found = [a for s in self.slots for a in (s.current, s.next) if a is not None and a.target.ckpt == ckpt]
-        queued = [w for w in self.queue if w.ckpt == ckpt]
-        for work in queued:
-            self.queue.remove(work)
-            found.append(Assignment(CheckpointTarget(ckpt, "", None), list(work.chunks)))
+        for shares in self.planned:
+            for share in [share for share in shares if share.ckpt == ckpt]:
+                shares.remove(share)
+                found.append(Assignment(CheckpointTarget(ckpt, "", None), list(share.chunks)))
         return found
 
     def _fail_cell(self, ckpt: int, chunk: int, error: str, attempts: int) -> None:
@@ -367,18 +492,6 @@ class Scheduler:
                 scored = f"mean score {score:.4f}, " if score is not None else ""
                 self.bar.write(f"ckpt {ckpt}: {cells.height} cells landed, {scored}full-match rate "
                                f"{cells['full_match_rate'].mean():.4f}")
-
-    # ---- statistics for the tail --------------------------------------------------------------
-
-    def _cell_estimate(self) -> float:
-        return float(np.median(self.cell_seconds)) if self.cell_seconds else 1.0
-
-    def _load_estimate(self) -> float:
-        """What starting a checkpoint costs an actor that did not prefetch it (download + load): the price of
-        every tail hand-off, so only such loads are counted. A prefetched load skips the download (27 GB for
-        Amber); splitting on its price made idle actors download for longer than the half they took saved."""
-        # Before any load was measured, assume a load is worth STEAL_MIN_CELLS cells: splits stay rare.
-        return float(np.median(self.load_seconds)) if self.load_seconds else STEAL_MIN_CELLS * self._cell_estimate()
 
     # ---- actors -------------------------------------------------------------------------------
 

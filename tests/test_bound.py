@@ -1,0 +1,105 @@
+"""sweep/run/bound.py: the makespan each resource allows on its own, which one binds, and the concurrency chosen for
+exposure scans and probe-set builds. Pure: the Amber shapes of issue 25 on the default 64-GPU cluster."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sweep.run.assignments import plan_shares, planned_end_s
+from sweep.run.bound import Cluster, Work, bound, build_concurrency, gpu_bound, largest_share, scan_concurrency
+
+CELL_S, LOAD_S, CKPT, CHUNK = 1.447, 40.0, 27e9, 20.8e9
+CLUSTER = Cluster(nodes=8, gpus_per_node=8, cpus_per_node=96)  # 2 GB/s per node, 250 MB/s a transfer
+DOWNLOAD_S = CKPT / 250e6  # 108 s
+
+
+def amber(checkpoints: int, chunks: int, probes: int | None = None, scans: int = 0) -> Work:
+    return Work(cells=(chunks,) * checkpoints, cell_s=CELL_S, load_s=LOAD_S, checkpoint_bytes=CKPT,
+                probe_bytes=(CHUNK,) * (chunks if probes is None else probes), scan_bytes=(CHUNK,) * scans)
+
+
+def resource(result, name: str) -> float:
+    return next(r.seconds for r in result.resources if r.name == name)
+
+
+def test_the_full_matrix_is_bound_by_the_gpus_once_scans_are_sized_to_end_with_them():
+    result = bound(amber(360, 360, scans=360), CLUSTER, actors=64)
+    gpus = DOWNLOAD_S + (129_600 * CELL_S + 360 * LOAD_S) / 64  # 3,263 s: the first download counts
+    assert resource(result, "GPUs") == pytest.approx(gpus)
+    assert result.binding.name == "GPUs" and result.seconds == pytest.approx(gpus)
+    assert resource(result, "exposure scans") <= gpus  # auto: they end with the GPUs ...
+    assert 8 <= result.scans <= 16  # ... at about a dozen at once (360 scans of 83 s each in ~2,800 s)
+    assert resource(result, "probe-set streaming") == pytest.approx(360 * CHUNK / 16e9 + CELL_S)  # every link
+    assert resource(result, "node links, every transfer") == pytest.approx((360 * CKPT + 720 * CHUNK) / 16e9)
+
+
+def test_two_scans_at_once_take_hours_longer_than_the_gpus():
+    """The old default of exposure.concurrent_scans: 2, named in the issue."""
+    result = bound(amber(360, 360, scans=360), CLUSTER, actors=64, scans=2)
+    assert result.binding.name == "exposure scans" and result.seconds > resource(result, "GPUs") + 3 * 3600
+
+
+def test_four_probe_builds_at_once_would_bind_the_full_matrix():
+    result = bound(amber(360, 360), CLUSTER, actors=64, builds=4)
+    assert result.binding.name == "probe-set streaming"
+    assert result.seconds == pytest.approx(360 * CHUNK / (4 * 250e6) + CELL_S)  # 7,488 s
+
+
+def test_a_single_chunk_sweep_is_bound_by_its_downloads():
+    """360 one-cell checkpoints on 64 actors: some actor downloads 6 in a row, each 108 s at one stream's rate."""
+    result = bound(amber(360, 1), CLUSTER, actors=64)
+    assert result.binding.name == "checkpoint downloads"
+    assert result.seconds == pytest.approx(6 * DOWNLOAD_S + LOAD_S + CELL_S)
+    assert resource(result, "GPUs") < result.seconds / 2
+
+
+def test_the_diagonal_on_64_gpus_is_one_checkpoint_per_actor():
+    """36 checkpoints of 36 cells: halving every one would need 72 actors, so some actor scores a whole one after
+    its download: 108 + 40 + 52 s."""
+    result = bound(amber(36, 36), CLUSTER, actors=64)
+    assert result.binding.name == "GPUs"
+    assert result.seconds == pytest.approx(DOWNLOAD_S + LOAD_S + 36 * CELL_S)
+    assert bound(amber(32, 36), CLUSTER, actors=64).seconds == pytest.approx(DOWNLOAD_S + LOAD_S + 18 * CELL_S)
+
+
+@pytest.mark.parametrize("cells,actors,largest", [((36,) * 36, 64, 36), ((36,) * 32, 64, 18), ((10,), 64, 1),
+                                                  ((100, 10), 4, 34), ((5,) * 70, 64, 1)])
+def test_the_largest_share_of_the_most_even_split(cells, actors, largest):
+    assert largest_share(cells, actors) == largest
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_no_plan_beats_the_gpu_bound(seed):
+    """The bound is a lower bound: the planned makespan of any plan, after the first download, is never below it."""
+    rng = random.Random(seed)
+    actors = rng.randint(1, 64)
+    cells = tuple(rng.randint(1, 300) for _ in range(rng.randint(1, 5 * actors)))
+    cell_s, load_s = rng.uniform(0.3, 3.0), rng.uniform(1.0, 100.0)
+    work = Work(cells=cells, cell_s=cell_s, load_s=load_s, checkpoint_bytes=CKPT)
+    plan = plan_shares([(ckpt, range(n)) for ckpt, n in enumerate(cells)], [0.0] * actors, cell_s, load_s)
+    planned = max(planned_end_s(shares, 0.0, cell_s, load_s) for shares in plan)
+    assert DOWNLOAD_S + planned >= gpu_bound(work, actors, DOWNLOAD_S) - 1e-6
+
+
+def test_scan_concurrency_ends_with_the_gpus_within_what_the_cpus_and_links_leave():
+    assert scan_concurrency(30_000, 2_500, cpu_slots=700, link_streams=64) == 12
+    assert scan_concurrency(30_000, 2_500, cpu_slots=5, link_streams=64) == 5  # the actors took the other CPUs
+    assert scan_concurrency(30_000, 100, cpu_slots=700, link_streams=64) == 32  # half the links at most
+    assert scan_concurrency(30_000, 0, cpu_slots=700, link_streams=64) == 32  # no time left: as many as allowed
+    assert scan_concurrency(10, 2_500, cpu_slots=0, link_streams=64) == 1  # at least one
+
+
+def test_the_bound_says_which_resource_binds():
+    text = bound(amber(360, 360, scans=360), CLUSTER, actors=64).describe()
+    assert "binding: GPUs" in text and "54.4 min" in text
+    for name in ("GPUs:", "checkpoint downloads:", "probe-set streaming:", "exposure scans:", "node links"):
+        assert name in text
+
+
+def test_probe_builds_take_the_streams_the_downloads_leave_on_the_busiest_node():
+    assert build_concurrency(CLUSTER, 360, downloads_in_flight=64) == 1  # every actor fetches its first checkpoint
+    assert build_concurrency(CLUSTER, 360, downloads_in_flight=0) == 64  # then every stream of the 8 links
+    assert build_concurrency(CLUSTER, 36, downloads_in_flight=36) == 24  # 5 downloads on some node: 3 streams each
+    assert build_concurrency(CLUSTER, 5, downloads_in_flight=0) == 5  # no more than are left
