@@ -448,6 +448,11 @@ class HubServer:
         flag = self.request_log.with_name("ignore-range")  # tests/hub_world_server.py IGNORE_RANGE_FLAG
         flag.touch() if ignore else flag.unlink(missing_ok=True)
 
+    def hold(self, paths: list[str]) -> None:
+        """From now on, GETs of these paths (inside any repository) wait until `hold([])` releases them."""
+        flag = self.request_log.with_name("hold-paths")  # tests/hub_world_server.py HOLD_FLAG
+        flag.write_text("".join(f"{path}\n" for path in paths)) if paths else flag.unlink(missing_ok=True)
+
     def requests(self, since: int = 0) -> list[LoggedRequest]:
         """Requests answered so far, oldest first, from the `since`-th on (pass `len(requests())` taken earlier)."""
         if not self.request_log.exists():

@@ -30,6 +30,7 @@ Content-Length, X-Error-Code), written before the response starts, so a client t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -48,6 +49,11 @@ LFS_POINTER_SIZES = range(121, 150)
 # A file of this name beside the request log makes the server ignore Range requests until it is deleted
 # (HubServer.ignore_ranges), so one server can answer both ways within one test module.
 IGNORE_RANGE_FLAG = "ignore-range"
+# A file of this name beside the request log holds, one per line, paths inside a repository (`train/train_002.jsonl`)
+# whose GETs wait while the line is there (HubServer.hold): a test releases them once the state it needs is reached.
+# A held request is served after HOLD_GUARD_S whatever the file says, so a test that never releases fails, not hangs.
+HOLD_FLAG = "hold-paths"
+HOLD_GUARD_S = 300
 FULL_SHA = re.compile(r"[0-9a-f]{40}")
 API = re.compile(r"/api/(?P<type>models|datasets|spaces)/(?P<org>[^/]+)/(?P<name>[^/]+)"
                  r"(?:/(?P<op>revision|tree|paths-info|commits)/(?P<rev>[^/]+)(?P<rest>/.*)?)?")
@@ -154,6 +160,7 @@ class HubConformance:
             headers = meta.headers() + [(b"content-length", str(meta.size).encode())]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             return await send({"type": "http.response.body", "body": b""})
+        await self._wait_while_held(match["path"])
         window = _byte_range(dict(scope["headers"]).get(b"range"), meta.size)
         if self.request_log.with_name(IGNORE_RANGE_FLAG).exists():
             window = None  # as some mirrors do (olah offline among them): 200 and the whole file
@@ -168,6 +175,17 @@ class HubConformance:
         prefix = "" if match["type"] is None else f"/{match['type']}"
         inner = _with_path(scope, f"{prefix}/{match['org']}/{match['name']}/resolve/{commit.hexsha}/{match['path']}")
         await self.app(inner, receive, _sliced(send, start, stop, 206 if window else 200, headers))
+
+    async def _wait_while_held(self, path: str) -> None:
+        flag, began = self.request_log.with_name(HOLD_FLAG), time.monotonic()
+        while time.monotonic() - began < HOLD_GUARD_S:
+            try:
+                held = flag.read_text().splitlines()
+            except FileNotFoundError:
+                return
+            if path not in held:
+                return
+            await asyncio.sleep(0.05)  # how often to look, not how long to wait
 
     # --- request log ----------------------------------------------------------------------------------------
     def _logged(self, scope, send):

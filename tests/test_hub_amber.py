@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from sweep.run.driver import run_sweep
+from sweep.run.scheduler import Scheduler
 from sweep.spec import load_spec
 from sweep.landed.reader import open_output
 from sweep.landed.store import ResultStore
@@ -147,12 +148,27 @@ def test_a_hub_sweep_lands_the_local_rows_and_leaves_no_checkpoint_or_chunk_on_d
     assert not [r for r in server.requests(since) if r.path.endswith(".jsonl") and r.method == "GET"]
 
 
-def test_scoring_starts_before_the_last_probe_set_exists(module_ray, hub, tmp_path):
-    summary = run_sweep(_spec(tmp_path, "stream", "LLM360/Amber", "LLM360/AmberDatasets", checkpoints=[2],
-                              data={"concurrent_builds": 1}), progress=False)
+def test_scoring_starts_before_the_last_probe_set_exists(module_ray, hub, tmp_path, monkeypatch):
+    """The last chunk file is held by the server until the driver hands out its first cell: a driver that waited for
+    every probe set would never score (the server's guard then serves it, and the count below fails)."""
+    server, _, _ = hub
+    handed = Scheduler._fill
+
+    def fill_then_release(scheduler, slot):
+        handed(scheduler, slot)
+        if scheduler.stats.probe_sets_ready_at_first_cell is not None:
+            server.hold([])
+
+    monkeypatch.setattr(Scheduler, "_fill", fill_then_release)
+    server.hold([f"train/train_{CHECKPOINTS - 1:03d}.jsonl"])
+    try:
+        summary = run_sweep(_spec(tmp_path, "stream", "LLM360/Amber", "LLM360/AmberDatasets", checkpoints=[2],
+                                  data={"concurrent_builds": 1}), progress=False)
+    finally:
+        server.hold([])
     assert summary.ok and summary.supply.built == CHECKPOINTS
-    # The first cell was handed to the actor when one probe set of three existed (builds run one at a time).
-    assert summary.schedule.probe_sets_ready_at_first_cell == 1
+    # The first cell was handed to the actor while the last of the three probe sets could not exist yet.
+    assert 1 <= summary.schedule.probe_sets_ready_at_first_cell < CHECKPOINTS
 
 
 def test_a_moved_branch_is_detected_and_the_pinned_commit_used(module_ray, hub, local, tmp_path):
