@@ -138,10 +138,9 @@ def run_sweep(spec: SweepSpec, progress: bool = True, scorer=None, address: str 
         # the chunks still to score, then any whose probe set `verify --repair` removed after their cells had landed
         # (the output keeps every probe set it sampled: `show`, the explorer and exposure scans read them)
         probes = store.ledgers.probes
-        to_score = [chunk for work in plan.work for chunk in work.chunks]
-        forgotten = [chunk for chunk in spec.chunks
-                     if chunk in probes and probes[chunk].file is None and chunk not in to_score]
-        supply = ProbeSupply(spec, store, to_score + forgotten, started, _forwarded_environment())
+        forgotten = [chunk for chunk in spec.chunks if chunk in probes and probes[chunk].file is None]
+        supply = ProbeSupply(spec, store, [chunk for work in plan.work for chunk in work.chunks] + forgotten, started,
+                             _forwarded_environment())  # the supply keeps each chunk's first place in the order
         plan = _fail_cells_known_to_fail(spec, plan, store, supply)
         scans = ExposureScans(spec, store, supply, _forwarded_environment())
         summary.supply, summary.scans = supply.stats, scans.stats
