@@ -404,7 +404,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Build the miniature Amber (first run only) where configs/demo.yaml points, then sweep it and report."""
+    """Build the miniature Amber (first run only) where configs/demo.yaml points and its reference labels (HF
+    `generate` at the last checkpoint, sweep/demo/reference_labels.py), then sweep it and report."""
+    from sweep.demo.reference_labels import ensure_reference_labels
     from sweep.demo.world import DemoWorldConfig, ensure_demo_world
     from sweep.spec import load_spec
 
@@ -413,6 +415,8 @@ def _demo(args: argparse.Namespace) -> int:
         raise MemsweepError(f"{path}: the demo spec ships with the repository; run from a clone")
     spec = load_spec(path, {"output": args.output} if args.output else None)
     ensure_demo_world(DemoWorldConfig(), Path(spec.model.source), Path(spec.data.source), progress=not args.no_progress)
+    ensure_reference_labels(DemoWorldConfig(), Path(spec.model.source), Path(spec.data.source),
+                            progress=not args.no_progress)
     return _sweep(spec, args, report=True)
 
 

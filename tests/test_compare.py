@@ -92,8 +92,11 @@ def labelled_sample(decided: pl.DataFrame, world, path: Path) -> Path:
 
 
 def compare_json(capsys, output: Path, labels: Path, *flags: str) -> tuple[int, dict]:
+    capsys.readouterr()  # what ran before
     status = main(["compare", str(output), str(labels), "--format", "json", *flags])
-    return status, json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    assert printed.out.startswith("{"), printed.err
+    return status, json.loads(printed.out)
 
 
 @pytest.mark.parametrize("name", ["megatron", "jsonl"])
@@ -230,3 +233,31 @@ def test_labels_from_a_hub_dataset_split_at_its_commit(outputs, tmp_path, capsys
                                               r"deduped\.tiny, duped\.tiny\)"):
             read_labels("EleutherAI/pythia-memorized-evals", "deduped.big")
     assert np.array_equal(labels.frame["index"].to_numpy(), decided.filter("full_match")["index"].to_numpy())
+
+
+def test_the_demo_reference_labels_are_hf_generates_and_memsweep_agrees_with_them(world, module_ray, tmp_path,
+                                                                                   capsys):
+    """The demo world's labels (sweep/demo/reference_labels.py: HF generate over every line of the stream, a
+    memorized-only list) against a sweep of its last checkpoint: the data check passes and, in fp32, memsweep's kernel
+    and `generate` decide every covered sequence alike."""
+    from sweep.demo.config import DemoWorldConfig
+    from sweep.demo.reference_labels import reference_labels
+
+    config = DemoWorldConfig(chunks=3, rows_per_chunk=96)  # tests/conftest.py's world
+    labels = reference_labels(config, world / "model", world / "data")
+    path = tmp_path / "labels.parquet"
+    labels.write_parquet(path)
+    assert labels.columns == ["index", "tokens", "__index_level_0__"]
+    stream = [json.loads(line)["token_ids"][:64] for c in range(3)
+              for line in (world / "data" / "train" / f"train_{c:03d}.jsonl").read_text().splitlines()]
+    assert labels["tokens"].to_list() == [stream[index] for index in labels["index"]]  # index: the line in the stream
+    assert 0 < labels.height < len(stream)
+
+    # chunk file 0 alone: its rows' stream positions need no earlier file's row count
+    spec = load_spec(write_spec(tmp_path, world, tmp_path / "demo-out", checkpoints=[2], chunks=[0]))
+    assert run_sweep(spec, progress=False).ok
+    status, result = compare_json(capsys, tmp_path / "demo-out", path)
+    assert status == 0 and result["data_mismatches"] == 0 and "JSONL" in result["positions"]
+    [row] = result["checkpoints"]
+    assert row["covered"] == 96 and row["both"] > 0 and result["checked"] == row["both"] + row["only_labels"]
+    assert row["only_memsweep"] == row["only_labels"] == 0
