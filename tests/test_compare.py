@@ -68,7 +68,7 @@ def memsweep_decisions(output: Path) -> pl.DataFrame:
     landed = open_output(output)
     positions, _ = stream_positions(landed)
     return (landed.sequences().select("chunk", "row", "full_match").collect()
-            .join(positions.select("chunk", "row", "index"), on=["chunk", "row"]).sort("index"))
+            .join(positions.select("chunk", "row", "index").collect(), on=["chunk", "row"]).sort("index"))
 
 
 def stream_tokens(world, index: pl.Series) -> pl.Series:
@@ -172,6 +172,7 @@ def test_a_shifted_sequence_is_a_named_data_mismatch_and_no_agreement_is_printed
 def test_a_jsonl_output_without_row_counts_is_refused_naming_the_file(outputs):
     landed = open_output(outputs[0]["jsonl"])
     positions, how = stream_positions(landed)
+    positions = positions.collect()
     assert "JSONL" in how and (positions["index"] == positions["chunk"] * PER_CHUNK + positions["row"]).all()
     landed.manifest["spec"]["data"]["samples_per_chunk"] = PER_CHUNK  # as if a sample of exactly 32 of more rows
     with pytest.raises(CompareError, match="chunk file 0's row count is unknown, so chunk 1's rows"):

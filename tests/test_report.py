@@ -461,7 +461,7 @@ def docs_labels(output: Path) -> Path:
     landed = open_output(output)
     positions, _ = stream_positions(landed)
     memorized = (landed.sequences(landed.last_checkpoint()).filter("full_match").select("chunk", "row").collect()
-                 .join(positions, on=["chunk", "row"]))
+                 .join(positions.collect(), on=["chunk", "row"]))
     path = output.parent / "labels.parquet"
     memorized.select("index", "tokens").write_parquet(path)
     return path
@@ -475,7 +475,7 @@ def test_every_sql_example_runs(docs_landed: Path) -> None:
 
     context = pl.SQLContext(frames=open_tables(docs_landed))  # the tables `memsweep query` gives
     # ... and the two the compare example registers (docs/queries.md, "Against published labels")
-    context.register("positions", stream_positions(open_output(docs_landed))[0].lazy())
+    context.register("positions", stream_positions(open_output(docs_landed))[0])
     context.register("labels", read_labels(docs_labels(docs_landed)).frame.lazy())
     blocks = doc_blocks("sql")
     assert len(blocks) >= 6
@@ -635,7 +635,7 @@ def test_sql_label_agreement_agrees_with_compare(docs_landed: Path) -> None:
 
     landed = open_output(docs_landed)
     labels = read_labels(docs_labels(docs_landed))
-    context = pl.SQLContext(sequences=landed.sequences(), positions=stream_positions(landed)[0].lazy(),
+    context = pl.SQLContext(sequences=landed.sequences(), positions=stream_positions(landed)[0],
                             labels=labels.frame.lazy())
     (sql,) = [block for block in doc_blocks("sql") if "-- agreement with published labels" in block]
     from_sql = context.execute(sql).collect()

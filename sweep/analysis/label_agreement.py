@@ -136,23 +136,28 @@ def compare_labels(landed: LandedOutput, labels: PublishedLabels, checkpoint: in
         ckpts = [checkpoint]
     if not ckpts:
         raise CompareError(f"{landed.path}: no landed cells")
-    table = agreement_table(decisions(landed, positions, ckpts), labels.frame, labels.form)
-    return LabelComparison(**{**comparison.__dict__, "checkpoints": [CheckpointAgreement(**row)
-                                                                     for row in table.iter_rows(named=True)]})
+    rows = [row for ckpt in ckpts
+            for row in agreement_table(decisions(landed, positions, ckpt), labels.frame, labels.form).iter_rows(named=True)]
+    return LabelComparison(**{**comparison.__dict__, "checkpoints": [CheckpointAgreement(**row) for row in rows]})
 
 
-def stream_positions(landed: LandedOutput) -> tuple[pl.DataFrame, str]:
-    """Every probe of the output with its global stream position: (`chunk`, `row`, `index`, `tokens`), and one line
-    saying how the positions were found (see the module docstring). Raises CompareError when they cannot be."""
-    probes = landed.probes().select("chunk", "row", "index", "tokens").collect()
-    if probes.height == 0:
+def stream_positions(landed: LandedOutput) -> tuple[pl.LazyFrame, str]:
+    """Every probe of the output with its global stream position, lazily: (`chunk`, `row`, `index`, `tokens`), and one
+    line saying how the positions were found (see the module docstring). Raises CompareError when they cannot be.
+
+    Lazy because a census holds every sequence of the stream (146M probes of 64 ids for Pythia): what reads it joins
+    it with the labels or one checkpoint's sequences and keeps only what it counts."""
+    probes = landed.probes().select("chunk", "row", "index", "tokens")
+    n, unindexed = probes.select(pl.len(), pl.col("index").null_count()).collect().row(0)
+    if n == 0:
         raise CompareError(f"{landed.path}: no landed probe sets")
-    if probes["index"].null_count() == 0:
+    if unindexed == 0:
         return probes, "the landed index (a stream's global position)"
-    if probes["index"].null_count() != probes.height:
+    if unindexed != n:
         raise CompareError(f"{landed.path}: some probes carry a stream index and some do not")
-    counts = chunk_row_counts(landed, probes)
-    chunks = sorted(set(probes["chunk"].to_list()))
+    sampled = probes.group_by("chunk").agg(n=pl.len(), top=pl.col("row").max()).sort("chunk").collect()
+    counts = chunk_row_counts(landed, sampled)
+    chunks = sampled["chunk"].to_list()
     offsets, total = {}, 0
     for chunk in range(max(chunks) + 1):
         offsets[chunk] = total
@@ -164,58 +169,59 @@ def stream_positions(landed: LandedOutput) -> tuple[pl.DataFrame, str]:
                 f"{landed.path}: chunk file {chunk}'s row count is unknown, so chunk {needed}'s rows have no stream "
                 f"position: the output knows a JSONL file's rows when it was scanned for exposure counts "
                 f"(exposure.chunks) or sampled whole (samples_per_chunk at least its rows)")
-    offset = pl.DataFrame({"chunk": list(offsets), "offset": list(offsets.values())},
+    offset = pl.LazyFrame({"chunk": list(offsets), "offset": list(offsets.values())},
                           schema={"chunk": pl.Int32, "offset": pl.Int64})
     positioned = (probes.join(offset, on="chunk", how="left")
                   .with_columns(index=pl.col("offset") + pl.col("row")).drop("offset"))
     return positioned, "JSONL chunk files in training order: the rows of files before a chunk, plus its row"
 
 
-def chunk_row_counts(landed: LandedOutput, probes: pl.DataFrame) -> dict[int, int]:
+def chunk_row_counts(landed: LandedOutput, sampled: pl.DataFrame) -> dict[int, int]:
     """Chunk file -> its rows, where the output knows them: from an exposure scan of the file, or from a probe set
-    that holds every row of it (fewer probes than `samples_per_chunk` asked for, rows 0..n-1)."""
+    that holds every row of it (fewer probes than `samples_per_chunk` asked for, rows 0..n-1). `sampled`: per probe
+    chunk, `n` probes and the `top` row."""
     counts = {seen: entry.scans[0].rows for seen, entry in landed.ledgers.exposures.items() if entry.scans}
     asked = (landed.spec.get("data") or {}).get("samples_per_chunk")
-    sampled = probes.group_by("chunk").agg(n=pl.len(), top=pl.col("row").max())
-    for chunk, n, top in sampled.iter_rows():
+    for chunk, n, top in sampled.select("chunk", "n", "top").iter_rows():
         whole = asked == "all" or (isinstance(asked, int) and n < asked)
         if whole and top == n - 1:
             counts.setdefault(chunk, n)
     return counts
 
 
-def data_mismatches(positions: pl.DataFrame, labels: pl.DataFrame) -> tuple[int, pl.DataFrame]:
+def data_mismatches(positions: pl.LazyFrame, labels: pl.DataFrame) -> tuple[int, pl.DataFrame]:
     """(how many labelled sequences the output holds, those whose tokens differ): each with `index`, `chunk`, `row`,
     `offset` (the first differing id, over the ids both have) and the ids there, `published` and `landed`."""
-    both = positions.join(labels.select("index", pl.col("tokens").alias("published_tokens")), on="index", how="inner")
+    both = positions.join(labels.lazy().select("index", pl.col("tokens").alias("published_tokens")), on="index",
+                          how="inner")
     width = pl.min_horizontal(pl.col("tokens").list.len(), pl.col("published_tokens").list.len())
-    compared = both.with_columns(
+    compared = both.select(
+        "index", "chunk", "row",
         landed_ids=pl.col("tokens").list.head(width), published_ids=pl.col("published_tokens").list.head(width))
-    differing = compared.filter(pl.col("landed_ids") != pl.col("published_ids"))
+    checked, differing = pl.collect_all([compared.select(pl.len()),
+                                         compared.filter(pl.col("landed_ids") != pl.col("published_ids"))])
     rows = []
-    for row in differing.select("index", "chunk", "row", "landed_ids", "published_ids").sort("index").iter_rows():
-        index, chunk, row_number, landed_ids, published_ids = row
+    for index, chunk, row_number, landed_ids, published_ids in differing.sort("index").iter_rows():
         offset = next(i for i, (a, b) in enumerate(zip(landed_ids, published_ids)) if a != b)
         rows.append((index, chunk, row_number, offset, published_ids[offset], landed_ids[offset]))
     schema = {"index": pl.Int64, "chunk": pl.Int32, "row": pl.Int64, "offset": pl.Int32, "published": pl.Int64,
               "landed": pl.Int64}
-    return both.height, pl.DataFrame(rows, schema=schema, orient="row")
+    return checked.item(), pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def decisions(landed: LandedOutput, positions: pl.DataFrame, ckpts: list[int]) -> pl.DataFrame:
-    """memsweep's decision per (checkpoint, sequence): `ckpt`, `index`, `memorized` (full_match), one checkpoint
-    partition read at a time."""
-    keys = positions.select("chunk", "row", "index").lazy()
-    frames = [landed.sequences(ckpt).select("ckpt", "chunk", "row", pl.col("full_match").alias("memorized"))
-              .join(keys, on=["chunk", "row"], how="inner").select("ckpt", "index", "memorized").collect()
-              for ckpt in ckpts]
-    return pl.concat(frames)
+def decisions(landed: LandedOutput, positions: pl.LazyFrame, ckpt: int) -> pl.LazyFrame:
+    """memsweep's decision on every sequence of checkpoint `ckpt` (its partition alone is read): `ckpt`, `index`,
+    `memorized` (full_match)."""
+    return (landed.sequences(ckpt).select("ckpt", "chunk", "row", pl.col("full_match").alias("memorized"))
+            .join(positions.select("chunk", "row", "index"), on=["chunk", "row"], how="inner")
+            .select("ckpt", "index", "memorized"))
 
 
-def agreement_table(decided: pl.DataFrame, labels: pl.DataFrame, form: str) -> pl.DataFrame:
+def agreement_table(decided: pl.LazyFrame, labels: pl.DataFrame, form: str) -> pl.DataFrame:
     """One row per checkpoint: `ckpt`, `covered`, `both`, `only_memsweep`, `only_labels`, `neither`, from memsweep's
-    `decided` (ckpt, index, memorized) and the labels (index, is_memorized) of `form` (see the module docstring)."""
-    published = labels.select("index", pl.col("is_memorized").alias("published"))
+    `decided` (ckpt, index, memorized) and the labels (index, is_memorized) of `form` (see the module docstring).
+    Streams: only the counts are held."""
+    published = labels.lazy().select("index", pl.col("is_memorized").alias("published"))
     if form == "memorized-only":
         joined = decided.join(published, on="index", how="left").with_columns(pl.col("published").fill_null(False))
     else:
@@ -226,4 +232,4 @@ def agreement_table(decided: pl.DataFrame, labels: pl.DataFrame, form: str) -> p
         both=(ours & theirs).sum().cast(pl.Int64),
         only_memsweep=(ours & ~theirs).sum().cast(pl.Int64),
         only_labels=(~ours & theirs).sum().cast(pl.Int64),
-        neither=(~ours & ~theirs).sum().cast(pl.Int64)).sort("ckpt"))
+        neither=(~ours & ~theirs).sum().cast(pl.Int64)).sort("ckpt").collect(engine="streaming"))
