@@ -50,20 +50,21 @@ def ensure_reference_labels(config: DemoWorldConfig, model_dir: Path, data_dir: 
     return path
 
 
-def reference_labels(config: DemoWorldConfig, model_dir: Path, data_dir: Path) -> pl.DataFrame:
+def reference_labels(config: DemoWorldConfig, model_dir: Path, data_dir: Path, threads: int = 1) -> pl.DataFrame:
     """The memorized lines of the whole stream at the last checkpoint: `index` (Int64), `tokens` (the first k + l
-    ids, List(Int64)), `__index_level_0__` (= index), in stream order."""
+    ids, List(Int64)), `__index_level_0__` (= index), in stream order. `threads`: torch's, while generating (one is
+    as fast for these tiny matmuls, and far faster on a busy machine, as in the demo's training)."""
     width = PROMPT_LEN + CONTINUATION_LEN
     stream = np.concatenate([read_chunk(chunk_path(data_dir, chunk), config.row_len, config.vocab_size).tokens[:, :width]
                              for chunk in range(config.chunks)]).astype(np.int64)
     unique, inverse = np.unique(stream, axis=0, return_inverse=True)
-    memorized = greedy_memorized(checkpoint_path(model_dir, config.chunks - 1), unique)[inverse.reshape(-1)]
+    memorized = greedy_memorized(checkpoint_path(model_dir, config.chunks - 1), unique, threads)[inverse.reshape(-1)]
     index = np.flatnonzero(memorized).astype(np.int64)
     return pl.DataFrame({"index": index, "tokens": pl.Series(stream[index].tolist(), dtype=pl.List(pl.Int64)),
                          "__index_level_0__": index})
 
 
-def greedy_memorized(checkpoint: Path, sequences: np.ndarray) -> np.ndarray:
+def greedy_memorized(checkpoint: Path, sequences: np.ndarray, threads: int = 1) -> np.ndarray:
     """bool[n]: HF `generate`'s greedy l tokens after each row's first k equal its next l (int64[n, k + l] in)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -76,7 +77,7 @@ def greedy_memorized(checkpoint: Path, sequences: np.ndarray) -> np.ndarray:
     tokens = torch.as_tensor(sequences)
     memorized = []
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is as fast, and far faster on a busy machine (as in training)
+    torch.set_num_threads(threads)
     try:
         with torch.no_grad():
             for batch in tokens.split(BATCH):
