@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -37,21 +38,24 @@ def model(sequences):
     return train_memorizing_llama(sequences[:N_TRAINED], VOCAB, steps=20, seed=0)
 
 
-def hf_generate(model, tokens: torch.LongTensor, eos_token_id: int | None) -> torch.LongTensor:
-    """HF generate's l new tokens, int64[B, L]; positions it never produced (early stop) hold -1.
-
-    The model's own generation config is edited (and restored): generate fills a passed config's
-    None fields from the model's defaults, so eos_token_id=None only sticks there.
-    """
+@contextmanager
+def generation_eos(model, eos_token_id: int | None):
+    """The model's own generation config with `eos_token_id`, restored after: generate fills a passed config's None
+    fields from the model's defaults, so eos_token_id=None only sticks there."""
     original = model.generation_config
     model.generation_config = copy.deepcopy(original)
     model.generation_config.eos_token_id = eos_token_id
     try:
-        with torch.no_grad():
-            out = model.generate(tokens[:, :K], attention_mask=torch.ones_like(tokens[:, :K]), do_sample=False,
-                                 num_beams=1, max_new_tokens=L)
+        yield
     finally:
         model.generation_config = original
+
+
+def hf_generate(model, tokens: torch.LongTensor, eos_token_id: int | None) -> torch.LongTensor:
+    """HF generate's l new tokens, int64[B, L]; positions it never produced (early stop) hold -1."""
+    with generation_eos(model, eos_token_id), torch.no_grad():
+        out = model.generate(tokens[:, :K], attention_mask=torch.ones_like(tokens[:, :K]), do_sample=False,
+                             num_beams=1, max_new_tokens=L)
     generated = torch.full((tokens.shape[0], L), -1, dtype=torch.long)
     generated[:, : out.shape[1] - K] = out[:, K:]
     return generated
@@ -160,15 +164,9 @@ def test_decision_margin_equals_hf_generates_scores(model, sequences, monkeypatc
     if block is not None:
         monkeypatch.setattr("actors.scoring.ARGMAX_BLOCK", block)
         monkeypatch.setattr("actors.scoring.ARGMAX_MIN_VOCAB", VOCAB)
-    original = model.generation_config
-    model.generation_config = copy.deepcopy(original)
-    model.generation_config.eos_token_id = None
-    try:
-        with torch.no_grad():
-            out = model.generate(sequences[:, :K], attention_mask=torch.ones_like(sequences[:, :K]), do_sample=False,
-                                 num_beams=1, max_new_tokens=L, output_scores=True, return_dict_in_generate=True)
-    finally:
-        model.generation_config = original
+    with generation_eos(model, None), torch.no_grad():
+        out = model.generate(sequences[:, :K], attention_mask=torch.ones_like(sequences[:, :K]), do_sample=False,
+                             num_beams=1, max_new_tokens=L, output_scores=True, return_dict_in_generate=True)
     top2 = torch.stack(out.scores, dim=1).topk(2, dim=-1).values  # [B, L, 2]
     gaps = (top2[..., 0] - top2[..., 1]).numpy()
     _, prefix, _ = expected_from_generated(out.sequences[:, K:], sequences)
