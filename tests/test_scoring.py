@@ -258,6 +258,13 @@ def test_reference_eos_policy_equals_hf_generate(model, sequences):
     assert stopped_early >= 1  # the "missing positions are mismatches" rule was exercised
     reference = score_batch(model, sequences, greedy(eos="reference"))
     assert (reference.matches != ordinary.matches).any()
+    # the margin counts only argmax decisions: the same as the ordinary policy's where the rows decided alike (no EOS
+    # up to the first mismatch, found at the same place); a forced pad never counts, and position 0 always decides
+    assert np.isfinite(reference.decision_margin).all()
+    eos_decided = ((reference.generated == EOS_ID) & (np.arange(L)[None, :] <= reference.prefix_match[:, None])).any(1)
+    alike = ~eos_decided & (reference.prefix_match == ordinary.prefix_match)
+    assert alike.sum() >= 10
+    np.testing.assert_allclose(reference.decision_margin[alike], ordinary.decision_margin[alike], rtol=1e-6)
 
 
 def test_reference_pads_with_explicit_pad_token(model, sequences):
