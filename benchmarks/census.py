@@ -1,0 +1,181 @@
+"""A census of a Pythia-sized chunk (issue 23): 1,024,000 sequences scored, killed mid-way, rerun, compared.
+
+    python benchmarks/census.py                       # one chunk of 1,024,000 sequences, two checkpoints
+    python benchmarks/census.py --sequences 65536     # a quick look
+
+Writes, in a scratch folder, a numpy token stream of one chunk (1000 steps x 1024 sequences of k + l = 64 uint16
+tokens: only what a census reads of each sequence, 131 MB) and two tiny LLaMA checkpoints, `step500` (inside the
+chunk) and `step1000` (its end), trained a little on the chunk's first sequences so that some are memorized. Then
+runs the same census spec (`data.samples_per_chunk: all`, extractable mode) three times, each `memsweep run` in a
+process of its own with its own local Ray:
+
+1. clean: to the end, into `clean/`;
+2. killed: into `resumed/`, SIGKILL to the driver's whole process group (the driver, its Ray, the actors: a machine
+   lost) once the first cell's landing has committed;
+3. rerun: the same command into `resumed/`, to the end.
+
+and checks that `resumed/` equals `clean/` row for row (every sequence once, none lost), and that `memsweep verify`
+finds it intact. Prints each run's wall time and the peak RSS (VmHWM, polled every 0.2 s) of the driver process and
+of the largest actor process. The machine this runs on may be shared: compare runs of one invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sweep.landed.reader import open_output  # noqa: E402
+from sweep.landed.verify import check_output  # noqa: E402
+from tests.tiny_lm import make_sequences, train_memorizing_llama  # noqa: E402
+
+PER_STEP, STEPS_PER_CHUNK = 1024, 1000
+K = L = 32
+VOCAB = 64
+TRAINED = 32  # the chunk's first sequences, which the checkpoints are trained on (the second memorizes them all)
+
+
+def checkpoints(sequences: int) -> list[int]:
+    """Two steps: inside the chunk and at its end (500 and 1000 at full size)."""
+    steps = max(2, sequences // PER_STEP)
+    return [steps // 2, steps]
+
+
+def write_world(root: Path, sequences: int) -> None:
+    """The token stream (one file of `sequences` items of k + l uint16 tokens) and the two checkpoints, the second
+    trained longer."""
+    tokens = make_sequences(sequences, K + L, VOCAB, seed=7).numpy().astype(np.uint16)
+    (root / "data").mkdir(parents=True)
+    tokens.tofile(root / "data" / "tokens.bin")
+    trained = torch.from_numpy(tokens[:TRAINED].astype(np.int64))
+    for step, steps in zip(checkpoints(sequences), (40, 120)):
+        model = train_memorizing_llama(trained, VOCAB, steps=steps, seed=step, hidden_size=32, num_layers=1)
+        model.save_pretrained(root / "model" / f"step{step}")
+
+
+def write_spec(root: Path, output: Path, sequences: int) -> Path:
+    spec = {
+        "name": "census-bench",
+        "model": {"source": str(root / "model"), "revision": "step{ckpt}", "dtype": "float32"},
+        "data": {"source": str(root / "data"), "format": "numpy", "file": ["tokens.bin"], "dtype": "uint16",
+                 "sequence_len": K + L, "samples_per_chunk": "all", "cache_dir": str(root / "cache")},
+        "timeline": {"sequences_per_step": PER_STEP, "steps_per_chunk": checkpoints(sequences)[1]},
+        "checkpoints": checkpoints(sequences),
+        "chunks": [0],
+        "memorization": {"prompt_len": K, "continuation_len": L, "mode": "extractable"},
+        "resources": {"batch_size": 4096, "actors": 1, "cpus_per_actor": 1},
+        "output": str(output),
+    }
+    path = root / f"{output.name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def committed_cells(output: Path) -> int:
+    return len(open_output(output).done_cells()) if (output / "manifest.json").exists() else 0
+
+
+def run(spec: Path, kill_after_cells: int | None = None) -> dict:
+    """`memsweep run spec` in a session of its own; returns its wall time, exit status and peak RSS (driver, largest
+    actor), killing the whole session with SIGKILL once `kill_after_cells` cells have committed."""
+    output = Path(yaml.safe_load(spec.read_text())["output"])
+    command = [sys.executable, "-m", "sweep", "run", str(spec), "--num-cpus", "2", "--no-progress"]
+    began = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    driver = psutil.Process(process.pid)
+    peaks = {"driver": 0, "actor": 0}
+    killed = False
+    while process.poll() is None:
+        for proc in [driver, *driver.children(recursive=True)] + _session_processes(process.pid):
+            try:
+                with open(f"/proc/{proc.pid}/status") as status:
+                    hwm = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+                name = " ".join(proc.cmdline())
+            except (OSError, psutil.Error, StopIteration):
+                continue
+            role = "driver" if proc.pid == process.pid else "actor" if "CheckpointScorer" in name else None
+            if role:
+                peaks[role] = max(peaks[role], hwm)
+        if kill_after_cells is not None and committed_cells(output) >= kill_after_cells:
+            os.killpg(process.pid, signal.SIGKILL)  # the driver, its Ray and its actors: a machine lost
+            killed = True
+            break
+        time.sleep(0.2)  # how often to look, not how long to wait
+    log = process.communicate()[0]
+    _kill_leftovers(process.pid)
+    return {"seconds": time.perf_counter() - began, "returncode": process.returncode, "killed": killed,
+            "driver_peak": peaks["driver"], "actor_peak": peaks["actor"], "log": log}
+
+
+def _session_processes(session: int) -> list[psutil.Process]:
+    """Every process of the run's session (Ray's daemons and workers are not all the driver's children)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(proc.pid) == session:
+                found.append(proc)
+        except OSError:
+            continue
+    return found
+
+
+def _kill_leftovers(session: int) -> None:
+    for proc in _session_processes(session):
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sequences", type=int, default=PER_STEP * STEPS_PER_CHUNK, help="sequences in the chunk")
+    parser.add_argument("--scratch", type=Path, help="folder to write in (default: a temporary one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
+        root = Path(scratch)
+        began = time.perf_counter()
+        write_world(root, args.sequences)
+        print(f"wrote a chunk of {args.sequences:,} sequences and 2 checkpoints in {time.perf_counter() - began:.1f} s")
+        runs = {}
+        for name, output, kill in (("clean", "clean", None), ("killed", "resumed", 1), ("rerun", "resumed", None)):
+            runs[name] = result = run(write_spec(root, root / output, args.sequences), kill)
+            cells = committed_cells(root / output)
+            print(f"{name}: {result['seconds']:.1f} s, exit {result['returncode']}{' (SIGKILL)' if result['killed'] else ''}, "
+                  f"{cells} cells committed; peak RSS driver {result['driver_peak'] / 1e6:,.0f} MB, "
+                  f"actor {result['actor_peak'] / 1e6:,.0f} MB")
+            if result["returncode"] not in (0, -9) or (name != "killed" and result["returncode"] != 0):
+                print(result["log"][-4000:])
+                raise SystemExit(1)
+        clean, resumed = (open_output(root / name) for name in ("clean", "resumed"))
+        order = ["ckpt", "chunk", "row"]
+        a = clean.sequences().collect().sort(order)
+        b = resumed.sequences().collect().sort(order)
+        timing = ["seconds", "sequences_per_s", "finished_at", "attempts", "device", "batch_size"]
+        equal = a.equals(b) and clean.cells().collect().drop(timing).sort(order[:2]).equals(
+            resumed.cells().collect().drop(timing).sort(order[:2]))
+        duplicated = int(b.select(order).is_duplicated().sum())
+        report = check_output(root / "resumed")
+        print(f"resumed == clean: {equal} ({b.height:,} rows, {duplicated} duplicated, "
+              f"{int(a['full_match'].sum()):,} fully memorized); verify: "
+              f"{'intact' if report.ok else report.describe()}")
+        if not equal or duplicated or not report.ok:
+            raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
