@@ -5,13 +5,13 @@
 
 Writes, in a scratch folder, a numpy token stream of one chunk (1000 steps x 1024 sequences of k + l = 64 uint16
 tokens: only what a census reads of each sequence, 131 MB) and two tiny LLaMA checkpoints, `step500` (inside the
-chunk) and `step1000` (its end), trained a little on the chunk's first sequences so that some are memorized. Then
-runs the same census spec (`data.samples_per_chunk: all`, extractable mode) three times, each `memsweep run` in a
-process of its own with its own local Ray:
+chunk) and `step1000` (its end), trained on the chunk's first 32 sequences (step1000 memorizes them). Then runs the
+same census spec (`data.samples_per_chunk: all`, extractable mode; the chunk at step1000, or with --checkpoints 2 at
+step500 too) three times, each `memsweep run` in a session of its own with its own local Ray:
 
 1. clean: to the end, into `clean/`;
-2. killed: into `resumed/`, SIGKILL to the driver's whole process group (the driver, its Ray, the actors: a machine
-   lost) once the first cell's landing has committed;
+2. killed: into `resumed/`, SIGKILL to the driver's whole session (the driver, its Ray, the actors: a machine lost)
+   half-way through the clean run's time (one cell: mid-cell), or once the first cell has committed (two cells);
 3. rerun: the same command into `resumed/`, to the end.
 
 and checks that `resumed/` equals `clean/` row for row (every sequence once, none lost), and that `memsweep verify`
@@ -54,6 +54,11 @@ def checkpoints(sequences: int) -> list[int]:
     return [steps // 2, steps]
 
 
+def scored_checkpoints(sequences: int, count: int) -> list[int]:
+    """The checkpoints the census scores: the chunk's end, and with `count` 2 the one inside it too."""
+    return checkpoints(sequences)[-count:]
+
+
 def write_world(root: Path, sequences: int) -> None:
     """The token stream (one file of `sequences` items of k + l uint16 tokens) and the two checkpoints, the second
     trained longer."""
@@ -66,14 +71,14 @@ def write_world(root: Path, sequences: int) -> None:
         model.save_pretrained(root / "model" / f"step{step}")
 
 
-def write_spec(root: Path, output: Path, sequences: int) -> Path:
+def write_spec(root: Path, output: Path, sequences: int, count: int) -> Path:
     spec = {
         "name": "census-bench",
         "model": {"source": str(root / "model"), "revision": "step{ckpt}", "dtype": "float32"},
         "data": {"source": str(root / "data"), "format": "numpy", "file": ["tokens.bin"], "dtype": "uint16",
                  "sequence_len": K + L, "samples_per_chunk": "all", "cache_dir": str(root / "cache")},
         "timeline": {"sequences_per_step": PER_STEP, "steps_per_chunk": checkpoints(sequences)[1]},
-        "checkpoints": checkpoints(sequences),
+        "checkpoints": scored_checkpoints(sequences, count),
         "chunks": [0],
         "memorization": {"prompt_len": K, "continuation_len": L, "mode": "extractable"},
         "resources": {"batch_size": 4096, "actors": 1, "cpus_per_actor": 1},
@@ -88,9 +93,10 @@ def committed_cells(output: Path) -> int:
     return len(open_output(output).done_cells()) if (output / "manifest.json").exists() else 0
 
 
-def run(spec: Path, kill_after_cells: int | None = None) -> dict:
+def run(spec: Path, kill_after_cells: int | None = None, kill_after_s: float | None = None) -> dict:
     """`memsweep run spec` in a session of its own; returns its wall time, exit status and peak RSS (driver, largest
-    actor), killing the whole session with SIGKILL once `kill_after_cells` cells have committed."""
+    actor), killing the whole session with SIGKILL once `kill_after_cells` cells have committed or `kill_after_s`
+    seconds have passed."""
     output = Path(yaml.safe_load(spec.read_text())["output"])
     command = [sys.executable, "-m", "sweep", "run", str(spec), "--num-cpus", "2", "--no-progress"]
     began = time.perf_counter()
@@ -110,7 +116,8 @@ def run(spec: Path, kill_after_cells: int | None = None) -> dict:
             role = "driver" if proc.pid == process.pid else "actor" if "CheckpointScorer" in name else None
             if role:
                 peaks[role] = max(peaks[role], hwm)
-        if kill_after_cells is not None and committed_cells(output) >= kill_after_cells:
+        if (kill_after_cells is not None and committed_cells(output) >= kill_after_cells) or \
+                (kill_after_s is not None and time.perf_counter() - began >= kill_after_s):
             os.killpg(process.pid, signal.SIGKILL)  # the driver, its Ray and its actors: a machine lost
             killed = True
             break
@@ -144,6 +151,9 @@ def _kill_leftovers(session: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequences", type=int, default=PER_STEP * STEPS_PER_CHUNK, help="sequences in the chunk")
+    parser.add_argument("--checkpoints", type=int, choices=(1, 2), default=1,
+                        help="1: one cell, killed half-way through the clean run's time; 2: two cells (the chunk at "
+                             "step 500 and 1000), killed once the first has committed")
     parser.add_argument("--scratch", type=Path, help="folder to write in (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
@@ -152,8 +162,10 @@ def main() -> None:
         write_world(root, args.sequences)
         print(f"wrote a chunk of {args.sequences:,} sequences and 2 checkpoints in {time.perf_counter() - began:.1f} s")
         runs = {}
-        for name, output, kill in (("clean", "clean", None), ("killed", "resumed", 1), ("rerun", "resumed", None)):
-            runs[name] = result = run(write_spec(root, root / output, args.sequences), kill)
+        for name, output in (("clean", "clean"), ("killed", "resumed"), ("rerun", "resumed")):
+            kill = {} if name != "killed" else {"kill_after_cells": 1} if args.checkpoints == 2 else \
+                {"kill_after_s": runs["clean"]["seconds"] / 2}
+            runs[name] = result = run(write_spec(root, root / output, args.sequences, args.checkpoints), **kill)
             cells = committed_cells(root / output)
             print(f"{name}: {result['seconds']:.1f} s, exit {result['returncode']}{' (SIGKILL)' if result['killed'] else ''}, "
                   f"{cells} cells committed; peak RSS driver {result['driver_peak'] / 1e6:,.0f} MB, "

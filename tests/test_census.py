@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from sweep.analysis.examples import find_examples
 from sweep.data.census import census_chunk
 from sweep.data.stream_chunks import describe_spec_chunks
 from sweep.landed.reader import open_output
@@ -120,3 +121,13 @@ def test_census_pieces_read_every_sequence_in_order_in_bounded_pieces(census, st
         tokens = np.concatenate([piece.tokens for piece in pieces])
         assert np.array_equal(tokens, world.sequences[PER_CHUNK:2 * PER_CHUNK, : K + L]), name
         assert np.concatenate([piece.rows for piece in pieces]).tolist() == list(range(PER_CHUNK)), name
+
+
+def test_show_reads_a_census_rows_again_from_the_pinned_source(census):
+    specs, world = census
+    for name in ("jsonl", "megatron"):
+        examples = find_examples(open_output(Path(specs[name].output)), top=3)
+        assert len(examples) == 3 and examples[0].full_match, name
+        for example in examples:
+            position = example.chunk * PER_CHUNK + example.row
+            assert example.prompt + example.truth == world.sequences[position, : K + L].tolist(), name

@@ -16,8 +16,9 @@ are spread over the nodes that score instead of passing through the driver.
   the stream position).
 
 The last piece carries the sha256 of every byte read for the cell (`ProbeBatch.sha256`): what the cell's
-`data_sha256` records. Nothing of the tokens lands: `show`, the report's examples and the explorer's text read the
-output's probe rows, which a census does not have (docs/spec.md).
+`data_sha256` records. Nothing of the tokens lands: `show` and the report's examples read the few rows they print
+again from the pinned source (`read_census_rows`: a stream's items by range; a JSONL file streamed up to the last row
+asked for), and refuse a source that changed since the census.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from actors.protocol import ProbeBatch
 from sweep.data.probes import (ProbeSetError, _GZIP_MAGIC, _row_tokens, check_streamed, detect_format, open_chunk,
                                parse_line)
 from sweep.data.sources import ChunkFile
-from sweep.data.stream_chunks import StreamChunk, open_stream
+from sweep.data.stream_chunks import StreamChunk, describe_spec_chunks, open_stream, pinned_source
+from sweep.errors import MemsweepError
+from sweep.spec import SweepSpec
 
 # Sequences read and scored at a time: 8,192 x 64 int64 tokens = 4 MB to score, and for Pythia about 34 MB of item
 # bytes read (the gaps between items' first 64 tokens are coalesced into whole reads).
@@ -139,3 +142,30 @@ def census_chunk(chunk: int, source: ChunkFile | StreamChunk, prompt_len: int, c
                  vocab_size: int | None = None, piece_rows: int = CENSUS_PIECE_ROWS) -> CensusChunk:
     """The census of one described chunk (sweep/data/stream_chunks.py `describe_spec_chunks`)."""
     return CensusChunk(chunk, source, prompt_len, continuation_len, vocab_size, piece_rows)
+
+
+def read_census_rows(spec: SweepSpec, pinned: dict, chunk: int, rows: list[int]) -> dict[int, list[int]]:
+    """Row -> k + l token ids of `rows` of census chunk `chunk`, read again from the source the output pinned
+    (`pinned`: its `ledger/probes.json` record). Raises MemsweepError (one line) if the source changed since."""
+    described, _ = describe_spec_chunks(spec, [chunk])
+    source = described[chunk]
+    if isinstance(source, Exception):
+        raise MemsweepError(f"chunk {chunk}: {source}")
+    if not source.stat_matches(pinned_source(pinned)):
+        raise MemsweepError(f"chunk {chunk}: {source.label} changed since the census read it; its rows cannot be "
+                            "shown from it")
+    memorization = spec.memorization
+    width = memorization.prompt_len + memorization.continuation_len
+    wanted = sorted(set(int(row) for row in rows))
+    if isinstance(source, StreamChunk):
+        tokens = open_stream(source.stream).read_items(source.start + np.array(wanted, dtype=np.int64), width)
+        return {row: ids.tolist() for row, ids in zip(wanted, tokens)}
+    found: dict[int, list[int]] = {}
+    census = census_chunk(chunk, source, memorization.prompt_len, memorization.continuation_len)
+    for piece in census.pieces():  # streamed only as far as the last row asked for
+        for row, ids in zip(piece.rows.tolist(), piece.tokens):
+            if row in wanted:
+                found[row] = ids.tolist()
+        if len(found) == len(wanted):
+            break
+    return found
