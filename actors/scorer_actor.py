@@ -30,6 +30,7 @@ from actors.checkpoint_files import CheckpointFolder, evict_checkpoint, fetch_ch
 from actors.cuda_errors import is_context_lost, is_out_of_memory
 from actors.loading import load_checkpoint, resolve_device, stored_dtype, weights_fingerprint
 from actors.prefetch import PrefetchingActor
+from actors.read_ahead import read_ahead
 from actors.protocol import (BatchScores, CellInputError, CellOutput, CheckpointError, CheckpointTarget,
                              CudaContextLost, LoadedCheckpoint, ProbeBatch, ProbePieces, ScorerSettings, ScoringOptions,
                              one_line)
@@ -120,7 +121,7 @@ class CheckpointScorer(PrefetchingActor):
         while True:
             batch_size = self.batch_size
             parts, rows, sources, sha256 = [], [], [], None
-            for piece in census.pieces():
+            for piece in read_ahead(census.pieces()):  # the next piece is read while this one is scored
                 sha256 = piece.sha256 or sha256
                 if not len(piece.rows):
                     continue

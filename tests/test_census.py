@@ -9,12 +9,15 @@ no-op.
 
 from __future__ import annotations
 
+import itertools
+import threading
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
+from actors.read_ahead import read_ahead
 from sweep.analysis.examples import find_examples
 from sweep.data.census import census_chunk
 from sweep.data.stream_chunks import describe_spec_chunks
@@ -131,3 +134,30 @@ def test_show_reads_a_census_rows_again_from_the_pinned_source(census):
         for example in examples:
             position = example.chunk * PER_CHUNK + example.row
             assert example.prompt + example.truth == world.sequences[position, : K + L].tolist(), name
+
+
+def test_read_ahead_keeps_order_raises_where_the_reader_failed_and_stops_when_left():
+    assert list(read_ahead(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("line 2: malformed JSON")
+
+    pieces = read_ahead(failing())
+    assert next(pieces) == 1
+    with pytest.raises(ValueError, match="line 2"):
+        next(pieces)
+    read = []
+
+    def endless():
+        for number in itertools.count():
+            read.append(number)
+            yield number
+
+    pieces = read_ahead(endless())
+    assert [next(pieces) for _ in range(3)] == [0, 1, 2]
+    pieces.close()  # the consumer leaves: the reader stops after at most the pieces it holds
+    for reader in [thread for thread in threading.enumerate() if thread.name == "read-ahead"]:
+        reader.join(timeout=60)  # a guard against a hang, not a wait for a time
+        assert not reader.is_alive()
+    assert len(read) <= 3 + 2  # the three taken, one waiting in the queue, one the reader held
