@@ -15,7 +15,9 @@ step500 too) three times, each `memsweep run` in a session of its own with its o
 3. rerun: the same command into `resumed/`, to the end.
 
 and checks that `resumed/` equals `clean/` row for row (every sequence once, none lost), and that `memsweep verify`
-finds it intact. Prints each run's wall time and the peak RSS (VmHWM, polled every 0.2 s) of the driver process and
+finds it intact. First, in this process, the two parts of a census whose memory could grow with the chunk: an
+actor's read of the whole chunk in pieces, and the driver's landing of a cell of that many rows (--parts-only: just
+these, which take seconds where the sweeps take as long as a CPU needs to score the chunk twice). Prints each run's wall time and the peak RSS (VmHWM, polled every 0.2 s) of the driver process and
 of the largest actor process. The machine this runs on may be shared: compare runs of one invocation.
 """
 
@@ -148,6 +150,56 @@ def _kill_leftovers(session: int) -> None:
             pass
 
 
+def measure_full_size_parts(root: Path, sequences: int) -> None:
+    """The two things a census does at any size, measured in this process at `sequences`: an actor's read of the
+    whole chunk (sweep/data/census.py, the pieces it scores) and the driver's landing of the cell (the rows and
+    scores an actor returns, joined and landed: sweep/run/landing.py, sweep/landed/store.py). Peak RSS growth of each
+    (VmHWM, reset first) and its time."""
+    import polars as pl
+    from peak_memory import peak_rss_bytes, reset_peak_rss  # benchmarks/ (this script's folder)
+
+    from actors.protocol import BatchScores, CellOutput, CheckpointTarget, LoadedCheckpoint
+    from sweep.data.census import census_chunk
+    from sweep.data.stream_chunks import describe_spec_chunks
+    from sweep.landed.store import ResultStore
+    from sweep.run.landing import scored_cell
+    from sweep.spec import load_spec
+
+    spec = load_spec(write_spec(root, root / "parts", sequences, 1))
+    described, _ = describe_spec_chunks(spec, [0])
+    reset_peak_rss()
+    before = psutil.Process().memory_info().rss
+    began = time.perf_counter()
+    rows, full = 0, 0
+    for piece in census_chunk(0, described[0], K, L).pieces():
+        rows += len(piece.rows)
+        full += int((piece.tokens[:, 0] == piece.tokens[:, K]).sum())  # touch the tokens
+    read_s, read_peak = time.perf_counter() - began, peak_rss_bytes() - before
+    print(f"read: {rows:,} sequences in {read_s:.1f} s ({rows / read_s:,.0f}/s), peak RSS growth "
+          f"{read_peak / 1e6:,.1f} MB")
+
+    rng = np.random.default_rng(0)
+    prefix = np.minimum(rng.geometric(0.55, rows) - 1, L).astype(np.int16)
+    scores = BatchScores(matches=None, prefix_match=prefix, full_match=prefix == L, match_mask=None, nll=None,
+                         tf_accuracy=None)
+    target = CheckpointTarget(spec.checkpoints[0], f"step{spec.checkpoints[0]}")
+    output = CellOutput(ckpt=target.ckpt, chunk=0, scores=scores, seconds=1.0,
+                        loaded=LoadedCheckpoint(target, "f" * 16, "float32", VOCAB, 1.0, 0, "here"),
+                        loaded_now=True, device="cpu", dtype="float32", batch_size=4096, host="here",
+                        rows=np.arange(rows, dtype=np.int64), data_sha256="0" * 64)
+    store = ResultStore(root / "parts")
+    store.open(spec.identity(), spec.model_dump(mode="json"), {"benchmark": "census"})
+    reset_peak_rss()
+    before = psutil.Process().memory_info().rss
+    began = time.perf_counter()
+    cell = scored_cell(output, 1, None, described[0].file, None, L, spec.timeline_positions(), described[0].start)
+    store.write_cells(target.ckpt, [cell], finishes_checkpoint=True)
+    land_s, land_peak = time.perf_counter() - began, peak_rss_bytes() - before
+    landed = open_output(root / "parts").sequences().select(pl.len()).collect().item()
+    print(f"land: a cell of {landed:,} sequences in {land_s:.2f} s, peak RSS growth {land_peak / 1e6:,.1f} MB "
+          f"(the scores returned: {sum(a.nbytes for a in (prefix, scores.full_match, output.rows)) / 1e6:,.1f} MB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequences", type=int, default=PER_STEP * STEPS_PER_CHUNK, help="sequences in the chunk")
@@ -155,12 +207,17 @@ def main() -> None:
                         help="1: one cell, killed half-way through the clean run's time; 2: two cells (the chunk at "
                              "step 500 and 1000), killed once the first has committed")
     parser.add_argument("--scratch", type=Path, help="folder to write in (default: a temporary one)")
+    parser.add_argument("--parts-only", action="store_true",
+                        help="only the read and the landing of one cell at --sequences, in this process (no sweep)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         root = Path(scratch)
         began = time.perf_counter()
         write_world(root, args.sequences)
         print(f"wrote a chunk of {args.sequences:,} sequences and 2 checkpoints in {time.perf_counter() - began:.1f} s")
+        measure_full_size_parts(root, args.sequences)
+        if args.parts_only:
+            return
         runs = {}
         for name, output in (("clean", "clean"), ("killed", "resumed"), ("rerun", "resumed")):
             kill = {} if name != "killed" else {"kill_after_cells": 1} if args.checkpoints == 2 else \
