@@ -244,8 +244,9 @@ class DataSpec(SpecSection):
     """numpy: the order file's integer type (OLMo: uint32); part of the identity only with an order file."""
     revision: Annotated[str, IDENTITY] = "main"
     """Hub dataset revision the chunk files are read at (pinned to its commit on first use); ignored locally."""
-    samples_per_chunk: Annotated[int, IDENTITY] = Field(default=1000, ge=1)
-    """Rows sampled per chunk (the probe set), as `shuffle(seed).select(range(n))` picks them."""
+    samples_per_chunk: Annotated[Union[Literal["all"], Annotated[int, Field(ge=1)]], IDENTITY] = 1000
+    """Rows sampled per chunk (the probe set), as `shuffle(seed).select(range(n))` picks them; `all`: a census, every
+    sequence of the chunk in the stream's order (`row` = its position in the chunk; `seed` is then unused)."""
     seed: Annotated[int, IDENTITY] = Field(default=42, ge=0)
     """Sampling seed (numpy default_rng)."""
     cache_dir: Annotated[str | None, NOT_IDENTITY] = None
@@ -275,6 +276,12 @@ class DataSpec(SpecSection):
     def file_for(self, chunk: int) -> str:
         """The chunk file of chunk `chunk` (jsonl only: in the other formats a chunk is a range of the stream)."""
         return self.file.format(chunk=chunk)
+
+    @property
+    def census(self) -> bool:
+        """`samples_per_chunk: all`: every sequence of each chunk is scored, read from the pinned source in pieces
+        (sweep/data/census.py), none of them landed as a probe set."""
+        return self.samples_per_chunk == "all"
 
     @property
     def is_stream(self) -> bool:
@@ -401,6 +408,14 @@ class SweepSpec(SpecSection):
         return self
 
     @model_validator(mode="after")
+    def _census_has_no_exposure_counts(self) -> "SweepSpec":
+        if self.data.census and self.exposure is not None:
+            raise ValueError("exposure: counts every probe sequence in the scanned files, and a census "
+                             "(data.samples_per_chunk: all) lands no probe sets to count; sweep a sample for exposure "
+                             "counts")
+        return self
+
+    @model_validator(mode="after")
     def _revision_names_what_it_can(self) -> "SweepSpec":
         if _template_fields(self.model.revision) & set(REVISION_TOKEN_FIELDS) and self.tokens_per_step() is None:
             raise ValueError("model.revision: {tokens} and {tokens_b} need the tokens of a step: a timeline section "
@@ -485,9 +500,19 @@ class SweepSpec(SpecSection):
         files, checkpoint c after chunk c), so every output written before them keeps its identity hash."""
         return identity_of(self)
 
+    def sequences_per_cell(self) -> int | None:
+        """Sequences a cell scores: `data.samples_per_chunk`, or for a census a stream chunk's (the timeline's
+        chunk length; a last chunk cut short by the stream's end holds fewer) and None for a JSONL census (a chunk
+        file's rows are known once it is read)."""
+        if not self.data.census:
+            return self.data.samples_per_chunk
+        return self.timeline_positions().chunk_sequences if self.data.is_stream else None
+
     def keeps_generated(self) -> bool:
         keep = self.memorization.keep_generated
-        return self.memorization.mode == "greedy" if keep == "auto" else bool(keep) and self.memorization.mode == "greedy"
+        if keep == "auto":  # a census's generated tokens would be 128 bytes a sequence: 18.7 GB a Pythia checkpoint
+            return self.memorization.mode == "greedy" and not self.data.census
+        return bool(keep) and self.memorization.mode == "greedy"
 
     def identity_hash(self) -> str:
         return identity_hash(self.identity())
