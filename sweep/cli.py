@@ -2,12 +2,12 @@
 
     memsweep run SPEC.yaml [--output DIR] [--set KEY=VALUE ...] [--address ADDR] [--report]
     memsweep plan SPEC.yaml [--offline] [--gpus 64] [--gpus-per-node 8] [--cpus-per-node 96] [--network-gb-s 2]
-    memsweep query OUTPUT "SQL" [--format table|csv|json|parquet] [--out FILE]
-    memsweep query OUTPUT --tables
+    memsweep query OUTPUT [--with OTHER_OUTPUT ...] "SQL" [--format table|csv|json|parquet] [--out FILE]
+    memsweep query OUTPUT [--with OTHER_OUTPUT ...] --tables
     memsweep verify OUTPUT [--repair]
     memsweep show OUTPUT [--ckpt C] [--chunk J] [--top N] [--source S] [--full-match] [--min-prefix K]
                          [--min-exposures N] [--max-exposures N] [--sort memorized|exposures]
-    memsweep report OUTPUT [--out DIR] [--chunks 0,3,7]
+    memsweep report OUTPUT [--out DIR] [--chunks 0,3,7] [--smaller OTHER_OUTPUT ...]
     memsweep serve OUTPUT [--host 127.0.0.1] [--port 8765]
     memsweep demo [--output DIR]
 
@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                                               "`--tables` lists those it has, with their columns")
     query.add_argument("output", type=Path, help="a sweep's output directory")
     query.add_argument("sql", nargs="?", help='e.g. "SELECT ckpt, AVG(score) FROM cells GROUP BY ckpt ORDER BY ckpt"')
+    query.add_argument("--with", dest="others", action="append", type=Path, default=[], metavar="OTHER_OUTPUT",
+                       help="also query this output of the same data and probe sets (repeatable): every table then "
+                            "holds every output's rows, led by output, model and identity")
     query.add_argument("--tables", action="store_true",
                        help="list the tables this output has, what one row of each is, and their columns")
     query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
@@ -126,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--chunks", help="chunks to plot over checkpoints, e.g. 0,3,7 (default: a spread)")
     report.add_argument("--examples", help="cells whose most memorized sequences are shown as text, CKPT:CHUNK,... "
                                            "(default: the oldest and newest chunk at the last checkpoint)")
+    report.add_argument("--smaller", action="append", type=Path, default=[], metavar="OTHER_OUTPUT",
+                        help="an output of a smaller model on the same data and probe sets (repeatable, smallest "
+                             "first): adds the predictability of each one's memorized set for the larger ones'")
     report.set_defaults(handler=_report)
 
     serve = commands.add_parser("serve", help="a local, read-only web explorer of a landed output (heatmap, cells, "
@@ -277,7 +283,7 @@ def _query(args: argparse.Namespace) -> int:
                             if args.tables else "memsweep query: give an SQL statement, e.g. \"SELECT * FROM cells\", "
                                                 "or --tables to list the tables and their columns")
     _refuse_binary_to_terminal(args.format, args.out)
-    frame = table_columns(args.output) if args.tables else run_query(args.output, args.sql)
+    frame = table_columns(args.output, args.others) if args.tables else run_query(args.output, args.sql, args.others)
     if args.format == "table":
         print(format_table_columns(frame) if args.tables else format_table(frame, args.max_rows))
         return 0
@@ -343,7 +349,7 @@ def _report(args: argparse.Namespace) -> int:
         if args.chunks else None
     cells = _int_groups(args.examples, "--examples", "CKPT:CHUNK pairs such as 359:0,359:355", 2) \
         if args.examples else None
-    print(f"report: {write_report(args.output, args.out, chunks, cells)}")
+    print(f"report: {write_report(args.output, args.out, chunks, cells, smaller=args.smaller)}")
     return 0
 
 
