@@ -9,7 +9,7 @@
                          [--min-exposures N] [--max-exposures N] [--sort memorized|exposures]
     memsweep report OUTPUT [--out DIR] [--chunks 0,3,7] [--smaller OTHER_OUTPUT ...]
     memsweep serve OUTPUT [--host 127.0.0.1] [--port 8765]
-    memsweep demo [--output DIR]
+    memsweep demo [--output DIR] [--smaller]
 
 Every flag is documented in docs/cli.md.
 """
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memsweep", description="Memorization sweeps over checkpoints x data chunks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (Ray, probe sets, loads)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_IntermixedParser)
 
     run = commands.add_parser("run", help="score every cell of a spec not yet in its output (resumes)")
     _spec_arguments(run)
@@ -145,10 +145,29 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run configs/demo.yaml (build the miniature Amber, sweep, report)")
     demo.add_argument("--output", help="override the spec's output directory")
+    demo.add_argument("--smaller", action="store_true",
+                      help="also train a smaller model on the same stream (configs/demo-small.yaml), sweep it, and "
+                           "report how well its memorized set predicts the demo model's")
     _cluster_arguments(demo)
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A command's parser that takes its positionals wherever they stand among the options: `memsweep query OUT --with
+    OTHER "SQL"` (plain argparse gives an optional positional nothing at its first chance, then refuses "SQL")."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # argparse's intermixed parsing calls back here: the plain parse, twice
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def _spec_arguments(parser: argparse.ArgumentParser) -> None:
@@ -372,16 +391,32 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Build the miniature Amber (first run only) where configs/demo.yaml points, then sweep it and report."""
+    """Build the miniature Amber (first run only) where configs/demo.yaml points, then sweep it and report; with
+    --smaller, the smaller model too (configs/demo-small.yaml), and the report compares the two sizes."""
     from sweep.demo.world import DemoWorldConfig, ensure_demo_world
+
+    spec = _demo_spec("demo.yaml", args.output)
+    ensure_demo_world(DemoWorldConfig(), Path(spec.model.source), Path(spec.data.source), progress=not args.no_progress)
+    if not args.smaller:
+        return _sweep(spec, args, report=True)
+    from sweep.demo.sizes import ensure_smaller_model
+    from sweep.report.page import write_report
+
+    smaller = _demo_spec("demo-small.yaml", f"{args.output}-small" if args.output else None)
+    ensure_smaller_model(DemoWorldConfig(), Path(smaller.model.source), Path(smaller.data.source),
+                         progress=not args.no_progress)
+    status = max(_sweep(spec, args, report=False), _sweep(smaller, args, report=False))
+    print(f"report: {write_report(Path(spec.output), smaller=[Path(smaller.output)])}")
+    return status
+
+
+def _demo_spec(name: str, output: str | None):
     from sweep.spec import load_spec
 
-    path = REPO_CONFIGS / "demo.yaml"
+    path = REPO_CONFIGS / name
     if not path.exists():
         raise MemsweepError(f"{path}: the demo spec ships with the repository; run from a clone")
-    spec = load_spec(path, {"output": args.output} if args.output else None)
-    ensure_demo_world(DemoWorldConfig(), Path(spec.model.source), Path(spec.data.source), progress=not args.no_progress)
-    return _sweep(spec, args, report=True)
+    return load_spec(path, {"output": output} if output else None)
 
 
 if __name__ == "__main__":
