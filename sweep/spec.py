@@ -7,7 +7,7 @@ must be >= 1 (got 0)`.
 Every field of every section declares what it means for the numbers: IDENTITY (changing it changes what a landed
 number means, so an existing output refuses it), IDENTITY_UNLESS_DEFAULT (the same, for a key added after outputs
 exist: left out of the identity while it has its default, so their identity hash stays), a format's identity
-(NUMPY_IDENTITY: part of the identity in that data format only), or NOT_IDENTITY (which cells, or how they run).
+(part of the identity in one data format only: NUMPY_PROBED below), or NOT_IDENTITY (which cells, or how they run).
 An identity key that also decides which sequences are probed (the data, how it is sampled, the k + l window) says so
 (PROBED, PROBED_UNLESS_DEFAULT, NUMPY_PROBED): outputs of different models agree on those keys, and only then are
 they analysed together (`probe_differences`). `SweepSpec.identity()` is derived from these declarations, so a new

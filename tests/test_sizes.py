@@ -16,7 +16,7 @@ from sweep.analysis.sizes import size_predictability
 from sweep.cli import main
 from sweep.spec import probe_differences
 from tests.landed_world import L, write_landed
-from tests.test_report import doc_blocks
+from tests.query_docs import doc_blocks
 
 IDENTITY = {"model.source": "EleutherAI/pythia-70m", "model.dtype": "float16", "data.source": "EleutherAI/pile",
             "data.file": "document", "data.seed": 42, "data.samples_per_chunk": 4, "memorization.prompt_len": 32,
@@ -121,3 +121,40 @@ def test_the_documented_examples_over_several_outputs_give_the_functions_table(s
         exec(compile(code, "docs/queries.md", "exec"),
              {"smaller_output": str(sizes["small"]), "larger_output": str(sizes["large"])})
     assert "precision" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+def test_two_model_sizes_on_the_demo_data_give_the_size_table(world, clean_run, tmp_path):
+    """The demo's smaller model (sweep/demo/sizes.py) trained on the session world's stream, swept on the same probe
+    sets as the session's clean run of the larger one: the table counts exactly the sets the two outputs landed, and
+    the report draws it. (Training the smaller family is most of this test's time.)"""
+    from sweep.demo.config import DemoWorldConfig
+    from sweep.demo.sizes import ensure_smaller_model
+    from sweep.landed.reader import open_output
+    from sweep.report.page import write_report
+    from sweep.run.driver import run_sweep
+    from sweep.spec import load_spec
+    from tests.sweeps import WORLD_KNOBS, write_spec
+
+    _, _, larger = clean_run
+    ensure_smaller_model(DemoWorldConfig(**WORLD_KNOBS), tmp_path / "model-small", world / "data", progress=False)
+    spec = write_spec(tmp_path, world, tmp_path / "small", model={"source": str(tmp_path / "model-small")},
+                      memorization={"nll": False}, checkpoints="1-2", cells="seen")
+    assert run_sweep(load_spec(spec), progress=False).ok
+
+    table = size_predictability(open_joint_outputs([tmp_path / "small", larger]))
+    # the checkpoints both landed (the larger has 0-2), on the sequences each had trained on
+    assert table["ckpt"].to_list() == [1, 2] and table["n_sequences"].to_list() == [192, 288]
+
+    def memorized(output: Path, ckpt: int) -> set[tuple[int, int]]:
+        rows = open_output(output).sequences(ckpt).filter(pl.col("seen") & pl.col("full_match")).collect()
+        return set(rows.select("chunk", "row").iter_rows())
+
+    for row in table.iter_rows(named=True):
+        small, large = memorized(tmp_path / "small", row["ckpt"]), memorized(larger, row["ckpt"])
+        assert (row["n_memorized"], row["n_memorized_target"], row["n_both"]) == (len(small), len(large),
+                                                                                  len(small & large))
+    assert table["n_memorized_target"].sum() > 0  # the larger model memorized something to predict
+    page = write_report(larger, tmp_path / "report", smaller=[tmp_path / "small"]).read_text()
+    assert "Predictability of out&#x27;s memorized set from smaller models" in page
+    assert (tmp_path / "report" / "size_predictability.png").stat().st_size > 0
