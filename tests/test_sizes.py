@@ -6,6 +6,7 @@ outputs that probe different sequences, naming the spec key. On small synthetic 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +19,7 @@ from sweep.spec import probe_differences
 from tests.landed_world import L, write_landed
 from tests.query_docs import doc_blocks
 
+REPO = Path(__file__).resolve().parents[1]
 IDENTITY = {"model.source": "EleutherAI/pythia-70m", "model.dtype": "float16", "data.source": "EleutherAI/pile",
             "data.file": "document", "data.seed": 42, "data.samples_per_chunk": 4, "memorization.prompt_len": 32,
             "memorization.continuation_len": 32, "memorization.mode": "greedy"}
@@ -92,6 +94,16 @@ def test_model_and_scoring_keys_may_differ_data_and_window_keys_may_not():
                        "timeline.steps_per_chunk (<absent> vs 1000)"]
 
 
+def test_the_demos_two_sizes_probe_the_same_sequences():
+    """configs/demo-small.yaml scores what configs/demo.yaml scores, with another model: `memsweep demo --smaller`'s
+    report is not refused."""
+    from sweep.spec import load_spec
+
+    demo, smaller = (load_spec(REPO / "configs" / name) for name in ("demo.yaml", "demo-small.yaml"))
+    assert probe_differences(demo.identity(), smaller.identity()) == []
+    assert demo.model.source != smaller.model.source
+
+
 def test_query_over_several_outputs_labels_every_row(sizes, capsys):
     sql = "SELECT output, model, identity, ckpt, SUM(CAST(full_match AS INT)) AS memorized FROM sequences " \
           "WHERE seen GROUP BY output, model, identity, ckpt ORDER BY output, ckpt"
@@ -124,7 +136,7 @@ def test_the_documented_examples_over_several_outputs_give_the_functions_table(s
 
 
 @pytest.mark.ray
-def test_two_model_sizes_on_the_demo_data_give_the_size_table(world, clean_run, tmp_path):
+def test_two_model_sizes_on_the_demo_data_give_the_size_table(world, clean_run, tmp_path, capsys):
     """The demo's smaller model (sweep/demo/sizes.py) trained on the session world's stream, swept on the same probe
     sets as the session's clean run of the larger one: the table counts exactly the sets the two outputs landed, and
     the report draws it. (Training the smaller family is most of this test's time.)"""
@@ -158,3 +170,10 @@ def test_two_model_sizes_on_the_demo_data_give_the_size_table(world, clean_run, 
     page = write_report(larger, tmp_path / "report", smaller=[tmp_path / "small"]).read_text()
     assert "Predictability of out&#x27;s memorized set from smaller models" in page
     assert (tmp_path / "report" / "size_predictability.png").stat().st_size > 0
+    # the README's query after `memsweep demo --smaller`, as written, over these two outputs
+    (sql,) = re.findall(r'memsweep query results/demo-small --with results/demo "([^"]+)"', (REPO / "README.md").read_text())
+    capsys.readouterr()  # what the sweep printed
+    assert main(["query", str(tmp_path / "small"), "--with", str(larger), sql, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(row["output"], row["ckpt"]) for row in rows} == {("small", 1), ("small", 2), ("out", 0), ("out", 1),
+                                                              ("out", 2)}

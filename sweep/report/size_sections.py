@@ -48,8 +48,8 @@ def size_section(joint: JointOutputs, out_dir: Path) -> Section:
     axes.grid(alpha=0.3)
     figure.savefig(out_dir / name, dpi=DPI)
     notes = [
-        f"At each checkpoint, M_small and M_{target} are the sequences each model fully memorized (all l tokens: "
-        "k-extractable) among those both scored that the checkpoint had trained on. Precision = |M_small & M_large| "
+        f"At each checkpoint, M_small and M_large are the sequences the smaller model and {target} fully memorized "
+        "(all l tokens: k-extractable) among those both scored that the checkpoint had trained on. Precision = |M_small & M_large| "
         "/ |M_small| (how many of the smaller model's memorized the larger memorized too), recall = |M_small & "
         "M_large| / |M_large| (how much of the larger model's set the smaller one finds), as Biderman et al. 2023 "
         "ask. Gaps: an empty set makes the ratio undefined. The outputs probe the same sequences (checked).",
