@@ -26,10 +26,12 @@ from sweep.analysis.examples import TokenDecoder
 from sweep.analysis.joint_outputs import open_joint_outputs
 from sweep.errors import MemsweepError
 from sweep.exposures.history import ExposureHistory
+from sweep.data.published_labels import PublishedLabels
 from sweep.landed.reader import open_output
 from sweep.report.example_sections import example_sections
 from sweep.report.exposure_sections import EXPOSURE_FIGURE_NAMES, exposure_sections
 from sweep.report.figures import Section, spread
+from sweep.report.label_sections import label_sections
 from sweep.report.memorization_sections import MEMORIZATION_FIGURE_NAMES, memorization_sections
 from sweep.report.size_sections import SIZE_FIGURE_NAMES, size_section
 
@@ -39,15 +41,17 @@ DEFAULT_TRAJECTORY_CHUNKS = 5
 
 
 def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | None = None,
-                 example_cells: list[tuple[int, int]] | None = None, smaller: Sequence[Path] = ()) -> Path:
+                 example_cells: list[tuple[int, int]] | None = None, labels: PublishedLabels | None = None,
+                 smaller: Sequence[Path] = ()) -> Path:
     """Write figures and index.html for the landed dataset in `output`; returns index.html's path.
 
     out_dir defaults to `<output>/report`. `chunks` picks the chunks whose score trajectories are
     drawn (default: a few spread over the chunk range); an unknown chunk raises MemsweepError.
     `example_cells` picks (ckpt, chunk) cells whose most memorized sequences are shown as text (default:
-    the oldest and the newest chunk at the last checkpoint). `smaller`: outputs of smaller models on the same data
-    and probe sets, smallest first, for the section across model sizes (refused, before anything is written, where
-    they probe different sequences).
+    the oldest and the newest chunk at the last checkpoint). `labels` (sweep/data/published_labels.py) adds the
+    section that holds the output against them (sweep/report/label_sections.py). `smaller`: outputs of smaller
+    models on the same data and probe sets, smallest first, for the section across model sizes (refused, before
+    anything is written, where they probe different sequences).
     """
     output = Path(output)
     out_dir = Path(out_dir) if out_dir is not None else output / "report"
@@ -86,6 +90,8 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
         example_cells = sorted({(last_ckpt, all_chunks[0]), (last_ckpt, all_chunks[-1])})
     sections.extend(example_sections(landed, last_ckpt, first_memorized, example_cells, decoder,
                                      history if history.coverage.has_counts else None))
+    if labels is not None:
+        sections.extend(label_sections(landed, labels))
 
     index = out_dir / "index.html"
     index.write_text(_render_page(landed.name, sections))
