@@ -3,10 +3,14 @@
 The plan, the slots and the tail policy are sweep/run/assignments.py's (pure), the pacing of prefetches, probe
 builds and scans sweep/run/pacing.py's (pure); this module is the loop around them: it starts actors, plans every
 slot's shares from the unit costs known so far and plans again as measured ones arrive (whenever a slot reserves
-its next share), submits cells (at most WINDOW in flight per actor: one scoring, one queued behind it, and only
+its next share), submits cells (at most WINDOW in flight per actor: one scoring, two queued behind it, and only
 once the chunk's probe set is ready, so scoring starts with the first probe set), tells an actor to prefetch its
 reserved next share when that is due, collects results and errors, retries, and hands results to the landing
 buffer (sweep/run/landing.py). It returns what happened (`ScheduleStats`) instead of reporting it.
+
+The actors' next cells come first: the driver's slower chores (landing results, compacting finished checkpoints,
+taking the probe sets and scans that came back) run after them, at most CHORE_SLICE_S a pass, so a pile of them
+(the checkpoints of one round finish together; probe sets arrive in bursts) never leaves an actor without a cell.
 
 Failures: a cell whose actor died (process killed, node lost) or that raised is re-queued, up to
 `resources.max_attempts` tries; then it is recorded in `failures/` and the sweep goes on. A checkpoint that
