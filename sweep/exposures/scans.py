@@ -22,6 +22,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -29,7 +30,6 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from actors.protocol import ProbeBatch, one_line
-from sweep.exposures.kernel import ChunkExposure, build_probe_index, count_items, scan_chunk
 from sweep.data.probe_supply import ProbeSupply
 from sweep.data.probes import check_streamed, open_chunk
 from sweep.data.stream_chunks import StreamChunk, describe_spec_chunks, open_stream
@@ -38,12 +38,20 @@ from sweep.data.sources import ChunkFile
 from sweep.spec import SweepSpec
 from sweep.landed.store import PinMismatchError, ResultStore
 
+if TYPE_CHECKING:
+    from sweep.exposures.kernel import ChunkExposure
+
 log = logging.getLogger("memsweep")
+
+# The kernel (sweep/exposures/kernel.py) is imported by the tasks below, on the workers that run them, never by the
+# driver: numba and LLVM would cost the driver ~100 MB of resident memory for code it never runs.
 
 
 def scan_chunk_file(chunk_file: ChunkFile | StreamChunk, index) -> tuple[ChunkExposure, float]:
     """Stream one chunk file (or the items of one stream chunk) through the scan kernel; (counts, CPU seconds).
     Raises if a file's bytes are not what `chunk_file` says (sha256, size)."""
+    from sweep.exposures.kernel import scan_chunk
+
     if isinstance(chunk_file, StreamChunk):
         return scan_stream_chunk(chunk_file, index)
     began = time.process_time()
@@ -56,6 +64,8 @@ def scan_chunk_file(chunk_file: ChunkFile | StreamChunk, index) -> tuple[ChunkEx
 def scan_stream_chunk(chunk: StreamChunk, index) -> tuple[ChunkExposure, float]:
     """Every item of one stream chunk through the binary kernel, read in the order its bytes lie (the index slice,
     then the items' bytes, all hashed: `sha256` pins what was scanned); (counts, CPU seconds)."""
+    from sweep.exposures.kernel import ChunkExposure, count_items
+
     began, began_cpu = time.perf_counter(), time.process_time()
     stream = open_stream(chunk.stream)
     batches = ((batch.tokens, batch.offsets, batch.positions) for batch in stream.iter_items(chunk.start, chunk.stop))
@@ -75,6 +85,8 @@ def _probe_index_task(prompt_len: int, *probe_sets: ProbeBatch | np.ndarray):
     the int[n, k + l] tokens of one the driver read), built on a worker, not in the driver: the tokens (~90 MB as
     uint32 at 360,000 probes), the index's tables and the build's temporaries stay off the driver's memory, and the
     driver's loop stops for none of it."""
+    from sweep.exposures.kernel import build_probe_index
+
     tokens = [np.asarray(getattr(probes, "tokens", probes)).astype(np.uint32) for probes in probe_sets]
     return build_probe_index(np.concatenate(tokens), prompt_len)
 
