@@ -7,7 +7,8 @@
     memsweep verify OUTPUT [--repair]
     memsweep show OUTPUT [--ckpt C] [--chunk J] [--top N] [--source S] [--full-match] [--min-prefix K]
                          [--min-exposures N] [--max-exposures N] [--sort memorized|exposures]
-    memsweep report OUTPUT [--out DIR] [--chunks 0,3,7]
+    memsweep report OUTPUT [--out DIR] [--chunks 0,3,7] [--labels LABELS [--split S]]
+    memsweep compare OUTPUT LABELS [--split S] [--revision R] [--checkpoint N] [--format text|json]
     memsweep serve OUTPUT [--host 127.0.0.1] [--port 8765]
     memsweep demo [--output DIR]
 
@@ -126,7 +127,18 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--chunks", help="chunks to plot over checkpoints, e.g. 0,3,7 (default: a spread)")
     report.add_argument("--examples", help="cells whose most memorized sequences are shown as text, CKPT:CHUNK,... "
                                            "(default: the oldest and newest chunk at the last checkpoint)")
+    _labels_arguments(report, "--labels")
     report.set_defaults(handler=_report)
+
+    compare = commands.add_parser("compare", help="memsweep's memorized sets against published labels (a data check "
+                                                  "first, then a 2 x 2 table, precision and recall per checkpoint)")
+    compare.add_argument("output", type=Path, help="a sweep's output directory")
+    _labels_arguments(compare, "labels")
+    compare.add_argument("--checkpoint", type=int, help="only this checkpoint (default: every landed one)")
+    compare.add_argument("--format", choices=["text", "json"], default="text",
+                         help="text (a table), or json: one object with the counts, precision, recall and the data "
+                              "mismatches, for scripts")
+    compare.set_defaults(handler=_compare)
 
     serve = commands.add_parser("serve", help="a local, read-only web explorer of a landed output (heatmap, cells, "
                                               "sequences, JSON/CSV/Parquet)")
@@ -343,8 +355,34 @@ def _report(args: argparse.Namespace) -> int:
         if args.chunks else None
     cells = _int_groups(args.examples, "--examples", "CKPT:CHUNK pairs such as 359:0,359:355", 2) \
         if args.examples else None
-    print(f"report: {write_report(args.output, args.out, chunks, cells)}")
+    labels = None
+    if args.labels is not None:
+        from sweep.data.published_labels import read_labels
+
+        labels = read_labels(args.labels, args.split, args.revision)
+    print(f"report: {write_report(args.output, args.out, chunks, cells, labels=labels)}")
     return 0
+
+
+def _labels_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument(name, help="published labels: a local Parquet file or folder, or a Hub dataset id "
+                                   "(e.g. EleutherAI/pythia-memorized-evals) with --split")
+    parser.add_argument("--split", help="the Hub dataset's split (e.g. deduped.70m)")
+    parser.add_argument("--revision", default="main", help="the Hub dataset's revision (default main; pinned to "
+                                                           "its commit when read)")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+
+    from sweep.analysis.label_agreement import compare_labels
+    from sweep.data.published_labels import read_labels
+    from sweep.landed.reader import open_output
+
+    landed = open_output(args.output)
+    comparison = compare_labels(landed, read_labels(args.labels, args.split, args.revision), args.checkpoint)
+    print(json.dumps(comparison.to_json(), indent=2) if args.format == "json" else comparison.describe())
+    return 0 if comparison.data_matches else 1
 
 
 def _int_groups(text: str, flag: str, expected: str, size: int) -> list[tuple[int, ...]]:
@@ -366,7 +404,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Build the miniature Amber (first run only) where configs/demo.yaml points, then sweep it and report."""
+    """Build the miniature Amber (first run only) where configs/demo.yaml points and its reference labels (HF
+    `generate` at the last checkpoint, sweep/demo/reference_labels.py), then sweep it and report."""
+    from sweep.demo.reference_labels import ensure_reference_labels
     from sweep.demo.world import DemoWorldConfig, ensure_demo_world
     from sweep.spec import load_spec
 
@@ -375,6 +415,8 @@ def _demo(args: argparse.Namespace) -> int:
         raise MemsweepError(f"{path}: the demo spec ships with the repository; run from a clone")
     spec = load_spec(path, {"output": args.output} if args.output else None)
     ensure_demo_world(DemoWorldConfig(), Path(spec.model.source), Path(spec.data.source), progress=not args.no_progress)
+    ensure_reference_labels(DemoWorldConfig(), Path(spec.model.source), Path(spec.data.source),
+                            progress=not args.no_progress)
     return _sweep(spec, args, report=True)
 
 

@@ -452,10 +452,31 @@ def docs_landed(tmp_path: Path, records: list[dict]) -> Path:
     return write_landed(tmp_path / "docs", renumbered, exposures=True)
 
 
+def docs_labels(output: Path) -> Path:
+    """A memorized-only list of the output's last checkpoint, as the labels the compare examples read (its tokens the
+    probes', its positions those `stream_positions` gives)."""
+    from sweep.analysis.label_agreement import stream_positions
+    from sweep.landed.reader import open_output
+
+    landed = open_output(output)
+    positions, _ = stream_positions(landed)
+    memorized = (landed.sequences(landed.last_checkpoint()).filter("full_match").select("chunk", "row").collect()
+                 .join(positions.collect(), on=["chunk", "row"]))
+    path = output.parent / "labels.parquet"
+    memorized.select("index", "tokens").write_parquet(path)
+    return path
+
+
 def test_every_sql_example_runs(docs_landed: Path) -> None:
+    from sweep.analysis.label_agreement import stream_positions
     from sweep.analysis.query import open_tables
+    from sweep.data.published_labels import read_labels
+    from sweep.landed.reader import open_output
 
     context = pl.SQLContext(frames=open_tables(docs_landed))  # the tables `memsweep query` gives
+    # ... and the two the compare example registers (docs/queries.md, "Against published labels")
+    context.register("positions", stream_positions(open_output(docs_landed))[0])
+    context.register("labels", read_labels(docs_labels(docs_landed)).frame.lazy())
     blocks = doc_blocks("sql")
     assert len(blocks) >= 6
     for sql in blocks:
@@ -467,7 +488,8 @@ def test_every_python_example_runs(docs_landed: Path) -> None:
     blocks = doc_blocks("python")
     assert len(blocks) >= 6
     for code in blocks:
-        exec(compile(code, "docs/queries.md", "exec"), {"output": str(docs_landed)})
+        exec(compile(code, "docs/queries.md", "exec"), {"output": str(docs_landed),
+                                                        "labels_file": str(docs_labels(docs_landed))})
 
 
 def test_sql_predictability_agrees_with_function(docs_landed: Path) -> None:
@@ -604,3 +626,23 @@ def test_the_staircase_follows_a_step_timeline_into_a_partly_seen_cell():
     assert list(line.get_xdata()) == [x - 0.5 for x in (0.0, 0.5, 1.0, 1.5) for _ in (0, 1)]
     figure, _ = heatmap_figure(matrix.with_columns(pl.Series("ckpt", [0, 1, 2, 3])), "t", "score")  # Amber's rule
     assert list(figure.axes[0].lines[0].get_xdata()) == [x - 0.5 for x in (1, 2, 3, 3) for _ in (0, 1)]
+
+
+def test_sql_label_agreement_agrees_with_compare(docs_landed: Path) -> None:
+    from sweep.analysis.label_agreement import compare_labels, stream_positions
+    from sweep.data.published_labels import read_labels
+    from sweep.landed.reader import open_output
+
+    landed = open_output(docs_landed)
+    labels = read_labels(docs_labels(docs_landed))
+    context = pl.SQLContext(sequences=landed.sequences(), positions=stream_positions(landed)[0],
+                            labels=labels.frame.lazy())
+    (sql,) = [block for block in doc_blocks("sql") if "-- agreement with published labels" in block]
+    from_sql = context.execute(sql).collect()
+    from_compare = [row.to_json() for row in compare_labels(landed, labels).checkpoints]
+    assert from_sql["ckpt"].to_list() == [row["ckpt"] for row in from_compare] and len(from_compare) > 1
+    for column, key in (("covered", "covered"), ("both_memorized", "both"), ("only_memsweep", "only_memsweep"),
+                        ("only_labels", "only_labels"), ("neither", "neither"), ("precision", "precision"),
+                        ("recall", "recall")):
+        assert from_sql[column].to_list() == pytest.approx([row[key] for row in from_compare]), column
+    assert any(row["only_memsweep"] for row in from_compare) and any(row["only_labels"] for row in from_compare)

@@ -420,7 +420,8 @@ def _is_complete(directory: Path, config: DemoWorldConfig, role: str) -> bool:
 
 def _ours(entry: Path) -> bool:
     """Could ``entry`` have been left by an interrupted build (so it is safe to delete)?"""
-    built = {"train", TOKENIZER_DIR, demo_stream.RECORD_NAME, MARKER_NAME}
+    built = {"train", TOKENIZER_DIR, demo_stream.RECORD_NAME, MARKER_NAME,
+             "reference-labels"}  # sweep/demo/reference_labels.py LABELS_DIR, written into the model directory
     return entry.name in built or entry.name.startswith("ckpt_")
 
 

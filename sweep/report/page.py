@@ -23,10 +23,12 @@ from sweep.analysis import memorization as analyses
 from sweep.analysis.examples import TokenDecoder
 from sweep.errors import MemsweepError
 from sweep.exposures.history import ExposureHistory
+from sweep.data.published_labels import PublishedLabels
 from sweep.landed.reader import open_output
 from sweep.report.example_sections import example_sections
 from sweep.report.exposure_sections import EXPOSURE_FIGURE_NAMES, exposure_sections
 from sweep.report.figures import Section, spread
+from sweep.report.label_sections import label_sections
 from sweep.report.memorization_sections import MEMORIZATION_FIGURE_NAMES, memorization_sections
 
 # Every file name the report may write, so a rewrite removes figures that no longer apply.
@@ -35,13 +37,14 @@ DEFAULT_TRAJECTORY_CHUNKS = 5
 
 
 def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | None = None,
-                 example_cells: list[tuple[int, int]] | None = None) -> Path:
+                 example_cells: list[tuple[int, int]] | None = None, labels: PublishedLabels | None = None) -> Path:
     """Write figures and index.html for the landed dataset in `output`; returns index.html's path.
 
     out_dir defaults to `<output>/report`. `chunks` picks the chunks whose score trajectories are
     drawn (default: a few spread over the chunk range); an unknown chunk raises MemsweepError.
     `example_cells` picks (ckpt, chunk) cells whose most memorized sequences are shown as text (default:
-    the oldest and the newest chunk at the last checkpoint).
+    the oldest and the newest chunk at the last checkpoint). `labels` (sweep/data/published_labels.py) adds the
+    section that holds the output against them (sweep/report/label_sections.py).
     """
     output = Path(output)
     out_dir = Path(out_dir) if out_dir is not None else output / "report"
@@ -77,6 +80,8 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
         example_cells = sorted({(last_ckpt, all_chunks[0]), (last_ckpt, all_chunks[-1])})
     sections.extend(example_sections(landed, last_ckpt, first_memorized, example_cells, decoder,
                                      history if history.coverage.has_counts else None))
+    if labels is not None:
+        sections.extend(label_sections(landed, labels))
 
     index = out_dir / "index.html"
     index.write_text(_render_page(landed.name, sections))

@@ -1,0 +1,235 @@
+"""memsweep's memorized sets held against published labels (`memsweep compare`, the report's labels section).
+
+Two steps, in this order:
+
+1. **The data check.** Every labelled sequence that the output also holds (the same global stream position
+   `index`) must have the same tokens in both: the published ids against the landed probe set's prompt and true
+   continuation, over as many ids as both have (Pythia's labels publish 64; a probe holds k + l). A difference means
+   a wrong data order, offset or file, and every one is named (position, chunk, row, first differing offset). While
+   there is any, no agreement figure is computed: it would compare different sequences.
+2. **Agreement**, per checkpoint, on the sequences both cover: memorized by both, only by memsweep, only by the
+   labels, by neither; precision and recall of memsweep's set against the labels'. memsweep's "memorized" is
+   `full_match` (all l greedy tokens right), the labels' the published decision (Biderman et al.: all 32 of 32). For
+   a memorized-only list every sequence the output holds is covered (the list was made over the whole stream), and
+   one absent from it counts as not memorized; for a labelled sample only the sequences it lists are covered.
+
+Where a sequence sits on the stream. A Megatron or numpy output lands its global position in `index`. A JSONL
+output (Amber, K2, the demo) has none: chunk file c's row r is taken to be at position (rows of files 0..c-1) + r,
+the order the files are trained in. The row counts of the earlier files are known to the output when each was
+either scanned for exposure counts (the scan records the file's lines) or sampled whole (a probe set with fewer rows
+than `samples_per_chunk` asked for holds every row of its file); otherwise compare refuses, naming the first file
+whose count it lacks.
+
+Near-ties: nothing landed says how close a greedy decision was (the kernel keeps no logit margins), so the sequences
+on a near-tie cannot be named; `Agreement.near_ties` says so rather than guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from sweep.data.published_labels import PublishedLabels
+from sweep.errors import MemsweepError
+from sweep.landed.reader import LandedOutput
+
+MISMATCHES_NAMED = 20  # the data mismatches the text names one by one (all are counted, and all are in the json)
+NEAR_TIES_UNKNOWN = "not recorded: the output keeps no logit margins, so no decision is known to sit on a near-tie"
+
+
+class CompareError(MemsweepError):
+    """The output cannot be placed against the labels (its stream positions are unknown), or holds no scores."""
+
+
+@dataclass(frozen=True)
+class CheckpointAgreement:
+    """The 2 x 2 table of one checkpoint over the sequences both cover."""
+
+    ckpt: int
+    covered: int
+    both: int  # memorized by memsweep and by the labels
+    only_memsweep: int
+    only_labels: int
+    neither: int
+
+    @property
+    def precision(self) -> float | None:
+        """Of memsweep's memorized sequences, the share the labels call memorized (None: memsweep has none)."""
+        called = self.both + self.only_memsweep
+        return self.both / called if called else None
+
+    @property
+    def recall(self) -> float | None:
+        """Of the labels' memorized sequences, the share memsweep calls memorized (None: the labels have none)."""
+        published = self.both + self.only_labels
+        return self.both / published if published else None
+
+    def to_json(self) -> dict:
+        return {"ckpt": self.ckpt, "covered": self.covered, "both": self.both, "only_memsweep": self.only_memsweep,
+                "only_labels": self.only_labels, "neither": self.neither, "precision": self.precision,
+                "recall": self.recall}
+
+
+@dataclass(frozen=True)
+class LabelComparison:
+    """What `memsweep compare` prints: the data check and, when it passed, the agreement per checkpoint."""
+
+    output: str
+    labels: str  # PublishedLabels.describe()
+    form: str
+    positions: str  # how the output's stream positions were found
+    checked: int  # labelled sequences the output also holds, whose tokens were compared
+    mismatches: pl.DataFrame  # index, chunk, row, offset (first differing id), published, landed (ids at offset)
+    checkpoints: list[CheckpointAgreement] = field(default_factory=list)  # empty while there are mismatches
+
+    @property
+    def data_matches(self) -> bool:
+        return self.mismatches.height == 0
+
+    def to_json(self) -> dict:
+        return {"output": self.output, "labels": self.labels, "form": self.form, "positions": self.positions,
+                "checked": self.checked, "data_mismatches": self.mismatches.height,
+                "mismatches": self.mismatches.to_dicts(),
+                "checkpoints": [agreement.to_json() for agreement in self.checkpoints] if self.data_matches else None,
+                "near_ties": None, "near_ties_note": NEAR_TIES_UNKNOWN}
+
+    def describe(self) -> str:
+        lines = [f"output: {self.output}", f"labels: {self.labels}", f"positions: {self.positions}",
+                 f"data check: {self.checked:,} labelled sequences the output also holds"]
+        if not self.data_matches:
+            lines.append(f"DATA MISMATCH: {self.mismatches.height:,} of them differ from memsweep's reading of the "
+                         "same position (a wrong data order, offset or file); no agreement is computed")
+            for row in self.mismatches.head(MISMATCHES_NAMED).iter_rows(named=True):
+                lines.append(f"  index {row['index']} (chunk {row['chunk']}, row {row['row']}): first differs at "
+                             f"offset {row['offset']} (published {row['published']}, memsweep {row['landed']})")
+            if self.mismatches.height > MISMATCHES_NAMED:
+                lines.append(f"  ... and {self.mismatches.height - MISMATCHES_NAMED:,} more (--format json lists all)")
+            return "\n".join(lines)
+        lines[-1] += ": all equal"
+        header = f"{'ckpt':>6} {'covered':>9} {'both':>8} {'memsweep':>9} {'labels':>8} {'neither':>9} " \
+                 f"{'precision':>9} {'recall':>7}"
+        lines += ["", "memorized by: both | only memsweep | only the labels | neither", header]
+        for row in self.checkpoints:
+            lines.append(f"{row.ckpt:>6} {row.covered:>9,} {row.both:>8,} {row.only_memsweep:>9,} "
+                         f"{row.only_labels:>8,} {row.neither:>9,} {_rate(row.precision):>9} {_rate(row.recall):>7}")
+        lines.append(f"near-ties: {NEAR_TIES_UNKNOWN}")
+        return "\n".join(lines)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def compare_labels(landed: LandedOutput, labels: PublishedLabels, checkpoint: int | None = None) -> LabelComparison:
+    """The data check, then (if it passed) the agreement at `checkpoint`, or at every landed checkpoint."""
+    positions, how = stream_positions(landed)
+    checked, mismatches = data_mismatches(positions, labels.frame)
+    comparison = LabelComparison(str(landed.path), labels.describe(), labels.form, how, checked, mismatches)
+    if not comparison.data_matches:
+        return comparison
+    ckpts = sorted(ckpt for ckpt, ledger in landed.ledgers.checkpoints.items() if ledger.files)
+    if checkpoint is not None:
+        if checkpoint not in ckpts:
+            raise CompareError(f"{landed.path}: no landed cells at checkpoint {checkpoint} (landed: "
+                               f"{', '.join(map(str, ckpts)) or 'none'})")
+        ckpts = [checkpoint]
+    if not ckpts:
+        raise CompareError(f"{landed.path}: no landed cells")
+    rows = [row for ckpt in ckpts
+            for row in agreement_table(decisions(landed, positions, ckpt), labels.frame, labels.form).iter_rows(named=True)]
+    return LabelComparison(**{**comparison.__dict__, "checkpoints": [CheckpointAgreement(**row) for row in rows]})
+
+
+def stream_positions(landed: LandedOutput) -> tuple[pl.LazyFrame, str]:
+    """Every probe of the output with its global stream position, lazily: (`chunk`, `row`, `index`, `tokens`), and one
+    line saying how the positions were found (see the module docstring). Raises CompareError when they cannot be.
+
+    Lazy because a census holds every sequence of the stream (146M probes of 64 ids for Pythia): what reads it joins
+    it with the labels or one checkpoint's sequences and keeps only what it counts."""
+    probes = landed.probes().select("chunk", "row", "index", "tokens")
+    n, unindexed = probes.select(pl.len(), pl.col("index").null_count()).collect().row(0)
+    if n == 0:
+        raise CompareError(f"{landed.path}: no landed probe sets")
+    if unindexed == 0:
+        return probes, "the landed index (a stream's global position)"
+    if unindexed != n:
+        raise CompareError(f"{landed.path}: some probes carry a stream index and some do not")
+    sampled = probes.group_by("chunk").agg(n=pl.len(), top=pl.col("row").max()).sort("chunk").collect()
+    counts = chunk_row_counts(landed, sampled)
+    chunks = sampled["chunk"].to_list()
+    offsets, total = {}, 0
+    for chunk in range(max(chunks) + 1):
+        offsets[chunk] = total
+        if chunk in counts:
+            total += counts[chunk]
+        elif chunk < max(chunks):
+            needed = next(c for c in chunks if c > chunk)
+            raise CompareError(
+                f"{landed.path}: chunk file {chunk}'s row count is unknown, so chunk {needed}'s rows have no stream "
+                f"position: the output knows a JSONL file's rows when it was scanned for exposure counts "
+                f"(exposure.chunks) or sampled whole (samples_per_chunk at least its rows)")
+    offset = pl.LazyFrame({"chunk": list(offsets), "offset": list(offsets.values())},
+                          schema={"chunk": pl.Int32, "offset": pl.Int64})
+    positioned = (probes.join(offset, on="chunk", how="left")
+                  .with_columns(index=pl.col("offset") + pl.col("row")).drop("offset"))
+    return positioned, "JSONL chunk files in training order: the rows of files before a chunk, plus its row"
+
+
+def chunk_row_counts(landed: LandedOutput, sampled: pl.DataFrame) -> dict[int, int]:
+    """Chunk file -> its rows, where the output knows them: from an exposure scan of the file, or from a probe set
+    that holds every row of it (fewer probes than `samples_per_chunk` asked for, rows 0..n-1). `sampled`: per probe
+    chunk, `n` probes and the `top` row."""
+    counts = {seen: entry.scans[0].rows for seen, entry in landed.ledgers.exposures.items() if entry.scans}
+    asked = (landed.spec.get("data") or {}).get("samples_per_chunk")
+    for chunk, n, top in sampled.select("chunk", "n", "top").iter_rows():
+        whole = asked == "all" or (isinstance(asked, int) and n < asked)
+        if whole and top == n - 1:
+            counts.setdefault(chunk, n)
+    return counts
+
+
+def data_mismatches(positions: pl.LazyFrame, labels: pl.DataFrame) -> tuple[int, pl.DataFrame]:
+    """(how many labelled sequences the output holds, those whose tokens differ): each with `index`, `chunk`, `row`,
+    `offset` (the first differing id, over the ids both have) and the ids there, `published` and `landed`."""
+    both = positions.join(labels.lazy().select("index", pl.col("tokens").alias("published_tokens")), on="index",
+                          how="inner")
+    width = pl.min_horizontal(pl.col("tokens").list.len(), pl.col("published_tokens").list.len())
+    compared = both.select(
+        "index", "chunk", "row",
+        landed_ids=pl.col("tokens").list.head(width), published_ids=pl.col("published_tokens").list.head(width))
+    checked, differing = pl.collect_all([compared.select(pl.len()),
+                                         compared.filter(pl.col("landed_ids") != pl.col("published_ids"))])
+    rows = []
+    for index, chunk, row_number, landed_ids, published_ids in differing.sort("index").iter_rows():
+        offset = next(i for i, (a, b) in enumerate(zip(landed_ids, published_ids)) if a != b)
+        rows.append((index, chunk, row_number, offset, published_ids[offset], landed_ids[offset]))
+    schema = {"index": pl.Int64, "chunk": pl.Int32, "row": pl.Int64, "offset": pl.Int32, "published": pl.Int64,
+              "landed": pl.Int64}
+    return checked.item(), pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def decisions(landed: LandedOutput, positions: pl.LazyFrame, ckpt: int) -> pl.LazyFrame:
+    """memsweep's decision on every sequence of checkpoint `ckpt` (its partition alone is read): `ckpt`, `index`,
+    `memorized` (full_match)."""
+    return (landed.sequences(ckpt).select("ckpt", "chunk", "row", pl.col("full_match").alias("memorized"))
+            .join(positions.select("chunk", "row", "index"), on=["chunk", "row"], how="inner")
+            .select("ckpt", "index", "memorized"))
+
+
+def agreement_table(decided: pl.LazyFrame, labels: pl.DataFrame, form: str) -> pl.DataFrame:
+    """One row per checkpoint: `ckpt`, `covered`, `both`, `only_memsweep`, `only_labels`, `neither`, from memsweep's
+    `decided` (ckpt, index, memorized) and the labels (index, is_memorized) of `form` (see the module docstring).
+    Streams: only the counts are held."""
+    published = labels.lazy().select("index", pl.col("is_memorized").alias("published"))
+    if form == "memorized-only":
+        joined = decided.join(published, on="index", how="left").with_columns(pl.col("published").fill_null(False))
+    else:
+        joined = decided.join(published, on="index", how="inner")
+    ours, theirs = pl.col("memorized"), pl.col("published")
+    return (joined.group_by("ckpt").agg(
+        covered=pl.len().cast(pl.Int64),
+        both=(ours & theirs).sum().cast(pl.Int64),
+        only_memsweep=(ours & ~theirs).sum().cast(pl.Int64),
+        only_labels=(~ours & theirs).sum().cast(pl.Int64),
+        neither=(~ours & ~theirs).sum().cast(pl.Int64)).sort("ckpt").collect(engine="streaming"))
