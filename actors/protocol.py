@@ -7,7 +7,8 @@ without importing torch; the data plane (actors/scoring.py, actors/scorer_actor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Iterator
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -84,11 +85,26 @@ class CheckpointTarget:
 
 @dataclass
 class ProbeBatch:
-    """A probe set as the actors see it (numpy, so Ray shares it zero-copy from the object store)."""
+    """A probe set as the actors see it (numpy, so Ray shares it zero-copy from the object store), or one piece of a
+    census chunk (`ProbePieces`)."""
 
     chunk: int
     rows: np.ndarray  # int64[n]: row numbers in the chunk file (named in errors)
     tokens: np.ndarray  # uint32/int[n, k+l]
+    sources: list[str] | None = None  # a census piece of a JSONL chunk: each row's corpus label
+    sha256: str | None = None  # a census chunk's last piece: the digest of every byte read for the chunk
+
+
+class ProbePieces(Protocol):
+    """A census chunk (`data.samples_per_chunk: all`): every sequence of a chunk, which the actor reads from the pinned
+    source itself, a piece at a time, instead of receiving a probe set (the control plane's sweep/data/census.py)."""
+
+    chunk: int
+
+    def pieces(self) -> Iterator[ProbeBatch]:
+        """The chunk's sequences in order, a bounded piece at a time (a fresh read each call); the last piece carries
+        the digest of what was read (`sha256`)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,9 @@ class CellOutput:
     dtype: str
     batch_size: int
     host: str
+    rows: np.ndarray | None = None  # a census cell: int64[n], the rows scored, in order (a probe set's are the driver's)
+    sources: list[str] | None = None  # a census cell of a JSONL chunk: each row's corpus label
+    data_sha256: str | None = None  # a census cell: the digest of every byte its pieces were read from
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,10 @@ from actors.checkpoint_files import CheckpointFolder, evict_checkpoint, fetch_ch
 from actors.cuda_errors import is_context_lost, is_out_of_memory
 from actors.loading import load_checkpoint, resolve_device, stored_dtype, weights_fingerprint
 from actors.prefetch import PrefetchingActor
+from actors.read_ahead import read_ahead
 from actors.protocol import (BatchScores, CellInputError, CellOutput, CheckpointError, CheckpointTarget,
-                             CudaContextLost, LoadedCheckpoint, ProbeBatch, ScorerSettings, ScoringOptions, one_line)
+                             CudaContextLost, LoadedCheckpoint, ProbeBatch, ProbePieces, ScorerSettings, ScoringOptions,
+                             one_line)
 from actors.scoring import pick_batch_size, release_decode_state, score_batch
 
 log = logging.getLogger("memsweep")
@@ -58,8 +60,9 @@ class CheckpointScorer(PrefetchingActor):
         self.exiting = False  # a sticky CUDA error was met: the process is about to exit
 
     @ray.method(concurrency_group="compute")
-    def score_cell(self, target: CheckpointTarget, probes: ProbeBatch) -> CellOutput:
-        """Score one chunk's probe set against `target` (fetched and loaded first if not in memory).
+    def score_cell(self, target: CheckpointTarget, probes: ProbeBatch | ProbePieces) -> CellOutput:
+        """Score one chunk's probe set against `target` (fetched and loaded first if not in memory); a census chunk
+        (`ProbePieces`) is read and scored a piece at a time, and its rows come back with their scores.
 
         A sticky CUDA error raises CudaContextLost and ends this process soon after: every later CUDA call here would
         fail too. A call that starts meanwhile waits for the exit, and Ray runs it again on the restarted actor.
@@ -83,13 +86,18 @@ class CheckpointScorer(PrefetchingActor):
         if self.loaded is None or self.loaded.target != target:
             self._load(target)
             loaded_now = True
-        self._check_token_ids(probes)
         start = time.perf_counter()
-        scores = self._score(probes.tokens)
-        if not self.settings.keep_generated:
-            scores.generated = None
+        census = None
+        if isinstance(probes, ProbeBatch):
+            self._check_token_ids(probes)
+            scores = self._score(probes.tokens)
+            if not self.settings.keep_generated:
+                scores.generated = None
+        else:
+            scores, census = self._score_pieces(probes)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+        rows, sources, data_sha256 = census or (None, None, None)
         return CellOutput(
             ckpt=target.ckpt,
             chunk=probes.chunk,
@@ -101,7 +109,38 @@ class CheckpointScorer(PrefetchingActor):
             dtype=self.settings.dtype,
             batch_size=self.batch_size,
             host=socket.gethostname(),
+            rows=rows,
+            sources=sources,
+            data_sha256=data_sha256,
         )
+
+    def _score_pieces(self, census: ProbePieces) -> tuple[BatchScores, tuple[np.ndarray, list | None, str | None]]:
+        """Every piece of a census chunk, read and scored in order; host memory is one piece of tokens plus the
+        scores so far (a few bytes a sequence). If `batch_size: auto` shrinks the batch on a piece after the first,
+        the cell is scored again from its first piece, so it is scored at one batch size, as a probe set is."""
+        while True:
+            batch_size = self.batch_size
+            parts, rows, sources, sha256 = [], [], [], None
+            for piece in read_ahead(census.pieces()):  # the next piece is read while this one is scored
+                sha256 = piece.sha256 or sha256
+                if not len(piece.rows):
+                    continue
+                self._check_token_ids(piece)
+                scores = self._score(piece.tokens)
+                if self.batch_size != batch_size:
+                    break
+                if not self.settings.keep_generated:
+                    scores.generated = None
+                parts.append(scores)
+                rows.append(np.asarray(piece.rows, dtype=np.int64))
+                if piece.sources is not None:
+                    sources += piece.sources
+            else:
+                if not parts:
+                    raise CellInputError(f"chunk {census.chunk}: the census read no sequence")
+                return concat_scores(parts), (np.concatenate(rows), sources or None, sha256)
+            log.warning("chunk %d: the batch shrank to %d during the census; scoring the cell again from its first "
+                        "piece", census.chunk, self.batch_size)
 
     @ray.method(concurrency_group="compute")
     def release(self) -> None:

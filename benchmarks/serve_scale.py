@@ -56,7 +56,8 @@ def pages(output: Path) -> list[tuple[str, str]]:
     landed = open_output(output)
     cells = landed.cells().select("ckpt", "chunk").collect().sort("ckpt", "chunk")
     (last, first_chunk), (_, other_chunk) = cells.row(-1), cells.row(-2)
-    rows = landed.probes().filter(pl.col("chunk") == first_chunk).select("row").head(2).collect()["row"].to_list()
+    rows = (landed.sequences(last).filter(pl.col("chunk") == first_chunk).select("row").head(2)  # a census has no
+            .collect()["row"].to_list())                                                           # probe rows
     wanted = [
         ("overview", "/"), ("overview: heatmap data", "/api/matrix"), ("overview: JSON twin", "/api/overview"),
         ("every cell (JSON)", "/api/cells"),

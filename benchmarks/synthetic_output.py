@@ -2,6 +2,7 @@
 
     python benchmarks/synthetic_output.py /tmp/synthetic-full                          # 360 x 360 x 1000
     python benchmarks/synthetic_output.py /tmp/synthetic-small --ckpts 36 --chunks 36 --rows 100
+    python benchmarks/synthetic_output.py /tmp/synthetic-census --census     # 1 x 143 x 1,024,000 (Pythia's stream)
 
 Lands, through the store (`ResultStore.import_checkpoint`), one compacted pair per checkpoint:
 `<out>/sequences/ckpt=<c>/part-*.parquet` (one row per (chunk, row), sorted by chunk then row,
@@ -340,6 +341,74 @@ def write_exposure_scans(store: ResultStore, shape: SyntheticShape, traits: Sequ
                                   probe_chunks, counts, stats)
 
 
+# ---- a census (issue 23): every sequence of Pythia's stream at its last checkpoint ---------------------------------
+
+CENSUS_MEMORIZED = 2_382_326 / 146_432_000  # Pythia 12B (duped): its memorized sequences over the whole stream
+PIECE_CHUNKS = 4  # chunks a landed pair holds: ~4M rows, as the store's compaction leaves a census checkpoint
+
+
+def census_spec(output: Path, chunks: int, rows: int) -> dict:
+    """A whole census spec over a Pythia-shaped stream (a local path that does not exist: the examples say they cannot
+    read it), one checkpoint: the end of the last chunk."""
+    steps = max(1, rows // 1024)
+    return {"name": f"synthetic-census-{chunks}x{rows}",
+            "model": {"source": "EleutherAI/pythia-12b", "revision": "step{ckpt}", "dtype": "float16"},
+            "data": {"source": str(output.parent / "synthetic-pile-absent"), "format": "megatron", "file": "document",
+                     "samples_per_chunk": "all"},
+            "timeline": {"sequences_per_step": 1024, "steps_per_chunk": steps},
+            "checkpoints": [chunks * steps], "chunks": f"0-{chunks - 1}",
+            "memorization": {"prompt_len": 32, "continuation_len": 32, "mode": "extractable"},
+            "output": str(output)}
+
+
+def census_frame(rng: np.random.Generator, chunks: range, rows: int, ckpt: int) -> pl.DataFrame:
+    """Every sequence of `chunks` at a checkpoint past them all, in extractable mode: CENSUS_MEMORIZED of them fully
+    memorized, the others an exact prefix from a geometric draw (most 0-2 tokens)."""
+    n = len(chunks) * rows
+    chunk = np.repeat(np.array(chunks, dtype=np.int32), rows)
+    row = np.tile(np.arange(rows, dtype=np.int64), len(chunks))
+    full = rng.random(n) < CENSUS_MEMORIZED
+    prefix = np.where(full, 32, np.minimum(rng.geometric(0.55, n) - 1, 31)).astype(np.int16)
+    frame = pl.DataFrame({"chunk": chunk, "row": row, "index": chunk.astype(np.int64) * rows + row,
+                          "seen": np.ones(n, dtype=bool), "full_match": full, "prefix_match": prefix})
+    return frame.select(pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype=dtype).alias(name)
+                        for name, dtype in SEQUENCE_SCHEMA.items())
+
+
+def write_census_output(output: Path, chunks: int = 143, rows: int = 1_024_000, seed: int = 0,
+                        progress: bool = True) -> int:
+    """A census output (replacing `output`): one checkpoint x `chunks` chunks x `rows` sequences, landed through the
+    store in pairs of PIECE_CHUNKS chunks, each chunk's source pinned with an empty probe set as a census pins it;
+    returns its size on disk in bytes."""
+    from sweep.spec import SweepSpec
+
+    output = Path(output)
+    if output.exists():
+        if not (output / "manifest.json").is_file():
+            raise ValueError(f"{output} exists and is not a memsweep output (no manifest.json); not replacing it")
+        shutil.rmtree(output)
+    raw = census_spec(output, chunks, rows)
+    spec = SweepSpec.model_validate(raw)
+    store = ResultStore(output)
+    store.open(spec.identity(), spec.model_dump(mode="json"), {"synthetic": True, "writer": "synthetic_output.py"})
+    empty = pl.DataFrame(schema={"chunk": pl.Int32, "row": pl.Int64, "tokens": pl.List(pl.UInt32)})
+    for chunk in range(chunks):
+        start = chunk * rows
+        store.write_probe_set(chunk, empty, {"kind": "local", "format": "megatron", "data_source": raw["data"]["source"],
+                                             "file": f"document[{start}:{start + rows})", "chunk": chunk,
+                                             "start": start, "stop": start + rows, "files_sha256": "0" * 64})
+    ckpt = spec.checkpoints[0]
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    for first in range(0, chunks, PIECE_CHUNKS):
+        sequences = census_frame(rng, range(first, min(first + PIECE_CHUNKS, chunks)), rows, ckpt)
+        store.import_checkpoint(ckpt, sequences, cells_frame(sequences, ckpt, rng).with_columns(
+            seen_fraction=pl.lit(1.0)))
+        if progress and (first // PIECE_CHUNKS) % 8 == 7:
+            print(f"  {first + PIECE_CHUNKS}/{chunks} chunks, {time.perf_counter() - started:.0f} s", flush=True)
+    return disk_usage(output)
+
+
 def disk_usage(folder: Path) -> int:
     """Bytes of all files under `folder`."""
     return sum(entry.stat().st_size for entry in Path(folder).rglob("*") if entry.is_file())
@@ -358,7 +427,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scanned", help="chunk files with exposure counts, ids and ranges such as 0-99,200 "
                                           "(default: every chunk)")
+    parser.add_argument("--census", action="store_true",
+                        help="a census instead (issue 23): one checkpoint x --chunks (default 143) x --rows (default "
+                             "1,024,000) sequences, every one of a Pythia-sized stream")
     args = parser.parse_args()
+    if args.census:
+        started = time.perf_counter()
+        chunks = 143 if args.chunks == 360 else args.chunks
+        rows = 1_024_000 if args.rows == 1000 else args.rows
+        size = write_census_output(args.output, chunks, rows, args.seed)
+        print(f"{args.output}: a census of 1 ckpt x {chunks} chunks x {rows:,} rows = {chunks * rows:,} sequence rows, "
+              f"{size / 1e9:.2f} GB on disk ({size / (chunks * rows):.1f} bytes/row), "
+              f"{time.perf_counter() - started:.0f} s")
+        return
     shape = SyntheticShape(
         ckpts=args.ckpts, chunks=args.chunks, rows=args.rows, extractable=args.extractable, nll=args.nll, seed=args.seed
     )

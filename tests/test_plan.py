@@ -138,6 +138,23 @@ def test_plan_prices_pythia_from_its_published_sizes(tmp_path):
     assert f"~{tokens / 1e9:,.1f}B tokens), ~{tokens / 70e6 / 3600:,.1f} core-hours at 70M tokens/s" in line
 
 
+def test_plan_prices_a_census_of_pythia_at_its_last_checkpoint(tmp_path):
+    """Biderman et al.'s experiment: every one of the 146,432,000 sequences at step 143000, each cell reading its chunk
+    whole (1,024,000 index entries of 12 bytes and items of 2049 uint16 tokens), no probe set landed."""
+    args = [str(REPO / "configs" / "pythia-deduped.yaml"), "--offline", "--output", str(tmp_path / "out"),
+            "--set", "data.samples_per_chunk=all", "--set", "checkpoints=[143000]"]
+    text = plan(*args)
+    assert "checkpoint loads: 1; chunks to read whole (a census): 143" in text
+    assert "sequences to score: 146,432,000 (9,371,648,000 tokens; 1,024,000 a cell" in text
+    read = 143 * 1_024_000 * (12 + 2 * 2049)
+    assert f"+ {read / 1e9:,.1f} GB of stream chunks read by the actors (a census" in text
+    assert (f"census: 146,432,000 sequences, every one of 143 chunks at each checkpoint to load; reads {read / 1e9:,.1f} "
+            f"GB, lands ~{146_432_000 * 11 / 1e9:,.2f} GB of Parquet") in text
+    assert f"landing them would add {146_432_000 * 64 * 4 / 1e9:,.1f} GB of uint32 tokens" in text
+    assert "extractable mode" in text and "--set memorization.mode=extractable" in text
+    assert "memorization.mode=extractable" not in plan(*args, "--set", "memorization.mode=extractable")
+
+
 def test_plan_prices_k2_from_its_published_sizes(tmp_path):
     text = plan(str(REPO / "configs" / "k2.yaml"), "--offline", "--output", str(tmp_path / "out"))
     assert "downloads: 4,680.0 GB of checkpoints (36 loads, sizes from K2's published sizes (offline))" in text

@@ -95,6 +95,19 @@ def test_identity_ignores_resources_but_not_meaning(tmp_path):
     assert base.identity_hash() != other_k.identity_hash()
 
 
+def test_a_census_is_its_own_identity_keeps_no_generated_tokens_and_counts_no_exposures(tmp_path):
+    sampled = load_spec(write(tmp_path, GOOD))
+    census = load_spec(write(tmp_path, edited(data__samples_per_chunk="all")))
+    assert census.data.census and not sampled.data.census
+    assert census.identity()["data.samples_per_chunk"] == "all" and census.identity_hash() != sampled.identity_hash()
+    assert census.sequences_per_cell() is None and sampled.sequences_per_cell() == 10  # a JSONL census: rows unread
+    assert sampled.keeps_generated() and not census.keeps_generated()  # auto: 128 bytes a sequence of a census
+    with pytest.raises(SpecError, match=r"exposure: .*census"):
+        load_spec(write(tmp_path, edited(data__samples_per_chunk="all", exposure={"chunks": [0]})))
+    with pytest.raises(SpecError, match="data.samples_per_chunk"):
+        load_spec(write(tmp_path, edited(data__samples_per_chunk="every")))
+
+
 def test_build_and_scan_concurrency_default_to_auto_and_a_number_is_kept(tmp_path):
     """Issue 25: `auto` paces them to the cluster; a spec that names a number keeps it; neither is identity."""
     base = load_spec(write(tmp_path, edited(exposure={"chunks": "0-3"})))

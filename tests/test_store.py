@@ -200,6 +200,26 @@ def test_compaction_keeps_rows_one_pair_per_ckpt_and_no_duplicates(tmp_path):
     assert ResultStore(output).ledgers.done_cells() == set(cells.select("ckpt", "chunk").rows())
 
 
+def test_compaction_merges_at_most_compact_max_rows_into_a_pair(tmp_path, monkeypatch):
+    """A census checkpoint (Pythia: 146M sequences) is never merged into one file: a merge holds its pairs in
+    memory. Pairs of at most COMPACT_MAX_ROWS, each of whole cells, every row once, and a second compaction a no-op."""
+    monkeypatch.setattr(store_module, "COMPACT_MAX_ROWS", 15)  # two cells of 7 rows a pair
+    output = tmp_path / "out"
+    store = new_store(output)
+    for chunk in range(5):
+        write(store, 0, chunk)
+    before = read_sorted(store)
+    store.compact_checkpoint(0)
+    pairs = ResultStore(output).ledgers.ledger(0).files
+    assert [pair.chunks for pair in pairs] == [(0, 1), (2, 3), (4,)]
+    assert all(pair.name.startswith("part-") and pair.sequences.rows <= 15 for pair in pairs)
+    store.compact_checkpoint(0)  # nothing left to merge
+    assert ResultStore(output).ledgers.ledger(0).files == pairs
+    for expected, got in zip(before, read_sorted(ResultStore(output))):
+        assert_frame_equal(got, expected)
+    assert verify_output(output).ok
+
+
 def test_many_loose_landings_are_merged_as_they_pile_up(tmp_path, monkeypatch):
     monkeypatch.setattr(store_module, "COMPACT_AFTER_FILES", 3)
     store = new_store(tmp_path / "out")

@@ -22,6 +22,7 @@ import polars as pl
 
 from actors.protocol import one_line
 from sweep.analysis.selection import SequenceSelection, select_sequences
+from sweep.data.census import read_census_rows
 from sweep.errors import MemsweepError
 from sweep.exposures.history import ExposureHistory
 from sweep.landed.reader import LandedOutput
@@ -136,12 +137,27 @@ def _probe_tokens(landed: LandedOutput, keys: pl.DataFrame) -> dict[tuple[int, i
     """(chunk, row) -> k + l token ids of each of `keys`, from the landed probe sets."""
     # Filtering by chunk first lets Polars skip the other chunks' probe files by their statistics: at 360 chunks,
     # with a cold disk, 0.1 s instead of 0.4 s.
+    spec = landed.sweep_spec
+    if spec is not None and spec.data.census:  # no probe rows landed: the few asked for are read from the source
+        return _census_tokens(landed, keys)
     probes = (landed.probes().filter(pl.col("chunk").is_in(keys["chunk"].unique().to_list()))
               .join(keys.lazy(), on=["chunk", "row"], how="semi").collect())
     if probes.height < keys.height:
         raise MemsweepError(f"{landed.path}: {keys.height - probes.height} of the chosen rows have no landed probe set "
                          "(an output written before probe sets were kept?)")
     return {(c, r): t for c, r, t in probes.select("chunk", "row", "tokens").iter_rows()}
+
+
+def _census_tokens(landed: LandedOutput, keys: pl.DataFrame) -> dict[tuple[int, int], list[int]]:
+    """(chunk, row) -> k + l token ids of a census's `keys`, read again from the sources the output pinned."""
+    tokens = {}
+    for (chunk,), rows in keys.group_by("chunk"):
+        entry = landed.ledgers.probes.get(chunk)
+        if entry is None:
+            raise MemsweepError(f"{landed.path}: chunk {chunk} has no pinned source in ledger/probes.json")
+        read = read_census_rows(landed.sweep_spec, entry.source, chunk, rows["row"].to_list())
+        tokens.update({(chunk, row): ids for row, ids in read.items()})
+    return tokens
 
 
 # ---- decoding ---------------------------------------------------------------------------------------------

@@ -150,6 +150,11 @@ def stream_positions(landed: LandedOutput) -> tuple[pl.LazyFrame, str]:
     probes = landed.probes().select("chunk", "row", "index", "tokens")
     n, unindexed = probes.select(pl.len(), pl.col("index").null_count()).collect().row(0)
     if n == 0:
+        spec = landed.sweep_spec
+        if spec is not None and spec.data.census:
+            raise CompareError(f"{landed.path}: a census (data.samples_per_chunk: all) lands no probe rows, and compare "
+                               "cannot yet read the labelled sequences' tokens again from the source the census "
+                               "pinned (sweep/data/census.py)")
         raise CompareError(f"{landed.path}: no landed probe sets")
     if unindexed == 0:
         return probes, "the landed index (a stream's global position)"

@@ -11,6 +11,10 @@ For every chunk the plan needs, in the order the plan needs them, the first of t
    paces for `auto`: sweep/run/pacing.py), spread over the nodes so that the streams share every node's link;
    the driver caches the line index and the probe set and lands it in the output.
 
+A census (`data.samples_per_chunk: all`) builds no probe set: each chunk is ready at once as a `CensusChunk`
+(sweep/data/census.py) that the actor reads itself, a piece at a time; the output pins its source with an empty probe
+set, and a source that changed since fails the chunk's cells.
+
 A chunk that cannot be described, fetched or parsed is `failed` with a one-line reason; the scheduler fails
 its cells and goes on. What the supply did (built, reused, warnings) is in `stats`, for the sweep's summary.
 """
@@ -28,10 +32,11 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from actors.protocol import ProbeBatch, one_line
+from sweep.data.census import census_chunk
 from sweep.data.probes import ProbeBuild, ProbeCache, ProbeSetError, build_probe_set_from, check_vocab
 from sweep.data.stream_chunks import StreamChunk, describe_spec_chunks, pinned_source
 from sweep.data.stream_probes import build_stream_probe_set
-from sweep.landed.schema import PROBE_SCHEMA, conform, tokens_array
+from sweep.landed.schema import PROBE_SCHEMA, conform, probe_frame, tokens_array
 from sweep.data.sources import ChunkFile, IdentityMemo
 from sweep.spec import SweepSpec
 from sweep.landed.store import PinMismatchError, ResultStore
@@ -41,10 +46,11 @@ log = logging.getLogger("memsweep")
 
 @dataclass(frozen=True)
 class ReadyProbeSet:
-    frame: pl.DataFrame  # chunk, row, source (tokens dropped on the driver)
-    batch_ref: ray.ObjectRef  # ProbeBatch in the object store, shared by every actor
+    frame: pl.DataFrame | None  # chunk, row, index, source (tokens dropped on the driver); None for a census chunk
+    batch_ref: ray.ObjectRef  # ProbeBatch (a census: CensusChunk) in the object store, shared by every actor
     data_file: str
     sha256: str | None
+    index_start: int | None = None  # a census chunk of a stream: the stream position of its row 0
 
 
 @ray.remote(num_cpus=0)  # network/disk-bound; concurrency is capped by `ProbeSupply.limit`, not by CPUs
@@ -164,6 +170,9 @@ class ProbeSupply:
     def _start(self, chunk: int, described: ChunkFile | StreamChunk | Exception) -> None:
         entry = self.store.ledgers.probes.get(chunk)
         pinned = pinned_source(entry.source) if entry else None
+        if self.spec.data.census:
+            self._start_census(chunk, described, pinned)
+            return
         if entry and entry.file is not None:  # landed: the output needs nothing from the file any more
             if isinstance(described, Exception):
                 self.stats.warn(f"chunk {chunk}: {one_line(described)}; this output keeps the rows it sampled before")
@@ -202,6 +211,34 @@ class ProbeSupply:
             self.stats.reused += 1
             return
         self.waiting.append((chunk, chunk_file, self.cache.line_lengths(sha256)))
+
+    def _start_census(self, chunk: int, described: ChunkFile | StreamChunk | Exception,
+                      pinned: ChunkFile | StreamChunk | None) -> None:
+        """A census chunk is ready at once: the actor reads its sequences (sweep/data/census.py). The output pins its
+        source with an empty probe set (the first time), and a source that changed since fails the chunk: each cell
+        reads it again, so one output would mix two versions of it."""
+        if isinstance(described, Exception):
+            self._fail(chunk, one_line(described))
+            return
+        if pinned is not None and not described.stat_matches(pinned):
+            self._fail(chunk, f"chunk {chunk}: {described.label} changed since this output pinned it "
+                              f"({_describe_change(pinned, described)}); a census reads it again for every cell, "
+                              "so sweep into a new output")
+            return
+        if pinned is None or self.store.ledgers.probes[chunk].file is None:
+            try:
+                self.store.write_probe_set(chunk, probe_frame(chunk, np.zeros(0, dtype=np.int64), [],
+                                                              np.zeros((0, self.width), dtype=np.int64)),
+                                           described.to_dict())
+            except PinMismatchError as error:
+                self._fail(chunk, one_line(error))
+                return
+        memorization = self.spec.memorization
+        census = census_chunk(chunk, described, memorization.prompt_len, memorization.continuation_len,
+                              self.spec.data.vocab_size)
+        self.ready[chunk] = ReadyProbeSet(None, ray.put(census), described.file, described.sha256,
+                                          described.start if isinstance(described, StreamChunk) else None)
+        self.stats.last_ready_at = time.perf_counter() - self.started
 
     def _land(self, chunk: int, frame: pl.DataFrame, chunk_file: ChunkFile | StreamChunk) -> None:
         try:

@@ -230,12 +230,12 @@ class ExposureScans:
         """The probe sets of `probe_chunks` as one index, built by a task from the batches the supply put into the
         object store for the actors: the driver reads none of them (reading all 360 Amber probe sets stopped its
         loop for seconds, every actor waiting). A probe set landed by an earlier run and not scored now is not in
-        the object store: that one is read here."""
+        the object store (nor is a census chunk's, which the actors read themselves): that one is read here."""
         width = self.spec.memorization.prompt_len + self.spec.memorization.continuation_len
         keys, probe_sets = [], []
         for chunk in probe_chunks:
             ready = self.supply.ready.get(chunk)
-            if ready is not None:  # its frame holds the batch's rows, in the batch's order
+            if ready is not None and ready.frame is not None:  # its frame holds the batch's rows, in its order
                 keys.append(ready.frame.select("chunk", "row"))
                 probe_sets.append(ready.batch_ref)
             else:

@@ -45,6 +45,10 @@ from sweep.spec import identity_hash
 
 # A checkpoint's loose landing files are merged once this many pairs have piled up (and when it finishes).
 COMPACT_AFTER_FILES = 64
+# ... into pairs of at most this many sequences: a merge holds its pairs in memory (~130 bytes a row with the sort's
+# copy, so ~0.5 GB). A sampled checkpoint (Amber: 360 x 1000 rows) is one pair; a census checkpoint of Pythia's
+# (146M rows) is ~37, each of whole cells.
+COMPACT_MAX_ROWS = 4_000_000
 
 
 class StoreMismatchError(MemsweepError):
@@ -269,18 +273,20 @@ class ResultStore:
                         cells.sort("chunk"))
 
     def compact_checkpoint(self, ckpt: int) -> None:
-        """Merge every landed file of `ckpt` into one pair `part-NNNNNN` (rows sorted by chunk, row).
+        """Merge the landed files of `ckpt` into pairs `part-NNNNNN` of at most COMPACT_MAX_ROWS sequences each (one
+        pair for any sampled checkpoint; rows sorted by chunk, row).
 
-        Writes the merged pair, commits the ledger listing only it, then deletes the old files; `recover`
-        deletes any of them a crash left behind. A checkpoint held in a single `part-` pair is left as it is.
+        Each merge writes the merged pair, commits the ledger listing it instead of the pairs it merged, then deletes
+        those; `recover` deletes any of them a crash left behind. A `part-` pair left alone by the grouping stays as
+        it is.
         """
-        ledger = self.ledgers.ledger(ckpt)
-        if len(ledger.files) <= 1 and all(pair.name.startswith("part-") for pair in ledger.files):
-            return
-        frames = {table: [self._read_listed(pair.record(table), table) for pair in ledger.files] for table in TABLES}
-        sequences = pl.concat(frames["sequences"], how="vertical").sort("chunk", "row")
-        cells = pl.concat(frames["cells"], how="vertical").sort("chunk")
-        self._land_pair(ledger, "part", sorted(ledger.chunks), sequences, cells, replaces=ledger.files)
+        for group in compaction_groups(self.ledgers.ledger(ckpt).files):
+            ledger = self.ledgers.ledger(ckpt)
+            frames = {table: [self._read_listed(pair.record(table), table) for pair in group] for table in TABLES}
+            sequences = pl.concat(frames["sequences"], how="vertical").sort("chunk", "row")
+            cells = pl.concat(frames["cells"], how="vertical").sort("chunk")
+            chunks = sorted({chunk for pair in group for chunk in pair.chunks})
+            self._land_pair(ledger, "part", chunks, sequences, cells, replaces=group)
 
     def _land_pair(self, ledger: CheckpointLedger, kind: str, chunks: list[int], sequences: pl.DataFrame,
                    cells: pl.DataFrame, replaces: tuple[LandedPair, ...] = ()) -> CheckpointLedger:
@@ -484,6 +490,20 @@ class ResultStore:
             path.unlink()
             report.removed_foreign.append(self.layout.relative(path))
         report.repaired = True
+
+
+def compaction_groups(pairs: tuple[LandedPair, ...]) -> list[tuple[LandedPair, ...]]:
+    """The pairs to merge, in ledger order: consecutive runs of at most COMPACT_MAX_ROWS sequences (a pair larger than
+    that alone); a run that is a single `part-` pair is already merged and left out."""
+    groups: list[list[LandedPair]] = []
+    rows = 0
+    for pair in pairs:
+        if not groups or rows + pair.sequences.rows > COMPACT_MAX_ROWS:
+            groups.append([])
+            rows = 0
+        groups[-1].append(pair)
+        rows += pair.sequences.rows
+    return [tuple(group) for group in groups if not (len(group) == 1 and group[0].name.startswith("part-"))]
 
 
 def repair_output(output: Path) -> VerifyReport:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from sweep.run.cost import (AMBER_BYTES_PER_TOKEN, BINARY_SCAN_TOKENS_PER_CORE_S, COMPUTE_BOUND_RATE,
                             SCAN_TOKENS_PER_CORE_S, CostEstimate)
-from sweep.run.releases import AMBER
+from sweep.run.releases import AMBER, AMBER_CHUNK_ROWS
 from sweep.run.plan import Plan
 from sweep.spec import SweepSpec
 
@@ -249,7 +249,7 @@ def assumed_cell_seconds(spec: SweepSpec, measured_rate: float | None = None,
     tokens = spec.memorization.prompt_len + spec.memorization.continuation_len
     compute_bound = COMPUTE_BOUND_RATE * AMBER.parameters / parameters * 64 / tokens
     rate = measured_rate or compute_bound * ASSUMED_EFFICIENCY[spec.memorization.mode]
-    return spec.data.samples_per_chunk / rate
+    return (spec.sequences_per_cell() or AMBER_CHUNK_ROWS) / rate  # a JSONL census: chunk files of Amber's size
 
 
 def work_of(spec: SweepSpec, cells: list[int], estimate: CostEstimate, cell_s: float | None = None,

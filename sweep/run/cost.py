@@ -10,12 +10,14 @@ model's parameters) as the optimistic one.
 
 A JSONL chunk is streamed once to index its lines; a binary stream chunk (megatron, numpy) is never streamed: its
 probe set costs its index slice (12 bytes an item; an order file's entries) and the sampled items' first k + l
-tokens, read by ranges.
+tokens, read by ranges. A census (`data.samples_per_chunk: all`) builds no probe set: each cell reads its chunk
+whole in the actor (a stream chunk's every item, a JSONL file streamed), once per checkpoint.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +66,10 @@ class CostEstimate:
     read_bytes: dict[int, float] = field(default_factory=dict)  # stream chunks: bytes their probe sets read by ranges
     scan_tokens: dict[int, float] = field(default_factory=dict)  # stream chunks to scan: their tokens (known)
     chunk_name: str = "chunk files"  # what a chunk's data is called in the lines
+    census_bytes: float = 0.0  # a census: the bytes its cells read (each reads its chunk whole, in the actor)
+    census_chunks: int = 0  # ... of this many chunks
+    census_mode: str | None = None  # a census: memorization.mode
+    tokens_per_sequence: int = 64  # k + l
 
     @property
     def largest_checkpoint(self) -> float:
@@ -86,7 +92,11 @@ class CostEstimate:
             disk = (f"peak disk per actor: {per_actor_disk / gb:,.1f} GB (the checkpoint loading + the next one "
                     f"prefetched; each is deleted once its weights are in memory){margin}; x the actors on a node "
                     f"(8 GPUs: {per_node * per_actor_disk / gb:,.0f} GB)")
-        if self.read_bytes:
+        if self.census_mode is not None:
+            data = (f"{self.census_bytes / gb:,.1f} GB of {self.chunk_name} read by the actors (a census: every cell "
+                    f"reads its chunk whole, a piece at a time, nothing streamed through the driver or stored)")
+            indexes = "no line indexes, no probe sets (a census reads each chunk in order)"
+        elif self.read_bytes:
             data = (f"{sum(self.read_bytes.values()) / gb:,.2f} GB read by Range requests ({len(self.read_bytes)} "
                     "probe sets to build: each chunk's index slice and its sampled items' first k + l tokens; "
                     "nothing is streamed or stored)")
@@ -120,8 +130,25 @@ class CostEstimate:
             lines.append(f"exposure scans: {len(self.scan_bytes)} {what}, {scan_total / gb:,.1f} GB to stream "
                          f"(~{tokens / 1e9:,.1f}B tokens), ~{tokens / rate / 3600:,.1f} core-hours "
                          f"at {rate / 1e6:.0f}M tokens/s per core, on CPUs beside the GPUs")
+        if self.census_mode is not None:
+            lines += self._census_lines()
         lines += self.notes
         return "\n".join(lines)
+
+    def _census_lines(self) -> list[str]:
+        gb = 1e9
+        landed = self.sequences * LANDED_BYTES_PER_ROW
+        probe_rows = self.sequences // max(1, self.checkpoints) * 4 * self.tokens_per_sequence
+        lines = [f"census: {self.sequences:,} sequences, every one of {self.census_chunks} chunks at each checkpoint "
+                 f"to load; reads {self.census_bytes / gb:,.1f} GB, lands ~{landed / gb:,.2f} GB of Parquet "
+                 f"(~{LANDED_BYTES_PER_ROW:.0f} bytes a sequence) and no probe rows (landing them would add "
+                 f"{probe_rows / gb:,.1f} GB of uint32 tokens; show and the explorer read none for a census)"]
+        if self.census_mode == "greedy":
+            lines.append("note: memorization.mode is greedy, which decodes l tokens one step at a time for every "
+                         "sequence; extractable mode (one teacher-forced forward: exact prefix_match and full_match, "
+                         "what Biderman et al. count) is the natural mode for a census and needs fewer GPU-hours: "
+                         "--set memorization.mode=extractable")
+        return lines
 
 
 def estimate_cost(spec: SweepSpec, plan: Plan, landed: LandedOutput | None = None,
@@ -129,13 +156,15 @@ def estimate_cost(spec: SweepSpec, plan: Plan, landed: LandedOutput | None = Non
     """What `plan` costs; `landed`: the spec's output when it exists (its probe sets need no build, and its GPU
     cells give a measured rate)."""
     release = published_release(spec.model.source)
-    estimate = CostEstimate(checkpoints=len(plan.work), sequences=plan.sequences_to_do,
+    estimate = CostEstimate(checkpoints=len(plan.work), sequences=plan.sequences_to_do or 0,
                             keep_generated=spec.keeps_generated(), keep_downloads=spec.model.keep_downloads,
                             parameters=(release or AMBER).parameters,
                             gpus_per_actor=1.0 if spec.resources.gpus_per_actor == "auto"
                             else float(spec.resources.gpus_per_actor))
     _checkpoint_sizes(spec, plan, estimate, offline, release)
-    if spec.data.is_stream:
+    if spec.data.census:
+        _census_sizes(spec, plan, estimate, offline, release)
+    elif spec.data.is_stream:
         _stream_sizes(spec, plan, landed, estimate, offline, release)
     else:
         _chunk_sizes(spec, plan, landed, estimate, offline, release)
@@ -207,11 +236,33 @@ def _scan_sizes(spec: SweepSpec, landed: LandedOutput | None, estimate: CostEsti
                                       "their scans would fail", release)
 
 
-def _stream_sizes(spec: SweepSpec, plan: Plan, landed: LandedOutput | None, estimate: CostEstimate, offline: bool,
-                  release: Release | None) -> None:
-    """A binary stream's chunks: what their probe sets read by ranges, what their exposure scans stream. Item size
-    and length from the stream itself (its index header, its listed sizes), else the release's published ones."""
-    timeline, data, memorization = spec.timeline_positions(), spec.data, spec.memorization
+def _census_sizes(spec: SweepSpec, plan: Plan, estimate: CostEstimate, offline: bool, release: Release | None) -> None:
+    """A census: every cell reads its chunk whole (a stream chunk's index entries and items, whose first k + l tokens
+    lie closer than a coalesced read's gap; a JSONL file streamed), and scores every sequence of it."""
+    chunks = Counter(chunk for work in plan.work for chunk in work.chunks)  # cells to do of each chunk
+    estimate.census_chunks, estimate.census_mode = len(chunks), spec.memorization.mode
+    estimate.tokens_per_sequence = spec.memorization.prompt_len + spec.memorization.continuation_len
+    if spec.data.is_stream:
+        token_bytes, item_tokens, entry_bytes = _stream_item_bytes(spec, estimate, offline, release)
+        per_chunk = spec.timeline_positions().chunk_sequences
+        estimate.chunk_name = "stream chunks"
+        estimate.census_bytes = float(sum(chunks.values()) * per_chunk * (entry_bytes + item_tokens * token_bytes))
+        estimate.sequences = sum(chunks.values()) * per_chunk
+        return
+    sizes = _file_sizes(spec, sorted(chunks), estimate, offline, "their cells would fail", release)
+    row_bytes = AMBER_ROW_BYTES if release is None or release.row_tokens is None else \
+        release.row_tokens * AMBER_BYTES_PER_TOKEN
+    estimate.census_bytes = float(sum(sizes[chunk] * cells for chunk, cells in chunks.items() if chunk in sizes))
+    estimate.sequences = int(sum(sizes[chunk] / row_bytes * cells for chunk, cells in chunks.items() if chunk in sizes))
+    estimate.notes.append(f"(a JSONL census counts its rows once it reads them: estimated here at "
+                          f"{row_bytes / 1e3:,.1f} KB a row of {(release or AMBER).row_tokens or 2049} ids)")
+
+
+def _stream_item_bytes(spec: SweepSpec, estimate: CostEstimate, offline: bool,
+                       release: Release | None) -> tuple[int, float, int]:
+    """(bytes a token id takes, ids an item holds, index bytes an item takes) of a binary stream: from the stream
+    itself (its index header, its listed sizes), else the release's published ones."""
+    data = spec.data
     token_bytes, item_tokens = (release.token_bytes, release.row_tokens) if release and release.token_bytes else (
         2 if data.dtype in (None, "uint16") else 4, data.sequence_len or 2049)
     if not offline or is_local(data.source):
@@ -228,6 +279,15 @@ def _stream_sizes(spec: SweepSpec, plan: Plan, landed: LandedOutput | None, esti
                                   f"{token_bytes}-byte tokens, {item_tokens:,} a sequence)")
     entry_bytes = MEGATRON_ENTRY_BYTES if data.format == "megatron" else (
         {"uint16": 2, "uint32": 4, "uint64": 8, "int32": 4, "int64": 8}[data.order_dtype] if data.order else 0)
+    return token_bytes, item_tokens, entry_bytes
+
+
+def _stream_sizes(spec: SweepSpec, plan: Plan, landed: LandedOutput | None, estimate: CostEstimate, offline: bool,
+                  release: Release | None) -> None:
+    """A binary stream's chunks: what their probe sets read by ranges, what their exposure scans stream (item sizes:
+    `_stream_item_bytes`)."""
+    timeline, data, memorization = spec.timeline_positions(), spec.data, spec.memorization
+    token_bytes, item_tokens, entry_bytes = _stream_item_bytes(spec, estimate, offline, release)
     per_chunk = timeline.chunk_sequences
     width = memorization.prompt_len + memorization.continuation_len
     samples = min(data.samples_per_chunk, per_chunk)

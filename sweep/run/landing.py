@@ -1,7 +1,8 @@
 """Scored cells on their way into the store: they wait in the driver's memory per checkpoint and land in batches.
 
 A checkpoint's results land as one pair of files (sweep/landed/store.py `write_cells`) once LAND_BATCH_CELLS of them
-are there, the oldest has waited LAND_MAX_WAIT_S, or they are all the checkpoint still needs. A landing costs a
+(or LAND_BATCH_ROWS sequences: a census cell lands as soon as it is scored) are there, the oldest has waited
+LAND_MAX_WAIT_S, or they are all the checkpoint still needs. A landing costs a
 few milliseconds of driver time whatever its size (two Parquet files, a ledger, six fsyncs) and many GPUs finish
 many cells a second, one checkpoint each, so landing every cell alone would keep the driver busy
 (BENCHMARKS.md, "The control plane at 129,600 cells"). What waits is lost if the driver is killed (at most
@@ -24,13 +25,19 @@ from sweep.landed.store import PinMismatchError, ResultStore, ScoredCell
 from sweep.timeline import Timeline
 
 LAND_BATCH_CELLS = 32  # a checkpoint's waiting results land once this many are there ...
+LAND_BATCH_ROWS = 262_144  # ... or this many sequences (a census cell of Pythia's holds 1,024,000: it lands alone) ...
 LAND_MAX_WAIT_S = 10.0  # ... or the oldest has waited this long (or they finish the checkpoint)
 
 
-def scored_cell(output: CellOutput, attempts: int, probes: pl.DataFrame, data_file: str,
-                data_sha256: str | None, continuation_len: int, timeline: Timeline = Timeline()) -> ScoredCell:
+def scored_cell(output: CellOutput, attempts: int, probes: pl.DataFrame | None, data_file: str,
+                data_sha256: str | None, continuation_len: int, timeline: Timeline = Timeline(),
+                index_start: int | None = None) -> ScoredCell:
     """An actor's output joined with its probe set (`chunk`, `row`, `index`, `source`, in sample order) as a
-    ScoredCell; each sequence's `seen` and the cell's seen fraction are the timeline's."""
+    ScoredCell; each sequence's `seen` and the cell's seen fraction are the timeline's. A census cell (`probes`
+    None) brings its rows back itself (`index` = `index_start` + row for a stream, the digest of what it read)."""
+    if probes is None:
+        probes = census_rows(output, index_start)
+        data_sha256 = output.data_sha256 or data_sha256
     loaded = output.loaded
     provenance = CellProvenance(
         seconds=output.seconds, device=output.device, dtype=output.dtype, batch_size=output.batch_size,
@@ -43,6 +50,17 @@ def scored_cell(output: CellOutput, attempts: int, probes: pl.DataFrame, data_fi
                  .with_columns(seen=pl.Series(seen, dtype=pl.Boolean),
                                **score_columns(output.scores, continuation_len)))
     return ScoredCell(output.chunk, sequences, provenance, timeline.seen_fraction(ckpt, output.chunk))
+
+
+def census_rows(output: CellOutput, index_start: int | None) -> pl.DataFrame:
+    """A census cell's `chunk`, `row`, `index`, `source` columns, from the rows (and labels) its actor read."""
+    rows = output.rows
+    return pl.DataFrame({
+        "chunk": pl.repeat(output.chunk, len(rows), dtype=pl.Int32, eager=True),
+        "row": pl.Series(rows, dtype=pl.Int64),
+        "index": pl.Series(rows + index_start if index_start is not None else [None] * len(rows), dtype=pl.Int64),
+        "source": pl.Series(output.sources if output.sources is not None else [None] * len(rows), dtype=pl.String),
+    })
 
 
 @dataclass
@@ -75,6 +93,7 @@ class Landing:
         now = time.perf_counter()
         due = [ckpt for ckpt, cells in self.waiting.items()
                if everything or len(cells) >= min(LAND_BATCH_CELLS, remaining[ckpt])
+               or sum(cell.sequences.height for cell in cells) >= LAND_BATCH_ROWS
                or now - self.waiting_since[ckpt] >= LAND_MAX_WAIT_S]
         return sorted(due, key=self.waiting_since.__getitem__)
 

@@ -25,8 +25,9 @@ class Plan:
     total_cells: int
     done_cells: int
     work: list[CheckpointWork] = field(default_factory=list)
-    samples_per_chunk: int = 0
+    samples_per_chunk: int | None = 0  # sequences a cell scores; None: a JSONL census (every row of each file)
     tokens_per_sequence: int = 0
+    census: bool = False  # data.samples_per_chunk: all
     finished_checkpoints: list[int] = field(default_factory=list)  # every cell of them has landed
 
     @property
@@ -34,8 +35,9 @@ class Plan:
         return sum(len(w.chunks) for w in self.work)
 
     @property
-    def sequences_to_do(self) -> int:
-        return self.cells_to_do * self.samples_per_chunk
+    def sequences_to_do(self) -> int | None:
+        """None for a JSONL census: its files' rows are counted once read (sweep/run/cost.py estimates them)."""
+        return None if self.samples_per_chunk is None else self.cells_to_do * self.samples_per_chunk
 
     @property
     def chunks_needed(self) -> list[int]:
@@ -45,10 +47,16 @@ class Plan:
         """A few lines for `memsweep plan` (what it costs: sweep/run/cost.py)."""
         lines = [
             f"cells: {self.total_cells} total, {self.done_cells} done, {self.cells_to_do} to do",
-            f"checkpoint loads: {len(self.work)}; chunks to sample: {len(self.chunks_needed)}",
-            f"sequences to score: {self.sequences_to_do:,} "
-            f"({self.sequences_to_do * self.tokens_per_sequence:,} tokens)",
+            f"checkpoint loads: {len(self.work)}; chunks to "
+            f"{'read whole (a census)' if self.census else 'sample'}: {len(self.chunks_needed)}",
         ]
+        if self.sequences_to_do is None:
+            lines.append("sequences to score: every row of each chunk file, once per checkpoint (a census; the cost "
+                         "below estimates them from the files' sizes)")
+        else:
+            per_cell = f"; {self.samples_per_chunk:,} a cell, every sequence of its chunk" if self.census else ""
+            lines.append(f"sequences to score: {self.sequences_to_do:,} "
+                         f"({self.sequences_to_do * self.tokens_per_sequence:,} tokens{per_cell})")
         return "\n".join(lines)
 
 
@@ -65,6 +73,7 @@ def make_plan(spec: SweepSpec, done: set[tuple[int, int]]) -> Plan:
         total_cells=len(cells),
         done_cells=len(cells) - sum(len(w.chunks) for w in work),
         work=work,
-        samples_per_chunk=spec.data.samples_per_chunk,
+        samples_per_chunk=spec.sequences_per_cell(),
         tokens_per_sequence=spec.memorization.prompt_len + spec.memorization.continuation_len,
+        census=spec.data.census,
     )

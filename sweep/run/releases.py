@@ -30,6 +30,7 @@ class Release:
     stream_items: int | None = None  # binary streams: items in the stream
 
 
+AMBER_CHUNK_ROWS = 1_706_976  # rows of 2049 ids in each chunk file (Amber's training code, FACTS.md)
 AMBER = Release("Amber", parameters=6.74e9, checkpoint_bytes=27.0e9, main_bytes=13.5e9, chunk_file_bytes=20.8e9,
                 row_tokens=2049)
 PYTHIA_ARCHITECTURES = {  # size: (layers, d_model, padded vocabulary)

@@ -433,7 +433,8 @@ class Scheduler:
             return
         probe = self.supply.ready[chunk]
         self.landing.add(ckpt, scored_cell(output, self.attempts[(ckpt, chunk)] + 1, probe.frame, probe.data_file,
-                                           probe.sha256, self.spec.memorization.continuation_len, self.timeline))
+                                           probe.sha256, self.spec.memorization.continuation_len, self.timeline,
+                                           probe.index_start))
         self.costs.add_cell(output.seconds)
         assignment.loaded = True
         if output.loaded_now:
