@@ -43,18 +43,23 @@ class PrefetchingActor:
         raise NotImplementedError
 
     @ray.method(concurrency_group="io")
-    def prefetch(self, target: CheckpointTarget) -> None:
+    def prefetch(self, target: CheckpointTarget) -> float | None:
         """Fetch a checkpoint onto this node: the next one while the current one scores, or the one about to load.
+        Returns the seconds the fetch itself took (None: nothing fetched, or it failed), which the driver prices
+        downloads by: the call's own round trip also holds the actor's start (its first call waits for __init__).
 
         Best effort: a failure is only logged; the load will meet (and report) it again.
         """
         if target in self.fetched or target in self.fetching:
-            return
+            return None
         done = self.fetching[target] = threading.Event()
+        started = time.perf_counter()
         try:
             self.fetched[target] = self._fetch(target, prefetch=True)
+            return time.perf_counter() - started
         except Exception as error:  # noqa: BLE001 - the load reports it, per cell
             log.warning("prefetch of %s failed: %s", target.revision, one_line(error))
+            return None
         finally:
             del self.fetching[target]
             done.set()

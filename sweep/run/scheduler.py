@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import ray
-from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+from ray.exceptions import ActorDiedError, RayActorError, RayError, RayTaskError
 from tqdm import tqdm
 
 from actors.protocol import (CellInputError, CellOutput, CheckpointError, CheckpointTarget, CudaContextLost,
@@ -341,7 +341,7 @@ class Scheduler:
     def _prefetch(self, slot: Slot, assignment: Assignment, for_load: bool) -> None:
         """Tell the slot's actor to fetch `assignment`'s checkpoint onto its node (actors/prefetch.py); its cells go to
         the actor once that returns. `for_load`: the checkpoint is the one it loads next, and nothing of the actor's
-        is queued before it, so the call's duration is a download's (measured)."""
+        is queued before it, so the download it times is one the actor waits for (measured)."""
         ref = slot.actor.prefetch.remote(assignment.target)
         self.prefetching[ref] = (assignment, time.perf_counter() if for_load else None)
         assignment.prefetch_sent = True
@@ -350,7 +350,13 @@ class Scheduler:
         assignment, sent_at = self.prefetching.pop(ref)
         assignment.prefetched = True
         if sent_at is not None:
-            self.costs.add_download(time.perf_counter() - sent_at)
+            # the fetch's own seconds, as the actor timed it (ready, so this does not wait): the round trip would
+            # also count a new actor's start, which made a local sweep's bound several times its makespan
+            try:
+                fetch_s = ray.get(ref)
+            except RayError:  # the actor died: its failure is handled where its cells come back
+                return
+            self.costs.add_download(fetch_s if fetch_s is not None else time.perf_counter() - sent_at)
 
     def _downloads_in_flight(self, next_ones: bool = True) -> int:
         """Checkpoint downloads under way (every download is a prefetch): of checkpoints an actor waits for, and
