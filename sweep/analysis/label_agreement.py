@@ -4,7 +4,9 @@ Two steps, in this order:
 
 1. **The data check.** Every labelled sequence that the output also holds (the same global stream position
    `index`) must have the same tokens in both: the published ids against the landed probe set's prompt and true
-   continuation, over as many ids as both have (Pythia's labels publish 64; a probe holds k + l). A difference means
+   continuation, over as many ids as both have (Pythia's labels publish 64; a probe holds k + l). A census lands no
+   probe rows: its labelled sequences' ids are read again from the source it pinned (sweep/data/census.py
+   `read_census_rows`), one chunk and at most CENSUS_READ_ROWS of them at a time. A difference means
    a wrong data order, offset or file, and every one is named (position, chunk, row, first differing offset). While
    there is any, no agreement figure is computed: it would compare different sequences.
 2. **Agreement**, per checkpoint, on the sequences both cover: memorized by both, only by memsweep, only by the
@@ -17,7 +19,7 @@ Where a sequence sits on the stream. A Megatron or numpy output lands its global
 output (Amber, K2, the demo) has none: chunk file c's row r is taken to be at position (rows of files 0..c-1) + r,
 the order the files are trained in. The row counts of the earlier files are known to the output when each was
 either scanned for exposure counts (the scan records the file's lines) or sampled whole (a probe set with fewer rows
-than `samples_per_chunk` asked for holds every row of its file); otherwise compare refuses, naming the first file
+than `samples_per_chunk` asked for holds every row of its file; a census cell holds its file's `n` rows); otherwise compare refuses, naming the first file
 whose count it lacks.
 
 Near-ties: nothing landed says how close a greedy decision was (the kernel keeps no logit margins), so the sequences
