@@ -72,7 +72,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))  # also when a test imports this fi
 from peak_memory import peak_rss_bytes, reset_peak_rss  # noqa: E402
 from actors.prefetch import PrefetchingActor  # noqa: E402
 from actors.protocol import (BatchScores, CellOutput, CheckpointTarget, LoadedCheckpoint,  # noqa: E402
-                             ProbeBatch, ScorerSettings, ScoringOptions)
+                             ProbeBatch, ProbePieces, ScorerSettings, ScoringOptions)
 
 # ---- the cost model ---------------------------------------------------------------------------
 
@@ -367,7 +367,8 @@ class CostModelScorer(PrefetchingActor):
             self.timeline.append(("wait", waited, time.time()))
 
     @ray.method(concurrency_group="compute")
-    def score_cell(self, target: CheckpointTarget, probes: ProbeBatch) -> CellOutput:
+    def score_cell(self, target: CheckpointTarget, probes: ProbeBatch | ProbePieces) -> CellOutput:
+        # CheckpointScorer's signature (a census chunk's pieces too); the cost model scores probe sets only
         loaded_now = False
         if self.loaded is None or self.loaded.target != target:
             self._load(target)

@@ -2,15 +2,15 @@
 
     memsweep run SPEC.yaml [--output DIR] [--set KEY=VALUE ...] [--address ADDR] [--report]
     memsweep plan SPEC.yaml [--offline] [--gpus 64] [--gpus-per-node 8] [--cpus-per-node 96] [--network-gb-s 2]
-    memsweep query OUTPUT "SQL" [--format table|csv|json|parquet] [--out FILE]
-    memsweep query OUTPUT --tables
+    memsweep query OUTPUT [--with OTHER_OUTPUT ...] "SQL" [--format table|csv|json|parquet] [--out FILE]
+    memsweep query OUTPUT [--with OTHER_OUTPUT ...] --tables
     memsweep verify OUTPUT [--repair]
     memsweep show OUTPUT [--ckpt C] [--chunk J] [--top N] [--source S] [--full-match] [--min-prefix K]
                          [--min-exposures N] [--max-exposures N] [--sort memorized|exposures]
-    memsweep report OUTPUT [--out DIR] [--chunks 0,3,7] [--labels LABELS [--split S]]
+    memsweep report OUTPUT [--out DIR] [--chunks 0,3,7] [--labels LABELS [--split S]] [--smaller OTHER_OUTPUT ...]
     memsweep compare OUTPUT LABELS [--split S] [--revision R] [--checkpoint N] [--format text|json]
     memsweep serve OUTPUT [--host 127.0.0.1] [--port 8765]
-    memsweep demo [--output DIR]
+    memsweep demo [--output DIR] [--smaller]
 
 Every flag is documented in docs/cli.md.
 """
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memsweep", description="Memorization sweeps over checkpoints x data chunks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (Ray, probe sets, loads)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_IntermixedParser)
 
     run = commands.add_parser("run", help="score every cell of a spec not yet in its output (resumes)")
     _spec_arguments(run)
@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
                                               "`--tables` lists those it has, with their columns")
     query.add_argument("output", type=Path, help="a sweep's output directory")
     query.add_argument("sql", nargs="?", help='e.g. "SELECT ckpt, AVG(score) FROM cells GROUP BY ckpt ORDER BY ckpt"')
+    query.add_argument("--with", dest="others", action="append", type=Path, default=[], metavar="OTHER_OUTPUT",
+                       help="also query this output of the same data and probe sets (repeatable): every table then "
+                            "holds every output's rows, led by output, model and identity")
     query.add_argument("--tables", action="store_true",
                        help="list the tables this output has, what one row of each is, and their columns")
     query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
@@ -128,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--examples", help="cells whose most memorized sequences are shown as text, CKPT:CHUNK,... "
                                            "(default: the oldest and newest chunk at the last checkpoint)")
     _labels_arguments(report, "--labels")
+    report.add_argument("--smaller", action="append", type=Path, default=[], metavar="OTHER_OUTPUT",
+                        help="an output of a smaller model on the same data and probe sets (repeatable, smallest "
+                             "first): adds the predictability of each one's memorized set for the larger ones'")
     report.set_defaults(handler=_report)
 
     compare = commands.add_parser("compare", help="memsweep's memorized sets against published labels (a data check "
@@ -151,10 +157,29 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run configs/demo.yaml (build the miniature Amber, sweep, report)")
     demo.add_argument("--output", help="override the spec's output directory")
+    demo.add_argument("--smaller", action="store_true",
+                      help="also train a smaller model on the same stream (configs/demo-small.yaml), sweep it, and "
+                           "report how well its memorized set predicts the demo model's")
     _cluster_arguments(demo)
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A command's parser that takes its positionals wherever they stand among the options: `memsweep query OUT --with
+    OTHER "SQL"` (plain argparse gives an optional positional nothing at its first chance, then refuses "SQL")."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # argparse's intermixed parsing calls back here: the plain parse, twice
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def _spec_arguments(parser: argparse.ArgumentParser) -> None:
@@ -289,7 +314,7 @@ def _query(args: argparse.Namespace) -> int:
                             if args.tables else "memsweep query: give an SQL statement, e.g. \"SELECT * FROM cells\", "
                                                 "or --tables to list the tables and their columns")
     _refuse_binary_to_terminal(args.format, args.out)
-    frame = table_columns(args.output) if args.tables else run_query(args.output, args.sql)
+    frame = table_columns(args.output, args.others) if args.tables else run_query(args.output, args.sql, args.others)
     if args.format == "table":
         print(format_table_columns(frame) if args.tables else format_table(frame, args.max_rows))
         return 0
@@ -360,7 +385,7 @@ def _report(args: argparse.Namespace) -> int:
         from sweep.data.published_labels import read_labels
 
         labels = read_labels(args.labels, args.split, args.revision)
-    print(f"report: {write_report(args.output, args.out, chunks, cells, labels=labels)}")
+    print(f"report: {write_report(args.output, args.out, chunks, cells, labels=labels, smaller=args.smaller)}")
     return 0
 
 
@@ -405,19 +430,35 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Build the miniature Amber (first run only) where configs/demo.yaml points and its reference labels (HF
-    `generate` at the last checkpoint, sweep/demo/reference_labels.py), then sweep it and report."""
+    `generate` at the last checkpoint, sweep/demo/reference_labels.py), then sweep it and report; with --smaller,
+    the smaller model too (configs/demo-small.yaml), and the report compares the two sizes."""
     from sweep.demo.reference_labels import ensure_reference_labels
     from sweep.demo.world import DemoWorldConfig, ensure_demo_world
-    from sweep.spec import load_spec
 
-    path = REPO_CONFIGS / "demo.yaml"
-    if not path.exists():
-        raise MemsweepError(f"{path}: the demo spec ships with the repository; run from a clone")
-    spec = load_spec(path, {"output": args.output} if args.output else None)
+    spec = _demo_spec("demo.yaml", args.output)
     ensure_demo_world(DemoWorldConfig(), Path(spec.model.source), Path(spec.data.source), progress=not args.no_progress)
     ensure_reference_labels(DemoWorldConfig(), Path(spec.model.source), Path(spec.data.source),
                             progress=not args.no_progress)
-    return _sweep(spec, args, report=True)
+    if not args.smaller:
+        return _sweep(spec, args, report=True)
+    from sweep.demo.sizes import ensure_smaller_model
+    from sweep.report.page import write_report
+
+    smaller = _demo_spec("demo-small.yaml", f"{args.output}-small" if args.output else None)
+    ensure_smaller_model(DemoWorldConfig(), Path(smaller.model.source), Path(smaller.data.source),
+                         progress=not args.no_progress)
+    status = max(_sweep(spec, args, report=False), _sweep(smaller, args, report=False))
+    print(f"report: {write_report(Path(spec.output), smaller=[Path(smaller.output)])}")
+    return status
+
+
+def _demo_spec(name: str, output: str | None):
+    from sweep.spec import load_spec
+
+    path = REPO_CONFIGS / name
+    if not path.exists():
+        raise MemsweepError(f"{path}: the demo spec ships with the repository; run from a clone")
+    return load_spec(path, {"output": output} if output else None)
 
 
 if __name__ == "__main__":

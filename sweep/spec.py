@@ -7,10 +7,13 @@ must be >= 1 (got 0)`.
 Every field of every section declares what it means for the numbers: IDENTITY (changing it changes what a landed
 number means, so an existing output refuses it), IDENTITY_UNLESS_DEFAULT (the same, for a key added after outputs
 exist: left out of the identity while it has its default, so their identity hash stays), a format's identity
-(NUMPY_IDENTITY: part of the identity in that data format only), or NOT_IDENTITY (which cells, or how they run).
-`SweepSpec.identity()` is derived from these declarations, so a new key is one line:
+(part of the identity in one data format only: NUMPY_PROBED below), or NOT_IDENTITY (which cells, or how they run).
+An identity key that also decides which sequences are probed (the data, how it is sampled, the k + l window) says so
+(PROBED, PROBED_UNLESS_DEFAULT, NUMPY_PROBED): outputs of different models agree on those keys, and only then are
+they analysed together (`probe_differences`). `SweepSpec.identity()` is derived from these declarations, so a new
+key is one line:
 
-    format: Annotated[Literal["jsonl", "megatron", "numpy"], IDENTITY_UNLESS_DEFAULT] = "jsonl"
+    format: Annotated[Literal["jsonl", "megatron", "numpy"], PROBED_UNLESS_DEFAULT] = "jsonl"
 """
 
 from __future__ import annotations
@@ -114,12 +117,15 @@ class Meaning:
     unless_default: bool = False  # ... except while it has its default value (a key added after outputs exist)
     formats: tuple[str, ...] | None = None  # ... only in these data formats (its section's `format`), None included
     counts_with: str | None = None  # ... and its value only while this key of its section is set (else None)
+    probed: bool = False  # it decides which sequences are probed: outputs analysed together must agree on it
 
 
 IDENTITY = Meaning(identity=True)
 IDENTITY_UNLESS_DEFAULT = Meaning(identity=True, unless_default=True)
-NUMPY_IDENTITY = Meaning(identity=True, formats=("numpy",))
 NOT_IDENTITY = Meaning(identity=False)
+PROBED = Meaning(identity=True, probed=True)
+PROBED_UNLESS_DEFAULT = Meaning(identity=True, unless_default=True, probed=True)
+NUMPY_PROBED = Meaning(identity=True, formats=("numpy",), probed=True)
 
 
 class SpecSection(BaseModel):
@@ -155,7 +161,7 @@ def identity_of(section: SpecSection, prefix: str = "") -> dict[str, Any]:
         meaning = meaning_of(field)
         if meaning is None:
             raise TypeError(f"spec key {prefix}{name} declares no Meaning (IDENTITY, IDENTITY_UNLESS_DEFAULT, "
-                            "NUMPY_IDENTITY or NOT_IDENTITY)")
+                            "PROBED, PROBED_UNLESS_DEFAULT, NUMPY_PROBED or NOT_IDENTITY)")
         if not meaning.identity or (meaning.unless_default and value == field.default):
             continue
         if meaning.formats is not None and getattr(section, "format", None) not in meaning.formats:
@@ -224,30 +230,30 @@ PositiveOrAuto = Union[Literal["auto"], Annotated[int, Field(ge=1)]]
 
 
 class DataSpec(SpecSection):
-    source: Annotated[str, IDENTITY] = Field(min_length=1)
+    source: Annotated[str, PROBED] = Field(min_length=1)
     """A Hugging Face dataset repo id (`LLM360/AmberDatasets`) or a local directory."""
-    format: Annotated[Literal["jsonl", "megatron", "numpy"], IDENTITY_UNLESS_DEFAULT] = "jsonl"
+    format: Annotated[Literal["jsonl", "megatron", "numpy"], PROBED_UNLESS_DEFAULT] = "jsonl"
     """How the training stream is stored: JSON-lines chunk files (Amber, K2), a Megatron / GPT-NeoX indexed dataset
     (Pythia), or flat numpy token files with an optional order file (OLMo)."""
-    file: Annotated[Union[str, list[str]], IDENTITY] = None  # type: ignore[assignment] - filled by format in _default_file
+    file: Annotated[Union[str, list[str]], PROBED] = None  # type: ignore[assignment] - filled by format in _default_file
     """jsonl: the chunk file inside the source, a template over the chunk id; megatron: the dataset's prefix
     (`document`: `document.idx` beside `document.bin` or its shards); numpy: the token files in stream order (a list,
     or one glob sorted by name)."""
-    dtype: Annotated[Literal["uint16", "uint32"] | None, NUMPY_IDENTITY] = None
+    dtype: Annotated[Literal["uint16", "uint32"] | None, NUMPY_PROBED] = None
     """numpy: the token files' id type."""
-    sequence_len: Annotated[int | None, NUMPY_IDENTITY] = Field(default=None, ge=1)
+    sequence_len: Annotated[int | None, NUMPY_PROBED] = Field(default=None, ge=1)
     """numpy: tokens per instance; each file is cut into whole instances (a remainder is ignored, as OLMo does)."""
-    order: Annotated[str | None, NUMPY_IDENTITY] = None
+    order: Annotated[str | None, NUMPY_PROBED] = None
     """numpy: a flat integer array file (OLMo's `global_indices.npy`): stream position p is instance order[p]."""
     order_dtype: Annotated[Literal["uint16", "uint32", "uint64", "int32", "int64"],
-                           Meaning(identity=True, formats=("numpy",), counts_with="order")] = "uint32"
+                           Meaning(identity=True, formats=("numpy",), counts_with="order", probed=True)] = "uint32"
     """numpy: the order file's integer type (OLMo: uint32); part of the identity only with an order file."""
-    revision: Annotated[str, IDENTITY] = "main"
+    revision: Annotated[str, PROBED] = "main"
     """Hub dataset revision the chunk files are read at (pinned to its commit on first use); ignored locally."""
-    samples_per_chunk: Annotated[Union[Literal["all"], Annotated[int, Field(ge=1)]], IDENTITY] = 1000
+    samples_per_chunk: Annotated[Union[Literal["all"], Annotated[int, Field(ge=1)]], PROBED] = 1000
     """Rows sampled per chunk (the probe set), as `shuffle(seed).select(range(n))` picks them; `all`: a census, every
     sequence of the chunk in the stream's order (`row` = its position in the chunk; `seed` is then unused)."""
-    seed: Annotated[int, IDENTITY] = Field(default=42, ge=0)
+    seed: Annotated[int, PROBED] = Field(default=42, ge=0)
     """Sampling seed (numpy default_rng)."""
     cache_dir: Annotated[str | None, NOT_IDENTITY] = None
     """Where line indexes and probe sets are cached (on the driver); default `~/.cache/memsweep/probes`."""
@@ -290,9 +296,9 @@ class DataSpec(SpecSection):
 
 
 class MemorizationSpec(SpecSection):
-    prompt_len: Annotated[int, IDENTITY] = Field(default=32, ge=1)
+    prompt_len: Annotated[int, PROBED] = Field(default=32, ge=1)
     """k: prompt tokens."""
-    continuation_len: Annotated[int, IDENTITY] = Field(default=32, ge=1)
+    continuation_len: Annotated[int, PROBED] = Field(default=32, ge=1)
     """l: greedy tokens compared with the true continuation."""
     mode: Annotated[Literal["greedy", "extractable"], IDENTITY] = "greedy"
     """greedy: decode l tokens (matches, score, prefix_match, full_match);
@@ -326,9 +332,9 @@ class ResourcesSpec(SpecSection):
 
 
 class TimelineSpec(SpecSection):
-    sequences_per_step: Annotated[int, IDENTITY] = Field(ge=1)
+    sequences_per_step: Annotated[int, PROBED] = Field(ge=1)
     """Training sequences per optimizer step (Pythia: 1024, a batch of 1024 x 2049 tokens)."""
-    steps_per_chunk: Annotated[int, IDENTITY] = Field(ge=1)
+    steps_per_chunk: Annotated[int, PROBED] = Field(ge=1)
     """Steps per chunk: chunk c is steps [c S, (c + 1) S) of the stream (Pythia: 1000)."""
 
 
@@ -533,6 +539,46 @@ def identity_hash(identity: dict[str, Any]) -> str:
     """
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def declared_meanings(section: type[SpecSection] | None = None, prefix: str = "") -> dict[str, tuple[Meaning, Any]]:
+    """Every key of the spec (or of `section`), dotted as an identity names it, with its Meaning and its default
+    (pydantic's `PydanticUndefined` for a required key)."""
+    found: dict[str, tuple[Meaning, Any]] = {}
+    for name, field in (section or SweepSpec).model_fields.items():
+        inner = section_of(field)
+        if inner is not None:
+            found.update(declared_meanings(inner, f"{prefix}{name}."))
+        elif (meaning := meaning_of(field)) is not None:
+            found[f"{prefix}{name}"] = (meaning, field.default)
+    return found
+
+
+def probe_differences(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
+    """What makes two outputs probe different sequences, from their identities (a manifest's `identity`): one line
+    per differing key declared `probed` (the data, its sampling, the timeline, the k + l window), e.g.
+    `data.seed (42 vs 7)`; empty when both probe the same sequences, whatever their models and scoring. A key an
+    identity leaves out while at its default (IDENTITY_UNLESS_DEFAULT) counts as that default; a key this memsweep
+    does not declare counts as probed (an identity it cannot read is never taken for an equal one)."""
+    meanings = declared_meanings()
+    absent = "<absent>"
+
+    def value(identity: dict[str, Any], key: str) -> Any:
+        if key in identity:
+            return identity[key]
+        meaning, default = meanings.get(key, (None, None))
+        return _canonical(default) if meaning is not None and meaning.unless_default else absent
+
+    lines = []
+    for key in sorted(first.keys() | second.keys()):
+        meaning = meanings.get(key, (None, None))[0]
+        if meaning is not None and not meaning.probed:
+            continue
+        before, after = value(first, key), value(second, key)
+        if before != after:
+            shown = [item if item is absent else json.dumps(item, default=str) for item in (before, after)]
+            lines.append(f"{key} ({shown[0]} vs {shown[1]})")
+    return lines
 
 
 def recorded_spec(raw: Any) -> SweepSpec | None:

@@ -12,7 +12,7 @@ import pytest
 import ray
 
 from tests.explorer_world import build_explorer_output
-from tests.sweeps import start_local_ray
+from tests.sweeps import WORLD_KNOBS, start_local_ray, write_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,22 @@ def world(tmp_path_factory) -> Path:
     from sweep.demo.world import DemoWorldConfig, ensure_demo_world
 
     root = tmp_path_factory.mktemp("world")
-    ensure_demo_world(DemoWorldConfig(chunks=3, rows_per_chunk=96), root / "model", root / "data", progress=False)
+    ensure_demo_world(DemoWorldConfig(**WORLD_KNOBS), root / "model", root / "data", progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def clean_run(world, local_ray, tmp_path_factory):
+    """One uninterrupted sweep of the session's world (3 checkpoints x 3 chunks): the reference every fault test of
+    tests/test_sweep.py must reproduce exactly, and the larger model of tests/test_sizes.py. (spec, summary, output);
+    read it, never write into it."""
+    from sweep.run.driver import run_sweep
+    from sweep.spec import load_spec
+
+    tmp = tmp_path_factory.mktemp("clean")
+    spec = load_spec(write_spec(tmp, world, tmp / "out"))
+    summary = run_sweep(spec, progress=False)
+    return spec, summary, tmp / "out"
 
 
 @pytest.fixture(scope="session")

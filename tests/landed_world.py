@@ -59,11 +59,12 @@ def write_landed(
     exposures: bool | pl.DataFrame = False,
     scanned: list[int] | None = None,
     tokens: dict[tuple[int, int], list[int]] | None = None,
+    identity: dict | None = None,
 ) -> Path:
     """Land `records` through the store, one compacted checkpoint at a time, with probe sets of random tokens (or
     `tokens[(chunk, row)]`, k + l ids, where given). `exposures`: True lands planted_counts, a frame lands those
     count rows, one scan per chunk file of `scanned` (default: every chunk) counting every chunk's probes; the spec
-    then lists every chunk in exposure.chunks."""
+    then lists every chunk in exposure.chunks. `identity`: the manifest's (default {"synthetic": spec_name})."""
     frame = pl.DataFrame(records).with_columns(
         pl.col("chunk").cast(pl.Int32),
         pl.col("row").cast(pl.Int64),
@@ -86,7 +87,7 @@ def write_landed(
     scanned = chunks if scanned is None else scanned
     spec = {"name": spec_name, "prompt_len": 32, "generate_len": L,
             **({"exposure": {"chunks": chunks}} if exposures is not False else {})}
-    store.open(identity={"synthetic": spec_name}, spec=spec, run_info={})
+    store.open(identity=identity or {"synthetic": spec_name}, spec=spec, run_info={})
     for (ckpt,), part in frame.group_by(["ckpt"], maintain_order=True):
         cells = (
             part.group_by("chunk", maintain_order=True)

@@ -16,6 +16,7 @@ import yaml
 from sweep.landed.reader import open_output
 
 K = L = 32
+WORLD_KNOBS = {"chunks": 3, "rows_per_chunk": 96}  # the session's demo world (conftest.py `world`)
 SAMPLES = 96  # lines of each chunk file of the session's world (conftest.py), which holds 768
 TIMING = ["seconds", "sequences_per_s", "finished_at", "attempts", "device", "batch_size"]
 

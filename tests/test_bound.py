@@ -103,3 +103,40 @@ def test_probe_builds_take_the_streams_the_downloads_leave_on_the_busiest_node()
     assert build_concurrency(CLUSTER, 360, downloads_in_flight=0) == 64  # then every stream of the 8 links
     assert build_concurrency(CLUSTER, 36, downloads_in_flight=36) == 24  # 5 downloads on some node: 3 streams each
     assert build_concurrency(CLUSTER, 5, downloads_in_flight=0) == 5  # no more than are left
+
+
+def test_stream_scans_are_priced_at_the_binary_kernels_rate_on_their_bytes():
+    """A stream chunk's `size` counts items: its scan is priced on its share of the stream's token bytes, at the
+    binary kernel's 70M tokens/s (140 MB/s of uint16 ids), not at the JSONL kernel's ~300 MB/s of text."""
+    from sweep.data.sources import ChunkFile
+    from sweep.data.stream_chunks import StreamChunk
+    from sweep.data.token_stream import StreamFile, StreamSource
+    from sweep.run.bound import SCAN_BYTES_PER_CORE_S
+    from sweep.run.pacing import scan_task_seconds
+
+    items, tokens = 1_024_000, 2049  # one Pythia chunk: 4.2 GB of uint16 ids
+    source = StreamSource(format="megatron", kind="local", data_source="/d", name="pile",
+                          files=(StreamFile("pile.idx", 12 * 143 * items), StreamFile("pile.bin", 143 * items * tokens * 2)))
+    chunk = StreamChunk(kind="local", format="megatron", data_source="/d", file="pile[0:1024000)", chunk=0, start=0,
+                        stop=items, files_sha256="x", stream=source)
+    assert scan_task_seconds(chunk, 143 * items, 1e12) == pytest.approx(items * tokens / 70e6)
+    assert scan_task_seconds(chunk, 143 * items, 100e6) == pytest.approx(items * tokens * 2 / 100e6)  # the link binds
+    text = ChunkFile(kind="local", data_source="/d", file="train_000.jsonl", size=int(CHUNK))
+    assert scan_task_seconds(text, None, 1e12) == pytest.approx(CHUNK / SCAN_BYTES_PER_CORE_S)
+
+
+def test_plan_bound_prices_stream_scans_like_the_plans_cost_lines():
+    """`memsweep plan`'s bound and its exposure-scans line give one price: core-seconds = tokens / 70M."""
+    from pathlib import Path
+
+    from sweep.run.bound import work_of
+    from sweep.run.cost import CostEstimate
+    from sweep.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "configs" / "pythia-deduped.yaml")
+    scan_bytes, scan_tokens = 1_024_000 * (12 + 2 * 2049.0), 1_024_000 * 2049.0
+    estimate = CostEstimate(checkpoints=1, scan_bytes={0: scan_bytes}, scan_tokens={0: scan_tokens})
+    work = work_of(spec, [1], estimate)
+    assert work.scan_seconds(1e12) == pytest.approx(scan_tokens / 70e6)
+    jsonl = work_of(spec, [1], CostEstimate(checkpoints=1, scan_bytes={0: CHUNK}))
+    assert jsonl.scan_seconds(1e12) == pytest.approx(CHUNK / (50e6 * 20.8e9 / (1_706_976 * 2049)))

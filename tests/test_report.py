@@ -23,6 +23,7 @@ from sweep.landed.schema import CellProvenance
 from sweep.landed.store import ResultStore, ScoredCell
 from sweep.errors import MemsweepError
 from tests.landed_world import L, synthetic_sequences, write_landed
+from tests.query_docs import doc_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -443,11 +444,6 @@ def test_first_memorized_bars_stay_readable(n_ckpts: int, step: int) -> None:
 
 
 # ---------------------------------------------------------------- docs/queries.md
-
-
-def doc_blocks(language: str) -> list[str]:
-    text = (REPO / "docs" / "queries.md").read_text()
-    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 
 @pytest.fixture

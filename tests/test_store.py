@@ -872,3 +872,22 @@ def test_an_output_landed_before_the_stream_columns_still_opens(tmp_path):
     assert sequences["seen"].to_list() == (sequences["chunk"] <= sequences["ckpt"]).to_list()
     assert cells.sort("ckpt", "chunk")["seen_fraction"].to_list() == [1.0, 0.0, 1.0]
     assert verify_output(tmp_path / "out").ok
+
+
+def test_a_landing_with_a_deadline_lands_the_oldest_due_checkpoint_and_leaves_the_rest_due(tmp_path):
+    """The scheduler lands in slices (sweep/run/scheduler.py CHORE_SLICE_S): past its deadline a landing still lands
+    one checkpoint (the one waiting longest), and the others stay due for the next pass, nothing lost."""
+    from sweep.run.landing import Landing
+
+    store = new_store(tmp_path / "out")
+    landing = Landing(store)
+    for ckpt in (2, 0, 1):  # checkpoint 2 waits longest
+        landing.add(ckpt, ScoredCell(0, fake_sequences(ckpt, 0), CellProvenance.from_dict(cell_info(ckpt, 0))))
+    remaining = {0: 1, 1: 1, 2: 1}
+    assert landing.due(remaining) == [2, 0, 1]
+    first = landing.land(remaining, deadline=0.0)  # long past
+    assert [ckpt for ckpt, _ in first.cells] == [2]
+    assert landing.due(remaining) == [0, 1] and landing.cells_waiting == 2
+    rest = landing.land(remaining)
+    assert sorted(ckpt for ckpt, _ in rest.cells) == [0, 1] and not landing.due(remaining)
+    assert ResultStore(tmp_path / "out").ledgers.done_cells() == {(0, 0), (1, 0), (2, 0)}

@@ -36,15 +36,6 @@ pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def clean_run(world, local_ray, tmp_path_factory):
-    """One uninterrupted sweep: the reference every fault test must reproduce exactly."""
-    tmp = tmp_path_factory.mktemp("clean")
-    spec = load_spec(write_spec(tmp, world, tmp / "out"))
-    summary = run_sweep(spec, progress=False)
-    return spec, summary, tmp / "out"
-
-
 def test_sweep_lands_what_the_kernel_computes(clean_run, world):
     torch.set_num_threads(1)  # tiny models: threads only add overhead, and the Ray actors share the cores
     spec, summary, output = clean_run

@@ -172,29 +172,37 @@ def predictability(sequences: Frame, final_ckpt: int | None = None) -> pl.DataFr
     earlier = sequences.filter((pl.col("ckpt") < final_ckpt) & (pl.col("chunk") <= pl.col("ckpt"))).select(
         "ckpt", "chunk", "row", pl.col("full_match").alias("memorized")
     )
-    both = pl.col("memorized") & pl.col("memorized_final")
-    counts = (
-        earlier.join(final, on=["chunk", "row"], how="inner")
-        .drop_nulls(["memorized", "memorized_final"])
-        .group_by("ckpt")
-        .agg(
-            pl.len().alias("n_sequences"),
-            pl.col("memorized").sum().alias("n_memorized"),
-            pl.col("memorized_final").sum().alias("n_memorized_final"),
-            both.sum().alias("n_both"),
-        )
-    )
+    pairs = earlier.join(final, on=["chunk", "row"], how="inner").rename({"memorized_final": "memorized_target"})
     return (
-        counts.with_columns(pl.lit(final_ckpt, dtype=pl.Int32).alias("final_ckpt"))
-        .with_columns(
-            (pl.col("n_both") / pl.when(pl.col("n_memorized") > 0).then(pl.col("n_memorized"))).alias("precision"),
-            (pl.col("n_both") / pl.when(pl.col("n_memorized_final") > 0).then(pl.col("n_memorized_final"))).alias(
-                "recall"
-            ),
-        )
+        memorized_set_agreement(pairs, ["ckpt"])
+        .rename({"n_memorized_target": "n_memorized_final"})
+        .with_columns(pl.lit(final_ckpt, dtype=pl.Int32).alias("final_ckpt"))
         .select([pl.col(name).cast(dtype) for name, dtype in PREDICTABILITY_SCHEMA.items()])
         .sort("ckpt")
         .collect(engine="streaming")
+    )
+
+
+def memorized_set_agreement(pairs: pl.LazyFrame, by: list[str]) -> pl.LazyFrame:
+    """How well one memorized set predicts another, per group of `by`: `pairs` holds one row per sequence compared,
+    with `memorized` (in the predicting set) and `memorized_target` (in the predicted one); a null on either side
+    leaves the sequence out. Returns `by`, then n_sequences, n_memorized, n_memorized_target, n_both, precision
+    (n_both / n_memorized) and recall (n_both / n_memorized_target), each null when its denominator is 0; lazy."""
+    both = pl.col("memorized") & pl.col("memorized_target")
+    return (
+        pairs.drop_nulls(["memorized", "memorized_target"])
+        .group_by(by)
+        .agg(
+            pl.len().alias("n_sequences"),
+            pl.col("memorized").sum().alias("n_memorized"),
+            pl.col("memorized_target").sum().alias("n_memorized_target"),
+            both.sum().alias("n_both"),
+        )
+        .with_columns(
+            (pl.col("n_both") / pl.when(pl.col("n_memorized") > 0).then(pl.col("n_memorized"))).alias("precision"),
+            (pl.col("n_both") / pl.when(pl.col("n_memorized_target") > 0).then(pl.col("n_memorized_target")))
+            .alias("recall"),
+        )
     )
 
 

@@ -1,4 +1,6 @@
-"""Polars SQL over a landed dataset: the tables sweep/landed/catalog.py names, those this output has.
+"""Polars SQL over a landed dataset: the tables sweep/landed/catalog.py names, those this output has; over several
+outputs of the same data and probe sets, their tables together, each row led by its output, model and identity
+(sweep/analysis/joint_outputs.py).
 
 Read-only, through the one reader (sweep/landed/reader.py), so it is safe to run while a sweep is writing. A result
 is printed as a table, or written as csv, json (one array of row objects) or parquet to a file or to a stream
@@ -9,11 +11,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import BinaryIO, Literal, TextIO
+from typing import BinaryIO, Literal, Sequence, TextIO
 
 import polars as pl
 
 from actors.protocol import one_line
+from sweep.analysis.joint_outputs import open_joint_outputs
 from sweep.errors import MemsweepError
 from sweep.landed.catalog import SQL_TABLES
 from sweep.landed.reader import OutputNotFoundError, open_output
@@ -26,13 +29,11 @@ class QueryError(MemsweepError):
     """A query could not run: missing/empty output directory, or an SQL error (one line)."""
 
 
-def open_tables(output: Path) -> dict[str, pl.LazyFrame]:
-    """The landed tables of `output` by SQL name; raises QueryError if there is nothing to query."""
-    try:
-        landed = open_output(output)
-    except OutputNotFoundError as error:
-        raise QueryError(str(error)) from None
-    tables = landed.tables()
+def open_tables(output: Path, others: Sequence[Path] = ()) -> dict[str, pl.LazyFrame]:
+    """The landed tables of `output` by SQL name; with `others`, the tables of all of them together, each row led by
+    `output`, `model` and `identity` (refused, naming the key, where they probe different sequences). Raises
+    QueryError if there is nothing to query."""
+    tables = _landed_tables(output, others)
     has_cells = tables["cells"].select(pl.len()).collect().item() > 0
     if not has_cells and "failures" not in tables:
         raise QueryError(f"output directory {output} holds no landed results "
@@ -40,9 +41,16 @@ def open_tables(output: Path) -> dict[str, pl.LazyFrame]:
     return tables
 
 
-def run_query(output: Path, sql: str) -> pl.DataFrame:
-    """Run one SQL statement over `output`'s tables and return the result, eagerly."""
-    tables = open_tables(output)
+def _landed_tables(output: Path, others: Sequence[Path]) -> dict[str, pl.LazyFrame]:
+    try:
+        return open_joint_outputs([output, *others]).tables() if others else open_output(output).tables()
+    except OutputNotFoundError as error:
+        raise QueryError(str(error)) from None
+
+
+def run_query(output: Path, sql: str, others: Sequence[Path] = ()) -> pl.DataFrame:
+    """Run one SQL statement over `output`'s tables (and `others`', together: `open_tables`), eagerly."""
+    tables = open_tables(output, others)
     context = pl.SQLContext(frames=tables)
     try:
         return context.execute(sql, eager=True)
@@ -116,13 +124,11 @@ def _write(frame: pl.DataFrame, target: Path | BinaryIO, fmt: str) -> None:
         _text_safe(frame).write_json(target)
 
 
-def table_columns(output: Path) -> pl.DataFrame:
-    """The tables this output has, in the catalogue's order, and their columns: one row per (table, column) with
-    `table`, `column`, `type` (Polars' name) and `table_holds` (what one row of the table is)."""
-    try:
-        tables = open_output(output).tables()
-    except OutputNotFoundError as error:
-        raise QueryError(str(error)) from None
+def table_columns(output: Path, others: Sequence[Path] = ()) -> pl.DataFrame:
+    """The tables this output has (with `others`, the outputs' tables together), in the catalogue's order, and their
+    columns: one row per (table, column) with `table`, `column`, `type` (Polars' name) and `table_holds` (what one
+    row of the table is)."""
+    tables = _landed_tables(output, others)
     rows = []
     for name in sorted(tables, key=list(SQL_TABLES).index):
         rows += [{"table": name, "column": column, "type": str(dtype), "table_holds": SQL_TABLES[name]}

@@ -91,6 +91,19 @@ class StreamSource:
     def total_bytes(self) -> int:
         return sum(file.size for file in self.files)
 
+    @property
+    def token_bytes(self) -> int:
+        """Bytes of the token data alone: a Megatron `.bin` or its shards (not the `.idx`), numpy's token files (not
+        the order file)."""
+        data = self.files[1:] if self.format == "megatron" else [f for f in self.files if f.path != self.order]
+        return sum(file.size for file in data)
+
+    @property
+    def token_width(self) -> int:
+        """Bytes of one token id: numpy's `dtype`; a Megatron stream's is in its index header, not read here: 2
+        (uint16, Pythia's) for estimates."""
+        return {"uint16": 2, "uint32": 4, "int32": 4, "int64": 8, "uint64": 8}.get(self.dtype or "uint16", 2)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

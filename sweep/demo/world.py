@@ -397,7 +397,7 @@ def _marker(config: DemoWorldConfig, role: str) -> dict:
     return {"kind": MARKER_KIND, "version": MARKER_VERSION, "role": role, "config": asdict(config)}
 
 
-def _is_complete(directory: Path, config: DemoWorldConfig, role: str) -> bool:
+def is_built(directory: Path, config: DemoWorldConfig, role: str) -> bool:
     """True if ``directory`` holds this exact world; raise if it holds a different one."""
     path = directory / MARKER_NAME
     if not path.is_file():
@@ -446,6 +446,16 @@ def _scratch(directory: Path) -> Path:
     return scratch
 
 
+def build_checkpoints(config: DemoWorldConfig, model_dir: Path, data_dir: Path, progress: bool = True) -> None:
+    """Train `config`'s model through the chunk files in ``data_dir`` into ``model_dir``: built under a temporary
+    sibling, its ``world.json`` marker written last, then renamed into place (an interrupted build leaves nothing
+    that counts as built)."""
+    scratch = _scratch(model_dir)
+    train_checkpoints(config, data_dir, scratch, progress)
+    (scratch / MARKER_NAME).write_text(json.dumps(_marker(config, "model"), indent=2))
+    _install(scratch, model_dir)
+
+
 def ensure_demo_world(config: DemoWorldConfig, model_dir: Path, data_dir: Path,
                       progress: bool = True) -> None:
     """Build the miniature Amber into ``data_dir`` (chunks) and ``model_dir`` (checkpoints), once.
@@ -457,8 +467,8 @@ def ensure_demo_world(config: DemoWorldConfig, model_dir: Path, data_dir: Path,
     model_dir, data_dir = Path(model_dir).expanduser(), Path(data_dir).expanduser()
     if model_dir.resolve() == data_dir.resolve():
         raise MemsweepError(f"{model_dir}: the demo world needs separate model and data directories")
-    data_ready = _is_complete(data_dir, config, "data")
-    model_ready = _is_complete(model_dir, config, "model")
+    data_ready = is_built(data_dir, config, "data")
+    model_ready = is_built(model_dir, config, "model")
     if data_ready and model_ready:
         return
 
@@ -469,10 +479,7 @@ def ensure_demo_world(config: DemoWorldConfig, model_dir: Path, data_dir: Path,
         (scratch / MARKER_NAME).write_text(json.dumps(_marker(config, "data"), indent=2))
         _install(scratch, data_dir)
     if not model_ready:
-        scratch = _scratch(model_dir)
-        train_checkpoints(config, data_dir, scratch, progress)
-        (scratch / MARKER_NAME).write_text(json.dumps(_marker(config, "model"), indent=2))
-        _install(scratch, model_dir)
+        build_checkpoints(config, model_dir, data_dir, progress)
     if progress:
         print(f"demo world: {config.chunks} chunks x {config.rows_per_chunk} rows and "
               f"{config.chunks} checkpoints built in {time.perf_counter() - started:.1f} s "

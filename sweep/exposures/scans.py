@@ -22,14 +22,14 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from actors.protocol import one_line
-from sweep.exposures.kernel import ChunkExposure, build_probe_index, count_items, scan_chunk
+from actors.protocol import ProbeBatch, one_line
 from sweep.data.probe_supply import ProbeSupply
 from sweep.data.probes import check_streamed, open_chunk
 from sweep.data.stream_chunks import StreamChunk, describe_spec_chunks, open_stream
@@ -38,12 +38,20 @@ from sweep.data.sources import ChunkFile
 from sweep.spec import SweepSpec
 from sweep.landed.store import PinMismatchError, ResultStore
 
+if TYPE_CHECKING:
+    from sweep.exposures.kernel import ChunkExposure
+
 log = logging.getLogger("memsweep")
+
+# The kernel (sweep/exposures/kernel.py) is imported by the tasks below, on the workers that run them, never by the
+# driver: numba and LLVM would cost the driver ~100 MB of resident memory for code it never runs.
 
 
 def scan_chunk_file(chunk_file: ChunkFile | StreamChunk, index) -> tuple[ChunkExposure, float]:
     """Stream one chunk file (or the items of one stream chunk) through the scan kernel; (counts, CPU seconds).
     Raises if a file's bytes are not what `chunk_file` says (sha256, size)."""
+    from sweep.exposures.kernel import scan_chunk
+
     if isinstance(chunk_file, StreamChunk):
         return scan_stream_chunk(chunk_file, index)
     began = time.process_time()
@@ -56,6 +64,8 @@ def scan_chunk_file(chunk_file: ChunkFile | StreamChunk, index) -> tuple[ChunkEx
 def scan_stream_chunk(chunk: StreamChunk, index) -> tuple[ChunkExposure, float]:
     """Every item of one stream chunk through the binary kernel, read in the order its bytes lie (the index slice,
     then the items' bytes, all hashed: `sha256` pins what was scanned); (counts, CPU seconds)."""
+    from sweep.exposures.kernel import ChunkExposure, count_items
+
     began, began_cpu = time.perf_counter(), time.process_time()
     stream = open_stream(chunk.stream)
     batches = ((batch.tokens, batch.offsets, batch.positions) for batch in stream.iter_items(chunk.start, chunk.stop))
@@ -70,10 +80,15 @@ _scan_task = ray.remote(scan_chunk_file)
 
 
 @ray.remote(num_cpus=0)  # a second or two of one core, once per sweep: not worth a CPU the actors or scans hold
-def _probe_index_task(tokens: np.ndarray, prompt_len: int):
-    """The probe index built on a worker, not in the driver: its tables (~60 MB at 360,000 probes) and the build's
-    temporaries stay off the driver's memory, and the driver's loop does not stop for the build (~1-2 s)."""
-    return build_probe_index(tokens, prompt_len)
+def _probe_index_task(prompt_len: int, *probe_sets: ProbeBatch | np.ndarray):
+    """The probe index of some probe sets (each the ProbeBatch the actors score, resolved from the object store, or
+    the int[n, k + l] tokens of one the driver read), built on a worker, not in the driver: the tokens (~90 MB as
+    uint32 at 360,000 probes), the index's tables and the build's temporaries stay off the driver's memory, and the
+    driver's loop stops for none of it."""
+    from sweep.exposures.kernel import build_probe_index
+
+    tokens = [np.asarray(getattr(probes, "tokens", probes)).astype(np.uint32) for probes in probe_sets]
+    return build_probe_index(np.concatenate(tokens), prompt_len)
 
 
 @dataclass(frozen=True)
@@ -212,13 +227,22 @@ class ExposureScans:
             self.waiting.append((seen, chunk_file.with_sha256(sha256) if sha256 else chunk_file, groups[probe_chunks]))
 
     def _group(self, probe_chunks: tuple[int, ...]) -> _ProbeGroup:
+        """The probe sets of `probe_chunks` as one index, built by a task from the batches the supply put into the
+        object store for the actors: the driver reads none of them (reading all 360 Amber probe sets stopped its
+        loop for seconds, every actor waiting). A probe set landed by an earlier run and not scored now is not in
+        the object store (nor is a census chunk's, which the actors read themselves): that one is read here."""
         width = self.spec.memorization.prompt_len + self.spec.memorization.continuation_len
-        keys, tokens = [], []
-        for chunk in probe_chunks:  # one probe set at a time: never all of them as frames (or int64) at once
-            frame = self.store.read_probe_set(chunk)
-            keys.append(frame.select("chunk", "row"))
-            tokens.append(tokens_array(frame, width).astype(np.uint32))
-        index = self.index_task.remote(np.concatenate(tokens), self.spec.memorization.prompt_len)
+        keys, probe_sets = [], []
+        for chunk in probe_chunks:
+            ready = self.supply.ready.get(chunk)
+            if ready is not None and ready.frame is not None:  # its frame holds the batch's rows, in its order
+                keys.append(ready.frame.select("chunk", "row"))
+                probe_sets.append(ready.batch_ref)
+            else:
+                frame = self.store.read_probe_set(chunk)
+                keys.append(frame.select("chunk", "row"))
+                probe_sets.append(tokens_array(frame, width).astype(np.uint32))
+        index = self.index_task.remote(self.spec.memorization.prompt_len, *probe_sets)
         return _ProbeGroup(probe_chunks, pl.concat(keys), index)
 
     def _fail(self, seen_chunk: int, reason: str) -> None:

@@ -7,7 +7,8 @@ The page shows the run (name, spec, identity hash) and the figures of the memori
 per source, predictability, first memorized and forgotten); once exposure counts have landed, their sections
 (sweep/report/exposure_sections.py: what they cover, then one figure per analysis of
 sweep/exposures/analyses.py); then examples of what was memorized, in words, each saying how often it was seen
-(sweep/report/example_sections.py). This module picks what is shown (the metric, the chunks, the example cells),
+(sweep/report/example_sections.py); given the outputs of smaller models on the same data (`smaller`), how well their
+memorized sets predict this one's (sweep/report/size_sections.py). This module picks what is shown (the metric, the chunks, the example cells),
 reads what the sections share once, and writes the page; the sections draw with sweep/report/figures.py.
 
 The cells table (129.6k rows at full size) is the only table held whole; what a report costs at full size is in
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Sequence
 
 from sweep.analysis import memorization as analyses
 from sweep.analysis.examples import TokenDecoder
+from sweep.analysis.joint_outputs import open_joint_outputs
 from sweep.errors import MemsweepError
 from sweep.exposures.history import ExposureHistory
 from sweep.data.published_labels import PublishedLabels
@@ -30,25 +33,30 @@ from sweep.report.exposure_sections import EXPOSURE_FIGURE_NAMES, exposure_secti
 from sweep.report.figures import Section, spread
 from sweep.report.label_sections import label_sections
 from sweep.report.memorization_sections import MEMORIZATION_FIGURE_NAMES, memorization_sections
+from sweep.report.size_sections import SIZE_FIGURE_NAMES, size_section
 
 # Every file name the report may write, so a rewrite removes figures that no longer apply.
-FIGURE_NAMES = MEMORIZATION_FIGURE_NAMES + EXPOSURE_FIGURE_NAMES
+FIGURE_NAMES = MEMORIZATION_FIGURE_NAMES + EXPOSURE_FIGURE_NAMES + SIZE_FIGURE_NAMES
 DEFAULT_TRAJECTORY_CHUNKS = 5
 
 
 def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | None = None,
-                 example_cells: list[tuple[int, int]] | None = None, labels: PublishedLabels | None = None) -> Path:
+                 example_cells: list[tuple[int, int]] | None = None, labels: PublishedLabels | None = None,
+                 smaller: Sequence[Path] = ()) -> Path:
     """Write figures and index.html for the landed dataset in `output`; returns index.html's path.
 
     out_dir defaults to `<output>/report`. `chunks` picks the chunks whose score trajectories are
     drawn (default: a few spread over the chunk range); an unknown chunk raises MemsweepError.
     `example_cells` picks (ckpt, chunk) cells whose most memorized sequences are shown as text (default:
     the oldest and the newest chunk at the last checkpoint). `labels` (sweep/data/published_labels.py) adds the
-    section that holds the output against them (sweep/report/label_sections.py).
+    section that holds the output against them (sweep/report/label_sections.py). `smaller`: outputs of smaller
+    models on the same data and probe sets, smallest first, for the section across model sizes (refused, before
+    anything is written, where they probe different sequences).
     """
     output = Path(output)
     out_dir = Path(out_dir) if out_dir is not None else output / "report"
     landed = open_output(output)
+    sizes = open_joint_outputs([*smaller, output]) if smaller else None
     sequences = landed.sequences()
     cells = landed.cells().collect()
     if cells.height == 0:
@@ -71,6 +79,8 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
     first_memorized = analyses.first_memorized(sequences, memorized_only=True)  # bounded by the memorized sequences
     sections = memorization_sections(landed, cells, sequences, trajectories, first_memorized, main_metric, last_ckpt,
                                      extractable, out_dir)
+    if sizes is not None:
+        sections.append(size_section(sizes, out_dir))
     # The last checkpoint's tokenizer serves the exposure sections (templates are found in text) and the examples.
     decoder = TokenDecoder.for_checkpoint(landed, last_ckpt)
     history = ExposureHistory.read(landed)

@@ -170,6 +170,7 @@ class Assignment:
     prefetch_sent: bool = False
     prefetched: bool = False  # its prefetch returned: the checkpoint is on the node (cells go to it from then on)
     loaded: bool = False  # a cell of it came back: the checkpoint is in the actor
+    probe_sets_seen: int = -1  # probe sets ready when the driver last found none of `todo`'s (it looks again at more)
 
     @property
     def cells_left(self) -> int:

@@ -23,7 +23,8 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
-from sweep.run.cost import AMBER_BYTES_PER_TOKEN, COMPUTE_BOUND_RATE, SCAN_TOKENS_PER_CORE_S, CostEstimate
+from sweep.run.cost import (AMBER_BYTES_PER_TOKEN, BINARY_SCAN_TOKENS_PER_CORE_S, COMPUTE_BOUND_RATE,
+                            SCAN_TOKENS_PER_CORE_S, CostEstimate)
 from sweep.run.releases import AMBER, AMBER_CHUNK_ROWS
 from sweep.run.plan import Plan
 from sweep.spec import SweepSpec
@@ -35,6 +36,15 @@ CPUS_PER_NODE = 96
 ASSUMED_LOAD_S = 40.0  # a 27 GB fp32 checkpoint from local disk, cast to bf16, onto the GPU (BENCHMARKS.md)
 ASSUMED_EFFICIENCY = {"extractable": 0.75, "greedy": 0.5}  # of the compute bound, before anything is measured
 SCAN_BYTES_PER_CORE_S = SCAN_TOKENS_PER_CORE_S * AMBER_BYTES_PER_TOKEN  # one core hashing a chunk file (~300 MB/s)
+
+
+def scan_bytes_per_core_s(binary: bool, bytes_per_token: float | None = None) -> float:
+    """What one core's scan kernel gets through of a chunk's bytes per second: a JSONL chunk file at the text kernel's
+    rate (SCAN_BYTES_PER_CORE_S, ~300 MB/s of JSON); a binary stream's items at the binary kernel's tokens per second
+    times `bytes_per_token` (2 for uint16 ids: ~140 MB/s, slower per byte than JSON, which spends ~6 bytes a token)."""
+    if not binary:
+        return SCAN_BYTES_PER_CORE_S
+    return BINARY_SCAN_TOKENS_PER_CORE_S * (bytes_per_token or 2.0)
 
 
 @dataclass(frozen=True)
@@ -245,10 +255,13 @@ def assumed_cell_seconds(spec: SweepSpec, measured_rate: float | None = None,
 def work_of(spec: SweepSpec, cells: list[int], estimate: CostEstimate, cell_s: float | None = None,
             load_s: float = ASSUMED_LOAD_S) -> Work:
     """The Work of a plan (`cells`: per checkpoint to load) priced by `estimate` (sweep/run/cost.py)."""
+    binary = bool(estimate.scan_tokens)  # stream chunks: their bytes and tokens are both known
+    per_token = sum(estimate.scan_bytes.values()) / sum(estimate.scan_tokens.values()) if binary else None
     return Work(cells=tuple(cells), cell_s=cell_s or assumed_cell_seconds(spec, estimate.measured_rate,
                                                                           estimate.parameters),
                 load_s=load_s, checkpoint_bytes=estimate.largest_checkpoint,
-                probe_bytes=tuple(estimate.chunk_bytes.values()), scan_bytes=tuple(estimate.scan_bytes.values()))
+                probe_bytes=tuple(estimate.chunk_bytes.values()), scan_bytes=tuple(estimate.scan_bytes.values()),
+                scan_bytes_per_core_s=scan_bytes_per_core_s(binary, per_token))
 
 
 def plan_bound(spec: SweepSpec, plan: Plan, estimate: CostEstimate, cluster: Cluster) -> Bound:

@@ -29,7 +29,7 @@ import ray
 
 from sweep.errors import MemsweepError
 from sweep.run.bound import (ASSUMED_LOAD_S, NETWORK_BYTES_PER_S, STREAM_BYTES_PER_S, Bound, Cluster, Work,
-                             assumed_cell_seconds, bound)
+                             assumed_cell_seconds, bound, scan_bytes_per_core_s)
 from sweep.run.cost import measured_gpu_rate
 from sweep.run.releases import AMBER, published_release
 from sweep.run.pacing import UnitCosts
@@ -195,7 +195,9 @@ def measured_bound(spec: SweepSpec, plan: Plan, summary: SweepSummary, cluster: 
                 checkpoint_bytes=float(costs.checkpoint_bytes),
                 download_s=float(sorted(costs.downloads)[len(costs.downloads) // 2]) if costs.downloads else 0.0,
                 probe_bytes=tuple(map(float, summary.supply.built_bytes)),
-                scan_bytes=tuple(map(float, summary.scans.file_bytes)))
+                scan_bytes=tuple(map(float, summary.scans.file_bytes)),
+                scan_bytes_per_core_s=scan_bytes_per_core_s(
+                    spec.data.is_stream, summary.scans.bytes / summary.scans.tokens if summary.scans.tokens else None))
     actors = max(1, summary.schedule.actors)
     scans = spec.exposure.concurrent_scans if spec.exposure is not None else None
     builds = spec.data.concurrent_builds

@@ -87,15 +87,23 @@ class Landing:
     def cells_waiting(self) -> int:
         return sum(map(len, self.waiting.values()))
 
-    def land(self, remaining: Mapping[int, int], everything: bool = False) -> Landed:
-        """Land the waiting cells of every checkpoint that is due; `remaining`: ckpt -> cells not yet settled."""
+    def due(self, remaining: Mapping[int, int], everything: bool = False) -> list[int]:
+        """The checkpoints whose waiting cells are due to land, oldest first; `remaining`: ckpt -> cells not yet
+        settled."""
         now = time.perf_counter()
         due = [ckpt for ckpt, cells in self.waiting.items()
                if everything or len(cells) >= min(LAND_BATCH_CELLS, remaining[ckpt])
                or sum(cell.sequences.height for cell in cells) >= LAND_BATCH_ROWS
                or now - self.waiting_since[ckpt] >= LAND_MAX_WAIT_S]
+        return sorted(due, key=self.waiting_since.__getitem__)
+
+    def land(self, remaining: Mapping[int, int], everything: bool = False, deadline: float | None = None) -> Landed:
+        """Land the waiting cells of every checkpoint that is due (sooner stopped at `deadline`, perf_counter, once
+        one checkpoint's landed: the rest stay due); `remaining`: ckpt -> cells not yet settled."""
         landed = Landed()
-        for ckpt in due:
+        for index, ckpt in enumerate(self.due(remaining, everything)):
+            if index and deadline is not None and time.perf_counter() > deadline:
+                break
             cells = self.waiting.pop(ckpt)
             since = self.waiting_since.pop(ckpt)
             try:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sweep.run.bound import Cluster, build_concurrency, scan_concurrency
+from sweep.data.sources import ChunkFile
+from sweep.data.stream_chunks import StreamChunk
+from sweep.run.bound import Cluster, build_concurrency, scan_bytes_per_core_s, scan_concurrency
 from sweep.spec import SweepSpec
 
 ESTIMATE_WINDOW = 256  # the estimates are medians of the latest cells and loads (a full history's median is
@@ -112,3 +114,19 @@ class Pacing:
         wanted = scan_concurrency(scan_seconds_left, window_s, int(max(0.0, self.cpus_left) // exposure.cpus_per_scan),
                                   self.cluster.link_streams)
         return min(wanted, build_concurrency(self.cluster, wanted, downloads_in_flight))
+
+
+def scan_task_seconds(chunk_file: ChunkFile | StreamChunk, stream_length: int | None, stream_bytes_per_s: float) -> float:
+    """One exposure scan's seconds before any was measured: its bytes streamed at one stream's rate or hashed by one
+    core, whichever is slower. A JSONL file: its size, at the text kernel's rate. A stream chunk: its `size` counts
+    items, not bytes; its bytes are its items' share of the stream's token data (`stream_length` items in all), at
+    the binary kernel's rate."""
+    if isinstance(chunk_file, StreamChunk):
+        source = chunk_file.stream
+        if source is None or not stream_length:
+            return 0.0
+        nbytes = chunk_file.size * source.token_bytes / stream_length
+        rate = scan_bytes_per_core_s(True, source.token_width)
+    else:
+        nbytes, rate = chunk_file.size or 0, scan_bytes_per_core_s(False)
+    return nbytes / min(stream_bytes_per_s, rate)

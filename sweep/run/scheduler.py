@@ -3,10 +3,14 @@
 The plan, the slots and the tail policy are sweep/run/assignments.py's (pure), the pacing of prefetches, probe
 builds and scans sweep/run/pacing.py's (pure); this module is the loop around them: it starts actors, plans every
 slot's shares from the unit costs known so far and plans again as measured ones arrive (whenever a slot reserves
-its next share), submits cells (at most WINDOW in flight per actor: one scoring, one queued behind it, and only
+its next share), submits cells (at most WINDOW in flight per actor: one scoring, two queued behind it, and only
 once the chunk's probe set is ready, so scoring starts with the first probe set), tells an actor to prefetch its
 reserved next share when that is due, collects results and errors, retries, and hands results to the landing
 buffer (sweep/run/landing.py). It returns what happened (`ScheduleStats`) instead of reporting it.
+
+The actors' next cells come first: the driver's slower chores (landing results, compacting finished checkpoints,
+taking the probe sets and scans that came back) run after them, at most CHORE_SLICE_S a pass, so a pile of them
+(the checkpoints of one round finish together; probe sets arrive in bursts) never leaves an actor without a cell.
 
 Failures: a cell whose actor died (process killed, node lost) or that raised is re-queued, up to
 `resources.max_attempts` tries; then it is recorded in `failures/` and the sweep goes on. A checkpoint that
@@ -32,9 +36,9 @@ from actors.protocol import (CellInputError, CellOutput, CheckpointError, Checkp
 from sweep.run.assignments import (Assignment, Share, Slot, across_nodes, busy_seconds, plan_shares,
                                    planned_end_s, pooled_shares, seconds_left, take_from_busy)
 from sweep.errors import SweepAbortedError
-from sweep.run.bound import SCAN_BYTES_PER_CORE_S, Cluster
+from sweep.run.bound import Cluster
 from sweep.run.landing import LAND_MAX_WAIT_S, Landing, scored_cell
-from sweep.run.pacing import Pacing, UnitCosts
+from sweep.run.pacing import Pacing, UnitCosts, scan_task_seconds
 from sweep.run.plan import Plan
 from sweep.data.probe_supply import ProbeSupply
 from sweep.data.sources import CheckpointUnresolvedError, pin_checkpoint
@@ -44,7 +48,8 @@ from sweep.landed.store import ResultStore
 log = logging.getLogger("memsweep")
 
 ACTOR_MAX_RESTARTS = 3
-WINDOW = 2  # cells in flight per actor: the GPU never waits for the driver between two cells
+WINDOW = 3  # cells in flight per actor: one scoring, two queued, so the GPU rides out two cells of driver work
+CHORE_SLICE_S = 0.1  # seconds of landings, compactions and background results per pass of the loop (at least one)
 REPLAN_SPREAD = 4  # cells: a slot that would end further than this from when the plan said is planned again ...
 REPLAN_COST_CHANGE = 0.02  # ... as are all when a measured unit cost moved this much (relative) since the plan
 
@@ -120,6 +125,7 @@ class Scheduler:
         self.stats = ScheduleStats(costs=costs)
         self.costs = costs
         self.landing = Landing(store)
+        self.finishing: deque[int] = deque()  # checkpoints whose cells all settled, to compact (a chore)
         self.chunk_order = {w.ckpt: w.chunks for w in plan.work}  # plan order, for planning again
         self.remaining = Counter({w.ckpt: len(w.chunks) for w in plan.work})  # cells not yet settled
         self.attempts: Counter = Counter()  # (ckpt, chunk) -> failed tries
@@ -142,6 +148,10 @@ class Scheduler:
     # ---- the loop -----------------------------------------------------------------------------
 
     def run(self) -> ScheduleStats:
+        """The loop. Each pass: hand out work, wait for something to come back, take the actors' results, hand out
+        their next cells, then do the driver's chores (landing results, compacting finished checkpoints, taking
+        probe sets and scans that came back) for at most CHORE_SLICE_S, so that the actors' next cells never wait
+        behind a pile of them: what is left waits for the next pass, which then does not sleep in `ray.wait`."""
         try:
             while True:
                 self._assign()
@@ -159,17 +169,22 @@ class Scheduler:
                 timeout = LAND_MAX_WAIT_S if self.landing.cells_waiting else None
                 if any(s.current is not None and not (s.next and s.next.prefetch_sent) for s in self.slots):
                     timeout = min(timeout or LAND_MAX_WAIT_S, self.costs.cell_s)  # a prefetch may come due
+                if self.finishing or self.landing.due(self.remaining):
+                    timeout = 0  # chores left from the last pass
                 ray.wait(refs, num_returns=1, timeout=timeout)
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                background_ready = []
                 for ref in ready:
                     if ref in self.owner:
                         self._collect(ref)
                     elif ref in self.prefetching:
                         self._prefetched(ref)
                     else:
-                        next(work for work in self.background if work.owns(ref)).collect(ref)
-                self._land()
+                        background_ready.append(ref)
+                self._assign()  # the actors' next cells first
+                self._chores(background_ready, time.perf_counter() + CHORE_SLICE_S)
             self._land(everything=True)
+            self._finish_checkpoints()
         finally:
             if self.landing.cells_waiting:  # Ctrl-C or an error: keep what the GPUs already computed
                 try:
@@ -179,6 +194,16 @@ class Scheduler:
             self.bar.close()
             self._release_actors()
         return self.stats
+
+    def _chores(self, background_ready: list[ray.ObjectRef], deadline: float) -> None:
+        """Background results, landings and compactions until `deadline` (perf_counter), at least one of each kind
+        that has any. A background result not taken now is still ready at the next `ray.wait`."""
+        for index, ref in enumerate(background_ready):
+            if index and time.perf_counter() > deadline:
+                break
+            next(work for work in self.background if work.owns(ref)).collect(ref)
+        self._land(deadline=deadline)
+        self._finish_checkpoints(deadline)
 
     def _has_work(self) -> bool:
         return bool(self.owner or any(s.current or s.next for s in self.slots) or any(self.planned))
@@ -340,23 +365,30 @@ class Scheduler:
             self.scans.limit = self.pacing.scans(self._scan_seconds_left(), window, self._downloads_in_flight())
 
     def _scan_seconds_left(self) -> float:
-        """Task-seconds of the scans left: as long as the scans so far took each (start to result), else each file
-        at the slower of one stream and one core's hashing."""
+        """Task-seconds of the scans left: as long as the scans so far took each (start to result), else each at the
+        slower of one stream and one core's hashing (sweep/run/pacing.py scan_task_seconds)."""
         left, took = self.scans.left, self.scans.stats.wall_seconds
         if took:
             return len(left) * sum(took) / len(took)
-        rate = min(self.pacing.cluster.stream_bytes_per_s, SCAN_BYTES_PER_CORE_S)
-        return sum(chunk_file.size or 0 for chunk_file in left) / rate
+        stream = self.pacing.cluster.stream_bytes_per_s
+        return sum(scan_task_seconds(chunk_file, self.supply.stream_length, stream) for chunk_file in left)
 
     def _fill(self, slot: Slot) -> None:
         assignment = slot.current
         if not assignment.prefetched:  # its checkpoint is not on the node yet: cells would wait in the actor
             return
-        while len(assignment.in_flight) < WINDOW:
-            chunk = next((c for c in assignment.todo if c in self.supply.ready), None)
-            if chunk is None:
-                return
-            assignment.todo.remove(chunk)
+        ready = self.supply.ready
+        while len(assignment.in_flight) < WINDOW and assignment.todo:
+            if assignment.todo[0] in ready:  # the rule once the probe sets exist: no search
+                chunk = assignment.todo.pop(0)
+            else:
+                if assignment.probe_sets_seen == len(ready):  # none came since this found none: nothing to search
+                    return
+                chunk = next((c for c in assignment.todo if c in ready), None)
+                if chunk is None:
+                    assignment.probe_sets_seen = len(ready)
+                    return
+                assignment.todo.remove(chunk)
             if self.stats.probe_sets_ready_at_first_cell is None:
                 self.stats.probe_sets_ready_at_first_cell = len(self.supply.ready)
             ref = slot.actor.score_cell.remote(assignment.target, self.supply.ready[chunk].batch_ref)
@@ -467,8 +499,8 @@ class Scheduler:
 
     # ---- landing ------------------------------------------------------------------------------
 
-    def _land(self, everything: bool = False) -> None:
-        landed = self.landing.land(self.remaining, everything)
+    def _land(self, everything: bool = False, deadline: float | None = None) -> None:
+        landed = self.landing.land(self.remaining, everything, deadline)
         for ckpt, chunk, error, attempts in landed.refused:
             self._fail_cell(ckpt, chunk, error, attempts)
         for ckpt, cell in landed.cells:
@@ -486,6 +518,15 @@ class Scheduler:
     def _settle(self, ckpt: int) -> None:
         self.remaining[ckpt] -= 1
         if self.remaining[ckpt] == 0:
+            self.finishing.append(ckpt)
+
+    def _finish_checkpoints(self, deadline: float | None = None) -> None:
+        """Let the store compact every finished checkpoint's files (up to `deadline`, at least one): a compaction
+        rewrites a whole checkpoint's results, and the checkpoints of one round finish together."""
+        first = True
+        while self.finishing and (first or deadline is None or time.perf_counter() <= deadline):
+            first = False
+            ckpt = self.finishing.popleft()
             self.landing.finish(ckpt)
             cells = self.store.reader().cells(ckpt).collect()
             if cells.height:
