@@ -72,6 +72,10 @@ class BatchScores:
     """float32: fraction of continuation positions where the teacher-forced argmax equals the truth."""
     generated: np.ndarray | None = None
     """int64[B, l]: the greedy tokens (eos "reference": pad after a row stopped). None in extractable mode."""
+    decision_margin: np.ndarray | None = None
+    """float32: the smallest top-1 minus top-2 logit (= log-probability) gap over the greedy decisions that decide
+    prefix_match / full_match (every position up to the first mismatch, and that one): how far the result is from a
+    flip, in nats. 0 is an exact tie. None from a producer that does not record it."""
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
         hits = torch.zeros((0, l), dtype=torch.bool)
         empty = torch.zeros(0) if options.nll else None
         greedy = options.mode == "greedy"
-        return _finish(hits, l, with_positions=greedy, nll=empty, tf_accuracy=empty,
+        return _finish(hits, l, with_positions=greedy, nll=empty, tf_accuracy=empty, gaps=torch.zeros((0, l)),
                        generated=torch.zeros((0, l), dtype=torch.long) if greedy else None)
     truth = tokens[:, k:]
 
@@ -73,7 +73,7 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
         passed = _teacher_forced(model, tokens, l, with_nll=options.nll, keep_cache=False)
         if options.nll:
             nll, tf_accuracy = passed.nll, passed.hits.float().mean(1)
-        return _finish(passed.hits, l, with_positions=False, nll=nll, tf_accuracy=tf_accuracy)
+        return _finish(passed.hits, l, with_positions=False, nll=nll, tf_accuracy=tf_accuracy, gaps=passed.gaps)
 
     stop = _EosStop.from_model(model, eos_token_id, pad_token_id, device) if options.eos == "reference" else None
     if options.nll:
@@ -84,18 +84,18 @@ def score_batch(model, tokens: torch.Tensor, options: ScoringOptions, eos_token_
         nll, tf_accuracy = passed.nll, passed.hits.float().mean(1)
         if l > 1:
             passed.cache.crop(-(l - 1))
-        generated, produced = _greedy_decode(model, passed.first_logits, passed.cache, l, stop)
+        generated, produced, gaps = _greedy_decode(model, passed.first_logits, passed.cache, l, stop)
     elif options.decode != "growing":
         compiled = options.decode == "static-compiled"
         _check_static_decode(model, device, compiled)
-        generated, produced = _greedy_decode_static(model, tokens[:, :k], l, stop, compiled)
+        generated, produced, gaps = _greedy_decode_static(model, tokens[:, :k], l, stop, compiled)
     else:
         out = model(input_ids=tokens[:, :k], use_cache=True, logits_to_keep=1)
-        generated, produced = _greedy_decode(model, out.logits[:, -1], out.past_key_values, l, stop)
+        generated, produced, gaps = _greedy_decode(model, out.logits[:, -1], out.past_key_values, l, stop)
     hits = generated == truth
     if produced is not None:
         hits &= produced[None, :]
-    return _finish(hits, l, with_positions=True, nll=nll, tf_accuracy=tf_accuracy, generated=generated)
+    return _finish(hits, l, with_positions=True, nll=nll, tf_accuracy=tf_accuracy, gaps=gaps, generated=generated)
 
 
 def pick_batch_size(model, options: ScoringOptions, device: torch.device | str | None = None,
@@ -177,8 +177,21 @@ def first_argmax(logits: torch.Tensor) -> torch.Tensor:
     block whose maximum equals the row maximum is the first maximal element of the row, so ties resolve
     exactly as argmax does. On CUDA plain argmax is already one fast kernel and is used as is.
     """
+    return argmax_and_margin(logits, with_margin=False)[0]
+
+
+def argmax_and_margin(logits: torch.Tensor, with_margin: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(`first_argmax(logits)`, the top-1 minus top-2 logit as float32, shape logits.shape[:-1]; None without
+    `with_margin`).
+
+    The margin is how far the greedy decision was from flipping, in logits; it equals the gap in log-probabilities
+    (log-softmax subtracts one number from a row). It is exactly `topk(2).values` of the row subtracted in float32 (0
+    on an exact tie). On CPU torch's topk over 32,000 columns is a scalar loop as slow as argmax, so it reuses the
+    block maxima: the runner-up is the larger of the second value inside the winning block and the best maximum of
+    the other blocks. Elsewhere (CUDA, small vocabularies) it is one topk.
+    """
     if logits.device.type != "cpu" or logits.shape[-1] < ARGMAX_MIN_VOCAB:
-        return logits.argmax(-1)
+        return logits.argmax(-1), (_topk_margin(logits) if with_margin else None)
     lead, vocab = logits.shape[:-1], logits.shape[-1]
     rows = logits.reshape(-1, vocab)
     full = vocab // ARGMAX_BLOCK * ARGMAX_BLOCK
@@ -187,13 +200,27 @@ def first_argmax(logits: torch.Tensor) -> torch.Tensor:
         block_max = torch.cat([block_max, rows[:, full:].amax(-1, keepdim=True)], dim=1)
     is_row_max = block_max == block_max.amax(-1, keepdim=True)
     if not bool(is_row_max.any(-1).all()):
-        return logits.argmax(-1)  # a NaN row (NaN == NaN is False): argmax's own rule picks the NaN
+        # a NaN row (NaN == NaN is False): argmax's own rule picks the NaN
+        return logits.argmax(-1), (_topk_margin(logits) if with_margin else None)
     first_block = is_row_max.to(torch.uint8).argmax(-1)
     start = first_block * ARGMAX_BLOCK
     # the last block may be short: its missing columns repeat the row's last column, which cannot
     # come before the true first maximum
-    columns = (start[:, None] + torch.arange(ARGMAX_BLOCK, device=rows.device)).clamp_(max=vocab - 1)
-    return (start + rows.gather(1, columns).argmax(-1)).reshape(lead)
+    offsets = start[:, None] + torch.arange(ARGMAX_BLOCK, device=rows.device)
+    block = rows.gather(1, offsets.clamp(max=vocab - 1))
+    index = (start + block.argmax(-1)).reshape(lead)
+    if not with_margin:
+        return index, None
+    # the repeated columns must not count twice (a false tie with the last column)
+    inside = block.masked_fill(offsets >= vocab, float("-inf")).topk(2, dim=-1).values.float()
+    other_blocks = block_max.scatter(1, first_block[:, None], float("-inf")).amax(-1).float()
+    margin = inside[:, 0] - torch.maximum(inside[:, 1], other_blocks)
+    return index, margin.reshape(lead)
+
+
+def _topk_margin(logits: torch.Tensor) -> torch.Tensor:
+    top2 = logits.topk(2, dim=-1).values.float()
+    return top2[..., 0] - top2[..., 1]
 
 
 def _model_device(model) -> torch.device:
@@ -225,8 +252,9 @@ class _EosStop:
 def _greedy_decode(model, first_logits: torch.Tensor, cache, l: int, stop: _EosStop | None):
     """Argmax decode l tokens, the first from `first_logits` (float[B, V]), the rest from one-token steps.
 
-    Returns (generated int64[B, l], produced bool[l] or None): `produced[i]` is False where HF generate
-    would already have stopped (every row finished at EOS) -- only with `stop`.
+    Returns (generated int64[B, l], produced bool[l] or None, gaps float32[B, l]): `produced[i]` is False where HF
+    generate would already have stopped (every row finished at EOS) -- only with `stop`; `gaps` the top-1 minus
+    top-2 logit of each decision (_DecisionGaps).
     """
     batch = first_logits.shape[0]
     split = _SplitModel.of(model)
@@ -235,7 +263,8 @@ def _greedy_decode(model, first_logits: torch.Tensor, cache, l: int, stop: _EosS
     logits = split.logits_buffer(batch) if split is not None else None
     generated = torch.empty((batch, l), dtype=torch.long, device=first_logits.device)
     state = _StopState(stop, batch, l, first_logits.device) if stop is not None else None
-    next_token = first_argmax(first_logits)
+    gaps = _DecisionGaps(batch, l, first_logits.device)
+    next_token = gaps.decide(first_logits, 0, state)
     for position in range(l):
         if position > 0:
             if split is None:
@@ -244,11 +273,11 @@ def _greedy_decode(model, first_logits: torch.Tensor, cache, l: int, stop: _EosS
                 hidden = split.decoder(input_ids=next_token[:, None], past_key_values=cache,
                                        use_cache=True).last_hidden_state[:, -1]
                 step_logits = torch.mm(hidden, split.head_weight.T, out=logits)
-            next_token = first_argmax(step_logits)
+            next_token = gaps.decide(step_logits, position, state)
         if state is not None:
             next_token = state.apply(next_token, position)
         generated[:, position] = next_token
-    return generated, (state.produced if state is not None else None)
+    return generated, (state.produced if state is not None else None), gaps.gaps
 
 
 # model types whose causal-LM forward returns exactly lm_head(final hidden states): no logit scaling
@@ -298,9 +327,27 @@ class _StopState:
         return next_token
 
 
+class _DecisionGaps:
+    """The decode loop's record of how close each greedy decision was: gaps float32[B, l], the top-1 minus top-2
+    logit at each generated position. A position whose token was not the argmax's (eos "reference": a row past its
+    EOS writes pad, and none is produced once every row has stopped) decided nothing and holds +inf."""
+
+    def __init__(self, batch: int, l: int, device: torch.device):
+        self.gaps = torch.empty((batch, l), dtype=torch.float32, device=device)
+
+    def decide(self, logits: torch.Tensor, position: int, state: _StopState | None) -> torch.Tensor:
+        """The argmax of `logits` (float[B, V]) at `position`, its gap recorded; before `state.apply`."""
+        next_token, margin = argmax_and_margin(logits)
+        if state is not None:
+            margin = margin.masked_fill(~state.unfinished, float("inf"))
+        self.gaps[:, position] = margin
+        return next_token
+
+
 @dataclass
 class _TeacherForced:
     hits: torch.Tensor  # bool[B, l]: teacher-forced argmax == truth
+    gaps: torch.Tensor  # float32[B, l]: top-1 minus top-2 logit; +inf where a row was no longer projected
     nll: torch.Tensor | None  # float32[B]: mean NLL of the truth, nats/token
     first_logits: torch.Tensor | None  # [B, V]: logits predicting the first continuation token (keep_cache only)
     cache: object | None  # the KV cache over the k+l-1 fed tokens, when asked for
@@ -334,6 +381,7 @@ def _teacher_forced(model, tokens: torch.Tensor, l: int, with_nll: bool, keep_ca
     device = tokens.device
     budget = LOGIT_CHUNK_ELEMENTS_CUDA if device.type == "cuda" else LOGIT_CHUNK_ELEMENTS_CPU
     hits = torch.zeros((batch, l), dtype=torch.bool, device=device)
+    gaps = torch.full((batch, l), float("inf"), dtype=torch.float32, device=device)
     token_nll = torch.empty((batch, l), dtype=torch.float32, device=device) if with_nll else None
     first_logits = None
     # Without NLL only the first miss matters (prefix_match / full_match), so a row is not projected
@@ -350,11 +398,14 @@ def _teacher_forced(model, tokens: torch.Tensor, l: int, with_nll: bool, keep_ca
         if keep_cache and first_logits is None:
             first_logits = logits[:, 0].clone()
         chunk_truth = truth[:, start:stop] if rows is None else truth[rows, start:stop]
-        chunk_hits = first_argmax(logits) == chunk_truth
+        chunk_argmax, chunk_gaps = argmax_and_margin(logits)
+        chunk_hits = chunk_argmax == chunk_truth
         if rows is None:
             hits[:, start:stop] = chunk_hits
+            gaps[:, start:stop] = chunk_gaps
         else:
             hits[rows, start:stop] = chunk_hits
+            gaps[rows, start:stop] = chunk_gaps
         if with_nll:
             # cross_entropy's fused log-softmax: half the time of logsumexp minus the true logit on CPU
             token_nll[:, start:stop] = torch.nn.functional.cross_entropy(
@@ -363,14 +414,25 @@ def _teacher_forced(model, tokens: torch.Tensor, l: int, with_nll: bool, keep_ca
             still_matching = chunk_hits.all(1)
             rows = still_matching.nonzero().squeeze(1) if rows is None else rows[still_matching]
         start = stop
-    return _TeacherForced(hits=hits, nll=token_nll.mean(1) if with_nll else None, first_logits=first_logits,
+    return _TeacherForced(hits=hits, gaps=gaps, nll=token_nll.mean(1) if with_nll else None, first_logits=first_logits,
                           cache=out.past_key_values if keep_cache else None)
 
 
-def _finish(hits: torch.Tensor, l: int, with_positions: bool, nll, tf_accuracy, generated=None) -> BatchScores:
-    """Turn per-position hits bool[B, l] into BatchScores; the single device->host copy happens here."""
+def _finish(hits: torch.Tensor, l: int, with_positions: bool, nll, tf_accuracy, gaps: torch.Tensor,
+            generated=None) -> BatchScores:
+    """Turn per-position hits bool[B, l] and decision gaps float32[B, l] into BatchScores; the single device->host
+    copy happens here.
+
+    `decision_margin` is the smallest gap over the positions that decide `prefix_match` and `full_match`: every
+    position up to the first mismatch and the mismatch itself (all l for a full match). Flipping any of those
+    decisions changes the result; a later one cannot change them (it can change greedy mode's `matches`, which is
+    not what the memorized sets are made of). Both modes see the true prefix at those positions, so greedy and
+    extractable give the same margin.
+    """
     hits_host = hits.cpu().numpy()
     prefix_match = np.cumprod(hits_host, axis=1, dtype=np.int16).sum(axis=1, dtype=np.int16)
+    deciding = np.arange(l)[None, :] <= prefix_match[:, None]
+    decision_margin = np.where(deciding, gaps.cpu().numpy(), np.inf).min(axis=1, initial=np.inf).astype(np.float32)
     return BatchScores(
         matches=hits_host.sum(axis=1, dtype=np.int16) if with_positions else None,
         prefix_match=prefix_match,
@@ -379,6 +441,7 @@ def _finish(hits: torch.Tensor, l: int, with_positions: bool, nll, tf_accuracy, 
         nll=nll.cpu().numpy().astype(np.float32) if nll is not None else None,
         tf_accuracy=tf_accuracy.cpu().numpy().astype(np.float32) if tf_accuracy is not None else None,
         generated=generated.cpu().numpy() if generated is not None else None,
+        decision_margin=decision_margin,
     )
 
 
@@ -444,7 +507,8 @@ def _greedy_decode_static(model, prompt: torch.Tensor, l: int, stop: _EosStop | 
                 logits_to_keep=1)
     generated = torch.empty((batch, l), dtype=torch.long, device=prompt.device)
     state = _StopState(stop, batch, l, prompt.device) if stop is not None else None
-    next_token = first_argmax(out.logits[:, -1])
+    gaps = _DecisionGaps(batch, l, prompt.device)
+    next_token = gaps.decide(out.logits[:, -1], 0, state)
     for position in range(l):
         if position > 0:
             if compiled:
@@ -454,8 +518,8 @@ def _greedy_decode_static(model, prompt: torch.Tensor, l: int, stop: _EosStop | 
             else:
                 logits = model(input_ids=next_token[:, None], attention_mask=filled[:, :k + position],
                                past_key_values=cache, use_cache=True).logits
-            next_token = first_argmax(logits[:, -1])
+            next_token = gaps.decide(logits[:, -1], position, state)
         if state is not None:
             next_token = state.apply(next_token, position)
         generated[:, position] = next_token
-    return generated, (state.produced if state is not None else None)
+    return generated, (state.produced if state is not None else None), gaps.gaps

@@ -8,7 +8,7 @@
     memsweep show OUTPUT [--ckpt C] [--chunk J] [--top N] [--source S] [--full-match] [--min-prefix K]
                          [--min-exposures N] [--max-exposures N] [--sort memorized|exposures]
     memsweep report OUTPUT [--out DIR] [--chunks 0,3,7] [--labels LABELS [--split S]] [--smaller OTHER_OUTPUT ...]
-    memsweep compare OUTPUT LABELS [--split S] [--revision R] [--checkpoint N] [--format text|json]
+    memsweep compare OUTPUT LABELS [--split S] [--revision R] [--checkpoint N] [--tie-margin M] [--format text|json]
     memsweep serve OUTPUT [--host 127.0.0.1] [--port 8765]
     memsweep demo [--output DIR] [--smaller]
 
@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("output", type=Path, help="a sweep's output directory")
     _labels_arguments(compare, "labels")
     compare.add_argument("--checkpoint", type=int, help="only this checkpoint (default: every landed one)")
+    compare.add_argument("--tie-margin", type=float, default=None,
+                         help="a decision margin (top-1 minus top-2 logit at a deciding greedy position) under this "
+                              "counts as a near-tie (default 1.0: 8 bf16 ulps of a top logit between 16 and 32)")
     compare.add_argument("--format", choices=["text", "json"], default="text",
                          help="text (a table), or json: one object with the counts, precision, recall and the data "
                               "mismatches, for scripts")
@@ -400,12 +403,14 @@ def _labels_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 def _compare(args: argparse.Namespace) -> int:
     import json
 
-    from sweep.analysis.label_agreement import compare_labels
+    from sweep.analysis.label_agreement import DEFAULT_TIE_MARGIN, compare_labels
     from sweep.data.published_labels import read_labels
     from sweep.landed.reader import open_output
 
     landed = open_output(args.output)
-    comparison = compare_labels(landed, read_labels(args.labels, args.split, args.revision), args.checkpoint)
+    tie_margin = DEFAULT_TIE_MARGIN if args.tie_margin is None else args.tie_margin
+    comparison = compare_labels(landed, read_labels(args.labels, args.split, args.revision), args.checkpoint,
+                                tie_margin)
     print(json.dumps(comparison.to_json(), indent=2) if args.format == "json" else comparison.describe())
     return 0 if comparison.data_matches else 1
 

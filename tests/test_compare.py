@@ -14,6 +14,7 @@ purpose. A Hub dataset laid out as the Hub lays out pushed Parquet splits is ser
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -27,12 +28,11 @@ import pytest
 from sweep.analysis.label_agreement import CompareError, compare_labels, stream_positions
 from sweep.cli import main
 from sweep.data.published_labels import LabelsError, read_labels, split_files
-from sweep.landed.reader import open_output
-from sweep.landed.reader import LandedOutput
+from sweep.landed.reader import LandedOutput, open_output
 from sweep.run.driver import run_sweep
 from sweep.spec import load_spec
-from tests.hub_world import apply_hub_client_env, commit_files, hub_client_env, serve_hub
 from tests.census_world import LAST_CKPT
+from tests.hub_world import apply_hub_client_env, commit_files, hub_client_env, serve_hub
 from tests.stream_world import CHUNKS, K, L, PER_CHUNK
 from tests.sweeps import write_spec
 
@@ -101,7 +101,74 @@ def test_labels_that_are_memsweeps_own_agree_fully_in_both_forms(outputs, name, 
         assert row["precision"] == row["recall"] == 1.0
     main(["compare", str(output), str(labels), "--checkpoint", str(LAST_CKPT[name])])
     text = capsys.readouterr().out
-    assert "all equal" in text and "100.0%" in text and "near-ties: not recorded" in text
+    assert "all equal" in text and "100.0%" in text and "near-ties: decision margin" in text
+    assert result["near_ties"]["margins"] == decided.height  # every covered sequence has its margin
+    assert result["near_ties"]["near_ties_only_memsweep"] == result["near_ties"]["near_ties_only_labels"] == 0
+
+
+def landed_margins(output: Path, name: str) -> pl.DataFrame:
+    """index, full_match, margin (the landed decision_margin) of every sequence of the output at its last checkpoint."""
+    landed = open_output(output)
+    margins = (landed.sequences(LAST_CKPT[name]).select("chunk", "row", pl.col("decision_margin").alias("margin"))
+               .collect())
+    return memsweep_decisions(output, name).join(margins, on=["chunk", "row"])
+
+
+def test_near_ties_among_planted_disagreements_are_counted_exactly(outputs, tmp_path, capsys):
+    """Labels flip two memorized sequences nearest a tie and the one farthest, and the unmemorized sequence nearest
+    a tie and the one farthest: under a tie margin between them, 2 of the 3 and 1 of the 2 are near-ties."""
+    name = "megatron"
+    output, world = outputs[0][name], outputs[1]
+    decided = landed_margins(output, name).sort("margin")
+    assert decided["margin"].null_count() == 0 and decided["margin"].n_unique() > 10
+    memorized, not_memorized = decided.filter("full_match"), decided.filter(~pl.col("full_match"))
+    near = memorized["margin"][:2].to_list() + not_memorized["margin"][:1].to_list()
+    far = memorized["margin"][-1:].to_list() + not_memorized["margin"][-1:].to_list()
+    assert max(near) < min(far), (near, far)  # the world has margins to tell them apart
+    tie_margin = (max(near) + min(far)) / 2
+    flipped = memorized["index"][:2].to_list() + memorized["index"][-1:].to_list() + \
+        not_memorized["index"][:1].to_list() + not_memorized["index"][-1:].to_list()
+    sample = decided.with_columns(full_match=pl.col("full_match") ^ pl.col("index").is_in(flipped))
+    status, result = compare_json(capsys, output, labelled_sample(sample, world, tmp_path / "sample.parquet"),
+                                  "--tie-margin", str(tie_margin), "--checkpoint", str(LAST_CKPT[name]))
+    [row] = result["checkpoints"]
+    assert status == 0 and (row["only_memsweep"], row["only_labels"]) == (3, 2)
+    assert (row["near_ties_only_memsweep"], row["near_ties_only_labels"]) == (2, 1)
+    assert row["margins"] == decided.height and row["near_ties"] == int((decided["margin"] < tie_margin).sum())
+    assert result["near_ties"] == {"tie_margin": tie_margin, "margins": decided.height, "near_ties": row["near_ties"],
+                                   "near_ties_only_memsweep": 2, "near_ties_only_labels": 1}
+    main(["compare", str(output), str(tmp_path / "sample.parquet"), "--tie-margin", str(tie_margin),
+          "--checkpoint", str(LAST_CKPT[name])])
+    assert f"{'2/3':>18} {'1/2':>16}" in capsys.readouterr().out
+
+
+def landed_before_margins(output: Path, copy: Path) -> Path:
+    """A copy of `output` as memsweep landed it before it recorded decision margins: its sequences files without the
+    `decision_margin` column, their ledger records (bytes, sha256) to match."""
+    shutil.copytree(output, copy)
+    for ledger in (copy / "ledger").glob("ckpt=*.json"):
+        entry = json.loads(ledger.read_text())
+        for pair in entry["files"]:
+            record = pair["sequences"]
+            path = copy / record["path"]
+            pl.read_parquet(path).drop("decision_margin").write_parquet(path)
+            record.update(bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+        ledger.write_text(json.dumps(entry, indent=1) + "\n")
+    return copy
+
+
+def test_an_output_landed_before_margins_compares_with_near_ties_not_recorded(outputs, tmp_path, capsys):
+    name = "jsonl"
+    output, world = outputs[0][name], outputs[1]
+    old = landed_before_margins(output, tmp_path / "old")
+    decided = memsweep_decisions(old, name)
+    labels = labelled_sample(decided, world, tmp_path / "sample.parquet")
+    status, result = compare_json(capsys, old, labels, "--checkpoint", str(LAST_CKPT[name]))
+    [row] = result["checkpoints"]
+    assert status == 0 and row["both"] == int(decided["full_match"].sum()) and row["margins"] == 0
+    assert result["near_ties"] is None and row["near_ties"] is None and "not recorded" in result["near_ties_note"]
+    main(["compare", str(old), str(labels)])
+    assert "near-ties: not recorded" in capsys.readouterr().out
 
 
 def test_planted_disagreements_are_counted_exactly(outputs, tmp_path, capsys):
@@ -191,7 +258,9 @@ def test_the_report_holds_the_comparison(outputs, tmp_path):
     page = write_report(output, tmp_path / "report", labels=labels).read_text()
     section = page[page.index("<h2>Against published labels</h2>"):]
     assert "All equal." in section and "<th>only_memsweep</th>" in section
-    assert compare_labels(open_output(output), labels, LAST_CKPT[name]).checkpoints[0].both == int(decided["full_match"].sum())
+    assert "Near-ties: covered sequences whose decision margin" in section and "<th>near_ties_only_labels</th>" in section
+    assert compare_labels(open_output(output), labels, LAST_CKPT[name]).checkpoints[0].both == \
+        int(decided["full_match"].sum())
 
 
 def test_split_files_follow_the_hubs_layouts():

@@ -181,8 +181,8 @@ def test_a_compiled_static_decode_keeps_no_model_alive(sequences, monkeypatch):
         checkpoint = LlamaForCausalLM(tiny_llama_config(VOCAB)).eval()
         gone = weakref.ref(checkpoint)
         with torch.inference_mode():
-            generated, _ = scoring._greedy_decode_static(checkpoint, sequences[:8, :K], L, None, compiled=True)
-            eager, _ = scoring._greedy_decode_static(checkpoint, sequences[:8, :K], L, None, compiled=False)
+            generated, _, _ = scoring._greedy_decode_static(checkpoint, sequences[:8, :K], L, None, compiled=True)
+            eager, _, _ = scoring._greedy_decode_static(checkpoint, sequences[:8, :K], L, None, compiled=False)
         assert torch.equal(generated, eager)
         del checkpoint, generated, eager
         gc.collect()

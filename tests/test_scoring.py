@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 
-from actors.scoring import BatchScores, ScoringOptions, first_argmax, pick_batch_size, score_batch
+from actors.scoring import (BatchScores, ScoringOptions, argmax_and_margin, first_argmax, pick_batch_size,
+                            score_batch)
 from tests.tiny_lm import EOS_ID, make_sequences, train_memorizing_llama
 
 K, L = 12, 12  # L is not a multiple of 8, so the packed mask's padding bits are exercised
@@ -36,21 +38,24 @@ def model(sequences):
     return train_memorizing_llama(sequences[:N_TRAINED], VOCAB, steps=20, seed=0)
 
 
-def hf_generate(model, tokens: torch.LongTensor, eos_token_id: int | None) -> torch.LongTensor:
-    """HF generate's l new tokens, int64[B, L]; positions it never produced (early stop) hold -1.
-
-    The model's own generation config is edited (and restored): generate fills a passed config's
-    None fields from the model's defaults, so eos_token_id=None only sticks there.
-    """
+@contextmanager
+def generation_eos(model, eos_token_id: int | None):
+    """The model's own generation config with `eos_token_id`, restored after: generate fills a passed config's None
+    fields from the model's defaults, so eos_token_id=None only sticks there."""
     original = model.generation_config
     model.generation_config = copy.deepcopy(original)
     model.generation_config.eos_token_id = eos_token_id
     try:
-        with torch.no_grad():
-            out = model.generate(tokens[:, :K], attention_mask=torch.ones_like(tokens[:, :K]), do_sample=False,
-                                 num_beams=1, max_new_tokens=L)
+        yield
     finally:
         model.generation_config = original
+
+
+def hf_generate(model, tokens: torch.LongTensor, eos_token_id: int | None) -> torch.LongTensor:
+    """HF generate's l new tokens, int64[B, L]; positions it never produced (early stop) hold -1."""
+    with generation_eos(model, eos_token_id), torch.no_grad():
+        out = model.generate(tokens[:, :K], attention_mask=torch.ones_like(tokens[:, :K]), do_sample=False,
+                             num_beams=1, max_new_tokens=L)
     generated = torch.full((tokens.shape[0], L), -1, dtype=torch.long)
     generated[:, : out.shape[1] - K] = out[:, K:]
     return generated
@@ -131,6 +136,50 @@ def test_first_argmax_equals_torch_argmax_on_ties_tails_and_nan():
         assert torch.equal(first_argmax(with_nan), with_nan.argmax(-1))
 
 
+def test_argmax_and_margin_equal_argmax_and_topk_on_ties_tails_and_infinities():
+    generator = torch.Generator().manual_seed(1)
+    for vocab in (4096, 32000, 32001, 50257):
+        logits = torch.randn((8, vocab), generator=generator)
+        top = logits.max() + 1
+        logits[0, [7, 300]] = top  # an exact tie across blocks: margin 0
+        logits[1, [300, 301]] = top  # ... inside one block
+        logits[2, [vocab - 1]] = top  # the maximum in the last (maybe short) block: its repeats are no runner-up
+        logits[3, [vocab - 2]], logits[3, [vocab - 1]] = top, top - 0.5  # runner-up in the same short block
+        logits[4] = float("-inf")  # all equal
+        logits[5, 0], logits[5, vocab // 2] = top, top - 0.25  # runner-up in another block
+        logits[6, 1000:] = top  # a run of ties ending at the last column
+        for variant in (logits, logits.half(), logits.bfloat16(), logits.reshape(2, 4, vocab)):
+            index, margin = argmax_and_margin(variant)
+            top2 = variant.topk(2, dim=-1).values.float()
+            assert torch.equal(index, variant.argmax(-1)), (vocab, variant.dtype)
+            torch.testing.assert_close(margin, top2[..., 0] - top2[..., 1], rtol=0, atol=0, equal_nan=True)
+            assert margin.dtype == torch.float32
+        assert argmax_and_margin(logits)[1][[0, 1, 6]].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("block", [None, 5])  # None: torch's topk (the tiny vocabulary); 5: the CPU block path
+def test_decision_margin_equals_hf_generates_scores(model, sequences, monkeypatch, block):
+    """The margin is the smallest top-1 minus top-2 of generate's own scores (output_scores: the logits of each
+    step) over the positions up to and at the first mismatch; extractable mode gives the same from one pass."""
+    if block is not None:
+        monkeypatch.setattr("actors.scoring.ARGMAX_BLOCK", block)
+        monkeypatch.setattr("actors.scoring.ARGMAX_MIN_VOCAB", VOCAB)
+    with generation_eos(model, None), torch.no_grad():
+        out = model.generate(sequences[:, :K], attention_mask=torch.ones_like(sequences[:, :K]), do_sample=False,
+                             num_beams=1, max_new_tokens=L, output_scores=True, return_dict_in_generate=True)
+    top2 = torch.stack(out.scores, dim=1).topk(2, dim=-1).values  # [B, L, 2]
+    gaps = (top2[..., 0] - top2[..., 1]).numpy()
+    _, prefix, _ = expected_from_generated(out.sequences[:, K:], sequences)
+    deciding = np.arange(L)[None, :] <= prefix[:, None]
+    expected = np.where(deciding, gaps, np.inf).min(1)
+    assert (expected > gaps.min(1)).any()  # positions past the first miss are left out
+    assert np.ptp(expected) > 1.0  # near and far decisions both
+    for options in (greedy(), greedy(nll=True), greedy(mode="extractable")):
+        scores = score_batch(model, sequences, options)
+        assert scores.decision_margin.dtype == np.float32
+        np.testing.assert_allclose(scores.decision_margin, expected, rtol=1e-4, atol=1e-4, err_msg=str(options))
+
+
 def test_models_without_a_plain_head_go_through_their_own_forward(model, sequences, monkeypatch):
     """Unknown model types may scale or soft-cap logits inside forward: the kernel must not bypass it."""
     modes = {"greedy": greedy(), "nll": greedy(nll=True), "extractable": greedy(mode="extractable")}
@@ -160,11 +209,11 @@ def test_static_cache_decode_loop_equals_hf_generate(model, sequences):
     with torch.inference_mode():
         for offset in (0, 24):  # same shape: the second batch reuses the first's cache
             half = sequences[offset:offset + 24]
-            generated, produced = _greedy_decode_static(model, half[:, :K], L, None, compiled=False)
+            generated, produced, _ = _greedy_decode_static(model, half[:, :K], L, None, compiled=False)
             assert produced is None
             np.testing.assert_array_equal((generated == half[:, K:]).numpy(), hits[offset:offset + 24])
         stop = _EosStop.from_model(model, EOS_ID, None, torch.device("cpu"))
-        generated, produced = _greedy_decode_static(model, sequences[:, :K], L, stop, compiled=False)
+        generated, produced, _ = _greedy_decode_static(model, sequences[:, :K], L, stop, compiled=False)
     reference = score_batch(model, sequences, greedy(eos="reference"))
     np.testing.assert_array_equal(unpack(reference.match_mask), ((generated == sequences[:, K:]) & produced).numpy())
 
@@ -177,6 +226,7 @@ def test_results_do_not_depend_on_batch_size(model, sequences):
         for name in ("matches", "prefix_match", "full_match", "match_mask"):
             np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name), err_msg=f"{name} batch {batch}")
         np.testing.assert_allclose(parts.nll, whole.nll, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(parts.decision_margin, whole.decision_margin, rtol=1e-5, atol=1e-5)
 
 
 def test_extractable_equals_greedy(model, sequences):
@@ -208,6 +258,13 @@ def test_reference_eos_policy_equals_hf_generate(model, sequences):
     assert stopped_early >= 1  # the "missing positions are mismatches" rule was exercised
     reference = score_batch(model, sequences, greedy(eos="reference"))
     assert (reference.matches != ordinary.matches).any()
+    # the margin counts only argmax decisions: the same as the ordinary policy's where the rows decided alike (no EOS
+    # up to the first mismatch, found at the same place); a forced pad never counts, and position 0 always decides
+    assert np.isfinite(reference.decision_margin).all()
+    eos_decided = ((reference.generated == EOS_ID) & (np.arange(L)[None, :] <= reference.prefix_match[:, None])).any(1)
+    alike = ~eos_decided & (reference.prefix_match == ordinary.prefix_match)
+    assert alike.sum() >= 10
+    np.testing.assert_allclose(reference.decision_margin[alike], ordinary.decision_margin[alike], rtol=1e-6)
 
 
 def test_reference_pads_with_explicit_pad_token(model, sequences):

@@ -37,7 +37,7 @@ SEQUENCE_COLUMNS = {
     "ckpt": pl.Int32, "chunk": pl.Int32, "row": pl.Int64, "index": pl.Int64, "source": pl.String, "seen": pl.Boolean,
     "matches": pl.Int16,
     "score": pl.Float32, "full_match": pl.Boolean, "prefix_match": pl.Int16, "match_mask": pl.Binary,
-    "nll": pl.Float32, "tf_accuracy": pl.Float32, "generated": pl.List(pl.UInt32),
+    "nll": pl.Float32, "tf_accuracy": pl.Float32, "generated": pl.List(pl.UInt32), "decision_margin": pl.Float32,
 }
 CELL_COLUMNS = {
     "ckpt": pl.Int32, "chunk": pl.Int32, "n": pl.Int32, "score": pl.Float64, "full_match_rate": pl.Float64,
@@ -844,7 +844,8 @@ def test_id_ranges_round_trip_and_stay_short():
 
 def test_an_output_landed_before_the_stream_columns_still_opens(tmp_path):
     """Files without `index`, `seen` (sequences) and `seen_fraction` (cells), as every output landed before issue 22
-    has them: they read as typed nulls, and seen follows the only timeline such an output can have (chunk <= ckpt)."""
+    has them, and without `decision_margin`, as before issue 23: they read as typed nulls, and seen follows the only
+    timeline such an output can have (chunk <= ckpt)."""
     import hashlib
 
     store = new_store(tmp_path / "out")
@@ -855,7 +856,7 @@ def test_an_output_landed_before_the_stream_columns_still_opens(tmp_path):
         pairs = []
         for pair in ledger.files:
             records = {}
-            for table, dropped in (("sequences", ["index", "seen"]), ("cells", ["seen_fraction"])):
+            for table, dropped in (("sequences", ["index", "seen", "decision_margin"]), ("cells", ["seen_fraction"])):
                 record = pair.record(table)
                 path = tmp_path / "out" / record.path
                 pl.read_parquet(path).drop(dropped).write_parquet(path)
@@ -868,7 +869,7 @@ def test_an_output_landed_before_the_stream_columns_still_opens(tmp_path):
     output = open_output(tmp_path / "out")
     sequences, cells = output.sequences().collect(), output.cells().collect()
     assert dict(sequences.schema) == SEQUENCE_COLUMNS and dict(cells.schema) == CELL_COLUMNS
-    assert sequences["index"].null_count() == sequences.height
+    assert sequences["index"].null_count() == sequences["decision_margin"].null_count() == sequences.height
     assert sequences["seen"].to_list() == (sequences["chunk"] <= sequences["ckpt"]).to_list()
     assert cells.sort("ckpt", "chunk")["seen_fraction"].to_list() == [1.0, 0.0, 1.0]
     assert verify_output(tmp_path / "out").ok

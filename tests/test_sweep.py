@@ -59,6 +59,7 @@ def test_sweep_lands_what_the_kernel_computes(clean_run, world):
             assert np.allclose(got["score"].to_numpy(), direct.matches / L)
             assert np.allclose(got["nll"].to_numpy(), direct.nll, atol=1e-5)
             assert got["generated"].to_list() == direct.generated.tolist()  # what the model said, kept
+            np.testing.assert_allclose(got["decision_margin"].to_numpy(), direct.decision_margin, atol=1e-4)
             cell = cells.filter((pl.col("ckpt") == ckpt) & (pl.col("chunk") == chunk)).row(0, named=True)
             assert cell["n"] == SAMPLES and cell["seen"] == (chunk <= ckpt)
             assert cell["score"] == pytest.approx(float(np.mean(direct.matches / L)), abs=1e-6)

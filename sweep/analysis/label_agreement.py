@@ -19,11 +19,15 @@ Where a sequence sits on the stream. A Megatron or numpy output lands its global
 output (Amber, K2, the demo) has none: chunk file c's row r is taken to be at position (rows of files 0..c-1) + r,
 the order the files are trained in. The row counts of the earlier files are known to the output when each was
 either scanned for exposure counts (the scan records the file's lines) or sampled whole (a probe set with fewer rows
-than `samples_per_chunk` asked for holds every row of its file; a census cell holds its file's `n` rows); otherwise compare refuses, naming the first file
-whose count it lacks.
+than `samples_per_chunk` asked for holds every row of its file; a census cell holds its file's `n` rows); otherwise compare refuses, naming the first
+file whose count it lacks.
 
-Near-ties: nothing landed says how close a greedy decision was (the kernel keeps no logit margins), so the sequences
-on a near-tie cannot be named; `Agreement.near_ties` says so rather than guess.
+Near-ties. The kernel lands each sequence's `decision_margin`: the smallest top-1 minus top-2 logit gap (nats) over
+the greedy decisions that decide `full_match` (actors/scoring.py). A sequence whose margin is under `tie_margin` sits
+on a near-tie: the other dtype's rounding could have flipped its decision. Of the disagreements, those on a near-tie
+are expected numerics (Biderman et al. ran fp16 HF generate, memsweep usually bf16); one far from a tie is a real
+difference worth a look. Cells landed before the margin was recorded hold nulls: their sequences count as
+"not recorded", never as far from a tie.
 """
 
 from __future__ import annotations
@@ -41,7 +45,11 @@ MISMATCHES_NAMED = 20  # the data mismatches the text names one by one (all are 
 CENSUS_READ_ROWS = 65_536  # labelled sequences of a census read from its source at a time: 65,536 x 64 ids
 MISMATCH_SCHEMA = {"index": pl.Int64, "chunk": pl.Int32, "row": pl.Int64, "offset": pl.Int32, "published": pl.Int64,
                    "landed": pl.Int64}
-NEAR_TIES_UNKNOWN = "not recorded: the output keeps no logit margins, so no decision is known to sit on a near-tie"
+NEAR_TIES_UNKNOWN = ("not recorded: the cells were landed before memsweep recorded decision margins, so no decision "
+                     "is known to sit on a near-tie")
+# 8 bf16 ulps of a top logit between 16 and 32 (bf16 keeps 8 significant bits: a multiple of 0.125 there), the rule
+# benchmarks/token_agreement.py uses for flips a batch size or kernel change can cause (NEAR_TIE_ULPS); docs/cli.md
+DEFAULT_TIE_MARGIN = 1.0
 
 
 class CompareError(MemsweepError):
@@ -58,6 +66,10 @@ class CheckpointAgreement:
     only_memsweep: int
     only_labels: int
     neither: int
+    margins: int = 0  # covered sequences whose decision margin is recorded (0: landed before it was)
+    near_ties: int = 0  # ... under the tie margin
+    near_ties_only_memsweep: int = 0  # the disagreements among them
+    near_ties_only_labels: int = 0
 
     @property
     def precision(self) -> float | None:
@@ -74,7 +86,9 @@ class CheckpointAgreement:
     def to_json(self) -> dict:
         return {"ckpt": self.ckpt, "covered": self.covered, "both": self.both, "only_memsweep": self.only_memsweep,
                 "only_labels": self.only_labels, "neither": self.neither, "precision": self.precision,
-                "recall": self.recall}
+                "recall": self.recall, "margins": self.margins,
+                **{name: getattr(self, name) if self.margins else None
+                   for name in ("near_ties", "near_ties_only_memsweep", "near_ties_only_labels")}}
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,16 @@ class LabelComparison:
     checked: int  # labelled sequences the output also holds, whose tokens were compared
     mismatches: pl.DataFrame  # index, chunk, row, offset (first differing id), published, landed (ids at offset)
     checkpoints: list[CheckpointAgreement] = field(default_factory=list)  # empty while there are mismatches
+    tie_margin: float = DEFAULT_TIE_MARGIN  # a decision margin under this (logits, nats) is a near-tie
+
+    def near_ties(self) -> dict | None:
+        """The near-tie counts over every compared checkpoint, or None where no covered sequence has a margin."""
+        margins = sum(row.margins for row in self.checkpoints)
+        if not margins:
+            return None
+        return {"tie_margin": self.tie_margin, "margins": margins,
+                **{name: sum(getattr(row, name) for row in self.checkpoints)
+                   for name in ("near_ties", "near_ties_only_memsweep", "near_ties_only_labels")}}
 
     @property
     def data_matches(self) -> bool:
@@ -98,7 +122,8 @@ class LabelComparison:
                 "checked": self.checked, "data_mismatches": self.mismatches.height,
                 "mismatches": self.mismatches.to_dicts(),
                 "checkpoints": [agreement.to_json() for agreement in self.checkpoints] if self.data_matches else None,
-                "near_ties": None, "near_ties_note": NEAR_TIES_UNKNOWN}
+                "tie_margin": self.tie_margin, "near_ties": self.near_ties(),
+                "near_ties_note": None if self.near_ties() else NEAR_TIES_UNKNOWN}
 
     def describe(self) -> str:
         lines = [f"output: {self.output}", f"labels: {self.labels}", f"positions: {self.positions}",
@@ -119,7 +144,20 @@ class LabelComparison:
         for row in self.checkpoints:
             lines.append(f"{row.ckpt:>6} {row.covered:>9,} {row.both:>8,} {row.only_memsweep:>9,} "
                          f"{row.only_labels:>8,} {row.neither:>9,} {_rate(row.precision):>9} {_rate(row.recall):>7}")
-        lines.append(f"near-ties: {NEAR_TIES_UNKNOWN}")
+        if self.near_ties() is None:
+            lines.append(f"near-ties: {NEAR_TIES_UNKNOWN}")
+            return "\n".join(lines)
+        lines += ["", f"near-ties: decision margin (top-1 minus top-2 logit at a deciding position) under "
+                      f"{self.tie_margin:g}; a disagreement on one is expected numerics, one far from a tie a real "
+                      "difference",
+                  f"{'ckpt':>6} {'margins':>9} {'near-ties':>10} {'memsweep near/all':>18} {'labels near/all':>16}"]
+        for row in self.checkpoints:
+            if not row.margins:
+                lines.append(f"{row.ckpt:>6} {'not recorded':>9}")
+                continue
+            lines.append(f"{row.ckpt:>6} {row.margins:>9,} {row.near_ties:>10,} "
+                         f"{f'{row.near_ties_only_memsweep:,}/{row.only_memsweep:,}':>18} "
+                         f"{f'{row.near_ties_only_labels:,}/{row.only_labels:,}':>16}")
         return "\n".join(lines)
 
 
@@ -127,14 +165,19 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def compare_labels(landed: LandedOutput, labels: PublishedLabels, checkpoint: int | None = None) -> LabelComparison:
-    """The data check, then (if it passed) the agreement at `checkpoint`, or at every landed checkpoint."""
+def compare_labels(landed: LandedOutput, labels: PublishedLabels, checkpoint: int | None = None,
+                   tie_margin: float = DEFAULT_TIE_MARGIN) -> LabelComparison:
+    """The data check, then (if it passed) the agreement at `checkpoint`, or at every landed checkpoint, with the
+    sequences whose decision margin is under `tie_margin` (logits) counted as near-ties."""
+    if not tie_margin >= 0:
+        raise CompareError(f"tie margin {tie_margin}: expected a number of logits, 0 or more")
     positions, how = stream_positions(landed)
     if is_census(landed):
         checked, mismatches = census_data_mismatches(landed, positions, labels.frame)
     else:
         checked, mismatches = data_mismatches(positions, labels.frame)
-    comparison = LabelComparison(str(landed.path), labels.describe(), labels.form, how, checked, mismatches)
+    comparison = LabelComparison(str(landed.path), labels.describe(), labels.form, how, checked, mismatches,
+                                 tie_margin=tie_margin)
     if not comparison.data_matches:
         return comparison
     ckpts = sorted(ckpt for ckpt, ledger in landed.ledgers.checkpoints.items() if ledger.files)
@@ -146,7 +189,8 @@ def compare_labels(landed: LandedOutput, labels: PublishedLabels, checkpoint: in
     if not ckpts:
         raise CompareError(f"{landed.path}: no landed cells")
     rows = [row for ckpt in ckpts
-            for row in agreement_table(decisions(landed, positions, ckpt), labels.frame, labels.form).iter_rows(named=True)]
+            for row in agreement_table(decisions(landed, positions, ckpt), labels.frame, labels.form,
+                                       tie_margin).iter_rows(named=True)]
     return LabelComparison(**{**comparison.__dict__, "checkpoints": [CheckpointAgreement(**row) for row in rows]})
 
 
@@ -269,25 +313,34 @@ def data_mismatches(positions: pl.LazyFrame, labels: pl.DataFrame) -> tuple[int,
 
 def decisions(landed: LandedOutput, positions: pl.LazyFrame, ckpt: int) -> pl.LazyFrame:
     """memsweep's decision on every sequence of checkpoint `ckpt` (its partition alone is read): `ckpt`, `index`,
-    `memorized` (full_match)."""
-    return (landed.sequences(ckpt).select("ckpt", "chunk", "row", pl.col("full_match").alias("memorized"))
+    `memorized` (full_match), `margin` (decision_margin; null where not recorded)."""
+    return (landed.sequences(ckpt).select("ckpt", "chunk", "row", pl.col("full_match").alias("memorized"),
+                                          pl.col("decision_margin").alias("margin"))
             .join(positions.select("chunk", "row", "index"), on=["chunk", "row"], how="inner")
-            .select("ckpt", "index", "memorized"))
+            .select("ckpt", "index", "memorized", "margin"))
 
 
-def agreement_table(decided: pl.LazyFrame, labels: pl.DataFrame, form: str) -> pl.DataFrame:
-    """One row per checkpoint: `ckpt`, `covered`, `both`, `only_memsweep`, `only_labels`, `neither`, from memsweep's
-    `decided` (ckpt, index, memorized) and the labels (index, is_memorized) of `form` (see the module docstring).
-    Streams: only the counts are held."""
+def agreement_table(decided: pl.LazyFrame, labels: pl.DataFrame, form: str,
+                    tie_margin: float = DEFAULT_TIE_MARGIN) -> pl.DataFrame:
+    """One row per checkpoint: `ckpt`, `covered`, `both`, `only_memsweep`, `only_labels`, `neither`, then `margins`
+    (covered sequences with a recorded margin), `near_ties` (margin under `tie_margin`) and the near-ties among the
+    disagreements, `near_ties_only_memsweep` and `near_ties_only_labels`; from memsweep's `decided` (ckpt, index,
+    memorized, margin) and the labels (index, is_memorized) of `form` (see the module docstring). Streams: only the
+    counts are held."""
     published = labels.lazy().select("index", pl.col("is_memorized").alias("published"))
     if form == "memorized-only":
         joined = decided.join(published, on="index", how="left").with_columns(pl.col("published").fill_null(False))
     else:
         joined = decided.join(published, on="index", how="inner")
     ours, theirs = pl.col("memorized"), pl.col("published")
+    near = (pl.col("margin") < tie_margin).fill_null(False)  # not recorded: never a near-tie
     return (joined.group_by("ckpt").agg(
         covered=pl.len().cast(pl.Int64),
         both=(ours & theirs).sum().cast(pl.Int64),
         only_memsweep=(ours & ~theirs).sum().cast(pl.Int64),
         only_labels=(~ours & theirs).sum().cast(pl.Int64),
-        neither=(~ours & ~theirs).sum().cast(pl.Int64)).sort("ckpt").collect(engine="streaming"))
+        neither=(~ours & ~theirs).sum().cast(pl.Int64),
+        margins=pl.col("margin").is_not_null().sum().cast(pl.Int64),
+        near_ties=near.sum().cast(pl.Int64),
+        near_ties_only_memsweep=(near & ours & ~theirs).sum().cast(pl.Int64),
+        near_ties_only_labels=(near & ~ours & theirs).sum().cast(pl.Int64)).sort("ckpt").collect(engine="streaming"))

@@ -34,10 +34,13 @@ SEQUENCE_SCHEMA: dict[str, pl.DataType] = {
     "nll": pl.Float32(),  # mean teacher-forced NLL of the true continuation, nats/token
     "tf_accuracy": pl.Float32(),  # teacher-forced next-token accuracy
     "generated": pl.List(pl.UInt32()),  # the model's l greedy tokens (memorization.keep_generated)
+    # the smallest top-1 minus top-2 logit gap (nats) over the decisions up to and at the first mismatch: how near
+    # `full_match` / `prefix_match` are to a flip; null in cells landed before it was recorded
+    "decision_margin": pl.Float32(),
 }
 # Columns a caller may leave out; they land as nulls.
 OPTIONAL_SEQUENCE_COLUMNS = frozenset({"index", "seen", "matches", "score", "match_mask", "nll", "tf_accuracy",
-                                       "generated"})
+                                       "generated", "decision_margin"})
 
 CELL_SCHEMA: dict[str, pl.DataType] = {
     "chunk": pl.Int32(),
@@ -241,6 +244,7 @@ def score_columns(scores: BatchScores, continuation_len: int) -> dict[str, pl.Se
         "tf_accuracy": column(scores.tf_accuracy, pl.Float32),
         "generated": (pl.Series(generated.astype(np.uint32)).reshape(generated.shape).cast(pl.List(pl.UInt32))
                       if generated is not None else pl.lit(None, pl.List(pl.UInt32))),
+        "decision_margin": column(scores.decision_margin, pl.Float32),
     }
 
 

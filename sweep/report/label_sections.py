@@ -26,9 +26,18 @@ def label_sections(landed: LandedOutput, labels: PublishedLabels) -> list[Sectio
         return [section]
     section.notes[-1] += " All equal."
     section.notes.append("Memorized by both, only by memsweep (full_match), only by the labels, or by neither, on the "
-                         "sequences both cover; precision and recall of memsweep's memorized set against the labels'. "
-                         f"Near-ties: {NEAR_TIES_UNKNOWN}.")
+                         "sequences both cover; precision and recall of memsweep's memorized set against the labels'.")
+    if comparison.near_ties() is None:
+        section.notes.append(f"Near-ties: {NEAR_TIES_UNKNOWN}.")
+    else:
+        section.notes.append(
+            f"Near-ties: covered sequences whose decision margin (the top-1 minus top-2 logit at a greedy position "
+            f"that decides full_match) is under {comparison.tie_margin:g} (`memsweep compare --tie-margin`); "
+            "near_ties_only_memsweep and near_ties_only_labels are the disagreements among them, expected numerics "
+            "(the reference ran fp16), while a disagreement far from a tie is a real difference. margins: the covered "
+            "sequences with a recorded margin (cells landed before it was recorded have none).")
     table = pl.DataFrame([row.to_json() for row in comparison.checkpoints]).with_columns(
-        pl.col("precision", "recall").cast(pl.Float64))
+        pl.col("precision", "recall").cast(pl.Float64),
+        pl.col("near_ties", "near_ties_only_memsweep", "near_ties_only_labels").cast(pl.Int64))
     section.tables.append(html_table(table))
     return [section]
