@@ -96,3 +96,27 @@ def stream_family(tmp_path_factory):
     from tests.stream_world import build_stream_family
 
     return build_stream_family(tmp_path_factory.mktemp("stream-family"))
+
+
+@pytest.fixture(scope="session")
+def stream_census(stream_family, tmp_path_factory):
+    """The session's one census of the training stream (tests/test_census.py, tests/test_compare.py): its specs by
+    name, swept once. `jsonl` (Amber's files, ckpt_000 and ckpt_002) and `megatron` (Pythia's layout, steps 4 and 12)
+    score every sequence (`samples_per_chunk: all`); `sampled` is the Megatron stream sampled 12 a chunk; `numpy` is
+    described but not swept (its reading is checked piece by piece). Uses the Ray this process is connected to (a
+    module's), else starts one for the sweeps alone."""
+    from sweep.run.driver import run_sweep
+    from tests.census_world import census_specs
+
+    specs = census_specs(stream_family, tmp_path_factory.mktemp("census"))
+    started = not ray.is_initialized()
+    if started:
+        start_local_ray()
+    try:
+        for name in ("jsonl", "megatron", "sampled"):
+            summary = run_sweep(specs[name], progress=False)
+            assert summary.ok, summary.describe()
+    finally:
+        if started:
+            ray.shutdown()
+    return specs

@@ -1,5 +1,6 @@
 """A census (`data.samples_per_chunk: all`, issue 23): every sequence of each chunk scored, in the stream's order, for
-every format, on the session's training stream (tests/stream_world.py: 96 sequences, 3 chunks of 32).
+every format, on the session's training stream (tests/stream_world.py: 96 sequences, 3 chunks of 32), swept once
+for this file and tests/test_compare.py (tests/conftest.py `stream_census`).
 
 A census lands what a sampled sweep of the same data lands for the rows both hold (the scores are per sequence, so
 sampling must not change them), every row once, `row` the position in the chunk and `index` the stream position; the
@@ -23,46 +24,19 @@ from sweep.data.census import census_chunk
 from sweep.data.stream_chunks import describe_spec_chunks
 from sweep.landed.reader import open_output
 from sweep.run.driver import run_sweep
-from sweep.spec import load_spec
-from tests.stream_world import CHUNKS, K, L, PER_CHUNK, PER_STEP, SEQUENCE_LEN, STEPS_PER_CHUNK
-from tests.sweeps import landed, write_spec
+from tests.census_world import SAMPLED, STEPS
+from tests.stream_world import CHUNKS, K, L, PER_CHUNK, STEPS_PER_CHUNK
+from tests.sweeps import landed
 
 pytestmark = pytest.mark.ray
 
 SCORES = ["matches", "score", "full_match", "prefix_match", "match_mask"]
-STEPS = [4, 12]  # the ends of chunks 0 and 2
-TIMELINE = {"sequences_per_step": PER_STEP, "steps_per_chunk": STEPS_PER_CHUNK}
-
-
-def _spec(tmp_path: Path, name: str, model: Path, data: dict, **extra):
-    steps = {} if "format" not in data else dict(timeline=TIMELINE, checkpoints=STEPS, model={"revision": "step{ckpt}"})
-    return load_spec(write_spec(tmp_path, Path("/unused"), tmp_path / name,
-                                model={"source": str(model), **steps.pop("model", {})},
-                                data={"samples_per_chunk": "all", **data},
-                                memorization={"prompt_len": K, "continuation_len": L, "nll": False},
-                                chunks=f"0-{CHUNKS - 1}", **{"checkpoints": "0,2", **steps, **extra}))
-
-
-def _run(spec) -> None:
-    summary = run_sweep(spec, progress=False)
-    assert summary.ok, summary.describe()
 
 
 @pytest.fixture(scope="module")
-def census(stream_family, module_ray, tmp_path_factory):
-    world, model = stream_family.world, stream_family.model
-    tmp = tmp_path_factory.mktemp("census")
-    formats = {
-        "jsonl": {"source": str(world.jsonl)},
-        "megatron": {"source": str(world.megatron), "format": "megatron", "file": "document"},
-        "numpy": {"source": str(world.numpy), "format": "numpy", "file": "tokens/*.npy", "dtype": "uint16",
-                  "sequence_len": SEQUENCE_LEN, "order": "global_indices.npy"},
-    }
-    specs = {name: _spec(tmp, name, model, data) for name, data in formats.items()}
-    specs["sampled"] = _spec(tmp, "sampled", model, {**formats["megatron"], "samples_per_chunk": 12})
-    for name in ("jsonl", "megatron", "sampled"):  # numpy's reading is checked piece by piece below: the actor's
-        _run(specs[name])                          # path after the read is the same for every format
-    return specs, world
+def census(module_ray, stream_census, stream_family):
+    """(the session census's specs by name, tests/census_world.py; the stream world). Ray first: the rerun needs it."""
+    return stream_census, stream_family.world
 
 
 def test_a_census_scores_every_sequence_once_in_stream_order(census):
@@ -84,7 +58,7 @@ def test_a_census_lands_what_a_sample_lands_for_the_rows_both_hold(census):
     whole = open_output(Path(specs["megatron"].output)).sequences().collect()
     keys = ["ckpt", "chunk", "row", "index", "seen"]
     shared = whole.join(sampled.select(keys), on=keys, how="semi").select(*keys, *SCORES).sort(keys)
-    assert shared.height == sampled.height == len(STEPS) * CHUNKS * 12
+    assert shared.height == sampled.height == len(STEPS) * CHUNKS * SAMPLED
     assert shared.equals(sampled.select(*keys, *SCORES).sort(keys))
 
 

@@ -1,10 +1,11 @@
-"""`memsweep compare` (issue 23, part 2): an output held against published labels in both published forms.
+"""`memsweep compare` (issue 23, part 2): a census held against published labels in both published forms.
 
-The outputs cover every sequence of their chunks: the stream of tests/stream_world.py (3 chunks of 32 sequences)
-swept with `samples_per_chunk: 64`, more than a chunk holds, so the sampler takes every row (in permutation order).
-Once as Pythia's Megatron stream at its last step (the landed `index` is the stream position), once as Amber's JSONL
-files (no `index`: compare places file c's row r after the rows of files 0..c-1, known here because every file was
-sampled whole). The labels files are written here in the published forms (a memorized-only list: `index`, `tokens`,
+The outputs are the session's census of the stream of tests/stream_world.py (3 chunks of 32 sequences, every one
+scored; tests/conftest.py `stream_census`, shared with tests/test_census.py), compared at their last checkpoint. Once
+as Pythia's Megatron stream at step 12 (the landed `index` is the stream position), once as Amber's JSONL files at
+ckpt_002 (no `index`: compare places file c's row r after the rows of files 0..c-1, known from the census cells'
+row counts). A census lands no probe rows, so the data check reads the labelled sequences' tokens again from the
+pinned source. The labels files are written here in the published forms (a memorized-only list: `index`, `tokens`,
 `__index_level_0__`; a labelled sample: `index`, `tokens` uint16, `is_memorized`), their tokens read from the stream
 itself (tests/stream_world.py's sequences, all 40 ids), their decisions memsweep's own, flipped or shifted on
 purpose. A Hub dataset laid out as the Hub lays out pushed Parquet splits is served locally
@@ -27,48 +28,30 @@ import pytest
 from sweep.analysis.label_agreement import CompareError, compare_labels, stream_positions
 from sweep.cli import main
 from sweep.data.published_labels import LabelsError, read_labels, split_files
-from sweep.landed.reader import open_output
+from sweep.landed.reader import LandedOutput, open_output
 from sweep.run.driver import run_sweep
 from sweep.spec import load_spec
+from tests.census_world import LAST_CKPT
 from tests.hub_world import apply_hub_client_env, commit_files, hub_client_env, serve_hub
-from tests.stream_world import CHUNKS, K, L, PER_CHUNK, PER_STEP, STEPS_PER_CHUNK
+from tests.stream_world import CHUNKS, K, L, PER_CHUNK
 from tests.sweeps import write_spec
 
 pytestmark = pytest.mark.ray
 
-WHOLE = 2 * PER_CHUNK  # samples_per_chunk above a chunk's rows: every row is sampled
-LAST_STEP = CHUNKS * STEPS_PER_CHUNK  # step 12: trained on the whole stream (ckpt_002's weights)
 CAN_SERVE_HUB = shutil.which("git") is not None and importlib.util.find_spec("olah") is not None
 
 
 @pytest.fixture(scope="module")
-def outputs(stream_family, module_ray, tmp_path_factory):
-    """{"megatron": output, "jsonl": output}, each covering every sequence of the stream, and the stream world."""
-    world, model = stream_family.world, stream_family.model
-    tmp = tmp_path_factory.mktemp("compare-sweeps")
-    runs = {
-        "megatron": dict(model={"source": str(model), "revision": "step{ckpt}"},
-                         data={"source": str(world.megatron), "format": "megatron", "file": "document"},
-                         timeline={"sequences_per_step": PER_STEP, "steps_per_chunk": STEPS_PER_CHUNK},
-                         checkpoints=[LAST_STEP]),
-        "jsonl": dict(model={"source": str(model)}, data={"source": str(world.jsonl)}, checkpoints=[CHUNKS - 1]),
-    }
-    outputs = {}
-    for name, keys in runs.items():
-        data = {"samples_per_chunk": WHOLE, **keys.pop("data")}
-        spec = load_spec(write_spec(tmp, Path("/unused"), tmp / name, data=data, chunks=f"0-{CHUNKS - 1}",
-                                    memorization={"prompt_len": K, "continuation_len": L, "nll": False}, **keys))
-        summary = run_sweep(spec, progress=False)
-        assert summary.ok, summary.describe()
-        outputs[name] = tmp / name
-    return outputs, world
+def outputs(module_ray, stream_census, stream_family):
+    """({"megatron": output, "jsonl": output}, the stream world): the session's census, every sequence of the stream."""
+    return {name: Path(stream_census[name].output) for name in ("megatron", "jsonl")}, stream_family.world
 
 
-def memsweep_decisions(output: Path) -> pl.DataFrame:
-    """index (the stream position), memorized (full_match) of every landed sequence of the output's checkpoint."""
+def memsweep_decisions(output: Path, name: str) -> pl.DataFrame:
+    """index (the stream position), memorized (full_match) of every sequence of the output at its last checkpoint."""
     landed = open_output(output)
     positions, _ = stream_positions(landed)
-    return (landed.sequences().select("chunk", "row", "full_match").collect()
+    return (landed.sequences(LAST_CKPT[name]).select("chunk", "row", "full_match").collect()
             .join(positions.select("chunk", "row", "index").collect(), on=["chunk", "row"]).sort("index"))
 
 
@@ -93,6 +76,7 @@ def labelled_sample(decided: pl.DataFrame, world, path: Path) -> Path:
 
 
 def compare_json(capsys, output: Path, labels: Path, *flags: str) -> tuple[int, dict]:
+    """`memsweep compare OUTPUT LABELS --format json FLAGS`: (exit status, the object printed)."""
     capsys.readouterr()  # what ran before
     status = main(["compare", str(output), str(labels), "--format", "json", *flags])
     printed = capsys.readouterr()
@@ -103,37 +87,39 @@ def compare_json(capsys, output: Path, labels: Path, *flags: str) -> tuple[int, 
 @pytest.mark.parametrize("name", ["megatron", "jsonl"])
 def test_labels_that_are_memsweeps_own_agree_fully_in_both_forms(outputs, name, tmp_path, capsys):
     output, world = outputs[0][name], outputs[1]
-    decided = memsweep_decisions(output)
+    decided = memsweep_decisions(output, name)
     assert decided.height == CHUNKS * PER_CHUNK and decided["index"].to_list() == list(range(CHUNKS * PER_CHUNK))
     memorized = int(decided["full_match"].sum())
     assert 0 < memorized < decided.height  # the scores say something
     for labels, checked in ((memorized_only_list(decided, world, tmp_path / "list.parquet"), memorized),
                             (labelled_sample(decided, world, tmp_path / "sample.parquet"), decided.height)):
-        status, result = compare_json(capsys, output, labels)
+        status, result = compare_json(capsys, output, labels, "--checkpoint", str(LAST_CKPT[name]))
         assert status == 0 and result["data_mismatches"] == 0 and result["checked"] == checked
         [row] = result["checkpoints"]
         assert (row["covered"], row["both"], row["only_memsweep"], row["only_labels"], row["neither"]) == \
             (decided.height, memorized, 0, 0, decided.height - memorized)
         assert row["precision"] == row["recall"] == 1.0
-    main(["compare", str(output), str(labels)])
+    main(["compare", str(output), str(labels), "--checkpoint", str(LAST_CKPT[name])])
     text = capsys.readouterr().out
     assert "all equal" in text and "100.0%" in text and "near-ties: decision margin" in text
     assert result["near_ties"]["margins"] == decided.height  # every covered sequence has its margin
     assert result["near_ties"]["near_ties_only_memsweep"] == result["near_ties"]["near_ties_only_labels"] == 0
 
 
-def landed_margins(output: Path) -> pl.DataFrame:
-    """index, full_match, margin (the landed decision_margin) of every sequence of the output's checkpoint."""
+def landed_margins(output: Path, name: str) -> pl.DataFrame:
+    """index, full_match, margin (the landed decision_margin) of every sequence of the output at its last checkpoint."""
     landed = open_output(output)
-    margins = landed.sequences().select("chunk", "row", pl.col("decision_margin").alias("margin")).collect()
-    return memsweep_decisions(output).join(margins, on=["chunk", "row"])
+    margins = (landed.sequences(LAST_CKPT[name]).select("chunk", "row", pl.col("decision_margin").alias("margin"))
+               .collect())
+    return memsweep_decisions(output, name).join(margins, on=["chunk", "row"])
 
 
 def test_near_ties_among_planted_disagreements_are_counted_exactly(outputs, tmp_path, capsys):
     """Labels flip two memorized sequences nearest a tie and the one farthest, and the unmemorized sequence nearest
     a tie and the one farthest: under a tie margin between them, 2 of the 3 and 1 of the 2 are near-ties."""
-    output, world = outputs[0]["megatron"], outputs[1]
-    decided = landed_margins(output).sort("margin")
+    name = "megatron"
+    output, world = outputs[0][name], outputs[1]
+    decided = landed_margins(output, name).sort("margin")
     assert decided["margin"].null_count() == 0 and decided["margin"].n_unique() > 10
     memorized, not_memorized = decided.filter("full_match"), decided.filter(~pl.col("full_match"))
     near = memorized["margin"][:2].to_list() + not_memorized["margin"][:1].to_list()
@@ -144,14 +130,15 @@ def test_near_ties_among_planted_disagreements_are_counted_exactly(outputs, tmp_
         not_memorized["index"][:1].to_list() + not_memorized["index"][-1:].to_list()
     sample = decided.with_columns(full_match=pl.col("full_match") ^ pl.col("index").is_in(flipped))
     status, result = compare_json(capsys, output, labelled_sample(sample, world, tmp_path / "sample.parquet"),
-                                  "--tie-margin", str(tie_margin))
+                                  "--tie-margin", str(tie_margin), "--checkpoint", str(LAST_CKPT[name]))
     [row] = result["checkpoints"]
     assert status == 0 and (row["only_memsweep"], row["only_labels"]) == (3, 2)
     assert (row["near_ties_only_memsweep"], row["near_ties_only_labels"]) == (2, 1)
     assert row["margins"] == decided.height and row["near_ties"] == int((decided["margin"] < tie_margin).sum())
     assert result["near_ties"] == {"tie_margin": tie_margin, "margins": decided.height, "near_ties": row["near_ties"],
                                    "near_ties_only_memsweep": 2, "near_ties_only_labels": 1}
-    main(["compare", str(output), str(tmp_path / "sample.parquet"), "--tie-margin", str(tie_margin)])
+    main(["compare", str(output), str(tmp_path / "sample.parquet"), "--tie-margin", str(tie_margin),
+          "--checkpoint", str(LAST_CKPT[name])])
     assert f"{'2/3':>18} {'1/2':>16}" in capsys.readouterr().out
 
 
@@ -171,11 +158,12 @@ def landed_before_margins(output: Path, copy: Path) -> Path:
 
 
 def test_an_output_landed_before_margins_compares_with_near_ties_not_recorded(outputs, tmp_path, capsys):
-    output, world = outputs[0]["jsonl"], outputs[1]
+    name = "jsonl"
+    output, world = outputs[0][name], outputs[1]
     old = landed_before_margins(output, tmp_path / "old")
-    decided = memsweep_decisions(old)
+    decided = memsweep_decisions(old, name)
     labels = labelled_sample(decided, world, tmp_path / "sample.parquet")
-    status, result = compare_json(capsys, old, labels)
+    status, result = compare_json(capsys, old, labels, "--checkpoint", str(LAST_CKPT[name]))
     [row] = result["checkpoints"]
     assert status == 0 and row["both"] == int(decided["full_match"].sum()) and row["margins"] == 0
     assert result["near_ties"] is None and row["near_ties"] is None and "not recorded" in result["near_ties_note"]
@@ -184,14 +172,17 @@ def test_an_output_landed_before_margins_compares_with_near_ties_not_recorded(ou
 
 
 def test_planted_disagreements_are_counted_exactly(outputs, tmp_path, capsys):
-    output, world = outputs[0]["megatron"], outputs[1]
-    decided = memsweep_decisions(output)
+    name = "megatron"
+    output, world = outputs[0][name], outputs[1]
+    decided = memsweep_decisions(output, name)
     memorized = decided.filter("full_match")["index"].to_list()
     not_memorized = decided.filter(~pl.col("full_match"))["index"].to_list()
     dropped, added = set(memorized[:3]), set(not_memorized[:2])  # labels say: not memorized / memorized
 
     sample = decided.with_columns(full_match=pl.col("full_match") ^ pl.col("index").is_in(dropped | added))
-    status, result = compare_json(capsys, output, labelled_sample(sample, world, tmp_path / "sample.parquet"))
+    last = str(LAST_CKPT[name])
+    status, result = compare_json(capsys, output, labelled_sample(sample, world, tmp_path / "sample.parquet"),
+                                  "--checkpoint", last)
     [row] = result["checkpoints"]
     assert status == 0 and result["data_mismatches"] == 0
     assert (row["both"], row["only_memsweep"], row["only_labels"]) == (len(memorized) - 3, 3, 2)
@@ -203,16 +194,16 @@ def test_planted_disagreements_are_counted_exactly(outputs, tmp_path, capsys):
     listed = decided.with_columns(full_match=(pl.col("full_match") & ~pl.col("index").is_in(dropped))
                                   | pl.col("index").is_in(added))
     status, result = compare_json(capsys, output, memorized_only_list(listed, world, tmp_path / "list.parquet"),
-                                  "--checkpoint", str(LAST_STEP))
+                                  "--checkpoint", last)
     [row] = result["checkpoints"]
     assert (row["ckpt"], row["both"], row["only_memsweep"], row["only_labels"], row["covered"]) == \
-        (LAST_STEP, len(memorized) - 3, 3, 2, decided.height)
+        (LAST_CKPT[name], len(memorized) - 3, 3, 2, decided.height)
 
 
 @pytest.mark.parametrize("name", ["megatron", "jsonl"])
 def test_a_shifted_sequence_is_a_named_data_mismatch_and_no_agreement_is_printed(outputs, name, tmp_path, capsys):
     output, world = outputs[0][name], outputs[1]
-    decided = memsweep_decisions(output)
+    decided = memsweep_decisions(output, name)
     labels = labelled_sample(decided, world, tmp_path / "sample.parquet")
     frame = pl.read_parquet(labels)
     shifted = 37  # its tokens from offset 5 on taken one position later, as an off-by-one read would give them
@@ -222,7 +213,7 @@ def test_a_shifted_sequence_is_a_named_data_mismatch_and_no_agreement_is_printed
                                .otherwise("tokens"))
     frame.write_parquet(labels)
     first = next(i for i in range(5, K + L) if ids[i] != ids[i + 1])
-    status, result = compare_json(capsys, output, labels)
+    status, result = compare_json(capsys, output, labels, "--checkpoint", str(LAST_CKPT[name]))
     assert status == 1 and result["data_mismatches"] == 1 and result["checkpoints"] is None
     [mismatch] = result["mismatches"]
     assert (mismatch["index"], mismatch["chunk"], mismatch["row"], mismatch["offset"]) == \
@@ -233,12 +224,15 @@ def test_a_shifted_sequence_is_a_named_data_mismatch_and_no_agreement_is_printed
     assert "DATA MISMATCH: 1 " in text and "precision" not in text and "%" not in text
 
 
-def test_a_jsonl_output_without_row_counts_is_refused_naming_the_file(outputs):
+def test_a_jsonl_output_without_row_counts_is_refused_naming_the_file(outputs, monkeypatch):
     landed = open_output(outputs[0]["jsonl"])
     positions, how = stream_positions(landed)
     positions = positions.collect()
     assert "JSONL" in how and (positions["index"] == positions["chunk"] * PER_CHUNK + positions["row"]).all()
-    landed.manifest["spec"]["data"]["samples_per_chunk"] = PER_CHUNK  # as if a sample of exactly 32 of more rows
+    assert positions.height == CHUNKS * PER_CHUNK
+    for table in ("cells", "sequences"):  # as if the census covered chunks 1 and 2 alone, with no exposure scan
+        read = getattr(LandedOutput, table)
+        monkeypatch.setattr(landed, table, lambda ckpt=None, read=read: read(landed, ckpt).filter(pl.col("chunk") > 0))
     with pytest.raises(CompareError, match="chunk file 0's row count is unknown, so chunk 1's rows"):
         stream_positions(landed)
 
@@ -257,14 +251,16 @@ def test_bad_labels_are_one_line_errors(outputs, tmp_path, capsys):
 def test_the_report_holds_the_comparison(outputs, tmp_path):
     from sweep.report.page import write_report
 
-    output, world = outputs[0]["jsonl"], outputs[1]
-    decided = memsweep_decisions(output)
+    name = "jsonl"
+    output, world = outputs[0][name], outputs[1]
+    decided = memsweep_decisions(output, name)
     labels = read_labels(labelled_sample(decided, world, tmp_path / "sample.parquet"))
     page = write_report(output, tmp_path / "report", labels=labels).read_text()
     section = page[page.index("<h2>Against published labels</h2>"):]
     assert "All equal." in section and "<th>only_memsweep</th>" in section
     assert "Near-ties: covered sequences whose decision margin" in section and "<th>near_ties_only_labels</th>" in section
-    assert compare_labels(open_output(output), labels).checkpoints[0].both == int(decided["full_match"].sum())
+    assert compare_labels(open_output(output), labels, LAST_CKPT[name]).checkpoints[0].both == \
+        int(decided["full_match"].sum())
 
 
 def test_split_files_follow_the_hubs_layouts():
@@ -277,8 +273,9 @@ def test_split_files_follow_the_hubs_layouts():
 
 @pytest.mark.skipif(not CAN_SERVE_HUB, reason="needs git and olah to serve a local Hub")
 def test_labels_from_a_hub_dataset_split_at_its_commit(outputs, tmp_path, capsys, monkeypatch):
-    output, world = outputs[0]["megatron"], outputs[1]
-    decided = memsweep_decisions(output)
+    name = "megatron"
+    output, world = outputs[0][name], outputs[1]
+    decided = memsweep_decisions(output, name)
     mirrors = tmp_path / "mirrors"
     repo = mirrors / "datasets" / "EleutherAI" / "pythia-memorized-evals"
     repo.mkdir(parents=True)
@@ -293,7 +290,8 @@ def test_labels_from_a_hub_dataset_split_at_its_commit(outputs, tmp_path, capsys
         labels = read_labels("EleutherAI/pythia-memorized-evals", "deduped.tiny")
         assert labels.source == f"EleutherAI/pythia-memorized-evals@{commit[:12]}:deduped.tiny"
         assert labels.form == "memorized-only" and labels.frame.height == int(decided["full_match"].sum())
-        status, result = compare_json(capsys, output, "EleutherAI/pythia-memorized-evals", "--split", "deduped.tiny")
+        status, result = compare_json(capsys, output, "EleutherAI/pythia-memorized-evals", "--split", "deduped.tiny",
+                                      "--checkpoint", str(LAST_CKPT[name]))
         assert status == 0 and result["checkpoints"][0]["precision"] == 1.0
         with pytest.raises(LabelsError, match=r"no Parquet files for split 'deduped\.big' \(splits found: "
                                               r"deduped\.tiny, duped\.tiny\)"):

@@ -218,6 +218,12 @@ def test_first_memorized(landed: Path, records: list[dict]) -> None:
         assert got["memorized_at_last"] == history[-1][1]
         assert got["memorized_before_seen"] == (first is not None and first < got["chunk"])
         assert got["source"] == next(r["source"] for r in records if (r["chunk"], r["row"]) == key)
+    # The report's bounded form: the same rows for every sequence memorized at least once, and no others.
+    memorized_only = analyses.first_memorized(sequences, memorized_only=True)
+    ever = table.filter(pl.col("first_memorized_ckpt").is_not_null())
+    assert 0 < memorized_only.height == ever.height < table.height
+    assert memorized_only["n_ckpts"].null_count() == memorized_only.height
+    assert memorized_only.drop("n_ckpts").equals(ever.drop("n_ckpts"))
     # The fixture forgets after 1-2 checkpoints and has 5: min_misses decides what counts.
     counts = [analyses.first_memorized(sequences, min_misses=m)["forgotten"].sum() for m in (1, 2, 3)]
     assert counts == [sum(run >= m for run in runs.values()) for m in (1, 2, 3)]
@@ -642,3 +648,25 @@ def test_sql_label_agreement_agrees_with_compare(docs_landed: Path) -> None:
                         ("recall", "recall")):
         assert from_sql[column].to_list() == pytest.approx([row[key] for row in from_compare]), column
     assert any(row["only_memsweep"] for row in from_compare) and any(row["only_labels"] for row in from_compare)
+
+
+@pytest.mark.parametrize("sort, descending", [("memorized", True), ("memorized", False), ("exposures", True)])
+def test_the_per_source_examples_are_the_sorted_checkpoints_first_rows_per_source(sort, descending) -> None:
+    # select_per_source takes one top-n per source instead of sorting the checkpoint: the same rows, in the same order
+    from sweep.analysis.selection import SequenceSelection, select_per_source, select_sequences
+
+    rng = np.random.default_rng(5)
+    n = 400
+    frame = pl.DataFrame({
+        "chunk": rng.integers(0, 4, n).astype(np.int32), "row": np.arange(n, dtype=np.int64),
+        "source": pl.Series(rng.choice(["web", "code", "books", ""], n)).replace("", None),
+        "full_match": rng.random(n) < 0.2, "prefix_match": rng.integers(0, 33, n).astype(np.int16),
+        "matches": rng.integers(0, 33, n).astype(np.int16),
+        "exposures": pl.Series(rng.integers(0, 5, n)).scatter(list(range(0, n, 7)), None)})
+    columns = ["chunk", "row", "source", "full_match", "prefix_match", "exposures"]
+    for selection in (SequenceSelection(sort=sort, descending=descending),
+                      SequenceSelection(sort=sort, descending=descending, min_prefix=10)):
+        expected = (select_sequences(frame.lazy(), selection).group_by("source", maintain_order=True).head(3)
+                    .select(columns).collect())
+        got = select_per_source(frame.lazy(), selection, columns, 3)
+        assert got.equals(expected) and got["source"].n_unique() == 4 and got.height == 12

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from actors.protocol import one_line
-from sweep.analysis.selection import SequenceSelection, select_sequences
+from sweep.analysis.selection import SequenceSelection, select_per_source, select_sequences
 from sweep.data.census import read_census_rows
 from sweep.errors import MemsweepError
 from sweep.exposures.history import ExposureHistory
@@ -111,11 +111,10 @@ def find_examples(landed: LandedOutput, ckpt: int | None = None, chunk: int | No
         columns += EXPOSURE_COLUMNS
     selection = SequenceSelection(chunk=chunk, source=source, full_match=full_match, min_prefix=min_prefix, rows=rows,
                                   min_exposures=min_exposures, max_exposures=max_exposures, sort=sort)
-    ranked = select_sequences(sequences, selection).select(columns)
     if per_source is not None:
-        chosen = ranked.group_by("source", maintain_order=True).head(per_source).collect()
+        chosen = select_per_source(sequences, selection, columns, per_source)
     else:
-        chosen = ranked.head(top).collect()
+        chosen = select_sequences(sequences, selection).select(columns).head(top).collect()
     if chosen.height == 0:
         return []
     tokens = _probe_tokens(landed, chosen.select("chunk", "row").unique())

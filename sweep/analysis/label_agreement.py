@@ -4,7 +4,9 @@ Two steps, in this order:
 
 1. **The data check.** Every labelled sequence that the output also holds (the same global stream position
    `index`) must have the same tokens in both: the published ids against the landed probe set's prompt and true
-   continuation, over as many ids as both have (Pythia's labels publish 64; a probe holds k + l). A difference means
+   continuation, over as many ids as both have (Pythia's labels publish 64; a probe holds k + l). A census lands no
+   probe rows: its labelled sequences' ids are read again from the source it pinned (sweep/data/census.py
+   `read_census_rows`), one chunk and at most CENSUS_READ_ROWS of them at a time. A difference means
    a wrong data order, offset or file, and every one is named (position, chunk, row, first differing offset). While
    there is any, no agreement figure is computed: it would compare different sequences.
 2. **Agreement**, per checkpoint, on the sequences both cover: memorized by both, only by memsweep, only by the
@@ -17,8 +19,8 @@ Where a sequence sits on the stream. A Megatron or numpy output lands its global
 output (Amber, K2, the demo) has none: chunk file c's row r is taken to be at position (rows of files 0..c-1) + r,
 the order the files are trained in. The row counts of the earlier files are known to the output when each was
 either scanned for exposure counts (the scan records the file's lines) or sampled whole (a probe set with fewer rows
-than `samples_per_chunk` asked for holds every row of its file); otherwise compare refuses, naming the first file
-whose count it lacks.
+than `samples_per_chunk` asked for holds every row of its file; a census cell holds its file's `n` rows); otherwise compare refuses, naming the first
+file whose count it lacks.
 
 Near-ties. The kernel lands each sequence's `decision_margin`: the smallest top-1 minus top-2 logit gap (nats) over
 the greedy decisions that decide `full_match` (actors/scoring.py). A sequence whose margin is under `tie_margin` sits
@@ -34,11 +36,15 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from sweep.data.census import read_census_rows
 from sweep.data.published_labels import PublishedLabels
 from sweep.errors import MemsweepError
 from sweep.landed.reader import LandedOutput
 
 MISMATCHES_NAMED = 20  # the data mismatches the text names one by one (all are counted, and all are in the json)
+CENSUS_READ_ROWS = 65_536  # labelled sequences of a census read from its source at a time: 65,536 x 64 ids
+MISMATCH_SCHEMA = {"index": pl.Int64, "chunk": pl.Int32, "row": pl.Int64, "offset": pl.Int32, "published": pl.Int64,
+                   "landed": pl.Int64}
 NEAR_TIES_UNKNOWN = ("not recorded: the cells were landed before memsweep recorded decision margins, so no decision "
                      "is known to sit on a near-tie")
 # 8 bf16 ulps of a top logit between 16 and 32 (bf16 keeps 8 significant bits: a multiple of 0.125 there), the rule
@@ -166,7 +172,10 @@ def compare_labels(landed: LandedOutput, labels: PublishedLabels, checkpoint: in
     if not tie_margin >= 0:
         raise CompareError(f"tie margin {tie_margin}: expected a number of logits, 0 or more")
     positions, how = stream_positions(landed)
-    checked, mismatches = data_mismatches(positions, labels.frame)
+    if is_census(landed):
+        checked, mismatches = census_data_mismatches(landed, positions, labels.frame)
+    else:
+        checked, mismatches = data_mismatches(positions, labels.frame)
     comparison = LabelComparison(str(landed.path), labels.describe(), labels.form, how, checked, mismatches,
                                  tie_margin=tie_margin)
     if not comparison.data_matches:
@@ -185,26 +194,40 @@ def compare_labels(landed: LandedOutput, labels: PublishedLabels, checkpoint: in
     return LabelComparison(**{**comparison.__dict__, "checkpoints": [CheckpointAgreement(**row) for row in rows]})
 
 
-def stream_positions(landed: LandedOutput) -> tuple[pl.LazyFrame, str]:
-    """Every probe of the output with its global stream position, lazily: (`chunk`, `row`, `index`, `tokens`), and one
-    line saying how the positions were found (see the module docstring). Raises CompareError when they cannot be.
+def is_census(landed: LandedOutput) -> bool:
+    """Whether the output is a census (data.samples_per_chunk: all): it lands no probe rows."""
+    spec = landed.sweep_spec
+    return spec is not None and spec.data.census
 
-    Lazy because a census holds every sequence of the stream (146M probes of 64 ids for Pythia): what reads it joins
-    it with the labels or one checkpoint's sequences and keeps only what it counts."""
-    probes = landed.probes().select("chunk", "row", "index", "tokens")
+
+def stream_positions(landed: LandedOutput) -> tuple[pl.LazyFrame, str]:
+    """Every sequence the output holds with its global stream position, lazily: (`chunk`, `row`, `index`, and for a
+    sampled output `tokens`, the landed probe's), and one line saying how the positions were found (see the module
+    docstring). Raises CompareError when they cannot be.
+
+    A sampled output's sequences are its landed probes. A census lands no probe rows: its sequences are those of
+    the first checkpoint it landed (a census cell lands whole, so every row of each landed chunk), and the
+    tokens are read again from the pinned source by `census_data_mismatches`. Lazy because a census holds every
+    sequence of the stream (146M for Pythia): what reads it joins it with the labels or one checkpoint's sequences
+    and keeps only what it counts."""
+    if is_census(landed):
+        ckpts = sorted(ckpt for ckpt, ledger in landed.ledgers.checkpoints.items() if ledger.files)
+        if not ckpts:
+            raise CompareError(f"{landed.path}: no landed cells")
+        probes = landed.sequences(ckpts[0]).select("chunk", "row", "index")
+        # a census cell holds every row of its chunk file, in order: n rows, the last numbered n - 1
+        sampled = landed.cells(ckpts[0]).select("chunk", "n", top=pl.col("n").cast(pl.Int64) - 1)
+    else:
+        probes = landed.probes().select("chunk", "row", "index", "tokens")
+        sampled = probes.group_by("chunk").agg(n=pl.len(), top=pl.col("row").max())
     n, unindexed = probes.select(pl.len(), pl.col("index").null_count()).collect().row(0)
     if n == 0:
-        spec = landed.sweep_spec
-        if spec is not None and spec.data.census:
-            raise CompareError(f"{landed.path}: a census (data.samples_per_chunk: all) lands no probe rows, and compare "
-                               "cannot yet read the labelled sequences' tokens again from the source the census "
-                               "pinned (sweep/data/census.py)")
         raise CompareError(f"{landed.path}: no landed probe sets")
     if unindexed == 0:
         return probes, "the landed index (a stream's global position)"
     if unindexed != n:
         raise CompareError(f"{landed.path}: some probes carry a stream index and some do not")
-    sampled = probes.group_by("chunk").agg(n=pl.len(), top=pl.col("row").max()).sort("chunk").collect()
+    sampled = sampled.sort("chunk").collect()
     counts = chunk_row_counts(landed, sampled)
     chunks = sampled["chunk"].to_list()
     offsets, total = {}, 0
@@ -217,7 +240,7 @@ def stream_positions(landed: LandedOutput) -> tuple[pl.LazyFrame, str]:
             raise CompareError(
                 f"{landed.path}: chunk file {chunk}'s row count is unknown, so chunk {needed}'s rows have no stream "
                 f"position: the output knows a JSONL file's rows when it was scanned for exposure counts "
-                f"(exposure.chunks) or sampled whole (samples_per_chunk at least its rows)")
+                f"(exposure.chunks) or sampled whole (samples_per_chunk at least its rows, or all)")
     offset = pl.LazyFrame({"chunk": list(offsets), "offset": list(offsets.values())},
                           schema={"chunk": pl.Int32, "offset": pl.Int64})
     positioned = (probes.join(offset, on="chunk", how="left")
@@ -227,8 +250,8 @@ def stream_positions(landed: LandedOutput) -> tuple[pl.LazyFrame, str]:
 
 def chunk_row_counts(landed: LandedOutput, sampled: pl.DataFrame) -> dict[int, int]:
     """Chunk file -> its rows, where the output knows them: from an exposure scan of the file, or from a probe set
-    that holds every row of it (fewer probes than `samples_per_chunk` asked for, rows 0..n-1). `sampled`: per probe
-    chunk, `n` probes and the `top` row."""
+    that holds every row of it (fewer probes than `samples_per_chunk` asked for, rows 0..n-1; or a census cell).
+    `sampled`: per probe chunk, `n` probes and the `top` row."""
     counts = {seen: entry.scans[0].rows for seen, entry in landed.ledgers.exposures.items() if entry.scans}
     asked = (landed.spec.get("data") or {}).get("samples_per_chunk")
     for chunk, n, top in sampled.select("chunk", "n", "top").iter_rows():
@@ -236,6 +259,38 @@ def chunk_row_counts(landed: LandedOutput, sampled: pl.DataFrame) -> dict[int, i
         if whole and top == n - 1:
             counts.setdefault(chunk, n)
     return counts
+
+
+def census_data_mismatches(landed: LandedOutput, positions: pl.LazyFrame, labels: pl.DataFrame,
+                           batch_rows: int = CENSUS_READ_ROWS) -> tuple[int, pl.DataFrame]:
+    """`data_mismatches` for a census: the labelled sequences' tokens read again from the sources the output pinned,
+    chunk by chunk, at most `batch_rows` at a time (a JSONL file in one pass, streamed only up to its last labelled
+    row). Memory: one batch of k + l ids, whatever the chunk or label count (Pythia's 5M-row random sample puts about
+    35,000 labelled sequences in each chunk of 1,024,000). Raises MemsweepError if a source changed since the
+    census."""
+    # each landed chunk's first stream position and rows (a census chunk is rows 0..n-1 at index start + row)
+    extents = (positions.group_by("chunk").agg(start=(pl.col("index") - pl.col("row")).min(), n=pl.len())
+               .sort("chunk").collect())
+    jsonl = landed.sweep_spec.data.format == "jsonl"
+    checked, found = 0, []
+    for chunk, start, n in extents.iter_rows():
+        entry = landed.ledgers.probes.get(chunk)
+        if entry is None:
+            raise CompareError(f"{landed.path}: chunk {chunk} has no pinned source in ledger/probes.json")
+        labelled = labels.filter(pl.col("index").is_between(start, start + n - 1)).sort("index")
+        step = labelled.height if jsonl else batch_rows  # a JSONL file is streamed from its start on every read
+        for offset in range(0, labelled.height, max(step, 1)):
+            batch = labelled.slice(offset, step)
+            rows = (batch["index"] - start).to_list()
+            read = read_census_rows(landed.sweep_spec, entry.source, chunk, rows)
+            held = pl.DataFrame({"chunk": [chunk] * len(rows), "row": rows, "index": batch["index"],
+                                 "tokens": [read[row] for row in rows]},
+                                schema={"chunk": pl.Int32, "row": pl.Int64, "index": pl.Int64,
+                                        "tokens": pl.List(pl.Int64)})
+            batch_checked, differing = data_mismatches(held.lazy(), batch)
+            checked += batch_checked
+            found.append(differing)
+    return checked, pl.concat([pl.DataFrame(schema=MISMATCH_SCHEMA), *found]).sort("index")
 
 
 def data_mismatches(positions: pl.LazyFrame, labels: pl.DataFrame) -> tuple[int, pl.DataFrame]:
@@ -253,9 +308,7 @@ def data_mismatches(positions: pl.LazyFrame, labels: pl.DataFrame) -> tuple[int,
     for index, chunk, row_number, landed_ids, published_ids in differing.sort("index").iter_rows():
         offset = next(i for i, (a, b) in enumerate(zip(landed_ids, published_ids)) if a != b)
         rows.append((index, chunk, row_number, offset, published_ids[offset], landed_ids[offset]))
-    schema = {"index": pl.Int64, "chunk": pl.Int32, "row": pl.Int64, "offset": pl.Int32, "published": pl.Int64,
-              "landed": pl.Int64}
-    return checked.item(), pl.DataFrame(rows, schema=schema, orient="row")
+    return checked.item(), pl.DataFrame(rows, schema=MISMATCH_SCHEMA, orient="row")
 
 
 def decisions(landed: LandedOutput, positions: pl.LazyFrame, ckpt: int) -> pl.LazyFrame:

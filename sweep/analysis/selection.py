@@ -35,7 +35,32 @@ class SequenceSelection:
 
 def select_sequences(sequences: pl.LazyFrame, selection: SequenceSelection) -> pl.LazyFrame:
     """The rows of `sequences` (one checkpoint's, with `chunk, row` and the columns filtered and sorted by) that
-    `selection` keeps, in its order (the module docstring)."""
+    `selection` keeps, in its order (the module docstring). Take a few with `.head(n)`: Polars keeps a top n then,
+    never the sorted checkpoint (146M rows in a census)."""
+    keys = sort_keys(selection.sort, selection.descending)
+    return filter_sequences(sequences, selection).sort(list(keys), descending=list(keys.values()), nulls_last=True)
+
+
+def select_per_source(sequences: pl.LazyFrame, selection: SequenceSelection, columns: list[str],
+                      per_source: int) -> pl.DataFrame:
+    """The first `per_source` rows of each source in `selection`'s order (`columns` of them), the sources ordered by
+    their first row: `select_sequences(...).group_by("source", maintain_order=True).head(per_source)`, without holding
+    the sorted checkpoint that takes (1.9 GB at 16M census rows): one streaming top-n per source, a source list read
+    first (a handful: Pile's 22, Amber's 7)."""
+    filtered = filter_sequences(sequences, selection)
+    sources = filtered.select(pl.col("source").unique()).collect(engine="streaming")["source"].to_list()
+    keys = sort_keys(selection.sort, selection.descending)
+    held = list(dict.fromkeys([*columns, "source", *keys]))
+    tops = pl.collect_all([filtered.filter(pl.col("source").eq_missing(source))
+                           .sort(list(keys), descending=list(keys.values()), nulls_last=True)
+                           .head(per_source).select(held) for source in sources], engine="streaming")
+    chosen = pl.concat(tops) if tops else filtered.select(held).head(0).collect()
+    return (chosen.sort(list(keys), descending=list(keys.values()), nulls_last=True)
+            .group_by("source", maintain_order=True).head(per_source).select(columns))
+
+
+def filter_sequences(sequences: pl.LazyFrame, selection: SequenceSelection) -> pl.LazyFrame:
+    """The rows of `sequences` that `selection`'s filters keep, in no order."""
     for column, keep in (("chunk", selection.chunk), ("source", selection.source),
                          ("full_match", selection.full_match)):
         if keep is not None:
@@ -49,8 +74,7 @@ def select_sequences(sequences: pl.LazyFrame, selection: SequenceSelection) -> p
         sequences = sequences.filter(pl.col("exposures") >= selection.min_exposures)
     if selection.max_exposures is not None:
         sequences = sequences.filter(pl.col("exposures") <= selection.max_exposures)
-    keys = sort_keys(selection.sort, selection.descending)
-    return sequences.sort(list(keys), descending=list(keys.values()), nulls_last=True)
+    return sequences
 
 
 def sort_keys(sort: str, descending: bool) -> dict[str, bool]:

@@ -28,7 +28,7 @@ import polars as pl
 
 from sweep.analysis.examples import Example, TokenDecoder, find_examples
 from sweep.analysis.labels import METRIC_LABELS, run_facts
-from sweep.analysis.selection import SequenceSelection, select_sequences
+from sweep.analysis.selection import SequenceSelection, filter_sequences, select_sequences
 from sweep.explorer.exposures import (EXPOSURE_SORTS, ExposureCache, RowExposures, cell_exposures, cell_seen_summary,
                                       grids, row_exposures)
 from sweep.errors import MemsweepError
@@ -272,7 +272,9 @@ class ExplorerData:
         """A cell's record and one page of its sequences, filtered, ordered and decoded."""
         reader = self.open_reader(self.output)
         cell = self._cell(reader, ckpt, chunk)
-        sequences = reader.sequences(ckpt).filter(pl.col("chunk") == chunk).select(SEQUENCE_COLUMNS).collect()
+        # Lazy: a census cell holds 1,024,000 sequences, and a page shows a few dozen. Polars keeps the page's top
+        # rows (offset + limit) while it reads, never the sorted cell.
+        sequences = reader.sequences(ckpt).filter(pl.col("chunk") == chunk).select(SEQUENCE_COLUMNS)
         history = self._exposures.history(reader)
         sorts = SEQUENCE_SORTS + (EXPOSURE_SORTS if history is not None else ())
         if query.sort not in sorts:
@@ -280,27 +282,32 @@ class ExplorerData:
         if (query.min_exposures is not None or query.max_exposures is not None) and history is None:
             raise BadQuery("min_exposures, max_exposures: this output has no exposure counts yet")
         seen = None
-        if history is not None:
-            sequences = sequences.join(cell_exposures(history, ckpt, chunk), on=["chunk", "row"], how="left")
+        if history is not None:  # counts cover sampled cells (a chunk's exposures are per scanned row)
+            sequences = sequences.collect().join(cell_exposures(history, ckpt, chunk), on=["chunk", "row"], how="left")
             seen = cell_seen_summary(history, sequences)
-        sources = sorted(sequences["source"].unique().drop_nulls().to_list())
-        chosen = select_sequences(sequences.lazy(), query)
-        total = chosen.select(pl.len()).collect().item()
-        page = chosen.slice(query.offset, query.limit).collect()
+            sequences = sequences.lazy()
+        chosen = select_sequences(sequences, query)
+        sources, total, page = pl.collect_all([
+            sequences.select(pl.col("source").unique().drop_nulls().sort()),
+            filter_sequences(sequences, query).select(pl.len()),
+            chosen.slice(query.offset, query.limit)], engine="streaming")
+        sources, total = sources["source"].to_list(), total.item()
         decoder = self.decoder(ckpt, reader)
-        examples = self._examples(reader, ckpt, list(page.select("chunk", "row").iter_rows()))
+        examples = self._examples(reader, ckpt, list(page.select("chunk", "row").iter_rows()), chunk)
         decoded = [_decoded(numbers, examples.get((numbers["chunk"], numbers["row"])), decoder)
                    for numbers in page.iter_rows(named=True)]
         return CellView(cell, _decoding(ckpt, decoder), total, sources, history is not None, decoded, seen,
                         history.coverage.describe() if history is not None else None)
 
     @staticmethod
-    def _examples(reader: LandedOutput, ckpt: int, keys: list[tuple[int, int]]) -> dict[tuple[int, int], Example]:
-        """These (chunk, row)s at `ckpt` as `memsweep show` builds them (prompt, truth and the model's tokens)."""
+    def _examples(reader: LandedOutput, ckpt: int, keys: list[tuple[int, int]],
+                  chunk: int | None = None) -> dict[tuple[int, int], Example]:
+        """These (chunk, row)s at `ckpt` (all of `chunk`, if given: only its files are read) as `memsweep show` builds
+        them (prompt, truth and the model's tokens)."""
         if not keys:
             return {}
         try:
-            examples = find_examples(reader, ckpt, top=len(keys), rows=keys)
+            examples = find_examples(reader, ckpt, chunk, top=len(keys), rows=keys)
         except MemsweepError:  # probe sets not landed (an old output): numbers without text
             return {}
         return {(example.chunk, example.row): example for example in examples}
@@ -319,7 +326,7 @@ class ExplorerData:
             raise NotLanded(f"no landed sequence has chunk {chunk}, row {row}")
         last = int(history["ckpt"].max())
         decoder = self.decoder(last, reader)
-        latest = self._examples(reader, last, [(chunk, row)]).get((chunk, row))
+        latest = self._examples(reader, last, [(chunk, row)], chunk).get((chunk, row))
         truth = latest.truth if latest else []
         spans: dict[tuple[bool, ...], list[tuple[str, bool]]] = {}  # many checkpoints share one pattern of hits
         checkpoints = []

@@ -45,7 +45,8 @@ def memorization_sections(landed: LandedOutput, cells: pl.DataFrame, sequences: 
                           last_ckpt: int, extractable: bool, out_dir: Path) -> list[Section]:
     """The run's facts, then one section per figure of the scores. `cells`: the landed cells table (collected);
     `trajectories`: analyses.chunk_trajectories of the chunks to draw, in `main_metric` (the score, or in
-    extractable mode the mean exact prefix); `first_memorized`: analyses.first_memorized(sequences)."""
+    extractable mode the mean exact prefix); `first_memorized`: analyses.first_memorized(sequences,
+    memorized_only=True), the sequences memorized at least once."""
     timeline = Timeline.from_spec_dict(landed.spec)
     sections = [_overview_section(landed, cells, extractable)]
     sections.append(_heatmap_section(cells, main_metric, out_dir, timeline))
@@ -56,7 +57,9 @@ def memorization_sections(landed: LandedOutput, cells: pl.DataFrame, sequences: 
     sections.append(_distribution_section(sequences, last_ckpt, extractable, out_dir))
     sections.append(_per_source_section(sequences, last_ckpt, extractable, out_dir))
     sections.append(_predictability_section(sequences, last_ckpt, out_dir))
-    sections.append(_first_memorized_section(first_memorized, out_dir))
+    # every sequence scored: a chunk's cells all score the same rows (its probe set, or the whole chunk in a census)
+    scored = int(cells.group_by("chunk").agg(pl.col("n").max())["n"].sum())
+    sections.append(_first_memorized_section(first_memorized, scored, out_dir))
     return sections
 
 
@@ -216,14 +219,15 @@ def _predictability_section(sequences: pl.LazyFrame, last_ckpt: int, out_dir: Pa
     return Section(title, image=name, notes=notes, tables=[html_table(spread_rows(table))])
 
 
-def _first_memorized_section(table: pl.DataFrame, out_dir: Path) -> Section:
+def _first_memorized_section(table: pl.DataFrame, scored: int, out_dir: Path) -> Section:
+    """`table`: first_memorized's rows of the sequences memorized at least once; `scored`: every sequence scored."""
     runs = analyses.FORGET_MIN_MISSES
     memorized = table.filter(pl.col("first_memorized_ckpt").is_not_null())
     forgotten = int(memorized["forgotten"].sum())
     title = "When sequences were first memorized"
     summary = pl.DataFrame(
         [
-            ("sequences", table.height),
+            ("sequences", scored),
             ("ever memorized", memorized.height),
             (f"forgotten: after the first full match, missed at >= {runs} checkpoints in a row", forgotten),
             ("memorized at some checkpoint, not at the last that scored it",

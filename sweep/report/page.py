@@ -76,7 +76,7 @@ def write_report(output: Path, out_dir: Path | None = None, chunks: list[int] | 
         chunks = spread(all_chunks, DEFAULT_TRAJECTORY_CHUNKS)
     trajectories = analyses.chunk_trajectories(cells, chunks, metric=main_metric)  # an unknown chunk: refused now
 
-    first_memorized = analyses.first_memorized(sequences)
+    first_memorized = analyses.first_memorized(sequences, memorized_only=True)  # bounded by the memorized sequences
     sections = memorization_sections(landed, cells, sequences, trajectories, first_memorized, main_metric, last_ckpt,
                                      extractable, out_dir)
     if sizes is not None:
