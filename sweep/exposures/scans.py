@@ -196,7 +196,7 @@ class ExposureScans:
         self.stats.seconds += exposure.seconds
         self.stats.file_bytes.append(exposure.size)
         self.stats.last_landed_at = time.perf_counter()
-        log.info("chunk %d scanned: %d rows, %.0fM tokens in %.1f s", seen_chunk, exposure.rows,
+        log.info("chunk %d scanned: %d rows, %.2fM tokens in %.1f s", seen_chunk, exposure.rows,
                  exposure.tokens / 1e6, exposure.seconds)
 
     def _plan(self) -> None:
