@@ -180,7 +180,7 @@ def compare_labels(landed: LandedOutput, labels: PublishedLabels, checkpoint: in
                                  tie_margin=tie_margin)
     if not comparison.data_matches:
         return comparison
-    ckpts = sorted(ckpt for ckpt, ledger in landed.ledgers.checkpoints.items() if ledger.files)
+    ckpts = landed.landed_checkpoints()
     if checkpoint is not None:
         if checkpoint not in ckpts:
             raise CompareError(f"{landed.path}: no landed cells at checkpoint {checkpoint} (landed: "
@@ -211,7 +211,7 @@ def stream_positions(landed: LandedOutput) -> tuple[pl.LazyFrame, str]:
     sequence of the stream (146M for Pythia): what reads it joins it with the labels or one checkpoint's sequences
     and keeps only what it counts."""
     if is_census(landed):
-        ckpts = sorted(ckpt for ckpt, ledger in landed.ledgers.checkpoints.items() if ledger.files)
+        ckpts = landed.landed_checkpoints()
         if not ckpts:
             raise CompareError(f"{landed.path}: no landed cells")
         probes = landed.sequences(ckpts[0]).select("chunk", "row", "index")

@@ -51,7 +51,7 @@ def size_predictability(joint: JointOutputs, against_largest: bool = False) -> p
         [(i, j) for i in range(len(outputs)) for j in range(i + 1, len(outputs))]
     parts = []
     for i, j in pairs:
-        for ckpt in sorted(_landed_checkpoints(outputs[i]) & _landed_checkpoints(outputs[j])):
+        for ckpt in sorted(set(outputs[i].landed_checkpoints()) & set(outputs[j].landed_checkpoints())):
             predictor = _memorized(outputs[i], ckpt, "memorized")
             target = _memorized(outputs[j], ckpt, "memorized_target").drop("ckpt")
             counts = memorized_set_agreement(predictor.join(target, on=["chunk", "row"], how="inner"), ["ckpt"])
@@ -63,10 +63,6 @@ def size_predictability(joint: JointOutputs, against_largest: bool = False) -> p
     if not parts:
         return pl.DataFrame(schema=SIZE_PREDICTABILITY_SCHEMA)
     return pl.concat(parts)
-
-
-def _landed_checkpoints(landed: LandedOutput) -> set[int]:
-    return {ckpt for ckpt, _ in landed.done_cells()}
 
 
 def _memorized(landed: LandedOutput, ckpt: int, name: str) -> pl.LazyFrame:

@@ -206,9 +206,13 @@ class LandedOutput:
     def checkpoint_pin(self, ckpt: int) -> CheckpointPin | None:
         return self.ledgers.pin(ckpt)
 
+    def landed_checkpoints(self) -> list[int]:
+        """The checkpoints with a landed cell, in order."""
+        return sorted(ckpt for ckpt, ledger in self.ledgers.checkpoints.items() if ledger.files)
+
     def last_checkpoint(self) -> int:
         """The last checkpoint with a landed cell."""
-        landed = [ckpt for ckpt, ledger in self.ledgers.checkpoints.items() if ledger.files]
+        landed = self.landed_checkpoints()
         if not landed:
             raise MemsweepError(f"{self.path}: no landed cells")
-        return max(landed)
+        return landed[-1]
