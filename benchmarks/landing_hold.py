@@ -39,7 +39,7 @@ def scored_cell(ckpt: int, chunk: int, rows: int) -> ScoredCell:
                            "source": rng.choice(["refinedweb", "starcoderdata", "arxiv"], rows)})
     provenance = CellProvenance(seconds=1.0, device="cuda", dtype="bfloat16", batch_size=256,
                                 model_revision=f"ckpt_{ckpt:03d}", model_commit="a" * 40, weights_fingerprint="fp")
-    return ScoredCell(chunk, probes.with_columns(**score_columns(scores, CONTINUATION)), provenance)
+    return ScoredCell(chunk, probes.with_columns(score_columns(scores, CONTINUATION)), provenance)
 
 
 def main() -> None:

@@ -226,26 +226,29 @@ def summarize_cell(ckpt: int, chunk: int, sequences: pl.DataFrame, provenance: C
     }
 
 
-def score_columns(scores: BatchScores, continuation_len: int) -> dict[str, pl.Series | pl.Expr]:
-    """An actor's per-sequence scores as SEQUENCE_SCHEMA columns (a score the mode has none of is a typed null)."""
-    def column(values, dtype: pl.DataType) -> pl.Series | pl.Expr:
-        return pl.Series(values, dtype=dtype) if values is not None else pl.lit(None, dtype)
+def score_columns(scores: BatchScores, continuation_len: int) -> list[pl.Series]:
+    """An actor's per-sequence scores as SEQUENCE_SCHEMA columns, named (a score the mode has none of is a column of
+    typed nulls). Plain Series, so a cell's frame is put together without Polars' query engine."""
+    height = len(scores.prefix_match)
+
+    def column(name: str, values, dtype: pl.DataType) -> pl.Series:
+        return pl.Series(name, values if values is not None else [None] * height, dtype=dtype)
 
     matches = scores.matches
     mask = [bytes(row) for row in scores.match_mask] if scores.match_mask is not None else None
     generated = scores.generated
-    return {
-        "matches": column(matches, pl.Int16),
-        "score": column((matches / continuation_len).astype(np.float32) if matches is not None else None, pl.Float32),
-        "full_match": column(scores.full_match, pl.Boolean),
-        "prefix_match": column(scores.prefix_match, pl.Int16),
-        "match_mask": column(mask, pl.Binary),
-        "nll": column(scores.nll, pl.Float32),
-        "tf_accuracy": column(scores.tf_accuracy, pl.Float32),
-        "generated": (pl.Series(generated.astype(np.uint32)).reshape(generated.shape).cast(pl.List(pl.UInt32))
-                      if generated is not None else pl.lit(None, pl.List(pl.UInt32))),
-        "decision_margin": column(scores.decision_margin, pl.Float32),
-    }
+    return [
+        column("matches", matches, pl.Int16),
+        column("score", (matches / continuation_len).astype(np.float32) if matches is not None else None, pl.Float32),
+        column("full_match", scores.full_match, pl.Boolean),
+        column("prefix_match", scores.prefix_match, pl.Int16),
+        column("match_mask", mask, pl.Binary),
+        column("nll", scores.nll, pl.Float32),
+        column("tf_accuracy", scores.tf_accuracy, pl.Float32),
+        (pl.Series("generated", generated.astype(np.uint32)).reshape(generated.shape).cast(pl.List(pl.UInt32))
+         if generated is not None else column("generated", None, pl.List(pl.UInt32))),
+        column("decision_margin", scores.decision_margin, pl.Float32),
+    ]
 
 
 def probe_frame(chunk: int, rows: np.ndarray, sources: list[str | None], tokens: np.ndarray,

@@ -46,9 +46,11 @@ def scored_cell(output: CellOutput, attempts: int, probes: pl.DataFrame | None, 
         data_sha256=data_sha256)
     ckpt = loaded.target.ckpt
     seen = timeline.sequences_seen(ckpt, output.chunk, probes["index"].to_numpy())
-    sequences = (probes.select("chunk", "row", "index", "source")
-                 .with_columns(seen=pl.Series(seen, dtype=pl.Boolean),
-                               **score_columns(output.scores, continuation_len)))
+    # built from Series, not with select/with_columns: those run Polars' query engine, ~1 ms a cell of the driver's
+    # CPU on a busy node, where this takes a tenth of that (BENCHMARKS.md, "The whole job at its bound")
+    columns = [probes[name] for name in ("chunk", "row", "index", "source")]
+    sequences = pl.DataFrame([*columns, pl.Series("seen", seen, dtype=pl.Boolean),
+                              *score_columns(output.scores, continuation_len)])
     return ScoredCell(output.chunk, sequences, provenance, timeline.seen_fraction(ckpt, output.chunk))
 
 
@@ -78,10 +80,12 @@ class Landing:
         self.store = store
         self.waiting: dict[int, list[ScoredCell]] = {}
         self.waiting_since: dict[int, float] = {}
+        self.waiting_rows: dict[int, int] = {}  # sequences waiting per checkpoint (`due` asks at every pass)
 
     def add(self, ckpt: int, cell: ScoredCell) -> None:
         self.waiting.setdefault(ckpt, []).append(cell)
         self.waiting_since.setdefault(ckpt, time.perf_counter())
+        self.waiting_rows[ckpt] = self.waiting_rows.get(ckpt, 0) + cell.sequences.height
 
     @property
     def cells_waiting(self) -> int:
@@ -93,7 +97,7 @@ class Landing:
         now = time.perf_counter()
         due = [ckpt for ckpt, cells in self.waiting.items()
                if everything or len(cells) >= min(LAND_BATCH_CELLS, remaining[ckpt])
-               or sum(cell.sequences.height for cell in cells) >= LAND_BATCH_ROWS
+               or self.waiting_rows[ckpt] >= LAND_BATCH_ROWS
                or now - self.waiting_since[ckpt] >= LAND_MAX_WAIT_S]
         return sorted(due, key=self.waiting_since.__getitem__)
 
@@ -105,13 +109,14 @@ class Landing:
             if index and deadline is not None and time.perf_counter() > deadline:
                 break
             cells = self.waiting.pop(ckpt)
-            since = self.waiting_since.pop(ckpt)
+            since, rows = self.waiting_since.pop(ckpt), self.waiting_rows.pop(ckpt)
             try:
                 self._land_checkpoint(ckpt, cells, landed)
             except KeyboardInterrupt:
                 # Ctrl-C: the cells wait again, for the landing of everything waiting that follows (the store skips
                 # any of them that landed before the interrupt was delivered: nothing lands twice).
                 self.waiting[ckpt], self.waiting_since[ckpt] = cells + self.waiting.get(ckpt, []), since
+                self.waiting_rows[ckpt] = rows + self.waiting_rows.get(ckpt, 0)
                 raise
         return landed
 
