@@ -76,7 +76,7 @@ def greedy_memorized(checkpoint: Path, sequences: np.ndarray, threads: int = 1) 
     model.generation_config.pad_token_id = 0
     tokens = torch.as_tensor(sequences)
     memorized = []
-    threads = torch.get_num_threads()
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.no_grad():
@@ -88,7 +88,7 @@ def greedy_memorized(checkpoint: Path, sequences: np.ndarray, threads: int = 1) 
                 memorized.append((generated.shape[1] == CONTINUATION_LEN)
                                  & (generated == batch[:, PROMPT_LEN:]).all(dim=1).numpy())
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     return np.concatenate(memorized) if memorized else np.zeros(0, dtype=bool)
 
 
