@@ -103,8 +103,8 @@ def stream_census(stream_family, tmp_path_factory):
     """The session's one census of the training stream (tests/test_census.py, tests/test_compare.py): its specs by
     name, swept once. `jsonl` (Amber's files, ckpt_000 and ckpt_002) and `megatron` (Pythia's layout, steps 4 and 12)
     score every sequence (`samples_per_chunk: all`); `sampled` is the Megatron stream sampled 12 a chunk; `numpy` is
-    described but not swept (its reading is checked piece by piece). Uses the Ray this process is connected to (a
-    module's), else starts one for the sweeps alone."""
+    described but not swept (its reading is checked piece by piece). Uses the Ray this process is connected to (the
+    session's), else starts one for the sweeps alone."""
     from sweep.run.driver import run_sweep
     from tests.census_world import census_specs
 
