@@ -535,6 +535,7 @@ class Measurement:
     last_scan_at_s: float | None = None
     splits: int = 0  # tail-policy splits beyond the plan
     reservations_taken: int = 0
+    loaded_shares: int = 0  # cells an idle actor took at no load from its partner on the checkpoint both hold
     plans: int = 0
     driver_cpu_s: float = 0.0
     driver_peak_rss_mb: float = 0.0
@@ -591,7 +592,7 @@ class Measurement:
             self.bound_lines,
             f"landed: {self.cells_landed:,} cells, {self.failed} failed, {self.loads} checkpoint loads, "
             f"{self.scans_scanned} scans; {self.plans} plans, {self.splits} tail splits, {self.reservations_taken} "
-            "reservations taken",
+            f"reservations taken, {self.loaded_shares} shares evened out at no load",
             f"makespan: {self.makespan_s:.1f} s (x{scale:g} = {self.makespan_s * scale / 60:.1f} min real); "
             + (f"the {self.actors} actors were started before it, in {self.actor_start_s:.1f} s"
                if self.actor_start_s is not None else "the actors started inside it"),
@@ -743,6 +744,7 @@ def measure(spec, cost: CostModel, cluster, samples: int, probe_builds: str, pro
     if summary.scans.last_landed_at is not None:
         result.last_scan_at_s = summary.scans.last_landed_at - began
     result.splits, result.reservations_taken = summary.schedule.splits, summary.schedule.reservations_taken
+    result.loaded_shares = summary.schedule.loaded_shares
     result.plans = summary.schedule.plans
     result.summary_line = next((line for line in summary.describe().splitlines() if line.startswith("makespan")), "")
     result.moved_bytes = ray.get(ray.get_actor(NETWORK_NAME).moved_bytes.remote())

@@ -10,7 +10,7 @@ import pytest
 
 from actors.protocol import CheckpointTarget
 from sweep.run.assignments import (STEAL_MIN_CELLS, Assignment, Share, Slot, across_nodes, cells_to_hand_over,
-                                   min_share_cells, plan_shares, planned_end_s, take_from_busy)
+                                   min_share_cells, plan_shares, planned_end_s, take_from_busy, take_loaded_cells)
 
 AMBER_CELL_S, AMBER_LOAD_S = 1.447, 40.0  # a cell of 1000 sequences at 75% of an H200's bound; a 27 GB load
 
@@ -80,6 +80,21 @@ def test_whole_checkpoints_come_first_and_split_shares_last():
         whole = [len(share.chunks) == 360 for share in shares]
         assert whole == sorted(whole, reverse=True)
         assert [s.ckpt for s in shares if len(s.chunks) == 360] == sorted(s.ckpt for s in shares if len(s.chunks) == 360)
+
+
+@pytest.mark.parametrize("checkpoints,slots", [(360, 64), (300, 64), (360, 48)])
+def test_the_two_slots_sharing_a_split_checkpoint_end_on_it_together(checkpoints, slots):
+    """Every other link of the wrap-around's chain of splits becomes a pair of slots that both end on the two shares
+    of one checkpoint, so that they can even out between them at no load; the reordering moves no cell."""
+    pending = matrix(checkpoints, 360)
+    plan = plan_shares(pending, [0.0] * slots, AMBER_CELL_S, AMBER_LOAD_S)
+    assert_every_cell_once(plan, pending)
+    split = {share.ckpt for shares in plan for share in shares if len(share.chunks) < 360}
+    last = [shares[-1].ckpt for shares in plan if shares and shares[-1].ckpt in split]
+    paired = [ckpt for ckpt in set(last) if last.count(ckpt) == 2]
+    holding_a_split = sum(1 for shares in plan if any(share.ckpt in split for share in shares))
+    assert 2 * len(paired) >= holding_a_split - len(split) // 2  # at most one slot a chain of splits is left alone
+    assert len(paired) >= len(split) // 2
 
 
 def test_checkpoints_too_small_to_split_are_never_split():
@@ -208,3 +223,39 @@ def test_slots_are_filled_one_per_node_before_a_second_on_any():
     assert across_nodes(16, 8) == [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15]
     assert sorted(across_nodes(64, 8)) == list(range(64)) and across_nodes(64, 8)[:8] == list(range(0, 64, 8))
     assert across_nodes(3, 0) == [0, 1, 2]
+
+
+def holding(index: int, ckpt: int | None) -> Slot:
+    """An idle slot whose actor still holds checkpoint `ckpt` (None: holds nothing)."""
+    return Slot(index, actor=f"actor{index}", loaded=None if ckpt is None else CheckpointTarget(ckpt, f"ckpt_{ckpt:03d}"))
+
+
+def test_an_idle_actor_evens_out_the_checkpoint_it_holds_with_its_partner_at_no_load():
+    idle, partner, other = holding(0, 20), busy(1, 20, todo=40, in_flight=2), busy(2, 30, todo=300)
+    partner.current.loaded = other.current.loaded = True
+    taken = take_loaded_cells([idle, partner, other], idle, cell_s=1.0, load_s=40.0)
+    assert taken.holder is partner and not taken.from_reservation and taken.prefetch_to_discard is None
+    assert taken.assignment.loaded and taken.assignment.prefetched  # cells go to it at once, and no load is priced
+    assert taken.assignment.target.ckpt == 20 and taken.assignment.todo == list(range(19, 40))  # 21 = 42 cells / 2
+    assert partner.current.todo == list(range(19)) and other.current.todo == list(range(300))
+
+
+def test_a_reservation_of_the_checkpoint_an_idle_actor_holds_is_taken_whole_and_not_loaded_twice():
+    idle = holding(0, 21)
+    holder = busy(1, 20, todo=100, in_flight=2, reserved=21, prefetch_sent=True)  # 102 cells, then 50 of ckpt 21
+    holder.current.loaded = True
+    taken = take_loaded_cells([idle, holder], idle, cell_s=1.0, load_s=40.0)
+    assert taken.from_reservation and holder.next is None and taken.assignment.todo == list(range(50))
+    assert taken.prefetch_to_discard == CheckpointTarget(21, "ckpt_021")  # the holder's copy is not needed
+    assert holder.current.todo == list(range(100))
+
+
+def test_nothing_is_taken_at_no_load_without_the_checkpoint_in_the_actor():
+    partner = busy(1, 20, todo=40)
+    assert take_loaded_cells([holding(0, None), partner], holding(0, None), 1.0, 40.0) is None  # holds nothing
+    idle = holding(0, 19)
+    assert take_loaded_cells([idle, partner], idle, 1.0, 40.0) is None  # holds another checkpoint
+    last = busy(1, 20, todo=1, in_flight=0)  # one cell left: taking it would not end sooner than its holder
+    last.current.loaded = True
+    idle = holding(0, 20)
+    assert take_loaded_cells([idle, last], idle, 1.0, 40.0) is None and last.current.todo == [0]

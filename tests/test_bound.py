@@ -140,3 +140,25 @@ def test_plan_bound_prices_stream_scans_like_the_plans_cost_lines():
     assert work.scan_seconds(1e12) == pytest.approx(scan_tokens / 70e6)
     jsonl = work_of(spec, [1], CostEstimate(checkpoints=1, scan_bytes={0: CHUNK}))
     assert jsonl.scan_seconds(1e12) == pytest.approx(CHUNK / (50e6 * 20.8e9 / (1_706_976 * 2049)))
+
+
+def test_a_prefetch_leaves_the_links_to_the_probe_builds_until_it_must_go():
+    """While probe sets are still being built, the cells wait for them before the actor needs its next checkpoint:
+    the prefetch goes at PREFETCH_LEAD_WHILE_BUILDING downloads before the current checkpoint ends, not at
+    PREFETCH_LEAD, and that is still early enough for a download that shares its node's link with a full set of
+    builds already half done (every actor of the node prefetching at once, as in the full matrix's first round)."""
+    from pathlib import Path
+
+    from sweep.run.pacing import PREFETCH_LEAD, PREFETCH_LEAD_WHILE_BUILDING, Pacing, UnitCosts
+    from sweep.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "configs" / "amber-full-matrix.yaml")
+    pacing = Pacing(spec, CLUSTER, actors=64, cpus_per_actor=1)
+    costs = UnitCosts(cell_guess=CELL_S, load_guess=LOAD_S, download_guess=DOWNLOAD_S)
+    between = (PREFETCH_LEAD + PREFETCH_LEAD_WHILE_BUILDING) / 2 * DOWNLOAD_S
+    assert pacing.prefetch_due(between, costs, builds_left=0)
+    assert not pacing.prefetch_due(between, costs, builds_left=40)
+    assert pacing.prefetch_due(PREFETCH_LEAD_WHILE_BUILDING * DOWNLOAD_S, costs, builds_left=40)
+    streams = int(CLUSTER.network_bytes_per_s // CLUSTER.stream_bytes_per_s)  # 8 a node
+    shared_link_s = (streams * CKPT + streams * CHUNK / 2) / CLUSTER.network_bytes_per_s  # 150 s: the last byte
+    assert shared_link_s < PREFETCH_LEAD_WHILE_BUILDING * DOWNLOAD_S < PREFETCH_LEAD * DOWNLOAD_S

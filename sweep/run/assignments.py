@@ -11,9 +11,12 @@ The scheduler plans again from what is left whenever a slot reserves its next sh
 Each actor slot holds a `current` checkpoint (the one loaded, or loading) and a `next` one reserved for it, which
 only that actor prefetches: a download lands on the node that loads it.
 
-**The tail policy** (`take_from_busy`), for what the plan could not foresee (an actor that died, a slow node): once
-an idle slot has no planned share left, it takes a reservation from an actor busy for longer than a load takes, or
-splits the largest remaining checkpoint so that both actors finish together (`cells_to_hand_over`).
+**The tail policy**, for what the plan could not foresee (an actor that died, a slow node, cells that ran slower on
+one actor than another): once an idle slot has no planned share left, it first takes cells, at no load, from another
+slot's share of the checkpoint its own actor still holds (`take_loaded_cells`: the plan ends pairs of slots on the
+two shares of one split checkpoint, so they even out between them); else (`take_from_busy`) it takes a reservation
+from an actor busy for longer than a load takes, or splits the largest remaining checkpoint so that both actors
+finish together (`cells_to_hand_over`).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def plan_shares(pending: Sequence[tuple[int, Sequence[int]]], busy_s: Sequence[f
         relaxed_makespan, relaxed = _smallest_makespan(work, busy_s, cell_s, load_s, STEAL_MIN_CELLS)
         if relaxed_makespan < makespan - cell_s:
             plan = relaxed
-    return [_whole_first(shares, work) for shares in plan]
+    return _end_in_pairs([_whole_first(shares, work) for shares in plan], work)
 
 
 def across_nodes(slots: int, per_node: int) -> list[int]:
@@ -159,6 +162,26 @@ def _whole_first(shares: list[Share], work) -> list[Share]:
     return sorted(shares, key=lambda share: (len(share.chunks) != order[share.ckpt][1], order[share.ckpt][0]))
 
 
+def _end_in_pairs(plan: list[list[Share]], work) -> list[list[Share]]:
+    """Reorder the split shares so that the two slots holding the two shares of a split checkpoint both end on it,
+    for as many slots as the chain of splits allows (every other link of it: the wrap-around chains slot i's last
+    share to slot i+1's first split). Two slots that end on the same checkpoint, both holding it, can even out
+    whatever the plan did not foresee between them without a load (`take_loaded_cells`)."""
+    sizes = {ckpt: len(chunks) for ckpt, chunks in work}
+    holders: dict[int, list[int]] = {}
+    for index, shares in enumerate(plan):
+        for share in shares:
+            if len(share.chunks) < sizes[share.ckpt]:
+                holders.setdefault(share.ckpt, []).append(index)
+    ends_on: dict[int, int] = {}  # slot -> the split checkpoint it ends on
+    for ckpt, _ in work:
+        pair = holders.get(ckpt, [])
+        if len(pair) == 2 and pair[0] != pair[1] and not any(index in ends_on for index in pair):
+            ends_on.update(dict.fromkeys(pair, ckpt))
+    return [sorted(shares, key=lambda share: share.ckpt == ends_on.get(index)) if index in ends_on else shares
+            for index, shares in enumerate(plan)]
+
+
 @dataclass
 class Assignment:
     """One checkpoint's cells given to one actor slot."""
@@ -190,6 +213,7 @@ class Slot:
     current: Assignment | None = None
     next: Assignment | None = None  # reserved for this actor; its prefetch starts once `current` is loaded
     deaths: int = 0
+    loaded: CheckpointTarget | None = None  # the checkpoint its actor holds: the last one a cell came back from
 
 
 @dataclass(frozen=True)
@@ -225,6 +249,36 @@ def pooled_shares(planned: Sequence[Sequence[Share]], chunk_order: dict[int, Seq
             pooled.setdefault(share.ckpt, set()).update(share.chunks)
     return [(ckpt, tuple(chunks) if len(pooled[ckpt]) == len(chunks) else tuple(c for c in chunks if c in pooled[ckpt]))
             for ckpt, chunks in chunk_order.items() if ckpt in pooled]
+
+
+def take_loaded_cells(slots: list[Slot], idle: Slot, cell_s: float, load_s: float) -> Taken | None:
+    """Cells an idle slot takes, at no load, from another slot's share of the checkpoint its actor still holds
+    (`idle.loaded`): as many from the end of that share as make both end together, if that is at least one. A
+    reservation taken whole is one its holder no longer loads (its prefetched copy, if sent, is discarded). The
+    holder's share is updated in place; None if no other slot has cells of that checkpoint still to submit."""
+    if idle.loaded is None:
+        return None
+    best: tuple[int, Slot, Assignment] | None = None
+    for slot in slots:
+        if slot is idle:
+            continue
+        for assignment in (slot.current, slot.next):
+            if assignment is None or assignment.target != idle.loaded or not assignment.todo:
+                continue
+            # the taker ends after n cells, the holder after all it holds less n cells: equal at half of it
+            cells = min(len(assignment.todo), int(busy_seconds(slot, cell_s, load_s) / max(cell_s, 1e-9) / 2))
+            if cells >= 1 and (best is None or cells > best[0]):
+                best = cells, slot, assignment
+    if best is None:
+        return None
+    cells, holder, share = best
+    stolen, share.todo = share.todo[len(share.todo) - cells:], share.todo[:len(share.todo) - cells]
+    taken = Assignment(share.target, stolen, prefetch_sent=True, prefetched=True, loaded=True)
+    if share is holder.next and not share.todo:  # the whole reservation: its holder will not load it
+        holder.next = None
+        return Taken(taken, holder, from_reservation=True,
+                     prefetch_to_discard=share.target if share.prefetch_sent else None)
+    return Taken(taken, holder, from_reservation=False)
 
 
 def cells_to_hand_over(todo: int, in_flight: int, cell_s: float, load_s: float) -> int:

@@ -3,9 +3,12 @@ sent, how many probe-set builds and exposure scans run at once, from the unit co
 scheduler (sweep/run/scheduler.py) asks, and does what it is told.
 
 - **Prefetch** when it is due: once the actor's current checkpoint has less work left than PREFETCH_LEAD downloads
-  take. Checkpoints shorter than that (a single-chunk sweep, the diagonal) prefetch as soon as they are reserved,
-  so an actor's downloads follow each other with no gap (the actor starts a prefetch once its first load has its
-  files: actors/prefetch.py). Longer ones leave the node's link to the probe builds and scans until then.
+  take, or PREFETCH_LEAD_WHILE_BUILDING while probe-set builds are still to finish. Checkpoints shorter than that
+  (a single-chunk sweep, the diagonal) prefetch as soon as they are reserved, so an actor's downloads follow each
+  other with no gap (the actor starts a prefetch once its first load has its files: actors/prefetch.py). Longer
+  ones leave the node's link to the probe builds and scans until then: while builds are left, the cells need each
+  probe set before the actor needs its next checkpoint, so the prefetch goes as late as it safely can (the full
+  matrix's first round needs all 360 probe sets, 7.5 TB, while the links also carry the second round's 1.7 TB).
 - **Probe-set builds** (`data.concurrent_builds: auto`): as many streams as the node links carry beside the
   downloads of checkpoints actors wait for: one while every actor fetches its first checkpoint, every free stream
   after (the prefetches of next checkpoints share the links with them: the cells need the probe sets first).
@@ -29,6 +32,8 @@ from sweep.spec import SweepSpec
 ESTIMATE_WINDOW = 256  # the estimates are medians of the latest cells and loads (a full history's median is
 # recomputed at every plan: ~2 ms each at 129,600 cells)
 PREFETCH_LEAD = 2.0  # prefetch once the current checkpoint has less left than this many downloads take
+PREFETCH_LEAD_WHILE_BUILDING = 1.5  # ... while probe sets are still being built: late enough that the builds the
+# cells wait for have the links first, early enough that a download sharing its link with the last builds ends in time
 
 
 @dataclass
@@ -96,8 +101,11 @@ class Pacing:
         self.spec, self.cluster = spec, cluster
         self.cpus_left = cluster.nodes * cluster.cpus_per_node - actors * cpus_per_actor
 
-    def prefetch_due(self, current_left_s: float, costs: UnitCosts) -> bool:
-        return current_left_s <= PREFETCH_LEAD * costs.download_s
+    def prefetch_due(self, current_left_s: float, costs: UnitCosts, builds_left: int = 0) -> bool:
+        """Whether an actor whose current checkpoint has `current_left_s` of work left should fetch its next one
+        now, with `builds_left` probe-set builds not yet finished."""
+        lead = PREFETCH_LEAD_WHILE_BUILDING if builds_left else PREFETCH_LEAD
+        return current_left_s <= lead * costs.download_s
 
     def builds(self, builds_left: int, downloads_in_flight: int) -> int:
         wanted = self.spec.data.concurrent_builds

@@ -34,7 +34,8 @@ from tqdm import tqdm
 from actors.protocol import (CellInputError, CellOutput, CheckpointError, CheckpointTarget, CudaContextLost,
                              ScorerSettings, one_line)
 from sweep.run.assignments import (Assignment, Share, Slot, across_nodes, busy_seconds, plan_shares,
-                                   planned_end_s, pooled_shares, seconds_left, take_from_busy)
+                                   planned_end_s, pooled_shares, seconds_left, take_from_busy,
+                                   take_loaded_cells)
 from sweep.errors import SweepAbortedError
 from sweep.run.bound import Cluster
 from sweep.run.landing import LAND_MAX_WAIT_S, Landing, scored_cell
@@ -65,6 +66,7 @@ class ScheduleStats:
     reservations_taken: int = 0  # reservations an idle actor took on purpose at the tail (holder's copy discarded)
     actors: int = 0
     splits: int = 0  # checkpoints split by the tail policy (beyond the plan's shares)
+    loaded_shares: int = 0  # cells an idle actor took, at no load, of the checkpoint it still held
     plans: int = 0  # times the shares were planned
     planned_makespan_s: float | None = None  # the first plan's makespan (from its start, first download excluded)
     costs: UnitCosts | None = None  # the unit costs measured (medians), for the summary's bound
@@ -307,12 +309,17 @@ class Scheduler:
         planned = self._reserve(idle)
         if planned is not None:
             return planned
-        taken = take_from_busy(self.slots, idle, self.costs.cell_s, self.costs.handover_s)
+        taken = (take_loaded_cells(self.slots, idle, self.costs.cell_s, self.costs.load_s)
+                 or take_from_busy(self.slots, idle, self.costs.cell_s, self.costs.handover_s))
         if taken is None:
             return None
-        if taken.from_reservation:
-            if taken.prefetch_to_discard is not None:  # its prefetched copy would sit on disk until the end
-                taken.holder.actor.discard.remote(taken.prefetch_to_discard)
+        if taken.prefetch_to_discard is not None:  # its prefetched copy would sit on disk until the end
+            taken.holder.actor.discard.remote(taken.prefetch_to_discard)
+        if taken.assignment.loaded:  # cells of the checkpoint its actor holds: nothing to fetch or load
+            self.stats.loaded_shares += 1
+            log.info("ckpt %d: %d cells to an actor that still holds it", taken.assignment.target.ckpt,
+                     len(taken.assignment.todo))
+        elif taken.from_reservation:
             self.stats.reservations_taken += 1
         else:
             self.stats.splits += 1
@@ -329,7 +336,7 @@ class Scheduler:
             if slot.current is None or (slot.next is not None and slot.next.prefetch_sent):
                 continue
             if not self.pacing.prefetch_due(seconds_left(slot.current, self.costs.cell_s, self.costs.load_s),
-                                            self.costs):
+                                            self.costs, self.supply.builds_left):
                 continue
             if slot.next is None:
                 slot.next = self._reserve(slot)
@@ -420,6 +427,7 @@ class Scheduler:
             if "creation task" in str(error):  # the actor cannot even start here: retrying would loop forever
                 raise SweepAbortedError(f"the checkpoint actor cannot start: {one_line(error)}") from None
             slot.deaths += 1
+            slot.loaded = None  # a restarted actor holds no checkpoint
             if isinstance(error, ActorDiedError) and slot.deaths > ACTOR_MAX_RESTARTS:
                 slot.actor, slot.deaths = self._new_actor(), 0
             self._retry_or_fail(assignment, chunk, f"actor died: {one_line(error, 'last')}")
@@ -429,6 +437,7 @@ class Scheduler:
             message = one_line(cause) if cause is not None else one_line(error, "last")
             if isinstance(cause, CudaContextLost):  # the actor is exiting; Ray restarts it (counted as a death)
                 slot.deaths += 1
+                slot.loaded = None
                 self._retry_or_fail(assignment, chunk, message)
             elif isinstance(cause, CheckpointError):
                 self._checkpoint_failed(assignment, chunk, message)
@@ -443,6 +452,7 @@ class Scheduler:
                                            probe.index_start))
         self.costs.add_cell(output.seconds)
         assignment.loaded = True
+        slot.loaded = assignment.target
         if output.loaded_now:
             self.stats.loads[ckpt] += 1
             self.costs.add_load(output.loaded.load_seconds, output.loaded.checkout_seconds,
