@@ -43,22 +43,22 @@ def clean_run(world, local_ray, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """A private local Ray for the whole session."""
-    start_local_ray()
+    """A private local Ray for the whole session (tests/sweeps.py `start_local_ray`), shut down when it ends. Every
+    module that needs a Ray shares it (`module_ray`): a start and a shutdown cost seconds each, and a dozen modules
+    sweep. A test that needs a Ray of another shape or a cluster of its own (tests/sweeps.py `ray_of_its_own`,
+    tests/test_node_failure.py) disconnects it for its block and starts it again afterwards."""
+    if not ray.is_initialized():
+        start_local_ray()
     yield
     ray.shutdown()
 
 
 @pytest.fixture(scope="module")
-def module_ray():
-    """A local Ray for one module, unless this process is connected already (the session's), in which case it is
-    used and left running."""
-    started = not ray.is_initialized()
-    if started:
+def module_ray(local_ray):
+    """The session's local Ray for this module, connected again if a test before left this process without one."""
+    if not ray.is_initialized():
         start_local_ray()
     yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -103,8 +103,8 @@ def stream_census(stream_family, tmp_path_factory):
     """The session's one census of the training stream (tests/test_census.py, tests/test_compare.py): its specs by
     name, swept once. `jsonl` (Amber's files, ckpt_000 and ckpt_002) and `megatron` (Pythia's layout, steps 4 and 12)
     score every sequence (`samples_per_chunk: all`); `sampled` is the Megatron stream sampled 12 a chunk; `numpy` is
-    described but not swept (its reading is checked piece by piece). Uses the Ray this process is connected to (a
-    module's), else starts one for the sweeps alone."""
+    described but not swept (its reading is checked piece by piece). Uses the Ray this process is connected to (the
+    session's), else starts one for the sweeps alone."""
     from sweep.run.driver import run_sweep
     from tests.census_world import census_specs
 

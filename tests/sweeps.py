@@ -29,8 +29,8 @@ def start_local_ray() -> None:
 @contextmanager
 def ray_of_its_own(num_cpus: int, num_gpus: int) -> Iterator[None]:
     """A private local Ray of this shape for the block, whatever ran before. A process holds one Ray at a time: the one
-    it is connected to (the session's or a module's, both `start_local_ray`'s) is shut down for the block and started
-    again after it, so the tests after this one find what they left."""
+    it is connected to (the session's, tests/conftest.py `local_ray`, a `start_local_ray`) is shut down for the block
+    and started again after it, so the tests after this one find what they left."""
     connected = ray.is_initialized()
     if connected:
         ray.shutdown()

@@ -47,7 +47,7 @@ def memsweep(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def in_process(*args: str) -> subprocess.CompletedProcess:
-    """`memsweep ARGS` run by this process (on the module's Ray), returning what the user would have seen."""
+    """`memsweep ARGS` run by this process (on the session's Ray), returning what the user would have seen."""
     from sweep.cli import main
 
     out, err = io.StringIO(), io.StringIO()

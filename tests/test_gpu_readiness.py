@@ -110,7 +110,7 @@ def test_flash_attention_in_float32_is_refused_before_ray_starts(tmp_path):
     path = spec_file(tmp_path, {"dtype": "float32", "attn_implementation": "flash_attention_2"})
     with pytest.raises(SpecError, match=r"spec.yaml:\d+: model.attn_implementation: .*model.dtype"):
         load_spec(path)
-    ray_before = ray.is_initialized()  # (another module's Ray may be up: then it must be left as it is)
+    ray_before = ray.is_initialized()  # (the session's Ray may be up: then it must be left as it is)
     code, err = run_command("run", str(path))
     assert ray.is_initialized() == ray_before  # refused before any Ray starts
     assert code == 2

@@ -17,8 +17,6 @@ default (3 s x 5 misses) is 15 s or more.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import ray
 from ray.cluster_utils import Cluster
@@ -27,32 +25,24 @@ from sweep.run.driver import connect, run_sweep
 from sweep.run.scheduler import Scheduler
 from sweep.spec import load_spec
 from sweep.landed.reader import open_output
-from tests.sweeps import SAMPLES, landed, write_spec
+from tests.sweeps import SAMPLES, landed, start_local_ray, write_spec
 
 pytestmark = pytest.mark.ray
 
+# checkpoints 0-1 x chunks 0-1 of the session's demo world (tests/conftest.py `world`, built once for every module)
 CELLS = {"checkpoints": "0-1", "chunks": "0-1", "resources": {"batch_size": 32, "max_attempts": 1}}
 NODE_DEATH_AFTER_8_S = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
                         "health_check_timeout_ms": 1000, "health_check_failure_threshold": 8}
 
 
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory) -> Path:
-    """The session's demo world, smaller: 2 checkpoints x 2 chunks at 1 epoch (48 training steps, not 144)."""
-    from sweep.demo.world import DemoWorldConfig, ensure_demo_world
-
-    root = tmp_path_factory.mktemp("world")
-    config = DemoWorldConfig(chunks=2, rows_per_chunk=SAMPLES, epochs_per_chunk=1)
-    ensure_demo_world(config, root / "model", root / "data", progress=False)
-    return root
-
-
 @pytest.fixture
 def cluster():
-    """Head (2 CPUs, no GPU) + one worker (1 CPU, 1 logical GPU), memsweep's driver connected to the head."""
-    if ray.is_initialized():
-        pytest.skip("this process is already connected to another Ray (a session fixture of another module); "
-                    "run tests/test_node_failure.py on its own or before it")
+    """Head (2 CPUs, no GPU) + one worker (1 CPU, 1 logical GPU), memsweep's driver connected to the head. A process
+    holds one Ray at a time: the session's (tests/conftest.py `local_ray`), when connected, is shut down for the test
+    and started again after it."""
+    connected = ray.is_initialized()
+    if connected:
+        ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "num_gpus": 0, "include_dashboard": False, "_system_config": NODE_DEATH_AFTER_8_S})
     try:
@@ -62,10 +52,12 @@ def cluster():
     finally:
         ray.shutdown()
         cluster.shutdown()
+        if connected:
+            start_local_ray()
 
 
-def test_node_lost_mid_sweep_loses_and_duplicates_nothing(small_world, cluster, tmp_path, monkeypatch):
-    clean = run_sweep(load_spec(write_spec(tmp_path, small_world, tmp_path / "clean", **CELLS)), progress=False)
+def test_node_lost_mid_sweep_loses_and_duplicates_nothing(world, cluster, tmp_path, monkeypatch):
+    clean = run_sweep(load_spec(write_spec(tmp_path, world, tmp_path / "clean", **CELLS)), progress=False)
     assert clean.ok and clean.schedule.cells_scored == 4 and dict(clean.schedule.loads) == {0: 1, 1: 1}
 
     (worker,) = cluster.worker_nodes
@@ -82,7 +74,7 @@ def test_node_lost_mid_sweep_loses_and_duplicates_nothing(small_world, cluster, 
 
     monkeypatch.setattr(Scheduler, "_collect", lose_the_worker_node_at_first_result)
     output = tmp_path / "out"
-    summary = run_sweep(load_spec(write_spec(tmp_path, small_world, output, **CELLS)), progress=False)
+    summary = run_sweep(load_spec(write_spec(tmp_path, world, output, **CELLS)), progress=False)
 
     assert lost_at == [[(0, 0)]], "the node was not lost mid-sweep"
     assert summary.ok and summary.schedule.cells_scored == 4, summary.describe()

@@ -60,7 +60,9 @@ def hub(stream_family, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def module_ray(hub, module_ray):
-    """conftest's module Ray, started after the Hub environment is set (workers inherit it)."""
+    """The session's Ray (tests/conftest.py), connected after the Hub environment is set: a Ray started here has
+    workers that inherit it, and to one started by an earlier module the driver forwards the HF_ variables
+    (sweep/run/driver.py `_forwarded_environment`), as to a cluster's nodes."""
     yield
 
 
