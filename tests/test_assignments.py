@@ -13,6 +13,7 @@ from sweep.run.assignments import (STEAL_MIN_CELLS, Assignment, Share, Slot, acr
                                    min_share_cells, plan_shares, planned_end_s, take_from_busy, take_loaded_cells)
 
 AMBER_CELL_S, AMBER_LOAD_S = 1.447, 40.0  # a cell of 1000 sequences at 75% of an H200's bound; a 27 GB load
+AMBER_DOWNLOAD_S = 108.0  # 27 GB at one stream's 250 MB/s
 
 
 def matrix(checkpoints: int, chunks: int) -> list[tuple[int, range]]:
@@ -87,9 +88,12 @@ def test_the_two_slots_sharing_a_split_checkpoint_end_on_it_together(checkpoints
     """Every other link of the wrap-around's chain of splits becomes a pair of slots that both end on the two shares
     of one checkpoint, so that they can even out between them at no load; the reordering moves no cell."""
     pending = matrix(checkpoints, 360)
-    plan = plan_shares(pending, [0.0] * slots, AMBER_CELL_S, AMBER_LOAD_S)
+    plan = plan_shares(pending, [0.0] * slots, AMBER_CELL_S, AMBER_LOAD_S, AMBER_DOWNLOAD_S)
     assert_every_cell_once(plan, pending)
     split = {share.ckpt for shares in plan for share in shares if len(share.chunks) < 360}
+    for shares in plan:  # every split share after the first is fetched while a share that lasts a download runs
+        splits = [share for share in shares if share.ckpt in split]
+        assert all(AMBER_LOAD_S + len(before.chunks) * AMBER_CELL_S >= AMBER_DOWNLOAD_S for before in splits[:-1])
     last = [shares[-1].ckpt for shares in plan if shares and shares[-1].ckpt in split]
     paired = [ckpt for ckpt in set(last) if last.count(ckpt) == 2]
     holding_a_split = sum(1 for shares in plan if any(share.ckpt in split for share in shares))

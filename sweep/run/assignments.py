@@ -46,7 +46,7 @@ def min_share_cells(cell_s: float, load_s: float) -> int:
 
 
 def plan_shares(pending: Sequence[tuple[int, Sequence[int]]], busy_s: Sequence[float], cell_s: float,
-                load_s: float) -> list[list[Share]]:
+                load_s: float, download_s: float = 0.0) -> list[list[Share]]:
     """Every pending cell exactly once, as an ordered list of shares per slot, so that the slots end together.
 
     `pending`: (checkpoint, chunks) in plan order, a checkpoint at most once; `busy_s[i]`: seconds until slot i is
@@ -56,7 +56,8 @@ def plan_shares(pending: Sequence[tuple[int, Sequence[int]]], busy_s: Sequence[f
     the next slot. A share is never smaller than `min_share_cells` (where it would be, the slot ends early instead and
     the others take its time), except that when that plan leaves slots with nothing to do, their loads cost nothing
     else, so shares down to STEAL_MIN_CELLS are used where they end the plan sooner. Each slot's list has its whole
-    checkpoints first, then its shares: the split ones run last, with every cost measured by then.
+    checkpoints first, then its shares: the split ones run last, with every cost measured by then, in the order
+    `_order_splits` gives them (`download_s`: one checkpoint's download, which the share before a split one hides).
     """
     work = [(ckpt, tuple(chunks)) for ckpt, chunks in pending if chunks]
     if not work or not busy_s:
@@ -67,7 +68,7 @@ def plan_shares(pending: Sequence[tuple[int, Sequence[int]]], busy_s: Sequence[f
         relaxed_makespan, relaxed = _smallest_makespan(work, busy_s, cell_s, load_s, STEAL_MIN_CELLS)
         if relaxed_makespan < makespan - cell_s:
             plan = relaxed
-    return _end_in_pairs([_whole_first(shares, work) for shares in plan], work)
+    return _order_splits([_whole_first(shares, work) for shares in plan], work, cell_s, load_s, download_s)
 
 
 def across_nodes(slots: int, per_node: int) -> list[int]:
@@ -162,24 +163,34 @@ def _whole_first(shares: list[Share], work) -> list[Share]:
     return sorted(shares, key=lambda share: (len(share.chunks) != order[share.ckpt][1], order[share.ckpt][0]))
 
 
-def _end_in_pairs(plan: list[list[Share]], work) -> list[list[Share]]:
-    """Reorder the split shares so that the two slots holding the two shares of a split checkpoint both end on it,
-    for as many slots as the chain of splits allows (every other link of it: the wrap-around chains slot i's last
-    share to slot i+1's first split). Two slots that end on the same checkpoint, both holding it, can even out
-    whatever the plan did not foresee between them without a load (`take_loaded_cells`)."""
+def _order_splits(plan: list[list[Share]], work, cell_s: float, load_s: float, download_s: float) -> list[list[Share]]:
+    """Each slot's split shares after its whole checkpoints, longest first, so that each later one's download goes
+    on under a longer one; then, for as many slots as the chain of splits allows (every other link of it: the
+    wrap-around chains slot i's last share to slot i+1's first split), the two slots holding the two shares of one
+    split checkpoint both end on it, where the share that then comes before it in each still lasts a download
+    (`download_s`). Two slots that end on the same checkpoint, both holding it, can even out whatever the plan did not
+    foresee between them without a load (`take_loaded_cells`)."""
     sizes = {ckpt: len(chunks) for ckpt, chunks in work}
+    whole = [[share for share in shares if len(share.chunks) == sizes[share.ckpt]] for shares in plan]
+    splits = [sorted((share for share in shares if len(share.chunks) < sizes[share.ckpt]),
+                     key=lambda share: -len(share.chunks)) for shares in plan]
     holders: dict[int, list[int]] = {}
-    for index, shares in enumerate(plan):
+    for index, shares in enumerate(splits):
         for share in shares:
-            if len(share.chunks) < sizes[share.ckpt]:
-                holders.setdefault(share.ckpt, []).append(index)
+            holders.setdefault(share.ckpt, []).append(index)
+
+    def can_end_on(index: int, ckpt: int) -> bool:
+        before = [share for share in splits[index] if share.ckpt != ckpt]
+        return not before or load_s + len(before[-1].chunks) * cell_s >= download_s
+
     ends_on: dict[int, int] = {}  # slot -> the split checkpoint it ends on
     for ckpt, _ in work:
         pair = holders.get(ckpt, [])
-        if len(pair) == 2 and pair[0] != pair[1] and not any(index in ends_on for index in pair):
+        if (len(pair) == 2 and pair[0] != pair[1] and not any(index in ends_on for index in pair)
+                and all(can_end_on(index, ckpt) for index in pair)):
             ends_on.update(dict.fromkeys(pair, ckpt))
-    return [sorted(shares, key=lambda share: share.ckpt == ends_on.get(index)) if index in ends_on else shares
-            for index, shares in enumerate(plan)]
+    return [whole[index] + sorted(shares, key=lambda share: share.ckpt == ends_on.get(index))
+            for index, shares in enumerate(splits)]
 
 
 @dataclass

@@ -243,7 +243,7 @@ class Scheduler:
         cell_s, load_s = self.costs.cell_s, self.costs.load_s
         order = across_nodes(len(self.slots), self.pacing.cluster.gpus_per_node)
         busy = [busy_seconds(self.slots[index], cell_s, load_s) for index in order]
-        shares = plan_shares(pending, busy, cell_s, load_s)
+        shares = plan_shares(pending, busy, cell_s, load_s, self.costs.download_s)
         self.planned = [deque() for _ in self.slots]
         for index, slot_shares in zip(order, shares):
             self.planned[index] = deque(slot_shares)
