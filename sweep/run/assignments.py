@@ -57,7 +57,7 @@ def plan_shares(pending: Sequence[tuple[int, Sequence[int]]], busy_s: Sequence[f
     the others take its time), except that when that plan leaves slots with nothing to do, their loads cost nothing
     else, so shares down to STEAL_MIN_CELLS are used where they end the plan sooner. Each slot's list has its whole
     checkpoints first, then its shares: the split ones run last, with every cost measured by then, in the order
-    `_order_splits` gives them (`download_s`: one checkpoint's download, which the share before a split one hides).
+    `_order_shares` gives them (`download_s`: one checkpoint's download, which the share before a split one hides).
     """
     work = [(ckpt, tuple(chunks)) for ckpt, chunks in pending if chunks]
     if not work or not busy_s:
@@ -68,7 +68,7 @@ def plan_shares(pending: Sequence[tuple[int, Sequence[int]]], busy_s: Sequence[f
         relaxed_makespan, relaxed = _smallest_makespan(work, busy_s, cell_s, load_s, STEAL_MIN_CELLS)
         if relaxed_makespan < makespan - cell_s:
             plan = relaxed
-    return _order_splits([_whole_first(shares, work) for shares in plan], work, cell_s, load_s, download_s)
+    return _order_shares(plan, work, cell_s, load_s, download_s)
 
 
 def across_nodes(slots: int, per_node: int) -> list[int]:
@@ -157,23 +157,19 @@ def _next_share(queue, position, room, cell_s, load_s, min_cells) -> tuple[int, 
     return (position, clipped) if min_cells <= clipped <= fits else None
 
 
-def _whole_first(shares: list[Share], work) -> list[Share]:
-    """Whole checkpoints in plan order, then split shares in plan order."""
-    order = {ckpt: (index, len(chunks)) for index, (ckpt, chunks) in enumerate(work)}
-    return sorted(shares, key=lambda share: (len(share.chunks) != order[share.ckpt][1], order[share.ckpt][0]))
-
-
-def _order_splits(plan: list[list[Share]], work, cell_s: float, load_s: float, download_s: float) -> list[list[Share]]:
-    """Each slot's split shares after its whole checkpoints, longest first, so that each later one's download goes
-    on under a longer one; then, for as many slots as the chain of splits allows (every other link of it: the
-    wrap-around chains slot i's last share to slot i+1's first split), the two slots holding the two shares of one
-    split checkpoint both end on it, where the share that then comes before it in each still lasts a download
+def _order_shares(plan: list[list[Share]], work, cell_s: float, load_s: float, download_s: float) -> list[list[Share]]:
+    """Each slot's whole checkpoints in plan order, then its split shares, longest first, so that each later one's
+    download goes on under a longer one; then, for as many slots as the chain of splits allows (every other link of
+    it: the wrap-around chains slot i's last share to slot i+1's first split), the two slots holding the two shares of
+    one split checkpoint both end on it, where the share that then comes before it in each still lasts a download
     (`download_s`). Two slots that end on the same checkpoint, both holding it, can even out whatever the plan did not
     foresee between them without a load (`take_loaded_cells`)."""
     sizes = {ckpt: len(chunks) for ckpt, chunks in work}
-    whole = [[share for share in shares if len(share.chunks) == sizes[share.ckpt]] for shares in plan]
+    position = {ckpt: index for index, (ckpt, _) in enumerate(work)}
+    whole = [sorted((share for share in shares if len(share.chunks) == sizes[share.ckpt]),
+                    key=lambda share: position[share.ckpt]) for shares in plan]
     splits = [sorted((share for share in shares if len(share.chunks) < sizes[share.ckpt]),
-                     key=lambda share: -len(share.chunks)) for shares in plan]
+                     key=lambda share: (-len(share.chunks), position[share.ckpt])) for shares in plan]
     holders: dict[int, list[int]] = {}
     for index, shares in enumerate(splits):
         for share in shares:
@@ -213,6 +209,11 @@ class Assignment:
     @property
     def settled(self) -> bool:
         return not self.todo and not self.in_flight
+
+    def give_last(self, cells: int) -> list[int]:
+        """Remove the last `cells` chunks of `todo` (those it would submit last) and return them, for another slot."""
+        given, self.todo = self.todo[len(self.todo) - cells:], self.todo[:len(self.todo) - cells]
+        return given
 
 
 @dataclass
@@ -283,8 +284,7 @@ def take_loaded_cells(slots: list[Slot], idle: Slot, cell_s: float, load_s: floa
     if best is None:
         return None
     cells, holder, share = best
-    stolen, share.todo = share.todo[len(share.todo) - cells:], share.todo[:len(share.todo) - cells]
-    taken = Assignment(share.target, stolen, prefetch_sent=True, prefetched=True, loaded=True)
+    taken = Assignment(share.target, share.give_last(cells), prefetch_sent=True, prefetched=True, loaded=True)
     if share is holder.next and not share.todo:  # the whole reservation: its holder will not load it
         holder.next = None
         return Taken(taken, holder, from_reservation=True,
@@ -324,9 +324,7 @@ def take_from_busy(slots: list[Slot], idle: Slot, cell_s: float, load_s: float) 
     if not donors:
         return None
     donor = max(donors, key=lambda s: len(s.current.todo))
-    todo = donor.current.todo
-    handed = cells_to_hand_over(len(todo), len(donor.current.in_flight), cell_s, load_s)
+    handed = cells_to_hand_over(len(donor.current.todo), len(donor.current.in_flight), cell_s, load_s)
     if not handed:
         return None
-    stolen, donor.current.todo = todo[len(todo) - handed:], todo[:len(todo) - handed]
-    return Taken(Assignment(donor.current.target, stolen), donor, from_reservation=False)
+    return Taken(Assignment(donor.current.target, donor.current.give_last(handed)), donor, from_reservation=False)
