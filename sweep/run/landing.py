@@ -46,8 +46,9 @@ def scored_cell(output: CellOutput, attempts: int, probes: pl.DataFrame | None, 
         data_sha256=data_sha256)
     ckpt = loaded.target.ckpt
     seen = timeline.sequences_seen(ckpt, output.chunk, probes["index"].to_numpy())
-    # built from Series, not with select/with_columns: those run Polars' query engine, ~1 ms a cell of the driver's
-    # CPU on a busy node, where this takes a tenth of that (BENCHMARKS.md, "The whole job at its bound")
+    # built from Series, not with select/with_columns, which run Polars' query engine: 0.19 ms a 1000-row cell
+    # against 0.47, side by side in one process, and the engine's share grew on a busy node (BENCHMARKS.md, "The
+    # whole job at its bound")
     columns = [probes[name] for name in ("chunk", "row", "index", "source")]
     sequences = pl.DataFrame([*columns, pl.Series("seen", seen, dtype=pl.Boolean),
                               *score_columns(output.scores, continuation_len)])
