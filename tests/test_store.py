@@ -24,8 +24,9 @@ import sweep.landed.store as store_module
 from sweep.errors import MemsweepError
 from sweep.landed.ledger import DamagedOutputError
 from sweep.landed.reader import open_output
-from sweep.landed.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, PROBE_SCHEMA, CellProvenance, conform,
-                                 conform_sequences)
+from actors.protocol import BatchScores
+from sweep.landed.schema import (CELL_SCHEMA, EXPOSURE_COUNT_SCHEMA, PROBE_SCHEMA, SEQUENCE_SCHEMA, CellProvenance,
+                                 conform, conform_sequences, score_columns, summarize_cell)
 from sweep.spec import identity_hash
 from sweep.landed.store import PinMismatchError, ResultStore, ScoredCell, StoreMismatchError, repair_output
 from sweep.landed.verify import check_landed, file_sha256, verify_output
@@ -823,6 +824,39 @@ def test_bad_sequences_and_info_raise_clear_errors(tmp_path):
         write_cell(store, 0, 0, good, {k: v for k, v in cell_info(0, 0).items() if k != "device"})
     assert store.ledgers.done_cells() == set()
     assert data_files(tmp_path / "out") == []
+
+
+def test_score_columns_are_the_schemas_and_keep_every_byte_of_the_packed_hits():
+    rng = np.random.default_rng(5)
+    hits = rng.random((9, 2 * GEN_LEN)) < 0.5
+    hits[0], hits[1, GEN_LEN:] = False, False  # all-zero bytes, at the end of a row too: never dropped
+    packed = np.packbits(hits, axis=1, bitorder="little")[:, ::2]  # not contiguous, as a slice of a batch is
+    matches = rng.integers(0, GEN_LEN + 1, 9).astype(np.int16)
+    greedy = BatchScores(matches=matches, prefix_match=matches, full_match=matches == GEN_LEN, match_mask=packed,
+                         nll=None, tf_accuracy=rng.random(9).astype(np.float32))
+    columns = {series.name: series for series in score_columns(greedy, GEN_LEN)}
+    assert {name: series.dtype for name, series in columns.items()} == {
+        name: dtype for name, dtype in SEQUENCE_SCHEMA.items() if name not in ("chunk", "row", "index", "source", "seen")}
+    assert columns["match_mask"].to_list() == [bytes(row) for row in packed]
+    assert [len(value) for value in columns["match_mask"].to_list()] == [packed.shape[1]] * 9
+    assert columns["score"].to_list() == pytest.approx((matches / GEN_LEN).tolist())
+    for name in ("nll", "generated", "decision_margin"):  # what the mode has none of: typed nulls, one per row
+        assert columns[name].len() == 9 and columns[name].null_count() == 9, name
+
+
+def test_sequences_already_in_the_schema_are_still_checked_and_summarized_exactly(tmp_path):
+    sequences = conform_sequences(fake_sequences(0, 3), 0, 3)
+    assert list(sequences.schema.items()) == list(SEQUENCE_SCHEMA.items())
+    assert conform_sequences(sequences, 0, 3) is sequences  # nothing to cast
+    with pytest.raises(MemsweepError, match="column 'chunk' holds values other than 4"):
+        conform_sequences(sequences, 0, 4)
+    with pytest.raises(MemsweepError, match="holds a row more than once"):
+        conform_sequences(pl.concat([sequences, sequences]), 0, 3)
+    record = summarize_cell(0, 3, sequences, CellProvenance.from_dict(cell_info(0, 3)))
+    assert record["score"] == pytest.approx(float(np.mean(sequences["score"].to_numpy(), dtype=np.float64)))
+    assert record["full_match_rate"] == pytest.approx(float(np.mean(sequences["full_match"].to_numpy())))
+    assert record["mean_prefix_match"] == pytest.approx(float(np.mean(sequences["prefix_match"].to_numpy())))
+    assert record["tf_accuracy"] is None and record["n"] == sequences.height
 
 
 # ---- one writer ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from actors.protocol import CellOutput, one_line
-from sweep.landed.schema import CellProvenance, score_columns
+from sweep.landed.schema import CellProvenance, null_series, score_columns
 from sweep.landed.store import PinMismatchError, ResultStore, ScoredCell
 from sweep.timeline import Timeline
 
@@ -61,8 +61,10 @@ def census_rows(output: CellOutput, index_start: int | None) -> pl.DataFrame:
     return pl.DataFrame({
         "chunk": pl.repeat(output.chunk, len(rows), dtype=pl.Int32, eager=True),
         "row": pl.Series(rows, dtype=pl.Int64),
-        "index": pl.Series(rows + index_start if index_start is not None else [None] * len(rows), dtype=pl.Int64),
-        "source": pl.Series(output.sources if output.sources is not None else [None] * len(rows), dtype=pl.String),
+        "index": (pl.Series(rows + index_start, dtype=pl.Int64) if index_start is not None
+                  else null_series("index", pl.Int64, len(rows))),
+        "source": (pl.Series(output.sources, dtype=pl.String) if output.sources is not None
+                   else null_series("source", pl.String, len(rows))),
     })
 
 
